@@ -1,0 +1,134 @@
+//! The role supervisor and the only place that binds sockets: prepares the roles this process
+//! runs, binds every listener, prints the READY line, serves until a signal, then drains.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER};
+use crate::http::admin::RoleStatus;
+use crate::http::{ServerOptions, tls};
+use crate::webdav::Webdav;
+
+/// Runs the configured roles until SIGTERM/SIGINT (Ok) or until one of them fails (Err).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    if config.sandbox {
+        prepare_sandbox(&config)?;
+    }
+    tls::install_provider();
+    let admin_tls = config.admin.tls.as_ref().map(tls::load).transpose()?;
+
+    // Prepare every role before binding anything: a store that cannot open must not leave
+    // half a process listening.
+    let mut statuses: Vec<Arc<dyn RoleStatus>> = Vec::new();
+    let webdav = match &config.webdav {
+        Some(w) => {
+            let role = Webdav::prepare(w, config.sandbox)?;
+            statuses.push(role.clone());
+            let tls = w.tls.as_ref().map(tls::load).transpose()?;
+            Some((role, w.listen, tls))
+        }
+        None => None,
+    };
+
+    let mut ready = String::from("READY");
+    let webdav = match webdav {
+        Some((role, addr, tls)) => {
+            let listener = bind("webdav", addr).await?;
+            let _ = write!(ready, " webdav={}", listener.local_addr()?);
+            Some((role, listener, tls))
+        }
+        None => None,
+    };
+    let admin_listener = bind("admin", config.admin.listen).await?;
+    let _ = write!(ready, " admin={}", admin_listener.local_addr()?);
+
+    let shutdown = CancellationToken::new();
+    crate::shutdown::spawn_signal_listener(shutdown.clone()).context("cannot install signal handlers")?;
+    let tracker = TaskTracker::new();
+    let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(4);
+    let grace = config.shutdown_grace;
+
+    if let Some((role, listener, tls)) = webdav {
+        let (token, failed) = (shutdown.clone(), failed_tx.clone());
+        tracker.spawn(async move {
+            if let Err(err) = role.run(listener, tls, grace, token).await {
+                let _ = failed.send(err.context("webdav role failed")).await;
+            }
+        });
+    }
+    {
+        let router = crate::http::admin::router(statuses);
+        let opts = ServerOptions {
+            name: "admin",
+            header_timeout: std::time::Duration::from_secs(10),
+            tls: admin_tls,
+            grace,
+        };
+        let (token, failed) = (shutdown.clone(), failed_tx.clone());
+        tracker.spawn(async move {
+            let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
+            if let Err(err) = crate::http::serve(admin_listener, opts, make, token).await {
+                let _ = failed.send(err.context("admin listener failed")).await;
+            }
+        });
+    }
+    tracker.close();
+    drop(failed_tx);
+
+    print_ready(&ready)?;
+    tracing::info!(roles = ?config.roles(), "{ready}");
+    crate::shutdown::notify_systemd("READY=1");
+
+    let failure = tokio::select! {
+        _ = shutdown.cancelled() => None,
+        Some(err) = failed_rx.recv() => Some(err),
+    };
+    shutdown.cancel();
+    crate::shutdown::notify_systemd("STOPPING=1");
+    if tokio::time::timeout(grace + std::time::Duration::from_secs(1), tracker.wait()).await.is_err() {
+        tracing::warn!("roles did not stop within the grace period");
+    }
+    match failure {
+        Some(err) => Err(err),
+        None => {
+            tracing::info!("stopped cleanly");
+            Ok(())
+        }
+    }
+}
+
+async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {name}"))
+}
+
+/// The one line on stdout: tests and scripts wait for it to learn the bound ports.
+fn print_ready(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").context("cannot write the READY line")?;
+    out.flush().context("cannot flush the READY line")
+}
+
+/// Creates the sandbox's directories and recorder credential on first start.
+fn prepare_sandbox(config: &Config) -> anyhow::Result<()> {
+    if let Some(w) = &config.webdav {
+        std::fs::create_dir_all(&w.root).with_context(|| format!("cannot create {}", w.root.display()))?;
+        if !w.htpasswd.exists() {
+            crate::auth::htpasswd::set_user(&w.htpasswd, SANDBOX_USER, SANDBOX_PASSWORD.as_bytes(), true)?;
+        }
+        tracing::info!(
+            "sandbox: WebDAV store on http://{}{}/ (files in {}); recorders log in as {SANDBOX_USER} / {SANDBOX_PASSWORD} (change it with `exec-allinone htpasswd {} {SANDBOX_USER}`)",
+            w.listen,
+            w.prefix,
+            w.root.display(),
+            w.htpasswd.display(),
+        );
+    }
+    Ok(())
+}

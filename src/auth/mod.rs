@@ -1,0 +1,4 @@
+//! TEMP STUB (replaced by the real module)
+pub mod basic;
+pub mod command;
+pub mod htpasswd;

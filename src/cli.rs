@@ -1,0 +1,84 @@
+//! Command-line flags: which role to run, which config to read, and the operator subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// One binary for the Genesys EXEC recording-injection path.
+#[derive(Debug, Parser)]
+#[command(name = "exec-allinone", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Role to run in this process.
+    #[arg(long, value_enum)]
+    pub role: Option<Role>,
+    /// TOML configuration file; without it the role runs on its embedded loopback default.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a configuration file and exit: 0 if valid, 78 with every problem listed if not.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Check the file as this role would read it.
+        #[arg(long, value_enum, default_value_t = Role::All)]
+        role: Role,
+    },
+    /// Create or update a user in an Apache-compatible password file (bcrypt by default).
+    Htpasswd {
+        /// Create the file, replacing any existing one (like `htpasswd -c`).
+        #[arg(short = 'c')]
+        create: bool,
+        /// Read the password from standard input (like `htpasswd -i`).
+        #[arg(short = 'i', conflicts_with = "password")]
+        stdin: bool,
+        /// Use apr1-MD5 instead of bcrypt (like `htpasswd -m`), for old tools that need it.
+        #[arg(short = 'm')]
+        md5: bool,
+        /// bcrypt cost, 4..=17 (like `htpasswd -C`).
+        #[arg(short = 'C', default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=17))]
+        cost: u32,
+        file: PathBuf,
+        user: String,
+        /// Password on the command line (like `htpasswd -b`); visible to other local users.
+        password: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    Webdav,
+    Lb,
+    Excp,
+    Exrp,
+    All,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Webdav => "webdav",
+            Role::Lb => "lb",
+            Role::Excp => "excp",
+            Role::Exrp => "exrp",
+            Role::All => "all",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub fn parse() -> Cli {
+    Cli::parse()
+}

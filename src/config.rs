@@ -1,0 +1,601 @@
+//! Configuration: the TOML file (or the embedded sandbox default) parsed into typed, validated
+//! values before any port is bound. Every problem is collected and reported at once.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cli::Role;
+
+/// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Where the sandbox keeps its files when no config is given.
+pub const SANDBOX_DIR: &str = "exec-allinone-data";
+/// The credential the sandbox creates for recorders; loopback only, printed on start.
+pub const SANDBOX_USER: &str = "mcp";
+pub const SANDBOX_PASSWORD: &str = "mcp-sandbox";
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub admin: AdminConfig,
+    /// How long in-flight work may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub webdav: Option<WebdavConfig>,
+    /// The sandbox creates its directories and password file on start.
+    pub sandbox: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebdavConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// URL prefix the store is mounted under, without a trailing slash ("/recordings").
+    pub prefix: String,
+    pub root: PathBuf,
+    pub htpasswd: PathBuf,
+    pub realm: String,
+    pub max_file_size: u64,
+    pub quota: Option<u64>,
+    /// PUTs are refused with 507 when they would leave less than this free on the disk.
+    pub min_free_disk: u64,
+    pub max_uploads: usize,
+    /// fsync file and directory on every PUT; off trades crash safety for speed.
+    pub fsync: bool,
+    /// Size of the blocking pool that does all file-system work.
+    pub io_threads: usize,
+    /// Limit for reading a request's headers; also closes idle keep-alive connections.
+    pub header_timeout: Duration,
+    /// A request body that sends nothing for this long is aborted.
+    pub body_idle_timeout: Duration,
+    /// Range requests with more ranges than this (after merging) get the whole file.
+    pub max_ranges: usize,
+    pub max_xml_body: u64,
+    pub lock_max_timeout: Duration,
+}
+
+/// Why the configuration was refused: every problem, one per line.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} problem(s) in the configuration:", self.problems.len())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads the file, or builds the embedded sandbox default when there is none.
+    pub fn load(path: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
+        match path {
+            None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
+                    problems: vec![format!("cannot read {}: {err}", path.display())],
+                })?;
+                let config = Config::from_toml_str(&text, role)?;
+                config.check_files()?;
+                Ok(config)
+            }
+        }
+    }
+
+    /// Parses and validates without touching the file system.
+    pub fn from_toml_str(text: &str, role: Role) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
+            problems: vec![format!("not valid TOML: {}", err.to_string().trim_end())],
+        })?;
+        let mut problems = Vec::new();
+        let mut top = Section::new("", &table, &mut problems);
+        let shutdown_grace = top.duration("shutdown_grace", Duration::from_secs(30));
+        let admin_table = top.table("admin");
+        let webdav_table = top.table("webdav");
+        for (name, issue) in [("lb", 3), ("excp", 4), ("exrp", 5)] {
+            if top.table(name).is_some() {
+                top.problem_at(
+                    name,
+                    format!("the {name} role is not built yet (issue {issue}); remove this section"),
+                );
+            }
+        }
+        top.finish();
+
+        let admin = {
+            let empty = toml::Table::new();
+            let mut s = Section::new("admin", admin_table.unwrap_or(&empty), &mut problems);
+            let listen = s.addr("listen", default_admin_addr(role));
+            let tls = s.tls();
+            s.finish();
+            AdminConfig { listen, tls }
+        };
+
+        let wants_webdav = matches!(role, Role::Webdav | Role::All);
+        let webdav = match webdav_table {
+            Some(t) if wants_webdav => Some(WebdavConfig::parse(t, &mut problems)),
+            Some(_) => None,
+            None if role == Role::Webdav => {
+                problems.push("[webdav] section is missing; --role webdav needs it".into());
+                None
+            }
+            None => None,
+        };
+        if role == Role::All && webdav.is_none() && problems.is_empty() {
+            problems.push("no role section ([webdav]) in the file: nothing to run".into());
+        }
+        let config = Config { admin, shutdown_grace, webdav, sandbox: false };
+        config.check_listeners(&mut problems);
+        if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
+    }
+
+    /// The loopback default a newcomer gets without a config file.
+    pub fn sandbox(role: Role, dir: &Path) -> Config {
+        let webdav = matches!(role, Role::Webdav | Role::All).then(|| WebdavConfig {
+            listen: "127.0.0.1:8000".parse().expect("literal address"),
+            tls: None,
+            prefix: "/recordings".into(),
+            root: dir.join("recordings"),
+            htpasswd: dir.join("htpasswd"),
+            ..WebdavConfig::defaults()
+        });
+        Config {
+            admin: AdminConfig { listen: default_admin_addr(role), tls: None },
+            shutdown_grace: Duration::from_secs(30),
+            webdav,
+            sandbox: true,
+        }
+    }
+
+    /// The roles this process will run.
+    pub fn roles(&self) -> Vec<&'static str> {
+        let mut roles = Vec::new();
+        if self.webdav.is_some() {
+            roles.push("webdav");
+        }
+        roles
+    }
+
+    /// Checks that need the file system (files exist and parse), still before binding.
+    fn check_files(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut tls_configs = vec![("admin", &self.admin.tls)];
+        if let Some(w) = &self.webdav {
+            tls_configs.push(("webdav", &w.tls));
+            match std::fs::read_to_string(&w.htpasswd) {
+                Ok(text) => {
+                    if let Err(errors) = crate::auth::htpasswd::PasswordFile::parse(&text) {
+                        for e in errors {
+                            problems.push(format!("webdav.htpasswd {}: {e}", w.htpasswd.display()));
+                        }
+                    }
+                }
+                Err(err) => problems.push(format!(
+                    "webdav.htpasswd: cannot read {}: {err} (make it with `exec-allinone htpasswd -c FILE USER`)",
+                    w.htpasswd.display()
+                )),
+            }
+            match std::fs::symlink_metadata(&w.root) {
+                Ok(meta) if meta.is_dir() => {}
+                Ok(_) => problems.push(format!(
+                    "webdav.root: {} is not a directory (symlinks are not followed)",
+                    w.root.display()
+                )),
+                Err(_) => {
+                    let parent = w.root.parent().filter(|p| !p.as_os_str().is_empty());
+                    if parent.is_some_and(|p| !p.is_dir()) {
+                        problems.push(format!(
+                            "webdav.root: {} does not exist and neither does its parent",
+                            w.root.display()
+                        ));
+                    }
+                }
+            }
+        }
+        for (name, tls) in tls_configs {
+            if let Some(tls) = tls
+                && let Err(err) = crate::http::tls::load(tls)
+            {
+                problems.push(format!("{name}.tls: {err:#}"));
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(ConfigError { problems }) }
+    }
+
+    fn check_listeners(&self, problems: &mut Vec<String>) {
+        let mut listeners = vec![("admin", self.admin.listen)];
+        if let Some(w) = &self.webdav {
+            listeners.push(("webdav", w.listen));
+        }
+        for (i, (a_name, a)) in listeners.iter().enumerate() {
+            for (b_name, b) in &listeners[i + 1..] {
+                let same_ip = a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified();
+                if a.port() != 0 && a.port() == b.port() && same_ip {
+                    problems.push(format!("{a_name}.listen and {b_name}.listen both use {a} / {b}"));
+                }
+            }
+        }
+    }
+}
+
+fn default_admin_addr(role: Role) -> SocketAddr {
+    let port = match role {
+        Role::All => 9650,
+        Role::Webdav => 9651,
+        Role::Lb => 9652,
+        Role::Excp => 9653,
+        Role::Exrp => 9654,
+    };
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+impl WebdavConfig {
+    fn defaults() -> WebdavConfig {
+        WebdavConfig {
+            listen: "0.0.0.0:80".parse().expect("literal address"),
+            tls: None,
+            prefix: "/recordings".into(),
+            root: PathBuf::from("/var/lib/exec-allinone/recordings"),
+            htpasswd: PathBuf::from("/etc/exec-allinone/htpasswd"),
+            realm: "Recordings".into(),
+            max_file_size: 512 << 20,
+            quota: None,
+            min_free_disk: 256 << 20,
+            max_uploads: 2000,
+            fsync: true,
+            io_threads: 16,
+            header_timeout: Duration::from_secs(30),
+            body_idle_timeout: Duration::from_secs(60),
+            max_ranges: 16,
+            max_xml_body: 64 << 10,
+            lock_max_timeout: Duration::from_secs(3600),
+        }
+    }
+
+    fn parse(table: &toml::Table, problems: &mut Vec<String>) -> WebdavConfig {
+        let d = WebdavConfig::defaults();
+        let mut s = Section::new("webdav", table, problems);
+        let listen = s.addr("listen", d.listen);
+        let tls = s.tls();
+        let prefix = s.string("prefix").unwrap_or(d.prefix);
+        let root = s.path("root").unwrap_or(d.root);
+        let htpasswd = s.path("htpasswd").unwrap_or(d.htpasswd);
+        let realm = s.string("realm").unwrap_or(d.realm);
+        let max_file_size = s.size("max_file_size", d.max_file_size);
+        let quota = s.optional_size("quota");
+        let min_free_disk = s.size("min_free_disk", d.min_free_disk);
+        let max_uploads = s.count("max_uploads", d.max_uploads, 1..=1_000_000);
+        let fsync = s.bool("fsync", d.fsync);
+        let io_threads = s.count("io_threads", d.io_threads, 1..=512);
+        let header_timeout = s.duration("header_timeout", d.header_timeout);
+        let body_idle_timeout = s.duration("body_idle_timeout", d.body_idle_timeout);
+        let max_ranges = s.count("max_ranges", d.max_ranges, 1..=1000);
+        let max_xml_body = s.size("max_xml_body", d.max_xml_body);
+        let lock_max_timeout = s.duration("lock_max_timeout", d.lock_max_timeout);
+        if !prefix.starts_with('/')
+            || (prefix.len() > 1 && prefix.ends_with('/'))
+            || prefix.contains(['%', '?', '#', '\\'])
+            || prefix.split('/').any(|seg| seg == "." || seg == "..")
+        {
+            s.problem_at("prefix", format!("{prefix:?} must look like \"/recordings\""));
+        }
+        if realm.contains(['"', '\\']) || realm.chars().any(char::is_control) {
+            s.problem_at("realm", "must not contain quotes, backslashes or control characters");
+        }
+        if max_xml_body > 64 << 10 {
+            s.problem_at("max_xml_body", "at most 64KiB (the protocol engine's own cap)");
+        }
+        if header_timeout.is_zero() || body_idle_timeout.is_zero() {
+            s.problem_at("header_timeout", "timeouts must be above zero");
+        }
+        s.finish();
+        let prefix = if prefix == "/" { String::new() } else { prefix };
+        WebdavConfig {
+            listen,
+            tls,
+            prefix,
+            root,
+            htpasswd,
+            realm,
+            max_file_size,
+            quota,
+            min_free_disk,
+            max_uploads,
+            fsync,
+            io_threads,
+            header_timeout,
+            body_idle_timeout,
+            max_ranges,
+            max_xml_body,
+            lock_max_timeout,
+        }
+    }
+}
+
+/// One TOML table being read: typed getters record problems instead of failing, and
+/// `finish` reports the keys nobody asked for.
+struct Section<'a, 'p> {
+    name: &'static str,
+    table: &'a toml::Table,
+    used: BTreeSet<&'a str>,
+    problems: &'p mut Vec<String>,
+}
+
+impl<'a, 'p> Section<'a, 'p> {
+    fn new(name: &'static str, table: &'a toml::Table, problems: &'p mut Vec<String>) -> Self {
+        Section { name, table, used: BTreeSet::new(), problems }
+    }
+
+    fn key_name(&self, key: &str) -> String {
+        if self.name.is_empty() { key.to_string() } else { format!("{}.{key}", self.name) }
+    }
+
+    fn problem_at(&mut self, key: &str, message: impl std::fmt::Display) {
+        let key = self.key_name(key);
+        self.problems.push(format!("{key}: {message}"));
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        let (k, v) = self.table.get_key_value(key)?;
+        self.used.insert(k.as_str());
+        Some(v)
+    }
+
+    fn table(&mut self, key: &str) -> Option<&'a toml::Table> {
+        match self.get(key)? {
+            toml::Value::Table(t) => Some(t),
+            _ => {
+                self.problem_at(key, "must be a table");
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            other => {
+                self.problem_at(key, format!("must be a string, not {}", other.type_str()));
+                None
+            }
+        }
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.string(key)?;
+        if s.is_empty() {
+            self.problem_at(key, "must not be empty");
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn bool(&mut self, key: &str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(other) => {
+                self.problem_at(key, format!("must be true or false, not {}", other.type_str()));
+                default
+            }
+        }
+    }
+
+    fn count(&mut self, key: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> usize {
+        match self.get(key) {
+            None => default,
+            Some(toml::Value::Integer(n)) if usize::try_from(*n).is_ok_and(|n| range.contains(&n)) => {
+                *n as usize
+            }
+            Some(other) => {
+                self.problem_at(
+                    key,
+                    format!("must be a whole number from {} to {}, not {other}", range.start(), range.end()),
+                );
+                default
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &str, default: SocketAddr) -> SocketAddr {
+        let Some(s) = self.string(key) else { return default };
+        match s.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.problem_at(key, format!("{s:?} is not an address like \"0.0.0.0:80\" or \"[::1]:80\""));
+                default
+            }
+        }
+    }
+
+    fn optional_size(&mut self, key: &str) -> Option<u64> {
+        let value = self.get(key)?;
+        let parsed = match value {
+            toml::Value::Integer(n) if *n >= 0 => Ok(*n as u64),
+            toml::Value::String(s) => parse_size(s),
+            other => Err(format!("must be a size like \"512MiB\", not {}", other.type_str())),
+        };
+        parsed.map_err(|e| self.problem_at(key, e)).ok()
+    }
+
+    fn size(&mut self, key: &str, default: u64) -> u64 {
+        self.optional_size(key).unwrap_or(default)
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        let Some(value) = self.get(key) else { return default };
+        let parsed = match value {
+            toml::Value::Integer(n) if *n >= 0 => Ok(Duration::from_secs(*n as u64)),
+            toml::Value::String(s) => parse_duration(s, Duration::from_secs(1)),
+            other => Err(format!("must be a duration like \"30s\", not {}", other.type_str())),
+        };
+        parsed.map_err(|e| self.problem_at(key, e)).unwrap_or(default)
+    }
+
+    fn tls(&mut self) -> Option<TlsConfig> {
+        let table = self.table("tls")?;
+        let name = if self.name.is_empty() { "tls" } else { self.name };
+        let mut inner = Vec::new();
+        let mut s = Section::new(name, table, &mut inner);
+        let cert = s.path("cert");
+        let key = s.path("key");
+        s.finish();
+        if cert.is_none() {
+            inner.push(format!("{name}.tls.cert is required"));
+        }
+        if key.is_none() {
+            inner.push(format!("{name}.tls.key is required"));
+        }
+        self.problems.extend(inner);
+        Some(TlsConfig { cert: cert?, key: key? })
+    }
+
+    fn finish(self) {
+        for key in self.table.keys() {
+            if !self.used.contains(key.as_str()) {
+                let name = self.key_name(key);
+                self.problems.push(format!("{name}: unknown key"));
+            }
+        }
+    }
+}
+
+/// "512MiB", "30GiB", "64KiB", "1GB", "1000": binary and decimal units, bytes when bare.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let unit = unit.trim();
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a size like \"512MiB\""))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1000u64.pow(4),
+        "tib" => 1 << 40,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// "30s", "10m", "1h", "500ms", "2d"; a bare number is in `bare_unit` (seconds for our keys,
+/// minutes for the CME keys that are minutes in Genesys).
+pub fn parse_duration(text: &str, bare_unit: Duration) -> Result<Duration, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?} is not a duration like \"30s\""))?;
+    let d = match unit.trim() {
+        "" => bare_unit.checked_mul(u32::try_from(n).map_err(|_| format!("{text:?} is too large"))?),
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" | "min" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86400).map(Duration::from_secs),
+        other => return Err(format!("{text:?}: unknown unit {other:?} (use ms, s, m, h, d)")),
+    };
+    d.ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::from_toml_str(text, Role::All).expect_err("config should be refused").problems
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("30GiB"), Ok(30 << 30));
+        assert_eq!(parse_size("1GB"), Ok(1_000_000_000));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(parse_duration("30s", Duration::from_secs(1)), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m", Duration::from_secs(1)), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2", Duration::from_secs(60)), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms", Duration::from_secs(1)), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon", Duration::from_secs(1)).is_err());
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = problems(
+            r#"
+            colour = "blue"
+            [admin]
+            listen = "nowhere"
+            [webdav]
+            listen = "127.0.0.1:80"
+            prefix = "recordings/"
+            max_file_size = "lots"
+            fsync = "yes"
+            typo = 1
+            "#,
+        );
+        let joined = p.join("\n");
+        for needle in [
+            "colour: unknown key",
+            "admin.listen",
+            "webdav.prefix",
+            "webdav.max_file_size",
+            "webdav.fsync",
+            "webdav.typo: unknown key",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+    }
+
+    #[test]
+    fn unbuilt_roles_and_clashing_listeners_are_refused() {
+        let p = problems("[lb.pools.excp]\nlisten = \"0.0.0.0:3650\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
+        assert!(p.iter().any(|m| m.contains("lb role is not built yet")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("admin.listen and webdav.listen")), "{p:?}");
+    }
+
+    #[test]
+    fn minimal_webdav_section_parses() {
+        let c = Config::from_toml_str(
+            "[webdav]\nlisten = \"127.0.0.1:0\"\nroot = \"/tmp/r\"\nhtpasswd = \"/tmp/h\"\nquota = \"30GiB\"\n",
+            Role::Webdav,
+        )
+        .expect("valid");
+        let w = c.webdav.expect("webdav section");
+        assert_eq!(w.prefix, "/recordings");
+        assert_eq!(w.quota, Some(30 << 30));
+        assert_eq!(c.admin.listen.port(), 9651);
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_str!("../config/example.toml");
+        if let Err(e) = Config::from_toml_str(text, Role::All) {
+            panic!("config/example.toml: {e}");
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Body wrappers: an idle timeout for request bodies (slow senders cannot pin an upload slot
+//! forever) and a byte-counting response body that reports when the response is done.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Buf;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+/// The request body went quiet for longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("request body idle for more than {0:?}")]
+pub struct IdleTimeout(pub Duration);
+
+/// A request-body error with a concrete type, as the WebDAV engine wants `std::error::Error`.
+#[derive(Debug)]
+pub struct BodyError(pub crate::http::BoxError);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+/// Fails the body when no frame arrives within `idle` of being asked for one.
+pub struct IdleTimeoutBody<B> {
+    inner: B,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    /// True while a frame has been asked for and not yet delivered; the clock only runs then,
+    /// so time the consumer spends writing to disk does not count against the sender.
+    waiting: bool,
+}
+
+impl<B> IdleTimeoutBody<B> {
+    pub fn new(inner: B, idle: Duration) -> Self {
+        IdleTimeoutBody { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)), waiting: false }
+    }
+}
+
+impl<B> Body for IdleTimeoutBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<crate::http::BoxError>,
+{
+    type Data = B::Data;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if !this.waiting {
+            this.waiting = true;
+            this.sleep.as_mut().reset(Instant::now() + this.idle);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.waiting = false;
+                Poll::Ready(frame.map(|r| r.map_err(|e| BodyError(e.into()))))
+            }
+            Poll::Pending => match this.sleep.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Box::new(IdleTimeout(this.idle)))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts the bytes of a response body and calls `done(bytes, complete)` exactly once: when
+/// the body ends, or when it is dropped early because the client went away.
+pub struct CountingBody<B, F: FnOnce(u64, bool)> {
+    inner: B,
+    bytes: u64,
+    done: Option<F>,
+}
+
+impl<B: Body, F: FnOnce(u64, bool)> CountingBody<B, F> {
+    pub fn new(inner: B, done: F) -> Self {
+        let mut body = CountingBody { inner, bytes: 0, done: Some(done) };
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        body
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes, complete);
+        }
+    }
+}
+
+impl<B, F> Body for CountingBody<B, F>
+where
+    B: Body + Unpin,
+    F: FnOnce(u64, bool) + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.remaining() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish(true);
+                }
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B, F: FnOnce(u64, bool)> Drop for CountingBody<B, F> {
+    fn drop(&mut self) {
+        if let Some(done) = self.done.take() {
+            done(self.bytes, false);
+        }
+    }
+}

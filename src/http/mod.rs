@@ -1,0 +1,155 @@
+//! Shared HTTP server plumbing for every role: the accept loop (plain or TLS), header and
+//! idle timeouts, graceful drain, and the admin listener. Owns no business logic.
+
+pub mod admin;
+pub mod body;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a service learns about the connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+#[derive(Clone)]
+pub struct ServerOptions {
+    /// Name used in logs ("webdav", "admin", ...).
+    pub name: &'static str,
+    /// Limit for the request head; it also closes idle keep-alive connections.
+    pub header_timeout: Duration,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long open connections may take to finish once shutdown starts.
+    pub grace: Duration,
+}
+
+/// Serves HTTP/1.1 on an already bound listener until `shutdown`, then drains.
+pub async fn serve<F, S, B>(
+    listener: TcpListener,
+    opts: ServerOptions,
+    make_service: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: Fn(ConnInfo) -> S,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let graceful = GracefulShutdown::new();
+    let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning, keep serving.
+                    tracing::warn!(server = opts.name, %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = make_service(ConnInfo { peer, tls: acceptor.is_some() });
+        let opts = opts.clone();
+        match &acceptor {
+            None => {
+                let conn = builder(&opts).serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(err) = conn.await {
+                        log_conn_error(opts.name, peer, &err);
+                    }
+                });
+            }
+            Some(acceptor) => {
+                // The handshake runs in the connection's task so a slow client holds up nobody.
+                let acceptor = acceptor.clone();
+                let shutdown = shutdown.clone();
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(opts.header_timeout, acceptor.accept(stream));
+                    let tls_stream = tokio::select! {
+                        r = handshake => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(err)) => {
+                                tracing::debug!(server = opts.name, %peer, %err, "tls handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(server = opts.name, %peer, "tls handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = shutdown.cancelled() => return,
+                    };
+                    serve_io(tls_stream, &opts, service, watcher, peer).await;
+                });
+            }
+        }
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::debug!(server = opts.name, "all connections closed"),
+        _ = tokio::time::sleep(opts.grace) => {
+            tracing::warn!(server = opts.name, grace = ?opts.grace, "grace period over; closing remaining connections");
+        }
+    }
+    Ok(())
+}
+
+fn builder(opts: &ServerOptions) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    b.timer(TokioTimer::new()).header_read_timeout(opts.header_timeout).keep_alive(true);
+    b
+}
+
+async fn serve_io<I, S, B>(
+    io: I,
+    opts: &ServerOptions,
+    service: S,
+    watcher: hyper_util::server::graceful::Watcher,
+    peer: SocketAddr,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let conn = builder(opts).serve_connection(TokioIo::new(io), service);
+    if let Err(err) = watcher.watch(conn).await {
+        log_conn_error(opts.name, peer, &err);
+    }
+}
+
+fn log_conn_error(name: &str, peer: SocketAddr, err: &hyper::Error) {
+    // Clients that go away or time out are normal at this scale; keep them out of warn.
+    if err.is_timeout() || err.is_incomplete_message() || err.is_canceled() {
+        tracing::debug!(server = name, %peer, %err, "connection ended");
+    } else {
+        tracing::debug!(server = name, %peer, %err, "connection error");
+    }
+}

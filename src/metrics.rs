@@ -1,0 +1,156 @@
+//! Prometheus text-format metrics: a few lock-light primitives and an encoder.
+//! Each role owns its metrics struct and writes it out when `/metrics` is scraped.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters keyed by label values, e.g. (method, status).
+#[derive(Debug, Default)]
+pub struct CounterVec(Mutex<BTreeMap<Vec<String>, u64>>);
+
+impl CounterVec {
+    pub fn inc(&self, labels: &[&str]) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(labels.iter().map(|s| s.to_string()).collect()).or_default() += 1;
+    }
+    pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Latency buckets in seconds, from 1 ms to 60 s.
+const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0];
+
+#[derive(Debug, Default, Clone)]
+struct HistogramData {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+/// Latency histograms keyed by label values.
+#[derive(Debug, Default)]
+pub struct HistogramVec(Mutex<BTreeMap<Vec<String>, HistogramData>>);
+
+impl HistogramVec {
+    pub fn observe(&self, labels: &[&str], elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let h = map.entry(labels.iter().map(|s| s.to_string()).collect()).or_default();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                h.counts[i] += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += secs;
+    }
+}
+
+/// Writes metric families in the Prometheus text exposition format (version 0.0.4).
+pub struct Encoder<'a> {
+    out: &'a mut String,
+}
+
+impl<'a> Encoder<'a> {
+    pub fn new(out: &'a mut String) -> Self {
+        Encoder { out }
+    }
+
+    fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    pub fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.header(name, help, "counter");
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
+        self.header(name, help, "gauge");
+        let _ = writeln!(self.out, "{name} {value}");
+    }
+
+    pub fn counter_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &CounterVec) {
+        self.header(name, help, "counter");
+        for (values, n) in vec.snapshot() {
+            let labels = labels(label_names, &values, None);
+            let _ = writeln!(self.out, "{name}{{{labels}}} {n}");
+        }
+    }
+
+    pub fn histogram_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &HistogramVec) {
+        self.header(name, help, "histogram");
+        let map = vec.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (values, h) in map {
+            for (i, bound) in BUCKETS.iter().enumerate() {
+                let labels = labels(label_names, &values, Some(&bound.to_string()));
+                let _ = writeln!(self.out, "{name}_bucket{{{labels}}} {}", h.counts[i]);
+            }
+            let inf = labels(label_names, &values, Some("+Inf"));
+            let plain = labels(label_names, &values, None);
+            let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {}", h.count);
+            let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum);
+            let _ = writeln!(self.out, "{name}_count{{{plain}}} {}", h.count);
+        }
+    }
+}
+
+fn labels(names: &[&str], values: &[String], le: Option<&str>) -> String {
+    let mut out = String::new();
+    for (name, value) in names.iter().zip(values) {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let value = value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+        let _ = write!(out, "{name}=\"{value}\"");
+    }
+    if let Some(le) = le {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        let _ = write!(out, "le=\"{le}\"");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format() {
+        let requests = CounterVec::default();
+        requests.inc(&["GET", "200"]);
+        requests.inc(&["GET", "200"]);
+        let latency = HistogramVec::default();
+        latency.observe(&["GET"], Duration::from_millis(3));
+        let mut out = String::new();
+        let mut enc = Encoder::new(&mut out);
+        enc.counter_vec("x_requests_total", "Requests.", &["method", "status"], &requests);
+        enc.histogram_vec("x_seconds", "Latency.", &["method"], &latency);
+        assert!(out.contains("x_requests_total{method=\"GET\",status=\"200\"} 2\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{method=\"GET\",le=\"0.0025\"} 0\n"), "{out}");
+        assert!(out.contains("x_seconds_bucket{method=\"GET\",le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_seconds_count{method=\"GET\"} 1\n"), "{out}");
+    }
+}

@@ -1,0 +1,449 @@
+//! The bridge between dav-server's `DavFileSystem` traits and our `Store`: every call runs on
+//! the bounded blocking pool, uploads are buffered in small batches, dead properties are
+//! kept in sidecar files.
+
+use std::fs::File;
+use std::io::SeekFrom;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::{Buf, Bytes, BytesMut};
+use dav_server::davpath::DavPath;
+use dav_server::fs::{
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream,
+    OpenOptions, ReadDirMeta,
+};
+use futures_util::FutureExt;
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::store::{Meta, RelPath, Store, Upload};
+
+/// Writes are batched to this size before a trip to the blocking pool, which keeps both the
+/// number of pool hops and the memory held per slow upload small.
+const WRITE_BATCH: usize = 64 << 10;
+/// Dead properties of one resource may not exceed this in total.
+const MAX_PROPS_BYTES: usize = 64 << 10;
+
+#[derive(Clone)]
+pub struct DavStore {
+    store: Arc<Store>,
+}
+
+impl DavStore {
+    pub fn new(store: Arc<Store>) -> Self {
+        DavStore { store }
+    }
+}
+
+/// Runs file-system work on tokio's blocking pool, whose size the runtime caps.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
+    tokio::task::spawn_blocking(f).await.unwrap_or(Err(FsError::GeneralFailure))
+}
+
+fn rel(path: &DavPath) -> FsResult<RelPath> {
+    RelPath::parse(path.as_rel_ospath().as_os_str().as_encoded_bytes())
+}
+
+#[derive(Debug, Clone)]
+struct MetaData(Meta);
+
+impl DavMetaData for MetaData {
+    fn len(&self) -> u64 {
+        self.0.len
+    }
+    fn modified(&self) -> FsResult<SystemTime> {
+        Ok(self.0.modified)
+    }
+    fn is_dir(&self) -> bool {
+        self.0.is_dir
+    }
+    fn etag(&self) -> Option<String> {
+        // Each PUT lands as a new inode (temp file + rename), so the inode makes the tag change
+        // even when two versions share a size and a timestamp.
+        let t = self.0.modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+        Some(format!("{:x}-{:x}-{:x}", self.0.ino, self.0.len, t.as_nanos()))
+    }
+}
+
+struct DirEntry {
+    name: Vec<u8>,
+    meta: Meta,
+}
+
+impl DavDirEntry for DirEntry {
+    fn name(&self) -> Vec<u8> {
+        self.name.clone()
+    }
+    fn metadata(&'_ self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta: Box<dyn DavMetaData> = Box::new(MetaData(self.meta.clone()));
+        async move { Ok(meta) }.boxed()
+    }
+}
+
+/// One stored dead property; `xml` is the property element exactly as the client sent it.
+#[derive(Serialize, Deserialize)]
+struct StoredProp {
+    name: String,
+    prefix: Option<String>,
+    namespace: Option<String>,
+    xml: Option<String>,
+}
+
+fn load_props(raw: &[u8]) -> Vec<StoredProp> {
+    if raw.is_empty() {
+        return Vec::new();
+    }
+    serde_json::from_slice(raw).unwrap_or_else(|err| {
+        tracing::warn!(%err, "unreadable dead-property sidecar; treating it as empty");
+        Vec::new()
+    })
+}
+
+fn to_dav(p: &StoredProp, with_content: bool) -> DavProp {
+    DavProp {
+        name: p.name.clone(),
+        prefix: p.prefix.clone(),
+        namespace: p.namespace.clone(),
+        xml: if with_content { p.xml.as_ref().map(|x| x.clone().into_bytes()) } else { None },
+    }
+}
+
+fn same_prop(p: &StoredProp, q: &DavProp) -> bool {
+    p.name == q.name && p.namespace == q.namespace
+}
+
+impl DavFileSystem for DavStore {
+    fn open<'a>(&'a self, path: &'a DavPath, options: OpenOptions) -> FsFuture<'a, Box<dyn DavFile>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            if options.write || options.append {
+                let (create, create_new, size) = (options.create, options.create_new, options.size);
+                // Only whole-file PUTs: a partial write would expose a mix of two versions.
+                if options.append {
+                    return Err(FsError::NotImplemented);
+                }
+                if !options.truncate {
+                    // LOCK on an unmapped URL creates an empty resource (RFC 4918 §7.3); partial
+                    // PUTs, the other non-truncating writer, are refused before the engine.
+                    let (file, meta) = blocking(move || {
+                        let mut empty = store.begin_upload(&rel, Some(0), create || create_new, create_new)?;
+                        empty.commit()?;
+                        store.open_read(&rel)
+                    })
+                    .await?;
+                    return Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>);
+                }
+                let upload =
+                    blocking(move || store.begin_upload(&rel, size, create || create_new, create_new)).await?;
+                Ok(Box::new(UploadFile { upload: Some(upload), buf: BytesMut::new() }) as Box<dyn DavFile>)
+            } else {
+                let (file, meta) = blocking(move || store.open_read(&rel)).await?;
+                Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>)
+            }
+        }
+        .boxed()
+    }
+
+    fn read_dir<'a>(
+        &'a self,
+        path: &'a DavPath,
+        _meta: ReadDirMeta,
+    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            let entries = blocking(move || store.read_dir(&rel)).await?;
+            let entries = entries
+                .into_iter()
+                .map(|(name, meta)| Ok(Box::new(DirEntry { name, meta }) as Box<dyn DavDirEntry>));
+            Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
+        }
+        .boxed()
+    }
+
+    fn metadata<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, Box<dyn DavMetaData>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            let meta = blocking(move || store.metadata(&rel)).await?;
+            Ok(Box::new(MetaData(meta)) as Box<dyn DavMetaData>)
+        }
+        .boxed()
+    }
+
+    fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.run(path, |store, rel| store.create_dir(&rel))
+    }
+
+    fn remove_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.run(path, |store, rel| store.remove_dir(&rel))
+    }
+
+    fn remove_file<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
+        self.run(path, |store, rel| store.remove_file(&rel))
+    }
+
+    fn rename<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (from, to) = (rel(from)?, rel(to)?);
+            let store = Arc::clone(&self.store);
+            blocking(move || store.rename(&from, &to)).await
+        }
+        .boxed()
+    }
+
+    fn copy<'a>(&'a self, from: &'a DavPath, to: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (from, to) = (rel(from)?, rel(to)?);
+            let store = Arc::clone(&self.store);
+            blocking(move || store.copy(&from, &to)).await
+        }
+        .boxed()
+    }
+
+    fn have_props<'a>(&'a self, _path: &'a DavPath) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        async { true }.boxed()
+    }
+
+    fn patch_props<'a>(
+        &'a self,
+        path: &'a DavPath,
+        patch: Vec<(bool, DavProp)>,
+    ) -> FsFuture<'a, Vec<(StatusCode, DavProp)>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            blocking(move || {
+                let mut props = load_props(&store.read_props(&rel)?);
+                let mut result = Vec::with_capacity(patch.len());
+                for (set, prop) in &patch {
+                    props.retain(|p| !same_prop(p, prop));
+                    if *set {
+                        props.push(StoredProp {
+                            name: prop.name.clone(),
+                            prefix: prop.prefix.clone(),
+                            namespace: prop.namespace.clone(),
+                            xml: prop.xml.as_ref().map(|x| String::from_utf8_lossy(x).into_owned()),
+                        });
+                    }
+                    result.push((StatusCode::OK, DavProp { xml: None, ..prop.clone() }));
+                }
+                let encoded = if props.is_empty() {
+                    Vec::new()
+                } else {
+                    serde_json::to_vec(&props).map_err(|_| FsError::GeneralFailure)?
+                };
+                if encoded.len() > MAX_PROPS_BYTES {
+                    // PROPPATCH is all or nothing: nothing is stored, every property fails.
+                    return Ok(patch
+                        .into_iter()
+                        .map(|(_, p)| (StatusCode::INSUFFICIENT_STORAGE, DavProp { xml: None, ..p }))
+                        .collect());
+                }
+                store.write_props(&rel, &encoded)?;
+                Ok(result)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            let raw = blocking(move || store.read_props(&rel)).await?;
+            Ok(load_props(&raw).iter().map(|p| to_dav(p, do_content)).collect())
+        }
+        .boxed()
+    }
+
+    fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            let raw = blocking(move || store.read_props(&rel)).await?;
+            load_props(&raw)
+                .into_iter()
+                .find(|p| same_prop(p, &prop))
+                .and_then(|p| p.xml)
+                .map(String::into_bytes)
+                .ok_or(FsError::NotFound)
+        }
+        .boxed()
+    }
+
+    fn get_quota(&'_ self) -> FsFuture<'_, (u64, Option<u64>)> {
+        let used = self.store.used_bytes();
+        let total = self.store.quota();
+        async move { Ok((used, total)) }.boxed()
+    }
+}
+
+impl DavStore {
+    fn run<'a>(
+        &'a self,
+        path: &'a DavPath,
+        op: impl FnOnce(&Store, RelPath) -> FsResult<()> + Send + 'static,
+    ) -> FsFuture<'a, ()> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            blocking(move || op(&store, rel)).await
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug)]
+struct ReadFile {
+    file: Arc<File>,
+    meta: Meta,
+    pos: u64,
+}
+
+impl DavFile for ReadFile {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta: Box<dyn DavMetaData> = Box::new(MetaData(self.meta.clone()));
+        async move { Ok(meta) }.boxed()
+    }
+
+    fn write_buf(&'_ mut self, _buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn write_bytes(&'_ mut self, _buf: Bytes) -> FsFuture<'_, ()> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn read_bytes(&'_ mut self, count: usize) -> FsFuture<'_, Bytes> {
+        async move {
+            let file = Arc::clone(&self.file);
+            let pos = self.pos;
+            let count = count.min(1 << 20);
+            let bytes = blocking(move || {
+                let mut buf = vec![0u8; count];
+                let mut filled = 0;
+                while filled < count {
+                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                        Err(_) => return Err(FsError::GeneralFailure),
+                    }
+                }
+                buf.truncate(filled);
+                Ok(Bytes::from(buf))
+            })
+            .await?;
+            self.pos += bytes.len() as u64;
+            Ok(bytes)
+        }
+        .boxed()
+    }
+
+    fn seek(&'_ mut self, pos: SeekFrom) -> FsFuture<'_, u64> {
+        let new = match pos {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::End(d) => self.meta.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        let result = match new {
+            Some(n) => {
+                self.pos = n;
+                Ok(n)
+            }
+            None => Err(FsError::GeneralFailure),
+        };
+        async move { result }.boxed()
+    }
+
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async { Ok(()) }.boxed()
+    }
+}
+
+struct UploadFile {
+    /// Taken out while a batch is being written on the blocking pool.
+    upload: Option<Upload>,
+    buf: BytesMut,
+}
+
+impl std::fmt::Debug for UploadFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadFile").field("upload", &self.upload).finish()
+    }
+}
+
+impl UploadFile {
+    async fn write_out(&mut self, data: Bytes) -> FsResult<()> {
+        let mut upload = self.upload.take().ok_or(FsError::GeneralFailure)?;
+        let (upload, result) = tokio::task::spawn_blocking(move || {
+            let r = upload.write(&data);
+            (upload, r)
+        })
+        .await
+        .map_err(|_| FsError::GeneralFailure)?;
+        self.upload = Some(upload);
+        result
+    }
+
+    async fn push(&mut self, data: Bytes) -> FsResult<()> {
+        if self.buf.is_empty() && data.len() >= WRITE_BATCH {
+            return self.write_out(data).await;
+        }
+        self.buf.extend_from_slice(&data);
+        if self.buf.len() >= WRITE_BATCH {
+            let batch = self.buf.split().freeze();
+            self.write_out(batch).await?;
+        }
+        Ok(())
+    }
+}
+
+impl DavFile for UploadFile {
+    fn metadata(&'_ mut self) -> FsFuture<'_, Box<dyn DavMetaData>> {
+        let meta = self.upload.as_ref().map(|u| Box::new(MetaData(u.meta())) as Box<dyn DavMetaData>);
+        async move { meta.ok_or(FsError::GeneralFailure) }.boxed()
+    }
+
+    fn write_buf(&'_ mut self, mut buf: Box<dyn Buf + Send>) -> FsFuture<'_, ()> {
+        let data = buf.copy_to_bytes(buf.remaining());
+        self.write_bytes(data)
+    }
+
+    fn write_bytes(&'_ mut self, buf: Bytes) -> FsFuture<'_, ()> {
+        self.push(buf).boxed()
+    }
+
+    fn read_bytes(&'_ mut self, _count: usize) -> FsFuture<'_, Bytes> {
+        async { Err(FsError::Forbidden) }.boxed()
+    }
+
+    fn seek(&'_ mut self, _pos: SeekFrom) -> FsFuture<'_, u64> {
+        async { Err(FsError::NotImplemented) }.boxed()
+    }
+
+    /// dav-server calls this once, after the whole body arrived without error: the commit point.
+    fn flush(&'_ mut self) -> FsFuture<'_, ()> {
+        async move {
+            if !self.buf.is_empty() {
+                let batch = self.buf.split().freeze();
+                self.write_out(batch).await?;
+            }
+            let mut upload = self.upload.take().ok_or(FsError::GeneralFailure)?;
+            let (upload, result) = tokio::task::spawn_blocking(move || {
+                let r = upload.commit();
+                (upload, r)
+            })
+            .await
+            .map_err(|_| FsError::GeneralFailure)?;
+            self.upload = Some(upload);
+            result.map(|_| ())
+        }
+        .boxed()
+    }
+}

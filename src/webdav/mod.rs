@@ -1,0 +1,397 @@
+//! Role `webdav`: the transient recording store that replaces Apache mod_dav. dav-server is
+//! the protocol engine; this module owns what sits around it (auth, limits, path checks,
+//! Range merging, metrics, access log) and the storage layer under it (`store`, `davfs`).
+
+mod davfs;
+mod locks;
+mod range;
+pub mod store;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dav_server::{DavHandler, DavMethod, DavMethodSet};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use percent_encoding::percent_decode;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::basic::BasicAuth;
+use crate::config::WebdavConfig;
+use crate::http::body::{CountingBody, IdleTimeoutBody};
+use crate::http::{BoxError, ConnInfo, ServerOptions};
+use crate::metrics::{Counter, CounterVec, Encoder, HistogramVec};
+use crate::telemetry::escape;
+use store::{Limits, RESERVED_PREFIX, RelPath, Store};
+
+type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+
+pub struct Webdav {
+    config: WebdavConfig,
+    store: Arc<Store>,
+    dav: DavHandler,
+    locks: locks::ExpiringLs,
+    auth: Arc<BasicAuth>,
+    /// One permit per PUT in flight; none left means 503, not an unbounded pile-up.
+    uploads: Arc<Semaphore>,
+    metrics: Metrics,
+}
+
+#[derive(Default)]
+struct Metrics {
+    requests: CounterVec,
+    latency: HistogramVec,
+    auth_failures: CounterVec,
+    rejected: CounterVec,
+    bytes_out: Counter,
+}
+
+impl Webdav {
+    /// Opens the store (sweeping temp files left by a crash) and the password file. Nothing
+    /// is bound yet.
+    pub fn prepare(config: &WebdavConfig, create_root: bool) -> anyhow::Result<Arc<Webdav>> {
+        let limits = Limits {
+            max_file_size: config.max_file_size,
+            quota: config.quota,
+            min_free_disk: config.min_free_disk,
+        };
+        let store = Arc::new(Store::open(&config.root, create_root, config.fsync, limits)?);
+        let auth = BasicAuth::open(config.htpasswd.clone(), config.realm.clone())?;
+        let locks = locks::ExpiringLs::new(config.lock_max_timeout);
+        let mut methods = DavMethodSet::WEBDAV_RW;
+        // Partial updates would let a reader see a mix of two versions of a recording.
+        methods.remove(DavMethod::Patch);
+        let dav = DavHandler::builder()
+            .filesystem(Box::new(davfs::DavStore::new(Arc::clone(&store))))
+            .locksystem(Box::new(locks.clone()))
+            .strip_prefix(config.prefix.clone())
+            .methods(methods)
+            .read_buf_size(64 << 10)
+            .build_handler();
+        tracing::info!(
+            root = %config.root.display(),
+            used_bytes = store.used_bytes(),
+            files = store.file_count(),
+            quota = ?config.quota,
+            fsync = config.fsync,
+            "webdav store opened"
+        );
+        Ok(Arc::new(Webdav {
+            config: config.clone(),
+            store,
+            dav,
+            locks,
+            auth,
+            uploads: Arc::new(Semaphore::new(config.max_uploads)),
+            metrics: Metrics::default(),
+        }))
+    }
+
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        grace: std::time::Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let opts = ServerOptions { name: "webdav", header_timeout: self.config.header_timeout, tls, grace };
+        let make = move |conn: ConnInfo| {
+            let this = Arc::clone(&self);
+            hyper::service::service_fn(move |req| {
+                let this = Arc::clone(&this);
+                async move { Ok::<_, std::convert::Infallible>(this.handle(req, conn).await) }
+            })
+        };
+        crate::http::serve(listener, opts, make, shutdown).await
+    }
+
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, conn: ConnInfo) -> Response<ResBody> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let bytes_in = content_length(&req);
+        let (user, response) = match self.authorize(&req, conn.peer.ip()).await {
+            Err(response) => (String::from("-"), response),
+            Ok(user) => {
+                let response = match self.precheck(&req) {
+                    Some(response) => response,
+                    None => self.dispatch(req, &user).await,
+                };
+                (user, response)
+            }
+        };
+        let status = response.status();
+        // These responses have no body to send, so hyper never polls it to the end.
+        let bodiless = method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+        let this = Arc::clone(&self);
+        response.map(move |body| {
+            CountingBody::new(body, move |bytes_out, complete| {
+                let elapsed = start.elapsed();
+                this.metrics.requests.inc(&[method.as_str(), status.as_str()]);
+                this.metrics.latency.observe(&[method.as_str()], elapsed);
+                this.metrics.bytes_out.add(bytes_out);
+                tracing::info!(
+                    target: "access",
+                    client = %conn.peer.ip(),
+                    user = %escape(&user),
+                    method = %method,
+                    path = %escape(&path),
+                    status = status.as_u16(),
+                    bytes_in,
+                    bytes_out,
+                    ms = elapsed.as_millis() as u64,
+                    complete = complete || bodiless,
+                );
+            })
+            .boxed_unsync()
+        })
+    }
+
+    async fn authorize(&self, req: &Request<Incoming>, ip: IpAddr) -> Result<String, Response<ResBody>> {
+        if !under_prefix(req.uri().path(), &self.config.prefix) {
+            return Err(plain(StatusCode::NOT_FOUND, "not found\n"));
+        }
+        match self.auth.check(req.headers().get(header::AUTHORIZATION), ip).await {
+            Ok(user) => Ok(user),
+            Err(failure) => {
+                self.metrics.auth_failures.inc(&[failure.reason()]);
+                let mut response = plain(StatusCode::UNAUTHORIZED, "authentication required\n");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, self.auth.challenge());
+                Err(response)
+            }
+        }
+    }
+
+    /// Checks done before the engine sees the request; `Some` is the refusal.
+    fn precheck(&self, req: &Request<Incoming>) -> Option<Response<ResBody>> {
+        let refuse = |status, why: &'static str, reason: &'static str| {
+            self.metrics.rejected.inc(&[reason]);
+            Some(plain(status, why))
+        };
+        match check_path(req.uri().path()) {
+            PathCheck::Ok => {}
+            PathCheck::Bad => return refuse(StatusCode::BAD_REQUEST, "bad path\n", "bad_path"),
+            PathCheck::Reserved => return refuse(StatusCode::NOT_FOUND, "not found\n", "reserved_name"),
+        }
+        if let Some(dest) = req.headers().get("destination") {
+            let dest_path = dest.to_str().ok().and_then(|d| d.parse::<http::Uri>().ok()).map(|u| u.path().to_owned());
+            match dest_path.as_deref().map(check_path) {
+                Some(PathCheck::Ok) => {}
+                Some(PathCheck::Reserved) => {
+                    return refuse(StatusCode::FORBIDDEN, "reserved destination\n", "reserved_name");
+                }
+                _ => return refuse(StatusCode::BAD_REQUEST, "bad destination\n", "bad_path"),
+            }
+        }
+        let length = content_length(req);
+        if req.method() == Method::PUT {
+            if req.headers().contains_key(header::CONTENT_RANGE) {
+                return refuse(StatusCode::BAD_REQUEST, "partial PUT (Content-Range) is not supported\n", "partial_put");
+            }
+            if length.is_some_and(|n| n > self.config.max_file_size) {
+                return refuse(StatusCode::PAYLOAD_TOO_LARGE, "file larger than max_file_size\n", "too_large");
+            }
+        } else if length.is_some_and(|n| n > self.config.max_xml_body) {
+            return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", "xml_too_large");
+        }
+        let depth = req.headers().get("depth").and_then(|d| d.to_str().ok()).map(str::trim);
+        if req.method().as_str() == "PROPFIND" && depth.is_some_and(|d| d.eq_ignore_ascii_case("infinity")) {
+            // Apache's answer with DavDepthInfinity off (RFC 4918 §9.1).
+            self.metrics.rejected.inc(&["depth_infinity"]);
+            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
+                <D:error xmlns:D=\"DAV:\"><D:propfind-finite-depth/></D:error>\n";
+            let mut response = plain(StatusCode::FORBIDDEN, body);
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
+            return Some(response);
+        }
+        None
+    }
+
+    async fn dispatch(&self, req: Request<Incoming>, user: &str) -> Response<ResBody> {
+        let mut req = req;
+        let _permit = if req.method() == Method::PUT {
+            match Arc::clone(&self.uploads).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    self.metrics.rejected.inc(&["max_uploads"]);
+                    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "too many uploads in flight\n");
+                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                    return response;
+                }
+            }
+        } else {
+            None
+        };
+        if req.method() == Method::GET {
+            self.limit_ranges(&mut req).await;
+        }
+        let idle = self.config.body_idle_timeout;
+        let req = req.map(|body| IdleTimeoutBody::new(body, idle));
+        let response = self.dav.handle_guarded(req, user.to_owned(), ()).await;
+        response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+    }
+
+    /// Rewrites a multi-range header so overlapping ranges cannot multiply the bytes sent.
+    async fn limit_ranges(&self, req: &mut Request<Incoming>) {
+        let Some(range) = req.headers().get(header::RANGE).and_then(|r| r.to_str().ok()) else { return };
+        if !range.contains(',') {
+            return; // one range can never send more than the file
+        }
+        let range = range.to_owned();
+        let rel_bytes = req.uri().path().strip_prefix(&self.config.prefix).unwrap_or("").to_owned();
+        let decoded: Vec<u8> = percent_decode(rel_bytes.as_bytes()).collect();
+        let store = Arc::clone(&self.store);
+        let len = tokio::task::spawn_blocking(move || {
+            RelPath::parse(&decoded).ok().and_then(|rel| store.metadata(&rel).ok()).map(|m| m.len)
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(len) = len else { return };
+        match range::decide(&range, len, self.config.max_ranges) {
+            range::Decision::Ranges(normalized) => {
+                if let Ok(v) = HeaderValue::from_str(&normalized) {
+                    req.headers_mut().insert(header::RANGE, v);
+                }
+            }
+            range::Decision::Whole => {
+                req.headers_mut().remove(header::RANGE);
+            }
+            range::Decision::Untouched => {}
+        }
+    }
+}
+
+impl crate::http::admin::RoleStatus for Webdav {
+    fn name(&self) -> &'static str {
+        "webdav"
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        let root_ok = self.store.metadata(&RelPath::parse(b"/").expect("root")).is_ok();
+        let free = self.store.free_disk();
+        let used = self.store.used_bytes();
+        let disk_ok = free.is_none_or(|f| f >= self.config.min_free_disk);
+        let quota_ok = self.config.quota.is_none_or(|q| used < q);
+        let details = serde_json::json!({
+            "root": self.store.root_path().display().to_string(),
+            "rootAccessible": root_ok,
+            "usedBytes": used,
+            "quotaBytes": self.config.quota,
+            "freeDiskBytes": free,
+            "files": self.store.file_count(),
+            "uploadsInFlight": self.config.max_uploads - self.uploads.available_permits(),
+            "locks": self.locks.active(),
+        });
+        (root_ok && disk_ok && quota_ok, details)
+    }
+
+    fn metrics(&self, enc: &mut Encoder<'_>) {
+        let m = &self.metrics;
+        let s = &self.store.stats;
+        enc.counter_vec("webdav_requests_total", "Requests by method and status.", &["method", "status"], &m.requests);
+        enc.histogram_vec("webdav_request_duration_seconds", "Request latency by method.", &["method"], &m.latency);
+        enc.counter_vec("webdav_auth_failures_total", "Failed authentications by reason.", &["reason"], &m.auth_failures);
+        enc.counter_vec("webdav_rejected_total", "Requests refused before the engine, by reason.", &["reason"], &m.rejected);
+        enc.counter("webdav_uploads_started_total", "PUTs that opened a temp file.", s.uploads_started.get());
+        enc.counter("webdav_uploads_completed_total", "PUTs committed into place.", s.uploads_completed.get());
+        enc.counter("webdav_uploads_aborted_total", "PUTs that ended without a commit (nothing was replaced).", s.uploads_aborted.get());
+        enc.counter("webdav_temp_files_swept_total", "Temp files of interrupted uploads removed at start.", s.temp_files_swept.get());
+        enc.gauge("webdav_uploads_in_flight", "PUTs being received now.", (self.config.max_uploads - self.uploads.available_permits()) as f64);
+        enc.counter("webdav_bytes_in_total", "Bytes written by PUTs.", s.bytes_in.get());
+        enc.counter("webdav_bytes_out_total", "Response body bytes sent.", m.bytes_out.get());
+        enc.gauge("webdav_store_used_bytes", "Bytes in stored files.", self.store.used_bytes() as f64);
+        enc.gauge("webdav_store_files", "Files in the store.", self.store.file_count() as f64);
+        if let Some(q) = self.config.quota {
+            enc.gauge("webdav_store_quota_bytes", "Configured quota.", q as f64);
+        }
+        if let Some(free) = self.store.free_disk() {
+            enc.gauge("webdav_disk_free_bytes", "Free bytes on the store's file system.", free as f64);
+        }
+        enc.gauge("webdav_locks_active", "Live WebDAV locks.", self.locks.active() as f64);
+    }
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+fn under_prefix(path: &str, prefix: &str) -> bool {
+    prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum PathCheck {
+    Ok,
+    /// Traversal, NUL, encoded separators, backslashes, invalid UTF-8.
+    Bad,
+    /// One of our own hidden names.
+    Reserved,
+}
+
+/// One rule for request paths and Destination headers: decode once, then refuse anything that
+/// could name a different file than it seems to.
+fn check_path(raw: &str) -> PathCheck {
+    let lower = raw.to_ascii_lowercase();
+    if raw.contains('\\') || ["%00", "%2f", "%5c"].iter().any(|bad| lower.contains(bad)) {
+        return PathCheck::Bad;
+    }
+    let Ok(decoded) = percent_decode(raw.as_bytes()).decode_utf8() else { return PathCheck::Bad };
+    let mut reserved = false;
+    for seg in decoded.split('/') {
+        if seg == "." || seg == ".." || seg.chars().any(|c| c.is_control()) {
+            return PathCheck::Bad;
+        }
+        reserved |= seg.starts_with(RESERVED_PREFIX);
+    }
+    if reserved { PathCheck::Reserved } else { PathCheck::Ok }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<ResBody> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync());
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_corpus_is_refused() {
+        for bad in [
+            "/recordings/../etc/passwd",
+            "/recordings/%2e%2e/etc/passwd",
+            "/recordings/..%2fetc%2fpasswd",
+            "/recordings/a%2Fb",
+            "/recordings/a%5c..%5cb",
+            "/recordings/a\\b",
+            "/recordings/a.txt%00.jpg",
+            "/recordings/./a",
+            "/recordings/%ff%fe",
+            "/recordings/a%0d%0aSet-Cookie:x",
+        ] {
+            assert_eq!(check_path(bad), PathCheck::Bad, "{bad}");
+        }
+        assert_eq!(check_path("/recordings/.exec-allinone-tmp-1"), PathCheck::Reserved);
+        assert_eq!(check_path("/recordings/%2eexec-allinone-props-x"), PathCheck::Reserved);
+        assert_eq!(check_path("/recordings/011AP643_2024-01-01.opus"), PathCheck::Ok);
+        assert_eq!(check_path("/recordings/dir/caf%C3%A9%20x.opus"), PathCheck::Ok);
+    }
+
+    #[test]
+    fn prefix_matching() {
+        assert!(under_prefix("/recordings", "/recordings"));
+        assert!(under_prefix("/recordings/a", "/recordings"));
+        assert!(!under_prefix("/recordingsX/a", "/recordings"));
+        assert!(!under_prefix("/other", "/recordings"));
+        assert!(under_prefix("/anything", ""));
+    }
+}

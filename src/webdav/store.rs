@@ -1,0 +1,778 @@
+//! The crash-safe storage layer under the WebDAV engine: every file-system operation on the
+//! store, done beneath one root directory fd with `openat2(RESOLVE_BENEATH|NO_SYMLINKS)` so
+//! no path, symlink or `..` can reach outside it. PUT writes a hidden temp file, verifies its
+//! length, fsyncs, renames and fsyncs the directory. All functions here block: callers run
+//! them on the bounded blocking pool.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use dav_server::fs::FsError;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use crate::metrics::Counter;
+
+/// Names starting with this are ours (temp files, property sidecars): invisible to every
+/// method and refused in every request path.
+pub const RESERVED_PREFIX: &str = ".exec-allinone-";
+const TMP_PREFIX: &str = ".exec-allinone-tmp-";
+const PROPS_PREFIX: &str = ".exec-allinone-props-";
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+pub type FsResult<T> = Result<T, FsError>;
+
+/// Limits the store enforces on writes.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_file_size: u64,
+    pub quota: Option<u64>,
+    pub min_free_disk: u64,
+}
+
+/// Counters the storage layer keeps for `/metrics`.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    pub uploads_started: Counter,
+    pub uploads_completed: Counter,
+    pub uploads_aborted: Counter,
+    pub bytes_in: Counter,
+    pub temp_files_swept: Counter,
+}
+
+pub struct Store {
+    root: OwnedFd,
+    root_path: PathBuf,
+    fsync: bool,
+    limits: Limits,
+    /// Bytes in committed regular files, kept up to date by every write and delete.
+    used: AtomicU64,
+    /// Bytes promised to uploads in flight, so concurrent PUTs cannot overrun the quota.
+    reserved: AtomicU64,
+    files: AtomicU64,
+    pub stats: StoreStats,
+}
+
+/// A request path checked for use under the root: segments, none empty, `.`, `..`,
+/// containing NUL or `/`, or starting with the reserved prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelPath {
+    segs: Vec<OsString>,
+}
+
+impl RelPath {
+    pub fn parse(bytes: &[u8]) -> FsResult<RelPath> {
+        let mut segs = Vec::new();
+        for seg in bytes.split(|&b| b == b'/') {
+            if seg.is_empty() {
+                continue;
+            }
+            if seg == b"." || seg == b".." || seg.contains(&0) || seg.contains(&b'\\') {
+                return Err(FsError::Forbidden);
+            }
+            if seg.starts_with(RESERVED_PREFIX.as_bytes()) {
+                return Err(FsError::NotFound);
+            }
+            if seg.len() > 255 {
+                return Err(FsError::PathTooLong);
+            }
+            segs.push(OsStr::from_bytes(seg).to_owned());
+        }
+        Ok(RelPath { segs })
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.segs.is_empty()
+    }
+
+    fn join(segs: &[OsString]) -> PathBuf {
+        segs.iter().collect()
+    }
+
+    fn split(&self) -> Option<(&[OsString], &OsStr)> {
+        let (name, parent) = self.segs.split_last()?;
+        Some((parent, name.as_os_str()))
+    }
+}
+
+/// What the WebDAV engine needs to know about a file or directory.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub len: u64,
+    pub modified: SystemTime,
+    pub is_dir: bool,
+    pub ino: u64,
+}
+
+impl Meta {
+    fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        let modified = SystemTime::UNIX_EPOCH
+            + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+        Meta {
+            len: st.st_size.max(0) as u64,
+            modified,
+            is_dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+            ino: st.st_ino,
+        }
+    }
+}
+
+/// Maps an OS error to what the WebDAV engine turns into a status code. Symlinks are
+/// invisible (`ELOOP` from `RESOLVE_NO_SYMLINKS` reads as "not found"); an attempt to leave
+/// the root (`EXDEV` from `RESOLVE_BENEATH`) is forbidden.
+pub fn fs_error(err: Errno) -> FsError {
+    match err {
+        Errno::NOENT | Errno::LOOP | Errno::NOTDIR => FsError::NotFound,
+        Errno::XDEV | Errno::ACCESS | Errno::PERM | Errno::ISDIR | Errno::ROFS => FsError::Forbidden,
+        Errno::EXIST | Errno::NOTEMPTY => FsError::Exists,
+        Errno::NOSPC | Errno::DQUOT | Errno::MLINK => FsError::InsufficientStorage,
+        Errno::FBIG => FsError::TooLarge,
+        Errno::NAMETOOLONG => FsError::PathTooLong,
+        _ => FsError::GeneralFailure,
+    }
+}
+
+fn io_error(err: std::io::Error) -> FsError {
+    match err.raw_os_error() {
+        Some(code) => fs_error(Errno::from_raw_os_error(code)),
+        None => FsError::GeneralFailure,
+    }
+}
+
+fn resolve() -> ResolveFlags {
+    ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
+}
+
+fn props_name(name: &OsStr) -> OsString {
+    let mut n = OsString::from(PROPS_PREFIX);
+    n.push(name);
+    n
+}
+
+fn random_tmp_name() -> OsString {
+    OsString::from(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()))
+}
+
+impl Store {
+    /// Opens the root (creating it if asked), sweeps temp files left by a crash and counts
+    /// what is stored.
+    pub fn open(root_path: &Path, create: bool, fsync: bool, limits: Limits) -> anyhow::Result<Store> {
+        use anyhow::Context;
+        if create {
+            std::fs::create_dir_all(root_path)
+                .with_context(|| format!("cannot create the store root {}", root_path.display()))?;
+        }
+        let root = rustix::fs::open(
+            root_path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open the store root {} (it must be a real directory)", root_path.display()))?;
+        // Fail at start, not on the first request, on kernels without openat2 (before 5.6).
+        match rustix::fs::openat2(&root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), resolve()) {
+            Err(Errno::NOSYS) => anyhow::bail!("this kernel has no openat2 (Linux 5.6 or later is needed)"),
+            Err(err) => return Err(err).context("cannot open the store root beneath itself"),
+            Ok(_) => {}
+        }
+        let store = Store {
+            root,
+            root_path: root_path.to_path_buf(),
+            fsync,
+            limits,
+            used: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+            files: AtomicU64::new(0),
+            stats: StoreStats::default(),
+        };
+        let (used, files) = store.sweep_dir(store.root.as_fd(), 0)?;
+        store.used.store(used, Ordering::Relaxed);
+        store.files.store(files, Ordering::Relaxed);
+        Ok(store)
+    }
+
+    pub fn root_path(&self) -> &Path {
+        &self.root_path
+    }
+
+    pub fn used_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn file_count(&self) -> u64 {
+        self.files.load(Ordering::Relaxed)
+    }
+
+    pub fn quota(&self) -> Option<u64> {
+        self.limits.quota
+    }
+
+    /// Bytes available to unprivileged users on the store's file system.
+    pub fn free_disk(&self) -> Option<u64> {
+        rustix::fs::fstatvfs(&self.root).ok().map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+    }
+
+    /// Walks a directory tree: removes our temp files and orphaned sidecars, sums file sizes.
+    fn sweep_dir(&self, dir: BorrowedFd<'_>, depth: usize) -> anyhow::Result<(u64, u64)> {
+        anyhow::ensure!(depth < 64, "store tree deeper than 64 levels under {}", self.root_path.display());
+        let mut used = 0;
+        let mut files = 0;
+        let entries = list_dir(dir)?;
+        for (name, ft) in &entries {
+            let bytes = name.as_bytes();
+            if bytes.starts_with(TMP_PREFIX.as_bytes()) {
+                if rustix::fs::unlinkat(dir, name, AtFlags::empty()).is_ok() {
+                    self.stats.temp_files_swept.inc();
+                    tracing::info!(file = ?name, "removed a temp file left by an interrupted upload");
+                }
+            } else if let Some(owner) = bytes.strip_prefix(PROPS_PREFIX.as_bytes()) {
+                let owner = OsStr::from_bytes(owner);
+                if !owner.is_empty() && rustix::fs::statat(dir, owner, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                }
+            } else if *ft == FileType::Directory {
+                let sub = rustix::fs::openat2(
+                    dir,
+                    name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                    Mode::empty(),
+                    resolve(),
+                )?;
+                let (u, f) = self.sweep_dir(sub.as_fd(), depth + 1)?;
+                used += u;
+                files += f;
+            } else if *ft == FileType::RegularFile
+                && let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            {
+                used += st.st_size.max(0) as u64;
+                files += 1;
+            }
+        }
+        Ok((used, files))
+    }
+
+    fn open_dir(&self, segs: &[OsString]) -> FsResult<OwnedFd> {
+        let path = if segs.is_empty() { PathBuf::from(".") } else { RelPath::join(segs) };
+        rustix::fs::openat2(
+            &self.root,
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve(),
+        )
+        .map_err(fs_error)
+    }
+
+    /// The parent directory of `path` and the last segment; the root has no parent.
+    fn parent(&self, path: &RelPath) -> FsResult<(OwnedFd, OsString)> {
+        let (parent, name) = path.split().ok_or(FsError::Forbidden)?;
+        Ok((self.open_dir(parent)?, name.to_owned()))
+    }
+
+    fn sync_dir(&self, dir: BorrowedFd<'_>) -> FsResult<()> {
+        if self.fsync {
+            rustix::fs::fsync(dir).map_err(fs_error)?;
+        }
+        Ok(())
+    }
+
+    /// Metadata of a file or directory; symlinks and special files do not exist for us.
+    pub fn metadata(&self, path: &RelPath) -> FsResult<Meta> {
+        let st = match path.split() {
+            None => rustix::fs::fstat(&self.root).map_err(fs_error)?,
+            Some((parent, name)) => {
+                let dir = self.open_dir(parent)?;
+                rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fs_error)?
+            }
+        };
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile | FileType::Directory => Ok(Meta::from_stat(&st)),
+            _ => Err(FsError::NotFound),
+        }
+    }
+
+    pub fn open_read(&self, path: &RelPath) -> FsResult<(File, Meta)> {
+        if path.is_root() {
+            return Err(FsError::Forbidden);
+        }
+        let fd = rustix::fs::openat2(
+            &self.root,
+            RelPath::join(&path.segs),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+            Mode::empty(),
+            resolve(),
+        )
+        .map_err(fs_error)?;
+        let st = rustix::fs::fstat(&fd).map_err(fs_error)?;
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+            return Err(FsError::Forbidden);
+        }
+        Ok((File::from(fd), Meta::from_stat(&st)))
+    }
+
+    /// Entries of a directory with their metadata, hiding our own files, symlinks and
+    /// anything that is neither a file nor a directory.
+    pub fn read_dir(&self, path: &RelPath) -> FsResult<Vec<(Vec<u8>, Meta)>> {
+        let dir = self.open_dir(&path.segs)?;
+        let mut out = Vec::new();
+        for (name, ft) in list_dir(dir.as_fd()).map_err(io_error)? {
+            if name.as_bytes().starts_with(RESERVED_PREFIX.as_bytes())
+                || !matches!(ft, FileType::RegularFile | FileType::Directory | FileType::Unknown)
+            {
+                continue;
+            }
+            let Ok(st) = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+            if matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Directory) {
+                out.push((name.into_vec(), Meta::from_stat(&st)));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn create_dir(&self, path: &RelPath) -> FsResult<()> {
+        let (dir, name) = self.parent(path)?;
+        rustix::fs::mkdirat(&dir, &name, Mode::from_raw_mode(DIR_MODE)).map_err(fs_error)?;
+        self.sync_dir(dir.as_fd())
+    }
+
+    pub fn remove_file(&self, path: &RelPath) -> FsResult<()> {
+        let (dir, name) = self.parent(path)?;
+        let st = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(fs_error)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::RegularFile => {}
+            FileType::Directory => return Err(FsError::Forbidden),
+            _ => return Err(FsError::NotFound),
+        }
+        rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(fs_error)?;
+        let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
+        self.used.fetch_sub(st.st_size.max(0) as u64, Ordering::Relaxed);
+        self.files.fetch_sub(1, Ordering::Relaxed);
+        self.sync_dir(dir.as_fd())
+    }
+
+    pub fn remove_dir(&self, path: &RelPath) -> FsResult<()> {
+        let (dir, name) = self.parent(path)?;
+        let inner = self.open_dir(&path.segs)?;
+        // Our own leftovers must not make an otherwise empty collection undeletable.
+        for (entry, _) in list_dir(inner.as_fd()).map_err(io_error)? {
+            if entry.as_bytes().starts_with(RESERVED_PREFIX.as_bytes()) {
+                let _ = rustix::fs::unlinkat(&inner, &entry, AtFlags::empty());
+            }
+        }
+        rustix::fs::unlinkat(&dir, &name, AtFlags::REMOVEDIR).map_err(fs_error)?;
+        let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
+        self.sync_dir(dir.as_fd())
+    }
+
+    pub fn rename(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+        let (from_dir, from_name) = self.parent(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        let st = rustix::fs::statat(&from_dir, &from_name, AtFlags::SYMLINK_NOFOLLOW).map_err(fs_error)?;
+        let ft = FileType::from_raw_mode(st.st_mode);
+        if !matches!(ft, FileType::RegularFile | FileType::Directory) {
+            return Err(FsError::NotFound);
+        }
+        let replaced = replaced_file_len(&to_dir, &to_name)?;
+        rustix::fs::renameat(&from_dir, &from_name, &to_dir, &to_name).map_err(fs_error)?;
+        match rustix::fs::renameat(&from_dir, props_name(&from_name), &to_dir, props_name(&to_name)) {
+            Ok(()) => {}
+            Err(_) => {
+                let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
+            }
+        }
+        if let Some(len) = replaced {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.files.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.sync_dir(to_dir.as_fd())?;
+        self.sync_dir(from_dir.as_fd())
+    }
+
+    /// Copies one file (collections are copied by the engine, one member at a time), through a
+    /// temp file so the destination is never seen half-written; dead properties go along.
+    pub fn copy(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+        let (mut src, meta) = self.open_read(from)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        self.check_space(meta.len, 0)?;
+        let replaced = replaced_file_len(&to_dir, &to_name)?;
+        let (tmp_name, mut tmp) = self.create_temp(&to_dir)?;
+        let cleanup = |e| {
+            let _ = rustix::fs::unlinkat(&to_dir, &tmp_name, AtFlags::empty());
+            e
+        };
+        let copied = std::io::copy(&mut src, &mut tmp).map_err(io_error).map_err(cleanup)?;
+        if self.fsync {
+            tmp.sync_data().map_err(io_error).map_err(cleanup)?;
+        }
+        rustix::fs::renameat(&to_dir, &tmp_name, &to_dir, &to_name).map_err(fs_error).map_err(cleanup)?;
+        let (from_dir, from_name) = self.parent(from)?;
+        let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
+        if let Ok(props) = read_small(&from_dir, &props_name(&from_name)) {
+            let _ = self.write_atomic(&to_dir, &props_name(&to_name), &props);
+        }
+        self.used.fetch_add(copied, Ordering::Relaxed);
+        self.files.fetch_add(1, Ordering::Relaxed);
+        if let Some(len) = replaced {
+            self.used.fetch_sub(len, Ordering::Relaxed);
+            self.files.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.sync_dir(to_dir.as_fd())
+    }
+
+    fn create_temp(&self, dir: &OwnedFd) -> FsResult<(OsString, File)> {
+        for _ in 0..8 {
+            let name = random_tmp_name();
+            match rustix::fs::openat(
+                dir,
+                &name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                Mode::from_raw_mode(FILE_MODE),
+            ) {
+                Ok(fd) => return Ok((name, File::from(fd))),
+                Err(Errno::EXIST) => continue,
+                Err(err) => return Err(fs_error(err)),
+            }
+        }
+        Err(FsError::GeneralFailure)
+    }
+
+    /// Refuses a write of `len` more bytes that would break the quota or the free-disk reserve.
+    fn check_space(&self, len: u64, already_reserved: u64) -> FsResult<()> {
+        if len > self.limits.max_file_size {
+            return Err(FsError::TooLarge);
+        }
+        if let Some(quota) = self.limits.quota {
+            let committed = self.used.load(Ordering::Relaxed) + self.reserved.load(Ordering::Relaxed);
+            if committed.saturating_sub(already_reserved) + len > quota {
+                return Err(FsError::InsufficientStorage);
+            }
+        }
+        if let Some(free) = self.free_disk()
+            && free.saturating_sub(len.saturating_sub(already_reserved)) < self.limits.min_free_disk
+        {
+            return Err(FsError::InsufficientStorage);
+        }
+        Ok(())
+    }
+
+    /// Starts a PUT: checks the target and the limits and opens a hidden temp file beside it.
+    /// `expected` is the Content-Length when the client sent one.
+    pub fn begin_upload(
+        self: &Arc<Self>,
+        path: &RelPath,
+        expected: Option<u64>,
+        create: bool,
+        create_new: bool,
+    ) -> FsResult<Upload> {
+        let (dir, name) = self.parent(path)?;
+        let existing = match rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => match FileType::from_raw_mode(st.st_mode) {
+                FileType::RegularFile => true,
+                // A collection, or an operator's symlink: never replaced by a PUT.
+                _ => return Err(FsError::Forbidden),
+            },
+            Err(Errno::NOENT) => false,
+            Err(err) => return Err(fs_error(err)),
+        };
+        if existing && create_new {
+            return Err(FsError::Exists);
+        }
+        if !existing && !create {
+            return Err(FsError::NotFound);
+        }
+        let reserve = expected.unwrap_or(0);
+        self.check_space(reserve, 0)?;
+        self.reserved.fetch_add(reserve, Ordering::Relaxed);
+        let (tmp_name, file) = match self.create_temp(&dir) {
+            Ok(t) => t,
+            Err(e) => {
+                self.reserved.fetch_sub(reserve, Ordering::Relaxed);
+                return Err(e);
+            }
+        };
+        self.stats.uploads_started.inc();
+        Ok(Upload {
+            store: Arc::clone(self),
+            dir,
+            name,
+            tmp_name,
+            file,
+            written: 0,
+            expected,
+            reserved: reserve,
+            committed: None,
+        })
+    }
+
+    // ---- dead properties: one sidecar file per resource, beside it in its directory ----
+
+    fn props_location(&self, path: &RelPath) -> FsResult<(OwnedFd, OsString)> {
+        match path.split() {
+            None => Ok((self.open_dir(&[])?, OsString::from(PROPS_PREFIX))),
+            Some((parent, name)) => Ok((self.open_dir(parent)?, props_name(name))),
+        }
+    }
+
+    /// The raw sidecar (empty when the resource has no dead properties).
+    pub fn read_props(&self, path: &RelPath) -> FsResult<Vec<u8>> {
+        self.metadata(path)?;
+        let (dir, name) = self.props_location(path)?;
+        match read_small(&dir, &name) {
+            Ok(bytes) => Ok(bytes),
+            Err(FsError::NotFound) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Replaces the sidecar atomically; empty content removes it.
+    pub fn write_props(&self, path: &RelPath, content: &[u8]) -> FsResult<()> {
+        self.metadata(path)?;
+        let (dir, name) = self.props_location(path)?;
+        if content.is_empty() {
+            match rustix::fs::unlinkat(&dir, &name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => return self.sync_dir(dir.as_fd()),
+                Err(e) => return Err(fs_error(e)),
+            }
+        }
+        self.write_atomic(&dir, &name, content)
+    }
+
+    fn write_atomic(&self, dir: &OwnedFd, name: &OsStr, content: &[u8]) -> FsResult<()> {
+        let (tmp_name, mut tmp) = self.create_temp(dir)?;
+        let result = (|| {
+            tmp.write_all(content).map_err(io_error)?;
+            if self.fsync {
+                tmp.sync_data().map_err(io_error)?;
+            }
+            rustix::fs::renameat(dir, &tmp_name, dir, name).map_err(fs_error)
+        })();
+        if result.is_err() {
+            let _ = rustix::fs::unlinkat(dir, &tmp_name, AtFlags::empty());
+        }
+        result?;
+        self.sync_dir(dir.as_fd())
+    }
+}
+
+fn replaced_file_len(dir: &OwnedFd, name: &OsStr) -> FsResult<Option<u64>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
+            Ok(Some(st.st_size.max(0) as u64))
+        }
+        Ok(_) => Ok(None),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(fs_error(e)),
+    }
+}
+
+/// Reads one of our sidecars; they are small by construction, so a cap guards against junk.
+fn read_small(dir: &OwnedFd, name: &OsStr) -> FsResult<Vec<u8>> {
+    use std::io::Read;
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW, Mode::empty())
+        .map_err(fs_error)?;
+    let mut out = Vec::new();
+    File::from(fd).take(1 << 20).read_to_end(&mut out).map_err(io_error)?;
+    Ok(out)
+}
+
+fn list_dir(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(OsString, FileType)>> {
+    let mut reader = rustix::fs::Dir::read_from(dir)?;
+    let mut out = Vec::new();
+    while let Some(entry) = reader.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((OsStr::from_bytes(name).to_owned(), entry.file_type()));
+    }
+    Ok(out)
+}
+
+/// A PUT in progress: bytes go to a hidden temp file; `commit` verifies and renames it into
+/// place; dropping it uncommitted removes the temp file, so the old version (or nothing) stays.
+pub struct Upload {
+    store: Arc<Store>,
+    dir: OwnedFd,
+    name: OsString,
+    tmp_name: OsString,
+    file: File,
+    written: u64,
+    expected: Option<u64>,
+    reserved: u64,
+    committed: Option<Meta>,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload").field("name", &self.name).field("written", &self.written).finish()
+    }
+}
+
+impl Upload {
+    pub fn write(&mut self, data: &[u8]) -> FsResult<()> {
+        let len = data.len() as u64;
+        let total = self.written + len;
+        if total > self.store.limits.max_file_size {
+            return Err(FsError::TooLarge);
+        }
+        if self.expected.is_some_and(|e| total > e) {
+            return Err(FsError::GeneralFailure);
+        }
+        if total > self.reserved {
+            // Only uploads without a Content-Length grow past their reservation.
+            self.store.check_space(total, self.reserved)?;
+        }
+        self.file.write_all(data).map_err(io_error)?;
+        self.written = total;
+        self.store.stats.bytes_in.add(len);
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Verifies the length, makes the bytes durable and renames the temp file into place.
+    pub fn commit(&mut self) -> FsResult<Meta> {
+        if let Some(meta) = &self.committed {
+            return Ok(meta.clone());
+        }
+        if self.expected.is_some_and(|e| e != self.written) {
+            tracing::warn!(
+                file = ?self.name, expected = ?self.expected, received = self.written,
+                "upload shorter than its Content-Length; keeping the previous version"
+            );
+            return Err(FsError::GeneralFailure);
+        }
+        let store = Arc::clone(&self.store);
+        if store.fsync {
+            self.file.sync_data().map_err(io_error)?;
+        }
+        let replaced = replaced_file_len(&self.dir, &self.name)?;
+        rustix::fs::renameat(&self.dir, &self.tmp_name, &self.dir, &self.name).map_err(fs_error)?;
+        let st = rustix::fs::fstat(&self.file).map_err(fs_error)?;
+        let meta = Meta::from_stat(&st);
+        self.committed = Some(meta.clone());
+        store.used.fetch_add(self.written, Ordering::Relaxed);
+        store.files.fetch_add(1, Ordering::Relaxed);
+        if let Some(len) = replaced {
+            store.used.fetch_sub(len, Ordering::Relaxed);
+            store.files.fetch_sub(1, Ordering::Relaxed);
+        }
+        store.stats.uploads_completed.inc();
+        store.sync_dir(self.dir.as_fd())?;
+        Ok(meta)
+    }
+
+    /// Metadata of what has been written so far (or of the committed file).
+    pub fn meta(&self) -> Meta {
+        if let Some(meta) = &self.committed {
+            return meta.clone();
+        }
+        Meta { len: self.written, modified: SystemTime::now(), is_dir: false, ino: 0 }
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.store.reserved.fetch_sub(self.reserved, Ordering::Relaxed);
+        if self.committed.is_none() {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.tmp_name, AtFlags::empty());
+            self.store.stats.uploads_aborted.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(dir: &Path) -> Arc<Store> {
+        let limits = Limits { max_file_size: 1 << 20, quota: Some(10_000), min_free_disk: 0 };
+        Arc::new(Store::open(dir, true, true, limits).expect("open store"))
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::parse(s.as_bytes()).expect("valid path")
+    }
+
+    fn tempdir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("eaio-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn rel_paths_refuse_escapes_and_reserved_names() {
+        assert_eq!(rel("/a/b/").segs.len(), 2);
+        assert_eq!(RelPath::parse(b"/a/../b"), Err(FsError::Forbidden));
+        assert_eq!(RelPath::parse(b"/a\0b"), Err(FsError::Forbidden));
+        assert_eq!(RelPath::parse(b"/a\\..\\b"), Err(FsError::Forbidden));
+        assert_eq!(RelPath::parse(b"/.exec-allinone-tmp-1"), Err(FsError::NotFound));
+    }
+
+    #[test]
+    fn aborted_upload_keeps_previous_version_and_leaves_no_temp() {
+        let dir = tempdir("abort");
+        let s = store(&dir);
+        let mut up = s.begin_upload(&rel("/f"), Some(3), true, false).unwrap();
+        up.write(b"old").unwrap();
+        up.commit().unwrap();
+        drop(up);
+        let mut up = s.begin_upload(&rel("/f"), Some(5), true, false).unwrap();
+        up.write(b"ne").unwrap();
+        assert_eq!(up.commit().err(), Some(FsError::GeneralFailure), "short body must not commit");
+        drop(up);
+        assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "temp file left behind");
+        assert_eq!(s.used_bytes(), 3);
+    }
+
+    #[test]
+    fn quota_and_size_limits() {
+        let dir = tempdir("quota");
+        let s = store(&dir);
+        assert_eq!(s.begin_upload(&rel("/big"), Some(20_000), true, false).err(), Some(FsError::InsufficientStorage));
+        assert_eq!(s.begin_upload(&rel("/huge"), Some(2 << 20), true, false).err(), Some(FsError::TooLarge));
+        let mut up = s.begin_upload(&rel("/chunked"), None, true, false).unwrap();
+        assert_eq!(up.write(&[0u8; 10_001]), Err(FsError::InsufficientStorage));
+    }
+
+    #[test]
+    fn symlinks_are_never_followed() {
+        let dir = tempdir("symlink");
+        let outside = tempdir("symlink-outside");
+        std::fs::write(outside.join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, dir.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), dir.join("file-link")).unwrap();
+        let s = store(&dir);
+        assert_eq!(s.metadata(&rel("/link")).err(), Some(FsError::NotFound));
+        assert_eq!(s.open_read(&rel("/link/secret")).err(), Some(FsError::NotFound));
+        assert_eq!(s.open_read(&rel("/file-link")).err(), Some(FsError::NotFound));
+        assert!(s.begin_upload(&rel("/link/new"), Some(1), true, false).is_err());
+        assert!(s.begin_upload(&rel("/file-link"), Some(1), true, false).is_err());
+        assert!(s.read_dir(&rel("/")).unwrap().is_empty());
+        assert!(!outside.join("new").exists());
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn startup_sweeps_temp_files_and_counts_usage() {
+        let dir = tempdir("sweep");
+        std::fs::write(dir.join(".exec-allinone-tmp-dead"), b"partial").unwrap();
+        std::fs::write(dir.join("kept"), b"12345").unwrap();
+        let s = store(&dir);
+        assert!(!dir.join(".exec-allinone-tmp-dead").exists());
+        assert_eq!(s.used_bytes(), 5);
+        assert_eq!(s.file_count(), 1);
+    }
+}
