@@ -65,12 +65,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     {
         let router = crate::http::admin::router(statuses);
-        let opts = ServerOptions {
-            name: "admin",
-            header_timeout: std::time::Duration::from_secs(10),
-            tls: admin_tls,
-            grace,
-        };
+        let opts =
+            ServerOptions { name: "admin", header_timeout: std::time::Duration::from_secs(10), tls: admin_tls, grace };
         let (token, failed) = (shutdown.clone(), failed_tx.clone());
         tracker.spawn(async move {
             let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());

@@ -91,9 +91,8 @@ impl Config {
         match path {
             None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|err| ConfigError {
-                    problems: vec![format!("cannot read {}: {err}", path.display())],
-                })?;
+                let text = std::fs::read_to_string(path)
+                    .map_err(|err| ConfigError { problems: vec![format!("cannot read {}: {err}", path.display())] })?;
                 let config = Config::from_toml_str(&text, role)?;
                 config.check_files()?;
                 Ok(config)
@@ -113,10 +112,7 @@ impl Config {
         let webdav_table = top.table("webdav");
         for (name, issue) in [("lb", 3), ("excp", 4), ("exrp", 5)] {
             if top.table(name).is_some() {
-                top.problem_at(
-                    name,
-                    format!("the {name} role is not built yet (issue {issue}); remove this section"),
-                );
+                top.problem_at(name, format!("the {name} role is not built yet (issue {issue}); remove this section"));
             }
         }
         top.finish();
@@ -196,10 +192,8 @@ impl Config {
             }
             match std::fs::symlink_metadata(&w.root) {
                 Ok(meta) if meta.is_dir() => {}
-                Ok(_) => problems.push(format!(
-                    "webdav.root: {} is not a directory (symlinks are not followed)",
-                    w.root.display()
-                )),
+                Ok(_) => problems
+                    .push(format!("webdav.root: {} is not a directory (symlinks are not followed)", w.root.display())),
                 Err(_) => {
                     let parent = w.root.parent().filter(|p| !p.as_os_str().is_empty());
                     if parent.is_some_and(|p| !p.is_dir()) {
@@ -403,9 +397,7 @@ impl<'a, 'p> Section<'a, 'p> {
     fn count(&mut self, key: &str, default: usize, range: std::ops::RangeInclusive<usize>) -> usize {
         match self.get(key) {
             None => default,
-            Some(toml::Value::Integer(n)) if usize::try_from(*n).is_ok_and(|n| range.contains(&n)) => {
-                *n as usize
-            }
+            Some(toml::Value::Integer(n)) if usize::try_from(*n).is_ok_and(|n| range.contains(&n)) => *n as usize,
             Some(other) => {
                 self.problem_at(
                     key,

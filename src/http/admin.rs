@@ -42,10 +42,7 @@ async fn health(State(state): State<AdminState>) -> Response {
     for role in state.roles.iter() {
         let (up, details) = role.health();
         all_up &= up;
-        roles.insert(
-            role.name().into(),
-            json!({ "status": if up { "UP" } else { "DOWN" }, "details": details }),
-        );
+        roles.insert(role.name().into(), json!({ "status": if up { "UP" } else { "DOWN" }, "details": details }));
     }
     let body = json!({
         "status": if all_up { "UP" } else { "DOWN" },

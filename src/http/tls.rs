@@ -13,14 +13,13 @@ pub fn install_provider() {
 
 pub fn load(config: &TlsConfig) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     install_provider();
-    let cert_pem = std::fs::read(&config.cert)
-        .with_context(|| format!("cannot read certificate {}", config.cert.display()))?;
+    let cert_pem =
+        std::fs::read(&config.cert).with_context(|| format!("cannot read certificate {}", config.cert.display()))?;
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("{} is not a PEM certificate chain", config.cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", config.cert.display());
-    let key_pem =
-        std::fs::read(&config.key).with_context(|| format!("cannot read key {}", config.key.display()))?;
+    let key_pem = std::fs::read(&config.key).with_context(|| format!("cannot read key {}", config.key.display()))?;
     let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
         .with_context(|| format!("{} is not a PEM private key", config.key.display()))?
         .with_context(|| format!("{} holds no private key", config.key.display()))?;

@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use bytes::{Buf, Bytes, BytesMut};
 use dav_server::davpath::DavPath;
 use dav_server::fs::{
-    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream,
-    OpenOptions, ReadDirMeta,
+    DavDirEntry, DavFile, DavFileSystem, DavMetaData, DavProp, FsError, FsFuture, FsResult, FsStream, OpenOptions,
+    ReadDirMeta,
 };
 use futures_util::FutureExt;
 use http::StatusCode;
@@ -136,8 +136,7 @@ impl DavFileSystem for DavStore {
                     .await?;
                     return Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>);
                 }
-                let upload =
-                    blocking(move || store.begin_upload(&rel, size, create || create_new, create_new)).await?;
+                let upload = blocking(move || store.begin_upload(&rel, size, create || create_new, create_new)).await?;
                 Ok(Box::new(UploadFile { upload: Some(upload), buf: BytesMut::new() }) as Box<dyn DavFile>)
             } else {
                 let (file, meta) = blocking(move || store.open_read(&rel)).await?;
@@ -147,18 +146,13 @@ impl DavFileSystem for DavStore {
         .boxed()
     }
 
-    fn read_dir<'a>(
-        &'a self,
-        path: &'a DavPath,
-        _meta: ReadDirMeta,
-    ) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
+    fn read_dir<'a>(&'a self, path: &'a DavPath, _meta: ReadDirMeta) -> FsFuture<'a, FsStream<Box<dyn DavDirEntry>>> {
         async move {
             let rel = rel(path)?;
             let store = Arc::clone(&self.store);
             let entries = blocking(move || store.read_dir(&rel)).await?;
-            let entries = entries
-                .into_iter()
-                .map(|(name, meta)| Ok(Box::new(DirEntry { name, meta }) as Box<dyn DavDirEntry>));
+            let entries =
+                entries.into_iter().map(|(name, meta)| Ok(Box::new(DirEntry { name, meta }) as Box<dyn DavDirEntry>));
             Ok(Box::pin(futures_util::stream::iter(entries)) as FsStream<Box<dyn DavDirEntry>>)
         }
         .boxed()

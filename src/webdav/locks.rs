@@ -88,8 +88,7 @@ impl DavLockSystem for ExpiringLs {
                 return Err(refused);
             }
             let timeout = Some(self.cap(timeout));
-            let result =
-                self.inner.lock(&path, principal.as_deref(), owner.as_ref(), timeout, shared, deep).await;
+            let result = self.inner.lock(&path, principal.as_deref(), owner.as_ref(), timeout, shared, deep).await;
             if let Ok(lock) = &result {
                 self.remember(lock);
             }
@@ -112,12 +111,7 @@ impl DavLockSystem for ExpiringLs {
         .boxed()
     }
 
-    fn refresh(
-        &'_ self,
-        path: &DavPath,
-        token: &str,
-        timeout: Option<Duration>,
-    ) -> LsFuture<'_, Result<DavLock, ()>> {
+    fn refresh(&'_ self, path: &DavPath, token: &str, timeout: Option<Duration>) -> LsFuture<'_, Result<DavLock, ()>> {
         let path = path.clone();
         let token = token.to_owned();
         async move {

@@ -56,11 +56,8 @@ impl Webdav {
     /// Opens the store (sweeping temp files left by a crash) and the password file. Nothing
     /// is bound yet.
     pub fn prepare(config: &WebdavConfig, create_root: bool) -> anyhow::Result<Arc<Webdav>> {
-        let limits = Limits {
-            max_file_size: config.max_file_size,
-            quota: config.quota,
-            min_free_disk: config.min_free_disk,
-        };
+        let limits =
+            Limits { max_file_size: config.max_file_size, quota: config.quota, min_free_disk: config.min_free_disk };
         let store = Arc::new(Store::open(&config.root, create_root, config.fsync, limits)?);
         let auth = BasicAuth::open(config.htpasswd.clone(), config.realm.clone())?;
         let locks = locks::ExpiringLs::new(config.lock_max_timeout);
@@ -192,7 +189,11 @@ impl Webdav {
         let length = content_length(req);
         if req.method() == Method::PUT {
             if req.headers().contains_key(header::CONTENT_RANGE) {
-                return refuse(StatusCode::BAD_REQUEST, "partial PUT (Content-Range) is not supported\n", "partial_put");
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "partial PUT (Content-Range) is not supported\n",
+                    "partial_put",
+                );
             }
             if length.is_some_and(|n| n > self.config.max_file_size) {
                 return refuse(StatusCode::PAYLOAD_TOO_LARGE, "file larger than max_file_size\n", "too_large");
@@ -207,7 +208,9 @@ impl Webdav {
             let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
                 <D:error xmlns:D=\"DAV:\"><D:propfind-finite-depth/></D:error>\n";
             let mut response = plain(StatusCode::FORBIDDEN, body);
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
             return Some(response);
         }
         None
@@ -297,13 +300,35 @@ impl crate::http::admin::RoleStatus for Webdav {
         let s = &self.store.stats;
         enc.counter_vec("webdav_requests_total", "Requests by method and status.", &["method", "status"], &m.requests);
         enc.histogram_vec("webdav_request_duration_seconds", "Request latency by method.", &["method"], &m.latency);
-        enc.counter_vec("webdav_auth_failures_total", "Failed authentications by reason.", &["reason"], &m.auth_failures);
-        enc.counter_vec("webdav_rejected_total", "Requests refused before the engine, by reason.", &["reason"], &m.rejected);
+        enc.counter_vec(
+            "webdav_auth_failures_total",
+            "Failed authentications by reason.",
+            &["reason"],
+            &m.auth_failures,
+        );
+        enc.counter_vec(
+            "webdav_rejected_total",
+            "Requests refused before the engine, by reason.",
+            &["reason"],
+            &m.rejected,
+        );
         enc.counter("webdav_uploads_started_total", "PUTs that opened a temp file.", s.uploads_started.get());
         enc.counter("webdav_uploads_completed_total", "PUTs committed into place.", s.uploads_completed.get());
-        enc.counter("webdav_uploads_aborted_total", "PUTs that ended without a commit (nothing was replaced).", s.uploads_aborted.get());
-        enc.counter("webdav_temp_files_swept_total", "Temp files of interrupted uploads removed at start.", s.temp_files_swept.get());
-        enc.gauge("webdav_uploads_in_flight", "PUTs being received now.", (self.config.max_uploads - self.uploads.available_permits()) as f64);
+        enc.counter(
+            "webdav_uploads_aborted_total",
+            "PUTs that ended without a commit (nothing was replaced).",
+            s.uploads_aborted.get(),
+        );
+        enc.counter(
+            "webdav_temp_files_swept_total",
+            "Temp files of interrupted uploads removed at start.",
+            s.temp_files_swept.get(),
+        );
+        enc.gauge(
+            "webdav_uploads_in_flight",
+            "PUTs being received now.",
+            (self.config.max_uploads - self.uploads.available_permits()) as f64,
+        );
         enc.counter("webdav_bytes_in_total", "Bytes written by PUTs.", s.bytes_in.get());
         enc.counter("webdav_bytes_out_total", "Response body bytes sent.", m.bytes_out.get());
         enc.gauge("webdav_store_used_bytes", "Bytes in stored files.", self.store.used_bytes() as f64);
@@ -354,7 +379,8 @@ fn check_path(raw: &str) -> PathCheck {
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResBody> {
-    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync());
+    let mut response =
+        Response::new(Full::new(Bytes::from_static(text.as_bytes())).map_err(|e| match e {}).boxed_unsync());
     *response.status_mut() = status;
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     response

@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn too_many_distinct_ranges_get_the_whole_file() {
-        let header = format!("bytes={}", (0..20).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect::<Vec<_>>().join(","));
+        let header =
+            format!("bytes={}", (0..20).map(|i| format!("{}-{}", i * 10, i * 10 + 1)).collect::<Vec<_>>().join(","));
         assert_eq!(decide(&header, 1000, 16), Decision::Whole);
         assert!(matches!(decide(&header, 1000, 32), Decision::Ranges(_)));
     }

@@ -563,9 +563,7 @@ impl Store {
 
 fn replaced_file_len(dir: &OwnedFd, name: &OsStr) -> FsResult<Option<u64>> {
     match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => {
-            Ok(Some(st.st_size.max(0) as u64))
-        }
+        Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile => Ok(Some(st.st_size.max(0) as u64)),
         Ok(_) => Ok(None),
         Err(Errno::NOENT) => Ok(None),
         Err(e) => Err(fs_error(e)),

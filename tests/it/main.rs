@@ -1,0 +1,7 @@
+//! One integration-test binary: every test runs the real `exec-allinone` on loopback, port 0.
+
+mod support;
+
+mod cli;
+mod webdav;
+mod webdav_protocol;

@@ -1,0 +1,273 @@
+//! Test support: start the real binary with a config, wait for its READY line, stop it.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
+pub const USER: &str = "mcp";
+pub const PASSWORD: &str = "secret1";
+/// `htpasswd -bm` output for mcp:secret1, made by Apache's own tool (research/webdav.md §6).
+pub const HTPASSWD_LINE: &str = "mcp:$apr1$prdYq/l1$rsfcJhDC3WzZpp/MUSQ/U1\n";
+
+/// A fresh directory under the system temp dir, removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("eaio-it-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn join(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A store directory, a password file and a config for one webdav process.
+pub struct Site {
+    pub dir: TempDir,
+    pub extra: String,
+}
+
+impl Site {
+    pub fn new(name: &str) -> Site {
+        Site::with(name, "")
+    }
+
+    /// `extra` lines go into the [webdav] section.
+    pub fn with(name: &str, extra: &str) -> Site {
+        let dir = TempDir::new(name);
+        std::fs::create_dir_all(dir.join("root")).unwrap();
+        std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
+        Site { dir, extra: extra.to_string() }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.join("root")
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[webdav]\nlisten = \"127.0.0.1:0\"\nroot = \"{}\"\nhtpasswd = \"{}\"\n{}\n",
+            self.root().display(),
+            self.dir.join("htpasswd").display(),
+            self.extra
+        )
+    }
+
+    pub fn start(&self) -> Proc {
+        let path = self.dir.join("config.toml");
+        std::fs::write(&path, self.config()).unwrap();
+        Proc::start(&["--role", "webdav", "--config", path.to_str().unwrap()])
+    }
+}
+
+/// The running binary; SIGTERM then SIGKILL on drop.
+pub struct Proc {
+    pub child: Child,
+    pub addrs: HashMap<String, SocketAddr>,
+    pub stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Proc {
+    pub fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn exec-allinone");
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines().map_while(Result::ok) {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Anything more on stdout breaks the contract; make it visible.
+            if let Some(line) = lines.map_while(Result::ok).next() {
+                panic!("unexpected second line on stdout: {line}");
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY line within 30 s; stderr:\n{}", stderr.lock().unwrap());
+            }
+        };
+        let mut parts = line.split(' ');
+        assert_eq!(parts.next(), Some("READY"), "first stdout line: {line}");
+        let addrs = parts
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("name=addr");
+                (k.to_string(), v.parse().expect("socket address"))
+            })
+            .collect();
+        Proc { child, addrs, stderr }
+    }
+
+    pub fn addr(&self, name: &str) -> SocketAddr {
+        *self.addrs.get(name).unwrap_or_else(|| panic!("no {name} in READY"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr("webdav"), path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr("admin"), path)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill").args(["-s", sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait (bounded) for the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal("TERM");
+        wait_timeout(&mut self.child, Duration::from_secs(30)).expect("exit within 30 s after SIGTERM")
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill").args(["-s", "TERM", &self.child.id().to_string()]).status();
+            if wait_timeout(&mut self.child, Duration::from_secs(5)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn basic() -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")))
+}
+
+/// A blocking HTTP/1.1 client on a raw socket, for requests no library would send.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Reads one response (status, headers, body by Content-Length).
+    pub fn response(&mut self) -> (u16, Vec<(String, String)>, Vec<u8>) {
+        read_response(&mut self.stream)
+    }
+}
+
+pub fn read_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => panic!("connection ended inside a response head: {:?}", String::from_utf8_lossy(&head)),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).expect("body");
+    (status, headers, body)
+}
+
+/// One request on a fresh connection; returns (status, headers, body).
+pub fn raw_request(addr: SocketAddr, request: &str, body: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut raw = Raw::connect(addr);
+    raw.send(request.as_bytes());
+    raw.send(body);
+    raw.response()
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+/// Files in a directory, ours included: tests use it to prove no temp file is left.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+pub fn method(name: &str) -> reqwest::Method {
+    reqwest::Method::from_bytes(name.as_bytes()).unwrap()
+}
