@@ -471,6 +471,64 @@ impl<'a, 'p> Section<'a, 'p> {
     }
 }
 
+/// A secret from the config: inline, from a file (`<key>_file`) or from the environment
+/// (`<key>_env`). Its value never appears in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Reads `key`, `key_file` or `key_env` from `table` (exactly one of them), recording problems
+/// under `section`. A secret file's trailing newline is dropped, as `echo x > file` leaves one.
+pub fn read_secret(table: &toml::Table, section: &str, key: &str, problems: &mut Vec<String>) -> Option<Secret> {
+    let name =
+        |suffix: &str| if section.is_empty() { format!("{key}{suffix}") } else { format!("{section}.{key}{suffix}") };
+    let given: Vec<(&str, &toml::Value)> = ["", "_file", "_env"]
+        .into_iter()
+        .filter_map(|suffix| table.get(&format!("{key}{suffix}")).map(|v| (suffix, v)))
+        .collect();
+    let (suffix, value) = match given.as_slice() {
+        [] => return None,
+        [one] => *one,
+        _ => {
+            problems.push(format!("{}: give only one of {key}, {key}_file, {key}_env", name("")));
+            return None;
+        }
+    };
+    let Some(text) = value.as_str() else {
+        problems.push(format!("{}: must be a string", name(suffix)));
+        return None;
+    };
+    let secret = match suffix {
+        "" => Ok(text.to_owned()),
+        "_file" => std::fs::read_to_string(text)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+            .map_err(|e| format!("cannot read {text}: {e}")),
+        _ => std::env::var(text).map_err(|_| format!("environment variable {text} is not set")),
+    };
+    match secret {
+        Ok(s) if s.is_empty() => {
+            problems.push(format!("{}: the secret is empty", name(suffix)));
+            None
+        }
+        Ok(s) => Some(Secret(s)),
+        Err(e) => {
+            problems.push(format!("{}: {e}", name(suffix)));
+            None
+        }
+    }
+}
+
 /// "512MiB", "30GiB", "64KiB", "1GB", "1000": binary and decimal units, bytes when bare.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
@@ -581,6 +639,24 @@ mod tests {
         assert_eq!(w.prefix, "/recordings");
         assert_eq!(w.quota, Some(30 << 30));
         assert_eq!(c.admin.listen.port(), 9651);
+    }
+
+    #[test]
+    fn secrets_inline_from_file_or_environment() {
+        let dir = std::env::temp_dir().join(format!("eaio-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let mut problems = Vec::new();
+        let t: toml::Table = format!("a = \"inline\"\nb_file = \"{}\"\nc_env = \"PATH\"\nd = \"x\"\nd_env = \"PATH\"\ne_env = \"EAIO_SURELY_UNSET_VAR\"", file.display()).parse().unwrap();
+        assert_eq!(read_secret(&t, "s", "a", &mut problems).unwrap().expose(), "inline");
+        assert_eq!(read_secret(&t, "s", "b", &mut problems).unwrap().expose(), "from-file");
+        assert!(read_secret(&t, "s", "c", &mut problems).is_some());
+        assert!(read_secret(&t, "s", "d", &mut problems).is_none());
+        assert!(read_secret(&t, "s", "e", &mut problems).is_none());
+        assert!(read_secret(&t, "s", "missing", &mut problems).is_none());
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "Secret(***)");
     }
 
     #[test]

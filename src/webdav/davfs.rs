@@ -26,6 +26,13 @@ const WRITE_BATCH: usize = 64 << 10;
 /// Dead properties of one resource may not exceed this in total.
 const MAX_PROPS_BYTES: usize = 64 << 10;
 
+tokio::task_local! {
+    /// Set while the engine answers a PROPFIND that names its properties. dav-server 0.11 calls
+    /// `get_props` for every PROPFIND and appends all dead properties to the answer, which
+    /// would list each named one twice and unrequested ones besides.
+    pub static NAMED_PROPFIND: bool;
+}
+
 #[derive(Clone)]
 pub struct DavStore {
     store: Arc<Store>,
@@ -247,6 +254,9 @@ impl DavFileSystem for DavStore {
 
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
         async move {
+            if NAMED_PROPFIND.try_with(|named| *named).unwrap_or(false) {
+                return Ok(Vec::new());
+            }
             let rel = rel(path)?;
             let store = Arc::clone(&self.store);
             let raw = blocking(move || store.read_props(&rel)).await?;

@@ -31,6 +31,7 @@ use crate::telemetry::escape;
 use store::{Limits, RESERVED_PREFIX, RelPath, Store};
 
 type ResBody = UnsyncBoxBody<Bytes, BoxError>;
+type ReqBody = UnsyncBoxBody<Bytes, crate::http::body::BodyError>;
 
 pub struct Webdav {
     config: WebdavConfig,
@@ -235,9 +236,34 @@ impl Webdav {
             self.limit_ranges(&mut req).await;
         }
         let idle = self.config.body_idle_timeout;
-        let req = req.map(|body| IdleTimeoutBody::new(body, idle));
-        let response = self.dav.handle_guarded(req, user.to_owned(), ()).await;
+        let req = req.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync());
+        let (req, named) = if req.method().as_str() == "PROPFIND" {
+            match self.buffer_propfind(req).await {
+                Ok(buffered) => buffered,
+                Err(response) => return response,
+            }
+        } else {
+            (req, false)
+        };
+        let response = davfs::NAMED_PROPFIND.scope(named, self.dav.handle_guarded(req, user.to_owned(), ())).await;
         response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
+    }
+
+    /// Reads a PROPFIND body (small, capped) to learn whether it names its properties: the
+    /// engine would otherwise add every dead property to a named-property answer.
+    async fn buffer_propfind(&self, req: Request<ReqBody>) -> Result<(Request<ReqBody>, bool), Response<ResBody>> {
+        let (parts, body) = req.into_parts();
+        let limit = usize::try_from(self.config.max_xml_body).unwrap_or(usize::MAX);
+        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+                return Err(plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
+            }
+            Err(_) => return Err(plain(StatusCode::BAD_REQUEST, "request body incomplete\n")),
+        };
+        let named = names_properties(&bytes);
+        let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
+        Ok((Request::from_parts(parts, body), named))
     }
 
     /// Rewrites a multi-range header so overlapping ranges cannot multiply the bytes sent.
@@ -376,6 +402,14 @@ fn check_path(raw: &str) -> PathCheck {
         reserved |= seg.starts_with(RESERVED_PREFIX);
     }
     if reserved { PathCheck::Reserved } else { PathCheck::Ok }
+}
+
+/// True when a PROPFIND body asks for named properties (`<prop>`), not `allprop`/`propname`.
+fn names_properties(body: &[u8]) -> bool {
+    match xmltree::Element::parse(body) {
+        Ok(root) => root.children.iter().any(|c| matches!(c, xmltree::XMLNode::Element(e) if e.name == "prop")),
+        Err(_) => false,
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResBody> {
