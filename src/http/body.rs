@@ -85,12 +85,15 @@ where
 pub struct CountingBody<B, F: FnOnce(u64, bool)> {
     inner: B,
     bytes: u64,
+    /// The response's Content-Length: hyper stops polling once that many bytes are out, so
+    /// reaching it is how a body that never signals its end is known to be complete.
+    expected: Option<u64>,
     done: Option<F>,
 }
 
 impl<B: Body, F: FnOnce(u64, bool)> CountingBody<B, F> {
-    pub fn new(inner: B, done: F) -> Self {
-        let mut body = CountingBody { inner, bytes: 0, done: Some(done) };
+    pub fn new(inner: B, expected: Option<u64>, done: F) -> Self {
+        let mut body = CountingBody { inner, bytes: 0, expected, done: Some(done) };
         if body.inner.is_end_stream() {
             body.finish(true);
         }
@@ -146,7 +149,7 @@ where
 impl<B, F: FnOnce(u64, bool)> Drop for CountingBody<B, F> {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
-            done(self.bytes, false);
+            done(self.bytes, self.expected == Some(self.bytes));
         }
     }
 }

@@ -113,7 +113,7 @@ impl Webdav {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let bytes_in = content_length(&req);
+        let bytes_in = content_length(req.headers());
         let (user, response) = match self.authorize(&req, conn.peer.ip()).await {
             Err(response) => (String::from("-"), response),
             Ok(user) => {
@@ -128,8 +128,9 @@ impl Webdav {
         // These responses have no body to send, so hyper never polls it to the end.
         let bodiless = method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
         let this = Arc::clone(&self);
+        let expected = content_length(response.headers());
         response.map(move |body| {
-            CountingBody::new(body, move |bytes_out, complete| {
+            CountingBody::new(body, expected, move |bytes_out, complete| {
                 let elapsed = start.elapsed();
                 this.metrics.requests.inc(&[method.as_str(), status.as_str()]);
                 this.metrics.latency.observe(&[method.as_str()], elapsed);
@@ -187,7 +188,7 @@ impl Webdav {
                 _ => return refuse(StatusCode::BAD_REQUEST, "bad destination\n", "bad_path"),
             }
         }
-        let length = content_length(req);
+        let length = content_length(req.headers());
         if req.method() == Method::PUT {
             if req.headers().contains_key(header::CONTENT_RANGE) {
                 return refuse(
@@ -369,8 +370,8 @@ impl crate::http::admin::RoleStatus for Webdav {
     }
 }
 
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers().get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
 fn under_prefix(path: &str, prefix: &str) -> bool {
