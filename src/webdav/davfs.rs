@@ -22,7 +22,7 @@ use super::store::{Meta, RelPath, Store, Upload};
 
 /// Writes are batched to this size before a trip to the blocking pool, which keeps both the
 /// number of pool hops and the memory held per slow upload small.
-const WRITE_BATCH: usize = 64 << 10;
+const WRITE_BATCH: usize = 16 << 10;
 /// Dead properties of one resource may not exceed this in total.
 const MAX_PROPS_BYTES: usize = 64 << 10;
 
