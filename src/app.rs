@@ -21,6 +21,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if config.sandbox {
         prepare_sandbox(&config)?;
     }
+    raise_fd_limit(&config);
     tls::install_provider();
     let admin_tls = config.admin.tls.as_ref().map(tls::load).transpose()?;
 
@@ -100,8 +101,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// Each upload in flight holds a socket, a temp file and its directory: lift the soft limit on
+/// open files to the hard one, as nginx's `worker_rlimit_nofile` would, and say when even
+/// that is too low for `max_uploads`.
+fn raise_fd_limit(config: &Config) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut raised = limit;
+    raised.current = limit.maximum;
+    if raised.current != limit.current
+        && let Err(err) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(%err, "cannot raise the open-files limit");
+        raised = limit;
+    }
+    let needed = config.webdav.as_ref().map_or(0, |w| w.max_uploads as u64 * 3 + 256);
+    if let Some(current) = raised.current
+        && current < needed
+    {
+        tracing::warn!(
+            open_files_limit = current,
+            needed,
+            "the open-files limit is below what max_uploads can use; raise LimitNOFILE or lower max_uploads"
+        );
+    }
+}
+
+/// Connections the kernel may queue before we accept them. A thousand recorders starting
+/// uploads at once must not overflow it (the default of 128 does, and the kernel then resets
+/// them); the kernel caps it at net.core.somaxconn.
+const LISTEN_BACKLOG: u32 = 4096;
+
 async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} for {name}"))
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    bind().with_context(|| format!("cannot listen on {addr} for {name}"))
 }
 
 /// The one line on stdout: tests and scripts wait for it to learn the bound ports.

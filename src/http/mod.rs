@@ -7,6 +7,7 @@ pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -55,6 +56,7 @@ where
     B::Error: Into<BoxError>,
 {
     let graceful = GracefulShutdown::new();
+    let open_connections = Arc::new(AtomicUsize::new(0));
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,11 +74,13 @@ where
         let _ = stream.set_nodelay(true);
         let service = make_service(ConnInfo { peer, tls: acceptor.is_some() });
         let opts = opts.clone();
+        let (guard, open) = OpenGuard::new(&open_connections);
         match &acceptor {
             None => {
-                let conn = builder(&opts).serve_connection(TokioIo::new(stream), service);
+                let conn = builder(&opts, open).serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
+                    let _guard = guard;
                     if let Err(err) = conn.await {
                         log_conn_error(opts.name, peer, &err);
                     }
@@ -88,6 +92,7 @@ where
                 let shutdown = shutdown.clone();
                 let watcher = graceful.watcher();
                 tokio::spawn(async move {
+                    let _guard = guard;
                     let handshake = tokio::time::timeout(opts.header_timeout, acceptor.accept(stream));
                     let tls_stream = tokio::select! {
                         r = handshake => match r {
@@ -103,7 +108,7 @@ where
                         },
                         _ = shutdown.cancelled() => return,
                     };
-                    serve_io(tls_stream, &opts, service, watcher, peer).await;
+                    serve_io(tls_stream, &opts, open, service, watcher, peer).await;
                 });
             }
         }
@@ -118,15 +123,41 @@ where
     Ok(())
 }
 
-fn builder(opts: &ServerOptions) -> http1::Builder {
+/// Bytes all connections together may hold in read buffers. hyper grows each connection's
+/// buffer up to ~400 KiB while data arrives faster than it is consumed, which for a thousand
+/// uploads in flight means hundreds of MiB; so each new connection gets a share of the budget:
+/// a few fast clients get large buffers (throughput), a thousand recorders small ones (memory).
+const READ_BUFFER_BUDGET: usize = 8 << 20;
+const MIN_READ_BUFFER: usize = 8 << 10;
+const MAX_READ_BUFFER: usize = 512 << 10;
+
+fn builder(opts: &ServerOptions, open_connections: usize) -> http1::Builder {
     let mut b = http1::Builder::new();
-    b.timer(TokioTimer::new()).header_read_timeout(opts.header_timeout).keep_alive(true);
+    let share = (READ_BUFFER_BUDGET / open_connections.max(1)).clamp(MIN_READ_BUFFER, MAX_READ_BUFFER);
+    b.timer(TokioTimer::new()).header_read_timeout(opts.header_timeout).keep_alive(true).max_buf_size(share);
     b
+}
+
+/// Counts a connection as open for as long as it lives.
+struct OpenGuard(Arc<AtomicUsize>);
+
+impl OpenGuard {
+    fn new(counter: &Arc<AtomicUsize>) -> (OpenGuard, usize) {
+        let open = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        (OpenGuard(Arc::clone(counter)), open)
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 async fn serve_io<I, S, B>(
     io: I,
     opts: &ServerOptions,
+    open_connections: usize,
     service: S,
     watcher: hyper_util::server::graceful::Watcher,
     peer: SocketAddr,
@@ -139,7 +170,7 @@ async fn serve_io<I, S, B>(
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let conn = builder(opts).serve_connection(TokioIo::new(io), service);
+    let conn = builder(opts, open_connections).serve_connection(TokioIo::new(io), service);
     if let Err(err) = watcher.watch(conn).await {
         log_conn_error(opts.name, peer, &err);
     }

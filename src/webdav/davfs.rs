@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::SeekFrom;
-use std::os::unix::fs::FileExt;
+use std::io::{Read, Seek};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -20,9 +20,9 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Meta, RelPath, Store, Upload};
 
-/// Writes are batched to this size before a trip to the blocking pool, which keeps both the
-/// number of pool hops and the memory held per slow upload small.
-const WRITE_BATCH: usize = 16 << 10;
+/// Frames smaller than this are gathered before a trip to the blocking pool; larger ones go
+/// as they are. Small, because a thousand slow uploads each hold one such batch.
+const WRITE_BATCH: usize = 8 << 10;
 /// Dead properties of one resource may not exceed this in total.
 const MAX_PROPS_BYTES: usize = 64 << 10;
 
@@ -254,10 +254,10 @@ impl DavFileSystem for DavStore {
 
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
         async move {
-            if NAMED_PROPFIND.try_with(|named| *named).unwrap_or(false) {
+            let rel = rel(path)?;
+            if NAMED_PROPFIND.try_with(|named| *named).unwrap_or(false) || !self.store.has_props(&rel) {
                 return Ok(Vec::new());
             }
-            let rel = rel(path)?;
             let store = Arc::clone(&self.store);
             let raw = blocking(move || store.read_props(&rel)).await?;
             Ok(load_props(&raw).iter().map(|p| to_dav(p, do_content)).collect())
@@ -268,6 +268,9 @@ impl DavFileSystem for DavStore {
     fn get_prop<'a>(&'a self, path: &'a DavPath, prop: DavProp) -> FsFuture<'a, Vec<u8>> {
         async move {
             let rel = rel(path)?;
+            if !self.store.has_props(&rel) {
+                return Err(FsError::NotFound);
+            }
             let store = Arc::clone(&self.store);
             let raw = blocking(move || store.read_props(&rel)).await?;
             load_props(&raw)
@@ -329,17 +332,11 @@ impl DavFile for ReadFile {
             let pos = self.pos;
             let count = count.min(1 << 20);
             let bytes = blocking(move || {
-                let mut buf = vec![0u8; count];
-                let mut filled = 0;
-                while filled < count {
-                    match file.read_at(&mut buf[filled..], pos + filled as u64) {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => return Err(FsError::GeneralFailure),
-                    }
-                }
-                buf.truncate(filled);
+                // read_to_end fills spare capacity without zeroing it first.
+                let mut buf = Vec::with_capacity(count);
+                let mut reader = &*file;
+                reader.seek(SeekFrom::Start(pos)).map_err(|_| FsError::GeneralFailure)?;
+                reader.take(count as u64).read_to_end(&mut buf).map_err(|_| FsError::GeneralFailure)?;
                 Ok(Bytes::from(buf))
             })
             .await?;
@@ -396,15 +393,15 @@ impl UploadFile {
     }
 
     async fn push(&mut self, data: Bytes) -> FsResult<()> {
-        if self.buf.is_empty() && data.len() >= WRITE_BATCH {
-            return self.write_out(data).await;
+        if self.buf.len() + data.len() < WRITE_BATCH {
+            self.buf.extend_from_slice(&data);
+            return Ok(());
         }
-        self.buf.extend_from_slice(&data);
-        if self.buf.len() >= WRITE_BATCH {
+        if !self.buf.is_empty() {
             let batch = self.buf.split().freeze();
             self.write_out(batch).await?;
         }
-        Ok(())
+        self.write_out(data).await
     }
 }
 

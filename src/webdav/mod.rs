@@ -70,7 +70,7 @@ impl Webdav {
             .locksystem(Box::new(locks.clone()))
             .strip_prefix(config.prefix.clone())
             .methods(methods)
-            .read_buf_size(64 << 10)
+            .read_buf_size(128 << 10)
             .build_handler();
         tracing::info!(
             root = %config.root.display(),

@@ -4,14 +4,15 @@
 //! length, fsyncs, renames and fsyncs the directory. All functions here block: callers run
 //! them on the bounded blocking pool.
 
+use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use dav_server::fs::FsError;
@@ -58,6 +59,10 @@ pub struct Store {
     /// Bytes promised to uploads in flight, so concurrent PUTs cannot overrun the quota.
     reserved: AtomicU64,
     files: AtomicU64,
+    /// Resources that have a dead-property sidecar, so the common case (none) is answered
+    /// without touching the disk: a PROPFIND of 1000 recordings would otherwise open 1000
+    /// sidecars that do not exist.
+    props_index: Mutex<HashSet<PathBuf>>,
     pub stats: StoreStats,
 }
 
@@ -95,6 +100,11 @@ impl RelPath {
 
     fn join(segs: &[OsString]) -> PathBuf {
         segs.iter().collect()
+    }
+
+    /// The path relative to the root ("" for the root itself); the props index key.
+    pub fn key(&self) -> PathBuf {
+        RelPath::join(&self.segs)
     }
 
     fn split(&self) -> Option<(&[OsString], &OsStr)> {
@@ -190,9 +200,10 @@ impl Store {
             used: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             files: AtomicU64::new(0),
+            props_index: Mutex::default(),
             stats: StoreStats::default(),
         };
-        let (used, files) = store.sweep_dir(store.root.as_fd(), 0)?;
+        let (used, files) = store.sweep_dir(store.root.as_fd(), Path::new(""))?;
         store.used.store(used, Ordering::Relaxed);
         store.files.store(files, Ordering::Relaxed);
         Ok(store)
@@ -220,7 +231,8 @@ impl Store {
     }
 
     /// Walks a directory tree: removes our temp files and orphaned sidecars, sums file sizes.
-    fn sweep_dir(&self, dir: BorrowedFd<'_>, depth: usize) -> anyhow::Result<(u64, u64)> {
+    fn sweep_dir(&self, dir: BorrowedFd<'_>, rel: &Path) -> anyhow::Result<(u64, u64)> {
+        let depth = rel.components().count();
         anyhow::ensure!(depth < 64, "store tree deeper than 64 levels under {}", self.root_path.display());
         let mut used = 0;
         let mut files = 0;
@@ -234,8 +246,14 @@ impl Store {
                 }
             } else if let Some(owner) = bytes.strip_prefix(PROPS_PREFIX.as_bytes()) {
                 let owner = OsStr::from_bytes(owner);
-                if !owner.is_empty() && rustix::fs::statat(dir, owner, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                if owner.is_empty() {
+                    if depth == 0 {
+                        self.index().insert(PathBuf::new());
+                    }
+                } else if rustix::fs::statat(dir, owner, AtFlags::SYMLINK_NOFOLLOW).is_err() {
                     let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                } else {
+                    self.index().insert(rel.join(owner));
                 }
             } else if *ft == FileType::Directory {
                 let sub = rustix::fs::openat2(
@@ -245,7 +263,7 @@ impl Store {
                     Mode::empty(),
                     resolve(),
                 )?;
-                let (u, f) = self.sweep_dir(sub.as_fd(), depth + 1)?;
+                let (u, f) = self.sweep_dir(sub.as_fd(), &rel.join(name))?;
                 used += u;
                 files += f;
             } else if *ft == FileType::RegularFile
@@ -352,6 +370,7 @@ impl Store {
         }
         rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(fs_error)?;
         let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
+        self.index_forget(&path.key());
         self.used.fetch_sub(st.st_size.max(0) as u64, Ordering::Relaxed);
         self.files.fetch_sub(1, Ordering::Relaxed);
         self.sync_dir(dir.as_fd())
@@ -368,6 +387,7 @@ impl Store {
         }
         rustix::fs::unlinkat(&dir, &name, AtFlags::REMOVEDIR).map_err(fs_error)?;
         let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
+        self.index_forget(&path.key());
         self.sync_dir(dir.as_fd())
     }
 
@@ -391,6 +411,7 @@ impl Store {
             self.used.fetch_sub(len, Ordering::Relaxed);
             self.files.fetch_sub(1, Ordering::Relaxed);
         }
+        self.index_move(&from.key(), &to.key());
         self.sync_dir(to_dir.as_fd())?;
         self.sync_dir(from_dir.as_fd())
     }
@@ -414,8 +435,11 @@ impl Store {
         rustix::fs::renameat(&to_dir, &tmp_name, &to_dir, &to_name).map_err(fs_error).map_err(cleanup)?;
         let (from_dir, from_name) = self.parent(from)?;
         let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
-        if let Ok(props) = read_small(&from_dir, &props_name(&from_name)) {
-            let _ = self.write_atomic(&to_dir, &props_name(&to_name), &props);
+        self.index_forget(&to.key());
+        if let Ok(props) = read_small(&from_dir, &props_name(&from_name))
+            && self.write_atomic(&to_dir, &props_name(&to_name), &props).is_ok()
+        {
+            self.index().insert(to.key());
         }
         self.used.fetch_add(copied, Ordering::Relaxed);
         self.files.fetch_add(1, Ordering::Relaxed);
@@ -520,6 +544,33 @@ impl Store {
         }
     }
 
+    fn index(&self) -> MutexGuard<'_, HashSet<PathBuf>> {
+        self.props_index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the resource may have dead properties; false is certain and costs no I/O.
+    pub fn has_props(&self, path: &RelPath) -> bool {
+        self.index().contains(&path.key())
+    }
+
+    /// Drops a resource and everything below it from the index.
+    fn index_forget(&self, key: &Path) {
+        self.index().retain(|k| !k.starts_with(key));
+    }
+
+    /// Re-keys a moved resource and everything below it; what the destination held is gone.
+    fn index_move(&self, from: &Path, to: &Path) {
+        let mut index = self.index();
+        index.retain(|k| !k.starts_with(to));
+        let moved: Vec<PathBuf> = index.iter().filter(|k| k.starts_with(from)).cloned().collect();
+        for k in moved {
+            index.remove(&k);
+            if let Ok(rest) = k.strip_prefix(from) {
+                index.insert(if rest.as_os_str().is_empty() { to.to_path_buf() } else { to.join(rest) });
+            }
+        }
+    }
+
     /// The raw sidecar (empty when the resource has no dead properties).
     pub fn read_props(&self, path: &RelPath) -> FsResult<Vec<u8>> {
         self.metadata(path)?;
@@ -537,11 +588,16 @@ impl Store {
         let (dir, name) = self.props_location(path)?;
         if content.is_empty() {
             match rustix::fs::unlinkat(&dir, &name, AtFlags::empty()) {
-                Ok(()) | Err(Errno::NOENT) => return self.sync_dir(dir.as_fd()),
+                Ok(()) | Err(Errno::NOENT) => {
+                    self.index().remove(&path.key());
+                    return self.sync_dir(dir.as_fd());
+                }
                 Err(e) => return Err(fs_error(e)),
             }
         }
-        self.write_atomic(&dir, &name, content)
+        self.write_atomic(&dir, &name, content)?;
+        self.index().insert(path.key());
+        Ok(())
     }
 
     fn write_atomic(&self, dir: &OwnedFd, name: &OsStr, content: &[u8]) -> FsResult<()> {
@@ -761,6 +817,33 @@ mod tests {
         assert!(s.read_dir(&rel("/")).unwrap().is_empty());
         assert!(!outside.join("new").exists());
         assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn props_index_follows_writes_moves_copies_and_deletes() {
+        let dir = tempdir("props");
+        let s = store(&dir);
+        for name in ["/a", "/b"] {
+            let mut up = s.begin_upload(&rel(name), Some(1), true, false).unwrap();
+            up.write(b"x").unwrap();
+            up.commit().unwrap();
+        }
+        s.create_dir(&rel("/d")).unwrap();
+        assert!(!s.has_props(&rel("/a")));
+        s.write_props(&rel("/a"), b"[]x").unwrap();
+        assert!(s.has_props(&rel("/a")));
+        s.rename(&rel("/a"), &rel("/d/a")).unwrap();
+        assert!(!s.has_props(&rel("/a")) && s.has_props(&rel("/d/a")));
+        s.copy(&rel("/d/a"), &rel("/b")).unwrap();
+        assert!(s.has_props(&rel("/b")));
+        s.rename(&rel("/d"), &rel("/e")).unwrap();
+        assert!(s.has_props(&rel("/e/a")) && !s.has_props(&rel("/d/a")));
+        drop(s);
+        let s = store(&dir);
+        assert!(s.has_props(&rel("/e/a")) && s.has_props(&rel("/b")), "rebuilt at start");
+        s.remove_file(&rel("/e/a")).unwrap();
+        assert!(!s.has_props(&rel("/e/a")));
+        assert_eq!(s.read_props(&rel("/b")).unwrap(), b"[]x");
     }
 
     #[test]

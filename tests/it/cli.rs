@@ -127,3 +127,38 @@ fn sandbox_default_runs_without_a_config() {
     let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn json_logs_and_systemd_readiness() {
+    use std::os::unix::net::UnixDatagram;
+    let site = Site::new("notify");
+    let socket_path = site.dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let config = site.dir.join("c.toml");
+    std::fs::write(&config, site.config()).unwrap();
+    let proc = Proc::start_with_env(
+        &["--log-format", "json", "--role", "webdav", "--config", config.to_str().unwrap()],
+        &[("NOTIFY_SOCKET", socket_path.to_str().unwrap())],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 from the service");
+    assert_eq!(&buf[..n], b"READY=1");
+    let c = client();
+    assert_eq!(c.get(proc.url("/recordings/")).send().unwrap().status(), 401);
+    let status = proc.stop_keep();
+    assert_eq!(status.0.code(), Some(0));
+    let n = socket.recv(&mut buf).expect("STOPPING=1 from the service");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let logs = status.1;
+    let mut saw_access = false;
+    for line in logs.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v["target"] == "access" {
+            saw_access = true;
+            assert_eq!(v["status"], 401);
+            assert_eq!(v["path"], "/recordings/");
+        }
+    }
+    assert!(saw_access, "no access line in {logs}");
+}

@@ -280,3 +280,19 @@ fn tls_listener_serves_webdav_over_https() {
     let plain = Command::new("curl").args(["-sS", "-m", "5", &proc.url("/recordings/tls.opus")]).output().unwrap();
     assert!(!plain.status.success() || !String::from_utf8_lossy(&plain.stdout).contains("over tls"));
 }
+
+#[test]
+fn free_disk_reserve_refuses_uploads_with_507_and_health_reports_down() {
+    let site = Site::with("reserve", "min_free_disk = \"1000TiB\"");
+    let proc = site.start();
+    let c = client();
+    let put = c.put(proc.url("/recordings/x.opus")).basic_auth(USER, Some(PASSWORD)).body("abc").send().unwrap();
+    assert_eq!(put.status(), 507);
+    assert!(!site.root().join("x.opus").exists());
+    assert!(dir_entries(&site.root()).is_empty(), "no temp file left");
+    let health = c.get(proc.admin_url("/health")).send().unwrap();
+    assert_eq!(health.status(), 503);
+    let json: serde_json::Value = serde_json::from_str(&health.text().unwrap()).unwrap();
+    assert_eq!(json["roles"]["webdav"]["status"], "DOWN");
+    assert!(json["roles"]["webdav"]["details"]["freeDiskBytes"].is_u64());
+}

@@ -90,8 +90,13 @@ pub struct Proc {
 
 impl Proc {
     pub fn start(args: &[&str]) -> Proc {
+        Proc::start_with_env(args, &[])
+    }
+
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -159,6 +164,18 @@ impl Proc {
     pub fn stop(mut self) -> ExitStatus {
         self.signal("TERM");
         wait_timeout(&mut self.child, Duration::from_secs(30)).expect("exit within 30 s after SIGTERM")
+    }
+
+    /// Like `stop`, and also returns everything logged to stderr once the pipe has closed.
+    pub fn stop_keep(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = wait_timeout(&mut self.child, Duration::from_secs(30)).expect("exit within 30 s after SIGTERM");
+        // The reader thread drains the pipe after exit; give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline && !self.logs().contains("stopped cleanly") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        (status, self.logs())
     }
 
     pub fn kill9(mut self) {
