@@ -528,7 +528,7 @@ want exec-nofsync && EXECS+=(exec-nofsync)
 cat "$WORK/report.md"
 if [[ -z $OUT ]]; then
     mkdir -p "$ROOT/bench/results"
-    OUT=$ROOT/bench/results/webdav-$(date +%Y-%m-%d)$([[ $QUICK == 1 ]] && echo -quick).md
+    OUT=$ROOT/bench/results/webdav-$(date +%Y-%m-%d)$( [[ $QUICK == 1 ]] && echo -quick || true ).md
 fi
 cp "$WORK/report.md" "$OUT"
 log "written $OUT"
