@@ -100,16 +100,8 @@ fn htpasswd_subcommand_writes_what_apache_verifies_and_the_server_reloads_it() {
     let c = client();
     let denied = c.get(proc.url("/recordings/")).basic_auth("newuser", Some("n3w-pass")).send().unwrap();
     assert_eq!(denied.status(), 401);
-    let out = Command::new(BIN)
-        .args(["htpasswd", "-i", file.to_str().unwrap(), "newuser"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"n3w-pass\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let out =
+        output_with_stdin(Command::new(BIN).args(["htpasswd", "-i", file.to_str().unwrap(), "newuser"]), b"n3w-pass\n");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = std::fs::read_to_string(&file).unwrap();
     assert!(text.contains("mcp:$apr1$"), "other users kept: {text}");
@@ -235,8 +227,8 @@ fn tls_listener_serves_webdav_over_https() {
     let proc = site.start();
     let url = format!("https://localhost:{}/recordings/tls.opus", proc.addr("webdav").port());
     let resolve = format!("localhost:{}:127.0.0.1", proc.addr("webdav").port());
-    let put = Command::new("curl")
-        .args([
+    let put = output_with_stdin(
+        Command::new("curl").args([
             "-sS",
             "-o",
             "/dev/null",
@@ -251,16 +243,9 @@ fn tls_listener_serves_webdav_over_https() {
             "-T",
             "-",
             &url,
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(b"over tls")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+        ]),
+        b"over tls",
+    );
     assert_eq!(String::from_utf8_lossy(&put.stdout), "201", "{}", String::from_utf8_lossy(&put.stderr));
     let get = Command::new("curl")
         .args([

@@ -285,6 +285,13 @@ pub fn dir_entries(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Runs a command with `input` on its stdin and collects its stdout and stderr.
+pub fn output_with_stdin(command: &mut Command, input: &[u8]) -> std::process::Output {
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+    child.wait_with_output().expect("wait")
+}
+
 pub fn method(name: &str) -> reqwest::Method {
     reqwest::Method::from_bytes(name.as_bytes()).unwrap()
 }
