@@ -227,39 +227,19 @@ fn tls_listener_serves_webdav_over_https() {
     let proc = site.start();
     let url = format!("https://localhost:{}/recordings/tls.opus", proc.addr("webdav").port());
     let resolve = format!("localhost:{}:127.0.0.1", proc.addr("webdav").port());
-    let put = output_with_stdin(
-        Command::new("curl").args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--cacert",
-            cert.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-u",
-            &format!("{USER}:{PASSWORD}"),
-            "-T",
-            "-",
-            &url,
-        ]),
-        b"over tls",
-    );
+    let creds = format!("{USER}:{PASSWORD}");
+    // Every call trusts our certificate, resolves localhost to the server and logs in.
+    let curl = |extra: &[&str]| {
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--cacert", cert.to_str().unwrap(), "--resolve", &resolve, "-u", &creds])
+            .args(extra)
+            .arg(&url);
+        command
+    };
+    let put = output_with_stdin(&mut curl(&["-o", "/dev/null", "-w", "%{http_code}", "-T", "-"]), b"over tls");
     assert_eq!(String::from_utf8_lossy(&put.stdout), "201", "{}", String::from_utf8_lossy(&put.stderr));
-    let get = Command::new("curl")
-        .args([
-            "-sS",
-            "--cacert",
-            cert.to_str().unwrap(),
-            "--resolve",
-            &resolve,
-            "-u",
-            &format!("{USER}:{PASSWORD}"),
-            &url,
-        ])
-        .output()
-        .unwrap();
+    let get = curl(&[]).output().unwrap();
     assert_eq!(get.stdout, b"over tls");
     // Plain HTTP on the TLS port is not served.
     let plain = Command::new("curl").args(["-sS", "-m", "5", &proc.url("/recordings/tls.opus")]).output().unwrap();
