@@ -19,8 +19,17 @@ const MAX_LOCKS: usize = 100_000;
 pub struct ExpiringLs {
     inner: Box<MemLs>,
     max_timeout: Duration,
+    expiries: Arc<Mutex<Expiries>>,
+}
+
+#[derive(Debug, Default)]
+struct Expiries {
     /// token → (locked path, when the lock ends)
-    expiries: Arc<Mutex<HashMap<String, (DavPath, SystemTime)>>>,
+    by_token: HashMap<String, (DavPath, SystemTime)>,
+    /// No lock ends before this, so the common case (nothing expired) skips the scan that
+    /// every PUT, DELETE and MOVE would otherwise pay. May be early after an unlock; a scan
+    /// then sets it right.
+    soonest: Option<SystemTime>,
 }
 
 impl ExpiringLs {
@@ -29,7 +38,11 @@ impl ExpiringLs {
     }
 
     pub fn active(&self) -> usize {
-        self.expiries.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.expiries().by_token.len()
+    }
+
+    fn expiries(&self) -> std::sync::MutexGuard<'_, Expiries> {
+        self.expiries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn cap(&self, timeout: Option<Duration>) -> Duration {
@@ -39,9 +52,15 @@ impl ExpiringLs {
     async fn purge(&self) {
         let now = SystemTime::now();
         let expired: Vec<(String, DavPath)> = {
-            let mut map = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
+            let mut expiries = self.expiries();
+            if expiries.soonest.is_none_or(|soonest| soonest > now) {
+                return;
+            }
+            let map = &mut expiries.by_token;
             let gone: Vec<String> = map.iter().filter(|(_, (_, at))| *at <= now).map(|(t, _)| t.clone()).collect();
-            gone.into_iter().filter_map(|t| map.remove(&t).map(|(p, _)| (t, p))).collect()
+            let gone = gone.into_iter().filter_map(|t| map.remove(&t).map(|(p, _)| (t, p))).collect();
+            expiries.soonest = expiries.by_token.values().map(|(_, at)| *at).min();
+            gone
         };
         for (token, path) in expired {
             // Already gone when the resource was deleted; that is fine.
@@ -52,8 +71,9 @@ impl ExpiringLs {
 
     fn remember(&self, lock: &DavLock) {
         if let Some(at) = lock.timeout_at {
-            let mut map = self.expiries.lock().unwrap_or_else(|p| p.into_inner());
-            map.insert(lock.token.clone(), ((*lock.path).clone(), at));
+            let mut expiries = self.expiries();
+            expiries.by_token.insert(lock.token.clone(), ((*lock.path).clone(), at));
+            expiries.soonest = Some(expiries.soonest.map_or(at, |soonest| soonest.min(at)));
         }
     }
 }
@@ -104,7 +124,7 @@ impl DavLockSystem for ExpiringLs {
             self.purge().await;
             let result = self.inner.unlock(&path, &token).await;
             if result.is_ok() {
-                self.expiries.lock().unwrap_or_else(|p| p.into_inner()).remove(&token);
+                self.expiries().by_token.remove(&token);
             }
             result
         }
@@ -159,10 +179,7 @@ impl DavLockSystem for ExpiringLs {
             let result = self.inner.delete(&path).await;
             // Locks at or below the deleted path are gone from the table; forget their timers.
             let prefix = path.as_bytes().to_vec();
-            self.expiries
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, (p, _)| !p.as_bytes().starts_with(&prefix));
+            self.expiries().by_token.retain(|_, (p, _)| !p.as_bytes().starts_with(&prefix));
             result
         }
         .boxed()
@@ -181,7 +198,12 @@ mod tests {
         assert_eq!(lock.timeout, Some(Duration::from_secs(2)), "no Timeout header means the cap");
         assert!(ls.lock(&path, Some("v"), None, Some(Duration::from_secs(1)), false, false).await.is_err());
         // Rewind the clock of the stored expiry instead of sleeping.
-        ls.expiries.lock().unwrap().get_mut(&lock.token).unwrap().1 = SystemTime::now();
+        {
+            let mut expiries = ls.expiries();
+            let now = SystemTime::now();
+            expiries.by_token.get_mut(&lock.token).unwrap().1 = now;
+            expiries.soonest = Some(now);
+        }
         assert!(ls.check(&path, Some("v"), false, false, &[]).await.is_ok(), "expired lock still held");
         assert!(ls.lock(&path, Some("v"), None, Some(Duration::from_secs(999)), false, false).await.is_ok());
         assert_eq!(ls.active(), 1);
