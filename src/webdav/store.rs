@@ -433,13 +433,15 @@ impl Store {
             tmp.sync_data().map_err(io_error).map_err(cleanup)?;
         }
         rustix::fs::renameat(&to_dir, &tmp_name, &to_dir, &to_name).map_err(fs_error).map_err(cleanup)?;
-        let (from_dir, from_name) = self.parent(from)?;
         let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
         self.index_forget(&to.key());
-        if let Ok(props) = read_small(&from_dir, &props_name(&from_name))
-            && self.write_atomic(&to_dir, &props_name(&to_name), &props).is_ok()
-        {
-            self.index().insert(to.key());
+        if self.has_props(from) {
+            let (from_dir, from_name) = self.parent(from)?;
+            if let Ok(props) = read_small(&from_dir, &props_name(&from_name))
+                && self.write_atomic(&to_dir, &props_name(&to_name), &props).is_ok()
+            {
+                self.index().insert(to.key());
+            }
         }
         self.used.fetch_add(copied, Ordering::Relaxed);
         self.files.fetch_add(1, Ordering::Relaxed);
