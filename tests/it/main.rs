@@ -3,5 +3,6 @@
 mod support;
 
 mod cli;
+mod lb_parity;
 mod webdav;
 mod webdav_protocol;
