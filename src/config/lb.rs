@@ -452,6 +452,13 @@ impl PoolSettings {
                 s.problem_at(key, "must be more than zero");
             }
         }
+        if out.max_body_size == 0 {
+            s.problem_at(
+                "max_body_size",
+                "0 (nginx: no limit) is not supported: bodies are held in memory to be replayed on the next \
+                 server; give a size like \"16MiB\"",
+            );
+        }
         if !out.health_check_interval.is_zero() && out.health_check_interval < Duration::from_millis(100) {
             s.problem_at("health_check_interval", "must be at least 100ms (or 0 for no probes)");
         }

@@ -81,6 +81,8 @@ impl PeerMetrics {
 struct Slot {
     name: String,
     listen: SocketAddr,
+    /// The address actually bound (differs from `listen` for port 0).
+    bound: std::sync::OnceLock<SocketAddr>,
     current: RwLock<Arc<Pool>>,
 }
 
@@ -105,6 +107,7 @@ impl Lb {
             slots.push(Arc::new(Slot {
                 name: pc.name.clone(),
                 listen: pc.listen,
+                bound: std::sync::OnceLock::new(),
                 current: RwLock::new(Arc::new(pool)),
             }));
         }
@@ -129,6 +132,9 @@ impl Lb {
         }
         let mut servers = tokio::task::JoinSet::new();
         for (slot, (listener, tls)) in self.slots.iter().zip(listeners) {
+            if let Ok(addr) = listener.local_addr() {
+                let _ = slot.bound.set(addr);
+            }
             let pool = slot.pool();
             let opts = ServerOptions {
                 name: "lb",
@@ -310,7 +316,7 @@ impl RoleStatus for Lb {
             pools.insert(
                 slot.name.clone(),
                 serde_json::json!({
-                    "listen": slot.listen.to_string(),
+                    "listen": slot.bound.get().unwrap_or(&slot.listen).to_string(),
                     "available": available,
                     "idleConnections": pool.connector.idle_connections(),
                     "peers": peers,

@@ -152,8 +152,12 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
         UriMode::Normalized => uri::normalized(path, query),
         UriMode::Raw => uri::raw(path, query),
     };
-    let target = match target {
-        Ok(t) => t,
+    let target = match target.map(|t| t.parse::<http::Uri>()) {
+        Ok(Ok(t)) => t,
+        Ok(Err(err)) => {
+            tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
+            return local(log, StatusCode::BAD_REQUEST, true);
+        }
         Err(err) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
             return local(log, StatusCode::BAD_REQUEST, true);
@@ -172,7 +176,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
         *req.version_mut() = version;
-        *req.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.uri_mut() = target.clone();
         *req.headers_mut() = headers.clone();
         req
     };

@@ -96,7 +96,11 @@ pub struct Lease {
 
 impl Lease {
     pub fn release(mut self, complete: bool) {
-        let (Some(mut conn), Some(ka)) = (self.conn.take(), self.keepalive.clone()) else { return };
+        let Some(mut conn) = self.conn.take() else { return };
+        let Some(ka) = self.keepalive.clone() else {
+            conn.task.abort();
+            return;
+        };
         if !complete || conn.requests >= ka.max_requests || conn.created.elapsed() >= ka.max_age {
             conn.task.abort();
             return;
@@ -171,7 +175,10 @@ impl Connector {
         while let Some(mut conn) = self.take_idle(peer) {
             conn.active.store(true, Ordering::Relaxed);
             conn.requests += 1;
-            match conn.sender.try_send_request(request).await {
+            let guard = AbortOnDrop(Some(conn.task.clone()));
+            let sent = conn.sender.try_send_request(request).await;
+            guard.disarm();
+            match sent {
                 Ok(response) => {
                     let lease = self.lease(peer, conn);
                     return Ok(Exchange { response, connect_time: Duration::ZERO, reused: true, lease });
@@ -244,8 +251,12 @@ impl Connector {
             }
         })
         .abort_handle();
+        // If the client goes away while we wait, this future is dropped: close the upstream
+        // connection then too, as nginx does (proxy_ignore_client_abort off).
+        let guard = AbortOnDrop(Some(task.clone()));
         match sender.send_request(request).await {
             Ok(response) => {
+                guard.disarm();
                 let conn = Live { sender, active, task, requests: 1, created: started };
                 let lease = self.lease(peer, conn);
                 Ok(Exchange { response, connect_time, reused: false, lease })
@@ -265,6 +276,22 @@ impl Connector {
 
     fn lease(&self, peer: usize, conn: Live) -> Lease {
         Lease { conn: Some(conn), peer, idle: self.idle.clone(), keepalive: self.keepalive.clone() }
+    }
+}
+
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
     }
 }
 
