@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER};
 use crate::http::admin::RoleStatus;
 use crate::http::{ServerOptions, tls};
+use crate::lb::Lb;
 use crate::webdav::Webdav;
 
 /// Runs the configured roles until SIGTERM/SIGINT (Ok) or until one of them fails (Err).
@@ -38,6 +39,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let lb = match &config.lb {
+        Some(lb_config) => {
+            let role = Lb::prepare(lb_config, config.source.clone()).await?;
+            statuses.push(role.clone());
+            let mut tls = Vec::new();
+            for pool in &lb_config.pools {
+                tls.push(pool.tls.as_ref().map(tls::load).transpose()?);
+            }
+            Some((role, tls))
+        }
+        None => None,
+    };
+
     let mut ready = String::from("READY");
     let webdav = match webdav {
         Some((role, addr, tls)) => {
@@ -49,9 +63,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let admin_listener = bind("admin", config.admin.listen).await?;
     let _ = write!(ready, " admin={}", admin_listener.local_addr()?);
+    let lb = match lb {
+        Some((role, tls)) => {
+            let mut listeners = Vec::new();
+            for ((name, addr), tls) in role.listeners().into_iter().zip(tls) {
+                let listener = bind(&format!("lb.{name}"), addr).await?;
+                let _ = write!(ready, " lb.{name}={}", listener.local_addr()?);
+                listeners.push((listener, tls));
+            }
+            Some((role, listeners))
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
-    crate::shutdown::spawn_signal_listener(shutdown.clone()).context("cannot install signal handlers")?;
+    let (reload_tx, _) = tokio::sync::broadcast::channel(4);
+    crate::shutdown::spawn_signal_listener(shutdown.clone(), reload_tx.clone())
+        .context("cannot install signal handlers")?;
     let tracker = TaskTracker::new();
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(4);
     let grace = config.shutdown_grace;
@@ -64,10 +92,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         });
     }
+    if let Some((role, listeners)) = lb {
+        let (token, failed, reload) = (shutdown.clone(), failed_tx.clone(), reload_tx.subscribe());
+        tracker.spawn(async move {
+            if let Err(err) = role.run(listeners, grace, reload, token).await {
+                let _ = failed.send(err.context("lb role failed")).await;
+            }
+        });
+    }
     {
         let router = crate::http::admin::router(statuses);
-        let opts =
-            ServerOptions { name: "admin", header_timeout: std::time::Duration::from_secs(10), tls: admin_tls, grace };
+        let opts = ServerOptions {
+            name: "admin",
+            header_timeout: std::time::Duration::from_secs(10),
+            tls: admin_tls,
+            grace,
+            ..ServerOptions::DEFAULT_LIMITS
+        };
         let (token, failed) = (shutdown.clone(), failed_tx.clone());
         tracker.spawn(async move {
             let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
@@ -115,7 +156,8 @@ fn raise_fd_limit(config: &Config) {
         tracing::warn!(%err, "cannot raise the open-files limit");
         raised = limit;
     }
-    let needed = config.webdav.as_ref().map_or(0, |w| w.max_uploads as u64 * 3 + 256);
+    let needed = config.webdav.as_ref().map_or(0, |w| w.max_uploads as u64 * 3 + 256)
+        + config.lb.as_ref().map_or(0, |lb| lb.pools.len() as u64 * 2048);
     if let Some(current) = raised.current
         && current < needed
     {

@@ -6,12 +6,14 @@
 //! - `auth`: Apache-compatible htpasswd files and HTTP Basic authentication.
 //! - `metrics`, `telemetry`, `shutdown`: Prometheus text, logging, signals and systemd.
 //! - `webdav`: role `webdav`, the recording store (dav-server over our crash-safe storage).
+//! - `lb`: role `lb`, the retrying round-robin proxy in front of excp and exrp.
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod lb;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
@@ -24,6 +26,9 @@ use config::{Config, EXIT_CONFIG};
 
 /// Exit code for a usage error (EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// Exit code when something outside us is not there yet, e.g. DNS at boot (EX_UNAVAILABLE):
+/// unlike 78, systemd's Restart=on-failure tries again.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Everything `main` does: dispatch the subcommand, map the outcome to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
@@ -64,12 +69,11 @@ fn check_config(path: Option<&std::path::Path>, role: Role) -> ExitCode {
 
 fn run(role: Role, path: Option<&std::path::Path>) -> ExitCode {
     if let Some((issue, name)) = match role {
-        Role::Lb => Some((3, "lb")),
         Role::Excp => Some((4, "excp")),
         Role::Exrp => Some((5, "exrp")),
-        Role::Webdav | Role::All => None,
+        Role::Webdav | Role::Lb | Role::All => None,
     } {
-        eprintln!("exec-allinone: the {name} role is not built yet (issue {issue}); available: webdav, all");
+        eprintln!("exec-allinone: the {name} role is not built yet (issue {issue}); available: webdav, lb, all");
         return ExitCode::from(EXIT_USAGE);
     }
     let config = match Config::load(path, role) {
@@ -96,6 +100,10 @@ fn run(role: Role, path: Option<&std::path::Path>) -> ExitCode {
     };
     match runtime.block_on(app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if lb::is_resolve_error(&err) => {
+            tracing::error!("{err:#} (exiting with {EXIT_UNAVAILABLE} so that systemd retries)");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
         Err(err) => {
             tracing::error!("{err:#}");
             ExitCode::FAILURE

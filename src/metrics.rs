@@ -66,6 +66,25 @@ impl HistogramVec {
     }
 }
 
+/// A latency histogram without labels, lock-free, for hot paths that keep one per peer.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
 /// Writes metric families in the Prometheus text exposition format (version 0.0.4).
 pub struct Encoder<'a> {
     out: &'a mut String,
@@ -93,9 +112,37 @@ impl<'a> Encoder<'a> {
     pub fn counter_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &CounterVec) {
         self.header(name, help, "counter");
         for (values, n) in vec.snapshot() {
-            let labels = labels(label_names, &values, None);
+            let labels = labels_text(label_names, &values, None);
             let _ = writeln!(self.out, "{name}{{{labels}}} {n}");
         }
+    }
+
+    /// Starts a family whose samples follow through `sample` / `histogram`.
+    pub fn family(&mut self, name: &str, help: &str, kind: &str) {
+        self.header(name, help, kind);
+    }
+
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let (names, values): (Vec<&str>, Vec<String>) = labels.iter().map(|(n, v)| (*n, v.to_string())).unzip();
+        let labels = labels_text(&names, &values, None);
+        let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+    }
+
+    /// The samples of one labelled `Histogram` (the family header is written by `family`).
+    pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
+        let (names, values): (Vec<&str>, Vec<String>) = labels.iter().map(|(n, v)| (*n, v.to_string())).unzip();
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += h.counts[i].load(Ordering::Relaxed);
+            let l = labels_text(&names, &values, Some(&bound.to_string()));
+            let _ = writeln!(self.out, "{name}_bucket{{{l}}} {cumulative}");
+        }
+        let count = h.count.load(Ordering::Relaxed);
+        let inf = labels_text(&names, &values, Some("+Inf"));
+        let plain = labels_text(&names, &values, None);
+        let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {count}");
+        let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(self.out, "{name}_count{{{plain}}} {count}");
     }
 
     pub fn histogram_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &HistogramVec) {
@@ -103,11 +150,11 @@ impl<'a> Encoder<'a> {
         let map = vec.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (values, h) in map {
             for (i, bound) in BUCKETS.iter().enumerate() {
-                let labels = labels(label_names, &values, Some(&bound.to_string()));
+                let labels = labels_text(label_names, &values, Some(&bound.to_string()));
                 let _ = writeln!(self.out, "{name}_bucket{{{labels}}} {}", h.counts[i]);
             }
-            let inf = labels(label_names, &values, Some("+Inf"));
-            let plain = labels(label_names, &values, None);
+            let inf = labels_text(label_names, &values, Some("+Inf"));
+            let plain = labels_text(label_names, &values, None);
             let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {}", h.count);
             let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum);
             let _ = writeln!(self.out, "{name}_count{{{plain}}} {}", h.count);
@@ -115,7 +162,7 @@ impl<'a> Encoder<'a> {
     }
 }
 
-fn labels(names: &[&str], values: &[String], le: Option<&str>) -> String {
+fn labels_text(names: &[&str], values: &[String], le: Option<&str>) -> String {
     let mut out = String::new();
     for (name, value) in names.iter().zip(values) {
         if !out.is_empty() {

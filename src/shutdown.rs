@@ -5,16 +5,31 @@ use std::os::unix::net::UnixDatagram;
 
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-pub fn spawn_signal_listener(token: CancellationToken) -> std::io::Result<()> {
+/// Cancels `token` on the first SIGTERM or SIGINT; passes each SIGHUP to `reload`'s
+/// subscribers (roles that can re-read their configuration).
+pub fn spawn_signal_listener(
+    token: CancellationToken,
+    reload: tokio::sync::broadcast::Sender<()>,
+) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    // Installed for every role: SIGHUP's default action would kill the process.
+    let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
-        let which = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-            _ = token.cancelled() => return,
+        let which = loop {
+            tokio::select! {
+                _ = term.recv() => break "SIGTERM",
+                _ = int.recv() => break "SIGINT",
+                _ = hup.recv() => {
+                    if reload.send(()).is_err() {
+                        tracing::info!("SIGHUP: no role in this process reloads its configuration");
+                    } else {
+                        tracing::info!("SIGHUP: reloading");
+                    }
+                }
+                _ = token.cancelled() => return,
+            }
         };
         tracing::info!(signal = which, "shutting down: draining in-flight requests");
         token.cancel();

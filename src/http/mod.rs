@@ -37,6 +37,22 @@ pub struct ServerOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// How long open connections may take to finish once shutdown starts.
     pub grace: Duration,
+    /// Request header lines beyond this get 431.
+    pub max_headers: usize,
+    /// Bytes of request head beyond this get 431.
+    pub max_header_size: usize,
+}
+
+impl ServerOptions {
+    /// hyper's own limits, for `..ServerOptions::DEFAULT_LIMITS`.
+    pub const DEFAULT_LIMITS: ServerOptions = ServerOptions {
+        name: "",
+        header_timeout: Duration::from_secs(30),
+        tls: None,
+        grace: Duration::from_secs(30),
+        max_headers: 100,
+        max_header_size: 64 << 10,
+    };
 }
 
 /// Serves HTTP/1.1 on an already bound listener until `shutdown`, then drains.
@@ -137,7 +153,12 @@ const MAX_READ_BUFFER: usize = 512 << 10;
 fn builder(opts: &ServerOptions, open_connections: usize) -> http1::Builder {
     let mut b = http1::Builder::new();
     let share = (READ_BUFFER_BUDGET / open_connections.max(1)).clamp(MIN_READ_BUFFER, MAX_READ_BUFFER);
-    b.timer(TokioTimer::new()).header_read_timeout(opts.header_timeout).keep_alive(true).max_buf_size(share);
+    b.timer(TokioTimer::new())
+        .header_read_timeout(opts.header_timeout)
+        .keep_alive(true)
+        .max_buf_size(share)
+        .max_headers(opts.max_headers)
+        .max_header_size(opts.max_header_size);
     b
 }
 

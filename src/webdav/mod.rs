@@ -98,7 +98,13 @@ impl Webdav {
         grace: std::time::Duration,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
-        let opts = ServerOptions { name: "webdav", header_timeout: self.config.header_timeout, tls, grace };
+        let opts = ServerOptions {
+            name: "webdav",
+            header_timeout: self.config.header_timeout,
+            tls,
+            grace,
+            ..ServerOptions::DEFAULT_LIMITS
+        };
         let make = move |conn: ConnInfo| {
             let this = Arc::clone(&self);
             hyper::service::service_fn(move |req| {

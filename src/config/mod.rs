@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use crate::cli::Role;
 
+mod lb;
+pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
+
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -23,6 +26,9 @@ pub struct Config {
     /// How long in-flight work may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub webdav: Option<WebdavConfig>,
+    pub lb: Option<LbConfig>,
+    /// The file this came from (SIGHUP re-reads it); None for the sandbox.
+    pub source: Option<PathBuf>,
     /// The sandbox creates its directories and password file on start.
     pub sandbox: bool,
 }
@@ -89,11 +95,20 @@ impl Config {
     /// Reads the file, or builds the embedded sandbox default when there is none.
     pub fn load(path: Option<&Path>, role: Role) -> Result<Config, ConfigError> {
         match path {
+            None if role == Role::Lb => Err(ConfigError {
+                problems: vec![
+                    "--role lb has no embedded default: it needs the addresses of your excp and exrp servers. \
+                     Give --config FILE with [lb.pools.<name>] tables (see config/example.toml), or translate \
+                     an nginx config with `exec-allinone import-nginx /etc/nginx/nginx.conf`"
+                        .into(),
+                ],
+            }),
             None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|err| ConfigError { problems: vec![format!("cannot read {}: {err}", path.display())] })?;
-                let config = Config::from_toml_str(&text, role)?;
+                let mut config = Config::from_toml_str(&text, role)?;
+                config.source = Some(path.to_path_buf());
                 config.check_files()?;
                 Ok(config)
             }
@@ -110,7 +125,8 @@ impl Config {
         let shutdown_grace = top.duration("shutdown_grace", Duration::from_secs(30));
         let admin_table = top.table("admin");
         let webdav_table = top.table("webdav");
-        for (name, issue) in [("lb", 3), ("excp", 4), ("exrp", 5)] {
+        let lb_table = top.table("lb");
+        for (name, issue) in [("excp", 4), ("exrp", 5)] {
             if top.table(name).is_some() {
                 top.problem_at(name, format!("the {name} role is not built yet (issue {issue}); remove this section"));
             }
@@ -136,10 +152,19 @@ impl Config {
             }
             None => None,
         };
-        if role == Role::All && webdav.is_none() && problems.is_empty() {
-            problems.push("no role section ([webdav]) in the file: nothing to run".into());
+        let lb = match lb_table {
+            Some(t) if matches!(role, Role::Lb | Role::All) => Some(LbConfig::parse(t, &mut problems)),
+            Some(_) => None,
+            None if role == Role::Lb => {
+                problems.push("[lb.pools.<name>] tables are missing; --role lb needs at least one pool".into());
+                None
+            }
+            None => None,
+        };
+        if role == Role::All && webdav.is_none() && lb.is_none() && problems.is_empty() {
+            problems.push("no role section ([webdav], [lb]) in the file: nothing to run".into());
         }
-        let config = Config { admin, shutdown_grace, webdav, sandbox: false };
+        let config = Config { admin, shutdown_grace, webdav, lb, source: None, sandbox: false };
         config.check_listeners(&mut problems);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
@@ -158,6 +183,8 @@ impl Config {
             admin: AdminConfig { listen: default_admin_addr(role), tls: None },
             shutdown_grace: Duration::from_secs(30),
             webdav,
+            lb: None,
+            source: None,
             sandbox: true,
         }
     }
@@ -168,15 +195,21 @@ impl Config {
         if self.webdav.is_some() {
             roles.push("webdav");
         }
+        if self.lb.is_some() {
+            roles.push("lb");
+        }
         roles
     }
 
     /// Checks that need the file system (files exist and parse), still before binding.
     fn check_files(&self) -> Result<(), ConfigError> {
         let mut problems = Vec::new();
-        let mut tls_configs = vec![("admin", &self.admin.tls)];
+        let mut tls_configs = vec![("admin".to_string(), &self.admin.tls)];
+        for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
+            tls_configs.push((format!("lb.pools.{}", pool.name), &pool.tls));
+        }
         if let Some(w) = &self.webdav {
-            tls_configs.push(("webdav", &w.tls));
+            tls_configs.push(("webdav".to_string(), &w.tls));
             match std::fs::read_to_string(&w.htpasswd) {
                 Ok(text) => {
                     if let Err(errors) = crate::auth::htpasswd::PasswordFile::parse(&text) {
@@ -216,9 +249,12 @@ impl Config {
     }
 
     fn check_listeners(&self, problems: &mut Vec<String>) {
-        let mut listeners = vec![("admin", self.admin.listen)];
+        let mut listeners = vec![("admin".to_string(), self.admin.listen)];
         if let Some(w) = &self.webdav {
-            listeners.push(("webdav", w.listen));
+            listeners.push(("webdav".to_string(), w.listen));
+        }
+        for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
+            listeners.push((format!("lb.pools.{}", pool.name), pool.listen));
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
@@ -328,15 +364,15 @@ impl WebdavConfig {
 /// One TOML table being read: typed getters record problems instead of failing, and
 /// `finish` reports the keys nobody asked for.
 struct Section<'a, 'p> {
-    name: &'static str,
+    name: String,
     table: &'a toml::Table,
     used: BTreeSet<&'a str>,
     problems: &'p mut Vec<String>,
 }
 
 impl<'a, 'p> Section<'a, 'p> {
-    fn new(name: &'static str, table: &'a toml::Table, problems: &'p mut Vec<String>) -> Self {
-        Section { name, table, used: BTreeSet::new(), problems }
+    fn new(name: impl Into<String>, table: &'a toml::Table, problems: &'p mut Vec<String>) -> Self {
+        Section { name: name.into(), table, used: BTreeSet::new(), problems }
     }
 
     fn key_name(&self, key: &str) -> String {
@@ -445,9 +481,9 @@ impl<'a, 'p> Section<'a, 'p> {
 
     fn tls(&mut self) -> Option<TlsConfig> {
         let table = self.table("tls")?;
-        let name = if self.name.is_empty() { "tls" } else { self.name };
+        let name = if self.name.is_empty() { "tls".to_string() } else { self.name.clone() };
         let mut inner = Vec::new();
-        let mut s = Section::new(name, table, &mut inner);
+        let mut s = Section::new(name.clone(), table, &mut inner);
         let cert = s.path("cert");
         let key = s.path("key");
         s.finish();
@@ -623,8 +659,8 @@ mod tests {
 
     #[test]
     fn unbuilt_roles_and_clashing_listeners_are_refused() {
-        let p = problems("[lb.pools.excp]\nlisten = \"0.0.0.0:3650\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
-        assert!(p.iter().any(|m| m.contains("lb role is not built yet")), "{p:?}");
+        let p = problems("[excp]\nlisten = \"0.0.0.0:3650\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
+        assert!(p.iter().any(|m| m.contains("excp role is not built yet")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("admin.listen and webdav.listen")), "{p:?}");
     }
 
@@ -661,7 +697,7 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let text = include_str!("../config/example.toml");
+        let text = include_str!("../../config/example.toml");
         if let Err(e) = Config::from_toml_str(text, Role::All) {
             panic!("config/example.toml: {e}");
         }

@@ -1,0 +1,393 @@
+//! Role `lb`: the retrying round-robin reverse proxy that replaces the vendor's nginx, one
+//! listener per pool, nginx 1.22's upstream semantics (lb.md LB-01..LB-31), SIGHUP reload.
+
+mod balancer;
+mod health;
+pub mod import_nginx;
+mod proxy;
+mod retry;
+mod upstream;
+mod uri;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{LbConfig, PoolConfig, PoolSettings, split_host_port};
+use crate::http::admin::RoleStatus;
+use crate::http::{ConnInfo, ServerOptions};
+use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
+use balancer::{Balancer, Peer};
+use retry::Failure;
+use upstream::{Connector, KeepAlive, Timeouts};
+
+/// A server name that does not resolve at start. Not a configuration error: DNS may be late
+/// at boot, so the process exits with a code systemd restarts on.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot resolve lb.pools.{pool} server {server:?}: {reason}")]
+pub struct ResolveError {
+    pub pool: String,
+    pub server: String,
+    pub reason: String,
+}
+
+/// What a request of one pool needs; replaced as a whole by SIGHUP.
+pub struct Pool {
+    pub name: String,
+    pub settings: PoolSettings,
+    balancer: Balancer,
+    connector: Connector,
+    metrics: PoolMetrics,
+    /// Stops this generation's health probes when a reload replaces it.
+    probes: CancellationToken,
+}
+
+#[derive(Default)]
+struct PoolMetrics {
+    requests: CounterVec,
+    duration: Histogram,
+    retries: Counter,
+    peers: Vec<PeerMetrics>,
+}
+
+#[derive(Default)]
+struct PeerMetrics {
+    attempts: Counter,
+    errors: Counter,
+    timeouts: Counter,
+    invalid_headers: Counter,
+    statuses: Counter,
+    latency: Histogram,
+}
+
+impl PeerMetrics {
+    fn failed(&self, failure: Failure) {
+        match failure {
+            Failure::Error => &self.errors,
+            Failure::Timeout => &self.timeouts,
+            Failure::InvalidHeader => &self.invalid_headers,
+            Failure::Status(_) => &self.statuses,
+        }
+        .inc();
+    }
+}
+
+/// One pool's listener and its current generation.
+struct Slot {
+    name: String,
+    listen: SocketAddr,
+    /// The address actually bound (differs from `listen` for port 0).
+    bound: std::sync::OnceLock<SocketAddr>,
+    current: RwLock<Arc<Pool>>,
+}
+
+impl Slot {
+    fn pool(&self) -> Arc<Pool> {
+        self.current.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub struct Lb {
+    slots: Vec<Arc<Slot>>,
+    source: Option<PathBuf>,
+}
+
+impl Lb {
+    /// Resolves every server name; nothing is bound yet.
+    pub async fn prepare(config: &LbConfig, source: Option<PathBuf>) -> anyhow::Result<Arc<Lb>> {
+        let mut slots = Vec::new();
+        for pc in &config.pools {
+            let pool = build_pool(pc).await?;
+            log_pool(&pool, pc);
+            slots.push(Arc::new(Slot {
+                name: pc.name.clone(),
+                listen: pc.listen,
+                bound: std::sync::OnceLock::new(),
+                current: RwLock::new(Arc::new(pool)),
+            }));
+        }
+        Ok(Arc::new(Lb { slots, source }))
+    }
+
+    /// The pools in config order with their listen addresses and TLS, for the app to bind.
+    pub fn listeners(&self) -> Vec<(String, SocketAddr)> {
+        self.slots.iter().map(|s| (s.name.clone(), s.listen)).collect()
+    }
+
+    /// Serves every pool on its listener (same order as `listeners`) until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        listeners: Vec<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+        grace: Duration,
+        mut reload: tokio::sync::broadcast::Receiver<()>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        for slot in &self.slots {
+            health::start(&slot.pool(), &shutdown);
+        }
+        let mut servers = tokio::task::JoinSet::new();
+        for (slot, (listener, tls)) in self.slots.iter().zip(listeners) {
+            if let Ok(addr) = listener.local_addr() {
+                let _ = slot.bound.set(addr);
+            }
+            let pool = slot.pool();
+            let opts = ServerOptions {
+                name: "lb",
+                header_timeout: pool.settings.header_timeout,
+                tls,
+                grace,
+                // nginx 1.22 has no header count limit; its 4 x 8 KiB buffers bound the size.
+                max_headers: 1000,
+                max_header_size: 4 * 8192,
+            };
+            let slot = slot.clone();
+            let make = move |conn: ConnInfo| {
+                let slot = slot.clone();
+                hyper::service::service_fn(move |req| {
+                    let pool = slot.pool();
+                    async move { Ok::<_, Infallible>(proxy::handle(pool, conn.peer, req).await) }
+                })
+            };
+            let token = shutdown.clone();
+            servers.spawn(async move { crate::http::serve(listener, opts, make, token).await });
+        }
+        loop {
+            tokio::select! {
+                done = servers.join_next() => match done {
+                    None => break,
+                    Some(Ok(Ok(()))) => {}
+                    Some(Ok(Err(err))) => return Err(err),
+                    Some(Err(err)) => return Err(anyhow::anyhow!("pool listener task failed: {err}")),
+                },
+                signal = reload.recv() => {
+                    if signal.is_ok() {
+                        self.reload(&shutdown).await;
+                    }
+                }
+            }
+        }
+        for slot in &self.slots {
+            let pool = slot.pool();
+            pool.probes.cancel();
+            pool.connector.close_idle();
+        }
+        Ok(())
+    }
+
+    /// SIGHUP: re-reads the pools from the config file. Requests in flight finish on the
+    /// generation they started with; listeners stay open.
+    async fn reload(&self, shutdown: &CancellationToken) {
+        let Some(path) = &self.source else {
+            tracing::warn!("SIGHUP: no config file to re-read (sandbox)");
+            return;
+        };
+        let config =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(
+                |text| crate::config::Config::from_toml_str(&text, crate::cli::Role::Lb).map_err(|e| e.to_string()),
+            );
+        let lb = match config {
+            Ok(c) => c.lb,
+            Err(err) => {
+                tracing::error!("SIGHUP: configuration refused, keeping the running one: {err}");
+                return;
+            }
+        };
+        let Some(lb) = lb else { return };
+        for pc in &lb.pools {
+            let Some(slot) = self.slots.iter().find(|s| s.name == pc.name) else {
+                tracing::warn!(pool = %pc.name, "SIGHUP: new pool ignored; a new listener needs a restart");
+                continue;
+            };
+            if slot.listen != pc.listen {
+                tracing::warn!(pool = %pc.name, "SIGHUP: listen changed; a restart applies it. Servers are reloaded.");
+            }
+            match build_pool(pc).await {
+                Ok(pool) => {
+                    log_pool(&pool, pc);
+                    let pool = Arc::new(pool);
+                    health::start(&pool, shutdown);
+                    let old = std::mem::replace(&mut *slot.current.write().unwrap_or_else(|p| p.into_inner()), pool);
+                    old.probes.cancel();
+                    old.connector.close_idle();
+                }
+                Err(err) => tracing::error!(pool = %pc.name, "SIGHUP: {err:#}; keeping the running servers"),
+            }
+        }
+        for slot in &self.slots {
+            if !lb.pools.iter().any(|p| p.name == slot.name) {
+                tracing::warn!(pool = %slot.name, "SIGHUP: pool removed from the file; it keeps running until restart");
+            }
+        }
+        tracing::info!("SIGHUP: configuration reloaded");
+    }
+}
+
+async fn build_pool(pc: &PoolConfig) -> anyhow::Result<Pool> {
+    let mut peers = Vec::new();
+    for server in &pc.servers {
+        let (host, port) = split_host_port(&server.address).map_err(anyhow::Error::msg)?;
+        let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                let found = tokio::net::lookup_host((host.as_str(), port)).await.map_err(|e| ResolveError {
+                    pool: pc.name.clone(),
+                    server: server.address.clone(),
+                    reason: e.to_string(),
+                })?;
+                let mut unique = Vec::new();
+                for a in found {
+                    if !unique.contains(&a) {
+                        unique.push(a);
+                    }
+                }
+                unique
+            }
+        };
+        if addrs.is_empty() {
+            return Err(ResolveError {
+                pool: pc.name.clone(),
+                server: server.address.clone(),
+                reason: "no addresses".into(),
+            }
+            .into());
+        }
+        // A name with several addresses defines several servers at once, as in nginx.
+        for addr in addrs {
+            peers.push(Peer {
+                addr,
+                server: server.address.clone(),
+                weight: server.weight,
+                max_fails: server.max_fails,
+                fail_timeout: server.fail_timeout,
+                down: server.down,
+            });
+        }
+    }
+    let s = &pc.settings;
+    let timeouts = Timeouts { connect: s.connect_timeout, send: s.send_timeout, read: s.read_timeout };
+    let keepalive = s.keepalive.then(|| KeepAlive {
+        max_idle: s.keepalive_connections,
+        idle_timeout: s.keepalive_timeout,
+        max_requests: s.keepalive_requests,
+        max_age: Duration::from_secs(3600),
+    });
+    let metrics = PoolMetrics { peers: peers.iter().map(|_| PeerMetrics::default()).collect(), ..Default::default() };
+    Ok(Pool {
+        name: pc.name.clone(),
+        settings: pc.settings.clone(),
+        balancer: Balancer::new(peers, Instant::now()),
+        connector: Connector::new(timeouts, keepalive),
+        metrics,
+        probes: CancellationToken::new(),
+    })
+}
+
+fn log_pool(pool: &Pool, pc: &PoolConfig) {
+    let peers: Vec<String> = pool.balancer.peers().iter().map(|p| p.addr.to_string()).collect();
+    tracing::info!(
+        pool = %pool.name,
+        listen = %pc.listen,
+        peers = %peers.join(", "),
+        next_upstream_tries = pc.settings.next_upstream_tries,
+        keepalive = pc.settings.keepalive,
+        "pool ready"
+    );
+}
+
+impl RoleStatus for Lb {
+    fn name(&self) -> &'static str {
+        "lb"
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        let now = Instant::now();
+        let mut all_up = true;
+        let mut pools = serde_json::Map::new();
+        for slot in &self.slots {
+            let pool = slot.pool();
+            let peers = pool.balancer.view(now);
+            let available = peers.iter().filter(|p| p.state == "up").count();
+            all_up &= available > 0;
+            pools.insert(
+                slot.name.clone(),
+                serde_json::json!({
+                    "listen": slot.bound.get().unwrap_or(&slot.listen).to_string(),
+                    "available": available,
+                    "idleConnections": pool.connector.idle_connections(),
+                    "peers": peers,
+                }),
+            );
+        }
+        (all_up, serde_json::json!({ "pools": pools }))
+    }
+
+    fn metrics(&self, enc: &mut Encoder<'_>) {
+        let pools: Vec<Arc<Pool>> = self.slots.iter().map(|s| s.pool()).collect();
+        enc.family("lb_requests_total", "Client requests by pool and final status.", "counter");
+        for p in &pools {
+            for (labels, n) in p.metrics.requests.snapshot() {
+                let status = labels.first().map(String::as_str).unwrap_or("");
+                enc.sample("lb_requests_total", &[("pool", &p.name), ("status", status)], n as f64);
+            }
+        }
+        enc.family("lb_request_duration_seconds", "Client request duration by pool.", "histogram");
+        for p in &pools {
+            enc.histogram("lb_request_duration_seconds", &[("pool", &p.name)], &p.metrics.duration);
+        }
+        enc.family("lb_retries_total", "Attempts on a next peer after a failure.", "counter");
+        for p in &pools {
+            enc.sample("lb_retries_total", &[("pool", &p.name)], p.metrics.retries.get() as f64);
+        }
+        enc.family("lb_upstream_attempts_total", "Attempts per peer.", "counter");
+        for p in &pools {
+            for (peer, m) in p.balancer.peers().iter().zip(&p.metrics.peers) {
+                let addr = peer.addr.to_string();
+                enc.sample(
+                    "lb_upstream_attempts_total",
+                    &[("pool", &p.name), ("peer", &addr)],
+                    m.attempts.get() as f64,
+                );
+            }
+        }
+        enc.family("lb_upstream_failures_total", "Failed attempts per peer by class.", "counter");
+        for p in &pools {
+            for (peer, m) in p.balancer.peers().iter().zip(&p.metrics.peers) {
+                let addr = peer.addr.to_string();
+                for (class, c) in [
+                    ("error", &m.errors),
+                    ("timeout", &m.timeouts),
+                    ("invalid_header", &m.invalid_headers),
+                    ("status", &m.statuses),
+                ] {
+                    let labels = [("pool", p.name.as_str()), ("peer", addr.as_str()), ("class", class)];
+                    enc.sample("lb_upstream_failures_total", &labels, c.get() as f64);
+                }
+            }
+        }
+        enc.family("lb_upstream_header_seconds", "Time to the response head (or the failure) per peer.", "histogram");
+        for p in &pools {
+            for (peer, m) in p.balancer.peers().iter().zip(&p.metrics.peers) {
+                let addr = peer.addr.to_string();
+                enc.histogram("lb_upstream_header_seconds", &[("pool", &p.name), ("peer", &addr)], &m.latency);
+            }
+        }
+        enc.family("lb_upstream_up", "1 when the peer may be selected (not down, ejected or failing probes).", "gauge");
+        let now = Instant::now();
+        for p in &pools {
+            for view in p.balancer.view(now) {
+                let up = if view.state == "up" { 1.0 } else { 0.0 };
+                enc.sample("lb_upstream_up", &[("pool", &p.name), ("peer", &view.address)], up);
+            }
+        }
+    }
+}
+
+/// Used by the app to tell a DNS failure (retry later) from other start-up errors.
+pub fn is_resolve_error(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| e.is::<ResolveError>())
+}

@@ -1,0 +1,517 @@
+//! One client request through a pool: nginx's request checks, the buffered body, the upstream
+//! request as nginx writes it, the attempt loop, the response as nginx passes it on, and the
+//! access-log line with every attempt.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use super::Pool;
+use super::balancer::Outcome;
+use super::retry::{Attempts, Failure, Next};
+use super::upstream::{AttemptError, Exchange};
+use super::uri;
+use crate::config::{HostHeader, UriMode};
+use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
+use crate::telemetry::escape;
+
+pub type ProxyBody = CountingBody<Either<Full<Bytes>, Incoming>, Box<dyn FnOnce(u64, bool) + Send>>;
+
+/// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
+/// Content-Length are written by the proxy itself.
+const NOT_FORWARDED: [HeaderName; 8] = [
+    header::HOST,
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::EXPECT,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// Backend response headers that are hop-by-hop or that the proxy writes itself
+/// (`ngx_http_proxy_hide_headers` plus framing).
+const NOT_PASSED_BACK: [HeaderName; 5] = [
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::DATE,
+    header::SERVER,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// One attempt as the access log shows it (nginx `$upstream_addr`, `$upstream_status`, ...).
+#[derive(Debug, Clone)]
+struct AttemptRecord {
+    addr: SocketAddr,
+    status: u16,
+    connect: Option<Duration>,
+    header: Option<Duration>,
+    response: Duration,
+}
+
+/// Everything the access log and metrics need about a request; writes the line once, also
+/// when the client goes away first (status 499, as nginx logs it).
+struct RequestLog {
+    pool: Arc<Pool>,
+    client: SocketAddr,
+    method: Method,
+    target: String,
+    started: Instant,
+    attempts: Vec<AttemptRecord>,
+    written: bool,
+}
+
+impl RequestLog {
+    fn write(&mut self, status: u16, bytes: u64, complete: bool, last_response: Option<Duration>) {
+        if std::mem::replace(&mut self.written, true) {
+            return;
+        }
+        if let (Some(last), Some(rec)) = (last_response, self.attempts.last_mut()) {
+            rec.response = last;
+        }
+        let elapsed = self.started.elapsed();
+        let m = &self.pool.metrics;
+        m.requests.inc(&[&status.to_string()]);
+        m.duration.observe(elapsed);
+        let mut addrs = String::new();
+        let mut statuses = String::new();
+        let mut connect = String::new();
+        let mut header = String::new();
+        let mut response = String::new();
+        for (i, a) in self.attempts.iter().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            let _ = write!(addrs, "{sep}{}", a.addr);
+            let _ = write!(statuses, "{sep}{}", a.status);
+            let _ = write!(connect, "{sep}{}", secs(a.connect));
+            let _ = write!(header, "{sep}{}", secs(a.header));
+            let _ = write!(response, "{sep}{}", secs(Some(a.response)));
+        }
+        let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+        tracing::info!(
+            target: "access",
+            pool = %self.pool.name,
+            client = %self.client.ip(),
+            method = %self.method,
+            uri = %escape(&self.target),
+            status,
+            bytes,
+            ms = elapsed.as_millis() as u64,
+            complete,
+            upstream_addr = %dash(addrs),
+            upstream_status = %dash(statuses),
+            upstream_connect_time = %dash(connect),
+            upstream_header_time = %dash(header),
+            upstream_response_time = %dash(response),
+        );
+    }
+}
+
+impl Drop for RequestLog {
+    fn drop(&mut self) {
+        // Dropped unwritten = hyper dropped the request future: the client closed first.
+        self.write(499, 0, false, None);
+    }
+}
+
+fn secs(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!("{:.3}", d.as_secs_f64()),
+        None => "-".into(),
+    }
+}
+
+/// Proxies one request on `pool`.
+pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = req.into_parts();
+    let mut log = RequestLog {
+        pool: pool.clone(),
+        client,
+        method: parts.method.clone(),
+        target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
+        started: Instant::now(),
+        attempts: Vec::new(),
+        written: false,
+    };
+    let settings = &pool.settings;
+
+    if let Err((status, why)) = check_request(&parts) {
+        tracing::debug!(pool = %pool.name, %client, why, "request refused");
+        return local(log, status, true);
+    }
+    let path = parts.uri.path();
+    let query = parts.uri.query();
+    let target = match settings.uri {
+        UriMode::Normalized => uri::normalized(path, query),
+        UriMode::Raw => uri::raw(path, query),
+    };
+    let target = match target.map(|t| t.parse::<http::Uri>()) {
+        Ok(Ok(t)) => t,
+        Ok(Err(err)) => {
+            tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
+            return local(log, StatusCode::BAD_REQUEST, true);
+        }
+        Err(err) => {
+            tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
+            return local(log, StatusCode::BAD_REQUEST, true);
+        }
+    };
+
+    let framed =
+        parts.headers.contains_key(header::CONTENT_LENGTH) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let body = match read_body(&parts.headers, body, settings.max_body_size, settings.body_timeout).await {
+        Ok(b) => b,
+        Err(status) => return local(log, status, true),
+    };
+    let headers = upstream_headers(&pool, &parts.headers, client, framed.then_some(body.len()));
+    let version = if settings.keepalive { Version::HTTP_11 } else { Version::HTTP_10 };
+    let build = || -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = parts.method.clone();
+        *req.version_mut() = version;
+        *req.uri_mut() = target.clone();
+        *req.headers_mut() = headers.clone();
+        req
+    };
+
+    let balancer = &pool.balancer;
+    let mut attempts = Attempts::new(
+        balancer.tries(),
+        settings.next_upstream_tries,
+        settings.next_upstream_timeout,
+        settings.next_upstream,
+        &parts.method,
+    );
+    let mut tried = balancer.tried();
+    loop {
+        let Some(i) = balancer.select(&mut tried, Instant::now()) else {
+            tracing::error!(pool = %pool.name, "no live upstreams");
+            return local(log, StatusCode::BAD_GATEWAY, false);
+        };
+        let peer = &balancer.peers()[i];
+        let peer_metrics = &pool.metrics.peers[i];
+        peer_metrics.attempts.inc();
+        if !log.attempts.is_empty() {
+            pool.metrics.retries.inc();
+        }
+        let t0 = Instant::now();
+        let result = pool.connector.send(i, peer.addr, build()).await;
+        let result = result.and_then(|ex| match check_framing(ex.response.headers()) {
+            Ok(()) => Ok(ex),
+            Err(why) => Err(AttemptError {
+                failure: Failure::InvalidHeader,
+                sent: true,
+                reused: ex.reused,
+                connect_time: Some(ex.connect_time),
+                detail: why.into(),
+            }),
+        });
+        match result {
+            Err(err) => {
+                let now = Instant::now();
+                peer_metrics.failed(err.failure);
+                peer_metrics.latency.observe(t0.elapsed());
+                log.attempts.push(AttemptRecord {
+                    addr: peer.addr,
+                    status: err.failure.give_up_status(),
+                    connect: err.connect_time,
+                    header: None,
+                    response: t0.elapsed(),
+                });
+                if balancer.report(i, Outcome::Failed, now) {
+                    tracing::warn!(pool = %pool.name, peer = %peer.addr, fail_timeout = ?peer.fail_timeout, "upstream server temporarily disabled");
+                }
+                let next = attempts.after_failure(err.failure, err.sent, err.reused, now);
+                tracing::warn!(
+                    pool = %pool.name,
+                    peer = %peer.addr,
+                    method = %parts.method,
+                    failure = err.failure.class(),
+                    sent = err.sent,
+                    reused = err.reused,
+                    retry = next == Next::Retry,
+                    "{}",
+                    err.detail
+                );
+                match next {
+                    Next::Retry => continue,
+                    Next::GiveUp(status) => {
+                        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        return local(log, code, false);
+                    }
+                    // after_failure never passes a response on; there is none.
+                    Next::Pass => return local(log, StatusCode::BAD_GATEWAY, false),
+                }
+            }
+            Ok(ex) => {
+                let now = Instant::now();
+                let status = ex.response.status().as_u16();
+                let header_time = t0.elapsed();
+                peer_metrics.latency.observe(header_time);
+                let failure = Failure::Status(status);
+                let counted = failure.counts_as_failure(&settings.next_upstream);
+                if settings.next_upstream.status(status) && attempts.after_status(status, now) == Next::Retry {
+                    peer_metrics.failed(failure);
+                    log.attempts.push(AttemptRecord {
+                        addr: peer.addr,
+                        status,
+                        connect: Some(ex.connect_time),
+                        header: Some(header_time),
+                        response: header_time,
+                    });
+                    balancer.report(i, if counted { Outcome::Failed } else { Outcome::Next }, now);
+                    continue;
+                }
+                let outcome = if counted {
+                    Outcome::Failed
+                } else if settings.next_upstream.status(status) {
+                    Outcome::Next
+                } else {
+                    Outcome::Success
+                };
+                balancer.report(i, outcome, now);
+                log.attempts.push(AttemptRecord {
+                    addr: peer.addr,
+                    status,
+                    connect: Some(ex.connect_time),
+                    header: Some(header_time),
+                    response: header_time,
+                });
+                return respond(log, ex, parts.version, t0);
+            }
+        }
+    }
+}
+
+/// Passes a backend response on, as nginx does: its status and body, its headers minus the
+/// hop-by-hop ones and those the proxy writes itself.
+fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Response<ProxyBody> {
+    let Exchange { response, lease, .. } = ex;
+    let (mut parts, body) = response.into_parts();
+    for name in NOT_PASSED_BACK {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove("x-pad");
+    let accel: Vec<HeaderName> = parts.headers.keys().filter(|k| k.as_str().starts_with("x-accel-")).cloned().collect();
+    for name in accel {
+        parts.headers.remove(name);
+    }
+    if client_version < Version::HTTP_11 {
+        parts.headers.remove(header::UPGRADE);
+    }
+    parts.headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    parts.version = Version::HTTP_11;
+    let status = parts.status.as_u16();
+    let expected = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let done: Box<dyn FnOnce(u64, bool) + Send> = Box::new(move |bytes, complete| {
+        lease.release(complete);
+        log.write(status, bytes, complete, Some(t0.elapsed()));
+    });
+    Response::from_parts(parts, CountingBody::new(Either::Right(body), expected, done))
+}
+
+const SERVER: &str = "exec-allinone";
+
+/// A response made by the proxy itself: nginx's error page for `status`.
+fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<ProxyBody> {
+    let reason = match status.as_u16() {
+        408 => "Request Time-out",
+        413 => "Request Entity Too Large",
+        414 => "Request-URI Too Large",
+        503 => "Service Temporarily Unavailable",
+        504 => "Gateway Time-out",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    };
+    let code = status.as_u16();
+    let page = format!(
+        "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
+    );
+    let len = page.len() as u64;
+    let done: Box<dyn FnOnce(u64, bool) + Send> =
+        Box::new(move |bytes, complete| log.write(code, bytes, complete, None));
+    let mut response = Response::new(CountingBody::new(Either::Left(Full::new(Bytes::from(page))), Some(len), done));
+    *response.status_mut() = status;
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
+    if close {
+        // The request's body may be unread or its framing doubtful: nginx closes too.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// nginx's checks of the request head that hyper lets through (lb.md LB-25).
+fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'static str)> {
+    let h = &parts.headers;
+    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
+        return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
+    }
+    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if !te.is_empty() {
+        if parts.version == Version::HTTP_10 {
+            return Err((StatusCode::BAD_REQUEST, "Transfer-Encoding on HTTP/1.0"));
+        }
+        if te.len() > 1 {
+            return Err((StatusCode::BAD_REQUEST, "duplicate Transfer-Encoding"));
+        }
+        if !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err((StatusCode::NOT_IMPLEMENTED, "Transfer-Encoding other than chunked"));
+        }
+        if h.contains_key(header::CONTENT_LENGTH) {
+            return Err((StatusCode::BAD_REQUEST, "Content-Length with Transfer-Encoding"));
+        }
+    }
+    if parts.version == Version::HTTP_11 && !h.contains_key(header::HOST) && parts.uri.authority().is_none() {
+        return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
+    }
+    Ok(())
+}
+
+/// Reads the whole body so it can be sent again to the next peer (nginx
+/// `proxy_request_buffering on`): 413 above the cap, known from Content-Length before
+/// reading (so no `100 Continue` is sent for it), 408 when the client stalls.
+async fn read_body(headers: &HeaderMap, body: Incoming, max: u64, idle: Duration) -> Result<Bytes, StatusCode> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(StatusCode::PAYLOAD_TOO_LARGE);
+    }
+    let limited = Limited::new(IdleTimeoutBody::new(body, idle), max as usize);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) => {
+            if err.is::<http_body_util::LengthLimitError>() {
+                Err(StatusCode::PAYLOAD_TOO_LARGE)
+            } else if is_idle_timeout(&*err) {
+                Err(StatusCode::REQUEST_TIMEOUT)
+            } else {
+                Err(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+}
+
+fn is_idle_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if e.is::<IdleTimeout>() {
+            return true;
+        }
+        if let Some(b) = e.downcast_ref::<crate::http::body::BodyError>()
+            && b.0.is::<IdleTimeout>()
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// The upstream request head as nginx 1.22 writes it (lb.md LB-19): Host, Connection,
+/// Content-Length first, then the client's headers in order minus the hop-by-hop ones and
+/// those with `_` in the name.
+fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr, length: Option<usize>) -> HeaderMap {
+    let s = &pool.settings;
+    let mut h = HeaderMap::with_capacity(client_headers.len() + 4);
+    let host = match &s.host {
+        HostHeader::PoolName => HeaderValue::from_str(&pool.name).ok(),
+        HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+        HostHeader::Client => {
+            client_headers.get(header::HOST).cloned().or_else(|| HeaderValue::from_str(&pool.name).ok())
+        }
+    };
+    if let Some(host) = host {
+        h.insert(header::HOST, host);
+    }
+    if !s.keepalive {
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(n) = length {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    for (name, value) in &s.set_headers {
+        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+            h.append(n, v);
+        }
+    }
+    let set_by_config = |name: &HeaderName| {
+        s.set_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+            || (s.x_forwarded_for && name == "x-forwarded-for")
+            || (s.x_real_ip && name == "x-real-ip")
+    };
+    for (name, value) in client_headers {
+        if NOT_FORWARDED.contains(name) || name.as_str().contains('_') || set_by_config(name) {
+            continue;
+        }
+        h.append(name.clone(), value.clone());
+    }
+    if s.x_real_ip {
+        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
+            h.insert("x-real-ip", v);
+        }
+    }
+    if s.x_forwarded_for {
+        // $proxy_add_x_forwarded_for: the client's list, then the address it came from.
+        let mut list: Vec<&str> =
+            client_headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        let ip = client.ip().to_string();
+        list.push(&ip);
+        if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+            h.insert("x-forwarded-for", v);
+        }
+    }
+    h
+}
+
+/// Framing nginx refuses in a response head (proxy_duplicate_headers.t): more than one
+/// Content-Length, Content-Length with Transfer-Encoding, or a Transfer-Encoding other than
+/// one `chunked`.
+fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
+    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
+    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
+    if cl > 1 {
+        return Err("upstream sent duplicate Content-Length");
+    }
+    if te.len() > 1 {
+        return Err("upstream sent duplicate Transfer-Encoding");
+    }
+    if let Some(te) = te.first() {
+        if cl > 0 {
+            return Err("upstream sent both Content-Length and Transfer-Encoding");
+        }
+        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
+            return Err("upstream sent an unknown Transfer-Encoding");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_framing_checks() {
+        let mut h = HeaderMap::new();
+        assert!(check_framing(&h).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        assert!(check_framing(&h).is_err());
+        let mut h = HeaderMap::new();
+        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        assert!(check_framing(&h).is_ok());
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        assert!(check_framing(&h).is_err());
+    }
+}

@@ -1,0 +1,422 @@
+//! Connections to upstream peers: connect with a timeout, nginx's send and read timeouts
+//! (between two successive writes or reads, not in total), one connection per attempt or a
+//! keep-alive pool, and the classification of what went wrong into nginx's failure types.
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
+use tokio::time::Sleep;
+
+use super::retry::Failure;
+
+/// nginx's `proxy_buffer_size` (one page): a longer response head is `invalid_header`.
+const MAX_RESPONSE_HEAD: usize = 4096;
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub send: Duration,
+    pub read: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeepAlive {
+    pub max_idle: usize,
+    pub idle_timeout: Duration,
+    pub max_requests: u64,
+    /// nginx `keepalive_time`: a connection is not reused after this age.
+    pub max_age: Duration,
+}
+
+/// An attempt that produced no response.
+#[derive(Debug)]
+pub struct AttemptError {
+    pub failure: Failure,
+    /// The connection was up, so the request may have reached the peer.
+    pub sent: bool,
+    /// It happened on a pooled connection.
+    pub reused: bool,
+    pub connect_time: Option<Duration>,
+    pub detail: String,
+}
+
+/// A response head from a peer, with the connection it came on.
+pub struct Exchange {
+    pub response: Response<Incoming>,
+    pub connect_time: Duration,
+    pub reused: bool,
+    pub lease: Lease,
+}
+
+/// Connections of one pool.
+pub struct Connector {
+    timeouts: Timeouts,
+    keepalive: Option<KeepAlive>,
+    idle: Arc<Mutex<VecDeque<Idle>>>,
+}
+
+struct Live {
+    sender: SendRequest<Full<Bytes>>,
+    /// Arms the read/write timers; false while the connection idles in the pool.
+    active: Arc<AtomicBool>,
+    task: AbortHandle,
+    requests: u64,
+    created: Instant,
+}
+
+struct Idle {
+    peer: usize,
+    conn: Live,
+    since: Instant,
+}
+
+/// The connection behind a response. Dropping it closes the connection; `release` hands it
+/// back to the pool when the response was read to its end and the peer keeps it open.
+pub struct Lease {
+    conn: Option<Live>,
+    peer: usize,
+    idle: Arc<Mutex<VecDeque<Idle>>>,
+    keepalive: Option<KeepAlive>,
+}
+
+impl Lease {
+    pub fn release(mut self, complete: bool) {
+        let Some(mut conn) = self.conn.take() else { return };
+        let Some(ka) = self.keepalive.clone() else {
+            conn.task.abort();
+            return;
+        };
+        if !complete || conn.requests >= ka.max_requests || conn.created.elapsed() >= ka.max_age {
+            conn.task.abort();
+            return;
+        }
+        let idle = self.idle.clone();
+        let peer = self.peer;
+        // The connection becomes ready once hyper has seen the end of the response; a peer
+        // that said `Connection: close` (or sent bytes past the body) never gets there.
+        tokio::spawn(async move {
+            let ready = tokio::time::timeout(Duration::from_secs(1), conn.sender.ready()).await;
+            if !matches!(ready, Ok(Ok(()))) {
+                conn.task.abort();
+                return;
+            }
+            conn.active.store(false, Ordering::Relaxed);
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.push_back(Idle { peer, conn, since: Instant::now() });
+            while idle.len() > ka.max_idle {
+                if let Some(old) = idle.pop_front() {
+                    old.conn.task.abort();
+                }
+            }
+        });
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.task.abort();
+        }
+    }
+}
+
+impl Connector {
+    pub fn new(timeouts: Timeouts, keepalive: Option<KeepAlive>) -> Connector {
+        Connector { timeouts, keepalive, idle: Arc::new(Mutex::new(VecDeque::new())) }
+    }
+
+    pub fn idle_connections(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Closes every idle connection (shutdown, reload).
+    pub fn close_idle(&self) {
+        for idle in self.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            idle.conn.task.abort();
+        }
+    }
+
+    fn take_idle(&self, peer: usize) -> Option<Live> {
+        let ka = self.keepalive.as_ref()?;
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Newest first: the one least likely to have been closed by the peer meanwhile.
+        while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
+            let Some(entry) = idle.remove(pos) else { break };
+            if entry.since.elapsed() < ka.idle_timeout && entry.conn.sender.is_ready() {
+                return Some(entry.conn);
+            }
+            entry.conn.task.abort();
+        }
+        None
+    }
+
+    /// One attempt on one peer: a pooled connection if there is one, else a new one.
+    pub async fn send(
+        &self,
+        peer: usize,
+        addr: SocketAddr,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Exchange, AttemptError> {
+        while let Some(mut conn) = self.take_idle(peer) {
+            conn.active.store(true, Ordering::Relaxed);
+            conn.requests += 1;
+            let guard = AbortOnDrop(Some(conn.task.clone()));
+            let sent = conn.sender.try_send_request(request).await;
+            guard.disarm();
+            match sent {
+                Ok(response) => {
+                    let lease = self.lease(peer, conn);
+                    return Ok(Exchange { response, connect_time: Duration::ZERO, reused: true, lease });
+                }
+                Err(mut err) => {
+                    conn.task.abort();
+                    match err.take_message() {
+                        // Closed before a byte went out: the request is untouched, so any
+                        // method may go on a fresh connection (the stale-pool race).
+                        Some(back) => {
+                            tracing::debug!(%addr, err = %err.error(), "pooled connection was closed; using another");
+                            request = back;
+                        }
+                        None => {
+                            let error = err.into_error();
+                            return Err(AttemptError {
+                                failure: classify(&error),
+                                sent: true,
+                                reused: true,
+                                connect_time: Some(Duration::ZERO),
+                                detail: describe(&error),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        let started = Instant::now();
+        let stream = match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
+            Err(_) => {
+                return Err(AttemptError {
+                    failure: Failure::Timeout,
+                    sent: false,
+                    reused: false,
+                    connect_time: None,
+                    detail: format!("connect timed out after {:?}", self.timeouts.connect),
+                });
+            }
+            Ok(Err(err)) => {
+                return Err(AttemptError {
+                    failure: Failure::Error,
+                    sent: false,
+                    reused: false,
+                    connect_time: None,
+                    detail: format!("connect failed: {err}"),
+                });
+            }
+            Ok(Ok(s)) => s,
+        };
+        let connect_time = started.elapsed();
+        let _ = stream.set_nodelay(true);
+        let active = Arc::new(AtomicBool::new(true));
+        let io = TimedIo::new(stream, self.timeouts.read, self.timeouts.send, active.clone());
+        let handshake = http1::Builder::new().max_header_size(MAX_RESPONSE_HEAD).handshake(TokioIo::new(io)).await;
+        let (mut sender, connection) = match handshake {
+            Ok(pair) => pair,
+            Err(err) => {
+                return Err(AttemptError {
+                    failure: Failure::Error,
+                    sent: true,
+                    reused: false,
+                    connect_time: Some(connect_time),
+                    detail: describe(&err),
+                });
+            }
+        };
+        let task = tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%err, "upstream connection ended with an error");
+            }
+        })
+        .abort_handle();
+        // If the client goes away while we wait, this future is dropped: close the upstream
+        // connection then too, as nginx does (proxy_ignore_client_abort off).
+        let guard = AbortOnDrop(Some(task.clone()));
+        match sender.send_request(request).await {
+            Ok(response) => {
+                guard.disarm();
+                let conn = Live { sender, active, task, requests: 1, created: started };
+                let lease = self.lease(peer, conn);
+                Ok(Exchange { response, connect_time, reused: false, lease })
+            }
+            Err(err) => {
+                task.abort();
+                Err(AttemptError {
+                    failure: classify(&err),
+                    sent: true,
+                    reused: false,
+                    connect_time: Some(connect_time),
+                    detail: describe(&err),
+                })
+            }
+        }
+    }
+
+    fn lease(&self, peer: usize, conn: Live) -> Lease {
+        Lease { conn: Some(conn), peer, idle: self.idle.clone(), keepalive: self.keepalive.clone() }
+    }
+}
+
+struct AbortOnDrop(Option<AbortHandle>);
+
+impl AbortOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Maps a hyper client error to nginx's failure type.
+fn classify(err: &hyper::Error) -> Failure {
+    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        return Failure::InvalidHeader;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return Failure::Timeout;
+        }
+        source = e.source();
+    }
+    Failure::Error
+}
+
+fn describe(err: &hyper::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// A socket whose reads and writes fail with `TimedOut` when one waits longer than its
+/// timeout while a request is in flight (nginx's proxy_read_timeout / proxy_send_timeout).
+struct TimedIo {
+    inner: TcpStream,
+    read_timeout: Duration,
+    write_timeout: Duration,
+    read_timer: Option<Pin<Box<Sleep>>>,
+    write_timer: Option<Pin<Box<Sleep>>>,
+    active: Arc<AtomicBool>,
+}
+
+impl TimedIo {
+    fn new(inner: TcpStream, read_timeout: Duration, write_timeout: Duration, active: Arc<AtomicBool>) -> Self {
+        TimedIo { inner, read_timeout, write_timeout, read_timer: None, write_timer: None, active }
+    }
+}
+
+/// Polls the timer of a pending operation, arming it on first use.
+fn expired(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration, active: bool, cx: &mut Context<'_>) -> bool {
+    if !active {
+        *timer = None;
+        return false;
+    }
+    let sleep = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+    sleep.as_mut().poll(cx).is_ready()
+}
+
+impl AsyncRead for TimedIo {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.read_timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if expired(&mut this.read_timer, this.read_timeout, this.active.load(Ordering::Relaxed), cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out reading")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for TimedIo {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.write_timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if expired(&mut this.write_timer, this.write_timeout, this.active.load(Ordering::Relaxed), cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out writing")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.write_timer = None;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                if expired(&mut this.write_timer, this.write_timeout, this.active.load(Ordering::Relaxed), cx) {
+                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out writing")))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
