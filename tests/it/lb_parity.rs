@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::backend::{Backends, Behaviour, Seen, find};
-use crate::support::nginx::{self, Nginx};
+use crate::support::nginx::{self, AccessLine, Nginx};
 use crate::support::{BIN, Proc, TempDir};
 
 // ---------------------------------------------------------------------------------------------
@@ -53,6 +53,8 @@ struct Step {
     wait_100: bool,
     /// Read on after the response to see whether anything else arrives.
     linger: bool,
+    /// Close the connection this long after sending, without reading a response.
+    abandon: Option<Duration>,
     timeout: Duration,
     /// nginx's status; `tried` are the peers in `$upstream_addr`, in order.
     status: u16,
@@ -165,8 +167,7 @@ impl Scenario {
             backends.add(name, behaviour.clone());
         }
         let nginx = Nginx::start(self.name, &binary, &self.nginx_http(&backends));
-        let reference = self.play(nginx.addr, &backends);
-        let access = nginx.access_lines(self.steps.len());
+        let reference = self.play(nginx.addr, &backends, &|| nginx.access_log());
         if std::env::var_os("LB_PARITY_SHOW").is_some() {
             for (step, got) in self.steps.iter().zip(&reference) {
                 eprintln!("{} [{}] nginx: {}\n    seen: {:?}", self.name, step.label, got.response.summary(), got.seen);
@@ -177,11 +178,8 @@ impl Scenario {
             }
         }
         let mut problems = Vec::new();
-        for (i, (step, got)) in self.steps.iter().zip(&reference).enumerate() {
-            let tried: Option<Vec<String>> = access
-                .get(i)
-                .map(|line| line.upstream_addr.iter().map(|a| backends.name_of(a).unwrap_or(a).to_string()).collect());
-            problems.extend(self.check_nginx(step, got, tried.as_deref(), &backends));
+        for (step, got) in self.steps.iter().zip(&reference) {
+            problems.extend(self.check_nginx(step, got, &backends));
         }
         drop(nginx);
         assert!(
@@ -198,8 +196,8 @@ impl Scenario {
         let dir = TempDir::new(&format!("lb-{}", self.name));
         let config = dir.join("lb.toml");
         std::fs::write(&config, self.toml(&backends)).unwrap();
-        let proc = Proc::start(&["--role", "lb", "--config", config.to_str().unwrap()]);
-        let ours = self.play(proc.addr(&format!("lb.{}", self.pool)), &backends);
+        let proc = Proc::start(&["--role", "lb", "--log-format", "json", "--config", config.to_str().unwrap()]);
+        let ours = self.play(proc.addr(&format!("lb.{}", self.pool)), &backends, &|| our_access_log(&proc));
         let mut diffs = Vec::new();
         for (step, (theirs, mine)) in self.steps.iter().zip(reference.iter().zip(&ours)) {
             diffs.extend(compare(step, theirs, mine));
@@ -216,32 +214,57 @@ impl Scenario {
         }
     }
 
-    fn play(&self, addr: SocketAddr, backends: &Backends) -> Vec<Capture> {
+    /// Plays the steps against one proxy; `access` reads that proxy's access log so far.
+    fn play(&self, addr: SocketAddr, backends: &Backends, access: &dyn Fn() -> Vec<AccessLine>) -> Vec<Capture> {
         let mut out = Vec::new();
         for step in &self.steps {
             backends.take();
+            backends.take_closed();
+            let logged = access().len();
             let response = exchange(addr, step);
+            // An abandoned request: did the proxy close its upstream connection too?
+            let upstream_closed = step.abandon.map(|_| {
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while backends.closed.lock().unwrap().is_empty() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                !backends.take_closed().is_empty()
+            });
             let seen = backends.take();
-            out.push(Capture { outcome: Outcome::of(&response, &seen), response, seen });
+            // The access-log line may be written just after the response; wait a little for it.
+            let deadline = Instant::now() + Duration::from_secs(1);
+            let log = loop {
+                let lines = access();
+                if lines.len() > logged || Instant::now() > deadline {
+                    break lines.get(logged).cloned();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            let log = log.map(|mut line| {
+                line.upstream_addr =
+                    line.upstream_addr.iter().map(|a| backends.name_of(a).unwrap_or(a).to_string()).collect();
+                line
+            });
+            out.push(Capture { outcome: Outcome::of(&response, &seen), response, seen, log, upstream_closed });
         }
         out
     }
 
-    fn check_nginx(&self, step: &Step, got: &Capture, tried: Option<&[String]>, backends: &Backends) -> Vec<String> {
+    fn check_nginx(&self, step: &Step, got: &Capture, backends: &Backends) -> Vec<String> {
         let mut problems = Vec::new();
         let label = &step.label;
-        if got.outcome.status != step.status {
+        // An abandoned request has no response: its status is the one logged (499).
+        let status = if step.abandon.is_some() { got.log.as_ref().map_or(0, |l| l.status) } else { got.outcome.status };
+        if status != step.status {
             problems.push(format!(
-                "[{label}] status {} expected {}; response {:?}",
-                got.outcome.status,
+                "[{label}] status {status} expected {}; response {:?}",
                 step.status,
                 got.response.summary()
             ));
         }
-        match tried {
-            Some(tried) if tried != step.tried.as_slice() => {
-                problems.push(format!("[{label}] $upstream_addr tried {tried:?}, expected {:?}", step.tried))
-            }
+        match &got.log {
+            Some(line) if line.upstream_addr != step.tried => problems
+                .push(format!("[{label}] $upstream_addr tried {:?}, expected {:?}", line.upstream_addr, step.tried)),
             None => problems.push(format!("[{label}] no access-log line")),
             _ => {}
         }
@@ -278,6 +301,7 @@ impl Step {
             body: body.to_vec(),
             wait_100: false,
             linger: false,
+            abandon: None,
             timeout: Duration::from_secs(5),
             status: 200,
             tried: Vec::new(),
@@ -299,6 +323,11 @@ impl Step {
 
     fn linger(mut self) -> Step {
         self.linger = true;
+        self
+    }
+
+    fn abandon(mut self, after: Duration) -> Step {
+        self.abandon = Some(after);
         self
     }
 
@@ -397,6 +426,10 @@ struct Capture {
     outcome: Outcome,
     response: Response,
     seen: Vec<Seen>,
+    /// The proxy's access-log line for the request, peers named.
+    log: Option<AccessLine>,
+    /// For an abandoned request: whether the proxy closed the held upstream connection.
+    upstream_closed: Option<bool>,
 }
 
 /// The comparable part of a capture.
@@ -406,7 +439,7 @@ struct Outcome {
     status: u16,
     /// `X-Backend` of an answer that came from a backend; None for proxy-generated responses.
     from_backend: Option<String>,
-    /// Content-Type of a proxy-generated response (its body is not compared).
+    /// Content-Type of a proxy-generated response with a body (the body itself is not compared).
     error_type: Option<String>,
     framing: Option<Framing>,
     content_length: Option<String>,
@@ -445,17 +478,22 @@ impl Outcome {
         Outcome {
             interim: r.interim.clone(),
             status: r.status,
-            error_type: if backend || r.status == 0 { None } else { r.header("content-type").map(str::to_string) },
+            error_type: if backend || r.status == 0 || r.body.is_empty() {
+                None
+            } else {
+                Some(r.header("content-type").unwrap_or("(none)").to_string())
+            },
             framing: if backend { r.framing } else { None },
             content_length: if backend { r.header("content-length").map(str::to_string) } else { None },
             body: backend.then(|| show(&r.body)),
             end: if backend || r.end != "complete" { r.end.clone() } else { "complete".into() },
             headers: if backend {
-                r.headers
-                    .iter()
-                    .filter(|(k, _)| !HOP_OR_FRAMING.contains(&k.to_ascii_lowercase().as_str()))
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                    .collect()
+                grouped(
+                    r.headers
+                        .iter()
+                        .filter(|(k, _)| !HOP_OR_FRAMING.contains(&k.to_ascii_lowercase().as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone())),
+                )
             } else {
                 Vec::new()
             },
@@ -476,24 +514,41 @@ impl Attempt {
         };
         Attempt {
             backend: s.backend.clone(),
-            request_line: s.request_line.clone(),
+            request_line: show(s.request_line.as_bytes()),
             host: one("host"),
             connection: one("connection"),
             content_length: one("content-length"),
             transfer_encoding: one("transfer-encoding"),
-            headers: s
-                .headers
-                .iter()
-                .filter(|(k, _)| {
-                    !["host", "connection", "content-length", "transfer-encoding"]
-                        .contains(&k.to_ascii_lowercase().as_str())
-                })
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
-                .collect(),
+            headers: grouped(
+                s.headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !["host", "connection", "content-length", "transfer-encoding"]
+                            .contains(&k.to_ascii_lowercase().as_str())
+                    })
+                    .map(|(k, v)| (k.clone(), show(v.as_bytes()))),
+            ),
             body: show(&s.body),
             complete: s.complete,
         }
     }
+}
+
+/// Header fields as a comparison sees them: names lowercase (hyper writes them so), fields of
+/// one name together in their original order, names in order of first appearance. The order of
+/// fields with different names carries no meaning (RFC 9110 §5.3) and hyper's HeaderMap does not
+/// keep it: it writes repeated names next to each other; the order within a name is kept and
+/// compared.
+fn grouped(headers: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (name, value) in headers {
+        let name = name.to_ascii_lowercase();
+        match groups.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, values)) => values.push(value),
+            None => groups.push((name, vec![value])),
+        }
+    }
+    groups.into_iter().flat_map(|(name, values)| values.into_iter().map(move |v| (name.clone(), v))).collect()
 }
 
 /// Bytes for a report: text when short, else length and a checksum.
@@ -527,19 +582,53 @@ fn compare(step: &Step, theirs: &Capture, mine: &Capture) -> Vec<String> {
             }
         };
     }
-    field!(status);
+    let source = |o: &Outcome| match &o.from_backend {
+        Some(name) => format!("{} from backend {name}", o.status),
+        None if o.status == 0 => format!("no response ({})", o.end),
+        None => format!("{} from the proxy", o.status),
+    };
+    if a.from_backend != b.from_backend || (a.from_backend.is_none() && a.status != b.status) {
+        // One answer came from a backend and the other did not (or two different proxy answers):
+        // the field-by-field detail would only repeat that.
+        out.push(format!("[{label}] nginx {} / ours {}", source(a), source(b)));
+    } else {
+        field!(status);
+    }
     field!(interim);
-    field!(from_backend);
-    field!(framing);
-    field!(content_length);
-    field!(body);
-    field!(end);
-    field!(headers);
-    field!(server_replaced);
-    field!(date_replaced);
-    field!(after);
-    if a.error_type.as_deref().map(media_type) != b.error_type.as_deref().map(media_type) {
+    if a.from_backend.is_some() && b.from_backend.is_some() {
+        compare_backend_answers(a, b, label, &mut out);
+    } else if a.from_backend.is_none()
+        && b.from_backend.is_none()
+        && b.error_type.is_some()
+        && a.error_type.as_deref().map(media_type) != b.error_type.as_deref().map(media_type)
+    {
+        // An error page must be HTML like nginx's; a bodiless one (hyper's own 400s) is let be.
         out.push(format!("[{label}] error page Content-Type: nginx {:?} / ours {:?}", a.error_type, b.error_type));
+    }
+    if theirs.upstream_closed != mine.upstream_closed {
+        out.push(format!(
+            "[{label}] upstream connection closed when the client left: nginx {:?} / ours {:?}",
+            theirs.upstream_closed, mine.upstream_closed
+        ));
+    }
+    // The access log (LB-31): the same peers tried, in order, and the same status (499 for a
+    // client that left). A request the proxy never passed on may go unlogged by ours.
+    match (&theirs.log, &mine.log) {
+        (Some(x), Some(y)) => {
+            if x.upstream_addr != y.upstream_addr {
+                out.push(format!(
+                    "[{label}] access log, peers tried: nginx {:?} / ours {:?}",
+                    x.upstream_addr, y.upstream_addr
+                ));
+            }
+            if x.status != y.status {
+                out.push(format!("[{label}] access log, status: nginx {} / ours {}", x.status, y.status));
+            }
+        }
+        (Some(x), None) if !x.upstream_addr.is_empty() => {
+            out.push(format!("[{label}] access log: nginx logged {:?}, ours logged nothing", x.upstream_addr))
+        }
+        _ => {}
     }
     if a.attempts != b.attempts {
         out.push(format!("[{label}] backend attempts differ:"));
@@ -565,6 +654,26 @@ fn compare(step: &Step, theirs: &Capture, mine: &Capture) -> Vec<String> {
         out.push(format!("    our response:   {}", mine.response.summary()));
     }
     out
+}
+
+/// Two answers that both came from a backend: everything the client sees of them.
+fn compare_backend_answers(a: &Outcome, b: &Outcome, label: &str, out: &mut Vec<String>) {
+    macro_rules! field {
+        ($f:ident) => {
+            if a.$f != b.$f {
+                out.push(format!("[{label}] {}: nginx {:?} / ours {:?}", stringify!($f), a.$f, b.$f));
+            }
+        };
+    }
+    field!(from_backend);
+    field!(framing);
+    field!(content_length);
+    field!(body);
+    field!(end);
+    field!(headers);
+    field!(server_replaced);
+    field!(date_replaced);
+    field!(after);
 }
 
 fn media_type(content_type: &str) -> String {
@@ -644,6 +753,12 @@ fn exchange(addr: SocketAddr, step: &Step) -> Response {
     stream.set_read_timeout(Some(step.timeout)).unwrap();
     stream.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
     let _ = stream.set_nodelay(true);
+    if let Some(after) = step.abandon {
+        (&stream).write_all(&[step.head.as_slice(), step.body.as_slice()].concat()).expect("send");
+        std::thread::sleep(after);
+        drop(stream);
+        return Response { end: "abandoned".into(), elapsed: started.elapsed(), ..Response::default() };
+    }
     let mut reader = Reader { stream: stream.try_clone().unwrap(), buf: Vec::new(), end: None };
     let mut response = Response::default();
     let mut writer = None;
@@ -761,6 +876,27 @@ fn dechunk_partial(buf: &[u8]) -> (Vec<u8>, usize, bool) {
         }
         pos = data + size + 2;
     }
+}
+
+/// exec-allinone's access-log lines (`--log-format json`, target `access`).
+fn our_access_log(proc: &Proc) -> Vec<AccessLine> {
+    let list = |v: &serde_json::Value| -> Vec<String> {
+        match v.as_str() {
+            None | Some("-") | Some("") => Vec::new(),
+            Some(s) => s.split(", ").map(str::to_string).collect(),
+        }
+    };
+    proc.logs()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .map(|v| AccessLine {
+            status: v["status"].as_u64().and_then(|s| u16::try_from(s).ok()).unwrap_or(0),
+            upstream_addr: list(&v["upstream_addr"]),
+            upstream_status: list(&v["upstream_status"]),
+            request: format!("{} {}", v["method"].as_str().unwrap_or(""), v["uri"].as_str().unwrap_or("")),
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -937,6 +1073,17 @@ fn all_peers_hanging_give_504() {
         .set("proxy_read_timeout 1s;", "read_timeout = \"1s\"")
         .step(get("/").expect(504, "A B"))
         .step(post("/").expect(504, "B"))
+        .run();
+}
+
+#[test]
+fn client_leaving_aborts_the_upstream_attempt() {
+    // LB-15: the client closes before the answer; the proxy closes the upstream connection
+    // (proxy_ignore_client_abort off) and logs 499; the rotation goes on as usual.
+    Scenario::excp("clientabort", Behaviour::Hang, ok())
+        .step(get("/").abandon(Duration::from_millis(300)).expect(499, "A"))
+        .step(get("/").expect(200, "B"))
+        .step(post("/").abandon(Duration::from_millis(300)).expect(499, "A"))
         .run();
 }
 
@@ -1142,22 +1289,27 @@ fn request_headers_sent_upstream() {
             assert_eq!(s.header("host"), Some("excp"));
             assert_eq!(s.header("connection"), Some("close"));
             assert_eq!(s.header("content-length"), Some("9"));
-            let others: Vec<(String, &str)> = s
-                .headers
-                .iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str()))
-                .filter(|(k, _)| !["host", "connection", "content-length"].contains(&k.as_str()))
-                .collect();
+            // Client headers in order (repeated names grouped, see `grouped`); Keep-Alive, TE,
+            // Upgrade and X_Under dropped; X-Conn-Listed (named in Connection) and
+            // Proxy-Connection kept (1.22.1); no X-Forwarded-For of the proxy's own.
+            let others = grouped(
+                s.headers
+                    .iter()
+                    .filter(|(k, _)| {
+                        !["host", "connection", "content-length"].contains(&k.to_ascii_lowercase().as_str())
+                    })
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
             let want = [
                 ("user-agent", "parity/1"),
                 ("x-dup", "one"),
+                ("x-dup", "two"),
                 ("x-forwarded-for", "203.0.113.9"),
                 ("x-conn-listed", "kept"),
-                ("x-dup", "two"),
                 ("proxy-connection", "keep-alive"),
                 ("content-type", "application/json"),
             ];
-            let want: Vec<(String, &str)> = want.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+            let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
             assert_eq!(others, want);
             assert_eq!(s.body, b"{\"a\":12}\n");
         }))
@@ -1241,16 +1393,16 @@ struct RawCase {
 }
 
 fn run_raw_cases(cases: Vec<RawCase>) {
-    let mut failures = Vec::new();
-    for case in cases {
-        let mut s = Scenario::new(case.name, "excp", vec![("A", case.answer)]);
-        s.steps = case.steps;
-        // Every case runs; the failures are reported together.
-        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run())) {
-            failures.push(panic_text(&e));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    run_each(
+        cases
+            .into_iter()
+            .map(|case| {
+                let mut s = Scenario::new(case.name, "excp", vec![("A", case.answer)]);
+                s.steps = case.steps;
+                s
+            })
+            .collect(),
+    );
 }
 
 #[test]
@@ -1444,7 +1596,8 @@ fn expect_100_continue() {
 
 #[test]
 fn malformed_client_requests() {
-    // lb.md §3 / LB-25..27: answered by the proxy, no backend contacted.
+    // lb.md §3 / LB-25..27: answered by the proxy, no backend contacted. Each case runs on fresh
+    // proxies, so a case one proxy lets through cannot shift the rotation of the next.
     let h = |s: &str| s.to_string();
     let big_header = format!("GET / HTTP/1.1\r\nHost: lbtest\r\nX-Big: {}\r\n\r\n", "h".repeat(9 * 1024));
     let big_uri = format!("GET /{} HTTP/1.1\r\nHost: lbtest\r\n\r\n", "u".repeat(9 * 1024));
@@ -1452,41 +1605,55 @@ fn malformed_client_requests() {
         "GET / HTTP/1.1\r\nHost: lbtest\r\n{}\r\n",
         (0..5).map(|i| format!("X-Big{i}: {}\r\n", "m".repeat(7 * 1024))).collect::<String>()
     );
-    let cases: Vec<(&str, String, &[u8], u16)> = vec![
-        (
-            "CL and TE",
-            h("POST / HTTP/1.1\r\nHost: lbtest\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            b"0\r\n\r\n",
-            400,
+    let many_small = format!(
+        "GET / HTTP/1.1\r\nHost: lbtest\r\n{}\r\n",
+        (0..150).map(|i| format!("X-H{i}: {i}\r\n")).collect::<String>()
+    );
+    let post = |extra: &str| format!("POST / HTTP/1.1\r\nHost: lbtest\r\n{extra}\r\n");
+    let chunked_body: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
+    let steps = vec![
+        raw("CL and TE", &post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), chunked_body)
+            .expect(400, "")
+            .ours(
+                200,
+                "A",
+                "hyper drops a Content-Length sent with Transfer-Encoding and reads the body as chunked (lb.md LB-25)",
+            ),
+        raw("TE gzip, chunked", &post("Transfer-Encoding: gzip, chunked\r\n"), chunked_body).expect(501, ""),
+        raw("TE twice", &post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"), chunked_body)
+            .expect(400, ""),
+        raw("TE on HTTP/1.0", &h("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), chunked_body)
+            .expect(400, ""),
+        raw("duplicate CL", &post("Content-Length: 5\r\nContent-Length: 5\r\n"), b"hello").expect(400, ""),
+        raw("CL +5", &post("Content-Length: +5\r\n"), b"hello").expect(400, ""),
+        raw("HTTP/1.1 without Host", &h("GET / HTTP/1.1\r\n\r\n"), b"").expect(400, ""),
+        raw("9 KiB header line", &big_header, b"").expect(400, ""),
+        raw("9 KiB URI", &big_uri, b"").expect(414, ""),
+        raw("5 x 7 KiB headers", &many_big, b"").expect(400, "").ours(
+            431,
+            "",
+            "hyper answers a header block over its buffer with 431",
         ),
-        (
-            "TE gzip, chunked",
-            h("POST / HTTP/1.1\r\nHost: lbtest\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
-            b"0\r\n\r\n",
-            501,
-        ),
-        ("TE on HTTP/1.0", h("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), b"0\r\n\r\n", 400),
-        (
-            "duplicate CL",
-            h("POST / HTTP/1.1\r\nHost: lbtest\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n"),
-            b"hello",
-            400,
-        ),
-        ("CL +5", h("POST / HTTP/1.1\r\nHost: lbtest\r\nContent-Length: +5\r\n\r\n"), b"hello", 400),
-        ("HTTP/1.1 without Host", h("GET / HTTP/1.1\r\n\r\n"), b"", 400),
-        ("9 KiB header line", big_header, b"", 400),
-        ("9 KiB URI", big_uri, b"", 414),
-        ("5 x 7 KiB headers", many_big, b"", 400),
-        ("h2c preface", h("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), b"", 400),
-        ("space in URI", h("GET /a b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"", 400),
-        ("%00", h("GET /a%00b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"", 400),
-        ("bad % escape", h("GET /a%zz HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"", 400),
-        ("/../ above root", h("GET /../x HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"", 400),
+        raw("150 small headers", &many_small, b"").expect(200, "A"),
+        raw("h2c preface", &h("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), b"").expect(400, ""),
+        raw("space in URI", &h("GET /a b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("%00", &h("GET /a%00b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("bad % escape", &h("GET /a%zz HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("/../ above root", &h("GET /../x HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("bare LF in a chunked body", &post("Transfer-Encoding: chunked\r\n"), b"5\nhello\n0\n\n")
+            .expect(200, "A")
+            .check(|c| assert_eq!(body_seen(c, 0).body, b"hello")),
     ];
-    let mut s = Scenario::excp("badrequests", ok(), ok());
-    for (label, head, body, status) in cases {
-        s = s.step(raw(label, &head, body).expect(status, ""));
+    run_each(steps.into_iter().map(|step| Scenario::excp("badrequest", ok(), ok()).step(step)).collect());
+}
+
+/// Runs every scenario, each on fresh proxies, and reports all failures together.
+fn run_each(scenarios: Vec<Scenario>) {
+    let mut failures = Vec::new();
+    for s in scenarios {
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| s.run())) {
+            failures.push(panic_text(&e));
+        }
     }
-    // Nothing above reached a backend or moved the rotation.
-    s.step(get("/").expect(200, "A")).run();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -121,6 +121,8 @@ pub struct Backend {
 /// A set of backends sharing one arrival log; stops them all when dropped.
 pub struct Backends {
     pub log: Log,
+    /// Names of backends whose held connection (`Hang`, `RawNoClose`) the proxy closed.
+    pub closed: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     list: Vec<Backend>,
 }
@@ -133,7 +135,12 @@ impl Default for Backends {
 
 impl Backends {
     pub fn new() -> Backends {
-        Backends { log: Arc::new(Mutex::new(Vec::new())), stop: Arc::new(AtomicBool::new(false)), list: Vec::new() }
+        Backends {
+            log: Arc::new(Mutex::new(Vec::new())),
+            closed: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+            list: Vec::new(),
+        }
     }
 
     /// Starts a backend and returns its address.
@@ -147,9 +154,9 @@ impl Backends {
             None
         } else {
             listener.set_nonblocking(true).unwrap();
-            let (name, behaviour, log, stop) =
-                (name.to_string(), behaviour.clone(), self.log.clone(), self.stop.clone());
-            Some(std::thread::spawn(move || accept_loop(listener, name, behaviour, log, stop)))
+            let logs = Logs { seen: self.log.clone(), closed: self.closed.clone() };
+            let (name, behaviour, stop) = (name.to_string(), behaviour.clone(), self.stop.clone());
+            Some(std::thread::spawn(move || accept_loop(listener, name, behaviour, logs, stop)))
         };
         self.list.push(Backend { name: name.to_string(), addr, behaviour, accept });
         addr
@@ -181,6 +188,12 @@ impl Backends {
     pub fn take(&self) -> Vec<Seen> {
         std::mem::take(&mut *self.log.lock().unwrap())
     }
+
+    /// Returns the names of backends whose held connection was closed by the proxy, and
+    /// empties that list.
+    pub fn take_closed(&self) -> Vec<String> {
+        std::mem::take(&mut *self.closed.lock().unwrap())
+    }
 }
 
 impl Drop for Backends {
@@ -194,12 +207,19 @@ impl Drop for Backends {
     }
 }
 
-fn accept_loop(listener: TcpListener, name: String, behaviour: Behaviour, log: Log, stop: Arc<AtomicBool>) {
+/// The two logs a backend writes to.
+#[derive(Clone)]
+struct Logs {
+    seen: Log,
+    closed: Arc<Mutex<Vec<String>>>,
+}
+
+fn accept_loop(listener: TcpListener, name: String, behaviour: Behaviour, logs: Logs, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (name, behaviour, log, stop) = (name.clone(), behaviour.clone(), log.clone(), stop.clone());
-                std::thread::spawn(move || serve(stream, &name, &behaviour, &log, &stop));
+                let (name, behaviour, logs, stop) = (name.clone(), behaviour.clone(), logs.clone(), stop.clone());
+                std::thread::spawn(move || serve(stream, &name, &behaviour, &logs, &stop));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -207,7 +227,8 @@ fn accept_loop(listener: TcpListener, name: String, behaviour: Behaviour, log: L
     }
 }
 
-fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, log: &Log, stop: &AtomicBool) {
+fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, stop: &AtomicBool) {
+    let log = &logs.seen;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
@@ -235,7 +256,11 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, log: &Log, st
         Behaviour::CloseBeforeHeader => {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: ");
         }
-        Behaviour::Hang => hold(&mut stream, stop),
+        Behaviour::Hang => {
+            if hold(&mut stream, stop) {
+                logs.closed.lock().unwrap().push(name.to_string());
+            }
+        }
         Behaviour::Delay { delay, status } => {
             let deadline = Instant::now() + *delay;
             while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
@@ -259,8 +284,8 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, log: &Log, st
             let _ = stream.write_all(bytes);
         }
         Behaviour::RawNoClose(bytes) => {
-            if stream.write_all(bytes).is_ok() {
-                hold(&mut stream, stop);
+            if stream.write_all(bytes).is_ok() && hold(&mut stream, stop) {
+                logs.closed.lock().unwrap().push(name.to_string());
             }
         }
     }
@@ -276,19 +301,21 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, log: &Log, st
     }
 }
 
-/// Keeps the connection until the peer closes it, the set is dropped, or `MAX_HOLD` passes.
-fn hold(stream: &mut TcpStream, stop: &AtomicBool) {
+/// Keeps the connection until the peer closes it (true), the set is dropped, or `MAX_HOLD`
+/// passes.
+fn hold(stream: &mut TcpStream, stop: &AtomicBool) -> bool {
     let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     let deadline = Instant::now() + MAX_HOLD;
     let mut sink = [0u8; 1024];
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
         match stream.read(&mut sink) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(_) => {}
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
+    false
 }
 
 /// The response an `Answer` backend sends.
