@@ -39,6 +39,8 @@ struct Scenario {
     tries: u32,
     /// Extra directives for nginx's `location /` (each a complete directive with `;`).
     nginx: Vec<&'static str>,
+    /// Extra directives for nginx's `server {}` (those not allowed in a location).
+    nginx_server: Vec<&'static str>,
     /// The equivalent keys for `[lb.pools.<pool>]`.
     toml: Vec<&'static str>,
     steps: Vec<Step>,
@@ -77,7 +79,7 @@ struct Deviation {
 impl Scenario {
     fn new(name: &'static str, pool: &'static str, peers: Vec<(&'static str, Behaviour)>) -> Scenario {
         let peers = peers.into_iter().map(|(n, b)| (n, b, 1)).collect();
-        Scenario { name, pool, peers, tries: 3, nginx: Vec::new(), toml: Vec::new(), steps: Vec::new() }
+        Scenario::weighted(name, pool, peers)
     }
 
     /// The excp shape: peers A and B.
@@ -91,12 +93,28 @@ impl Scenario {
     }
 
     fn weighted(name: &'static str, pool: &'static str, peers: Vec<(&'static str, Behaviour, u32)>) -> Scenario {
-        Scenario { name, pool, peers, tries: 3, nginx: Vec::new(), toml: Vec::new(), steps: Vec::new() }
+        Scenario {
+            name,
+            pool,
+            peers,
+            tries: 3,
+            nginx: Vec::new(),
+            nginx_server: Vec::new(),
+            toml: Vec::new(),
+            steps: Vec::new(),
+        }
     }
 
     /// One setting, as the nginx directive and the TOML key.
     fn set(mut self, nginx: &'static str, toml: &'static str) -> Scenario {
         self.nginx.push(nginx);
+        self.toml.push(toml);
+        self
+    }
+
+    /// Like `set`, for a directive that nginx takes only at the `server` level.
+    fn set_server(mut self, nginx: &'static str, toml: &'static str) -> Scenario {
+        self.nginx_server.push(nginx);
         self.toml.push(toml);
         self
     }
@@ -130,9 +148,10 @@ impl Scenario {
             })
             .collect();
         let extra = self.nginx.join(" ");
+        let server = self.nginx_server.join(" ");
         format!(
             "upstream {pool} {{ {servers}}}\n\
-             server {{ listen {{listen}}; location / {{ proxy_pass http://{pool}/; proxy_next_upstream_tries {tries}; {extra} }} }}",
+             server {{ listen {{listen}}; {server} location / {{ proxy_pass http://{pool}/; proxy_next_upstream_tries {tries}; {extra} }} }}",
             pool = self.pool,
             tries = self.tries,
         )
@@ -198,6 +217,11 @@ impl Scenario {
         std::fs::write(&config, self.toml(&backends)).unwrap();
         let proc = Proc::start(&["--role", "lb", "--log-format", "json", "--config", config.to_str().unwrap()]);
         let ours = self.play(proc.addr(&format!("lb.{}", self.pool)), &backends, &|| our_access_log(&proc));
+        if std::env::var_os("LB_PARITY_SHOW").is_some() {
+            for (step, got) in self.steps.iter().zip(&ours) {
+                eprintln!("{} [{}] ours: {}\n    seen: {:?}", self.name, step.label, got.response.summary(), got.seen);
+            }
+        }
         let mut diffs = Vec::new();
         for (step, (theirs, mine)) in self.steps.iter().zip(reference.iter().zip(&ours)) {
             diffs.extend(compare(step, theirs, mine));
@@ -271,7 +295,10 @@ impl Scenario {
         let reachable: Vec<String> = step
             .tried
             .iter()
-            .filter(|name| !matches!(backends.all().iter().find(|b| &b.name == *name), Some(b) if matches!(b.behaviour, Behaviour::Refuse)))
+            .filter(|name| {
+                let peer = backends.all().iter().find(|b| &b.name == *name);
+                !peer.is_some_and(|b| matches!(b.behaviour, Behaviour::Refuse | Behaviour::Blackhole))
+            })
             .cloned()
             .collect();
         let seen: Vec<String> = got.seen.iter().map(|s| s.backend.clone()).collect();
@@ -410,13 +437,14 @@ impl Response {
 
     fn summary(&self) -> String {
         format!(
-            "{} {} {:?} body={} end={} after={:?}",
+            "{} {} {:?} body={} end={} after={:?} in {:?}",
             self.status,
             self.version,
             self.headers,
             show(&self.body),
             self.end,
-            String::from_utf8_lossy(&self.after)
+            String::from_utf8_lossy(&self.after),
+            self.elapsed
         )
     }
 }
@@ -599,11 +627,18 @@ fn compare(step: &Step, theirs: &Capture, mine: &Capture) -> Vec<String> {
         compare_backend_answers(a, b, label, &mut out);
     } else if a.from_backend.is_none()
         && b.from_backend.is_none()
+        && a.status == b.status
         && b.error_type.is_some()
         && a.error_type.as_deref().map(media_type) != b.error_type.as_deref().map(media_type)
     {
         // An error page must be HTML like nginx's; a bodiless one (hyper's own 400s) is let be.
         out.push(format!("[{label}] error page Content-Type: nginx {:?} / ours {:?}", a.error_type, b.error_type));
+    }
+    // Timeouts must be the same timeouts: a step that takes nginx a second must take us about
+    // as long (the slack covers scheduling on a loaded machine).
+    let (ta, tb) = (theirs.response.elapsed, mine.response.elapsed);
+    if ta.abs_diff(tb) > Duration::from_millis(700) {
+        out.push(format!("[{label}] time taken: nginx {ta:.2?} / ours {tb:.2?}"));
     }
     if theirs.upstream_closed != mine.upstream_closed {
         out.push(format!(
@@ -919,19 +954,23 @@ fn lb_available() -> bool {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn exec-allinone");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let exited = loop {
-            match child.try_wait() {
-                Ok(Some(_)) => break true,
-                _ if Instant::now() > deadline => break false,
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
-        if !exited {
+        // READY on stdout means it is there; an exit before that means it is not (yet).
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(10));
+        if !line.as_ref().is_ok_and(|l| l.is_empty()) {
+            // READY, something else, or nothing for 10 s: the real start will tell.
             let _ = child.kill();
             let _ = child.wait();
             return true;
         }
+        // stdout closed without a line: the process is exiting.
+        let _ = crate::support::wait_timeout(&mut child, Duration::from_secs(10));
         let mut stderr = String::new();
         let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
         // Anything but "not built yet" counts as available, so a broken start fails loudly.
@@ -1056,6 +1095,27 @@ fn tries_two_of_three_closing_peers() {
 }
 
 #[test]
+fn connect_timeout_moves_every_method_on() {
+    // LB-09: a connect timeout means nothing was sent, so a POST moves on too.
+    Scenario::excp("connecttimeout", Behaviour::Blackhole, ok())
+        .set("proxy_connect_timeout 1s;", "connect_timeout = \"1s\"")
+        .step(get("/").expect(200, "A B"))
+        .step(get("/").expect(200, "B"))
+        .step(post("/").expect(200, "A B"))
+        .step(post("/").expect(200, "B"))
+        .run();
+}
+
+#[test]
+fn all_peers_black_holed_give_504() {
+    // LB-13: the last failure was a timeout, so 504.
+    Scenario::excp("allblackhole", Behaviour::Blackhole, Behaviour::Blackhole)
+        .set("proxy_connect_timeout 1s;", "connect_timeout = \"1s\"")
+        .step(post("/").expect(504, "A B"))
+        .run();
+}
+
+#[test]
 fn read_timeout_moves_gets_on_and_fails_posts_with_504() {
     Scenario::excp("readtimeout", Behaviour::Hang, ok())
         .set("proxy_read_timeout 1s;", "read_timeout = \"1s\"")
@@ -1084,6 +1144,81 @@ fn client_leaving_aborts_the_upstream_attempt() {
         .step(get("/").abandon(Duration::from_millis(300)).expect(499, "A"))
         .step(get("/").expect(200, "B"))
         .step(post("/").abandon(Duration::from_millis(300)).expect(499, "A"))
+        .run();
+}
+
+#[test]
+fn next_upstream_timeout_caps_the_attempts() {
+    // nginx-tests proxy_next_upstream_tries.t, timeout part: measured from the first attempt,
+    // so with 1 s per attempt and a 1.5 s cap the third peer is never tried.
+    Scenario::exrp("nexttimeout", Behaviour::Hang, Behaviour::Hang, Behaviour::Hang)
+        .set("proxy_read_timeout 1s;", "read_timeout = \"1s\"")
+        .set("proxy_next_upstream_timeout 1500ms;", "next_upstream_timeout = \"1500ms\"")
+        .step(get("/").expect(504, "C D"))
+        .run();
+}
+
+#[test]
+fn next_upstream_off_never_moves_on() {
+    Scenario::excp("nextoff", Behaviour::CloseAfterRead, Behaviour::Refuse)
+        .set("proxy_next_upstream off;", "next_upstream = [\"off\"]")
+        .step(get("/").expect(502, "A"))
+        .step(get("/").expect(502, "B"))
+        .run();
+}
+
+#[test]
+fn tries_zero_means_every_peer_once() {
+    let r = || Behaviour::Refuse;
+    Scenario::exrp("tries0", r(), r(), r()).tries(0).each(|| post("/"), 502, &["C D E", "E D C", "C D E"]).run();
+}
+
+#[test]
+fn status_conditions_and_giving_up_on_a_status() {
+    // http_503 listed: move on; when every peer answered 503 the last one's own answer is
+    // passed through (not an error page).
+    let busy = || Behaviour::answer(503, b"busy", &[("Retry-After", "1")]);
+    Scenario::excp("http503", busy(), busy())
+        .set("proxy_next_upstream error timeout http_503;", "next_upstream = [\"error\", \"timeout\", \"http_503\"]")
+        .step(get("/").expect(503, "A B").check(|c| {
+            assert_eq!(c.response.body, b"busy");
+            assert_eq!(c.response.header("x-backend"), Some("B"));
+            assert_eq!(c.response.header("retry-after"), Some("1"));
+        }))
+        .step(post("/").expect(503, "B").check(|c| assert_eq!(c.response.body, b"busy")))
+        .run();
+}
+
+#[test]
+fn invalid_header_in_next_upstream_moves_on() {
+    let big = Behaviour::Raw(format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "b".repeat(5000)).into_bytes());
+    Scenario::excp("invalidheader", big, ok())
+        .set(
+            "proxy_next_upstream error timeout invalid_header;",
+            "next_upstream = [\"error\", \"timeout\", \"invalid_header\"]",
+        )
+        .step(get("/").expect(200, "A B"))
+        .step(get("/").expect(200, "B"))
+        .step(post("/").expect(502, "A"))
+        .run();
+}
+
+#[test]
+fn slow_clients_time_out() {
+    // LB-17 body timeout and LB-28 header timeout: nginx 1.22.1 closes the connection without
+    // a response in both cases and logs 408 (lb.md's "⇒ 408" is the logged status only).
+    let logged_408 = |c: &Capture| assert_eq!(c.log.as_ref().map(|l| l.status), Some(408));
+    Scenario::excp("slowclient", ok(), ok())
+        .set("client_body_timeout 1s;", "body_timeout = \"1s\"")
+        .set_server("client_header_timeout 1s;", "header_timeout = \"1s\"")
+        .step(
+            raw("body stalls", "POST / HTTP/1.1\r\nHost: lbtest\r\nContent-Length: 10\r\n\r\n", b"12345")
+                .expect(0, "")
+                .check(logged_408),
+        )
+        // nginx logs this one as 408 too; a proxy that never saw a whole request head may not.
+        .step(raw("head stalls", "GET / HTTP/1.1\r\nHost: lbtest\r\n", b"").expect(0, ""))
+        .step(get("/").expect(200, "A"))
         .run();
 }
 

@@ -32,6 +32,9 @@ pub enum Behaviour {
     Answer { status: u16, body: Option<Vec<u8>>, headers: Vec<(String, String)> },
     /// Nothing listens on the port: connecting is refused.
     Refuse,
+    /// A listener that never accepts, its backlog filled up front: the kernel drops further
+    /// SYNs, so connecting times out (a black-holed peer, for connect timeouts).
+    Blackhole,
     /// Waits until the whole request is in the socket buffer, then closes without reading it:
     /// unread data makes Linux send a RST instead of a FIN (std has no SO_LINGER setter; this
     /// gets the same reset with std only).
@@ -116,6 +119,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub behaviour: Behaviour,
     accept: Option<JoinHandle<()>>,
+    /// A `Blackhole`'s listener and the connections that fill its backlog.
+    blackhole: Option<(TcpListener, Vec<TcpStream>)>,
 }
 
 /// A set of backends sharing one arrival log; stops them all when dropped.
@@ -148,9 +153,13 @@ impl Backends {
         assert!(self.list.iter().all(|b| b.name != name), "backend {name} twice");
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let addr = listener.local_addr().unwrap();
+        let mut blackhole = None;
         let accept = if let Behaviour::Refuse = behaviour {
             // Released at once: connecting to the port is refused from now on.
             drop(listener);
+            None
+        } else if let Behaviour::Blackhole = behaviour {
+            blackhole = Some((listener, fill_backlog(addr)));
             None
         } else {
             listener.set_nonblocking(true).unwrap();
@@ -158,7 +167,7 @@ impl Backends {
             let (name, behaviour, stop) = (name.to_string(), behaviour.clone(), self.stop.clone());
             Some(std::thread::spawn(move || accept_loop(listener, name, behaviour, logs, stop)))
         };
-        self.list.push(Backend { name: name.to_string(), addr, behaviour, accept });
+        self.list.push(Backend { name: name.to_string(), addr, behaviour, accept, blackhole });
         addr
     }
 
@@ -247,7 +256,7 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, 
         return;
     }
     match behaviour {
-        Behaviour::Refuse | Behaviour::ResetAfterRead => unreachable!(),
+        Behaviour::Refuse | Behaviour::Blackhole | Behaviour::ResetAfterRead => unreachable!(),
         Behaviour::Answer { status, body, headers } => {
             let body = body.clone().unwrap_or_else(|| name.as_bytes().to_vec());
             let _ = stream.write_all(&answer(name, *status, &body, headers, head_only));
@@ -299,6 +308,17 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, 
             break;
         }
     }
+}
+
+/// Connects to a listener that never accepts until its accept queue is full (Linux then drops
+/// SYNs: the next connect times out). Bounded: a queue longer than 8192 is a test setup error.
+fn fill_backlog(addr: SocketAddr) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    while let Ok(stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(100)) {
+        held.push(stream);
+        assert!(held.len() < 8192, "the backlog of {addr} does not fill up");
+    }
+    held
 }
 
 /// Keeps the connection until the peer closes it (true), the set is dropped, or `MAX_HOLD`
