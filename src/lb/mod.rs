@@ -9,7 +9,6 @@ mod retry;
 mod upstream;
 mod uri;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -150,7 +149,7 @@ impl Lb {
                 let slot = slot.clone();
                 hyper::service::service_fn(move |req| {
                     let pool = slot.pool();
-                    async move { Ok::<_, Infallible>(proxy::handle(pool, conn.peer, req).await) }
+                    proxy::handle(pool, conn.peer, req)
                 })
             };
             let token = shutdown.clone();
