@@ -685,8 +685,6 @@ fn keepalive_requests_bounds_the_requests_per_connection() {
 /// nginx puts a connection back into the cache when the response has been read, before the
 /// next request can come: back-to-back requests to one server use one connection.
 #[test]
-#[ignore = "lb bug: the connection goes back to the pool in a task spawned after the response, so a \
-            back-to-back request to the same server often opens a second connection (about 6 runs in 10)"]
 fn back_to_back_requests_to_one_server_reuse_one_connection() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::keep_alive());
@@ -703,8 +701,6 @@ fn back_to_back_requests_to_one_server_reuse_one_connection() {
 /// closes it on a timer. The lb only drops an expired connection when a later request to the
 /// same server looks at the pool, so until then it stays open (the backend holds a socket).
 #[test]
-#[ignore = "lb bug: an idle pooled connection is not closed when keepalive_timeout passes, only \
-            discarded by the next request to that server"]
 fn keepalive_timeout_closes_idle_pooled_connections() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::keep_alive());
@@ -850,7 +846,6 @@ fn http_host_passes_the_client_host_verbatim() {
 /// `Host: Client.Example:3650` sends `Host: client.example` (checked on nginx 1.22.1); only
 /// `$http_host` keeps the header verbatim.
 #[test]
-#[ignore = "lb bug: host = \"$host\" passes the client's Host verbatim (port and case kept), as $http_host"]
 fn dollar_host_is_the_host_name_without_port_as_in_nginx() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::ok());
