@@ -50,6 +50,12 @@ pub enum Command {
         /// Password on the command line (like `htpasswd -b`); visible to other local users.
         password: Option<String>,
     },
+    /// Translate an nginx load-balancer config (upstream + proxy_pass) into the [lb] section.
+    /// Prints the TOML on stdout and notes on stderr; refuses (exit 78) what it cannot carry over.
+    ImportNginx {
+        /// The nginx config, e.g. /etc/nginx/nginx.conf; includes are followed.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -44,6 +44,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Some(Command::ImportNginx { file }) => import_nginx(&file),
         None => {
             let Some(role) = cli.role else {
                 eprintln!("exec-allinone: say which role to run, e.g. `exec-allinone --role all` (see --help)");
@@ -62,6 +63,25 @@ fn check_config(path: Option<&std::path::Path>, role: Role) -> ExitCode {
         }
         Err(err) => {
             eprintln!("{err}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn import_nginx(file: &std::path::Path) -> ExitCode {
+    match lb::import_nginx::translate(file) {
+        Ok(t) => {
+            for note in &t.notes {
+                eprintln!("note: {note}");
+            }
+            print!("{}", t.toml);
+            if !t.toml.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("import-nginx: {err}");
             ExitCode::from(EXIT_CONFIG)
         }
     }

@@ -9,7 +9,6 @@ mod retry;
 mod upstream;
 mod uri;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -81,6 +80,8 @@ impl PeerMetrics {
 struct Slot {
     name: String,
     listen: SocketAddr,
+    /// The address actually bound (differs from `listen` for port 0).
+    bound: std::sync::OnceLock<SocketAddr>,
     current: RwLock<Arc<Pool>>,
 }
 
@@ -105,6 +106,7 @@ impl Lb {
             slots.push(Arc::new(Slot {
                 name: pc.name.clone(),
                 listen: pc.listen,
+                bound: std::sync::OnceLock::new(),
                 current: RwLock::new(Arc::new(pool)),
             }));
         }
@@ -129,6 +131,9 @@ impl Lb {
         }
         let mut servers = tokio::task::JoinSet::new();
         for (slot, (listener, tls)) in self.slots.iter().zip(listeners) {
+            if let Ok(addr) = listener.local_addr() {
+                let _ = slot.bound.set(addr);
+            }
             let pool = slot.pool();
             let opts = ServerOptions {
                 name: "lb",
@@ -144,7 +149,7 @@ impl Lb {
                 let slot = slot.clone();
                 hyper::service::service_fn(move |req| {
                     let pool = slot.pool();
-                    async move { Ok::<_, Infallible>(proxy::handle(pool, conn.peer, req).await) }
+                    proxy::handle(pool, conn.peer, req)
                 })
             };
             let token = shutdown.clone();
@@ -310,7 +315,7 @@ impl RoleStatus for Lb {
             pools.insert(
                 slot.name.clone(),
                 serde_json::json!({
-                    "listen": slot.listen.to_string(),
+                    "listen": slot.bound.get().unwrap_or(&slot.listen).to_string(),
                     "available": available,
                     "idleConnections": pool.connector.idle_connections(),
                     "peers": peers,

@@ -51,7 +51,8 @@ const NOT_PASSED_BACK: [HeaderName; 5] = [
 #[derive(Debug, Clone)]
 struct AttemptRecord {
     addr: SocketAddr,
-    status: u16,
+    /// None while the attempt is under way (shown as "-" if the client leaves then).
+    status: Option<u16>,
     connect: Option<Duration>,
     header: Option<Duration>,
     response: Duration,
@@ -89,7 +90,11 @@ impl RequestLog {
         for (i, a) in self.attempts.iter().enumerate() {
             let sep = if i == 0 { "" } else { ", " };
             let _ = write!(addrs, "{sep}{}", a.addr);
-            let _ = write!(statuses, "{sep}{}", a.status);
+            match a.status {
+                Some(s) => write!(statuses, "{sep}{s}"),
+                None => write!(statuses, "{sep}-"),
+            }
+            .ok();
             let _ = write!(connect, "{sep}{}", secs(a.connect));
             let _ = write!(header, "{sep}{}", secs(a.header));
             let _ = write!(response, "{sep}{}", secs(Some(a.response)));
@@ -128,8 +133,21 @@ fn secs(d: Option<Duration>) -> String {
     }
 }
 
+/// The connection is closed without a response, as nginx does when a request body stalls.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Hangup(&'static str);
+
 /// Proxies one request on `pool`.
-pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(
+    pool: Arc<Pool>,
+    client: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Hangup> {
+    proxy(pool, client, req).await
+}
+
+async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ProxyBody>, Hangup> {
     let (parts, body) = req.into_parts();
     let mut log = RequestLog {
         pool: pool.clone(),
@@ -144,7 +162,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
 
     if let Err((status, why)) = check_request(&parts) {
         tracing::debug!(pool = %pool.name, %client, why, "request refused");
-        return local(log, status, true);
+        return Ok(local(log, status, true));
     }
     let path = parts.uri.path();
     let query = parts.uri.query();
@@ -152,11 +170,15 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
         UriMode::Normalized => uri::normalized(path, query),
         UriMode::Raw => uri::raw(path, query),
     };
-    let target = match target {
-        Ok(t) => t,
+    let target = match target.map(|t| t.parse::<http::Uri>()) {
+        Ok(Ok(t)) => t,
+        Ok(Err(err)) => {
+            tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
+            return Ok(local(log, StatusCode::BAD_REQUEST, true));
+        }
         Err(err) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
-            return local(log, StatusCode::BAD_REQUEST, true);
+            return Ok(local(log, StatusCode::BAD_REQUEST, true));
         }
     };
 
@@ -164,7 +186,12 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
         parts.headers.contains_key(header::CONTENT_LENGTH) || parts.headers.contains_key(header::TRANSFER_ENCODING);
     let body = match read_body(&parts.headers, body, settings.max_body_size, settings.body_timeout).await {
         Ok(b) => b,
-        Err(status) => return local(log, status, true),
+        Err(StatusCode::REQUEST_TIMEOUT) => {
+            // nginx logs 408 and closes without answering a stalled body.
+            log.write(408, 0, false, None);
+            return Err(Hangup("request body timed out"));
+        }
+        Err(status) => return Ok(local(log, status, true)),
     };
     let headers = upstream_headers(&pool, &parts.headers, client, framed.then_some(body.len()));
     let version = if settings.keepalive { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -172,7 +199,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
         *req.version_mut() = version;
-        *req.uri_mut() = target.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.uri_mut() = target.clone();
         *req.headers_mut() = headers.clone();
         req
     };
@@ -189,7 +216,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
     loop {
         let Some(i) = balancer.select(&mut tried, Instant::now()) else {
             tracing::error!(pool = %pool.name, "no live upstreams");
-            return local(log, StatusCode::BAD_GATEWAY, false);
+            return Ok(local(log, StatusCode::BAD_GATEWAY, false));
         };
         let peer = &balancer.peers()[i];
         let peer_metrics = &pool.metrics.peers[i];
@@ -198,7 +225,15 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
             pool.metrics.retries.inc();
         }
         let t0 = Instant::now();
+        log.attempts.push(AttemptRecord {
+            addr: peer.addr,
+            status: None,
+            connect: None,
+            header: None,
+            response: Duration::ZERO,
+        });
         let result = pool.connector.send(i, peer.addr, build()).await;
+        log.attempts.pop();
         let result = result.and_then(|ex| match check_framing(ex.response.headers()) {
             Ok(()) => Ok(ex),
             Err(why) => Err(AttemptError {
@@ -216,7 +251,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
                 peer_metrics.latency.observe(t0.elapsed());
                 log.attempts.push(AttemptRecord {
                     addr: peer.addr,
-                    status: err.failure.give_up_status(),
+                    status: Some(err.failure.give_up_status()),
                     connect: err.connect_time,
                     header: None,
                     response: t0.elapsed(),
@@ -240,10 +275,10 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
                     Next::Retry => continue,
                     Next::GiveUp(status) => {
                         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        return local(log, code, false);
+                        return Ok(local(log, code, false));
                     }
                     // after_failure never passes a response on; there is none.
-                    Next::Pass => return local(log, StatusCode::BAD_GATEWAY, false),
+                    Next::Pass => return Ok(local(log, StatusCode::BAD_GATEWAY, false)),
                 }
             }
             Ok(ex) => {
@@ -257,7 +292,7 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
                     peer_metrics.failed(failure);
                     log.attempts.push(AttemptRecord {
                         addr: peer.addr,
-                        status,
+                        status: Some(status),
                         connect: Some(ex.connect_time),
                         header: Some(header_time),
                         response: header_time,
@@ -275,12 +310,12 @@ pub async fn handle(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>)
                 balancer.report(i, outcome, now);
                 log.attempts.push(AttemptRecord {
                     addr: peer.addr,
-                    status,
+                    status: Some(status),
                     connect: Some(ex.connect_time),
                     header: Some(header_time),
                     response: header_time,
                 });
-                return respond(log, ex, parts.version, t0);
+                return Ok(respond(log, ex, parts.version, t0));
             }
         }
     }
@@ -344,9 +379,21 @@ fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<Proxy
     response
 }
 
+/// nginx's `large_client_header_buffers` buffer size.
+const LINE_BUFFER: usize = 8192;
+
 /// nginx's checks of the request head that hyper lets through (lb.md LB-25).
 fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'static str)> {
     let h = &parts.headers;
+    // nginx reads the request line and each header line into one of its 8 KiB buffers
+    // (large_client_header_buffers 4 8k); hyper only bounds the head as a whole.
+    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if parts.method.as_str().len() + target_len + " HTTP/1.1\r\n ".len() > LINE_BUFFER {
+        return Err((StatusCode::URI_TOO_LONG, "request line longer than 8 KiB"));
+    }
+    if h.iter().any(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
+        return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
+    }
     if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
         return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
     }
@@ -419,6 +466,10 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
     let host = match &s.host {
         HostHeader::PoolName => HeaderValue::from_str(&pool.name).ok(),
         HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+        HostHeader::ClientName => client_headers
+            .get(header::HOST)
+            .and_then(|h| HeaderValue::from_str(&host_name(h.to_str().ok()?)).ok())
+            .or_else(|| HeaderValue::from_str(&pool.name).ok()),
         HostHeader::Client => {
             client_headers.get(header::HOST).cloned().or_else(|| HeaderValue::from_str(&pool.name).ok())
         }
@@ -464,6 +515,16 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
         }
     }
     h
+}
+
+/// nginx's `$host` from a Host header: the name without its port, lower-cased.
+fn host_name(host: &str) -> String {
+    let name = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(v6, _)| v6).to_string() + "]"
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name).to_string()
+    };
+    name.to_ascii_lowercase()
 }
 
 /// Framing nginx refuses in a response head (proxy_duplicate_headers.t): more than one

@@ -10,6 +10,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub mod backend;
+pub mod nginx;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
 pub const USER: &str = "mcp";
 pub const PASSWORD: &str = "secret1";
