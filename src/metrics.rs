@@ -29,11 +29,43 @@ pub struct CounterVec(Mutex<BTreeMap<Vec<String>, u64>>);
 impl CounterVec {
     pub fn inc(&self, labels: &[&str]) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *map.entry(labels.iter().map(|s| s.to_string()).collect()).or_default() += 1;
+        // Label sets are few: find the existing one without allocating a key.
+        if let Some((_, n)) = map.iter_mut().find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied())) {
+            *n += 1;
+            return;
+        }
+        map.insert(labels.iter().map(|s| s.to_string()).collect(), 1);
     }
     pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Counters per HTTP status code (100..=599), lock-free, for per-request hot paths.
+pub struct StatusCounts(Box<[AtomicU64]>);
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        StatusCounts((100..600).map(|_| AtomicU64::new(0)).collect())
+    }
+}
+
+impl StatusCounts {
+    pub fn inc(&self, status: u16) {
+        if let Some(c) = (status as usize).checked_sub(100).and_then(|i| self.0.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// (status, count) for every status seen.
+    pub fn snapshot(&self) -> Vec<(u16, u64)> {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i as u16 + 100, c.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{LbConfig, PoolConfig, PoolSettings, split_host_port};
 use crate::http::admin::RoleStatus;
 use crate::http::{ConnInfo, ServerOptions};
-use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
+use crate::metrics::{Counter, Encoder, Histogram, StatusCounts};
 use balancer::{Balancer, Peer};
 use retry::Failure;
 use upstream::{Connector, KeepAlive, Timeouts};
@@ -48,7 +48,7 @@ pub struct Pool {
 
 #[derive(Default)]
 struct PoolMetrics {
-    requests: CounterVec,
+    requests: StatusCounts,
     duration: Histogram,
     retries: Counter,
     peers: Vec<PeerMetrics>,
@@ -140,8 +140,9 @@ impl Lb {
                 header_timeout: pool.settings.header_timeout,
                 tls,
                 grace,
-                // nginx 1.22 has no header count limit; its 4 x 8 KiB buffers bound the size.
-                max_headers: 1000,
+                // nginx 1.22 has no header count limit, only its 4 x 8 KiB buffers; hyper
+                // zeroes an index array of this many entries per request, so not 1000.
+                max_headers: 200,
                 max_header_size: 4 * 8192,
             };
             let slot = slot.clone();
@@ -329,9 +330,8 @@ impl RoleStatus for Lb {
         let pools: Vec<Arc<Pool>> = self.slots.iter().map(|s| s.pool()).collect();
         enc.family("lb_requests_total", "Client requests by pool and final status.", "counter");
         for p in &pools {
-            for (labels, n) in p.metrics.requests.snapshot() {
-                let status = labels.first().map(String::as_str).unwrap_or("");
-                enc.sample("lb_requests_total", &[("pool", &p.name), ("status", status)], n as f64);
+            for (status, n) in p.metrics.requests.snapshot() {
+                enc.sample("lb_requests_total", &[("pool", &p.name), ("status", &status.to_string())], n as f64);
             }
         }
         enc.family("lb_request_duration_seconds", "Client request duration by pool.", "histogram");

@@ -80,7 +80,7 @@ impl RequestLog {
         }
         let elapsed = self.started.elapsed();
         let m = &self.pool.metrics;
-        m.requests.inc(&[&status.to_string()]);
+        m.requests.inc(status);
         m.duration.observe(elapsed);
         let mut addrs = String::new();
         let mut statuses = String::new();

@@ -263,7 +263,8 @@ impl Connector {
             Ok(Ok(s)) => s,
         };
         let connect_time = started.elapsed();
-        let _ = stream.set_nodelay(true);
+        // The head and body go out in one writev, so Nagle never holds anything back; nginx
+        // does not set TCP_NODELAY upstream either. (One syscall less per attempt.)
         let active = Arc::new(AtomicBool::new(true));
         let io = TimedIo::new(stream, self.timeouts.read, self.timeouts.send, active.clone());
         let handshake = http1::Builder::new().max_header_size(MAX_RESPONSE_HEAD).handshake(TokioIo::new(io)).await;
@@ -425,8 +426,10 @@ impl AsyncWrite for TimedIo {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    /// A no-op: hyper half-closes before dropping a connection, but close(2) right after
+    /// sends the same FIN; nginx only closes. Saves a syscall per upstream connection.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
     fn poll_write_vectored(
