@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::cli::Role;
 
+mod excp;
 mod lb;
+pub use excp::{ConversationProvider, ExcpConfig, GirConfig};
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
 
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
@@ -27,6 +29,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub webdav: Option<WebdavConfig>,
     pub lb: Option<LbConfig>,
+    pub excp: Option<ExcpConfig>,
     /// The file this came from (SIGHUP re-reads it); None for the sandbox.
     pub source: Option<PathBuf>,
     /// The sandbox creates its directories and password file on start.
@@ -117,6 +120,11 @@ impl Config {
 
     /// Parses and validates without touching the file system.
     pub fn from_toml_str(text: &str, role: Role) -> Result<Config, ConfigError> {
+        Config::from_toml_str_env(text, role, &|name| std::env::var(name).ok())
+    }
+
+    /// Like `from_toml_str` with the environment given (the Genesys `.env` overrides).
+    pub fn from_toml_str_env(text: &str, role: Role, env: excp::EnvLookup<'_>) -> Result<Config, ConfigError> {
         let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
             problems: vec![format!("not valid TOML: {}", err.to_string().trim_end())],
         })?;
@@ -126,7 +134,8 @@ impl Config {
         let admin_table = top.table("admin");
         let webdav_table = top.table("webdav");
         let lb_table = top.table("lb");
-        for (name, issue) in [("excp", 4), ("exrp", 5)] {
+        let excp_table = top.table("excp");
+        for (name, issue) in [("exrp", 5)] {
             if top.table(name).is_some() {
                 top.problem_at(name, format!("the {name} role is not built yet (issue {issue}); remove this section"));
             }
@@ -161,10 +170,19 @@ impl Config {
             }
             None => None,
         };
-        if role == Role::All && webdav.is_none() && lb.is_none() && problems.is_empty() {
-            problems.push("no role section ([webdav], [lb]) in the file: nothing to run".into());
+        let excp = match excp_table {
+            Some(t) if matches!(role, Role::Excp | Role::All) => Some(ExcpConfig::parse(t, env, &mut problems)),
+            Some(_) => None,
+            None if role == Role::Excp => {
+                problems.push("[excp] section is missing; --role excp needs it".into());
+                None
+            }
+            None => None,
+        };
+        if role == Role::All && webdav.is_none() && lb.is_none() && excp.is_none() && problems.is_empty() {
+            problems.push("no role section ([webdav], [lb], [excp]) in the file: nothing to run".into());
         }
-        let config = Config { admin, shutdown_grace, webdav, lb, source: None, sandbox: false };
+        let config = Config { admin, shutdown_grace, webdav, lb, excp, source: None, sandbox: false };
         config.check_listeners(&mut problems);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
@@ -184,6 +202,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             webdav,
             lb: None,
+            excp: None,
             source: None,
             sandbox: true,
         }
@@ -198,6 +217,9 @@ impl Config {
         if self.lb.is_some() {
             roles.push("lb");
         }
+        if self.excp.is_some() {
+            roles.push("excp");
+        }
         roles
     }
 
@@ -207,6 +229,9 @@ impl Config {
         let mut tls_configs = vec![("admin".to_string(), &self.admin.tls)];
         for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
             tls_configs.push((format!("lb.pools.{}", pool.name), &pool.tls));
+        }
+        if let Some(e) = &self.excp {
+            tls_configs.push(("excp".to_string(), &e.tls));
         }
         if let Some(w) = &self.webdav {
             tls_configs.push(("webdav".to_string(), &w.tls));
@@ -255,6 +280,9 @@ impl Config {
         }
         for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
             listeners.push((format!("lb.pools.{}", pool.name), pool.listen));
+        }
+        if let Some(e) = &self.excp {
+            listeners.push(("excp".to_string(), e.listen));
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
