@@ -687,8 +687,8 @@ mod tests {
 
     #[test]
     fn unbuilt_roles_and_clashing_listeners_are_refused() {
-        let p = problems("[excp]\nlisten = \"0.0.0.0:3650\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
-        assert!(p.iter().any(|m| m.contains("excp role is not built yet")), "{p:?}");
+        let p = problems("[exrp]\nlisten = \"0.0.0.0:8080\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
+        assert!(p.iter().any(|m| m.contains("exrp role is not built yet")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("admin.listen and webdav.listen")), "{p:?}");
     }
 
