@@ -116,7 +116,9 @@ impl NextUpstream {
 pub enum HostHeader {
     /// The pool name, as nginx's `$proxy_host` is the upstream name.
     PoolName,
-    /// The client's own Host (`$host`).
+    /// The client's Host as nginx's `$host`: the name without port, lower-cased.
+    ClientName,
+    /// The client's Host header verbatim (`$http_host`).
     Client,
     Literal(String),
 }
@@ -366,7 +368,8 @@ impl PoolSettings {
         };
         let host = match s.string("host") {
             None => d.host.clone(),
-            Some(h) if h == "$host" || h == "$http_host" => HostHeader::Client,
+            Some(h) if h == "$host" => HostHeader::ClientName,
+            Some(h) if h == "$http_host" => HostHeader::Client,
             Some(h) if h == "$proxy_host" => HostHeader::PoolName,
             Some(h) if http::HeaderValue::from_str(&h).is_ok() && !h.is_empty() => HostHeader::Literal(h),
             Some(h) => {

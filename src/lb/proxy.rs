@@ -466,6 +466,10 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
     let host = match &s.host {
         HostHeader::PoolName => HeaderValue::from_str(&pool.name).ok(),
         HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+        HostHeader::ClientName => client_headers
+            .get(header::HOST)
+            .and_then(|h| HeaderValue::from_str(&host_name(h.to_str().ok()?)).ok())
+            .or_else(|| HeaderValue::from_str(&pool.name).ok()),
         HostHeader::Client => {
             client_headers.get(header::HOST).cloned().or_else(|| HeaderValue::from_str(&pool.name).ok())
         }
@@ -511,6 +515,16 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
         }
     }
     h
+}
+
+/// nginx's `$host` from a Host header: the name without its port, lower-cased.
+fn host_name(host: &str) -> String {
+    let name = if host.starts_with('[') {
+        host.split_once(']').map_or(host, |(v6, _)| v6).to_string() + "]"
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name).to_string()
+    };
+    name.to_ascii_lowercase()
 }
 
 /// Framing nginx refuses in a response head (proxy_duplicate_headers.t): more than one

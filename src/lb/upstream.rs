@@ -107,24 +107,54 @@ impl Lease {
         }
         let idle = self.idle.clone();
         let peer = self.peer;
-        // The connection becomes ready once hyper has seen the end of the response; a peer
-        // that said `Connection: close` (or sent bytes past the body) never gets there.
+        // Usually hyper has already seen the end of the response: park it now, so that a
+        // request right behind this one finds it.
+        if conn.sender.is_ready() {
+            park(&idle, peer, conn, ka.max_idle);
+            return;
+        }
+        // Otherwise it becomes ready shortly; a peer that said `Connection: close` (or sent
+        // bytes past the body) never gets there.
         tokio::spawn(async move {
             let ready = tokio::time::timeout(Duration::from_secs(1), conn.sender.ready()).await;
             if !matches!(ready, Ok(Ok(()))) {
                 conn.task.abort();
                 return;
             }
-            conn.active.store(false, Ordering::Relaxed);
-            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.push_back(Idle { peer, conn, since: Instant::now() });
-            while idle.len() > ka.max_idle {
-                if let Some(old) = idle.pop_front() {
-                    old.conn.task.abort();
-                }
-            }
+            park(&idle, peer, conn, ka.max_idle);
         });
     }
+}
+
+fn park(idle: &Mutex<VecDeque<Idle>>, peer: usize, conn: Live, max_idle: usize) {
+    conn.active.store(false, Ordering::Relaxed);
+    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    idle.push_back(Idle { peer, conn, since: Instant::now() });
+    while idle.len() > max_idle {
+        if let Some(old) = idle.pop_front() {
+            old.conn.task.abort();
+        }
+    }
+}
+
+/// Closes pooled connections idle for longer than the timeout, as nginx's timer does; ends
+/// when the pool is dropped (reload, shutdown).
+fn spawn_reaper(idle: std::sync::Weak<Mutex<VecDeque<Idle>>>, timeout: Duration) {
+    let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(every).await;
+            let Some(idle) = idle.upgrade() else { return };
+            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.retain(|entry| {
+                let keep = entry.since.elapsed() < timeout && !entry.conn.sender.is_closed();
+                if !keep {
+                    entry.conn.task.abort();
+                }
+                keep
+            });
+        }
+    });
 }
 
 impl Drop for Lease {
@@ -137,7 +167,11 @@ impl Drop for Lease {
 
 impl Connector {
     pub fn new(timeouts: Timeouts, keepalive: Option<KeepAlive>) -> Connector {
-        Connector { timeouts, keepalive, idle: Arc::new(Mutex::new(VecDeque::new())) }
+        let idle = Arc::new(Mutex::new(VecDeque::new()));
+        if let Some(ka) = &keepalive {
+            spawn_reaper(Arc::downgrade(&idle), ka.idle_timeout);
+        }
+        Connector { timeouts, keepalive, idle }
     }
 
     pub fn idle_connections(&self) -> usize {

@@ -1,24 +1,30 @@
-//! Scriptable HTTP/1 test backends for the lb parity suite: std threads and std::net only.
+//! Scriptable HTTP/1 test backends for the lb suites: std threads and std::net only.
 //!
 //! A [`Backends`] set owns any number of named backends on 127.0.0.1, port 0, and one shared log:
 //! every request any of them receives is appended to it in arrival order, so a test can say which
-//! backend saw each attempt and in which order. Each connection carries one request (the proxies
-//! under test send `Connection: close`); every answer says `Connection: close` and closes.
-//! Everything is bounded: reads time out after 5 s, a hanging backend gives up after 30 s or as
-//! soon as the set is dropped, and dropping the set stops every accept loop.
+//! backend saw each attempt and in which order. Most behaviours serve one request per connection
+//! (the proxies of the parity suite send `Connection: close`): their answers say
+//! `Connection: close` and they close. [`Behaviour::KeepAlive`] instead serves request after
+//! request on one HTTP/1.1 connection, optionally closing it after an idle time; each [`Seen`]
+//! carries the backend's connection number and its place on that connection, so a test can
+//! assert reuse. A backend's behaviour can be switched while it runs ([`Backends::set`]), and
+//! [`Behaviour::Route`] answers some paths (a `/health` probe) differently from the others.
+//! Everything is bounded: reads time out after 5 s, a hanging backend or an idle kept-alive
+//! connection gives up after 30 s or as soon as the set is dropped, and dropping the set stops
+//! every accept loop.
 
 #![allow(dead_code)]
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Longest a backend waits for the rest of a request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a `Hang` or `Delay` backend keeps a connection.
+/// Longest a `Hang` or `Delay` backend keeps a connection, and a `KeepAlive` one an idle one.
 const MAX_HOLD: Duration = Duration::from_secs(30);
 /// Largest request a backend accepts (the suite's bodies are a few KiB).
 const MAX_REQUEST: usize = 4 << 20;
@@ -56,6 +62,22 @@ pub enum Behaviour {
     Raw(Vec<u8>),
     /// Like `Raw` but keeps the connection open afterwards (until the proxy closes it).
     RawNoClose(Vec<u8>),
+    /// HTTP/1.1 keep-alive: answers `status` with the backend's name as the body, framed by
+    /// Content-Length and without `Connection: close`, then waits for the next request on the
+    /// same connection. The connection ends when the proxy closes it, asks for the close
+    /// (`Connection: close`, or HTTP/1.0 without `Connection: keep-alive`: that answer then says
+    /// `Connection: close`), the set is dropped, 30 s pass idle, or — with `idle_close` — it has
+    /// been idle that long: the backend then closes it, as a server whose keep-alive timeout is
+    /// shorter than the proxy's does (the stale-pooled-connection race). Each request is served
+    /// by the behaviour current when it arrives, so a switch away from `KeepAlive` answers the
+    /// next request on a kept connection the new way and closes.
+    KeepAlive { status: u16, idle_close: Option<Duration> },
+    /// Serves a request whose path (the target without its query) equals a route's path with
+    /// that route's behaviour, any other request with `other`: e.g. a `/health` that answers 503
+    /// while the rest answers 200. Routes are chosen once the request is read, so their
+    /// behaviours are those that act on a read request (not `Refuse`, `Blackhole` or
+    /// `ResetAfterRead`).
+    Route { routes: Vec<(String, Behaviour)>, other: Box<Behaviour> },
 }
 
 impl Behaviour {
@@ -80,6 +102,58 @@ impl Behaviour {
     pub fn raw(bytes: &str) -> Behaviour {
         Behaviour::Raw(bytes.as_bytes().to_vec())
     }
+
+    /// 200 with the backend's name, keeping the connection open for further requests.
+    pub fn keep_alive() -> Behaviour {
+        Behaviour::KeepAlive { status: 200, idle_close: None }
+    }
+
+    /// Like `keep_alive`, closing a connection once it has been idle for `idle`.
+    pub fn keep_alive_closing_idle(idle: Duration) -> Behaviour {
+        Behaviour::KeepAlive { status: 200, idle_close: Some(idle) }
+    }
+
+    /// `routes` by exact path, everything else `other`.
+    pub fn route(routes: &[(&str, Behaviour)], other: Behaviour) -> Behaviour {
+        Behaviour::Route {
+            routes: routes.iter().map(|(p, b)| (p.to_string(), b.clone())).collect(),
+            other: Box::new(other),
+        }
+    }
+
+    /// `/health` answers `health`'s way, every other path `other`'s.
+    pub fn with_health(health: Behaviour, other: Behaviour) -> Behaviour {
+        Behaviour::route(&[("/health", health)], other)
+    }
+
+    /// The behaviour that serves a request for `target` (a `Route` resolved, recursively).
+    fn for_target(&self, target: &str) -> &Behaviour {
+        match self {
+            Behaviour::Route { routes, other } => {
+                let path = target.split('?').next().unwrap_or_default();
+                routes.iter().find(|(p, _)| p == path).map_or(&**other, |(_, b)| b).for_target(target)
+            }
+            b => b,
+        }
+    }
+
+    /// Whether a listener is behind it (not `Refuse` or `Blackhole`): only those can be switched.
+    fn listens(&self) -> bool {
+        !matches!(self, Behaviour::Refuse | Behaviour::Blackhole)
+    }
+
+    /// Panics on a `Route` to a behaviour that cannot act on a request already read.
+    fn check_routes(&self) {
+        if let Behaviour::Route { routes, other } = self {
+            for b in routes.iter().map(|(_, b)| b).chain(std::iter::once(&**other)) {
+                assert!(
+                    !matches!(b, Behaviour::Refuse | Behaviour::Blackhole | Behaviour::ResetAfterRead),
+                    "a Route cannot lead to {b:?}"
+                );
+                b.check_routes();
+            }
+        }
+    }
 }
 
 /// One request as a backend received it.
@@ -97,6 +171,10 @@ pub struct Seen {
     pub chunked: bool,
     /// False when the connection ended or timed out before the request was complete.
     pub complete: bool,
+    /// Which connection of this backend it came on: 1 for the first one the backend accepted.
+    pub connection: u64,
+    /// Its place on that connection: 1 for the first request, 2 for the next one kept alive...
+    pub on_connection: u64,
 }
 
 impl Seen {
@@ -109,6 +187,18 @@ impl Seen {
     pub fn headers_named(&self, name: &str) -> Vec<&str> {
         self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
     }
+
+    /// Whether the client asked for the connection to end after this request: a `close` token
+    /// in `Connection`, or HTTP/1.0 without `keep-alive`.
+    pub fn asks_close(&self) -> bool {
+        let tokens: Vec<String> = self
+            .headers_named("connection")
+            .iter()
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_ascii_lowercase())
+            .collect();
+        tokens.iter().any(|t| t == "close") || (self.version != "HTTP/1.1" && !tokens.iter().any(|t| t == "keep-alive"))
+    }
 }
 
 pub type Log = Arc<Mutex<Vec<Seen>>>;
@@ -117,7 +207,12 @@ pub type Log = Arc<Mutex<Vec<Seen>>>;
 pub struct Backend {
     pub name: String,
     pub addr: SocketAddr,
+    /// The behaviour it was started with; [`Backends::set`] changes the one in force
+    /// ([`Backends::behaviour`]), never whether it is `Refuse` or `Blackhole`.
     pub behaviour: Behaviour,
+    current: Arc<Mutex<Behaviour>>,
+    /// Connections accepted so far.
+    connections: Arc<AtomicU64>,
     accept: Option<JoinHandle<()>>,
     /// A `Blackhole`'s listener and the connections that fill its backlog.
     blackhole: Option<(TcpListener, Vec<TcpStream>)>,
@@ -126,7 +221,8 @@ pub struct Backend {
 /// A set of backends sharing one arrival log; stops them all when dropped.
 pub struct Backends {
     pub log: Log,
-    /// Names of backends whose held connection (`Hang`, `RawNoClose`) the proxy closed.
+    /// Names of backends whose held connection (`Hang`, `RawNoClose`) or idle kept-alive
+    /// connection (`KeepAlive`) the proxy closed, once per connection.
     pub closed: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     list: Vec<Backend>,
@@ -151,8 +247,11 @@ impl Backends {
     /// Starts a backend and returns its address.
     pub fn add(&mut self, name: &str, behaviour: Behaviour) -> SocketAddr {
         assert!(self.list.iter().all(|b| b.name != name), "backend {name} twice");
+        behaviour.check_routes();
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
         let addr = listener.local_addr().unwrap();
+        let current = Arc::new(Mutex::new(behaviour.clone()));
+        let connections = Arc::new(AtomicU64::new(0));
         let mut blackhole = None;
         let accept = if let Behaviour::Refuse = behaviour {
             // Released at once: connecting to the port is refused from now on.
@@ -163,12 +262,39 @@ impl Backends {
             None
         } else {
             listener.set_nonblocking(true).unwrap();
-            let logs = Logs { seen: self.log.clone(), closed: self.closed.clone() };
-            let (name, behaviour, stop) = (name.to_string(), behaviour.clone(), self.stop.clone());
-            Some(std::thread::spawn(move || accept_loop(listener, name, behaviour, logs, stop)))
+            let shared = Shared {
+                name: name.to_string(),
+                current: current.clone(),
+                connections: connections.clone(),
+                seen: self.log.clone(),
+                closed: self.closed.clone(),
+                stop: self.stop.clone(),
+            };
+            Some(std::thread::spawn(move || accept_loop(listener, shared)))
         };
-        self.list.push(Backend { name: name.to_string(), addr, behaviour, accept, blackhole });
+        self.list.push(Backend { name: name.to_string(), addr, behaviour, current, connections, accept, blackhole });
         addr
+    }
+
+    /// Switches a running backend to `behaviour` from its next request on (also on connections
+    /// already kept alive). A `Refuse` or `Blackhole` backend has no listener to switch, and
+    /// none can become one: both panic.
+    pub fn set(&self, name: &str, behaviour: Behaviour) {
+        let backend = self.get(name);
+        assert!(backend.behaviour.listens(), "backend {name} is {:?}: it cannot be switched", backend.behaviour);
+        assert!(behaviour.listens(), "backend {name}: switch to {behaviour:?} is not possible; add a new backend");
+        behaviour.check_routes();
+        *backend.current.lock().unwrap() = behaviour;
+    }
+
+    /// The behaviour in force now.
+    pub fn behaviour(&self, name: &str) -> Behaviour {
+        self.get(name).current.lock().unwrap().clone()
+    }
+
+    /// How many connections the backend has accepted so far.
+    pub fn connections(&self, name: &str) -> u64 {
+        self.get(name).connections.load(Ordering::SeqCst)
     }
 
     pub fn addr(&self, name: &str) -> SocketAddr {
@@ -216,19 +342,24 @@ impl Drop for Backends {
     }
 }
 
-/// The two logs a backend writes to.
+/// What the threads of one backend share with the set.
 #[derive(Clone)]
-struct Logs {
+struct Shared {
+    name: String,
+    current: Arc<Mutex<Behaviour>>,
+    connections: Arc<AtomicU64>,
     seen: Log,
     closed: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
 }
 
-fn accept_loop(listener: TcpListener, name: String, behaviour: Behaviour, logs: Logs, stop: Arc<AtomicBool>) {
-    while !stop.load(Ordering::SeqCst) {
+fn accept_loop(listener: TcpListener, shared: Shared) {
+    while !shared.stop.load(Ordering::SeqCst) {
         match listener.accept() {
             Ok((stream, _)) => {
-                let (name, behaviour, logs, stop) = (name.clone(), behaviour.clone(), logs.clone(), stop.clone());
-                std::thread::spawn(move || serve(stream, &name, &behaviour, &logs, &stop));
+                let number = shared.connections.fetch_add(1, Ordering::SeqCst) + 1;
+                let shared = shared.clone();
+                std::thread::spawn(move || serve(stream, number, &shared));
             }
             Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -236,27 +367,60 @@ fn accept_loop(listener: TcpListener, name: String, behaviour: Behaviour, logs: 
     }
 }
 
-fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, stop: &AtomicBool) {
-    let log = &logs.seen;
+/// Serves connection `number` of a backend: one request, or a series while `KeepAlive`.
+fn serve(mut stream: TcpStream, number: u64, shared: &Shared) {
+    let (name, stop) = (shared.name.as_str(), &*shared.stop);
+    let log = &shared.seen;
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_nodelay(true);
-    if let Behaviour::ResetAfterRead = behaviour {
-        let seen = peek_request(&stream, name);
+    // Bytes read past the end of one request: the start of the next.
+    let mut buf = Vec::new();
+    let mut nth = 0;
+    let (behaviour, head_only) = loop {
+        nth += 1;
+        let current = shared.current.lock().unwrap().clone();
+        if let Behaviour::ResetAfterRead = current {
+            let mut seen =
+                if buf.is_empty() { peek_request(&stream, name) } else { read_request(&mut stream, &mut buf, name) };
+            (seen.connection, seen.on_connection) = (number, nth);
+            log.lock().unwrap().push(seen);
+            // Dropping with the request still unread in the receive buffer sends a RST.
+            return;
+        }
+        let mut seen = read_request(&mut stream, &mut buf, name);
+        (seen.connection, seen.on_connection) = (number, nth);
+        let behaviour = current.for_target(&seen.target).clone();
+        let head_only = seen.method == "HEAD";
+        let (complete, close) = (seen.complete, seen.asks_close());
         log.lock().unwrap().push(seen);
-        // Dropping with the request still unread in the receive buffer sends a RST.
-        return;
-    }
-    let seen = read_request(&mut stream, name);
-    let head_only = seen.method == "HEAD";
-    let complete = seen.complete;
-    log.lock().unwrap().push(seen);
-    if !complete {
-        return;
-    }
-    match behaviour {
-        Behaviour::Refuse | Behaviour::Blackhole | Behaviour::ResetAfterRead => unreachable!(),
+        if !complete {
+            return;
+        }
+        let Behaviour::KeepAlive { status, idle_close } = behaviour else { break (behaviour, head_only) };
+        let answer = response(name, status, name.as_bytes(), &[], head_only, close);
+        if stream.write_all(&answer).is_err() || close {
+            break (behaviour, head_only);
+        }
+        if buf.is_empty() {
+            match wait_next(&stream, idle_close, stop) {
+                Idle::Next => {}
+                Idle::ClosedByPeer => {
+                    shared.closed.lock().unwrap().push(name.to_string());
+                    return;
+                }
+                // Dropping the idle connection closes it (FIN: nothing is left unread).
+                Idle::Over => return,
+            }
+        }
+    };
+    match &behaviour {
+        Behaviour::Refuse | Behaviour::Blackhole | Behaviour::ResetAfterRead | Behaviour::Route { .. } => {
+            unreachable!()
+        }
+        // Answered already; the client asked for the close.
+        Behaviour::KeepAlive { .. } => {}
         Behaviour::Answer { status, body, headers } => {
             let body = body.clone().unwrap_or_else(|| name.as_bytes().to_vec());
             let _ = stream.write_all(&answer(name, *status, &body, headers, head_only));
@@ -267,7 +431,7 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, 
         }
         Behaviour::Hang => {
             if hold(&mut stream, stop) {
-                logs.closed.lock().unwrap().push(name.to_string());
+                shared.closed.lock().unwrap().push(name.to_string());
             }
         }
         Behaviour::Delay { delay, status } => {
@@ -294,7 +458,7 @@ fn serve(mut stream: TcpStream, name: &str, behaviour: &Behaviour, logs: &Logs, 
         }
         Behaviour::RawNoClose(bytes) => {
             if stream.write_all(bytes).is_ok() && hold(&mut stream, stop) {
-                logs.closed.lock().unwrap().push(name.to_string());
+                shared.closed.lock().unwrap().push(name.to_string());
             }
         }
     }
@@ -340,6 +504,18 @@ fn hold(stream: &mut TcpStream, stop: &AtomicBool) -> bool {
 
 /// The response an `Answer` backend sends.
 pub fn answer(name: &str, status: u16, body: &[u8], headers: &[(String, String)], head_only: bool) -> Vec<u8> {
+    response(name, status, body, headers, head_only, true)
+}
+
+/// Like `answer`; without `Connection: close` unless `close` (a `KeepAlive` answer).
+pub fn response(
+    name: &str,
+    status: u16,
+    body: &[u8],
+    headers: &[(String, String)],
+    head_only: bool,
+    close: bool,
+) -> Vec<u8> {
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nServer: backend-{name}\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nX-Backend: {name}\r\n",
         reason(status)
@@ -350,12 +526,50 @@ pub fn answer(name: &str, status: u16, body: &[u8], headers: &[(String, String)]
     if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-type")) {
         out.push_str("Content-Type: text/plain\r\n");
     }
-    out.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", body.len()));
+    out.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    if close {
+        out.push_str("Connection: close\r\n");
+    }
+    out.push_str("\r\n");
     let mut out = out.into_bytes();
     if !head_only {
         out.extend_from_slice(body);
     }
     out
+}
+
+/// How the wait for a next request on a kept-alive connection ended.
+enum Idle {
+    /// A next request is arriving.
+    Next,
+    /// The proxy closed the connection.
+    ClosedByPeer,
+    /// It was idle for `idle_close` (the caller closes it), the set was dropped, or `MAX_HOLD`
+    /// passed.
+    Over,
+}
+
+/// Waits on a kept-alive connection until the next request starts to arrive, peeking so the
+/// bytes stay in the socket for whoever reads the request.
+fn wait_next(stream: &TcpStream, idle_close: Option<Duration>, stop: &AtomicBool) -> Idle {
+    let started = Instant::now();
+    let limit = idle_close.unwrap_or(MAX_HOLD).min(MAX_HOLD);
+    let mut byte = [0u8; 1];
+    let outcome = loop {
+        let left = limit.saturating_sub(started.elapsed());
+        if left.is_zero() || stop.load(Ordering::SeqCst) {
+            break Idle::Over;
+        }
+        let _ = stream.set_read_timeout(Some(left.clamp(Duration::from_millis(1), Duration::from_millis(20))));
+        match stream.peek(&mut byte) {
+            Ok(0) => break Idle::ClosedByPeer,
+            Ok(_) => break Idle::Next,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(_) => break Idle::ClosedByPeer,
+        }
+    };
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    outcome
 }
 
 pub fn reason(status: u16) -> &'static str {
@@ -383,7 +597,8 @@ enum Parsed {
     Incomplete,
     /// The request is malformed; keep what is known.
     Invalid,
-    Complete(Box<Seen>),
+    /// A whole request and how many bytes of the buffer it took.
+    Complete(Box<Seen>, usize),
 }
 
 /// Parses a whole request (head plus a body framed by Content-Length or chunked) from `buf`.
@@ -415,13 +630,16 @@ fn parse_request(buf: &[u8], name: &str) -> Parsed {
         body: Vec::new(),
         chunked: false,
         complete: true,
+        connection: 0,
+        on_connection: 0,
     };
     let rest = &buf[head_end + 4..];
+    let mut used = head_end + 4;
     let chunked = seen.header("transfer-encoding").is_some_and(|te| te.to_ascii_lowercase().contains("chunked"));
     if chunked {
         seen.chunked = true;
-        match dechunk(rest) {
-            Some(Some(body)) => seen.body = body,
+        match dechunk_len(rest) {
+            Some(Some((body, n))) => (seen.body, used) = (body, used + n),
             Some(None) => return Parsed::Incomplete,
             None => return Parsed::Invalid,
         }
@@ -431,12 +649,19 @@ fn parse_request(buf: &[u8], name: &str) -> Parsed {
             return Parsed::Incomplete;
         }
         seen.body = rest[..len].to_vec();
+        used += len;
     }
-    Parsed::Complete(Box::new(seen))
+    Parsed::Complete(Box::new(seen), used)
 }
 
 /// De-chunks a complete chunked body: `Some(None)` while incomplete, `None` when invalid.
-pub fn dechunk(mut rest: &[u8]) -> Option<Option<Vec<u8>>> {
+pub fn dechunk(rest: &[u8]) -> Option<Option<Vec<u8>>> {
+    dechunk_len(rest).map(|done| done.map(|(body, _)| body))
+}
+
+/// Like `dechunk`, also returning how many bytes the chunked body took, trailers included.
+fn dechunk_len(buf: &[u8]) -> Option<Option<(Vec<u8>, usize)>> {
+    let mut rest = buf;
     let mut body = Vec::new();
     loop {
         let Some(line_end) = find(rest, b"\r\n") else { return Some(None) };
@@ -446,11 +671,8 @@ pub fn dechunk(mut rest: &[u8]) -> Option<Option<Vec<u8>>> {
         rest = &rest[line_end + 2..];
         if size == 0 {
             // Trailers end with an empty line.
-            return if rest.starts_with(b"\r\n") || find(rest, b"\r\n\r\n").is_some() {
-                Some(Some(body))
-            } else {
-                Some(None)
-            };
+            let trailer_end = if rest.starts_with(b"\r\n") { Some(2) } else { find(rest, b"\r\n\r\n").map(|i| i + 4) };
+            return Some(trailer_end.map(|n| (body, buf.len() - rest.len() + n)));
         }
         if rest.len() < size + 2 {
             return Some(None);
@@ -464,21 +686,24 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Reads until the request is complete, the peer closes, or the read times out.
-fn read_request(stream: &mut TcpStream, name: &str) -> Seen {
-    let mut buf = Vec::new();
+/// Reads until the request is complete, the peer closes, or the read times out. `buf` holds
+/// bytes already read from the connection; what follows the request is left in it.
+fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, name: &str) -> Seen {
     let mut chunk = [0u8; 16384];
     loop {
-        match parse_request(&buf, name) {
-            Parsed::Complete(seen) => return *seen,
-            Parsed::Invalid => return partial(&buf, name),
+        match parse_request(buf, name) {
+            Parsed::Complete(seen, used) => {
+                buf.drain(..used);
+                return *seen;
+            }
+            Parsed::Invalid => return partial(&std::mem::take(buf), name),
             Parsed::Incomplete => {}
         }
         if buf.len() > MAX_REQUEST {
-            return partial(&buf, name);
+            return partial(&std::mem::take(buf), name);
         }
         match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return partial(&buf, name),
+            Ok(0) | Err(_) => return partial(&std::mem::take(buf), name),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
@@ -495,7 +720,7 @@ fn peek_request(stream: &TcpStream, name: &str) -> Seen {
             Ok(n) => n,
         };
         match parse_request(&buf[..n], name) {
-            Parsed::Complete(seen) => return *seen,
+            Parsed::Complete(seen, _) => return *seen,
             Parsed::Invalid => return partial(&buf[..n], name),
             Parsed::Incomplete if Instant::now() > deadline => return partial(&buf[..n], name),
             Parsed::Incomplete => {}
@@ -520,5 +745,7 @@ fn partial(buf: &[u8], name: &str) -> Seen {
         body: buf.to_vec(),
         chunked: false,
         complete: false,
+        connection: 0,
+        on_connection: 0,
     }
 }

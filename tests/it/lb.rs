@@ -1,0 +1,945 @@
+//! The lb beyond nginx parity: what `lb_parity.rs` cannot compare because nginx 1.22 OSS has no
+//! such thing or because it is about our process — SIGHUP reload, start-up refusals,
+//! import-nginx round trip, passive ejection, active probes, upstream keep-alive, metrics and
+//! status, extra headers, graceful drain, several pools in one process.
+//!
+//! Every test runs the real binary (`--role lb --log-format json`) on loopback, port 0, in front
+//! of the scriptable backends of `support/backend.rs`; a backend answers with its name as the
+//! body, so the body says who served a request, and the access log (`upstream_addr`) says who
+//! was tried. Timings are short (probes every 200 ms, fail_timeout 2 s) and every wait is
+//! bounded by a deadline that leaves room for a loaded two-core machine.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::backend::{Backends, Behaviour, Seen};
+use crate::support::{BIN, Proc, TempDir, raw_request, wait_timeout};
+
+const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// `[lb.pools.<name>]` on port 0 with these servers and extra `key = value` lines.
+fn pool(name: &str, servers: &[SocketAddr], extra: &[&str]) -> String {
+    let list: Vec<String> = servers.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "\n[lb.pools.{name}]\nlisten = \"127.0.0.1:0\"\nservers = [{}]\n{}\n",
+        list.join(", "),
+        extra.iter().map(|l| format!("{l}\n")).collect::<String>()
+    )
+}
+
+/// A whole config: the admin listener on port 0 and the given pool tables.
+fn config(pools: &[String]) -> String {
+    format!("{ADMIN}{}", pools.concat())
+}
+
+/// A config file and the lb process running on it.
+struct Lb {
+    _dir: TempDir,
+    path: PathBuf,
+    proc: Proc,
+}
+
+impl Lb {
+    fn start(name: &str, toml: &str) -> Lb {
+        let dir = TempDir::new(&format!("lb-{name}"));
+        let path = dir.join("lb.toml");
+        std::fs::write(&path, toml).unwrap();
+        let proc = Proc::start(&["--role", "lb", "--log-format", "json", "--config", path.to_str().unwrap()]);
+        Lb { _dir: dir, path, proc }
+    }
+
+    fn addr(&self, pool: &str) -> SocketAddr {
+        self.proc.addr(&format!("lb.{pool}"))
+    }
+
+    fn get(&self, pool: &str, path: &str) -> Reply {
+        request(self.addr(pool), "GET", path, &[], b"")
+    }
+
+    /// Every JSON log line so far.
+    fn events(&self) -> Vec<Value> {
+        self.proc.logs().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// Log lines whose message contains `needle`.
+    fn logged(&self, needle: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|v| v["message"].as_str().is_some_and(|m| m.contains(needle))).collect()
+    }
+
+    /// Waits until more than `before` lines say `needle`.
+    fn wait_logged(&self, needle: &str, before: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let found = self.logged(needle);
+            if found.len() > before {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "no log line with {needle:?} within 10 s; log:\n{}", self.tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Rewrites the config file, sends SIGHUP and waits for the log line that ends the reload.
+    fn reload(&self, toml: &str, outcome: &str) -> Vec<Value> {
+        std::fs::write(&self.path, toml).unwrap();
+        let before = self.logged(outcome).len();
+        self.proc.signal("HUP");
+        self.wait_logged(outcome, before)
+    }
+
+    /// The access-log lines so far.
+    fn access(&self) -> Vec<Access> {
+        self.events().iter().filter(|v| v["target"] == "access").map(Access::of).collect()
+    }
+
+    /// The access-log lines once there are at least `n` (a line is written just after the
+    /// response's last byte went out).
+    fn wait_access(&self, n: usize) -> Vec<Access> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.access();
+            if lines.len() >= n {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "{} access lines, expected {n}; log:\n{}", lines.len(), self.tail());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `GET /health` on the admin listener: status code and JSON.
+    fn health(&self) -> (u16, Value) {
+        let reply = request(self.proc.addr("admin"), "GET", "/health", &[], b"");
+        let json = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("health is not JSON ({e}): {reply:?}"));
+        (reply.status, json)
+    }
+
+    /// The admin view of one peer of a pool (`address`, `state`, `fails`, `weight` ...).
+    fn peer(&self, pool: &str, addr: SocketAddr) -> Value {
+        let (_, json) = self.health();
+        let peers = json["roles"]["lb"]["details"]["pools"][pool]["peers"].as_array().cloned().unwrap_or_default();
+        peers
+            .into_iter()
+            .find(|p| p["address"] == addr.to_string())
+            .unwrap_or_else(|| panic!("no peer {addr} in pool {pool}: {json}"))
+    }
+
+    fn state(&self, pool: &str, addr: SocketAddr) -> String {
+        self.peer(pool, addr)["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// Waits until the peer's admin state is `want`; returns how long that took.
+    fn wait_state(&self, pool: &str, addr: SocketAddr, want: &str, limit: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let state = self.state(pool, addr);
+            if state == want {
+                return started.elapsed();
+            }
+            assert!(started.elapsed() < limit, "peer {addr} still {state:?}, not {want:?}, after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        request(self.proc.addr("admin"), "GET", "/metrics", &[], b"").body
+    }
+
+    fn tail(&self) -> String {
+        let logs = self.proc.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+/// A response as the client got it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// The backend's name when a backend answered.
+    body: String,
+}
+
+/// One request on a fresh client connection (`Host: lbtest` unless `headers` has one).
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        head.push_str("Host: lbtest\r\n");
+    }
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let (status, headers, body) = raw_request(addr, &head, body);
+    Reply { status, headers, body: String::from_utf8_lossy(&body).into_owned() }
+}
+
+/// One access-log line.
+#[derive(Debug, Clone)]
+struct Access {
+    status: u16,
+    method: String,
+    uri: String,
+    complete: bool,
+    upstream_addr: Vec<String>,
+    upstream_status: Vec<String>,
+}
+
+impl Access {
+    fn of(v: &Value) -> Access {
+        let list = |v: &Value| match v.as_str() {
+            None | Some("-") | Some("") => Vec::new(),
+            Some(s) => s.split(", ").map(str::to_string).collect(),
+        };
+        Access {
+            status: v["status"].as_u64().unwrap_or(0) as u16,
+            method: v["method"].as_str().unwrap_or_default().to_string(),
+            uri: v["uri"].as_str().unwrap_or_default().to_string(),
+            complete: v["complete"].as_bool().unwrap_or(false),
+            upstream_addr: list(&v["upstream_addr"]),
+            upstream_status: list(&v["upstream_status"]),
+        }
+    }
+
+    /// The peers tried, by backend name.
+    fn tried(&self, backends: &Backends) -> Vec<String> {
+        self.upstream_addr.iter().map(|a| backends.name_of(a).unwrap_or(a).to_string()).collect()
+    }
+}
+
+/// The sum of the samples of `name` whose labels include `labels` (None when there is none).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let have: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| have.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
+
+/// Runs the binary to completion (bounded) and collects its output.
+fn run_bin(args: &[&str]) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn exec-allinone");
+    let status = wait_timeout(&mut child, Duration::from_secs(20)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("exec-allinone {args:?} did not exit within 20 s")
+    });
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    child.stdout.take().unwrap().read_to_end(&mut stdout).unwrap();
+    child.stderr.take().unwrap().read_to_end(&mut stderr).unwrap();
+    Output { status, stdout, stderr }
+}
+
+/// A port nobody listens on right now (bound and released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Requests the backends received, health probes left out.
+fn client_requests(seen: &[Seen]) -> Vec<&Seen> {
+    seen.iter().filter(|s| s.header("user-agent") != Some("exec-allinone-health")).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. SIGHUP reload
+
+#[test]
+fn sighup_reloads_servers_keeps_requests_in_flight_and_refuses_a_bad_file() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let b = backends.add("B", Behaviour::ok());
+    let mut lb = Lb::start("reload", &config(&[pool("excp", &[a], &[])]));
+    for _ in 0..2 {
+        let r = lb.get("excp", "/before");
+        assert_eq!((r.status, r.body.as_str()), (200, "A"));
+        assert!(r.headers.contains(&("server".into(), "exec-allinone".into())), "{r:?}");
+    }
+
+    // A request in flight on A while the file switches the pool to B.
+    backends.set("A", Behaviour::Delay { delay: Duration::from_millis(1500), status: 200 });
+    let addr = lb.addr("excp");
+    let in_flight = std::thread::spawn(move || request(addr, "GET", "/in-flight", &[], b""));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backends.seen().iter().any(|s| s.target == "/in-flight") {
+        assert!(Instant::now() < deadline, "A never got the in-flight request");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lb.reload(&config(&[pool("excp", &[b], &[])]), "SIGHUP: configuration reloaded");
+    assert!(!in_flight.is_finished(), "the in-flight request ended before the reload was done");
+    for _ in 0..3 {
+        let r = lb.get("excp", "/after");
+        assert_eq!((r.status, r.body.as_str()), (200, "B"), "after the reload the pool is [B]");
+    }
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "A"), "the request in flight finished on A");
+    backends.set("A", Behaviour::ok());
+
+    // A bad file is refused: the process keeps running on B and says why.
+    let bad = format!("{ADMIN}\n[lb.pools.excp]\nlisten = \"127.0.0.1:0\"\nservers = [\"{a}\"]\nbogus = 1\n");
+    let refused = lb.reload(&bad, "configuration refused");
+    let message = refused.last().unwrap()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("lb.pools.excp.bogus"), "the refusal names the bad key: {message}");
+    assert_eq!(refused.last().unwrap()["level"], "ERROR");
+    assert!(lb.proc.child.try_wait().unwrap().is_none(), "still running after a refused reload");
+    for _ in 0..2 {
+        let r = lb.get("excp", "/still");
+        assert_eq!((r.status, r.body.as_str()), (200, "B"), "the running config is kept");
+    }
+
+    // A new listen address needs a restart: said so, servers reloaded, the old listener serves.
+    let moved = format!("{ADMIN}\n[lb.pools.excp]\nlisten = \"127.0.0.1:{}\"\nservers = [\"{a}\"]\n", free_port());
+    let before = lb.logged("listen changed").len();
+    lb.reload(&moved, "SIGHUP: configuration reloaded");
+    let warned = lb.wait_logged("listen changed", before);
+    let warning = warned.last().unwrap();
+    assert_eq!(warning["level"], "WARN");
+    assert_eq!(warning["pool"], "excp");
+    assert!(warning["message"].as_str().unwrap().contains("restart"), "{warning}");
+    let r = lb.get("excp", "/moved");
+    assert_eq!((r.status, r.body.as_str()), (200, "A"), "servers reloaded, old listener kept");
+    let status = lb.proc.stop();
+    assert_eq!(status.code(), Some(0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Start-up refusals
+
+#[test]
+fn an_unresolvable_server_exits_69_naming_pool_and_server() {
+    let dir = TempDir::new("lb-dns");
+    let path = dir.join("lb.toml");
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let good = held.local_addr().unwrap();
+    let text = format!(
+        "{ADMIN}[lb.pools.excp]\nlisten = \"127.0.0.1:0\"\nservers = [\"{good}\", \"no-such-host.invalid:80\"]\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = run_bin(&["--role", "lb", "--config", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "nothing on stdout (no READY): {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains("lb.pools.excp") && err.contains("no-such-host.invalid:80"), "{err}");
+    assert!(err.contains("resolve"), "{err}");
+}
+
+#[test]
+fn check_config_lists_every_bad_lb_key_and_exits_78() {
+    let dir = TempDir::new("lb-check");
+    let path = dir.join("lb.toml");
+    let text = format!(
+        "{ADMIN}[lb]\nconnect_timout = \"5s\"\n[lb.pools.excp]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:9\"]\nnext_upstream_tries = \"three\"\nbogus = 1\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = run_bin(&["check-config", "--config", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "stderr: {err}");
+    for needle in
+        ["lb.connect_timout: unknown key", "lb.pools.excp.bogus: unknown key", "lb.pools.excp.next_upstream_tries"]
+    {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+    // The same file makes the server itself exit 78 before binding anything.
+    let out = run_bin(&["--role", "lb", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(out.stdout.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. import-nginx round trip
+
+#[test]
+fn import_nginx_output_runs_as_the_vendor_config_did() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let b = backends.add("B", Behaviour::ok());
+    let dir = TempDir::new("lb-import");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let nginx = dir.join("nginx.conf");
+    std::fs::write(
+        &nginx,
+        format!(
+            "events {{}}\nhttp {{\n    upstream excp {{\n        server {a} max_fails=0;\n        server {b} max_fails=0;\n    }}\n    \
+             server {{\n        listen {listen};\n        location / {{\n            proxy_pass http://excp/;\n            \
+             proxy_next_upstream_tries 3;\n        }}\n    }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = run_bin(&["import-nginx", nginx.to_str().unwrap()]);
+    let toml = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "import-nginx failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(toml.contains("[lb.pools.excp]"), "{toml}");
+    assert!(toml.contains(&format!("\"{a}\"")) && toml.contains(&format!("\"{b}\"")), "{toml}");
+    assert!(toml.contains("next_upstream_tries = 3"), "{toml}");
+    assert!(toml.contains(&format!("listen = \"{listen}\"")), "{toml}");
+
+    // As an operator would: the admin listener added, the port made ours.
+    let toml = format!("{}\n{ADMIN}", toml.replace(&listen, "127.0.0.1:0"));
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let check = run_bin(&["check-config", "--config", path.to_str().unwrap()]);
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let proc = Proc::start(&["--role", "lb", "--config", path.to_str().unwrap()]);
+    let bodies: Vec<String> =
+        (0..4).map(|_| request(proc.addr("lb.excp"), "GET", "/", &[], b"")).map(|r| r.body).collect();
+    assert_eq!(bodies, ["A", "B", "A", "B"], "round robin in config order");
+    let upstream_hosts: Vec<String> =
+        backends.seen().iter().map(|s| s.header("host").unwrap_or_default().to_string()).collect();
+    assert!(upstream_hosts.iter().all(|h| h == "excp"), "Host is the upstream name: {upstream_hosts:?}");
+
+    // What it cannot carry over is refused, clearly.
+    let hashed = dir.join("hashed.conf");
+    std::fs::write(
+        &hashed,
+        format!(
+            "events {{}}\nhttp {{\n    upstream excp {{\n        ip_hash;\n        server {a} max_fails=0;\n    }}\n    \
+             server {{ listen {listen}; location / {{ proxy_pass http://excp/; }} }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let out = run_bin(&["import-nginx", hashed.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "no TOML for a refused file");
+    assert!(err.contains("ip_hash") && err.contains("hashed.conf:4"), "names the directive and its line: {err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Passive ejection
+
+#[test]
+fn max_fails_ejects_a_refusing_server_for_fail_timeout() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::Refuse);
+    let b = backends.add("B", Behaviour::ok());
+    let lb = Lb::start("eject", &config(&[pool("excp", &[a, b], &["max_fails = 1", "fail_timeout = \"2s\""])]));
+
+    let t0 = Instant::now();
+    let r = lb.get("excp", "/1");
+    let failed_by = Instant::now();
+    assert_eq!((r.status, r.body.as_str()), (200, "B"));
+    assert_eq!(lb.wait_access(1)[0].tried(&backends), ["A", "B"], "first request: A refused, then B");
+    let view = lb.peer("excp", a);
+    assert_eq!(view["state"], "ejected", "{view}");
+    assert_eq!(view["fails"], 1, "{view}");
+    assert_eq!(view["weight"], 1, "{view}");
+    assert_eq!(lb.state("excp", b), "up");
+    let (code, health) = lb.health();
+    assert_eq!((code, health["status"].as_str()), (200, Some("UP")), "B is left: {health}");
+    assert_eq!(lb.logged("upstream server temporarily disabled").len(), 1);
+
+    for i in 2..=5 {
+        let r = lb.get("excp", &format!("/{i}"));
+        assert_eq!((r.status, r.body.as_str()), (200, "B"));
+    }
+    assert!(t0.elapsed() < Duration::from_millis(1800), "too slow to stay inside fail_timeout: {:?}", t0.elapsed());
+    let lines = lb.wait_access(5);
+    for line in &lines[1..5] {
+        assert_eq!(line.tried(&backends), ["B"], "A is not tried while ejected: {line:?}");
+    }
+
+    // fail_timeout over: A gets a chance again (smooth round robin brings it up within three).
+    let wait = Duration::from_millis(2200).saturating_sub(failed_by.elapsed());
+    std::thread::sleep(wait);
+    assert_eq!(lb.state("excp", a), "up", "ejection is over after fail_timeout");
+    let mut tried_a = false;
+    for i in 6..=9 {
+        let r = lb.get("excp", &format!("/{i}"));
+        assert_eq!((r.status, r.body.as_str()), (200, "B"));
+        tried_a |= lb.wait_access(i)[i - 1].tried(&backends).first().map(String::as_str) == Some("A");
+        if tried_a {
+            break;
+        }
+    }
+    assert!(tried_a, "A was not tried again after fail_timeout: {:?}", lb.access());
+    assert_eq!(lb.state("excp", a), "ejected", "A failed again");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Active health probes
+
+#[test]
+fn failing_health_probes_take_a_server_out_and_passing_ones_bring_it_back() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::with_health(Behaviour::status(503), Behaviour::ok()));
+    let b = backends.add("B", Behaviour::with_health(Behaviour::ok(), Behaviour::ok()));
+    let started = Instant::now();
+    let lb = Lb::start("probes", &config(&[pool("excp", &[a, b], &["health_check_interval = \"200ms\""])]));
+    let took = lb.wait_state("excp", a, "unhealthy", Duration::from_secs(3));
+    assert!(started.elapsed() < Duration::from_secs(3), "A left the rotation after {took:?}");
+    assert_eq!(lb.state("excp", b), "up");
+    assert_eq!(lb.logged("peer out of rotation").len(), 1, "{}", lb.tail());
+    let probes: Vec<Seen> = backends.seen().into_iter().filter(|s| s.target == "/health").collect();
+    assert!(probes.iter().any(|s| s.backend == "A") && probes.iter().any(|s| s.backend == "B"));
+    assert!(probes.iter().all(|s| s.method == "GET"), "{probes:?}");
+
+    backends.take();
+    for _ in 0..6 {
+        let r = lb.get("excp", "/work");
+        assert_eq!((r.status, r.body.as_str()), (200, "B"), "A fails its probes: only B serves");
+    }
+    assert!(
+        client_requests(&backends.take()).iter().all(|s| s.backend == "B"),
+        "no client request reached A while unhealthy"
+    );
+    let metrics = lb.metrics();
+    let up = |addr: SocketAddr| metric(&metrics, "lb_upstream_up", &[("pool", "excp"), ("peer", &addr.to_string())]);
+    assert_eq!(up(a), Some(0.0), "{metrics}");
+    assert_eq!(up(b), Some(1.0), "{metrics}");
+
+    // A's /health passes again: it comes back.
+    backends.set("A", Behaviour::with_health(Behaviour::ok(), Behaviour::ok()));
+    lb.wait_state("excp", a, "up", Duration::from_secs(3));
+    assert_eq!(lb.logged("peer back in rotation").len(), 1);
+    let bodies: Vec<String> = (0..4).map(|_| lb.get("excp", "/back").body).collect();
+    assert!(bodies.contains(&"A".to_string()) && bodies.contains(&"B".to_string()), "{bodies:?}");
+
+    // Every server fails its probes: the probes are more likely wrong than every backend, so
+    // requests are still tried (fail open).
+    backends.set("A", Behaviour::with_health(Behaviour::status(503), Behaviour::ok()));
+    backends.set("B", Behaviour::with_health(Behaviour::status(500), Behaviour::ok()));
+    lb.wait_state("excp", a, "unhealthy", Duration::from_secs(3));
+    lb.wait_state("excp", b, "unhealthy", Duration::from_secs(3));
+    let bodies: Vec<String> = (0..4)
+        .map(|_| {
+            let r = lb.get("excp", "/open");
+            assert_eq!(r.status, 200, "fail open: {r:?}");
+            r.body
+        })
+        .collect();
+    assert!(bodies.contains(&"A".to_string()) && bodies.contains(&"B".to_string()), "{bodies:?}");
+}
+
+#[test]
+fn health_probes_use_the_configured_path_and_thresholds() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::route(&[("/ready", Behaviour::status(503))], Behaviour::ok()));
+    let b = backends.add("B", Behaviour::ok());
+    let lb = Lb::start(
+        "probe-path",
+        &config(&[pool(
+            "excp",
+            &[a, b],
+            &[
+                "health_check_interval = \"100ms\"",
+                "health_check_path = \"/ready\"",
+                "health_check_fails = 3",
+                "health_check_passes = 2",
+            ],
+        )]),
+    );
+    lb.wait_state("excp", a, "unhealthy", Duration::from_secs(3));
+    let probes_of_a = |seen: &[Seen]| seen.iter().filter(|s| s.backend == "A" && s.target == "/ready").count();
+    assert!(probes_of_a(&backends.seen()) >= 3, "three failed probes in a row before A leaves");
+    assert!(backends.seen().iter().all(|s| s.target == "/ready"), "probes ask for health_check_path");
+    backends.set("A", Behaviour::ok());
+    lb.wait_state("excp", a, "up", Duration::from_secs(3));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Upstream keep-alive
+
+#[test]
+fn keepalive_reuses_upstream_connections() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let b = backends.add("B", Behaviour::keep_alive());
+    let lb = Lb::start("keepalive", &config(&[pool("excp", &[a, b], &["keepalive = true"])]));
+    for i in 0..10 {
+        let r = lb.get("excp", &format!("/{i}"));
+        assert_eq!((r.status, r.body.as_str()), (200, if i % 2 == 0 { "A" } else { "B" }));
+    }
+    let seen = backends.seen();
+    assert_eq!(seen.len(), 10);
+    for s in &seen {
+        assert_eq!(s.version, "HTTP/1.1", "{}", s.request_line);
+        assert!(!s.asks_close(), "no Connection: close upstream: {:?}", s.headers);
+    }
+    let connections = backends.connections("A") + backends.connections("B");
+    assert!(connections <= 2, "10 requests over {connections} upstream connections: {seen:?}");
+    assert!(seen.iter().any(|s| s.on_connection >= 5), "connections were reused");
+    // Both connections wait in the pool (put back just after each response).
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let (_, health) = lb.health();
+        let idle = health["roles"]["lb"]["details"]["pools"]["excp"]["idleConnections"].as_u64();
+        if idle == Some(connections) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "idleConnections {idle:?}, expected {connections}: {health}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn without_keepalive_every_attempt_is_a_new_http10_connection() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let b = backends.add("B", Behaviour::keep_alive());
+    let lb = Lb::start("no-keepalive", &config(&[pool("excp", &[a, b], &["keepalive = false"])]));
+    for _ in 0..6 {
+        assert_eq!(lb.get("excp", "/").status, 200);
+    }
+    let seen = backends.seen();
+    assert_eq!(seen.len(), 6);
+    for s in &seen {
+        assert_eq!(s.version, "HTTP/1.0", "{}", s.request_line);
+        assert_eq!(s.header("connection"), Some("close"));
+        assert_eq!(s.on_connection, 1, "one request per connection");
+    }
+    assert_eq!(backends.connections("A") + backends.connections("B"), 6);
+}
+
+#[test]
+fn a_stale_pooled_connection_never_loses_or_repeats_a_post() {
+    let mut backends = Backends::new();
+    // The backends drop idle connections after 100 ms, the lb would keep them 60 s.
+    let a = backends.add("A", Behaviour::keep_alive_closing_idle(Duration::from_millis(100)));
+    let b = backends.add("B", Behaviour::keep_alive_closing_idle(Duration::from_millis(100)));
+    let lb = Lb::start("stale", &config(&[pool("excp", &[a, b], &["keepalive = true"])]));
+    let n = 8;
+    for i in 0..n {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let body = format!("{{\"id\":\"{i}\"}}");
+        let r = request(lb.addr("excp"), "POST", "/api/v1/recording", &[], body.as_bytes());
+        assert_eq!(r.status, 200, "POST {i} after the backend closed the pooled connection: {r:?}\n{}", lb.tail());
+    }
+    let seen = backends.seen();
+    for i in 0..n {
+        let body = format!("{{\"id\":\"{i}\"}}");
+        let got: Vec<&Seen> = seen.iter().filter(|s| s.body == body.as_bytes()).collect();
+        assert_eq!(got.len(), 1, "POST {i} reached the backends {} times: {got:?}", got.len());
+        assert!(got[0].complete && got[0].method == "POST");
+    }
+    assert!(seen.iter().all(|s| s.on_connection == 1), "every pooled connection was closed by the backend meanwhile");
+    let lines = lb.wait_access(n);
+    for line in &lines {
+        assert_eq!(line.status, 200);
+        assert_eq!(line.upstream_addr.len(), 1, "one attempt per POST: {line:?}");
+    }
+    let warnings: Vec<Value> = lb.events().into_iter().filter(|v| v["level"] == "WARN").collect();
+    assert!(warnings.is_empty(), "no attempt failed: {warnings:?}");
+}
+
+#[test]
+fn keepalive_requests_bounds_the_requests_per_connection() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let lb = Lb::start("ka-requests", &config(&[pool("excp", &[a], &["keepalive = true", "keepalive_requests = 3"])]));
+    for _ in 0..7 {
+        assert_eq!(lb.get("excp", "/").body, "A");
+    }
+    let seen = backends.seen();
+    let connections = backends.connections("A");
+    assert!(connections >= 3, "7 requests, at most 3 per connection: {seen:?}");
+    let mut used_up = 0;
+    for c in 1..=connections {
+        let on_c: Vec<u64> = seen.iter().filter(|s| s.connection == c).map(|s| s.on_connection).collect();
+        assert!(on_c.len() <= 3, "connection {c} carried {} requests: {seen:?}", on_c.len());
+        assert_eq!(on_c, (1..=on_c.len() as u64).collect::<Vec<_>>());
+        used_up += usize::from(on_c.len() == 3);
+    }
+    assert!(used_up >= 1, "{seen:?}");
+    // The lb closes a connection once it has carried its third request (and only those: the
+    // others wait in the pool).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while backends.closed.lock().unwrap().len() < used_up && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(backends.take_closed().len(), used_up, "the used-up connections were closed by the lb: {seen:?}");
+}
+
+/// nginx puts a connection back into the cache when the response has been read, before the
+/// next request can come: back-to-back requests to one server use one connection.
+#[test]
+fn back_to_back_requests_to_one_server_reuse_one_connection() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let lb = Lb::start("ka-reuse", &config(&[pool("excp", &[a], &["keepalive = true"])]));
+    for _ in 0..5 {
+        assert_eq!(lb.get("excp", "/").body, "A");
+    }
+    let per_connection: Vec<u64> = backends.seen().iter().map(|s| s.on_connection).collect();
+    assert_eq!(per_connection, [1, 2, 3, 4, 5]);
+    assert_eq!(backends.connections("A"), 1);
+}
+
+/// example.toml: `keepalive_timeout`: "an idle pooled connection is closed after this"; nginx
+/// closes it on a timer. The lb only drops an expired connection when a later request to the
+/// same server looks at the pool, so until then it stays open (the backend holds a socket).
+#[test]
+fn keepalive_timeout_closes_idle_pooled_connections() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let lb =
+        Lb::start("ka-timeout", &config(&[pool("excp", &[a], &["keepalive = true", "keepalive_timeout = \"300ms\""])]));
+    assert_eq!(lb.get("excp", "/").body, "A");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while backends.closed.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(backends.take_closed(), ["A"], "the idle connection is still open 3 s later");
+    assert_eq!(lb.get("excp", "/").body, "A");
+    assert_eq!(backends.connections("A"), 2);
+}
+
+/// What the lb does do with keepalive_timeout: an expired pooled connection is never reused.
+#[test]
+fn an_expired_pooled_connection_is_not_reused() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let lb =
+        Lb::start("ka-expired", &config(&[pool("excp", &[a], &["keepalive = true", "keepalive_timeout = \"300ms\""])]));
+    assert_eq!(lb.get("excp", "/").body, "A");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(lb.get("excp", "/").body, "A");
+    let seen = backends.seen();
+    assert_eq!(seen.iter().map(|s| s.on_connection).collect::<Vec<_>>(), [1, 1], "{seen:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while backends.closed.lock().unwrap().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(backends.take_closed(), ["A"], "the expired connection was closed when found");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Metrics and status
+
+#[test]
+fn metrics_and_health_show_requests_attempts_failures_and_retries() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::Refuse);
+    let b = backends.add("B", Behaviour::ok());
+    let lb = Lb::start("metrics", &config(&[pool("excp", &[a, b], &["next_upstream_tries = 3"])]));
+    for _ in 0..4 {
+        assert_eq!(lb.get("excp", "/m").body, "B");
+    }
+    lb.wait_access(4);
+    let m = lb.metrics();
+    let (pa, pb) = (a.to_string(), b.to_string());
+    let get = |name: &str, labels: &[(&str, &str)]| {
+        metric(&m, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{m}"))
+    };
+    assert_eq!(get("lb_requests_total", &[("pool", "excp"), ("status", "200")]), 4.0);
+    // A B alternate, A refuses: A✗B, B, A✗B, B.
+    assert_eq!(get("lb_upstream_attempts_total", &[("pool", "excp"), ("peer", &pa)]), 2.0);
+    assert_eq!(get("lb_upstream_attempts_total", &[("pool", "excp"), ("peer", &pb)]), 4.0);
+    assert_eq!(get("lb_upstream_failures_total", &[("pool", "excp"), ("peer", &pa), ("class", "error")]), 2.0);
+    assert_eq!(get("lb_upstream_failures_total", &[("pool", "excp"), ("peer", &pb)]), 0.0);
+    assert_eq!(get("lb_retries_total", &[("pool", "excp")]), 2.0);
+    assert_eq!(get("lb_request_duration_seconds_count", &[("pool", "excp")]), 4.0);
+    assert!(get("lb_upstream_header_seconds_count", &[("pool", "excp"), ("peer", &pb)]) >= 4.0);
+    assert!(m.contains("# TYPE lb_requests_total counter"), "{m}");
+    assert!(m.contains("# TYPE lb_request_duration_seconds histogram"), "{m}");
+
+    let (code, health) = lb.health();
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["status"], "UP");
+    assert_eq!(health["roles"]["lb"]["status"], "UP");
+    let excp = &health["roles"]["lb"]["details"]["pools"]["excp"];
+    assert_eq!(excp["listen"], lb.addr("excp").to_string(), "the bound address, not port 0: {excp}");
+    assert_eq!(excp["available"], 2, "max_fails 0: A stays in rotation: {excp}");
+    assert_eq!(excp["peers"].as_array().map(Vec::len), Some(2));
+
+    let lines = lb.access();
+    assert_eq!(lines[0].upstream_status, ["502", "200"], "{:?}", lines[0]);
+    assert!(lines.iter().all(|l| l.complete && l.method == "GET" && l.uri == "/m"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Headers beyond nginx's defaults
+
+#[test]
+fn forwarded_headers_set_headers_and_client_host() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let lb = Lb::start(
+        "headers",
+        &config(&[
+            pool(
+                "excp",
+                &[a],
+                &[
+                    "x_forwarded_for = true",
+                    "x_real_ip = true",
+                    "host = \"$host\"",
+                    "set_headers = { \"X-Site\" = \"lab\", \"X-Env\" = \"test\" }",
+                ],
+            ),
+            pool("plain", &[a], &[]),
+        ]),
+    );
+    let spoofing = [
+        ("Host", "client.example"),
+        ("X-Forwarded-For", "10.1.2.3"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Site", "spoofed"),
+        ("X-Other", "kept"),
+    ];
+    assert_eq!(request(lb.addr("excp"), "GET", "/h", &spoofing, b"").status, 200);
+    let s = backends.take().pop().unwrap();
+    assert_eq!(s.headers_named("x-forwarded-for"), ["10.1.2.3, 127.0.0.1"], "client IP appended: {:?}", s.headers);
+    assert_eq!(s.headers_named("x-real-ip"), ["127.0.0.1"], "{:?}", s.headers);
+    assert_eq!(s.headers_named("x-site"), ["lab"], "set_headers replaces the client's: {:?}", s.headers);
+    assert_eq!(s.headers_named("x-env"), ["test"]);
+    assert_eq!(s.headers_named("host"), ["client.example"], "host = \"$host\"");
+    assert_eq!(s.headers_named("x-other"), ["kept"]);
+
+    // Without a client list, X-Forwarded-For is the client alone.
+    assert_eq!(request(lb.addr("excp"), "GET", "/h", &[], b"").status, 200);
+    let s = backends.take().pop().unwrap();
+    assert_eq!(s.headers_named("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(s.headers_named("host"), ["lbtest"]);
+
+    // A pool with the defaults adds nothing and passes the client's headers on unchanged.
+    assert_eq!(request(lb.addr("plain"), "GET", "/h", &spoofing, b"").status, 200);
+    let s = backends.take().pop().unwrap();
+    assert_eq!(s.headers_named("x-forwarded-for"), ["10.1.2.3"]);
+    assert_eq!(s.headers_named("x-real-ip"), ["6.6.6.6"]);
+    assert_eq!(s.headers_named("x-site"), ["spoofed"]);
+    assert_eq!(s.headers_named("host"), ["plain"], "Host is the pool name by default");
+}
+
+#[test]
+fn http_host_passes_the_client_host_verbatim() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let lb = Lb::start("http-host", &config(&[pool("excp", &[a], &["host = \"$http_host\""])]));
+    assert_eq!(request(lb.addr("excp"), "GET", "/", &[("Host", "Client.Example:3650")], b"").status, 200);
+    assert_eq!(backends.take()[0].headers_named("host"), ["Client.Example:3650"]);
+}
+
+/// nginx's `$host` is the host name alone, lower-cased: `proxy_set_header Host $host;` with
+/// `Host: Client.Example:3650` sends `Host: client.example` (checked on nginx 1.22.1); only
+/// `$http_host` keeps the header verbatim.
+#[test]
+fn dollar_host_is_the_host_name_without_port_as_in_nginx() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let lb = Lb::start("dollar-host", &config(&[pool("excp", &[a], &["host = \"$host\""])]));
+    assert_eq!(request(lb.addr("excp"), "GET", "/", &[("Host", "Client.Example:3650")], b"").status, 200);
+    assert_eq!(backends.take()[0].headers_named("host"), ["client.example"]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Graceful drain
+
+#[test]
+fn sigterm_lets_a_proxied_request_finish_then_exits_zero() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::Delay { delay: Duration::from_secs(1), status: 200 });
+    let mut lb = Lb::start("drain", &config(&[pool("excp", &[a], &[])]));
+    let addr = lb.addr("excp");
+    let in_flight = std::thread::spawn(move || request(addr, "POST", "/api/v1/recording", &[], b"{\"id\":\"1\"}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backends.seen().is_empty() {
+        assert!(Instant::now() < deadline, "A never got the request");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    lb.proc.signal("TERM");
+    let r = in_flight.join().unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "A"), "the request in flight when SIGTERM came finished");
+    let status = wait_timeout(&mut lb.proc.child, Duration::from_secs(10)).expect("exit after the drain");
+    assert_eq!(status.code(), Some(0), "{}", lb.tail());
+    assert_eq!(backends.seen().len(), 1, "the POST reached A once");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while lb.logged("stopped cleanly").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let lines = lb.access();
+    assert_eq!(lines.len(), 1, "{}", lb.tail());
+    assert_eq!((lines[0].status, lines[0].complete), (200, true));
+    assert!(std::net::TcpStream::connect(addr).is_err(), "nothing listens after the exit");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. Several pools in one process
+
+#[test]
+fn two_pools_have_their_own_settings_and_rotation() {
+    let mut backends = Backends::new();
+    let r1 = backends.add("R1", Behaviour::Refuse);
+    let r2 = backends.add("R2", Behaviour::Refuse);
+    let ok = backends.add("OK", Behaviour::ok());
+    let lb = Lb::start(
+        "two-pools",
+        &config(&[
+            pool("excp", &[r1, r2, ok], &["next_upstream_tries = 2"]),
+            pool("exrp", &[r1, r2, ok], &["next_upstream_tries = 3"]),
+        ]),
+    );
+    assert_ne!(lb.addr("excp"), lb.addr("exrp"));
+    // Each pool starts its own rotation at its first server.
+    let excp = lb.get("excp", "/x");
+    assert_eq!(excp.status, 502, "excp gives up after two tries: {excp:?}");
+    let exrp = lb.get("exrp", "/y");
+    assert_eq!((exrp.status, exrp.body.as_str()), (200, "OK"), "exrp reaches the third server");
+    let lines = lb.wait_access(2);
+    let line = |uri: &str| lines.iter().find(|l| l.uri == uri).unwrap().clone();
+    assert_eq!(line("/x").tried(&backends), ["R1", "R2"]);
+    assert_eq!(line("/y").tried(&backends), ["R1", "R2", "OK"]);
+    let seen = backends.take();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("host"), Some("exrp"), "each pool sends its own name as Host");
+    let events = lb.events();
+    let pools: Vec<&str> =
+        events.iter().filter(|v| v["target"] == "access").filter_map(|v| v["pool"].as_str()).collect();
+    assert_eq!(pools, ["excp", "exrp"], "each access line names its pool");
+    let m = lb.metrics();
+    assert_eq!(metric(&m, "lb_requests_total", &[("pool", "excp"), ("status", "502")]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "lb_requests_total", &[("pool", "exrp"), ("status", "200")]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "lb_requests_total", &[("pool", "exrp"), ("status", "502")]), None, "{m}");
+}
+
+#[test]
+fn two_pools_on_one_listen_address_are_refused() {
+    let dir = TempDir::new("lb-clash");
+    let path = dir.join("lb.toml");
+    let held = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port();
+    let same = format!("listen = \"127.0.0.1:{port}\"");
+    let text = config(&[
+        pool("excp", &["127.0.0.1:9".parse().unwrap()], &[]),
+        pool("exrp", &["127.0.0.1:9".parse().unwrap()], &[]),
+    ])
+    .replace("listen = \"127.0.0.1:0\"\nservers", &format!("{same}\nservers"));
+    std::fs::write(&path, &text).unwrap();
+    let out = run_bin(&["--role", "lb", "--config", path.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{text}\nstderr: {err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("lb.pools.excp.listen") && err.contains("lb.pools.exrp.listen"), "{err}");
+}
