@@ -18,6 +18,8 @@ pub struct ExcpConfig {
     pub quiet_period: Duration,
     pub max_body_size: u64,
     pub header_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: Duration,
     /// Backoff of interaction-end deliveries: first delay and cap.
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -68,6 +70,7 @@ impl ExcpConfig {
         let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
         let max_body_size = s.size("max_body_size", 1 << 20);
         let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let retry_initial = s.duration("retry_initial", Duration::from_secs(1));
         let retry_max = s.duration("retry_max", Duration::from_secs(300));
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
@@ -115,6 +118,7 @@ impl ExcpConfig {
             ("retry_max", retry_max),
             ("request_timeout", request_timeout),
             ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
         ] {
             if value.is_zero() {
                 s.problem_at(key, "must be more than zero");
@@ -138,6 +142,7 @@ impl ExcpConfig {
             quiet_period,
             max_body_size,
             header_timeout,
+            body_timeout,
             retry_initial,
             retry_max,
             request_timeout,

@@ -106,6 +106,14 @@ impl Config {
                         .into(),
                 ],
             }),
+            None if role == Role::Excp => Err(ConfigError {
+                problems: vec![
+                    "--role excp has no embedded default: it needs recording_processor_url (where exrp is, \
+                     usually the lb's exrp pool) and a state_dir. Give --config FILE with an [excp] section \
+                     (see config/example.toml)"
+                        .into(),
+                ],
+            }),
             None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
             Some(path) => {
                 let text = std::fs::read_to_string(path)

@@ -74,6 +74,13 @@ impl Call {
     }
 }
 
+impl Entry {
+    /// Not ended yet, or holding recordings exrp has not accepted.
+    pub fn has_work(&self) -> bool {
+        self.call.ended.is_none() || self.call.pending().next().is_some() || self.call.gir.is_some()
+    }
+}
+
 /// A call in memory: its durable state plus the delivery schedule, which is not persisted
 /// (after a restart every pending delivery is due at once).
 #[derive(Debug)]
@@ -101,6 +108,13 @@ pub struct Added {
     pub updated: usize,
     /// Already delivered to exrp: nothing to do again.
     pub already_delivered: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOutcome {
+    Ended,
+    AlreadyEnded,
+    Unknown,
 }
 
 /// Work the scheduler found due.
@@ -157,8 +171,13 @@ impl CallBook {
         if let Some(e) = calls.get(call_uuid) {
             return Ok(e.clone());
         }
+        // Calls remembered after delivery (only to skip repeated metadata) do not count:
+        // only calls with work left do. Counting is paid only near the limit.
         if calls.len() >= self.max_open {
-            return Err(BookError::Full(self.max_open));
+            let active = calls.values().filter(|e| e.try_lock().map_or(true, |e| e.has_work())).count();
+            if active >= self.max_open {
+                return Err(BookError::Full(self.max_open));
+            }
         }
         let entry =
             Entry { call: Call::new(call_uuid, now_ms()), attempts: 0, next_attempt: Instant::now(), in_flight: false };
@@ -245,16 +264,22 @@ impl CallBook {
         Ok(added)
     }
 
-    /// Ends a call now (end event). Returns false when the call is unknown and `create` is off.
-    pub async fn end(&self, call_uuid: &str, reason: &str, corr_id: &str, create: bool) -> Result<bool, BookError> {
+    /// Ends a call now. An unknown call is created only when `create` is on (GIR mode).
+    pub async fn end(
+        &self,
+        call_uuid: &str,
+        reason: &str,
+        corr_id: &str,
+        create: bool,
+    ) -> Result<EndOutcome, BookError> {
         let entry = match self.entry(call_uuid) {
             Some(e) => e,
             None if create => self.entry_or_new(call_uuid)?,
-            None => return Ok(false),
+            None => return Ok(EndOutcome::Unknown),
         };
         let mut guard = entry.lock().await;
         if guard.call.ended.is_some() {
-            return Ok(true);
+            return Ok(EndOutcome::AlreadyEnded);
         }
         let mut call = guard.call.clone();
         call.ended = Some(Ended { at_ms: now_ms(), reason: reason.to_string(), corr_id: corr_id.to_string() });
@@ -264,7 +289,7 @@ impl CallBook {
         }
         guard.call = call;
         guard.next_attempt = Instant::now();
-        Ok(true)
+        Ok(EndOutcome::Ended)
     }
 
     /// Sets (or clears) the GIR fetch schedule of a call.
@@ -285,6 +310,9 @@ impl CallBook {
         let mut call = guard.call.clone();
         for r in call.recordings.iter_mut().filter(|r| media_ids.contains(&r.media_id)) {
             r.delivered = true;
+            // What remains is only there to recognise a repeat: keep the memory small.
+            r.metadata = Value::Null;
+            r.call = None;
         }
         self.persist(&call).await?;
         guard.call = call;

@@ -33,13 +33,14 @@ pub async fn run(excp: Arc<Excp>, shutdown: CancellationToken) {
                 Due::EndQuiet(call_uuid) => {
                     let corr_id = uuid::Uuid::new_v4().to_string();
                     match excp.book.end(&call_uuid, "quiet", &corr_id, false).await {
-                        Ok(_) => {
+                        Ok(super::calls::EndOutcome::Ended) => {
                             excp.metrics.ends.inc(&["quiet"]);
                             tracing::info!(%corr_id, %call_uuid, quiet = ?excp.config.quiet_period, "interaction ended after the quiet period");
                             if excp.config.provider.gir.is_some() {
                                 schedule_gir_if_empty(&excp, &call_uuid).await;
                             }
                         }
+                        Ok(_) => {}
                         Err(err) => tracing::error!(%call_uuid, "cannot end the call: {err}"),
                     }
                 }

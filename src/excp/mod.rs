@@ -139,25 +139,29 @@ impl Excp {
     }
 }
 
-async fn read_body(excp: &Excp, body: Body) -> Result<bytes::Bytes, (StatusCode, u32, String)> {
-    let max = excp.config.max_body_size as usize;
-    axum::body::to_bytes(body, max).await.map_err(|err| {
-        let too_large = std::error::Error::source(&err).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || err.to_string().contains("length limit");
-        if too_large {
-            (StatusCode::PAYLOAD_TOO_LARGE, 41300, format!("body larger than {max} bytes"))
-        } else {
-            (StatusCode::BAD_REQUEST, 40003, format!("cannot read the body: {err}"))
-        }
-    })
+/// Reads the whole body: 413 from the declared length before reading anything, or once the
+/// bytes pass the limit; cut off when the client stalls for `body_timeout`.
+async fn read_body(excp: &Excp, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, (StatusCode, u32, String)> {
+    use http_body_util::BodyExt;
+    let max = excp.config.max_body_size;
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, 41300, format!("body larger than {max} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let body = crate::http::body::IdleTimeoutBody::new(body, excp.config.body_timeout);
+    match http_body_util::Limited::new(body, max as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err((StatusCode::BAD_REQUEST, 40003, format!("cannot read the body: {err}"))),
+    }
 }
 
 async fn recording(State(excp): State<Arc<Excp>>, headers: HeaderMap, body: Body) -> Response {
     let corr_id = uuid::Uuid::new_v4().to_string();
     let span = tracing::info_span!("recording", corr_id = %corr_id);
     let _enter = span.enter();
-    let _ = headers;
-    let bytes = match read_body(&excp, body).await {
+    let bytes = match read_body(&excp, &headers, body).await {
         Ok(b) => b,
         Err((status, code, message)) => {
             excp.metrics.metadata.inc(&[&code.to_string()]);
@@ -232,7 +236,11 @@ async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) 
     // In GIR mode MCP posts its metadata to GIR, so the end event is how a call becomes known.
     let gir = excp.config.provider.gir.is_some();
     match excp.book.end(&call_uuid, "event", &corr_id, gir).await {
-        Ok(true) => {
+        Ok(calls::EndOutcome::AlreadyEnded) => {
+            tracing::info!(corr_id = %corr_id, call_uuid = %call_uuid, "end event for a call already ended");
+            reply(StatusCode::OK, 0, "OK (already ended)", &corr_id)
+        }
+        Ok(calls::EndOutcome::Ended) => {
             excp.metrics.ends.inc(&["event"]);
             tracing::info!(corr_id = %corr_id, call_uuid = %call_uuid, "interaction ended by event");
             if gir {
@@ -241,7 +249,7 @@ async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) 
             excp.wake.notify_one();
             reply(StatusCode::OK, 0, "OK", &corr_id)
         }
-        Ok(false) => reply(StatusCode::NOT_FOUND, 40402, "CallUUID not found", &corr_id),
+        Ok(calls::EndOutcome::Unknown) => reply(StatusCode::NOT_FOUND, 40402, "CallUUID not found", &corr_id),
         Err(err) => {
             tracing::error!(corr_id = %corr_id, call_uuid = %call_uuid, "{err}");
             let status = if matches!(err, BookError::Full(_)) {
