@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER};
+use crate::excp::Excp;
 use crate::http::admin::RoleStatus;
 use crate::http::{ServerOptions, tls};
 use crate::lb::Lb;
@@ -52,6 +53,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let excp = match &config.excp {
+        Some(e) => {
+            let role = Excp::prepare(e)?;
+            statuses.push(role.clone());
+            let tls = e.tls.as_ref().map(tls::load).transpose()?;
+            Some((role, e.listen, tls))
+        }
+        None => None,
+    };
+
     let mut ready = String::from("READY");
     let webdav = match webdav {
         Some((role, addr, tls)) => {
@@ -63,6 +74,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let admin_listener = bind("admin", config.admin.listen).await?;
     let _ = write!(ready, " admin={}", admin_listener.local_addr()?);
+    let excp = match excp {
+        Some((role, addr, tls)) => {
+            let listener = bind("excp", addr).await?;
+            let _ = write!(ready, " excp={}", listener.local_addr()?);
+            Some((role, listener, tls))
+        }
+        None => None,
+    };
     let lb = match lb {
         Some((role, tls)) => {
             let mut listeners = Vec::new();
@@ -89,6 +108,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(async move {
             if let Err(err) = role.run(listener, tls, grace, token).await {
                 let _ = failed.send(err.context("webdav role failed")).await;
+            }
+        });
+    }
+    if let Some((role, listener, tls)) = excp {
+        let (token, failed) = (shutdown.clone(), failed_tx.clone());
+        tracker.spawn(async move {
+            if let Err(err) = role.run(listener, tls, grace, token).await {
+                let _ = failed.send(err.context("excp role failed")).await;
             }
         });
     }

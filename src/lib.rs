@@ -7,11 +7,15 @@
 //! - `metrics`, `telemetry`, `shutdown`: Prometheus text, logging, signals and systemd.
 //! - `webdav`: role `webdav`, the recording store (dav-server over our crash-safe storage).
 //! - `lb`: role `lb`, the retrying round-robin proxy in front of excp and exrp.
+//! - `excp`: role `excp`, recording metadata in, one durable interaction-end per call out.
+//! - `durable`: atomically replaced records on disk (the state of excp and exrp).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod durable;
+pub mod excp;
 pub mod http;
 pub mod lb;
 pub mod metrics;
@@ -89,11 +93,10 @@ fn import_nginx(file: &std::path::Path) -> ExitCode {
 
 fn run(role: Role, path: Option<&std::path::Path>) -> ExitCode {
     if let Some((issue, name)) = match role {
-        Role::Excp => Some((4, "excp")),
         Role::Exrp => Some((5, "exrp")),
-        Role::Webdav | Role::Lb | Role::All => None,
+        Role::Webdav | Role::Lb | Role::Excp | Role::All => None,
     } {
-        eprintln!("exec-allinone: the {name} role is not built yet (issue {issue}); available: webdav, lb, all");
+        eprintln!("exec-allinone: the {name} role is not built yet (issue {issue}); available: webdav, lb, excp, all");
         return ExitCode::from(EXIT_USAGE);
     }
     let config = match Config::load(path, role) {

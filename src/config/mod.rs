@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use crate::cli::Role;
 
+mod excp;
 mod lb;
+pub use excp::{ConversationProvider, ExcpConfig, GirConfig};
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
 
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
@@ -27,6 +29,7 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub webdav: Option<WebdavConfig>,
     pub lb: Option<LbConfig>,
+    pub excp: Option<ExcpConfig>,
     /// The file this came from (SIGHUP re-reads it); None for the sandbox.
     pub source: Option<PathBuf>,
     /// The sandbox creates its directories and password file on start.
@@ -103,6 +106,14 @@ impl Config {
                         .into(),
                 ],
             }),
+            None if role == Role::Excp => Err(ConfigError {
+                problems: vec![
+                    "--role excp has no embedded default: it needs recording_processor_url (where exrp is, \
+                     usually the lb's exrp pool) and a state_dir. Give --config FILE with an [excp] section \
+                     (see config/example.toml)"
+                        .into(),
+                ],
+            }),
             None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -117,6 +128,11 @@ impl Config {
 
     /// Parses and validates without touching the file system.
     pub fn from_toml_str(text: &str, role: Role) -> Result<Config, ConfigError> {
+        Config::from_toml_str_env(text, role, &|name| std::env::var(name).ok())
+    }
+
+    /// Like `from_toml_str` with the environment given (the Genesys `.env` overrides).
+    pub fn from_toml_str_env(text: &str, role: Role, env: excp::EnvLookup<'_>) -> Result<Config, ConfigError> {
         let table: toml::Table = text.parse().map_err(|err: toml::de::Error| ConfigError {
             problems: vec![format!("not valid TOML: {}", err.to_string().trim_end())],
         })?;
@@ -126,7 +142,8 @@ impl Config {
         let admin_table = top.table("admin");
         let webdav_table = top.table("webdav");
         let lb_table = top.table("lb");
-        for (name, issue) in [("excp", 4), ("exrp", 5)] {
+        let excp_table = top.table("excp");
+        for (name, issue) in [("exrp", 5)] {
             if top.table(name).is_some() {
                 top.problem_at(name, format!("the {name} role is not built yet (issue {issue}); remove this section"));
             }
@@ -161,10 +178,19 @@ impl Config {
             }
             None => None,
         };
-        if role == Role::All && webdav.is_none() && lb.is_none() && problems.is_empty() {
-            problems.push("no role section ([webdav], [lb]) in the file: nothing to run".into());
+        let excp = match excp_table {
+            Some(t) if matches!(role, Role::Excp | Role::All) => Some(ExcpConfig::parse(t, env, &mut problems)),
+            Some(_) => None,
+            None if role == Role::Excp => {
+                problems.push("[excp] section is missing; --role excp needs it".into());
+                None
+            }
+            None => None,
+        };
+        if role == Role::All && webdav.is_none() && lb.is_none() && excp.is_none() && problems.is_empty() {
+            problems.push("no role section ([webdav], [lb], [excp]) in the file: nothing to run".into());
         }
-        let config = Config { admin, shutdown_grace, webdav, lb, source: None, sandbox: false };
+        let config = Config { admin, shutdown_grace, webdav, lb, excp, source: None, sandbox: false };
         config.check_listeners(&mut problems);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
@@ -184,6 +210,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(30),
             webdav,
             lb: None,
+            excp: None,
             source: None,
             sandbox: true,
         }
@@ -198,6 +225,9 @@ impl Config {
         if self.lb.is_some() {
             roles.push("lb");
         }
+        if self.excp.is_some() {
+            roles.push("excp");
+        }
         roles
     }
 
@@ -207,6 +237,9 @@ impl Config {
         let mut tls_configs = vec![("admin".to_string(), &self.admin.tls)];
         for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
             tls_configs.push((format!("lb.pools.{}", pool.name), &pool.tls));
+        }
+        if let Some(e) = &self.excp {
+            tls_configs.push(("excp".to_string(), &e.tls));
         }
         if let Some(w) = &self.webdav {
             tls_configs.push(("webdav".to_string(), &w.tls));
@@ -255,6 +288,9 @@ impl Config {
         }
         for pool in self.lb.iter().flat_map(|lb| &lb.pools) {
             listeners.push((format!("lb.pools.{}", pool.name), pool.listen));
+        }
+        if let Some(e) = &self.excp {
+            listeners.push(("excp".to_string(), e.listen));
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
@@ -659,8 +695,8 @@ mod tests {
 
     #[test]
     fn unbuilt_roles_and_clashing_listeners_are_refused() {
-        let p = problems("[excp]\nlisten = \"0.0.0.0:3650\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
-        assert!(p.iter().any(|m| m.contains("excp role is not built yet")), "{p:?}");
+        let p = problems("[exrp]\nlisten = \"0.0.0.0:8080\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
+        assert!(p.iter().any(|m| m.contains("exrp role is not built yet")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("admin.listen and webdav.listen")), "{p:?}");
     }
 
@@ -697,9 +733,12 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
+        // The example describes a whole site: each VM runs one role and reads its section.
         let text = include_str!("../../config/example.toml");
-        if let Err(e) = Config::from_toml_str(text, Role::All) {
-            panic!("config/example.toml: {e}");
+        for role in [Role::Webdav, Role::Lb, Role::Excp] {
+            if let Err(e) = Config::from_toml_str_env(text, role, &|_| None) {
+                panic!("config/example.toml as --role {role:?}: {e}");
+            }
         }
     }
 }

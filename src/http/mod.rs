@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod body;
+pub mod client;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod excp;
 mod lb;
 mod lb_parity;
 mod webdav;

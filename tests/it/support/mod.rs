@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod backend;
+pub mod fakes;
 pub mod nginx;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");

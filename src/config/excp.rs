@@ -1,0 +1,349 @@
+//! The `[excp]` section and its `[excp.conversation_provider]` table, named as in CME so an
+//! operator can copy values over; the Genesys `.env` variables override them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{Secret, Section, TlsConfig, parse_duration, read_secret};
+
+#[derive(Debug, Clone)]
+pub struct ExcpConfig {
+    pub listen: SocketAddr,
+    pub tls: Option<TlsConfig>,
+    /// Where interaction-ends go: the lb's exrp pool (or one exrp), without a path.
+    pub recording_processor_url: String,
+    pub state_dir: PathBuf,
+    /// A call with no new metadata for this long is ended (when no end event comes).
+    pub quiet_period: Duration,
+    pub max_body_size: u64,
+    pub header_timeout: Duration,
+    /// A request body that sends nothing for this long is cut off.
+    pub body_timeout: Duration,
+    /// Backoff of interaction-end deliveries: first delay and cap.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub request_timeout: Duration,
+    /// How long a delivered call is remembered, so repeated metadata is not sent again.
+    pub delivered_retention: Duration,
+    pub max_open_calls: usize,
+    pub max_recordings_per_call: usize,
+    /// The tenant named in interaction-ends when the metadata has none.
+    pub tenant: String,
+    pub fsync: bool,
+    pub provider: ConversationProvider,
+}
+
+/// CME annex folder `conversation_provider`.
+#[derive(Debug, Clone)]
+pub struct ConversationProvider {
+    pub recording_enabled: bool,
+    pub sta_default_programid: String,
+    pub sta_default_language: String,
+    pub gir: Option<GirConfig>,
+}
+
+/// GIR mode: metadata comes from RWS instead of MCP.
+#[derive(Debug, Clone)]
+pub struct GirConfig {
+    /// `https://<gir_host>` or the `gir_url` override.
+    pub base_url: String,
+    pub org_id: String,
+    pub user: String,
+    pub password: Secret,
+    pub fetch_delay: Duration,
+    pub fetch_interval: Duration,
+    pub fetch_duration: Duration,
+}
+
+/// Reads the Genesys `.env` overrides (EXCP_RECORDING_PROCESSOR_PROXY_HOST/PORT, EXCP_GIR_HOST).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl ExcpConfig {
+    pub(super) fn parse(table: &toml::Table, env: EnvLookup<'_>, problems: &mut Vec<String>) -> ExcpConfig {
+        let mut s = Section::new("excp", table, problems);
+        let listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 3650)));
+        let tls = s.tls();
+        let provider_table = s.table("conversation_provider");
+        let url = s.string("recording_processor_url");
+        let state_dir = s.path("state_dir");
+        let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
+        let max_body_size = s.size("max_body_size", 1 << 20);
+        let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
+        let retry_initial = s.duration("retry_initial", Duration::from_secs(1));
+        let retry_max = s.duration("retry_max", Duration::from_secs(300));
+        let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
+        let delivered_retention = s.duration("delivered_retention", Duration::from_secs(24 * 3600));
+        let max_open_calls = s.count("max_open_calls", 100_000, 1..=10_000_000);
+        let max_recordings_per_call = s.count("max_recordings_per_call", 1000, 1..=100_000);
+        let tenant = s.string("tenant").unwrap_or_else(|| "Environment".into());
+        let fsync = s.bool("fsync", true);
+
+        let url = match (env("EXCP_RECORDING_PROCESSOR_PROXY_HOST"), env("EXCP_RECORDING_PROCESSOR_PROXY_PORT")) {
+            (Some(host), Some(port)) => Some(format!("http://{host}:{port}")),
+            (Some(host), None) => Some(format!("http://{host}")),
+            (None, Some(_)) => {
+                s.problem_at(
+                    "recording_processor_url",
+                    "EXCP_RECORDING_PROCESSOR_PROXY_PORT is set without EXCP_RECORDING_PROCESSOR_PROXY_HOST",
+                );
+                url
+            }
+            (None, None) => url,
+        };
+        let recording_processor_url = match url {
+            None => {
+                s.problem_at(
+                    "recording_processor_url",
+                    "is required: the lb's exrp pool, e.g. \"http://10.0.0.5:8080\" \
+                     (or EXCP_RECORDING_PROCESSOR_PROXY_HOST/PORT)",
+                );
+                String::new()
+            }
+            Some(u) => match check_http_base(&u) {
+                Ok(u) => u,
+                Err(e) => {
+                    s.problem_at("recording_processor_url", e);
+                    String::new()
+                }
+            },
+        };
+        if state_dir.is_none() {
+            s.problem_at("state_dir", "is required: where accepted metadata is kept until it is delivered");
+        }
+        for (key, value) in [
+            ("quiet_period", quiet_period),
+            ("retry_initial", retry_initial),
+            ("retry_max", retry_max),
+            ("request_timeout", request_timeout),
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+        ] {
+            if value.is_zero() {
+                s.problem_at(key, "must be more than zero");
+            }
+        }
+        if retry_max < retry_initial {
+            s.problem_at("retry_max", "must not be below retry_initial");
+        }
+        if max_body_size == 0 {
+            s.problem_at("max_body_size", "must be more than zero");
+        }
+        s.finish();
+
+        let empty = toml::Table::new();
+        let provider = ConversationProvider::parse(provider_table.unwrap_or(&empty), env, problems);
+        ExcpConfig {
+            listen,
+            tls,
+            recording_processor_url,
+            state_dir: state_dir.unwrap_or_default(),
+            quiet_period,
+            max_body_size,
+            header_timeout,
+            body_timeout,
+            retry_initial,
+            retry_max,
+            request_timeout,
+            delivered_retention,
+            max_open_calls,
+            max_recordings_per_call,
+            tenant,
+            fsync,
+            provider,
+        }
+    }
+}
+
+/// "http://host:port" (a trailing slash is dropped); https is not offered yet.
+fn check_http_base(url: &str) -> Result<String, String> {
+    let trimmed = url.trim_end_matches('/');
+    let uri: http::Uri = trimmed.parse().map_err(|_| format!("{url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{url:?}: only http:// URLs are supported here"));
+    }
+    if uri.authority().is_none() {
+        return Err(format!("{url:?} has no host"));
+    }
+    if uri.path_and_query().is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty()) {
+        return Err(format!("{url:?}: give the base URL only; the path /api/v1/interaction-end is added"));
+    }
+    Ok(trimmed.to_string())
+}
+
+impl ConversationProvider {
+    fn parse(table: &toml::Table, env: EnvLookup<'_>, problems: &mut Vec<String>) -> ConversationProvider {
+        let mut s = Section::new("excp.conversation_provider", table, problems);
+        // CME's default is False; here excp exists to carry recordings, so it is on unless said.
+        let recording_enabled = s.bool("recording_enabled", true);
+        let sta_default_programid = s.string("sta_default_programid").unwrap_or_default();
+        let sta_default_language = s.string("sta_default_language").unwrap_or_else(|| "en-US".into());
+        let gir_host = env("EXCP_GIR_HOST").or_else(|| s.string("gir_host"));
+        let gir_url = s.string("gir_url");
+        let org_id = s.string("gir_orgId");
+        let user = s.string("gir_user");
+        // CME keeps bare numbers in minutes.
+        let minutes = |s: &mut Section<'_, '_>, key: &str, default: u64| -> Duration {
+            match s.get(key) {
+                None => Duration::from_secs(default * 60),
+                Some(toml::Value::Integer(n)) if *n >= 0 => Duration::from_secs(*n as u64 * 60),
+                Some(toml::Value::String(t)) => match parse_duration(t, Duration::from_secs(60)) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        s.problem_at(key, e);
+                        Duration::from_secs(default * 60)
+                    }
+                },
+                Some(other) => {
+                    s.problem_at(key, format!("must be minutes or a duration like \"10m\", not {}", other.type_str()));
+                    Duration::from_secs(default * 60)
+                }
+            }
+        };
+        let fetch_delay = minutes(&mut s, "gir_metadata_fetch_delay", 10);
+        let fetch_interval = minutes(&mut s, "gir_metadata_fetch_interval", 1380);
+        let fetch_duration = minutes(&mut s, "gir_metadata_fetch_duration", 1440);
+        // read_secret looks at the raw table; mark its keys as used.
+        for key in ["gir_password", "gir_password_file", "gir_password_env"] {
+            let _ = s.get(key);
+        }
+        let mut secret_problems = Vec::new();
+        let password = read_secret(table, "excp.conversation_provider", "gir_password", &mut secret_problems);
+        s.problems.extend(secret_problems);
+        if !sta_default_language.is_empty() && !valid_language(&sta_default_language) {
+            s.problem_at("sta_default_language", format!("{sta_default_language:?} is not like \"en-US\""));
+        }
+        let base_url = match (gir_url, gir_host) {
+            (Some(u), _) => Some(u.trim_end_matches('/').to_string()),
+            (None, Some(h)) => Some(format!("https://{h}")),
+            (None, None) => None,
+        };
+        let gir = match base_url {
+            None => None,
+            Some(base_url) => {
+                let mut missing = Vec::new();
+                if org_id.is_none() {
+                    missing.push("gir_orgId");
+                }
+                if user.is_none() {
+                    missing.push("gir_user");
+                }
+                if password.is_none() {
+                    missing.push("gir_password");
+                }
+                if base_url.parse::<http::Uri>().is_err() {
+                    s.problem_at("gir_url", format!("{base_url:?} is not a URL"));
+                }
+                if !missing.is_empty() {
+                    s.problem_at("gir_host", format!("GIR mode also needs {}", missing.join(", ")));
+                    None
+                } else {
+                    Some(GirConfig {
+                        base_url,
+                        org_id: org_id.unwrap_or_default(),
+                        user: user.unwrap_or_default(),
+                        password: password.unwrap_or_else(|| Secret(String::new())),
+                        fetch_delay,
+                        fetch_interval,
+                        fetch_duration,
+                    })
+                }
+            }
+        };
+        s.finish();
+        ConversationProvider { recording_enabled, sta_default_programid, sta_default_language, gir }
+    }
+}
+
+/// ISO 639-1 language, '-', ISO 3166-1 alpha-2 country ("en-US").
+fn valid_language(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    b.len() == 5
+        && b[..2].iter().all(u8::is_ascii_lowercase)
+        && b[2] == b'-'
+        && b[3..].iter().all(u8::is_ascii_uppercase)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, env: &[(&str, &str)]) -> Result<ExcpConfig, Vec<String>> {
+        let table: toml::Table = text.parse().unwrap();
+        let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+        let mut problems = Vec::new();
+        let c = ExcpConfig::parse(&table, &lookup, &mut problems);
+        if problems.is_empty() { Ok(c) } else { Err(problems) }
+    }
+
+    #[test]
+    fn design_sample_parses_with_defaults() {
+        let c = parse(
+            r#"listen = "0.0.0.0:3650"
+               recording_processor_url = "http://10.0.0.5:8080/"
+               state_dir = "/var/lib/exec-allinone/excp"
+               [conversation_provider]
+               recording_enabled = true
+               sta_default_programid = ""
+               sta_default_language = "en-US""#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.recording_processor_url, "http://10.0.0.5:8080");
+        assert_eq!(c.quiet_period, Duration::from_secs(120));
+        assert!(c.provider.recording_enabled);
+        assert!(c.provider.gir.is_none());
+    }
+
+    #[test]
+    fn env_overrides_and_gir_minutes() {
+        let c = parse(
+            r#"state_dir = "/tmp/x"
+               recording_processor_url = "http://ignored:1"
+               [conversation_provider]
+               gir_orgId = "cc1"
+               gir_user = "ops"
+               gir_password = "pw"
+               gir_metadata_fetch_delay = 2
+               gir_metadata_fetch_interval = "3s""#,
+            &[
+                ("EXCP_RECORDING_PROCESSOR_PROXY_HOST", "10.1.1.1"),
+                ("EXCP_RECORDING_PROCESSOR_PROXY_PORT", "8080"),
+                ("EXCP_GIR_HOST", "rws.example:8443"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.recording_processor_url, "http://10.1.1.1:8080");
+        let gir = c.provider.gir.unwrap();
+        assert_eq!(gir.base_url, "https://rws.example:8443");
+        assert_eq!(gir.fetch_delay, Duration::from_secs(120));
+        assert_eq!(gir.fetch_interval, Duration::from_secs(3));
+        assert_eq!(gir.fetch_duration, Duration::from_secs(1440 * 60));
+    }
+
+    #[test]
+    fn every_problem_is_listed() {
+        let p = parse(
+            r#"recording_processor_url = "ftp://x/y"
+               quiet_period = "0s"
+               typo = 1
+               [conversation_provider]
+               gir_host = "rws"
+               sta_default_language = "english""#,
+            &[],
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "excp.recording_processor_url",
+            "excp.state_dir: is required",
+            "excp.quiet_period: must be more than zero",
+            "excp.typo: unknown key",
+            "GIR mode also needs gir_orgId, gir_user, gir_password",
+            "sta_default_language",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in\n{p}");
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Durable records: small documents kept one file per key in a directory, each replaced
+//! atomically (temp file, fsync, rename, directory fsync) so that a kill -9 at any moment leaves
+//! the old version or the new one, never a mix. The state of excp (and exrp's queue) lives here.
+//! Every call blocks: async callers go through `spawn_blocking`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Temp files start with this; they are never a record and are swept at open.
+const TEMP_PREFIX: &str = ".tmp-";
+
+#[derive(Debug)]
+pub struct RecordDir {
+    dir: PathBuf,
+    /// Held open to fsync the directory after renames and removals.
+    handle: File,
+    next_temp: AtomicU64,
+    fsync: bool,
+}
+
+/// Keys are file names: short, printable, no separators, never hidden.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 128
+        && !key.starts_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn bad_key(key: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, format!("invalid record key {key:?}"))
+}
+
+impl RecordDir {
+    /// Opens (creating) the directory and removes temp files a crash left behind.
+    pub fn open(dir: &Path, fsync: bool) -> io::Result<RecordDir> {
+        fs::create_dir_all(dir)?;
+        let handle = File::open(dir)?;
+        let records = RecordDir { dir: dir.to_path_buf(), handle, next_temp: AtomicU64::new(0), fsync };
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                fs::remove_file(entry.path())?;
+            }
+        }
+        Ok(records)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Replaces the record `key` with `bytes`, durably when fsync is on.
+    pub fn put(&self, key: &str, bytes: &[u8]) -> io::Result<()> {
+        if !valid_key(key) {
+            return Err(bad_key(key));
+        }
+        let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
+        let temp = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+            file.write_all(bytes)?;
+            if self.fsync {
+                file.sync_data()?;
+            }
+            fs::rename(&temp, self.dir.join(key))?;
+            self.sync_dir()
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&temp);
+        }
+        result
+    }
+
+    pub fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {
+        if !valid_key(key) {
+            return Err(bad_key(key));
+        }
+        match fs::read(self.dir.join(key)) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes the record; a missing one is not an error.
+    pub fn remove(&self, key: &str) -> io::Result<()> {
+        if !valid_key(key) {
+            return Err(bad_key(key));
+        }
+        match fs::remove_file(self.dir.join(key)) {
+            Ok(()) => self.sync_dir(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every record key, sorted.
+    pub fn keys(&self) -> io::Result<Vec<String>> {
+        let mut keys = Vec::new();
+        for entry in fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(name) = name.to_str()
+                && valid_key(name)
+            {
+                keys.push(name.to_string());
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn sync_dir(&self) -> io::Result<()> {
+        if self.fsync { self.handle.sync_all() } else { Ok(()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("eaio-durable-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn put_get_replace_remove_list() {
+        let dir = temp_dir("basic");
+        let r = RecordDir::open(&dir, true).unwrap();
+        assert_eq!(r.get("a").unwrap(), None);
+        r.put("a", b"one").unwrap();
+        r.put("b.json", b"two").unwrap();
+        r.put("a", b"three").unwrap();
+        assert_eq!(r.get("a").unwrap().as_deref(), Some(&b"three"[..]));
+        assert_eq!(r.keys().unwrap(), ["a", "b.json"]);
+        r.remove("a").unwrap();
+        r.remove("a").unwrap();
+        assert_eq!(r.keys().unwrap(), ["b.json"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_are_refused_when_they_could_escape_or_hide() {
+        let dir = temp_dir("keys");
+        let r = RecordDir::open(&dir, false).unwrap();
+        for key in ["", "../x", "a/b", ".hidden", "nul\0", &"k".repeat(129), "sp ace"] {
+            assert!(r.put(key, b"x").is_err(), "{key:?}");
+            assert!(r.get(key).is_err(), "{key:?}");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn temp_files_left_by_a_crash_are_swept_and_never_listed() {
+        let dir = temp_dir("sweep");
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(".tmp-999-1"), b"half").unwrap();
+        let r = RecordDir::open(&dir, false).unwrap();
+        assert!(r.keys().unwrap().is_empty());
+        assert!(!dir.join(".tmp-999-1").exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,331 @@
+//! Role `excp`: the recording side of the EX Conversation Provider. Takes MCP's recording
+//! metadata, keeps it durably per call, and when a call ends hands its recordings to exrp in
+//! one interaction-end, retried until exrp accepts it.
+
+mod calls;
+mod deliver;
+pub mod ingest;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ExcpConfig;
+use crate::durable::RecordDir;
+use crate::http::ServerOptions;
+use crate::http::admin::RoleStatus;
+use crate::metrics::{Counter, CounterVec, Encoder};
+use calls::{BookError, CallBook};
+use ingest::IngestError;
+
+pub struct Excp {
+    config: ExcpConfig,
+    book: CallBook,
+    metrics: Metrics,
+    client: crate::http::client::HttpClient,
+    /// Whether the last delivery attempt reached an exrp that accepted it.
+    exrp_ok: AtomicBool,
+    last_delivery_ms: AtomicU64,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Metrics {
+    metadata: CounterVec,
+    recordings_accepted: Counter,
+    ends: CounterVec,
+    sent: Counter,
+    retried: Counter,
+    recordings_delivered: Counter,
+    gir_fetches: CounterVec,
+}
+
+/// The reply body every excp endpoint uses (field order as documented:
+/// `{"status":{"code":40402,"message":"CallUUID not found","corrId":"…"}}`).
+#[derive(Serialize)]
+struct Reply<'a> {
+    status: ReplyStatus<'a>,
+}
+
+#[derive(Serialize)]
+struct ReplyStatus<'a> {
+    code: u32,
+    message: &'a str,
+    #[serde(rename = "corrId")]
+    corr_id: &'a str,
+}
+
+fn reply(status: StatusCode, code: u32, message: &str, corr_id: &str) -> Response {
+    let body = serde_json::to_vec(&Reply { status: ReplyStatus { code, message, corr_id } }).unwrap_or_default();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+impl Excp {
+    /// Opens the state directory and loads every call it holds; nothing is bound yet.
+    pub fn prepare(config: &ExcpConfig) -> anyhow::Result<Arc<Excp>> {
+        use anyhow::Context;
+        let records = RecordDir::open(&config.state_dir.join("calls"), config.fsync)
+            .with_context(|| format!("cannot open the excp state in {}", config.state_dir.display()))?;
+        let book = CallBook::open(records, config.max_open_calls, config.max_recordings_per_call)?;
+        let (open, waiting, recordings) = book.backlog();
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            calls = book.len(),
+            open,
+            waiting,
+            recordings,
+            recording_processor = %config.recording_processor_url,
+            recording_enabled = config.provider.recording_enabled,
+            gir = config.provider.gir.is_some(),
+            "excp state loaded"
+        );
+        let client = match &config.provider.gir {
+            Some(g) if g.base_url.starts_with("https://") => crate::http::client::HttpClient::with_roots(
+                std::path::Path::new(crate::http::client::SYSTEM_CA_BUNDLE),
+            )?,
+            _ => crate::http::client::HttpClient::plain(),
+        };
+        Ok(Arc::new(Excp {
+            config: config.clone(),
+            book,
+            metrics: Metrics::default(),
+            client,
+            exrp_ok: AtomicBool::new(true),
+            last_delivery_ms: AtomicU64::new(0),
+            wake: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/v1/recording", post(recording))
+            .route("/api/v1/interactions/{call_uuid}/end", post(end_call))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+
+    /// Serves the ingest API and runs deliveries until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        grace: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let scheduler = tokio::spawn(deliver::run(self.clone(), shutdown.clone()));
+        let opts = ServerOptions {
+            name: "excp",
+            header_timeout: self.config.header_timeout,
+            tls,
+            grace,
+            ..ServerOptions::DEFAULT_LIMITS
+        };
+        let router = self.router();
+        let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
+        let served = crate::http::serve(listener, opts, make, shutdown).await;
+        let _ = scheduler.await;
+        served
+    }
+}
+
+/// Reads the whole body: 413 from the declared length before reading anything, or once the
+/// bytes pass the limit; cut off when the client stalls for `body_timeout`.
+async fn read_body(excp: &Excp, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, (StatusCode, u32, String)> {
+    use http_body_util::BodyExt;
+    let max = excp.config.max_body_size;
+    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, 41300, format!("body larger than {max} bytes"));
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let body = crate::http::body::IdleTimeoutBody::new(body, excp.config.body_timeout);
+    match http_body_util::Limited::new(body, max as usize).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(err) => Err((StatusCode::BAD_REQUEST, 40003, format!("cannot read the body: {err}"))),
+    }
+}
+
+async fn recording(State(excp): State<Arc<Excp>>, headers: HeaderMap, body: Body) -> Response {
+    let corr_id = uuid::Uuid::new_v4().to_string();
+    let span = tracing::info_span!("recording", corr_id = %corr_id);
+    let _enter = span.enter();
+    let bytes = match read_body(&excp, &headers, body).await {
+        Ok(b) => b,
+        Err((status, code, message)) => {
+            excp.metrics.metadata.inc(&[&code.to_string()]);
+            tracing::warn!(code, "{message}");
+            return reply(status, code, &message, &corr_id);
+        }
+    };
+    let files = match ingest::parse(&bytes) {
+        Ok(files) => files,
+        Err(err) => {
+            let (status, code) = err.codes();
+            excp.metrics.metadata.inc(&[&code.to_string()]);
+            let message = err.to_string();
+            if err == IngestError::CallUuidNotFound {
+                tracing::info!(code, bytes = bytes.len(), "metadata without a usable CallUUID");
+            } else {
+                tracing::warn!(code, "{message}");
+            }
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return reply(status, code, &message, &corr_id);
+        }
+    };
+    if !excp.config.provider.recording_enabled {
+        for f in &files {
+            tracing::info!(call_uuid = %f.call_uuid, media_id = %f.media_id, "recording_enabled is false: metadata dropped");
+        }
+        excp.metrics.metadata.inc(&["0"]);
+        return reply(StatusCode::OK, 0, "OK (recording_enabled is false: not forwarded)", &corr_id);
+    }
+    // A POST normally names one call; group in case a recording object spans several.
+    let mut by_call: Vec<(String, Vec<ingest::MediaFile>)> = Vec::new();
+    for f in files {
+        match by_call.iter_mut().find(|(c, _)| *c == f.call_uuid) {
+            Some((_, list)) => list.push(f),
+            None => by_call.push((f.call_uuid.clone(), vec![f])),
+        }
+    }
+    for (call_uuid, files) in &by_call {
+        match excp.book.add(call_uuid, files).await {
+            Ok(added) => {
+                excp.metrics.recordings_accepted.add(added.new as u64);
+                tracing::info!(
+                    call_uuid = %call_uuid,
+                    media_ids = %files.iter().map(|f| f.media_id.as_str()).collect::<Vec<_>>().join(","),
+                    new = added.new,
+                    updated = added.updated,
+                    already_delivered = added.already_delivered,
+                    "recording metadata accepted"
+                );
+            }
+            Err(err) => {
+                let (status, code) = match &err {
+                    BookError::Full(_) => (StatusCode::SERVICE_UNAVAILABLE, 50301),
+                    BookError::TooManyRecordings(_) => (StatusCode::UNPROCESSABLE_ENTITY, 42201),
+                    BookError::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, 50001),
+                };
+                excp.metrics.metadata.inc(&[&code.to_string()]);
+                tracing::error!(call_uuid = %call_uuid, code, "{err}");
+                return reply(status, code, &err.to_string(), &corr_id);
+            }
+        }
+    }
+    excp.metrics.metadata.inc(&["0"]);
+    reply(StatusCode::OK, 0, "OK", &corr_id)
+}
+
+async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) -> Response {
+    let corr_id = uuid::Uuid::new_v4().to_string();
+    if !ingest::valid_call_uuid(&call_uuid) {
+        return reply(StatusCode::NOT_FOUND, 40402, "CallUUID not found", &corr_id);
+    }
+    // In GIR mode MCP posts its metadata to GIR, so the end event is how a call becomes known.
+    let gir = excp.config.provider.gir.is_some();
+    match excp.book.end(&call_uuid, "event", &corr_id, gir).await {
+        Ok(calls::EndOutcome::AlreadyEnded) => {
+            tracing::info!(corr_id = %corr_id, call_uuid = %call_uuid, "end event for a call already ended");
+            reply(StatusCode::OK, 0, "OK (already ended)", &corr_id)
+        }
+        Ok(calls::EndOutcome::Ended) => {
+            excp.metrics.ends.inc(&["event"]);
+            tracing::info!(corr_id = %corr_id, call_uuid = %call_uuid, "interaction ended by event");
+            if gir {
+                deliver::schedule_gir(&excp, &call_uuid).await;
+            }
+            excp.wake.notify_one();
+            reply(StatusCode::OK, 0, "OK", &corr_id)
+        }
+        Ok(calls::EndOutcome::Unknown) => reply(StatusCode::NOT_FOUND, 40402, "CallUUID not found", &corr_id),
+        Err(err) => {
+            tracing::error!(corr_id = %corr_id, call_uuid = %call_uuid, "{err}");
+            let status = if matches!(err, BookError::Full(_)) {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::INTERNAL_SERVER_ERROR
+            };
+            reply(status, 50001, &err.to_string(), &corr_id)
+        }
+    }
+}
+
+async fn health(State(excp): State<Arc<Excp>>) -> Response {
+    let (up, details) = excp.health();
+    let body = serde_json::json!({ "status": if up { "UP" } else { "DOWN" }, "details": details });
+    let code = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    let corr_id = uuid::Uuid::new_v4().to_string();
+    reply(StatusCode::NOT_FOUND, 40400, "Not found: POST /api/v1/recording", &corr_id)
+}
+
+impl RoleStatus for Excp {
+    fn name(&self) -> &'static str {
+        "excp"
+    }
+
+    /// DOWN only when the state cannot be written; exrp being unreachable is reported (the
+    /// work waits durably) but does not make excp unfit to take metadata.
+    fn health(&self) -> (bool, serde_json::Value) {
+        let (open, waiting, recordings) = self.book.backlog();
+        let writable = self.book_writable();
+        let details = serde_json::json!({
+            "stateDir": self.config.state_dir.display().to_string(),
+            "stateWritable": writable,
+            "calls": self.book.len(),
+            "openCalls": open,
+            "callsAwaitingDelivery": waiting,
+            "recordingsAwaitingDelivery": recordings,
+            "recordingProcessor": {
+                "url": self.config.recording_processor_url,
+                "status": if self.exrp_ok.load(Ordering::Relaxed) { "UP" } else { "DOWN" },
+                "lastDeliveryMs": self.last_delivery_ms.load(Ordering::Relaxed),
+            },
+            "recordingEnabled": self.config.provider.recording_enabled,
+            "gir": self.config.provider.gir.is_some(),
+        });
+        (writable, details)
+    }
+
+    fn metrics(&self, enc: &mut Encoder<'_>) {
+        let m = &self.metrics;
+        enc.counter_vec("excp_metadata_total", "Metadata POSTs by reply code (0 = accepted).", &["code"], &m.metadata);
+        enc.counter("excp_recordings_accepted_total", "New recordings accepted.", m.recordings_accepted.get());
+        enc.counter_vec("excp_interactions_ended_total", "Calls ended, by reason.", &["reason"], &m.ends);
+        enc.counter("excp_interaction_ends_sent_total", "Interaction-ends exrp accepted.", m.sent.get());
+        enc.counter(
+            "excp_interaction_ends_retried_total",
+            "Failed interaction-end attempts (retried).",
+            m.retried.get(),
+        );
+        enc.counter("excp_recordings_delivered_total", "Recordings exrp accepted.", m.recordings_delivered.get());
+        enc.counter_vec("excp_gir_fetches_total", "GIR RWS metadata fetches by outcome.", &["outcome"], &m.gir_fetches);
+        let (open, waiting, recordings) = self.book.backlog();
+        enc.gauge("excp_calls", "Calls held (open, ending or remembered after delivery).", self.book.len() as f64);
+        enc.gauge("excp_calls_open", "Calls not ended yet.", open as f64);
+        enc.gauge("excp_calls_pending_delivery", "Calls with recordings exrp has not accepted yet.", waiting as f64);
+        enc.gauge("excp_recordings_pending_delivery", "Recordings exrp has not accepted yet.", recordings as f64);
+    }
+}
+
+impl Excp {
+    fn book_writable(&self) -> bool {
+        let dir = self.config.state_dir.join("calls");
+        rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok()
+    }
+}

@@ -1,0 +1,1174 @@
+//! The excp role end to end: MCP's metadata in, one interaction-end per call out to exrp.
+//!
+//! Every test runs the real binary (`--role excp`) on loopback, port 0, in front of the fakes of
+//! `support/fakes.rs`: a fake exrp that records every interaction-end, answers 202 / fails /
+//! hangs / is down as the test switches it, and takes each (callUUID, mediaId) once; and a fake
+//! GIR RWS. Timings are short (quiet period 1-3 s, retries from 100 ms, GIR fetches every
+//! 300 ms) and every wait is bounded by a deadline that leaves room for a loaded two-core machine.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::fakes::{FakeExrp, FakeRws, Mode};
+use crate::support::{Proc, Raw, TempDir, dir_entries, raw_request};
+
+/// Longest wait for something that should happen "at once" on a loaded machine.
+const SOON: Duration = Duration::from_secs(10);
+
+// ---------------------------------------------------------------------------------------------
+// Harness
+
+/// A config for one excp process: `[excp]` and `[excp.conversation_provider]` keys with raw
+/// TOML values, test defaults first, overrides replacing them.
+#[derive(Clone)]
+struct Cfg {
+    excp: BTreeMap<String, String>,
+    provider: BTreeMap<String, String>,
+}
+
+fn q(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+impl Cfg {
+    /// Quiet period 30 s (tests end calls by event unless they test the quiet period), fast
+    /// retries, a 2 s request timeout.
+    fn new(exrp_url: &str) -> Cfg {
+        let mut excp = BTreeMap::new();
+        for (k, v) in [
+            ("listen", q("127.0.0.1:0")),
+            ("recording_processor_url", q(exrp_url)),
+            ("quiet_period", q("30s")),
+            ("retry_initial", q("100ms")),
+            ("retry_max", q("500ms")),
+            ("request_timeout", q("2s")),
+        ] {
+            excp.insert(k.to_string(), v);
+        }
+        Cfg { excp, provider: BTreeMap::new() }
+    }
+
+    fn set(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.excp.insert(key.to_string(), toml_value.to_string());
+        self
+    }
+
+    fn provider(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.provider.insert(key.to_string(), toml_value.to_string());
+        self
+    }
+
+    fn text(&self, state_dir: &std::path::Path) -> String {
+        let mut out = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n\n[excp]\n");
+        out.push_str(&format!("state_dir = {}\n", q(&state_dir.display().to_string())));
+        for (k, v) in &self.excp {
+            out.push_str(&format!("{k} = {v}\n"));
+        }
+        if !self.provider.is_empty() {
+            out.push_str("\n[excp.conversation_provider]\n");
+            for (k, v) in &self.provider {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+/// A state directory, a config file and the excp process running on them (restartable).
+struct Excp {
+    dir: TempDir,
+    path: PathBuf,
+    env: Vec<(String, String)>,
+    proc: Option<Proc>,
+}
+
+/// A reply as the client got it.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    text: String,
+}
+
+impl Reply {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("reply is not JSON ({e}): {self:?}"))
+    }
+
+    /// `status.code` of the reply body.
+    fn code(&self) -> u64 {
+        self.json()["status"]["code"].as_u64().unwrap_or_else(|| panic!("no status.code: {self:?}"))
+    }
+
+    fn corr_id(&self) -> String {
+        self.json()["status"]["corrId"].as_str().unwrap_or_else(|| panic!("no corrId: {self:?}")).to_string()
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request on a fresh connection.
+fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Reply {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: excp.test\r\n");
+    if !body.is_empty() {
+        head.push_str("Content-Type: application/json\r\n");
+    }
+    if method == "POST" || !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let (status, headers, body) = raw_request(addr, &head, body);
+    Reply { status, headers, text: String::from_utf8_lossy(&body).into_owned() }
+}
+
+impl Excp {
+    fn start(name: &str, cfg: &Cfg) -> Excp {
+        Excp::start_with_env(name, cfg, &[])
+    }
+
+    fn start_with_env(name: &str, cfg: &Cfg, env: &[(&str, &str)]) -> Excp {
+        let dir = TempDir::new(&format!("excp-{name}"));
+        let path = dir.join("excp.toml");
+        std::fs::write(&path, cfg.text(&dir.join("state"))).unwrap();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut excp = Excp { dir, path, env, proc: None };
+        excp.restart();
+        excp
+    }
+
+    /// Starts the process (again) on the same config and state directory.
+    fn restart(&mut self) {
+        assert!(self.proc.is_none(), "excp is running");
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        self.proc = Some(Proc::start_with_env(&["--role", "excp", "--config", self.path.to_str().unwrap()], &env));
+    }
+
+    fn proc(&self) -> &Proc {
+        self.proc.as_ref().expect("excp is not running")
+    }
+
+    fn kill9(&mut self) {
+        self.proc.take().expect("excp is not running").kill9();
+    }
+
+    /// SIGTERM; the exit status and everything logged.
+    fn stop(&mut self) -> (std::process::ExitStatus, String) {
+        self.proc.take().expect("excp is not running").stop_keep()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.proc().addr("excp")
+    }
+
+    fn post(&self, body: &Value) -> Reply {
+        self.post_bytes(body.to_string().as_bytes())
+    }
+
+    fn post_bytes(&self, body: &[u8]) -> Reply {
+        request(self.addr(), "POST", "/api/v1/recording", body)
+    }
+
+    /// Posts and insists on 200 / code 0.
+    fn accept(&self, body: &Value) -> Reply {
+        let reply = self.post(body);
+        assert_eq!((reply.status, reply.code()), (200, 0), "{body}: {reply:?}\n{}", self.tail());
+        reply
+    }
+
+    fn end(&self, call_uuid: &str) -> Reply {
+        request(self.addr(), "POST", &format!("/api/v1/interactions/{call_uuid}/end"), b"")
+    }
+
+    /// Ends by event and insists on 200 / code 0; returns the corrId.
+    fn end_ok(&self, call_uuid: &str) -> String {
+        let reply = self.end(call_uuid);
+        assert_eq!((reply.status, reply.code()), (200, 0), "end {call_uuid}: {reply:?}\n{}", self.tail());
+        reply.corr_id()
+    }
+
+    /// `roles.excp.details` of the admin `/health`.
+    fn details(&self) -> Value {
+        let reply = request(self.proc().addr("admin"), "GET", "/health", b"");
+        let json = reply.json();
+        json["roles"]["excp"]["details"].clone()
+    }
+
+    fn metrics(&self) -> String {
+        request(self.proc().addr("admin"), "GET", "/metrics", b"").text
+    }
+
+    /// The sum of the samples of `name` matching `labels`; 0 when there is none.
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics(), name, labels).unwrap_or(0.0)
+    }
+
+    /// Waits until the metric reaches `at_least`.
+    fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64, limit: Duration) -> f64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let v = self.metric(name, labels);
+            if v >= at_least {
+                return v;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name}{labels:?} = {v}, expected >= {at_least} within {limit:?}\n{}",
+                self.tail()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// Waits until `cond` holds on the health details.
+    fn wait_details(&self, what: &str, limit: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let d = self.details();
+            if cond(&d) {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "health: {what} not within {limit:?}: {d}\n{}", self.tail());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn calls_dir(&self) -> PathBuf {
+        self.dir.join("state").join("calls")
+    }
+
+    /// Every file in the state directory's `calls/`, hidden ones included.
+    fn state_files(&self) -> Vec<String> {
+        dir_entries(&self.calls_dir())
+    }
+
+    fn tail(&self) -> String {
+        let Some(proc) = &self.proc else { return String::new() };
+        let logs = proc.logs();
+        let lines: Vec<&str> = logs.lines().collect();
+        format!("--- excp stderr (tail) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
+    }
+}
+
+/// The sum of the samples of `name` whose labels include `labels` (None when there is none).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (metric_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric_name != name {
+            continue;
+        }
+        let have: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| have.contains(l)) {
+            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
+        }
+    }
+    found
+}
+
+/// A GIR-like CallUUID (32 upper-case letters and digits), distinct per test.
+fn call_id(tag: &str) -> String {
+    let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).collect::<String>().to_ascii_uppercase();
+    format!("011AP643CSAPR4FK{tag:X<16}").chars().take(32).collect()
+}
+
+/// Recording `n` of a call as MCP posts it: every documented field, plus fields nobody
+/// documented (they must reach exrp untouched). Recording n runs from minute n to minute n+1.
+fn media(call: &str, n: u32) -> Value {
+    json!({
+        "callUUID": call,
+        "mediaId": format!("{call}_{n}.opus"),
+        "mediaUri": format!("http://webdav.test:8088/recordings/{call}_{n}.opus"),
+        "type": "audio/opus",
+        "startTime": format!("2024-05-01T10:{:02}:00.000Z", n),
+        "stopTime": format!("2024-05-01T10:{:02}:00.000Z", n + 1),
+        "duration": if n % 2 == 0 { json!(60000 + n) } else { json!(format!("{}", 60000 + n)) },
+        "size": 199296 + n,
+        "parameters": { "agentId": format!("agent{n}"), "dnis": "8522001", "x-vendor": [n, {"deep": true}] },
+        "unknownTopLevel": { "kept": "as is", "n": n },
+    })
+}
+
+/// The GIR recording shape around some media files.
+fn gir_shape(call: &str, files: &[Value]) -> Value {
+    json!({ "id": call, "mediaFiles": files })
+}
+
+fn media_id(call: &str, n: u32) -> String {
+    format!("{call}_{n}.opus")
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Checks one interaction-end recording against the media-file object it came from.
+fn check_recording(rec: &Value, posted: &Value) {
+    assert_eq!(rec["mediaId"], posted["mediaId"], "{rec}");
+    assert_eq!(rec["uri"], posted["mediaUri"], "{rec}");
+    assert_eq!(rec["contentType"], posted["type"], "{rec}");
+    assert_eq!(rec["startTime"], posted["startTime"], "{rec}");
+    assert_eq!(rec["stopTime"], posted["stopTime"], "{rec}");
+    let duration = match &posted["duration"] {
+        Value::String(s) => s.parse::<u64>().unwrap(),
+        v => v.as_u64().unwrap(),
+    };
+    assert_eq!(rec["durationMs"], json!(duration), "{rec}");
+    assert_eq!(rec["size"], posted["size"], "{rec}");
+    assert_eq!(rec["metadata"], *posted, "metadata must be the media-file object exactly as posted");
+}
+
+fn is_uuid_v4(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok_and(|u| {
+        u.get_version_num() == 4 && u.get_variant() == uuid::Variant::RFC4122 && u.hyphenated().to_string() == s
+    })
+}
+
+/// How long to watch for something that must not happen.
+fn settle(d: Duration) {
+    std::thread::sleep(d);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. The documented reply to an empty POST
+
+#[test]
+fn an_empty_post_gets_the_documented_40402_body_byte_for_byte() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("empty", &Cfg::new(&exrp.url()));
+    let mut ids = Vec::new();
+    let variants: [(&str, &str); 3] = [
+        (
+            "Content-Length: 0",
+            "POST /api/v1/recording HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        ),
+        ("no Content-Length", "POST /api/v1/recording HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        (
+            "JSON content type, no body",
+            "POST /api/v1/recording HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\
+             Connection: close\r\n\r\n",
+        ),
+    ];
+    for (what, head) in variants {
+        let (status, headers, body) = raw_request(excp.addr(), head, b"");
+        let body = String::from_utf8(body).unwrap();
+        assert_eq!(status, 404, "{what}: {body}");
+        let prefix = r#"{"status":{"code":40402,"message":"CallUUID not found","corrId":""#;
+        let suffix = r#""}}"#;
+        assert!(body.starts_with(prefix) && body.ends_with(suffix), "{what}: {body}");
+        let corr_id = &body[prefix.len()..body.len() - suffix.len()];
+        assert!(is_uuid_v4(corr_id), "{what}: corrId {corr_id:?} is not a lower-case v4 UUID");
+        assert_eq!(body, format!("{prefix}{corr_id}{suffix}"));
+        let content_type = headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
+        assert_eq!(content_type, Some("application/json"), "{what}");
+        ids.push(corr_id.to_string());
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "corrId must differ per request: {ids:?}");
+    assert_eq!(excp.metric("excp_metadata_total", &[("code", "40402")]), 3.0);
+    assert_eq!(excp.details()["calls"], 0);
+    assert!(exrp.received().is_empty());
+
+    // The role's own /health answers on the excp listener too.
+    let health = request(excp.addr(), "GET", "/health", b"");
+    assert_eq!(health.status, 200, "{health:?}");
+    assert_eq!(health.json()["status"], "UP");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. One call, three recordings out of order, one twice → one interaction-end with all three
+
+#[test]
+fn three_recordings_out_of_order_and_one_twice_make_one_interaction_end() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let cfg = Cfg::new(&exrp.url())
+        .set("tenant", &q("Tenant-7"))
+        .provider("sta_default_programid", &q("prog-42"))
+        .provider("sta_default_language", &q("fr-FR"));
+    let excp = Excp::start("three", &cfg);
+    let call = call_id("three");
+    let (r1, r2, r3) = (media(&call, 1), media(&call, 2), media(&call, 3));
+
+    // Last first, in the GIR shape; the first as a single object; the first again in the GIR
+    // shape (the same media-file object); the middle one last.
+    excp.accept(&gir_shape(&call, std::slice::from_ref(&r3)));
+    excp.accept(&r1);
+    excp.accept(&gir_shape(&call, std::slice::from_ref(&r1)));
+    // The middle one as curl sends a larger body: `Expect: 100-continue`, no content type.
+    let body = r2.to_string();
+    let mut raw = Raw::connect(excp.addr());
+    raw.send(
+        format!(
+            "POST /api/v1/recording HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let (status, _, _) = raw.response();
+    assert_eq!(status, 100, "100 Continue before the body");
+    raw.send(body.as_bytes());
+    let (status, _, reply) = raw.response();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&reply));
+    let d = excp.details();
+    assert_eq!((d["calls"].as_u64(), d["openCalls"].as_u64()), (Some(1), Some(1)), "{d}");
+    assert_eq!(excp.metric("excp_calls_open", &[]), 1.0);
+    assert_eq!(d["recordingsAwaitingDelivery"], 3, "{d}");
+    assert_eq!(excp.state_files(), vec![format!("{call}.json")]);
+
+    let corr_id = excp.end_ok(&call);
+    let received = exrp.wait(SOON, "one interaction-end", |r| !r.is_empty());
+    excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
+    settle(Duration::from_millis(1500));
+    let received_after = exrp.received();
+    assert_eq!(received_after.len(), 1, "exactly one interaction-end: {received_after:#?}");
+    let body = &received[0].body;
+
+    assert_eq!(body["callUUID"], call.as_str());
+    assert_eq!(body["corrId"], corr_id.as_str(), "corrId of the end request: {body}");
+    assert_eq!(body["tenant"], "Tenant-7");
+    assert_eq!(body["source"], "third-party");
+    assert_eq!(body["sta"], json!({"programId": "prog-42", "language": "fr-FR"}));
+    assert_eq!(body["startTime"], r1["startTime"], "the earliest recording start: {body}");
+    assert_eq!(body["endTime"], r3["stopTime"], "the latest recording stop: {body}");
+    let recordings = body["recordings"].as_array().expect("recordings[]");
+    assert_eq!(recordings.len(), 3, "{body}");
+    for posted in [&r1, &r2, &r3] {
+        let rec = recordings.iter().find(|r| r["mediaId"] == posted["mediaId"]).unwrap_or_else(|| {
+            panic!("{} missing from {body}", posted["mediaId"]);
+        });
+        check_recording(rec, posted);
+    }
+    assert_eq!(
+        received[0].headers.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str()),
+        Some("application/json")
+    );
+    assert_eq!(exrp.jobs_of(&call), sorted(vec![media_id(&call, 1), media_id(&call, 2), media_id(&call, 3)]));
+
+    assert_eq!(excp.metric("excp_interactions_ended_total", &[("reason", "event")]), 1.0);
+    assert_eq!(excp.metric("excp_recordings_delivered_total", &[]), 3.0);
+    assert_eq!(excp.metric("excp_metadata_total", &[("code", "0")]), 4.0);
+    let d = excp.details();
+    assert_eq!((d["openCalls"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(0), Some(0)), "{d}");
+    assert_eq!(d["recordingProcessor"]["status"], "UP", "{d}");
+    assert_eq!(excp.metric("excp_calls_open", &[]), 0.0);
+    assert_eq!(excp.metric("excp_recordings_pending_delivery", &[]), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. End event, quiet period, unknown call
+
+#[test]
+fn an_end_event_sends_at_once_the_quiet_period_later_and_an_unknown_call_is_40402() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let quiet = Duration::from_secs(3);
+    let excp = Excp::start("ending", &Cfg::new(&exrp.url()).set("quiet_period", &q("3s")));
+    let (by_event, by_quiet) = (call_id("byevent"), call_id("byquiet"));
+
+    let posted_quiet = Instant::now();
+    excp.accept(&media(&by_quiet, 1));
+    excp.accept(&media(&by_event, 1));
+    let ended = Instant::now();
+    let corr_id = excp.end_ok(&by_event);
+    let first = exrp.wait(SOON, "the ended call's interaction-end", |r| !r.is_empty());
+    assert_eq!(first[0].call_uuid(), by_event, "{first:#?}");
+    let took = first[0].at - ended;
+    assert!(took < quiet - Duration::from_millis(500), "the end event must send at once, took {took:?}");
+    assert_eq!(first[0].body["corrId"], corr_id.as_str());
+
+    // An end again for the same call is fine and sends nothing more.
+    let again = excp.end(&by_event);
+    assert_eq!((again.status, again.code()), (200, 0), "{again:?}");
+
+    let all = exrp.wait(quiet + SOON, "the quiet call's interaction-end", |r| r.len() >= 2);
+    assert_eq!(all.len(), 2, "{all:#?}");
+    assert_eq!(all[1].call_uuid(), by_quiet);
+    let waited = all[1].at - posted_quiet;
+    assert!(waited >= quiet, "sent {waited:?} after the last metadata, before the quiet period {quiet:?}");
+    let quiet_corr = all[1].body["corrId"].as_str().unwrap_or_default();
+    assert!(is_uuid_v4(quiet_corr), "a quiet end has its own corrId: {quiet_corr:?}");
+    assert_ne!(quiet_corr, corr_id);
+    check_recording(&all[1].body["recordings"][0], &media(&by_quiet, 1));
+    assert_eq!(excp.metric("excp_interactions_ended_total", &[("reason", "quiet")]), 1.0);
+
+    // Unknown calls and CallUUIDs that are no CallUUID.
+    for (what, path) in [
+        ("unknown", format!("/api/v1/interactions/{}/end", call_id("neverseen"))),
+        ("dot-dot", "/api/v1/interactions/..%2F..%2Fetc/end".to_string()),
+        ("dots", "/api/v1/interactions/a.b/end".to_string()),
+    ] {
+        let reply = request(excp.addr(), "POST", &path, b"");
+        assert_eq!((reply.status, reply.code()), (404, 40402), "{what}: {reply:?}");
+        assert_eq!(reply.json()["status"]["message"], "CallUUID not found");
+        assert!(is_uuid_v4(&reply.corr_id()));
+    }
+    settle(Duration::from_millis(800));
+    assert_eq!(exrp.received().len(), 2, "{:#?}", exrp.received());
+    assert_eq!(excp.details()["calls"], 2);
+}
+
+#[test]
+fn a_repeated_end_event_counts_the_call_as_ended_once() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("endtwice", &Cfg::new(&exrp.url()));
+    let call = call_id("endtwice");
+    excp.accept(&media(&call, 1));
+    let corr_id = excp.end_ok(&call);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
+    let again = excp.end(&call);
+    assert_eq!((again.status, again.code()), (200, 0), "{again:?}");
+    settle(Duration::from_millis(500));
+    assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
+    assert_eq!(exrp.received()[0].body["corrId"], corr_id.as_str());
+    let logs = excp.proc().logs();
+    let ended_lines = logs.lines().filter(|l| l.contains("interaction ended by event")).count();
+    assert_eq!(
+        excp.metric("excp_interactions_ended_total", &[("reason", "event")]),
+        1.0,
+        "one call ended once; {ended_lines} 'interaction ended by event' lines\n{}",
+        excp.tail()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. exrp down, failing, hanging
+
+#[test]
+fn exrp_refusing_then_failing_gets_the_interaction_end_once_it_is_back_with_retries_counted() {
+    let exrp = FakeExrp::start(Mode::Down);
+    let excp = Excp::start("down", &Cfg::new(&exrp.url()));
+    let call = call_id("exrpdown");
+    excp.accept(&media(&call, 1));
+    excp.accept(&media(&call, 2));
+    let corr_id = excp.end_ok(&call);
+
+    excp.wait_metric("excp_interaction_ends_retried_total", &[], 3.0, SOON);
+    let d = excp.wait_details("exrp DOWN", SOON, |d| d["recordingProcessor"]["status"] == "DOWN");
+    assert_eq!((d["callsAwaitingDelivery"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(excp.metric("excp_recordings_pending_delivery", &[]), 2.0);
+
+    // Up again but answering 503, then 500: every attempt is refused, and retried.
+    exrp.set(Mode::Fail(503));
+    exrp.wait(SOON, "two attempts answered 503", |r| r.len() >= 2);
+    exrp.set(Mode::Fail(500));
+    let before = exrp.received().len();
+    exrp.wait(SOON, "an attempt answered 500", |r| r.len() > before);
+    assert!(exrp.jobs().is_empty());
+    assert_eq!(excp.metric("excp_interaction_ends_sent_total", &[]), 0.0);
+
+    exrp.set(Mode::Accept);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1), &media_id(&call, 2)], SOON);
+    excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
+    settle(Duration::from_millis(1000));
+    let accepted = exrp.accepted();
+    assert_eq!(accepted.len(), 1, "accepted once, then no more sends: {accepted:#?}");
+    assert_eq!(accepted[0].body["corrId"], corr_id.as_str(), "every attempt carries the end's corrId");
+    for r in exrp.received() {
+        assert_eq!(r.body, accepted[0].body, "every attempt sends the same interaction-end");
+    }
+    let retried = excp.metric("excp_interaction_ends_retried_total", &[]);
+    let failed_attempts = exrp.received().len() - 1;
+    assert!(retried >= 3.0 + failed_attempts as f64, "retried {retried}, {failed_attempts} attempts answered 5xx");
+    assert_eq!(excp.metric("excp_recordings_delivered_total", &[]), 2.0);
+    let d = excp.wait_details("exrp UP", SOON, |d| d["recordingProcessor"]["status"] == "UP");
+    assert_eq!((d["callsAwaitingDelivery"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(excp.metric("excp_recordings_pending_delivery", &[]), 0.0);
+}
+
+#[test]
+fn exrp_hanging_beyond_request_timeout_is_retried() {
+    let exrp = FakeExrp::start(Mode::Hang);
+    let excp = Excp::start("hang", &Cfg::new(&exrp.url()).set("request_timeout", &q("500ms")));
+    let call = call_id("exrphang");
+    excp.accept(&media(&call, 1));
+    let started = Instant::now();
+    excp.end_ok(&call);
+
+    exrp.wait(SOON, "two attempts on a hanging exrp", |r| r.len() >= 2);
+    let gap = exrp.received()[1].at - exrp.received()[0].at;
+    assert!(gap >= Duration::from_millis(500), "the second attempt came {gap:?} after the first, before the timeout");
+    excp.wait_metric("excp_interaction_ends_retried_total", &[], 1.0, SOON);
+    // excp gave up on the hung connection (closed it) rather than leaving it open.
+    let deadline = Instant::now() + SOON;
+    while exrp.abandoned() == 0 {
+        assert!(Instant::now() < deadline, "excp never closed a hung connection");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(exrp.jobs().is_empty());
+
+    exrp.set(Mode::Accept);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
+    excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    settle(Duration::from_millis(800));
+    assert_eq!(exrp.accepted().len(), 1, "{:#?}", exrp.accepted());
+}
+
+#[test]
+fn sigterm_while_exrp_hangs_exits_zero_and_the_call_goes_out_after_restart() {
+    let exrp = FakeExrp::start(Mode::Hang);
+    let mut excp = Excp::start("sigterm", &Cfg::new(&exrp.url()));
+    let call = call_id("sigterm");
+    excp.accept(&media(&call, 1));
+    excp.end_ok(&call);
+    exrp.wait(SOON, "an attempt in flight", |r| !r.is_empty());
+    let asked = Instant::now();
+    let (status, logs) = excp.stop();
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}\n{logs}");
+    assert!(took < Duration::from_secs(8), "exit took {took:?} with request_timeout 2 s\n{logs}");
+    assert!(logs.contains("stopped cleanly"), "{logs}");
+    assert!(exrp.jobs().is_empty());
+
+    exrp.set(Mode::Accept);
+    excp.restart();
+    exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
+    excp.wait_details("delivered", SOON, |d| d["recordingsAwaitingDelivery"] == 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. kill -9
+
+#[test]
+fn kill9_after_metadata_after_the_end_and_before_exrp_answered_loses_nothing() {
+    let exrp = FakeExrp::start(Mode::Down);
+    let mut excp = Excp::start("kill9", &Cfg::new(&exrp.url()));
+    let call = call_id("killnine");
+    let (r1, r2, r3) = (media(&call, 1), media(&call, 2), media(&call, 3));
+
+    // Metadata accepted, then kill -9.
+    excp.accept(&r1);
+    excp.accept(&gir_shape(&call, std::slice::from_ref(&r2)));
+    excp.kill9();
+    excp.restart();
+    let d = excp.details();
+    assert_eq!(
+        (d["calls"].as_u64(), d["openCalls"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()),
+        (Some(1), Some(1), Some(2)),
+        "after the first restart: {d}"
+    );
+
+    // More metadata, the end (exrp still down), then kill -9.
+    excp.accept(&r3);
+    let corr_id = excp.end_ok(&call);
+    excp.kill9();
+    assert!(exrp.received().is_empty());
+
+    // exrp takes the job but is slow to say so: kill -9 before excp hears the 202.
+    exrp.set(Mode::AcceptSlow(Duration::from_secs(4)));
+    excp.restart();
+    let d = excp.details();
+    assert_eq!((d["openCalls"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(0), Some(3)), "{d}");
+    exrp.wait(SOON, "the interaction-end after the second restart", |r| !r.is_empty());
+    excp.kill9();
+
+    // Back for good: excp sends again, exrp dedups.
+    exrp.set(Mode::Accept);
+    excp.restart();
+    excp.wait_details("everything delivered", SOON, |d| d["recordingsAwaitingDelivery"] == 0);
+    excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
+
+    let all = vec![media_id(&call, 1), media_id(&call, 2), media_id(&call, 3)];
+    assert_eq!(exrp.jobs_of(&call), all, "every recording reached exrp");
+    assert_eq!(exrp.jobs().len(), 3, "each taken once: {:?}", exrp.jobs());
+    for id in &all {
+        assert!(exrp.offers(&call, id) >= 2, "{id} was offered before and after the kill");
+    }
+    let received = exrp.received();
+    assert!(received.len() >= 2, "{received:#?}");
+    for r in &received {
+        assert_eq!(r.body["corrId"], corr_id.as_str(), "the end's corrId survives restarts");
+        assert_eq!(r.call_uuid(), call);
+        assert_eq!(sorted(r.media_ids()), all);
+    }
+    let rec = received.last().unwrap().body["recordings"].as_array().unwrap().clone();
+    for posted in [&r1, &r2, &r3] {
+        check_recording(rec.iter().find(|r| r["mediaId"] == posted["mediaId"]).unwrap(), posted);
+    }
+    // Only the call's record is in the state directory: no temp file survived the kills.
+    assert_eq!(excp.state_files(), vec![format!("{call}.json")]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Late metadata
+
+#[test]
+fn late_metadata_for_a_delivered_call_goes_out_as_a_follow_up_with_only_the_new_recording() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("late", &Cfg::new(&exrp.url()));
+    let call = call_id("latemeta");
+    excp.accept(&media(&call, 1));
+    excp.accept(&media(&call, 2));
+    excp.end_ok(&call);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1), &media_id(&call, 2)], SOON);
+    excp.wait_details("delivered", SOON, |d| d["recordingsAwaitingDelivery"] == 0);
+
+    // A repeat of a delivered recording changes nothing and sends nothing.
+    excp.accept(&media(&call, 1));
+    settle(Duration::from_millis(800));
+    assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
+
+    let late = media(&call, 3);
+    excp.accept(&late);
+    let received = exrp.wait(SOON, "a follow-up", |r| r.len() >= 2);
+    let follow_up = &received[1].body;
+    assert_eq!(follow_up["callUUID"], call.as_str());
+    assert_eq!(received[1].media_ids(), vec![media_id(&call, 3)], "only the new recording: {follow_up}");
+    check_recording(&follow_up["recordings"][0], &late);
+    assert_eq!(follow_up["source"], "third-party");
+    settle(Duration::from_millis(800));
+    assert_eq!(exrp.received().len(), 2, "{:#?}", exrp.received());
+    assert_eq!(exrp.jobs_of(&call).len(), 3);
+    assert_eq!(excp.metric("excp_interaction_ends_sent_total", &[]), 2.0);
+}
+
+#[test]
+fn a_delivered_call_is_forgotten_after_delivered_retention() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("retention", &Cfg::new(&exrp.url()).set("delivered_retention", &q("1s")));
+    let call = call_id("retention");
+    excp.accept(&media(&call, 1));
+    excp.end_ok(&call);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
+    // Remembered for a while (a repeat is not sent again) ...
+    excp.accept(&media(&call, 1));
+    assert_eq!(excp.details()["calls"], 1);
+    assert_eq!(excp.state_files(), vec![format!("{call}.json")]);
+    // ... then forgotten, record and all.
+    excp.wait_details("the call forgotten", SOON, |d| d["calls"] == 0);
+    assert!(excp.state_files().is_empty(), "{:?}", excp.state_files());
+    assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
+    let unknown = excp.end(&call);
+    assert_eq!((unknown.status, unknown.code()), (404, 40402), "{unknown:?}");
+}
+
+#[test]
+fn concurrent_posts_for_one_call_all_reach_one_interaction_end() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("concurrent", &Cfg::new(&exrp.url()));
+    let call = call_id("concurrent");
+    let addr = excp.addr();
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let call = call.clone();
+            std::thread::spawn(move || {
+                for i in 0..5u32 {
+                    let body = media(&call, t * 5 + i).to_string();
+                    let reply = request(addr, "POST", "/api/v1/recording", body.as_bytes());
+                    assert_eq!((reply.status, reply.code()), (200, 0), "{reply:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(excp.details()["recordingsAwaitingDelivery"], 40);
+    excp.end_ok(&call);
+    let received = exrp.wait(SOON, "the interaction-end", |r| !r.is_empty());
+    let want = sorted((0..40).map(|n| media_id(&call, n)).collect());
+    assert_eq!(sorted(received[0].media_ids()), want);
+    settle(Duration::from_millis(500));
+    assert_eq!(exrp.received().len(), 1);
+    assert_eq!(excp.metric("excp_recordings_accepted_total", &[]), 40.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. recording_enabled = false
+
+#[test]
+fn recording_disabled_accepts_with_200_and_sends_nothing() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let cfg = Cfg::new(&exrp.url()).set("quiet_period", &q("1s")).provider("recording_enabled", "false");
+    let excp = Excp::start("disabled", &cfg);
+    let call = call_id("disabled");
+    let single = excp.post(&media(&call, 1));
+    assert_eq!((single.status, single.code()), (200, 0), "{single:?}");
+    let gir = excp.post(&gir_shape(&call, &[media(&call, 2), media(&call, 3)]));
+    assert_eq!((gir.status, gir.code()), (200, 0), "{gir:?}");
+    assert!(is_uuid_v4(&single.corr_id()));
+    // An empty POST still gets the documented answer.
+    assert_eq!(excp.post_bytes(b"").status, 404);
+
+    settle(Duration::from_millis(2500));
+    assert!(exrp.received().is_empty(), "{:#?}", exrp.received());
+    assert!(exrp.other().is_empty());
+    let d = excp.details();
+    assert_eq!((d["calls"].as_u64(), d["recordingEnabled"].as_bool()), (Some(0), Some(false)), "{d}");
+    assert!(excp.state_files().is_empty(), "{:?}", excp.state_files());
+    assert!(excp.proc().logs().contains("recording_enabled is false"), "{}", excp.tail());
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Bad input
+
+#[test]
+fn bad_input_gets_its_4xx_code_and_changes_nothing() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("bad", &Cfg::new(&exrp.url()).set("max_body_size", &q("256KiB")));
+    // One good call, so "nothing changes" is checked against a non-empty state.
+    let good = call_id("goodcall");
+    excp.accept(&media(&good, 1));
+    let files = excp.state_files();
+    let record = std::fs::read(excp.calls_dir().join(format!("{good}.json"))).unwrap();
+    assert_eq!(files, vec![format!("{good}.json")]);
+
+    let call = call_id("badcall");
+    let mut deep = "[".repeat(100_000).into_bytes();
+    deep.extend_from_slice(&"]".repeat(100_000).into_bytes()[..10]);
+    let huge = json!({"callUUID": call, "mediaId": "x.opus", "pad": "p".repeat(300_000)}).to_string().into_bytes();
+    let cases: Vec<(&str, Vec<u8>, u16, u64)> = vec![
+        ("malformed JSON", b"{\"callUUID\": \"C1\", ".to_vec(), 400, 40000),
+        ("not JSON at all", b"callUUID=C1&mediaId=x".to_vec(), 400, 40000),
+        ("invalid UTF-8", b"{\"callUUID\":\"\xff\xfe\"}".to_vec(), 400, 40000),
+        ("100k nested [", deep, 400, 40000),
+        ("a JSON array", json!([media(&call, 1)]).to_string().into_bytes(), 400, 40001),
+        ("a JSON string", b"\"hello\"".to_vec(), 400, 40001),
+        ("null", b"null".to_vec(), 400, 40001),
+        ("mediaFiles not a list", json!({"id": call, "mediaFiles": {"a": 1}}).to_string().into_bytes(), 400, 40001),
+        ("mediaFiles empty", json!({"id": call, "mediaFiles": []}).to_string().into_bytes(), 400, 40001),
+        ("a media file that is a number", json!({"id": call, "mediaFiles": [3]}).to_string().into_bytes(), 400, 40001),
+        (
+            "one good file, one bad",
+            json!({"id": call, "mediaFiles": [media(&call, 1), "x"]}).to_string().into_bytes(),
+            400,
+            40001,
+        ),
+        (
+            "no mediaId nor mediaUri",
+            json!({"callUUID": call, "type": "audio/opus"}).to_string().into_bytes(),
+            400,
+            40001,
+        ),
+        ("mediaId with ../", json!({"callUUID": call, "mediaId": "../x.opus"}).to_string().into_bytes(), 400, 40001),
+        ("mediaId ..", json!({"callUUID": call, "mediaId": ".."}).to_string().into_bytes(), 400, 40001),
+        ("no CallUUID", json!({"mediaId": "x.opus"}).to_string().into_bytes(), 404, 40402),
+        ("empty object", b"{}".to_vec(), 404, 40402),
+        (
+            "CallUUID with ../",
+            json!({"callUUID": "../../etc", "mediaId": "x.opus"}).to_string().into_bytes(),
+            404,
+            40402,
+        ),
+        ("CallUUID with /", json!({"callUUID": "a/b", "mediaId": "x.opus"}).to_string().into_bytes(), 404, 40402),
+        (
+            "GIR id with ../",
+            json!({"id": "../x", "mediaFiles": [{"mediaId": "x.opus"}]}).to_string().into_bytes(),
+            404,
+            40402,
+        ),
+        ("CallUUID a number", json!({"callUUID": 42, "mediaId": "x.opus"}).to_string().into_bytes(), 404, 40402),
+        (
+            "CallUUID too long",
+            json!({"callUUID": "A".repeat(200), "mediaId": "x.opus"}).to_string().into_bytes(),
+            404,
+            40402,
+        ),
+        ("hidden CallUUID", json!({"callUUID": ".hidden", "mediaId": "x.opus"}).to_string().into_bytes(), 404, 40402),
+        ("over max_body_size", huge, 413, 41300),
+    ];
+    for (what, body, status, code) in &cases {
+        let reply = excp.post_bytes(body);
+        assert_eq!((reply.status, reply.code()), (*status, *code), "{what}: {reply:?}");
+        assert_eq!(reply.header("content-type"), Some("application/json"), "{what}");
+        assert!(is_uuid_v4(&reply.corr_id()), "{what}: {reply:?}");
+    }
+    assert_eq!(excp.metric("excp_metadata_total", &[("code", "41300")]), 1.0);
+    assert_eq!(excp.metric("excp_metadata_total", &[("code", "40000")]), 4.0);
+
+    // Nothing changed: no new call, no file, the good call's record untouched.
+    let d = excp.details();
+    assert_eq!((d["calls"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(1), Some(1)), "{d}");
+    assert_eq!(excp.state_files(), files);
+    assert_eq!(std::fs::read(excp.calls_dir().join(format!("{good}.json"))).unwrap(), record);
+    assert!(excp.dir.join("state").join("etc").symlink_metadata().is_err());
+    assert!(excp.dir.join("etc").symlink_metadata().is_err());
+    assert!(exrp.received().is_empty());
+
+    // Wrong method or path: 404 with the reply shape, nothing created.
+    let get = request(excp.addr(), "GET", "/api/v1/recording", b"");
+    assert!((400..500).contains(&get.status), "{get:?}");
+    let other = request(excp.addr(), "POST", "/api/v1/recordings", json!(media(&call, 1)).to_string().as_bytes());
+    assert_eq!(other.status, 404, "{other:?}");
+    assert_eq!(excp.state_files(), files);
+
+    // And the good path still works.
+    excp.accept(&media(&good, 2));
+    assert_eq!(excp.details()["recordingsAwaitingDelivery"], 2);
+}
+
+#[test]
+fn a_stalled_body_is_cut_off_in_bounded_time() {
+    use std::io::{Read, Write};
+    let exrp = FakeExrp::start(Mode::Accept);
+    let cfg = Cfg::new(&exrp.url())
+        .set("header_timeout", &q("1s"))
+        .set("body_timeout", &q("1s"))
+        .set("request_timeout", &q("2s"));
+    let excp = Excp::start("stall", &cfg);
+    let mut stream = std::net::TcpStream::connect(excp.addr()).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"POST /api/v1/recording HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n{").unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let outcome = stream.read(&mut buf);
+    let took = started.elapsed();
+    // Closed (or answered with an error) well before the 10 s read timeout.
+    assert!(
+        outcome.is_ok() && took < Duration::from_secs(8),
+        "still waiting for the body after {took:?}: {outcome:?} {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(excp.details()["calls"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. GIR mode
+
+fn gir_cfg(exrp: &FakeExrp, rws: &FakeRws) -> Cfg {
+    Cfg::new(&exrp.url())
+        .provider("gir_url", &q(&rws.url()))
+        .provider("gir_orgId", &q(&rws.org_id))
+        .provider("gir_user", &q(&rws.user))
+        .provider("gir_password", &q(&rws.password))
+        .provider("gir_metadata_fetch_delay", &q("200ms"))
+        .provider("gir_metadata_fetch_interval", &q("300ms"))
+        .provider("gir_metadata_fetch_duration", &q("2s"))
+}
+
+fn check_rws_requests(rws: &FakeRws, call: &str) {
+    let auth = {
+        use base64::Engine;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", rws.user, rws.password)))
+    };
+    for r in rws.requests_for(call) {
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", rws.path_of(call).as_str()), "{r:?}");
+        assert_eq!(r.header("authorization"), Some(auth.as_str()), "{r:?}");
+    }
+}
+
+#[test]
+fn gir_mode_fetches_rws_after_the_delay_with_basic_auth_until_it_has_the_recording() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let rws = FakeRws::start("cc-org-1", "girops", "s3cret:with colon");
+    let excp = Excp::start("gir", &gir_cfg(&exrp, &rws));
+    let call = call_id("girfetch");
+
+    let ended = Instant::now();
+    let corr_id = excp.end_ok(&call);
+    let deadline = Instant::now() + SOON;
+    while rws.requests_for(&call).len() < 2 {
+        assert!(Instant::now() < deadline, "RWS not asked twice: {:#?}\n{}", rws.requests(), excp.tail());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = rws.requests_for(&call)[0].at - ended;
+    assert!(first >= Duration::from_millis(200), "first fetch {first:?} after the end, before the delay");
+    assert!(exrp.received().is_empty(), "nothing to send while RWS has nothing");
+    excp.wait_metric("excp_gir_fetches_total", &[("outcome", "retry")], 1.0, SOON);
+
+    let files = vec![
+        json!({"mediaId": format!("{call}_a.opus"), "mediaUri": format!("https://s3.test/{call}_a.opus"),
+               "type": "audio/opus", "startTime": "2024-05-01T10:00:00Z", "stopTime": "2024-05-01T10:01:00Z",
+               "duration": 60000, "size": 12345, "parameters": {"agentId": "a1"}, "girOnly": true}),
+        json!({"mediaId": format!("{call}_b.opus"), "mediaUri": format!("https://s3.test/{call}_b.opus"),
+               "type": "audio/opus", "startTime": "2024-05-01T10:01:00Z", "stopTime": "2024-05-01T10:02:00Z",
+               "duration": "60001", "size": 12346, "parameters": {"agentId": "a2"}}),
+    ];
+    rws.process(&call, json!({"id": call, "region": "eu", "mediaFiles": files}));
+    let received = exrp.wait(SOON, "the GIR interaction-end", |r| !r.is_empty());
+    excp.wait_metric("excp_gir_fetches_total", &[("outcome", "ok")], 1.0, SOON);
+    let body = &received[0].body;
+    assert_eq!(body["callUUID"], call.as_str());
+    assert_eq!(body["source"], "gir", "{body}");
+    assert_eq!(body["corrId"], corr_id.as_str());
+    assert_eq!(sorted(received[0].media_ids()), sorted(vec![format!("{call}_a.opus"), format!("{call}_b.opus")]));
+    for posted in &files {
+        let rec = body["recordings"].as_array().unwrap().iter().find(|r| r["mediaId"] == posted["mediaId"]).unwrap();
+        check_recording(rec, posted);
+    }
+    check_rws_requests(&rws, &call);
+    let fetches = rws.requests_for(&call).len();
+    settle(Duration::from_millis(1000));
+    assert_eq!(rws.requests_for(&call).len(), fetches, "no fetch after RWS answered");
+    assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
+    assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 0.0);
+}
+
+#[test]
+fn gir_mode_gives_up_after_the_fetch_duration_and_removes_the_call() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let rws = FakeRws::start("cc-org-2", "girops", "pw");
+    let excp = Excp::start("girgiveup", &gir_cfg(&exrp, &rws));
+    let call = call_id("girnever");
+    let ended = Instant::now();
+    excp.end_ok(&call);
+    assert_eq!(excp.details()["calls"], 1);
+    assert_eq!(excp.state_files(), vec![format!("{call}.json")]);
+
+    excp.wait_metric("excp_gir_fetches_total", &[("outcome", "gave_up")], 1.0, SOON);
+    let gave_up = ended.elapsed();
+    // The last fetch is the one whose next would fall after delay + duration (2.2 s).
+    assert!(gave_up >= Duration::from_millis(1900), "gave up after {gave_up:?}, before delay + duration - interval");
+    excp.wait_details("the call removed", SOON, |d| d["calls"] == 0);
+    assert!(excp.state_files().is_empty(), "{:?}", excp.state_files());
+    let asked = rws.requests_for(&call);
+    assert!(asked.len() >= 3, "RWS asked {} times in 2 s at 300 ms intervals", asked.len());
+    check_rws_requests(&rws, &call);
+    let n = asked.len();
+    settle(Duration::from_millis(1000));
+    assert_eq!(rws.requests_for(&call).len(), n, "no fetch after giving up");
+    assert!(exrp.received().is_empty());
+    assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. max_open_calls
+
+#[test]
+fn max_open_calls_refuses_a_third_call_with_50301() {
+    let exrp = FakeExrp::start(Mode::Down);
+    let excp = Excp::start("maxopen", &Cfg::new(&exrp.url()).set("max_open_calls", "2"));
+    let (a, b, c) = (call_id("opena"), call_id("openb"), call_id("openc"));
+    excp.accept(&media(&a, 1));
+    excp.accept(&media(&b, 1));
+    let third = excp.post(&media(&c, 1));
+    assert_eq!((third.status, third.code()), (503, 50301), "{third:?}");
+    assert!(is_uuid_v4(&third.corr_id()));
+    // Calls already held still take recordings.
+    excp.accept(&media(&a, 2));
+    let again = excp.post(&gir_shape(&c, &[media(&c, 1)]));
+    assert_eq!((again.status, again.code()), (503, 50301), "{again:?}");
+    assert_eq!(excp.details()["calls"], 2);
+    assert_eq!(sorted(excp.state_files()), sorted(vec![format!("{a}.json"), format!("{b}.json")]));
+    assert_eq!(excp.metric("excp_metadata_total", &[("code", "50301")]), 2.0);
+}
+
+#[test]
+fn a_delivered_call_no_longer_counts_against_max_open_calls() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("maxopenfree", &Cfg::new(&exrp.url()).set("max_open_calls", "2"));
+    let (a, b, c) = (call_id("freea"), call_id("freeb"), call_id("freec"));
+    excp.accept(&media(&a, 1));
+    excp.accept(&media(&b, 1));
+    assert_eq!(excp.post(&media(&c, 1)).status, 503);
+    excp.end_ok(&a);
+    exrp.wait_jobs(&a, &[&media_id(&a, 1)], SOON);
+    excp.wait_details("a delivered", SOON, |d| d["recordingsAwaitingDelivery"] == 1);
+    // "refusing new ones until deliveries catch up": they have.
+    let third = excp.post(&media(&c, 1));
+    assert_eq!((third.status, third.code()), (200, 0), "{third:?}\n{}", excp.tail());
+}
+
+#[test]
+fn max_recordings_per_call_refuses_more_and_keeps_what_it_has() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("maxrec", &Cfg::new(&exrp.url()).set("max_recordings_per_call", "2"));
+    let (a, b) = (call_id("maxreca"), call_id("maxrecb"));
+    excp.accept(&media(&a, 1));
+    excp.accept(&media(&a, 2));
+    let third = excp.post(&media(&a, 3));
+    assert_eq!((third.status, third.code()), (422, 42201), "{third:?}");
+    // A repeat of one it holds is fine.
+    excp.accept(&media(&a, 2));
+    // A new call with too many at once: refused whole, no trace left.
+    let too_many = excp.post(&gir_shape(&b, &[media(&b, 1), media(&b, 2), media(&b, 3)]));
+    assert_eq!((too_many.status, too_many.code()), (422, 42201), "{too_many:?}");
+    let d = excp.details();
+    assert_eq!((d["calls"].as_u64(), d["recordingsAwaitingDelivery"].as_u64()), (Some(1), Some(2)), "{d}");
+    assert_eq!(excp.state_files(), vec![format!("{a}.json")]);
+    excp.end_ok(&a);
+    exrp.wait_jobs(&a, &[&media_id(&a, 1), &media_id(&a, 2)], SOON);
+    assert_eq!(exrp.jobs().len(), 2);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Through the real lb
+
+#[test]
+fn through_the_lb_with_one_excp_stopped_every_post_gets_200_and_every_recording_reaches_exrp() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let cfg = Cfg::new(&exrp.url()).set("quiet_period", &q("1s"));
+    let excp1 = Excp::start("lb1", &cfg);
+    let mut excp2 = Excp::start("lb2", &cfg);
+    let dir = TempDir::new("excp-lb");
+    let lb_path = dir.join("lb.toml");
+    std::fs::write(
+        &lb_path,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\n[lb.pools.excp]\nlisten = \"127.0.0.1:0\"\n\
+             servers = [\"{}\", \"{}\"]\nnext_upstream_tries = 3\n",
+            excp1.addr(),
+            excp2.addr()
+        ),
+    )
+    .unwrap();
+    let lb = Proc::start(&["--role", "lb", "--config", lb_path.to_str().unwrap()]);
+    let lb_addr = lb.addr("lb.excp");
+
+    // Both up: one call's recordings spread over both instances; each sends what it holds.
+    let spread = call_id("lbspread");
+    for n in 1..=4 {
+        let reply = request(lb_addr, "POST", "/api/v1/recording", media(&spread, n).to_string().as_bytes());
+        assert_eq!((reply.status, reply.code()), (200, 0), "{reply:?}");
+    }
+    let all: Vec<String> = (1..=4).map(|n| media_id(&spread, n)).collect();
+    let all_refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    exrp.wait_jobs(&spread, &all_refs, SOON);
+    let partial = exrp.received().into_iter().filter(|r| r.call_uuid() == spread).count();
+    assert!(partial >= 2, "round robin spreads one call over both instances: {:#?}", exrp.received());
+    for e in [&excp1, &excp2] {
+        e.wait_metric("excp_recordings_delivered_total", &[], 2.0, SOON);
+    }
+
+    // One instance stopped: its port refuses, the lb moves on, nothing is lost.
+    let stopped = excp2.proc.take().unwrap().stop();
+    assert!(stopped.success(), "{stopped:?}");
+    let call = call_id("lbonedown");
+    for n in 1..=6 {
+        let reply = request(lb_addr, "POST", "/api/v1/recording", media(&call, n).to_string().as_bytes());
+        assert_eq!((reply.status, reply.code()), (200, 0), "recording {n}: {reply:?}\n{}", lb.logs());
+    }
+    let reply = request(lb_addr, "POST", &format!("/api/v1/interactions/{call}/end"), b"");
+    assert_eq!((reply.status, reply.code()), (200, 0), "{reply:?}");
+    let ids: Vec<String> = (1..=6).map(|n| media_id(&call, n)).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    exrp.wait_jobs(&call, &refs, SOON);
+    let ends: Vec<_> = exrp.received().into_iter().filter(|r| r.call_uuid() == call).collect();
+    assert_eq!(ends.len(), 1, "the live instance holds the whole call: {ends:#?}");
+    assert_eq!(excp1.details()["recordingsAwaitingDelivery"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. EXCP_RECORDING_PROCESSOR_PROXY_HOST/PORT
+
+#[test]
+fn the_proxy_host_and_port_env_vars_override_recording_processor_url() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let decoy = FakeExrp::start(Mode::Accept);
+    let port = exrp.addr().port().to_string();
+    let excp = Excp::start_with_env(
+        "env",
+        &Cfg::new(&decoy.url()),
+        &[("EXCP_RECORDING_PROCESSOR_PROXY_HOST", "127.0.0.1"), ("EXCP_RECORDING_PROCESSOR_PROXY_PORT", &port)],
+    );
+    assert_eq!(excp.details()["recordingProcessor"]["url"], exrp.url().as_str());
+    let call = call_id("envproxy");
+    excp.accept(&media(&call, 1));
+    excp.end_ok(&call);
+    exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
+    assert!(decoy.received().is_empty(), "the config's URL must not be used");
+}
