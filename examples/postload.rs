@@ -68,6 +68,13 @@ struct Cli {
     /// Print the request body and exit.
     #[arg(long)]
     print_body: bool,
+    /// Give every request its own CallUUID (for excp: every POST opens a new call).
+    #[arg(long)]
+    unique_calls: bool,
+    /// The response body must start with --expect-body instead of equalling it (excp's reply
+    /// ends with a per-request corrId).
+    #[arg(long)]
+    expect_prefix: bool,
 }
 
 fn parse_size(s: &str) -> Result<usize, String> {
@@ -86,8 +93,28 @@ fn parse_size(s: &str) -> Result<usize, String> {
 
 /// A GIR recording metadata object (research/domain.md §2.2) serialized to exactly `size`
 /// bytes: a media file's `parameters` get a `comment` of filler text to make up the length.
+/// The CallUUID of the template body; `--unique-calls` overwrites it in place.
+const TEMPLATE_CALL: &str = "011AP643CSAPR4FKQGQE31TAES00029V";
+
+/// Where the template CallUUID occurs in `body`.
+fn call_positions(body: &[u8]) -> Vec<usize> {
+    let id = TEMPLATE_CALL.as_bytes();
+    (0..body.len().saturating_sub(id.len() - 1)).filter(|&i| &body[i..i + id.len()] == id).collect()
+}
+
+/// `body` with connection `conn`'s request `n` as its CallUUID (same length, so the JSON and
+/// its size stay as they are).
+fn with_call(body: &Bytes, positions: &[usize], conn: usize, n: u64) -> Bytes {
+    let id = format!("C{conn:05}N{n:025}");
+    let mut out = body.to_vec();
+    for &p in positions {
+        out[p..p + id.len()].copy_from_slice(id.as_bytes());
+    }
+    Bytes::from(out)
+}
+
 fn recording_body(size: usize) -> Result<Bytes, String> {
-    let id = "011AP643CSAPR4FKQGQE31TAES00029V";
+    let id = TEMPLATE_CALL;
     let build = |filler: &str| {
         serde_json::json!({
             "id": id,
@@ -212,7 +239,7 @@ enum Sent {
     Failed(String),
 }
 
-async fn one(sender: &mut SendRequest<Full<Bytes>>, t: &Target, body: &Bytes, expect: &[u8]) -> Sent {
+async fn one(sender: &mut SendRequest<Full<Bytes>>, t: &Target, body: &Bytes, expect: &[u8], prefix: bool) -> Sent {
     let mut req = Request::new(Full::new(body.clone()));
     *req.method_mut() = Method::POST;
     *req.uri_mut() = t.uri.clone();
@@ -229,13 +256,34 @@ async fn one(sender: &mut SendRequest<Full<Bytes>>, t: &Target, body: &Bytes, ex
         .get(header::CONNECTION)
         .is_some_and(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close")));
     match resp.into_body().collect().await {
-        Ok(b) => Sent::Response(status, b.to_bytes() == expect, close),
+        Ok(b) => {
+            let b = b.to_bytes();
+            let ok = if prefix { b.starts_with(expect) } else { b == expect };
+            Sent::Response(status, ok, close)
+        }
         Err(e) => Sent::Failed(format!("status {status}, body: {}", chain(&e))),
     }
 }
 
-async fn conn_loop(t: Target, body: Bytes, expect: Bytes, expect_status: u16, timing: Arc<Timing>) -> ConnStats {
+/// How the requests of one connection vary.
+#[derive(Clone)]
+struct Variation {
+    conn: usize,
+    /// Where to write a fresh CallUUID per request (empty: the same body every time).
+    call_positions: Arc<Vec<usize>>,
+    expect_prefix: bool,
+}
+
+async fn conn_loop(
+    t: Target,
+    body: Bytes,
+    expect: Bytes,
+    expect_status: u16,
+    timing: Arc<Timing>,
+    var: Variation,
+) -> ConnStats {
     let mut st = ConnStats::default();
+    let mut n: u64 = 0;
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     loop {
         if Instant::now() >= timing.end {
@@ -257,7 +305,13 @@ async fn conn_loop(t: Target, body: Bytes, expect: Bytes, expect_status: u16, ti
             },
         };
         let t0 = Instant::now();
-        let outcome = tokio::time::timeout(timing.timeout, one(s, &t, &body, &expect)).await;
+        let request_body = if var.call_positions.is_empty() {
+            body.clone()
+        } else {
+            n += 1;
+            with_call(&body, &var.call_positions, var.conn, n)
+        };
+        let outcome = tokio::time::timeout(timing.timeout, one(s, &t, &request_body, &expect, var.expect_prefix)).await;
         let t1 = Instant::now();
         let in_window = t1 >= timing.start && t1 < timing.end;
         st.all += 1;
@@ -330,9 +384,11 @@ async fn run(cli: &Cli, targets: Vec<Target>, body: Bytes) -> Result<i32, String
     let timing = Arc::new(Timing { start, end, timeout: Duration::from_secs_f64(cli.timeout) });
     let expect = Bytes::from(cli.expect_body.clone().into_bytes());
     let mut handles = Vec::with_capacity(conc);
+    let positions = Arc::new(if cli.unique_calls { call_positions(&body) } else { Vec::new() });
     for i in 0..conc {
         let t = targets[i % targets.len()].clone();
-        handles.push(tokio::spawn(conn_loop(t, body.clone(), expect.clone(), cli.expect_status, timing.clone())));
+        let var = Variation { conn: i, call_positions: positions.clone(), expect_prefix: cli.expect_prefix };
+        handles.push(tokio::spawn(conn_loop(t, body.clone(), expect.clone(), cli.expect_status, timing.clone(), var)));
     }
     tokio::time::sleep_until(start.into()).await;
     let cpu0 = cpu_seconds();
@@ -431,6 +487,20 @@ fn main() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unique_calls_keep_the_body_valid_and_its_size() {
+        let body = recording_body(1024).unwrap();
+        let positions = call_positions(&body);
+        assert_eq!(positions.len(), 4, "id, mediaUri, callUUID, mediaId");
+        let a = with_call(&body, &positions, 3, 7);
+        let b = with_call(&body, &positions, 3, 8);
+        assert_eq!(a.len(), body.len());
+        let v: serde_json::Value = serde_json::from_slice(&a).unwrap();
+        assert_eq!(v["id"], "C00003N0000000000000000000000007");
+        assert_eq!(v["mediaFiles"][0]["callUUID"], v["id"]);
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn body_has_the_requested_size_and_is_json() {
