@@ -32,6 +32,18 @@ pub struct ExcpConfig {
     pub tenant: String,
     pub fsync: bool,
     pub provider: ConversationProvider,
+    /// GIR mode: the WebDAV store MCP records into, watched for new recordings.
+    pub store: Option<StoreWatch>,
+}
+
+/// `[excp.transient_storage]`, named as exrp's `recording-uploader.exec.transientStorage`.
+#[derive(Debug, Clone)]
+pub struct StoreWatch {
+    /// The collection, e.g. "http://10.0.0.4/recordings".
+    pub url: String,
+    pub username: String,
+    pub password: Secret,
+    pub poll_interval: Duration,
 }
 
 /// CME annex folder `conversation_provider`.
@@ -65,6 +77,7 @@ impl ExcpConfig {
         let listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 3650)));
         let tls = s.tls();
         let provider_table = s.table("conversation_provider");
+        let store_table = s.table("transient_storage");
         let url = s.string("recording_processor_url");
         let state_dir = s.path("state_dir");
         let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
@@ -134,6 +147,12 @@ impl ExcpConfig {
 
         let empty = toml::Table::new();
         let provider = ConversationProvider::parse(provider_table.unwrap_or(&empty), env, problems);
+        let store = store_table.and_then(|t| StoreWatch::parse(t, problems));
+        if store.is_some() && provider.gir.is_none() {
+            problems.push(
+                "excp.transient_storage: only used in GIR mode (set conversation_provider.gir_host or gir_url)".into(),
+            );
+        }
         ExcpConfig {
             listen,
             tls,
@@ -152,7 +171,53 @@ impl ExcpConfig {
             tenant,
             fsync,
             provider,
+            store,
         }
+    }
+}
+
+impl StoreWatch {
+    fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<StoreWatch> {
+        let mut s = Section::new("excp.transient_storage", table, problems);
+        let kind = s.string("type");
+        let url = s.string("url");
+        let username = s.string("username");
+        let poll_interval = s.duration("poll_interval", Duration::from_secs(10));
+        for key in ["password", "password_file", "password_env"] {
+            let _ = s.get(key);
+        }
+        let mut secret_problems = Vec::new();
+        let password = read_secret(table, "excp.transient_storage", "password", &mut secret_problems);
+        s.problems.extend(secret_problems);
+        if kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("webdav")) {
+            s.problem_at("type", "must be \"WebDAV\"");
+        }
+        let url = match url {
+            None => {
+                s.problem_at("url", "is required (the WebDAV collection, e.g. \"http://10.0.0.4/recordings\")");
+                None
+            }
+            Some(u) => match u.trim_end_matches('/').parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    s.problem_at("url", format!("{u:?} is not an http:// URL"));
+                    None
+                }
+            },
+        };
+        if username.is_none() {
+            s.problem_at("username", "is required");
+        }
+        if password.is_none() {
+            s.problem_at("password", "is required (or password_file / password_env)");
+        }
+        if poll_interval < Duration::from_millis(100) {
+            s.problem_at("poll_interval", "must be at least 100ms");
+        }
+        s.finish();
+        Some(StoreWatch { url: url?, username: username?, password: password?, poll_interval })
     }
 }
 
@@ -320,6 +385,29 @@ mod tests {
         assert_eq!(gir.fetch_delay, Duration::from_secs(120));
         assert_eq!(gir.fetch_interval, Duration::from_secs(3));
         assert_eq!(gir.fetch_duration, Duration::from_secs(1440 * 60));
+    }
+
+    #[test]
+    fn transient_storage_is_for_gir_mode_and_needs_credentials() {
+        let p = parse(
+            r#"state_dir = "/tmp/x"
+               recording_processor_url = "http://e:1"
+               [transient_storage]
+               url = "ftp://store"
+               poll_interval = "1ms""#,
+            &[],
+        )
+        .unwrap_err()
+        .join("\n");
+        for needle in [
+            "transient_storage.url",
+            "username: is required",
+            "password: is required",
+            "poll_interval",
+            "only used in GIR mode",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in\n{p}");
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::cli::Role;
 
 mod excp;
 mod lb;
-pub use excp::{ConversationProvider, ExcpConfig, GirConfig};
+pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
 
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.

@@ -264,6 +264,25 @@ impl CallBook {
         Ok(added)
     }
 
+    /// A recording of the call was seen in the store (GIR mode): the call is known from now
+    /// on and its quiet period starts again. Returns true when the call is new.
+    pub async fn touch(&self, call_uuid: &str) -> Result<bool, BookError> {
+        let entry = self.entry_or_new(call_uuid)?;
+        let mut guard = entry.lock().await;
+        if guard.call.ended.is_some() {
+            return Ok(false);
+        }
+        let new = guard.call.recordings.is_empty() && guard.call.first_seen_ms == guard.call.last_update_ms;
+        let mut call = guard.call.clone();
+        call.last_update_ms = now_ms();
+        if let Err(e) = self.persist(&call).await {
+            self.forget_unwritten(call_uuid, &guard);
+            return Err(e);
+        }
+        guard.call = call;
+        Ok(new)
+    }
+
     /// Ends a call now. An unknown call is created only when `create` is on (GIR mode).
     pub async fn end(
         &self,

@@ -5,6 +5,7 @@
 mod calls;
 mod deliver;
 pub mod ingest;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -124,6 +125,10 @@ impl Excp {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(deliver::run(self.clone(), shutdown.clone()));
+        if let (Some(store), Some(_)) = (self.config.store.clone(), &self.config.provider.gir) {
+            tracing::info!(store = %store.url, every = ?store.poll_interval, "GIR mode: watching the recording store for new calls");
+            tokio::spawn(watch::run(self.clone(), store, shutdown.clone()));
+        }
         let opts = ServerOptions {
             name: "excp",
             header_timeout: self.config.header_timeout,

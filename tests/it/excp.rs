@@ -28,6 +28,7 @@ const SOON: Duration = Duration::from_secs(10);
 struct Cfg {
     excp: BTreeMap<String, String>,
     provider: BTreeMap<String, String>,
+    store: BTreeMap<String, String>,
 }
 
 fn q(s: &str) -> String {
@@ -49,7 +50,7 @@ impl Cfg {
         ] {
             excp.insert(k.to_string(), v);
         }
-        Cfg { excp, provider: BTreeMap::new() }
+        Cfg { excp, provider: BTreeMap::new(), store: BTreeMap::new() }
     }
 
     fn set(mut self, key: &str, toml_value: &str) -> Cfg {
@@ -62,6 +63,12 @@ impl Cfg {
         self
     }
 
+    /// A key of `[excp.transient_storage]` (the store watched in GIR mode).
+    fn store(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.store.insert(key.to_string(), toml_value.to_string());
+        self
+    }
+
     fn text(&self, state_dir: &std::path::Path) -> String {
         let mut out = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n\n[excp]\n");
         out.push_str(&format!("state_dir = {}\n", q(&state_dir.display().to_string())));
@@ -71,6 +78,12 @@ impl Cfg {
         if !self.provider.is_empty() {
             out.push_str("\n[excp.conversation_provider]\n");
             for (k, v) in &self.provider {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        if !self.store.is_empty() {
+            out.push_str("\n[excp.transient_storage]\n");
+            for (k, v) in &self.store {
                 out.push_str(&format!("{k} = {v}\n"));
             }
         }
@@ -1006,6 +1019,50 @@ fn gir_mode_fetches_rws_after_the_delay_with_basic_auth_until_it_has_the_recordi
     assert_eq!(rws.requests_for(&call).len(), fetches, "no fetch after RWS answered");
     assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
     assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 0.0);
+}
+
+/// In GIR mode MCP posts its metadata to GIR, so a call is known from its recording appearing
+/// in the WebDAV store (the real webdav role here): the quiet period ends it, RWS is asked.
+#[test]
+fn gir_mode_learns_of_a_call_from_its_recording_in_the_store() {
+    let site = crate::support::Site::new("girstore");
+    let webdav = site.start();
+    let exrp = FakeExrp::start(Mode::Accept);
+    let rws = FakeRws::start("cc-org-3", "girops", "pw");
+    let cfg = gir_cfg(&exrp, &rws)
+        .set("quiet_period", &q("1s"))
+        .store("type", &q("WebDAV"))
+        .store("url", &q(&webdav.url("/recordings")))
+        .store("username", &q(crate::support::USER))
+        .store("password", &q(crate::support::PASSWORD))
+        .store("poll_interval", &q("200ms"));
+    let excp = Excp::start("girstore", &cfg);
+    let call = call_id("girstore");
+    let file = format!("{call}_2026-11-28_01-00-00-0001.opus");
+    rws.process(&call, json!({"id": call, "mediaFiles": [{"mediaId": file, "type": "audio/opus"}]}));
+    let put = crate::support::client()
+        .put(webdav.url(&format!("/recordings/{file}")))
+        .basic_auth(crate::support::USER, Some(crate::support::PASSWORD))
+        .body(b"OggS fake opus".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let received = exrp.wait(SOON, "the interaction-end of a call seen in the store", |r| !r.is_empty());
+    assert_eq!(received[0].call_uuid(), call.as_str());
+    assert_eq!(received[0].media_ids(), vec![file.clone()]);
+    assert_eq!(received[0].body["source"], "gir");
+    check_rws_requests(&rws, &call);
+    assert!(excp.tail().contains("call known from its recording in the store"), "{}", excp.tail());
+    // A file not named after a call is ignored.
+    let other = crate::support::client()
+        .put(webdav.url("/recordings/notes.txt"))
+        .basic_auth(crate::support::USER, Some(crate::support::PASSWORD))
+        .body(b"x".to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(other.status(), 201);
+    settle(Duration::from_millis(1500));
+    assert_eq!(exrp.received().len(), 1);
 }
 
 #[test]
