@@ -148,7 +148,7 @@ impl ExcpConfig {
         let empty = toml::Table::new();
         let provider = ConversationProvider::parse(provider_table.unwrap_or(&empty), env, problems);
         let store = store_table.and_then(|t| StoreWatch::parse(t, problems));
-        if store.is_some() && provider.gir.is_none() {
+        if store_table.is_some() && provider.gir.is_none() {
             problems.push(
                 "excp.transient_storage: only used in GIR mode (set conversation_provider.gir_host or gir_url)".into(),
             );
