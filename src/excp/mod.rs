@@ -163,9 +163,15 @@ async fn read_body(excp: &Excp, headers: &HeaderMap, body: Body) -> Result<bytes
 }
 
 async fn recording(State(excp): State<Arc<Excp>>, headers: HeaderMap, body: Body) -> Response {
+    use tracing::Instrument;
     let corr_id = uuid::Uuid::new_v4().to_string();
+    // Instrumented, not entered: a span guard held across an await is wrong on a
+    // multi-threaded runtime (and panics in tracing-subscriber's registry).
     let span = tracing::info_span!("recording", corr_id = %corr_id);
-    let _enter = span.enter();
+    ingest_request(excp, headers, body, corr_id).instrument(span).await
+}
+
+async fn ingest_request(excp: Arc<Excp>, headers: HeaderMap, body: Body, corr_id: String) -> Response {
     let bytes = match read_body(&excp, &headers, body).await {
         Ok(b) => b,
         Err((status, code, message)) => {

@@ -1021,6 +1021,32 @@ fn gir_mode_fetches_rws_after_the_delay_with_basic_auth_until_it_has_the_recordi
     assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 0.0);
 }
 
+/// Many calls posted at once from many connections: every POST is answered 200, every call is
+/// held, and the log shows no panic.
+#[test]
+fn concurrent_posts_of_many_calls_are_all_accepted_without_a_panic() {
+    let exrp = FakeExrp::start(Mode::Accept);
+    let excp = Excp::start("manycalls", &Cfg::new(&exrp.url()).set("fsync", "false"));
+    let addr = excp.addr();
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for n in 0..40 {
+                    let body = json!(media(&format!("MANY{t:02}X{n:03}"), 1)).to_string();
+                    let reply = request(addr, "POST", "/api/v1/recording", body.as_bytes());
+                    assert_eq!(reply.status, 200, "{reply:?}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(excp.details()["openCalls"], 640);
+    let logs = excp.proc.as_ref().map(|p| p.logs()).unwrap_or_default();
+    assert!(!logs.contains("panicked"), "{}", excp.tail());
+}
+
 /// In GIR mode MCP posts its metadata to GIR, so a call is known from its recording appearing
 /// in the WebDAV store (the real webdav role here): the quiet period ends it, RWS is asked.
 #[test]
