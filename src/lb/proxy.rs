@@ -16,13 +16,13 @@ use hyper::body::Incoming;
 use super::Pool;
 use super::balancer::Outcome;
 use super::retry::{Attempts, Failure, Next};
-use super::upstream::{AttemptError, Exchange};
+use super::upstream::{AttemptError, Exchange, UpstreamBody};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
 use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
 use crate::telemetry::escape;
 
-pub type ProxyBody = CountingBody<Either<Full<Bytes>, Incoming>, Box<dyn FnOnce(u64, bool) + Send>>;
+pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnOnce(u64, bool) + Send>>;
 
 /// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
 /// Content-Length are written by the proxy itself.
