@@ -2,7 +2,7 @@
 //! request as nginx writes it, the attempt loop, the response as nginx passes it on, and the
 //! access-log line with every attempt.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Display as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -82,24 +82,7 @@ impl RequestLog {
         let m = &self.pool.metrics;
         m.requests.inc(status);
         m.duration.observe(elapsed);
-        let mut addrs = String::new();
-        let mut statuses = String::new();
-        let mut connect = String::new();
-        let mut header = String::new();
-        let mut response = String::new();
-        for (i, a) in self.attempts.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(addrs, "{sep}{}", a.addr);
-            match a.status {
-                Some(s) => write!(statuses, "{sep}{s}"),
-                None => write!(statuses, "{sep}-"),
-            }
-            .ok();
-            let _ = write!(connect, "{sep}{}", secs(a.connect));
-            let _ = write!(header, "{sep}{}", secs(a.header));
-            let _ = write!(response, "{sep}{}", secs(Some(a.response)));
-        }
-        let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+        let attempts = self.attempts.as_slice();
         tracing::info!(
             target: "access",
             pool = %self.pool.name,
@@ -110,11 +93,14 @@ impl RequestLog {
             bytes,
             ms = elapsed.as_millis() as u64,
             complete,
-            upstream_addr = %dash(addrs),
-            upstream_status = %dash(statuses),
-            upstream_connect_time = %dash(connect),
-            upstream_header_time = %dash(header),
-            upstream_response_time = %dash(response),
+            upstream_addr = %Column(attempts, |a, f| a.addr.fmt(f)),
+            upstream_status = %Column(attempts, |a, f| match a.status {
+                Some(s) => s.fmt(f),
+                None => f.write_str("-"),
+            }),
+            upstream_connect_time = %Column(attempts, |a, f| Secs(a.connect).fmt(f)),
+            upstream_header_time = %Column(attempts, |a, f| Secs(a.header).fmt(f)),
+            upstream_response_time = %Column(attempts, |a, f| Secs(Some(a.response)).fmt(f)),
         );
     }
 }
@@ -126,10 +112,38 @@ impl Drop for RequestLog {
     }
 }
 
-fn secs(d: Option<Duration>) -> String {
-    match d {
-        Some(d) => format!("{:.3}", d.as_secs_f64()),
-        None => "-".into(),
+/// One `$upstream_*` variable: a value per attempt, comma-separated; "-" without attempts.
+/// Formatted straight into the log line (no string per column).
+struct Column<'a>(&'a [AttemptRecord], fn(&AttemptRecord, &mut fmt::Formatter<'_>) -> fmt::Result);
+
+impl fmt::Display for Column<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            (self.1)(a, f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds with millisecond resolution ("0.012"), or "-".
+struct Secs(Option<Duration>);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(d) = self.0 else { return f.write_str("-") };
+        let nanos = d.as_nanos();
+        if nanos % 1_000_000 == 500_000 {
+            // A tie: round as the float formatting does.
+            return write!(f, "{:.3}", d.as_secs_f64());
+        }
+        let ms = (nanos + 500_000) / 1_000_000;
+        write!(f, "{}.{:03}", ms / 1000, ms % 1000)
     }
 }
 
@@ -553,6 +567,16 @@ fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_as_nginx_writes_them() {
+        for nanos in [0, 1, 499_999, 500_000, 500_001, 999_999, 1_000_000, 1_234_567_890, 2_999_500_000, 12_000_499_999]
+        {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(Secs(Some(d)).to_string(), format!("{:.3}", d.as_secs_f64()), "{nanos} ns");
+        }
+        assert_eq!(Secs(None).to_string(), "-");
+    }
 
     #[test]
     fn response_framing_checks() {
