@@ -64,7 +64,8 @@ struct RequestLog {
     pool: Arc<Pool>,
     client: SocketAddr,
     method: Method,
-    target: String,
+    /// The request target as the client sent it.
+    uri: http::Uri,
     started: Instant,
     attempts: Vec<AttemptRecord>,
     written: bool,
@@ -83,12 +84,16 @@ impl RequestLog {
         m.requests.inc(status);
         m.duration.observe(elapsed);
         let attempts = self.attempts.as_slice();
+        let target = match self.uri.path_and_query() {
+            Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
+            None => std::borrow::Cow::Owned(self.uri.to_string()),
+        };
         tracing::info!(
             target: "access",
             pool = %self.pool.name,
             client = %self.client.ip(),
             method = %self.method,
-            uri = %escape(&self.target),
+            uri = %escape(&target),
             status,
             bytes,
             ms = elapsed.as_millis() as u64,
@@ -167,7 +172,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         pool: pool.clone(),
         client,
         method: parts.method.clone(),
-        target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
+        uri: parts.uri.clone(),
         started: Instant::now(),
         attempts: Vec::new(),
         written: false,
@@ -180,11 +185,16 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
     }
     let path = parts.uri.path();
     let query = parts.uri.query();
-    let target = match settings.uri {
-        UriMode::Normalized => uri::normalized(path, query),
-        UriMode::Raw => uri::raw(path, query),
+    let target = match (uri::is_normal(path), parts.uri.path_and_query()) {
+        // The usual case: the target goes upstream as the client sent it, no copy.
+        (true, Some(pq)) if pq.as_str().starts_with('/') => Ok(Ok(http::Uri::from(pq.clone()))),
+        _ => match settings.uri {
+            UriMode::Normalized => uri::normalized(path, query),
+            UriMode::Raw => uri::raw(path, query),
+        }
+        .map(|t| t.parse::<http::Uri>()),
     };
-    let target = match target.map(|t| t.parse::<http::Uri>()) {
+    let target = match target {
         Ok(Ok(t)) => t,
         Ok(Err(err)) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
@@ -207,14 +217,16 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         }
         Err(status) => return Ok(local(log, status, true)),
     };
-    let headers = upstream_headers(&pool, &parts.headers, client, framed.then_some(body.len()));
+    let length = framed.then_some(body.len());
+    let mut headers = Some(upstream_headers(&pool, &parts.headers, client, length));
     let version = if settings.keepalive { Version::HTTP_11 } else { Version::HTTP_10 };
-    let build = || -> Request<Full<Bytes>> {
+    let mut build = || -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
         *req.version_mut() = version;
         *req.uri_mut() = target.clone();
-        *req.headers_mut() = headers.clone();
+        // The first attempt takes the headers; a next one builds the same again.
+        *req.headers_mut() = headers.take().unwrap_or_else(|| upstream_headers(&pool, &parts.headers, client, length));
         req
     };
 
@@ -478,8 +490,7 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
     let s = &pool.settings;
     let mut h = HeaderMap::with_capacity(client_headers.len() + 4);
     let host = match &s.host {
-        HostHeader::PoolName => HeaderValue::from_str(&pool.name).ok(),
-        HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+        HostHeader::PoolName | HostHeader::Literal(_) => pool.host.clone(),
         HostHeader::ClientName => client_headers
             .get(header::HOST)
             .and_then(|h| HeaderValue::from_str(&host_name(h.to_str().ok()?)).ok())
