@@ -1,7 +1,13 @@
 //! Logging: tracing to stderr (stdout is reserved for the READY line), text or JSON.
 //! `RUST_LOG` overrides the default filter.
 
+use std::fmt;
+
+use tracing::field::{Field, Visit};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::{RecordFields, VisitOutput};
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 
 use crate::cli::LogFormat;
 
@@ -10,9 +16,73 @@ pub fn init(format: LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling into the library twice) is harmless; ignore it.
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).try_init(),
+        LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// tracing-subscriber's `DefaultFields` text without ANSI styling, written with fewer layers
+/// of formatting: the same bytes (see the test), about half the instructions for the access
+/// log's fifteen fields per request. Messages, `r#` names and errors go through
+/// `DefaultVisitor` itself.
+pub struct PlainFields;
+
+impl<'writer> FormatFields<'writer> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut visitor = PlainVisitor { writer, is_empty: true, result: Ok(()) };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct PlainVisitor<'a> {
+    writer: Writer<'a>,
+    is_empty: bool,
+    result: fmt::Result,
+}
+
+impl PlainVisitor<'_> {
+    fn delegate(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut inner = DefaultVisitor::new(self.writer.by_ref(), self.is_empty);
+        record(&mut inner);
+        self.result = inner.finish();
+        self.is_empty = false;
+    }
+}
+
+impl Visit for PlainVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.delegate(|v| v.record_str(field, value));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.delegate(|v| v.record_error(field, value));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        let name = field.name();
+        if name.starts_with("log.") {
+            // log metadata, already written by the event formatter
+            return;
+        }
+        if name == "message" || name.starts_with("r#") {
+            self.delegate(|v| v.record_debug(field, value));
+            return;
+        }
+        if self.result.is_err() {
+            return;
+        }
+        let w = &mut self.writer;
+        let pad = if std::mem::replace(&mut self.is_empty, false) { "" } else { " " };
+        self.result = w.write_str(pad).and_then(|()| w.write_str(name)).and_then(|()| write!(w, "={value:?}"));
+    }
 }
 
 /// Escapes control characters so a client cannot forge log lines through a path or a name.
@@ -34,6 +104,54 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// Formats the same events with `DefaultFields` and with `PlainFields`.
+    fn both(events: impl Fn()) -> (String, String) {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (a, b) = (Buf::default(), Buf::default());
+        let (wa, wb) = (a.clone(), b.clone());
+        let base = || tracing_subscriber::fmt().with_ansi(false).without_time().with_max_level(tracing::Level::TRACE);
+        tracing::subscriber::with_default(base().with_writer(move || wa.clone()).finish(), &events);
+        let plain = base().with_writer(move || wb.clone()).fmt_fields(super::PlainFields).finish();
+        tracing::subscriber::with_default(plain, &events);
+        let text = |b: Buf| String::from_utf8(b.0.lock().unwrap().clone()).unwrap();
+        (text(a), text(b))
+    }
+
+    #[test]
+    fn plain_fields_write_what_default_fields_write() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer \u{1b}[31m")]
+        struct Outer(#[source] std::io::Error);
+        let (default, plain) = both(|| {
+            let io = std::io::Error::other("inner");
+            let outer = Outer(std::io::Error::other("cause"));
+            let r#type = "raw";
+            tracing::info!(target: "access", pool = %"p", status = 200u16, bytes = 17u64, neg = -3i64, ok = true, f = 1.5, s = "str \"q\"", d = ?Some(3), "");
+            tracing::info!(a = 1, "message with {} and \u{1b}[1m", "args");
+            tracing::warn!(err = %io, e = &io as &dyn std::error::Error, "x");
+            tracing::error!(e = &outer as &dyn std::error::Error, r#type, "y");
+            tracing::debug!(only = "field");
+            tracing::debug!("only message");
+            let span = tracing::info_span!("req", id = 7, path = "/a");
+            let _g = span.enter();
+            tracing::info!(in_span = true);
+        });
+        assert!(default.lines().count() >= 7, "{default}");
+        assert_eq!(plain, default);
+    }
+
     #[test]
     fn control_characters_are_escaped() {
         assert_eq!(super::escape("/a b"), "/a b");

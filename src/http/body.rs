@@ -30,15 +30,18 @@ impl std::error::Error for BodyError {}
 pub struct IdleTimeoutBody<B> {
     inner: B,
     idle: Duration,
-    sleep: Pin<Box<Sleep>>,
-    /// True while a frame has been asked for and not yet delivered; the clock only runs then,
-    /// so time the consumer spends writing to disk does not count against the sender.
-    waiting: bool,
+    /// When the frame asked for is due; set while a frame has been asked for and not yet
+    /// delivered: the clock only runs then, so time the consumer spends writing to disk does
+    /// not count against the sender.
+    due: Option<Instant>,
+    /// Made the first time the sender keeps us waiting (a body already in the buffer never
+    /// needs one).
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        IdleTimeoutBody { inner, idle, sleep: Box::pin(tokio::time::sleep(idle)), waiting: false }
+        IdleTimeoutBody { inner, idle, due: None, sleep: None }
     }
 }
 
@@ -55,19 +58,27 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
-        if !this.waiting {
-            this.waiting = true;
-            this.sleep.as_mut().reset(Instant::now() + this.idle);
-        }
+        let due = *this.due.get_or_insert_with(|| Instant::now() + this.idle);
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
-                this.waiting = false;
+                this.due = None;
                 Poll::Ready(frame.map(|r| r.map_err(|e| BodyError(e.into()))))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Box::new(IdleTimeout(this.idle)))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                let sleep = match &mut this.sleep {
+                    Some(sleep) => {
+                        if sleep.deadline() != due {
+                            sleep.as_mut().reset(due);
+                        }
+                        sleep
+                    }
+                    None => this.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
+                };
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Box::new(IdleTimeout(this.idle)))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

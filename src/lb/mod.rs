@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LbConfig, PoolConfig, PoolSettings, split_host_port};
+use crate::config::{HostHeader, LbConfig, PoolConfig, PoolSettings, split_host_port};
 use crate::http::admin::RoleStatus;
 use crate::http::{ConnInfo, ServerOptions};
 use crate::metrics::{Counter, Encoder, Histogram, StatusCounts};
@@ -39,6 +39,9 @@ pub struct ResolveError {
 pub struct Pool {
     pub name: String,
     pub settings: PoolSettings,
+    /// The upstream Host header when it does not depend on the request (`host` = pool name or
+    /// a literal), made once.
+    host: Option<http::HeaderValue>,
     balancer: Balancer,
     connector: Connector,
     metrics: PoolMetrics,
@@ -277,9 +280,15 @@ async fn build_pool(pc: &PoolConfig) -> anyhow::Result<Pool> {
         max_age: Duration::from_secs(3600),
     });
     let metrics = PoolMetrics { peers: peers.iter().map(|_| PeerMetrics::default()).collect(), ..Default::default() };
+    let host = match &s.host {
+        HostHeader::PoolName => http::HeaderValue::from_str(&pc.name).ok(),
+        HostHeader::Literal(v) => http::HeaderValue::from_str(v).ok(),
+        HostHeader::ClientName | HostHeader::Client => None,
+    };
     Ok(Pool {
         name: pc.name.clone(),
         settings: pc.settings.clone(),
+        host,
         balancer: Balancer::new(peers, Instant::now()),
         connector: Connector::new(timeouts, keepalive),
         metrics,

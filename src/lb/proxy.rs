@@ -2,7 +2,7 @@
 //! request as nginx writes it, the attempt loop, the response as nginx passes it on, and the
 //! access-log line with every attempt.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Display as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,13 +16,13 @@ use hyper::body::Incoming;
 use super::Pool;
 use super::balancer::Outcome;
 use super::retry::{Attempts, Failure, Next};
-use super::upstream::{AttemptError, Exchange};
+use super::upstream::{AttemptError, Exchange, UpstreamBody};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
 use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
 use crate::telemetry::escape;
 
-pub type ProxyBody = CountingBody<Either<Full<Bytes>, Incoming>, Box<dyn FnOnce(u64, bool) + Send>>;
+pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnOnce(u64, bool) + Send>>;
 
 /// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
 /// Content-Length are written by the proxy itself.
@@ -64,7 +64,8 @@ struct RequestLog {
     pool: Arc<Pool>,
     client: SocketAddr,
     method: Method,
-    target: String,
+    /// The request target as the client sent it.
+    uri: http::Uri,
     started: Instant,
     attempts: Vec<AttemptRecord>,
     written: bool,
@@ -82,39 +83,29 @@ impl RequestLog {
         let m = &self.pool.metrics;
         m.requests.inc(status);
         m.duration.observe(elapsed);
-        let mut addrs = String::new();
-        let mut statuses = String::new();
-        let mut connect = String::new();
-        let mut header = String::new();
-        let mut response = String::new();
-        for (i, a) in self.attempts.iter().enumerate() {
-            let sep = if i == 0 { "" } else { ", " };
-            let _ = write!(addrs, "{sep}{}", a.addr);
-            match a.status {
-                Some(s) => write!(statuses, "{sep}{s}"),
-                None => write!(statuses, "{sep}-"),
-            }
-            .ok();
-            let _ = write!(connect, "{sep}{}", secs(a.connect));
-            let _ = write!(header, "{sep}{}", secs(a.header));
-            let _ = write!(response, "{sep}{}", secs(Some(a.response)));
-        }
-        let dash = |s: String| if s.is_empty() { "-".to_string() } else { s };
+        let attempts = self.attempts.as_slice();
+        let target = match self.uri.path_and_query() {
+            Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
+            None => std::borrow::Cow::Owned(self.uri.to_string()),
+        };
         tracing::info!(
             target: "access",
             pool = %self.pool.name,
             client = %self.client.ip(),
             method = %self.method,
-            uri = %escape(&self.target),
+            uri = %escape(&target),
             status,
             bytes,
             ms = elapsed.as_millis() as u64,
             complete,
-            upstream_addr = %dash(addrs),
-            upstream_status = %dash(statuses),
-            upstream_connect_time = %dash(connect),
-            upstream_header_time = %dash(header),
-            upstream_response_time = %dash(response),
+            upstream_addr = %Column(attempts, |a, f| a.addr.fmt(f)),
+            upstream_status = %Column(attempts, |a, f| match a.status {
+                Some(s) => s.fmt(f),
+                None => f.write_str("-"),
+            }),
+            upstream_connect_time = %Column(attempts, |a, f| Secs(a.connect).fmt(f)),
+            upstream_header_time = %Column(attempts, |a, f| Secs(a.header).fmt(f)),
+            upstream_response_time = %Column(attempts, |a, f| Secs(Some(a.response)).fmt(f)),
         );
     }
 }
@@ -126,10 +117,38 @@ impl Drop for RequestLog {
     }
 }
 
-fn secs(d: Option<Duration>) -> String {
-    match d {
-        Some(d) => format!("{:.3}", d.as_secs_f64()),
-        None => "-".into(),
+/// One `$upstream_*` variable: a value per attempt, comma-separated; "-" without attempts.
+/// Formatted straight into the log line (no string per column).
+struct Column<'a>(&'a [AttemptRecord], fn(&AttemptRecord, &mut fmt::Formatter<'_>) -> fmt::Result);
+
+impl fmt::Display for Column<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("-");
+        }
+        for (i, a) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            (self.1)(a, f)?;
+        }
+        Ok(())
+    }
+}
+
+/// Seconds with millisecond resolution ("0.012"), or "-".
+struct Secs(Option<Duration>);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(d) = self.0 else { return f.write_str("-") };
+        let nanos = d.as_nanos();
+        if nanos % 1_000_000 == 500_000 {
+            // A tie: round as the float formatting does.
+            return write!(f, "{:.3}", d.as_secs_f64());
+        }
+        let ms = (nanos + 500_000) / 1_000_000;
+        write!(f, "{}.{:03}", ms / 1000, ms % 1000)
     }
 }
 
@@ -153,7 +172,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         pool: pool.clone(),
         client,
         method: parts.method.clone(),
-        target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |pq| pq.to_string()),
+        uri: parts.uri.clone(),
         started: Instant::now(),
         attempts: Vec::new(),
         written: false,
@@ -166,11 +185,16 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
     }
     let path = parts.uri.path();
     let query = parts.uri.query();
-    let target = match settings.uri {
-        UriMode::Normalized => uri::normalized(path, query),
-        UriMode::Raw => uri::raw(path, query),
+    let target = match (uri::is_normal(path), parts.uri.path_and_query()) {
+        // The usual case: the target goes upstream as the client sent it, no copy.
+        (true, Some(pq)) if pq.as_str().starts_with('/') => Ok(Ok(http::Uri::from(pq.clone()))),
+        _ => match settings.uri {
+            UriMode::Normalized => uri::normalized(path, query),
+            UriMode::Raw => uri::raw(path, query),
+        }
+        .map(|t| t.parse::<http::Uri>()),
     };
-    let target = match target.map(|t| t.parse::<http::Uri>()) {
+    let target = match target {
         Ok(Ok(t)) => t,
         Ok(Err(err)) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
@@ -193,14 +217,16 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         }
         Err(status) => return Ok(local(log, status, true)),
     };
-    let headers = upstream_headers(&pool, &parts.headers, client, framed.then_some(body.len()));
+    let length = framed.then_some(body.len());
+    let mut headers = Some(upstream_headers(&pool, &parts.headers, client, length));
     let version = if settings.keepalive { Version::HTTP_11 } else { Version::HTTP_10 };
-    let build = || -> Request<Full<Bytes>> {
+    let mut build = || -> Request<Full<Bytes>> {
         let mut req = Request::new(Full::new(body.clone()));
         *req.method_mut() = parts.method.clone();
         *req.version_mut() = version;
         *req.uri_mut() = target.clone();
-        *req.headers_mut() = headers.clone();
+        // The first attempt takes the headers; a next one builds the same again.
+        *req.headers_mut() = headers.take().unwrap_or_else(|| upstream_headers(&pool, &parts.headers, client, length));
         req
     };
 
@@ -464,8 +490,7 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
     let s = &pool.settings;
     let mut h = HeaderMap::with_capacity(client_headers.len() + 4);
     let host = match &s.host {
-        HostHeader::PoolName => HeaderValue::from_str(&pool.name).ok(),
-        HostHeader::Literal(v) => HeaderValue::from_str(v).ok(),
+        HostHeader::PoolName | HostHeader::Literal(_) => pool.host.clone(),
         HostHeader::ClientName => client_headers
             .get(header::HOST)
             .and_then(|h| HeaderValue::from_str(&host_name(h.to_str().ok()?)).ok())
@@ -553,6 +578,16 @@ fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seconds_as_nginx_writes_them() {
+        for nanos in [0, 1, 499_999, 500_000, 500_001, 999_999, 1_000_000, 1_234_567_890, 2_999_500_000, 12_000_499_999]
+        {
+            let d = Duration::from_nanos(nanos);
+            assert_eq!(Secs(Some(d)).to_string(), format!("{:.3}", d.as_secs_f64()), "{nanos} ns");
+        }
+        assert_eq!(Secs(None).to_string(), "-");
+    }
 
     #[test]
     fn response_framing_checks() {

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -57,7 +58,7 @@ pub struct AttemptError {
 
 /// A response head from a peer, with the connection it came on.
 pub struct Exchange {
-    pub response: Response<Incoming>,
+    pub response: Response<UpstreamBody>,
     pub connect_time: Duration,
     pub reused: bool,
     pub lease: Lease,
@@ -215,6 +216,7 @@ impl Connector {
             match sent {
                 Ok(response) => {
                     let lease = self.lease(peer, conn);
+                    let response = response.map(|body| UpstreamBody::new(body, None));
                     return Ok(Exchange { response, connect_time: Duration::ZERO, reused: true, lease });
                 }
                 Err(mut err) => {
@@ -280,6 +282,9 @@ impl Connector {
                 });
             }
         };
+        if self.keepalive.is_none() {
+            return self.exchange_inline(peer, sender, connection, request, connect_time).await;
+        }
         let task = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(%err, "upstream connection ended with an error");
@@ -294,6 +299,7 @@ impl Connector {
                 guard.disarm();
                 let conn = Live { sender, active, task, requests: 1, created: started };
                 let lease = self.lease(peer, conn);
+                let response = response.map(|body| UpstreamBody::new(body, None));
                 Ok(Exchange { response, connect_time, reused: false, lease })
             }
             Err(err) => {
@@ -309,8 +315,111 @@ impl Connector {
         }
     }
 
+    /// A connection used for one request only is driven by the request's own task (no task
+    /// of its own, no wake-ups across threads): here until the response head is in, then by
+    /// the response body. Dropping either closes it, as aborting its task did.
+    async fn exchange_inline(
+        &self,
+        peer: usize,
+        mut sender: SendRequest<Full<Bytes>>,
+        connection: Conn,
+        request: Request<Full<Bytes>>,
+        connect_time: Duration,
+    ) -> Result<Exchange, AttemptError> {
+        let mut conn = Some(connection);
+        let mut head = std::pin::pin!(sender.send_request(request));
+        let result = std::future::poll_fn(|cx| {
+            drive(&mut conn, cx);
+            head.as_mut().poll(cx)
+        })
+        .await;
+        match result {
+            Ok(response) => {
+                let response = response.map(|body| UpstreamBody::new(body, conn));
+                let lease = Lease { conn: None, peer, idle: self.idle.clone(), keepalive: None };
+                Ok(Exchange { response, connect_time, reused: false, lease })
+            }
+            Err(err) => Err(AttemptError {
+                failure: classify(&err),
+                sent: true,
+                reused: false,
+                connect_time: Some(connect_time),
+                detail: describe(&err),
+            }),
+        }
+    }
+
     fn lease(&self, peer: usize, conn: Live) -> Lease {
         Lease { conn: Some(conn), peer, idle: self.idle.clone(), keepalive: self.keepalive.clone() }
+    }
+}
+
+type Conn = http1::Connection<TokioIo<TimedIo>, Full<Bytes>>;
+
+/// Polls a connection driven in place; drops it once it is done (as its task would end), so
+/// that a response still waiting for it gets hyper's "connection closed" error.
+fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
+    if let Some(c) = conn
+        && let Poll::Ready(result) = Pin::new(c).poll(cx)
+    {
+        if let Err(err) = result {
+            tracing::debug!(%err, "upstream connection ended with an error");
+        }
+        *conn = None;
+    }
+}
+
+/// A response body from a peer, with the connection it comes on when that one is driven by
+/// the request's task (not pooled): reading the body polls the connection first.
+pub struct UpstreamBody {
+    body: Incoming,
+    conn: Option<Conn>,
+    /// A body error held back for one poll, so that what came before it is flushed to the
+    /// client first (nginx passes on a truncated body, then closes).
+    error: Option<hyper::Error>,
+}
+
+impl UpstreamBody {
+    fn new(body: Incoming, conn: Option<Conn>) -> Self {
+        UpstreamBody { body, conn, error: None }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if let Some(err) = this.error.take() {
+            return Poll::Ready(Some(Err(err)));
+        }
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending() && this.conn.is_some() {
+            drive(&mut this.conn, cx);
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        match polled {
+            // The connection runs in the same task as the client's now: the data before the
+            // error (and the head) would otherwise never be written.
+            Poll::Ready(Some(Err(err))) => {
+                this.error = Some(err);
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

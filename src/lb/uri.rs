@@ -44,6 +44,22 @@ pub fn raw(path: &str, query: Option<&str>) -> Result<String, UriError> {
     })
 }
 
+/// True when `path` is already what both modes send: absolute, no escapes, no `//` and no
+/// dot segments (almost every request). Such a target can be passed on as parsed.
+pub fn is_normal(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else { return false };
+    if rest.contains('%') {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        if seg == "." || seg == ".." || (seg.is_empty() && segments.peek().is_some()) {
+            return false;
+        }
+    }
+    true
+}
+
 /// Percent-decodes, then resolves `//`, `.` and `..` on the decoded bytes, so `%2F` and
 /// `%2E%2E` act as the characters they encode, as in nginx's complex-URI parser.
 pub fn normalize_path(path: &str) -> Result<Vec<u8>, UriError> {
@@ -156,6 +172,34 @@ mod tests {
         assert_eq!(normalized("*", None), Err(UriError::NotAbsolute));
         assert_eq!(raw("/a%00", None), Err(UriError::Nul));
         assert_eq!(raw("//a/./b", Some("q")).unwrap(), "//a/./b?q");
+    }
+
+    #[test]
+    fn normal_paths_are_sent_as_they_are() {
+        let alphabet = ["/", "%", "2", "e", ".", "a", "%2F", "..", "~", "?"];
+        let mut seed = 0x1234_5677_u32;
+        let mut normal = 0;
+        for _ in 0..5000 {
+            let mut s = String::from("/");
+            for _ in 0..(seed % 10) {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                s.push_str(alphabet[(seed % alphabet.len() as u32) as usize]);
+            }
+            if is_normal(&s) {
+                normal += 1;
+                assert_eq!(normalized(&s, Some("q")).as_deref(), Ok(format!("{s}?q").as_str()), "{s}");
+                assert_eq!(raw(&s, None).as_deref(), Ok(s.as_str()), "{s}");
+            }
+        }
+        assert!(normal > 100);
+        for s in ["/", "/a", "/a/", "/a/b.c", "/...", "/a/.b"] {
+            assert!(is_normal(s), "{s}");
+        }
+        for s in ["", "*", "a", "//", "/a//b", "/.", "/a/..", "/./a", "/a%41"] {
+            assert!(!is_normal(s), "{s}");
+        }
     }
 
     #[test]
