@@ -313,22 +313,10 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
                 let header_time = t0.elapsed();
                 peer_metrics.latency.observe(header_time);
                 let failure = Failure::Status(status);
-                let counted = failure.counts_as_failure(&settings.next_upstream);
-                if settings.next_upstream.status(status) && attempts.after_status(status, now) == Next::Retry {
-                    peer_metrics.failed(failure);
-                    log.attempts.push(AttemptRecord {
-                        addr: peer.addr,
-                        status: Some(status),
-                        connect: Some(ex.connect_time),
-                        header: Some(header_time),
-                        response: header_time,
-                    });
-                    balancer.report(i, if counted { Outcome::Failed } else { Outcome::Next }, now);
-                    continue;
-                }
-                let outcome = if counted {
+                let listed = settings.next_upstream.status(status);
+                let outcome = if failure.counts_as_failure(&settings.next_upstream) {
                     Outcome::Failed
-                } else if settings.next_upstream.status(status) {
+                } else if listed {
                     Outcome::Next
                 } else {
                     Outcome::Success
@@ -341,6 +329,10 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
                     header: Some(header_time),
                     response: header_time,
                 });
+                if listed && attempts.after_status(status, now) == Next::Retry {
+                    peer_metrics.failed(failure);
+                    continue;
+                }
                 return Ok(respond(log, ex, parts.version, t0));
             }
         }

@@ -494,41 +494,43 @@ fn expired(timer: &mut Option<Pin<Box<Sleep>>>, limit: Duration, active: bool, c
     sleep.as_mut().poll(cx).is_ready()
 }
 
+/// Disarms the timer when the operation made progress; fails it with `TimedOut` when it has
+/// been pending longer than `limit` while a request is in flight.
+fn timed<T>(
+    polled: Poll<io::Result<T>>,
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    limit: Duration,
+    active: bool,
+    cx: &mut Context<'_>,
+    what: &'static str,
+) -> Poll<io::Result<T>> {
+    match polled {
+        Poll::Ready(r) => {
+            *timer = None;
+            Poll::Ready(r)
+        }
+        Poll::Pending if expired(timer, limit, active, cx) => {
+            Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, what)))
+        }
+        Poll::Pending => Poll::Pending,
+    }
+}
+
 impl AsyncRead for TimedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.read_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if expired(&mut this.read_timer, this.read_timeout, this.active.load(Ordering::Relaxed), cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out reading")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let active = this.active.load(Ordering::Relaxed);
+        timed(polled, &mut this.read_timer, this.read_timeout, active, cx, "upstream timed out reading")
     }
 }
 
 impl AsyncWrite for TimedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if expired(&mut this.write_timer, this.write_timeout, this.active.load(Ordering::Relaxed), cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out writing")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let active = this.active.load(Ordering::Relaxed);
+        timed(polled, &mut this.write_timer, this.write_timeout, active, cx, "upstream timed out writing")
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -547,19 +549,9 @@ impl AsyncWrite for TimedIo {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.write_timer = None;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                if expired(&mut this.write_timer, this.write_timeout, this.active.load(Ordering::Relaxed), cx) {
-                    Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "upstream timed out writing")))
-                } else {
-                    Poll::Pending
-                }
-            }
-        }
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let active = this.active.load(Ordering::Relaxed);
+        timed(polled, &mut this.write_timer, this.write_timeout, active, cx, "upstream timed out writing")
     }
 
     fn is_write_vectored(&self) -> bool {
