@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::fakes::{FakeExrp, FakeRws, Mode};
-use crate::support::{Proc, Raw, TempDir, dir_entries, raw_request};
+use crate::support::{Proc, Raw, TempDir, dir_entries, metric, raw_request};
 
 /// Longest wait for something that should happen "at once" on a loaded machine.
 const SOON: Duration = Duration::from_secs(10);
@@ -266,30 +266,6 @@ impl Excp {
         let lines: Vec<&str> = logs.lines().collect();
         format!("--- excp stderr (tail) ---\n{}", lines[lines.len().saturating_sub(30)..].join("\n"))
     }
-}
-
-/// The sum of the samples of `name` whose labels include `labels` (None when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (metric_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric_name != name {
-            continue;
-        }
-        let have: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.iter().all(|l| have.contains(l)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
-        }
-    }
-    found
 }
 
 /// A GIR-like CallUUID (32 upper-case letters and digits), distinct per test.

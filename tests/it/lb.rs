@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::backend::{Backends, Behaviour, Seen};
-use crate::support::{BIN, Proc, TempDir, raw_request, wait_timeout};
+use crate::support::{BIN, Proc, TempDir, metric, raw_request, wait_timeout};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -216,30 +216,6 @@ impl Access {
     fn tried(&self, backends: &Backends) -> Vec<String> {
         self.upstream_addr.iter().map(|a| backends.name_of(a).unwrap_or(a).to_string()).collect()
     }
-}
-
-/// The sum of the samples of `name` whose labels include `labels` (None when there is none).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let mut found = None;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
-        let (metric_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if metric_name != name {
-            continue;
-        }
-        let have: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.iter().all(|l| have.contains(l)) {
-            *found.get_or_insert(0.0) += value.parse::<f64>().unwrap_or(f64::NAN);
-        }
-    }
-    found
 }
 
 /// Runs the binary to completion (bounded) and collects its output.
