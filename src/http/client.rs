@@ -70,6 +70,51 @@ impl HttpClient {
         timeout: Duration,
         max_response: usize,
     ) -> Result<Reply, ClientError> {
+        let len = body.len() as u64;
+        let body = Full::new(body).map_err(|never| match never {}).boxed();
+        let exchange = async {
+            let response = self.open(method, url, headers, body, len).await?;
+            let (parts, body) = response.into_parts();
+            match Limited::new(body, max_response).collect().await {
+                Ok(collected) => Ok(Reply { status: parts.status, headers: parts.headers, body: collected.to_bytes() }),
+                Err(err) => match err.downcast::<hyper::Error>() {
+                    Ok(e) => Err(ClientError::Http(*e)),
+                    Err(_) => Err(ClientError::TooLarge(max_response)),
+                },
+            }
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(timeout)),
+        }
+    }
+
+    /// Sends one request with a streamed body of `len` bytes and returns once the response
+    /// head is in (or `head_timeout` passed). The caller reads the body and bounds its time;
+    /// dropping the response closes the connection.
+    pub async fn stream(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: StreamBody,
+        len: u64,
+        head_timeout: Duration,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        match tokio::time::timeout(head_timeout, self.open(method, url, headers, body, len)).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Timeout(head_timeout)),
+        }
+    }
+
+    async fn open(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: StreamBody,
+        len: u64,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.to_string()))?;
         let https = match uri.scheme_str() {
             Some("http") => false,
@@ -84,35 +129,36 @@ impl HttpClient {
             .method(method)
             .uri(path)
             .header(http::header::HOST, authority.as_str())
-            .header(http::header::CONTENT_LENGTH, body.len())
+            .header(http::header::CONTENT_LENGTH, len)
             .header(http::header::USER_AGENT, concat!("exec-allinone/", env!("CARGO_PKG_VERSION")));
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
-        let request = request.body(Full::new(body)).map_err(|_| ClientError::Url(url.to_string()))?;
-        let tls = self.tls.clone();
-        let exchange = async move {
-            let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|source| ClientError::Connect { addr: authority.to_string(), source })?;
-            let _ = stream.set_nodelay(true);
-            if !https {
-                return exchange(stream, request, max_response).await;
-            }
-            let tls = tls.ok_or(ClientError::NoTls)?;
-            let name = rustls::pki_types::ServerName::try_from(host.clone())
-                .map_err(|_| ClientError::Url(format!("{host} is not a TLS server name")))?;
-            let stream = tokio_rustls::TlsConnector::from(tls)
-                .connect(name, stream)
-                .await
-                .map_err(|source| ClientError::Tls { addr: authority.to_string(), source })?;
-            exchange(stream, request, max_response).await
-        };
-        match tokio::time::timeout(timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Timeout(timeout)),
+        let request = request.body(body).map_err(|_| ClientError::Url(url.to_string()))?;
+        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|source| ClientError::Connect { addr: authority.to_string(), source })?;
+        let _ = stream.set_nodelay(true);
+        if !https {
+            return exchange(stream, request).await;
         }
+        let tls = self.tls.clone().ok_or(ClientError::NoTls)?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|_| ClientError::Url(format!("{host} is not a TLS server name")))?;
+        let stream = tokio_rustls::TlsConnector::from(tls)
+            .connect(name, stream)
+            .await
+            .map_err(|source| ClientError::Tls { addr: authority.to_string(), source })?;
+        exchange(stream, request).await
     }
+}
+
+/// A request body sent as it is produced (a file being uploaded, say).
+pub type StreamBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+/// A request body from bytes already in memory.
+pub fn full_body(bytes: Bytes) -> StreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 /// A response with its body read (up to the limit given to `send`).
@@ -123,25 +169,12 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>, max_response: usize) -> Result<Reply, ClientError>
+async fn exchange<I>(io: I, request: Request<StreamBody>) -> Result<http::Response<hyper::body::Incoming>, ClientError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let conn = tokio::spawn(conn);
-    let result = match sender.send_request(request).await {
-        Ok(response) => {
-            let (parts, body) = response.into_parts();
-            match Limited::new(body, max_response).collect().await {
-                Ok(collected) => Ok(Reply { status: parts.status, headers: parts.headers, body: collected.to_bytes() }),
-                Err(err) => match err.downcast::<hyper::Error>() {
-                    Ok(e) => Err(ClientError::Http(*e)),
-                    Err(_) => Err(ClientError::TooLarge(max_response)),
-                },
-            }
-        }
-        Err(e) => Err(ClientError::Http(e)),
-    };
-    conn.abort();
-    result
+    // The connection task ends by itself once the response body is read or dropped.
+    tokio::spawn(conn);
+    Ok(sender.send_request(request).await?)
 }
