@@ -9,8 +9,10 @@ use std::time::Duration;
 use crate::cli::Role;
 
 mod excp;
+mod exrp;
 mod lb;
 pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
+pub use exrp::{ExrpConfig, GenesysCloudConfig, Sink, TransientStorage};
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
 
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
@@ -549,6 +551,10 @@ impl<'a, 'p> Section<'a, 'p> {
 pub struct Secret(String);
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
