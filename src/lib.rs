@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod durable;
 pub mod excp;
+pub mod exrp;
 pub mod http;
 pub mod lb;
 pub mod metrics;
@@ -92,13 +93,6 @@ fn import_nginx(file: &std::path::Path) -> ExitCode {
 }
 
 fn run(role: Role, path: Option<&std::path::Path>) -> ExitCode {
-    if let Some((issue, name)) = match role {
-        Role::Exrp => Some((5, "exrp")),
-        Role::Webdav | Role::Lb | Role::Excp | Role::All => None,
-    } {
-        eprintln!("exec-allinone: the {name} role is not built yet (issue {issue}); available: webdav, lb, excp, all");
-        return ExitCode::from(EXIT_USAGE);
-    }
     let config = match Config::load(path, role) {
         Ok(config) => config,
         Err(err) => {

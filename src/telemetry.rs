@@ -1,5 +1,6 @@
 //! Logging: tracing to stderr (stdout is reserved for the READY line), text or JSON.
-//! `RUST_LOG` overrides the default filter.
+//! `RUST_LOG` overrides the default filter; the Genesys `.env` variable `EXRP_LOG_LEVEL` is
+//! honoured when `RUST_LOG` is not set.
 
 use std::fmt;
 
@@ -12,13 +13,24 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling into the library twice) is harmless; ignore it.
     let _ = match format {
         LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// `EXRP_LOG_LEVEL` takes trace, debug, info, warn, error or fatal (which logs errors).
+fn default_level() -> &'static str {
+    match std::env::var("EXRP_LOG_LEVEL").map(|l| l.trim().to_ascii_lowercase()).as_deref() {
+        Ok("trace") => "trace",
+        Ok("debug") => "debug",
+        Ok("warn" | "warning") => "warn",
+        Ok("error" | "fatal") => "error",
+        _ => "info",
+    }
 }
 
 /// tracing-subscriber's `DefaultFields` text without ANSI styling, written with fewer layers

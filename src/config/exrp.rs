@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Secret, TlsConfig};
+use super::{Secret, Section, TlsConfig, read_secret};
 
 #[derive(Debug, Clone)]
 pub struct ExrpConfig {
@@ -72,4 +72,259 @@ pub struct GenesysCloudConfig {
     pub login_url: String,
     pub client_id: String,
     pub client_secret: Secret,
+}
+
+/// The `.env` lookup (EXRP_PORT).
+type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+impl ExrpConfig {
+    pub(super) fn parse(table: &toml::Table, env: EnvLookup<'_>, problems: &mut Vec<String>) -> ExrpConfig {
+        let mut s = Section::new("exrp", table, problems);
+        let mut listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 8080)));
+        if let Some(port) = env("EXRP_PORT") {
+            match port.trim().parse::<u16>() {
+                Ok(p) => listen.set_port(p),
+                Err(_) => s.problem_at("listen", format!("EXRP_PORT={port:?} is not a port number")),
+            }
+        }
+        let tls = s.tls();
+        let storage_table = s.table("transient_storage");
+        let cloud_table = s.table("genesys_cloud");
+        let sink_table = s.table("local_sink");
+        let state_dir = s.path("state_dir");
+        let max_body_size = s.size("max_body_size", 4 << 20);
+        let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
+        let workers = s.count("workers", 8, 1..=1024);
+        let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
+        let transfer_timeout = s.duration("transfer_timeout", Duration::from_secs(600));
+        let retry_initial = s.duration("retry_initial", Duration::from_secs(1));
+        let retry_max = s.duration("retry_max", Duration::from_secs(300));
+        let retry_window = s.duration("retry_window", Duration::from_secs(72 * 3600));
+        let missing_timeout = s.duration("missing_timeout", Duration::from_secs(600));
+        let claim_timeout = s.duration("claim_timeout", Duration::from_secs(300));
+        let scan_interval = s.duration("scan_interval", Duration::from_secs(30));
+        let takeover_after = s.duration("takeover_after", Duration::from_secs(120));
+        let orphan_ttl = s.duration("orphan_ttl", Duration::ZERO);
+        let done_retention = s.duration("done_retention", Duration::from_secs(7 * 24 * 3600));
+        let instance = s.string("instance").unwrap_or_else(|| default_instance(listen));
+        let fsync = s.bool("fsync", true);
+        if state_dir.is_none() {
+            s.problem_at("state_dir", "is required: where the job queue (queue.db) is kept");
+        }
+        for (key, value) in [
+            ("header_timeout", header_timeout),
+            ("body_timeout", body_timeout),
+            ("request_timeout", request_timeout),
+            ("transfer_timeout", transfer_timeout),
+            ("retry_initial", retry_initial),
+            ("retry_max", retry_max),
+            ("retry_window", retry_window),
+            ("missing_timeout", missing_timeout),
+            ("scan_interval", scan_interval),
+            ("takeover_after", takeover_after),
+        ] {
+            if value.is_zero() {
+                s.problem_at(key, "must be more than zero");
+            }
+        }
+        if retry_max < retry_initial {
+            s.problem_at("retry_max", "must not be below retry_initial");
+        }
+        if claim_timeout < Duration::from_secs(2) {
+            s.problem_at("claim_timeout", "must be at least 2s (it is the WebDAV LOCK timeout, refreshed at a third)");
+        }
+        if max_body_size == 0 {
+            s.problem_at("max_body_size", "must be more than zero");
+        }
+        if instance.is_empty() || instance.chars().any(|c| c.is_control()) {
+            s.problem_at("instance", "must be a printable name");
+        }
+        s.finish();
+
+        let storage = match storage_table {
+            Some(t) => TransientStorage::parse(t, problems),
+            None => {
+                problems.push(
+                    "exrp.transient_storage: is required (type, url, username, password): where recordings are fetched from"
+                        .into(),
+                );
+                None
+            }
+        };
+        let sink = match (cloud_table, sink_table) {
+            (Some(_), Some(_)) => {
+                problems.push("exrp: give [exrp.genesys_cloud] or [exrp.local_sink], not both".into());
+                None
+            }
+            (Some(t), None) => parse_cloud(t, problems),
+            (None, Some(t)) => {
+                let mut s = Section::new("exrp.local_sink", t, problems);
+                let dir = s.path("dir");
+                if dir.is_none() {
+                    s.problem_at("dir", "is required");
+                }
+                s.finish();
+                dir.map(|dir| Sink::Local { dir })
+            }
+            (None, None) => {
+                state_dir.as_ref().map(|d| Sink::Local { dir: d.join("injected") })
+            }
+        };
+        let placeholder = || TransientStorage { url: String::new(), username: String::new(), password: Secret::new("") };
+        ExrpConfig {
+            listen,
+            tls,
+            state_dir: state_dir.unwrap_or_default(),
+            max_body_size,
+            header_timeout,
+            body_timeout,
+            workers,
+            request_timeout,
+            transfer_timeout,
+            retry_initial,
+            retry_max,
+            retry_window,
+            missing_timeout,
+            claim_timeout,
+            scan_interval,
+            takeover_after,
+            orphan_ttl: (!orphan_ttl.is_zero()).then_some(orphan_ttl),
+            done_retention,
+            instance,
+            fsync,
+            storage: storage.unwrap_or_else(placeholder),
+            sink: sink.unwrap_or(Sink::Local { dir: PathBuf::new() }),
+        }
+    }
+}
+
+fn default_instance(listen: SocketAddr) -> String {
+    let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    format!("{host}:{}", listen.port())
+}
+
+/// Reads `key` / `key_file` / `key_env`, marking them used in `s`.
+fn secret(s: &mut Section<'_, '_>, table: &toml::Table, key: &str) -> Option<Secret> {
+    for suffix in ["", "_file", "_env"] {
+        let _ = s.get(&format!("{key}{suffix}"));
+    }
+    let mut found = Vec::new();
+    let name = s.name.clone();
+    let secret = read_secret(table, &name, key, &mut found);
+    s.problems.extend(found);
+    secret
+}
+
+impl TransientStorage {
+    fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<TransientStorage> {
+        let mut s = Section::new("exrp.transient_storage", table, problems);
+        let kind = s.string("type");
+        let url = s.string("url");
+        let username = s.string("username");
+        let password = secret(&mut s, table, "password");
+        if kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("webdav")) {
+            s.problem_at("type", "must be \"WebDAV\"");
+        }
+        let url = match url {
+            None => {
+                s.problem_at("url", "is required (the WebDAV collection, e.g. \"http://10.0.0.4/recordings\")");
+                None
+            }
+            Some(u) => match u.trim_end_matches('/').parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    s.problem_at("url", format!("{u:?} is not an http:// or https:// URL"));
+                    None
+                }
+            },
+        };
+        if username.is_none() {
+            s.problem_at("username", "is required");
+        }
+        if password.is_none() {
+            s.problem_at("password", "is required (or password_file / password_env)");
+        }
+        s.finish();
+        Some(TransientStorage { url: url?, username: username?, password: password? })
+    }
+}
+
+fn parse_cloud(table: &toml::Table, problems: &mut Vec<String>) -> Option<Sink> {
+    let mut s = Section::new("exrp.genesys_cloud", table, problems);
+    let tenants_table = s.table("tenants");
+    let sidecar = s.bool("metadata_sidecar", true);
+    let signed_url_timeout = s.duration("signed_url_timeout", Duration::from_secs(600));
+    if !(Duration::from_secs(60)..=Duration::from_secs(604_800)).contains(&signed_url_timeout) {
+        s.problem_at("signed_url_timeout", "must be from 60s to 7d (the API's signedUrlTimeoutSeconds range)");
+    }
+    let default = org(&mut s, table, None);
+    s.finish();
+    let mut tenants = BTreeMap::new();
+    for (name, value) in tenants_table.into_iter().flatten() {
+        let Some(t) = value.as_table() else {
+            problems.push(format!("exrp.genesys_cloud.tenants.{name}: must be a table"));
+            continue;
+        };
+        let mut s = Section::new(format!("exrp.genesys_cloud.tenants.{name}"), t, problems);
+        let org = org(&mut s, t, default.as_ref());
+        s.finish();
+        if let Some(org) = org {
+            tenants.insert(name.clone(), org);
+        }
+    }
+    Some(Sink::Cloud { default: default?, tenants, sidecar, signed_url_timeout })
+}
+
+/// One org's keys; a tenant table inherits what it does not set from the default org.
+fn org(s: &mut Section<'_, '_>, table: &toml::Table, inherit: Option<&GenesysCloudConfig>) -> Option<GenesysCloudConfig> {
+    let region = s.string("region");
+    let api_url = s.string("api_url");
+    let login_url = s.string("login_url");
+    let client_id = s.string("client_id");
+    // CME names the client secret `password`; both are accepted.
+    let mut secret_key = "client_secret";
+    if ["password", "password_file", "password_env"].iter().any(|k| table.contains_key(*k)) {
+        if ["client_secret", "client_secret_file", "client_secret_env"].iter().any(|k| table.contains_key(*k)) {
+            s.problem_at("client_secret", "give client_secret or password (its CME name), not both");
+        }
+        secret_key = "password";
+    }
+    let client_secret = secret(s, table, secret_key);
+    if let Some(r) = &region
+        && (r.is_empty() || r.contains(['/', ':', ' ']) || r.starts_with("api.") || r.starts_with("login."))
+    {
+        s.problem_at("region", format!("{r:?} is not a region domain like \"mypurecloud.com\" or \"euw2.pure.cloud\""));
+    }
+    let base = |key: &str, given: Option<String>, prefix: &str, s: &mut Section<'_, '_>| -> Option<String> {
+        match (given, &region) {
+            (Some(u), _) => match u.trim_end_matches('/').parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    s.problem_at(key, format!("{u:?} is not an http(s):// URL"));
+                    None
+                }
+            },
+            (None, Some(r)) => Some(format!("https://{prefix}.{r}")),
+            (None, None) => None,
+        }
+    };
+    let api_url = base("api_url", api_url, "api", s).or_else(|| inherit.map(|d| d.api_url.clone()));
+    let login_url = base("login_url", login_url, "login", s).or_else(|| inherit.map(|d| d.login_url.clone()));
+    let client_id = client_id.or_else(|| inherit.map(|d| d.client_id.clone()));
+    let client_secret = client_secret.or_else(|| inherit.map(|d| d.client_secret.clone()));
+    if api_url.is_none() || login_url.is_none() {
+        s.problem_at("region", "is required (e.g. \"mypurecloud.com\"), or both api_url and login_url");
+    }
+    if client_id.is_none() {
+        s.problem_at("client_id", "is required (an OAuth client-credentials client of the EX Org)");
+    }
+    if client_secret.is_none() {
+        s.problem_at("client_secret", "is required (or client_secret_file / _env, or password as in CME)");
+    }
+    Some(GenesysCloudConfig { api_url: api_url?, login_url: login_url?, client_id: client_id?, client_secret: client_secret? })
 }

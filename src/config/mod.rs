@@ -32,6 +32,7 @@ pub struct Config {
     pub webdav: Option<WebdavConfig>,
     pub lb: Option<LbConfig>,
     pub excp: Option<ExcpConfig>,
+    pub exrp: Option<ExrpConfig>,
     /// The file this came from (SIGHUP re-reads it); None for the sandbox.
     pub source: Option<PathBuf>,
     /// The sandbox creates its directories and password file on start.
@@ -116,6 +117,14 @@ impl Config {
                         .into(),
                 ],
             }),
+            None if role == Role::Exrp => Err(ConfigError {
+                problems: vec![
+                    "--role exrp has no embedded default: it needs the WebDAV store to fetch recordings from \
+                     ([exrp.transient_storage]) and a state_dir. Give --config FILE with an [exrp] section \
+                     (see config/example.toml)"
+                        .into(),
+                ],
+            }),
             None => Ok(Config::sandbox(role, Path::new(SANDBOX_DIR))),
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -145,11 +154,7 @@ impl Config {
         let webdav_table = top.table("webdav");
         let lb_table = top.table("lb");
         let excp_table = top.table("excp");
-        for (name, issue) in [("exrp", 5)] {
-            if top.table(name).is_some() {
-                top.problem_at(name, format!("the {name} role is not built yet (issue {issue}); remove this section"));
-            }
-        }
+        let exrp_table = top.table("exrp");
         top.finish();
 
         let admin = {
@@ -189,10 +194,25 @@ impl Config {
             }
             None => None,
         };
-        if role == Role::All && webdav.is_none() && lb.is_none() && excp.is_none() && problems.is_empty() {
-            problems.push("no role section ([webdav], [lb], [excp]) in the file: nothing to run".into());
+        let exrp = match exrp_table {
+            Some(t) if matches!(role, Role::Exrp | Role::All) => Some(ExrpConfig::parse(t, env, &mut problems)),
+            Some(_) => None,
+            None if role == Role::Exrp => {
+                problems.push("[exrp] section is missing; --role exrp needs it".into());
+                None
+            }
+            None => None,
+        };
+        if role == Role::All
+            && webdav.is_none()
+            && lb.is_none()
+            && excp.is_none()
+            && exrp.is_none()
+            && problems.is_empty()
+        {
+            problems.push("no role section ([webdav], [lb], [excp], [exrp]) in the file: nothing to run".into());
         }
-        let config = Config { admin, shutdown_grace, webdav, lb, excp, source: None, sandbox: false };
+        let config = Config { admin, shutdown_grace, webdav, lb, excp, exrp, source: None, sandbox: false };
         config.check_listeners(&mut problems);
         if problems.is_empty() { Ok(config) } else { Err(ConfigError { problems }) }
     }
@@ -213,6 +233,7 @@ impl Config {
             webdav,
             lb: None,
             excp: None,
+            exrp: None,
             source: None,
             sandbox: true,
         }
@@ -230,6 +251,9 @@ impl Config {
         if self.excp.is_some() {
             roles.push("excp");
         }
+        if self.exrp.is_some() {
+            roles.push("exrp");
+        }
         roles
     }
 
@@ -242,6 +266,9 @@ impl Config {
         }
         if let Some(e) = &self.excp {
             tls_configs.push(("excp".to_string(), &e.tls));
+        }
+        if let Some(e) = &self.exrp {
+            tls_configs.push(("exrp".to_string(), &e.tls));
         }
         if let Some(w) = &self.webdav {
             tls_configs.push(("webdav".to_string(), &w.tls));
@@ -293,6 +320,9 @@ impl Config {
         }
         if let Some(e) = &self.excp {
             listeners.push(("excp".to_string(), e.listen));
+        }
+        if let Some(e) = &self.exrp {
+            listeners.push(("exrp".to_string(), e.listen));
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
@@ -700,9 +730,10 @@ mod tests {
     }
 
     #[test]
-    fn unbuilt_roles_and_clashing_listeners_are_refused() {
+    fn incomplete_roles_and_clashing_listeners_are_refused() {
         let p = problems("[exrp]\nlisten = \"0.0.0.0:8080\"\n[webdav]\nlisten = \"0.0.0.0:9650\"\n");
-        assert!(p.iter().any(|m| m.contains("exrp role is not built yet")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("exrp.transient_storage: is required")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("exrp.state_dir: is required")), "{p:?}");
         assert!(p.iter().any(|m| m.contains("admin.listen and webdav.listen")), "{p:?}");
     }
 

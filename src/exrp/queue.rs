@@ -1,0 +1,456 @@
+//! The durable job queue: one SQLite database (WAL, synchronous=FULL) in `state_dir`, one row
+//! per recording keyed on (callUUID, mediaId). A job is pending, working, done or dead; a
+//! commit returns only once the row is on disk, so a 202 or a state change survives kill -9.
+//! The operator's `queue` subcommand opens the same file; the scheduler re-reads it, so a
+//! retried job is picked up without a restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Pending,
+    Working,
+    Done,
+    Dead,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Pending, State::Working, State::Done, State::Dead];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::Working => "working",
+            State::Done => "done",
+            State::Dead => "dead",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+/// Where a job came from: an interaction-end posted to us, or the store scan (another
+/// instance's job, or an upload finished but not deleted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Post,
+    Scan,
+}
+
+/// A job to add.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub call_uuid: String,
+    pub media_id: String,
+    /// The recording's name in the store (one path segment).
+    pub file: String,
+    pub tenant: String,
+    /// The recording and its call as JSON: what the sink receives as metadata.
+    pub spec: String,
+    /// When the job was first accepted (by us or by the instance that recorded it in the store).
+    pub accepted_at_ms: u64,
+}
+
+/// One row, as the worker and the `queue` command see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Job {
+    pub id: i64,
+    #[serde(rename = "callUUID")]
+    pub call_uuid: String,
+    #[serde(rename = "mediaId")]
+    pub media_id: String,
+    pub file: String,
+    pub tenant: String,
+    pub state: State,
+    pub origin: &'static str,
+    pub attempts: u32,
+    #[serde(rename = "acceptedAt")]
+    pub accepted_at_ms: u64,
+    #[serde(rename = "nextAt")]
+    pub next_at_ms: u64,
+    #[serde(rename = "updatedAt")]
+    pub updated_at_ms: u64,
+    /// The file was seen in the store at least once.
+    pub seen: bool,
+    #[serde(rename = "uploadKey")]
+    pub upload_key: Option<String>,
+    pub outcome: Option<String>,
+    pub reason: Option<String>,
+    #[serde(skip)]
+    pub spec: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("job queue {}: {message}", path.display())]
+pub struct QueueError {
+    path: PathBuf,
+    message: String,
+}
+
+/// Cheap to clone; every call runs on the blocking pool.
+#[derive(Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY,
+    call_uuid TEXT NOT NULL,
+    media_id TEXT NOT NULL,
+    file TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    state TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    accepted_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    seen INTEGER NOT NULL DEFAULT 0,
+    upload_key TEXT,
+    outcome TEXT,
+    reason TEXT,
+    UNIQUE (call_uuid, media_id)
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
+CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);
+";
+
+const COLUMNS: &str = "id, call_uuid, media_id, file, tenant, state, origin, attempts, accepted_at, next_at, \
+                       updated_at, seen, upload_key, outcome, reason, spec";
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = row.get(5)?;
+    let origin: String = row.get(6)?;
+    Ok(Job {
+        id: row.get(0)?,
+        call_uuid: row.get(1)?,
+        media_id: row.get(2)?,
+        file: row.get(3)?,
+        tenant: row.get(4)?,
+        state: State::parse(&state).unwrap_or(State::Pending),
+        origin: if origin == "scan" { "scan" } else { "post" },
+        attempts: row.get(7)?,
+        accepted_at_ms: row.get::<_, i64>(8)? as u64,
+        next_at_ms: row.get::<_, i64>(9)? as u64,
+        updated_at_ms: row.get::<_, i64>(10)? as u64,
+        seen: row.get::<_, i64>(11)? != 0,
+        upload_key: row.get(12)?,
+        outcome: row.get(13)?,
+        reason: row.get(14)?,
+        spec: row.get(15)?,
+    })
+}
+
+/// What `add` did with each job of a batch.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Added {
+    pub new: usize,
+    pub duplicate: usize,
+}
+
+impl Queue {
+    /// Opens (or creates) `dir/queue.db`. `fsync` false trades crash safety for speed (tests,
+    /// benchmarks): a power cut may then lose the last commits, a process kill still does not.
+    pub fn open(dir: &Path, fsync: bool) -> Result<Queue, QueueError> {
+        let path = dir.join("queue.db");
+        let err = |e: rusqlite::Error| QueueError { path: path.clone(), message: e.to_string() };
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Queue { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, QueueError> {
+        let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn).map_err(|e| QueueError { path: self.inner.path.clone(), message: e.to_string() })
+    }
+
+    /// Runs `f` on the blocking pool (SQLite calls block on disk).
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Queue) -> Result<T, QueueError> + Send + 'static,
+    ) -> Result<T, QueueError> {
+        let q = self.clone();
+        match tokio::task::spawn_blocking(move || f(&q)).await {
+            Ok(r) => r,
+            Err(join) => Err(QueueError { path: self.inner.path.clone(), message: format!("queue task failed: {join}") }),
+        }
+    }
+
+    /// Adds a batch in one transaction; a job whose key is already known (in any state) is a
+    /// duplicate and changes nothing.
+    pub fn add(&self, jobs: &[NewJob], origin: Origin, seen: bool) -> Result<Added, QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut added = Added::default();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO jobs (call_uuid, media_id, file, tenant, state, origin, spec, accepted_at, next_at, updated_at, seen)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?8, ?9)
+                     ON CONFLICT (call_uuid, media_id) DO NOTHING",
+                )?;
+                for job in jobs {
+                    let origin = if origin == Origin::Scan { "scan" } else { "post" };
+                    let n = insert.execute(params![
+                        job.call_uuid,
+                        job.media_id,
+                        job.file,
+                        job.tenant,
+                        origin,
+                        job.spec,
+                        job.accepted_at_ms as i64,
+                        now,
+                        seen as i64
+                    ])?;
+                    if n == 1 {
+                        added.new += 1;
+                    } else {
+                        added.duplicate += 1;
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+    }
+
+    /// After a restart nothing is working: what was is pending again, due now.
+    pub fn recover(&self) -> Result<usize, QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            conn.execute("UPDATE jobs SET state = 'pending', next_at = ?1 WHERE state = 'working'", params![now])
+        })
+    }
+
+    /// Takes up to `limit` due pending jobs and marks them working.
+    pub fn take_due(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let jobs = {
+                let mut select = tx.prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM jobs WHERE state = 'pending' AND next_at <= ?1 ORDER BY next_at LIMIT ?2"
+                ))?;
+                select.query_map(params![now, limit as i64], row_to_job)?.collect::<rusqlite::Result<Vec<Job>>>()?
+            };
+            {
+                let mut update = tx.prepare_cached(
+                    "UPDATE jobs SET state = 'working', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                )?;
+                for job in &jobs {
+                    update.execute(params![job.id, now])?;
+                }
+            }
+            tx.commit()?;
+            Ok(jobs
+                .into_iter()
+                .map(|mut j| {
+                    j.state = State::Working;
+                    j.attempts += 1;
+                    j
+                })
+                .collect())
+        })
+    }
+
+    /// Milliseconds until the next pending job is due (None: nothing pending).
+    pub fn next_due_in(&self) -> Result<Option<u64>, QueueError> {
+        let now = now_ms();
+        self.with(|conn| {
+            let next: Option<i64> =
+                conn.query_row("SELECT MIN(next_at) FROM jobs WHERE state = 'pending'", [], |r| r.get(0))?;
+            Ok(next.map(|n| (n as u64).saturating_sub(now)))
+        })
+    }
+
+    pub fn mark_seen(&self, id: i64) -> Result<(), QueueError> {
+        self.with(|conn| conn.execute("UPDATE jobs SET seen = 1 WHERE id = ?1", params![id]).map(drop))
+    }
+
+    pub fn set_upload_key(&self, id: i64, key: &str) -> Result<(), QueueError> {
+        self.with(|conn| conn.execute("UPDATE jobs SET upload_key = ?2 WHERE id = ?1", params![id, key]).map(drop))
+    }
+
+    /// Back to pending, due after `delay`, with the reason it did not finish.
+    pub fn retry_later(&self, id: i64, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        let now = now_ms();
+        let next = now + delay.as_millis() as u64;
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4 WHERE id = ?1",
+                params![id, next as i64, now as i64, reason],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn finish(&self, id: i64, state: State, outcome: &str, reason: Option<&str>) -> Result<(), QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = ?2, outcome = ?3, reason = ?4, updated_at = ?5 WHERE id = ?1",
+                params![id, state.as_str(), outcome, reason, now],
+            )
+            .map(drop)
+        })
+    }
+
+    pub fn counts(&self) -> Result<[u64; 4], QueueError> {
+        self.with(|conn| {
+            let mut counts = [0u64; 4];
+            let mut stmt = conn.prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (state, n) = row?;
+                if let Some(i) = State::ALL.iter().position(|s| s.as_str() == state) {
+                    counts[i] = n as u64;
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    /// Whether any job (in any state) names this file.
+    pub fn knows_file(&self, file: &str) -> Result<bool, QueueError> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1 FROM jobs WHERE file = ?1 LIMIT 1", params![file], |_| Ok(()))
+                .optional()
+                .map(|o| o.is_some())
+        })
+    }
+
+    pub fn get(&self, call_uuid: &str, media_id: &str) -> Result<Option<Job>, QueueError> {
+        self.with(|conn| {
+            conn.query_row(
+                &format!("SELECT {COLUMNS} FROM jobs WHERE call_uuid = ?1 AND media_id = ?2"),
+                params![call_uuid, media_id],
+                row_to_job,
+            )
+            .optional()
+        })
+    }
+
+    /// Jobs of one state (or all), oldest first, at most `limit`.
+    pub fn list(&self, state: Option<State>, call_uuid: Option<&str>, limit: usize) -> Result<Vec<Job>, QueueError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR call_uuid = ?2)
+                 ORDER BY accepted_at, id LIMIT ?3"
+            ))?;
+            stmt.query_map(params![state.map(State::as_str), call_uuid, limit as i64], row_to_job)?.collect()
+        })
+    }
+
+    /// Dead jobs (all, or those of one call / one recording) back to pending, due now, with a
+    /// fresh retry window. Returns how many.
+    pub fn retry_dead(&self, call_uuid: Option<&str>, media_id: Option<&str>) -> Result<usize, QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'pending', next_at = ?1, accepted_at = ?1, updated_at = ?1, attempts = 0
+                 WHERE state = 'dead' AND (?2 IS NULL OR call_uuid = ?2) AND (?3 IS NULL OR media_id = ?3)",
+                params![now, call_uuid, media_id],
+            )
+        })
+    }
+
+    /// Removes finished jobs of `state` (done or dead) last updated before `before_ms`.
+    pub fn purge(&self, state: State, before_ms: u64) -> Result<usize, QueueError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM jobs WHERE state = ?1 AND updated_at < ?2",
+                params![state.as_str(), before_ms as i64],
+            )
+        })
+    }
+
+    /// The oldest pending job's age, for health.
+    pub fn oldest_pending_ms(&self) -> Result<Option<u64>, QueueError> {
+        let now = now_ms();
+        self.with(|conn| {
+            let oldest: Option<i64> =
+                conn.query_row("SELECT MIN(accepted_at) FROM jobs WHERE state IN ('pending', 'working')", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(oldest.map(|o| now.saturating_sub(o as u64)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(call: &str, media: &str) -> NewJob {
+        NewJob {
+            call_uuid: call.into(),
+            media_id: media.into(),
+            file: format!("{call}_{media}.opus"),
+            tenant: "t".into(),
+            spec: "{}".into(),
+            accepted_at_ms: now_ms(),
+        }
+    }
+
+    #[test]
+    fn jobs_move_through_their_states_and_survive_reopening() {
+        let dir = std::env::temp_dir().join(format!("eaio-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let q = Queue::open(&dir, true).unwrap();
+        assert_eq!(q.add(&[job("C1", "a"), job("C1", "b")], Origin::Post, false).unwrap(), Added { new: 2, duplicate: 0 });
+        assert_eq!(q.add(&[job("C1", "b"), job("C1", "c")], Origin::Post, false).unwrap(), Added { new: 1, duplicate: 1 });
+        let taken = q.take_due(2).unwrap();
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|j| j.state == State::Working && j.attempts == 1));
+        q.finish(taken[0].id, State::Done, "uploaded", None).unwrap();
+        q.finish(taken[1].id, State::Dead, "rejected", Some("400 bad")).unwrap();
+        drop(q);
+
+        let q = Queue::open(&dir, true).unwrap();
+        assert_eq!(q.recover().unwrap(), 0);
+        assert_eq!(q.counts().unwrap(), [1, 0, 1, 1]);
+        // A done job is still a duplicate.
+        assert_eq!(q.add(&[job(&taken[0].call_uuid, &taken[0].media_id)], Origin::Scan, true).unwrap().duplicate, 1);
+        assert_eq!(q.retry_dead(None, None).unwrap(), 1);
+        assert_eq!(q.counts().unwrap(), [2, 0, 1, 0]);
+        let working = q.take_due(10).unwrap();
+        assert_eq!(working.len(), 2);
+        // A crash while working: pending again after reopening.
+        drop(q);
+        let q = Queue::open(&dir, true).unwrap();
+        assert_eq!(q.recover().unwrap(), 2);
+        q.retry_later(working[0].id, Duration::from_secs(3600), "webdav down").unwrap();
+        assert_eq!(q.take_due(10).unwrap().len(), 1);
+        assert!(q.next_due_in().unwrap().is_some_and(|ms| ms > 3_500_000));
+        assert_eq!(q.purge(State::Done, now_ms() + 1).unwrap(), 1);
+        assert!(q.knows_file(&working[0].file).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
