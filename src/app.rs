@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER};
 use crate::excp::Excp;
+use crate::exrp::Exrp;
 use crate::http::admin::RoleStatus;
 use crate::http::{ServerOptions, tls};
 use crate::lb::Lb;
@@ -63,6 +64,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
 
+    let exrp = match &config.exrp {
+        Some(e) => {
+            let role = Exrp::prepare(e)?;
+            statuses.push(role.clone());
+            let tls = e.tls.as_ref().map(tls::load).transpose()?;
+            Some((role, e.listen, tls))
+        }
+        None => None,
+    };
+
     let mut ready = String::from("READY");
     let webdav = match webdav {
         Some((role, addr, tls)) => {
@@ -78,6 +89,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some((role, addr, tls)) => {
             let listener = bind("excp", addr).await?;
             let _ = write!(ready, " excp={}", listener.local_addr()?);
+            Some((role, listener, tls))
+        }
+        None => None,
+    };
+    let exrp = match exrp {
+        Some((role, addr, tls)) => {
+            let listener = bind("exrp", addr).await?;
+            let _ = write!(ready, " exrp={}", listener.local_addr()?);
             Some((role, listener, tls))
         }
         None => None,
@@ -116,6 +135,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracker.spawn(async move {
             if let Err(err) = role.run(listener, tls, grace, token).await {
                 let _ = failed.send(err.context("excp role failed")).await;
+            }
+        });
+    }
+    if let Some((role, listener, tls)) = exrp {
+        let (token, failed) = (shutdown.clone(), failed_tx.clone());
+        tracker.spawn(async move {
+            if let Err(err) = role.run(listener, tls, grace, token).await {
+                let _ = failed.send(err.context("exrp role failed")).await;
             }
         });
     }

@@ -56,6 +56,55 @@ pub enum Command {
         /// The nginx config, e.g. /etc/nginx/nginx.conf; includes are followed.
         file: PathBuf,
     },
+    /// Inspect and re-drive the exrp job queue (works while exrp runs).
+    Queue {
+        /// The config whose [exrp] state_dir holds the queue.
+        #[arg(long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The exrp state_dir itself, instead of a config.
+        #[arg(long, value_name = "DIR", global = true, conflicts_with = "config")]
+        state_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+/// What `exec-allinone queue` does with the exrp job queue.
+#[derive(Debug, Subcommand)]
+pub enum QueueAction {
+    /// Jobs (oldest first), optionally of one state or one call.
+    List {
+        #[arg(long, value_parser = ["pending", "working", "done", "dead"])]
+        state: Option<String>,
+        #[arg(long = "call", value_name = "CALL_UUID")]
+        call_uuid: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything known about one recording's job, as JSON.
+    Show {
+        call_uuid: String,
+        media_id: String,
+    },
+    /// Dead jobs back to pending (all, one call's, or one recording's), with a fresh retry window.
+    Retry {
+        /// Every dead job.
+        #[arg(long, conflicts_with = "call_uuid")]
+        all: bool,
+        call_uuid: Option<String>,
+        media_id: Option<String>,
+    },
+    /// Forget finished jobs: done ones (their duplicates are then no longer recognised) or dead ones.
+    Purge {
+        #[arg(long, value_parser = ["done", "dead"])]
+        state: String,
+        /// Only those finished longer ago than this, e.g. "7d".
+        #[arg(long, default_value = "0s")]
+        older_than: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

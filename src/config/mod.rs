@@ -769,10 +769,38 @@ mod tests {
     }
 
     #[test]
+    fn exrp_section_regions_tenants_and_env() {
+        let base = "[admin]\nlisten = \"127.0.0.1:0\"\n[exrp]\nstate_dir = \"/tmp/x\"\n\
+                    [exrp.transient_storage]\nurl = \"http://w/recordings/\"\nusername = \"u\"\npassword = \"p\"\n";
+        let c = Config::from_toml_str_env(base, Role::Exrp, &|k| (k == "EXRP_PORT").then(|| "9099".into())).unwrap();
+        let e = c.exrp.unwrap();
+        assert_eq!(e.listen.port(), 9099);
+        assert_eq!(e.storage.url, "http://w/recordings");
+        assert!(matches!(&e.sink, crate::config::Sink::Local { dir } if dir.ends_with("injected")));
+        let cloud = format!(
+            "{base}[exrp.genesys_cloud]\nregion = \"euw2.pure.cloud\"\nclient_id = \"id\"\npassword = \"s\"\n\
+             [exrp.genesys_cloud.tenants.T2]\nclient_id = \"id2\"\nclient_secret = \"s2\"\n"
+        );
+        let c = Config::from_toml_str_env(&cloud, Role::Exrp, &|_| None).unwrap();
+        let crate::config::Sink::Cloud { default, tenants, .. } = c.exrp.unwrap().sink else { panic!("cloud sink") };
+        assert_eq!(default.api_url, "https://api.euw2.pure.cloud");
+        assert_eq!(default.login_url, "https://login.euw2.pure.cloud");
+        assert_eq!(default.client_secret.expose(), "s");
+        assert_eq!(tenants["T2"].api_url, default.api_url);
+        assert_eq!(tenants["T2"].client_id, "id2");
+        let p = problems(&format!(
+            "{base}[exrp.genesys_cloud]\nclient_id = \"id\"\nregion = \"api.mypurecloud.com\"\n[exrp.local_sink]\ndir = \"/x\"\n"
+        ));
+        for needle in ["not both", "region domain", "client_secret"] {
+            assert!(p.iter().any(|m| m.contains(needle)), "{needle} missing in {p:?}");
+        }
+    }
+
+    #[test]
     fn example_config_parses() {
         // The example describes a whole site: each VM runs one role and reads its section.
         let text = include_str!("../../config/example.toml");
-        for role in [Role::Webdav, Role::Lb, Role::Excp] {
+        for role in [Role::Webdav, Role::Lb, Role::Excp, Role::Exrp] {
             if let Err(e) = Config::from_toml_str_env(text, role, &|_| None) {
                 panic!("config/example.toml as --role {role:?}: {e}");
             }

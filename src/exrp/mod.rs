@@ -1,5 +1,483 @@
-//! Role `exrp`: the EX Recording Provider.
+//! Role `exrp`: the EX Recording Provider. Takes interaction-ends from excp (through the lb),
+//! keeps one durable job per recording, and injects each recording into Genesys Cloud (or a
+//! local sink) exactly once before deleting it from the WebDAV store. Instances share the
+//! store: a claim is a WebDAV LOCK, a job's progress lives on its file as dead properties, and
+//! every instance scans the store for work another one left.
 
+pub mod command;
 pub mod job;
 pub mod ogg;
 pub mod queue;
+mod scan;
+mod sink;
+mod work;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ExrpConfig;
+use crate::dav_client::DavClient;
+use crate::http::ServerOptions;
+use crate::http::admin::RoleStatus;
+use crate::http::client::HttpClient;
+use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
+use queue::{Origin, Queue, State as JobState};
+use sink::Sink;
+use work::Outcome;
+
+pub struct Exrp {
+    config: ExrpConfig,
+    queue: Queue,
+    dav: DavClient,
+    sink: Sink,
+    spool_dir: PathBuf,
+    metrics: Metrics,
+    /// Job counts by state (pending, working, done, dead), refreshed by the scheduler.
+    counts: [AtomicU64; 4],
+    webdav_up: AtomicBool,
+    cloud_up: AtomicBool,
+    lock_unsupported: AtomicBool,
+    orphans: scan::OrphanStats,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Metrics {
+    requests: CounterVec,
+    jobs_accepted: Counter,
+    jobs_duplicate: Counter,
+    outcomes: CounterVec,
+    retries: CounterVec,
+    bytes: Counter,
+    upload_seconds: Histogram,
+    takeovers: Counter,
+    orphans_removed: Counter,
+}
+
+impl Exrp {
+    /// Opens the queue and builds the clients; nothing is bound yet.
+    pub fn prepare(config: &ExrpConfig) -> anyhow::Result<Arc<Exrp>> {
+        use anyhow::Context;
+        std::fs::create_dir_all(&config.state_dir)
+            .with_context(|| format!("cannot create the exrp state_dir {}", config.state_dir.display()))?;
+        let spool_dir = config.state_dir.join("spool");
+        std::fs::create_dir_all(&spool_dir).with_context(|| format!("cannot create {}", spool_dir.display()))?;
+        // Whatever a killed process left half-fetched is fetched again.
+        if let Ok(entries) = std::fs::read_dir(&spool_dir) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        let queue = Queue::open(&config.state_dir, config.fsync)?;
+        let recovered = queue.recover()?;
+        let counts = queue.counts()?;
+        let http = if config.storage.url.starts_with("https://") {
+            HttpClient::with_roots(std::path::Path::new(crate::http::client::SYSTEM_CA_BUNDLE))?
+        } else {
+            HttpClient::plain()
+        };
+        let dav = DavClient::new(
+            &config.storage.url,
+            &config.storage.username,
+            &config.storage.password,
+            http,
+            config.request_timeout,
+        );
+        let sink = Sink::new(&config.sink, config.request_timeout, config.fsync)?;
+        tracing::info!(
+            state_dir = %config.state_dir.display(),
+            pending = counts[0],
+            resumed = recovered,
+            done = counts[2],
+            dead = counts[3],
+            store = %config.storage.url,
+            sink = %sink.describe(),
+            instance = %config.instance,
+            "exrp queue loaded"
+        );
+        Ok(Arc::new(Exrp {
+            config: config.clone(),
+            queue,
+            dav,
+            sink,
+            spool_dir,
+            metrics: Metrics::default(),
+            counts: counts.map(AtomicU64::new),
+            webdav_up: AtomicBool::new(true),
+            cloud_up: AtomicBool::new(true),
+            lock_unsupported: AtomicBool::new(false),
+            orphans: scan::OrphanStats::default(),
+            wake: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/v1/interaction-end", post(interaction_end))
+            .route("/health", get(health))
+            .fallback(not_found)
+            .with_state(self.clone())
+    }
+
+    /// Serves the API, works the queue, scans the store and probes dependencies until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        grace: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let scheduler = tokio::spawn(schedule(self.clone(), shutdown.clone()));
+        let scanner = tokio::spawn(scan::run(self.clone(), shutdown.clone()));
+        let prober = tokio::spawn(probe(self.clone(), shutdown.clone()));
+        let opts = ServerOptions {
+            name: "exrp",
+            header_timeout: self.config.header_timeout,
+            tls,
+            grace,
+            ..ServerOptions::DEFAULT_LIMITS
+        };
+        let router = self.router();
+        let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
+        let served = crate::http::serve(listener, opts, make, shutdown).await;
+        let _ = tokio::join!(scheduler, scanner, prober);
+        served
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let step = self.config.retry_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let step = step.min(self.config.retry_max);
+        // Between half and all of the step, so instances and jobs do not retry in lockstep.
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+
+    async fn refresh_counts(&self) {
+        if let Ok(counts) = self.queue.run(|q| q.counts()).await {
+            for (slot, n) in self.counts.iter().zip(counts) {
+                slot.store(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Takes due jobs up to `workers` at a time; applies each outcome to the queue.
+async fn schedule(exrp: Arc<Exrp>, shutdown: CancellationToken) {
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let mut last_purge = std::time::Instant::now() - Duration::from_secs(3600);
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let free = exrp.config.workers.saturating_sub(in_flight.load(Ordering::Relaxed) as usize);
+        let mut next_wait = Duration::from_secs(1);
+        if free > 0 {
+            match exrp.queue.run(move |q| q.take_due(free)).await {
+                Ok(jobs) => {
+                    for job in jobs {
+                        in_flight.fetch_add(1, Ordering::Relaxed);
+                        let (exrp, in_flight, done, shutdown) =
+                            (exrp.clone(), in_flight.clone(), done.clone(), shutdown.clone());
+                        tokio::spawn(async move {
+                            let span = tracing::info_span!("job", call_uuid = %job.call_uuid, media_id = %job.media_id);
+                            use tracing::Instrument;
+                            tokio::select! {
+                                outcome = work::process(&exrp, &job).instrument(span) => settle(&exrp, &job, outcome).await,
+                                // Stopped mid-job: the row stays `working` and is resumed at start.
+                                _ = shutdown.cancelled() => {}
+                            }
+                            in_flight.fetch_sub(1, Ordering::Relaxed);
+                            done.notify_one();
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot read the job queue: {e}");
+                    next_wait = Duration::from_secs(5);
+                }
+            }
+            if let Ok(Some(ms)) = exrp.queue.run(|q| q.next_due_in()).await {
+                next_wait = next_wait.min(Duration::from_millis(ms.max(10)));
+            }
+        }
+        if last_purge.elapsed() > Duration::from_secs(600) {
+            last_purge = std::time::Instant::now();
+            let before = queue::now_ms().saturating_sub(exrp.config.done_retention.as_millis() as u64);
+            match exrp.queue.run(move |q| q.purge(JobState::Done, before)).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "finished jobs past done_retention forgotten"),
+                Err(e) => tracing::warn!("cannot purge finished jobs: {e}"),
+            }
+        }
+        exrp.refresh_counts().await;
+        tokio::select! {
+            _ = exrp.wake.notified() => {}
+            _ = done.notified() => {}
+            _ = tokio::time::sleep(next_wait) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
+    let id = job.id;
+    let result = match outcome {
+        Outcome::Done(how) => {
+            exrp.metrics.outcomes.inc(&[how]);
+            exrp.queue.run(move |q| q.finish(id, JobState::Done, how, None)).await
+        }
+        Outcome::Dead(reason) => {
+            exrp.metrics.outcomes.inc(&["dead"]);
+            tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
+            exrp.queue.run(move |q| q.finish(id, JobState::Dead, "dead", Some(&reason))).await
+        }
+        Outcome::Retry { delay, reason } => {
+            let age = Duration::from_millis(queue::now_ms().saturating_sub(job.accepted_at_ms));
+            if age >= exrp.config.retry_window {
+                exrp.metrics.outcomes.inc(&["dead"]);
+                let reason = format!("gave up after {}s (retry_window): {reason}", age.as_secs());
+                tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
+                exrp.queue.run(move |q| q.finish(id, JobState::Dead, "expired", Some(&reason))).await
+            } else {
+                let kind = if reason.starts_with("Genesys Cloud") || reason.starts_with("presigned") {
+                    "cloud"
+                } else if reason.starts_with("claimed") {
+                    "claimed"
+                } else {
+                    "store"
+                };
+                exrp.metrics.retries.inc(&[kind]);
+                let delay = delay.unwrap_or_else(|| exrp.backoff(job.attempts));
+                tracing::warn!(file = %job.file, attempts = job.attempts, retry_in = ?delay, "not done yet: {reason}");
+                exrp.queue.run(move |q| q.retry_later(id, delay, &reason)).await
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(file = %job.file, "cannot record the job's outcome (it is resumed at restart): {e}");
+    }
+}
+
+/// Keeps the dependency status of /health fresh without a request paying for it.
+async fn probe(exrp: Arc<Exrp>, shutdown: CancellationToken) {
+    loop {
+        let webdav = exrp.dav.ping().await;
+        if webdav.is_ok() != exrp.webdav_up.swap(webdav.is_ok(), Ordering::Relaxed) {
+            match &webdav {
+                Ok(()) => tracing::info!(store = %exrp.config.storage.url, "WebDAV store reachable again"),
+                Err(e) => tracing::warn!(store = %exrp.config.storage.url, "WebDAV store not usable: {e}"),
+            }
+        }
+        let cloud_ok = match &exrp.sink {
+            Sink::Local(l) => l.writable(),
+            Sink::Cloud(c) => {
+                let mut ok = true;
+                for (org, client) in c.clients() {
+                    if let Err(e) = client.token().await {
+                        if exrp.cloud_up.load(Ordering::Relaxed) {
+                            tracing::warn!(org, "cannot get a Genesys Cloud token: {e}");
+                        }
+                        ok = false;
+                    }
+                }
+                ok
+            }
+        };
+        if cloud_ok && !exrp.cloud_up.load(Ordering::Relaxed) {
+            tracing::info!("sink reachable again");
+        }
+        exrp.cloud_up.store(cloud_ok, Ordering::Relaxed);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+fn reply(status: StatusCode, code: u32, message: &str, corr_id: &str, extra: serde_json::Value) -> Response {
+    let mut body = json!({ "status": { "code": code, "message": message, "corrId": corr_id } });
+    if let (Some(obj), serde_json::Value::Object(more)) = (body.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+async fn interaction_end(State(exrp): State<Arc<Exrp>>, headers: HeaderMap, body: Body) -> Response {
+    use tracing::Instrument;
+    let corr_id = headers
+        .get("x-correlation-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && !v.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let span = tracing::info_span!("interaction_end", corr_id = %corr_id);
+    accept(exrp, headers, body, corr_id).instrument(span).await
+}
+
+async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String) -> Response {
+    use http_body_util::BodyExt;
+    let max = exrp.config.max_body_size;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let too_large = |exrp: &Exrp| {
+        exrp.metrics.requests.inc(&["413"]);
+        tracing::warn!(max, "interaction-end body too large");
+        reply(StatusCode::PAYLOAD_TOO_LARGE, 41300, &format!("body larger than {max} bytes"), &corr_id, json!({}))
+    };
+    if declared.is_some_and(|n| n > max) {
+        return too_large(&exrp);
+    }
+    let body = crate::http::body::IdleTimeoutBody::new(body, exrp.config.body_timeout);
+    let bytes = match http_body_util::Limited::new(body, max as usize).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(&exrp),
+        Err(err) => {
+            exrp.metrics.requests.inc(&["400"]);
+            return reply(StatusCode::BAD_REQUEST, 40003, &format!("cannot read the body: {err}"), &corr_id, json!({}));
+        }
+    };
+    let jobs = match job::parse(&bytes, "Environment") {
+        Ok(jobs) => jobs,
+        Err(err) => {
+            exrp.metrics.requests.inc(&["400"]);
+            tracing::warn!(bytes = bytes.len(), "interaction-end refused: {err}");
+            let code = if matches!(err, job::BodyError::Json(_)) { 40000 } else { 40001 };
+            return reply(StatusCode::BAD_REQUEST, code, &err.to_string(), &corr_id, json!({}));
+        }
+    };
+    let call_uuid = jobs[0].call_uuid.clone();
+    let media: Vec<String> = jobs.iter().map(|j| j.media_id.clone()).collect();
+    match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false)).await {
+        Ok(added) => {
+            exrp.metrics.requests.inc(&["202"]);
+            exrp.metrics.jobs_accepted.add(added.new as u64);
+            exrp.metrics.jobs_duplicate.add(added.duplicate as u64);
+            tracing::info!(
+                call_uuid = %call_uuid,
+                media_ids = %media.join(","),
+                new = added.new,
+                duplicate = added.duplicate,
+                "interaction-end accepted"
+            );
+            if added.new > 0 {
+                exrp.wake.notify_one();
+            }
+            reply(
+                StatusCode::ACCEPTED,
+                0,
+                "Accepted",
+                &corr_id,
+                json!({ "accepted": added.new, "duplicate": added.duplicate }),
+            )
+        }
+        Err(e) => {
+            exrp.metrics.requests.inc(&["503"]);
+            tracing::error!(call_uuid = %call_uuid, "cannot record the jobs: {e}");
+            reply(StatusCode::SERVICE_UNAVAILABLE, 50301, "cannot record the jobs now; retry", &corr_id, json!({}))
+        }
+    }
+}
+
+async fn health(State(exrp): State<Arc<Exrp>>) -> Response {
+    let (up, body) = exrp.health_body();
+    let code = if up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(body)).into_response()
+}
+
+async fn not_found() -> Response {
+    let corr_id = uuid::Uuid::new_v4().to_string();
+    reply(StatusCode::NOT_FOUND, 40400, "Not found: POST /api/v1/interaction-end", &corr_id, json!({}))
+}
+
+impl Exrp {
+    /// `{"status":"UP","dependencies":{"webdav":"UP","genesysCloud":"UP"},"queue":{…}}`.
+    fn health_body(&self) -> (bool, serde_json::Value) {
+        let status = |b: bool| if b { "UP" } else { "DOWN" };
+        let webdav = self.webdav_up.load(Ordering::Relaxed);
+        let sink = self.cloud_up.load(Ordering::Relaxed);
+        let state_ok = rustix::fs::access(&self.config.state_dir, rustix::fs::Access::WRITE_OK).is_ok();
+        let mut deps = serde_json::Map::new();
+        deps.insert("webdav".into(), json!(status(webdav)));
+        match &self.sink {
+            Sink::Cloud(_) => deps.insert("genesysCloud".into(), json!(status(sink))),
+            Sink::Local(_) => deps.insert("localSink".into(), json!(status(sink))),
+        };
+        deps.insert("queue".into(), json!(status(state_ok)));
+        let [pending, working, done, dead] = self.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+        let up = webdav && sink && state_ok;
+        let body = json!({
+            "status": status(up),
+            "dependencies": deps,
+            "queue": { "pending": pending, "working": working, "done": done, "dead": dead },
+            "orphans": self.orphans.to_json(),
+            "instance": self.config.instance,
+            "lockSupported": !self.lock_unsupported.load(Ordering::Relaxed),
+        });
+        (up, body)
+    }
+}
+
+impl RoleStatus for Exrp {
+    fn name(&self) -> &'static str {
+        "exrp"
+    }
+
+    fn health(&self) -> (bool, serde_json::Value) {
+        self.health_body()
+    }
+
+    fn metrics(&self, enc: &mut Encoder<'_>) {
+        let m = &self.metrics;
+        enc.counter_vec("exrp_requests_total", "Interaction-end requests by HTTP status.", &["status"], &m.requests);
+        enc.counter("exrp_jobs_accepted_total", "New recording jobs accepted.", m.jobs_accepted.get());
+        enc.counter("exrp_jobs_duplicate_total", "Recordings sent again for a known job (ignored).", m.jobs_duplicate.get());
+        enc.family("exrp_jobs", "Jobs in the queue by state.", "gauge");
+        for (state, n) in JobState::ALL.iter().zip(&self.counts) {
+            enc.sample("exrp_jobs", &[("state", state.as_str())], n.load(Ordering::Relaxed) as f64);
+        }
+        enc.counter_vec(
+            "exrp_jobs_finished_total",
+            "Jobs finished by outcome (uploaded, deleted, elsewhere, dead).",
+            &["outcome"],
+            &m.outcomes,
+        );
+        enc.counter_vec("exrp_job_retries_total", "Attempts that will be retried, by cause.", &["cause"], &m.retries);
+        enc.counter("exrp_uploaded_bytes_total", "Recording bytes delivered to the sink.", m.bytes.get());
+        enc.family("exrp_upload_seconds", "Fetch, check and upload time of one recording.", "histogram");
+        enc.histogram("exrp_upload_seconds", &[], &m.upload_seconds);
+        enc.counter("exrp_takeovers_total", "Jobs taken over from the store scan.", m.takeovers.get());
+        enc.counter("exrp_orphans_removed_total", "Orphan recordings removed after orphan_ttl.", m.orphans_removed.get());
+        self.orphans.metrics(enc);
+        if let Sink::Cloud(c) = &self.sink {
+            let mut fetches = 0;
+            let mut refreshes = 0;
+            let mut limited = 0;
+            for (_, client) in c.clients() {
+                let s = client.stats();
+                fetches += s.token_fetches.load(Ordering::Relaxed);
+                refreshes += s.token_refreshes_on_401.load(Ordering::Relaxed);
+                limited += s.rate_limited.load(Ordering::Relaxed);
+            }
+            enc.counter("exrp_cloud_token_fetches_total", "OAuth tokens fetched.", fetches);
+            enc.counter("exrp_cloud_token_refreshes_total", "Tokens fetched again after a 401.", refreshes);
+            enc.counter("exrp_cloud_rate_limited_total", "429 answers from Genesys Cloud.", limited);
+        }
+        enc.gauge(
+            "exrp_webdav_up",
+            "Whether the WebDAV store answered the last probe.",
+            self.webdav_up.load(Ordering::Relaxed) as u8 as f64,
+        );
+    }
+}

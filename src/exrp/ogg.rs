@@ -37,7 +37,7 @@ pub fn check(mut input: impl Read) -> Result<OggInfo, String> {
             0 => return Err("empty file: not an Ogg/Opus recording".into()),
             _ => {}
         }
-        if header[..n.min(4)] != b"OggS"[..n.min(4)] || (n >= 4 && &header[..4] != b"OggS") {
+        if header[..n.min(4)] != b"OggS"[..n.min(4)] {
             return Err(if info.pages == 0 {
                 "not an Ogg file (no OggS at the start)".into()
             } else {

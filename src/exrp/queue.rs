@@ -86,6 +86,9 @@ pub struct Job {
     pub reason: Option<String>,
     #[serde(skip)]
     pub spec: String,
+    /// The WebDAV lock this instance holds on the file, kept so a restart can resume its claim.
+    #[serde(skip)]
+    pub lock_token: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +125,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     updated_at INTEGER NOT NULL,
     seen INTEGER NOT NULL DEFAULT 0,
     upload_key TEXT,
+    lock_token TEXT,
     outcome TEXT,
     reason TEXT,
     UNIQUE (call_uuid, media_id)
@@ -131,7 +135,7 @@ CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);
 ";
 
 const COLUMNS: &str = "id, call_uuid, media_id, file, tenant, state, origin, attempts, accepted_at, next_at, \
-                       updated_at, seen, upload_key, outcome, reason, spec";
+                       updated_at, seen, upload_key, outcome, reason, spec, lock_token";
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -157,6 +161,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         outcome: row.get(13)?,
         reason: row.get(14)?,
         spec: row.get(15)?,
+        lock_token: row.get(16)?,
     })
 }
 
@@ -295,6 +300,10 @@ impl Queue {
 
     pub fn set_upload_key(&self, id: i64, key: &str) -> Result<(), QueueError> {
         self.with(|conn| conn.execute("UPDATE jobs SET upload_key = ?2 WHERE id = ?1", params![id, key]).map(drop))
+    }
+
+    pub fn set_lock_token(&self, id: i64, token: Option<&str>) -> Result<(), QueueError> {
+        self.with(|conn| conn.execute("UPDATE jobs SET lock_token = ?2 WHERE id = ?1", params![id, token]).map(drop))
     }
 
     /// Back to pending, due after `delay`, with the reason it did not finish.

@@ -1,0 +1,115 @@
+//! Where recordings go: Genesys Cloud (one client per EX Org, chosen by tenant) or a local
+//! directory (labs and the sandbox): `<dir>/<tenant>/<file>` and `<file>.json` beside it, each
+//! written to a temp file, fsynced and renamed, so a repeat overwrites and a reader never sees
+//! half a file.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::cloud::CloudClient;
+use crate::config::{GenesysCloudConfig, Sink as SinkConfig};
+use crate::http::client::HttpClient;
+
+pub enum Sink {
+    Local(LocalSink),
+    Cloud(Box<CloudSink>),
+}
+
+pub struct LocalSink {
+    pub dir: PathBuf,
+    fsync: bool,
+}
+
+pub struct CloudSink {
+    default: CloudClient,
+    tenants: BTreeMap<String, CloudClient>,
+    pub sidecar: bool,
+    pub signed_url_timeout: Duration,
+}
+
+impl Sink {
+    pub fn new(config: &SinkConfig, request_timeout: Duration, fsync: bool) -> anyhow::Result<Sink> {
+        use anyhow::Context;
+        Ok(match config {
+            SinkConfig::Local { dir } => {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create the local sink {}", dir.display()))?;
+                Sink::Local(LocalSink { dir: dir.clone(), fsync })
+            }
+            SinkConfig::Cloud { default, tenants, sidecar, signed_url_timeout } => {
+                let http = client_for(default)?;
+                let mut by_tenant = BTreeMap::new();
+                for (name, org) in tenants {
+                    by_tenant.insert(name.clone(), CloudClient::new(org, client_for(org)?, request_timeout));
+                }
+                Sink::Cloud(Box::new(CloudSink {
+                    default: CloudClient::new(default, http, request_timeout),
+                    tenants: by_tenant,
+                    sidecar: *sidecar,
+                    signed_url_timeout: *signed_url_timeout,
+                }))
+            }
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Sink::Local(l) => format!("local directory {}", l.dir.display()),
+            Sink::Cloud(c) => format!("Genesys Cloud ({} org(s))", 1 + c.tenants.len()),
+        }
+    }
+}
+
+fn client_for(org: &GenesysCloudConfig) -> anyhow::Result<HttpClient> {
+    if org.api_url.starts_with("https://") || org.login_url.starts_with("https://") {
+        HttpClient::with_roots(Path::new(crate::http::client::SYSTEM_CA_BUNDLE))
+    } else {
+        Ok(HttpClient::plain())
+    }
+}
+
+impl CloudSink {
+    /// The client of the tenant's EX Org, else the default org's.
+    pub fn client(&self, tenant: &str) -> &CloudClient {
+        self.tenants.get(tenant).unwrap_or(&self.default)
+    }
+
+    pub fn clients(&self) -> impl Iterator<Item = (&str, &CloudClient)> {
+        std::iter::once(("default", &self.default)).chain(self.tenants.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+}
+
+impl LocalSink {
+    /// Copies the fetched audio and writes its metadata; blocking (run on the blocking pool).
+    pub fn deliver(&self, tenant: &str, file: &str, audio: &Path, metadata: &[u8]) -> std::io::Result<PathBuf> {
+        let tenant = if super::job::valid_file_name(tenant) && !tenant.starts_with('.') { tenant } else { "default" };
+        let dir = self.dir.join(tenant);
+        std::fs::create_dir_all(&dir)?;
+        let target = dir.join(file);
+        let tmp = dir.join(format!(".{file}.part"));
+        std::fs::copy(audio, &tmp)?;
+        if self.fsync {
+            std::fs::File::open(&tmp)?.sync_all()?;
+        }
+        let meta_tmp = dir.join(format!(".{file}.json.part"));
+        {
+            let mut f = std::fs::File::create(&meta_tmp)?;
+            f.write_all(metadata)?;
+            if self.fsync {
+                f.sync_all()?;
+            }
+        }
+        // Metadata first: whoever sees the audio finds its metadata beside it.
+        std::fs::rename(&meta_tmp, dir.join(format!("{file}.json")))?;
+        std::fs::rename(&tmp, &target)?;
+        if self.fsync {
+            std::fs::File::open(&dir)?.sync_all()?;
+        }
+        Ok(target)
+    }
+
+    pub fn writable(&self) -> bool {
+        rustix::fs::access(&self.dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok()
+    }
+}

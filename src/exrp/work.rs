@@ -1,0 +1,440 @@
+//! One recording's way out: claim it in the store (WebDAV LOCK), fetch it to the spool, check it
+//! is a whole Ogg/Opus file, upload it, record the upload, and only then DELETE it. Each step
+//! leaves a trace in the store (dead properties) and in the queue, so whoever resumes the job,
+//! this instance after a crash or another one after a takeover, never uploads it twice.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::Exrp;
+use super::queue::{Job, now_ms};
+use super::sink::{CloudSink, Sink};
+use crate::cloud::{CloudError, Presigned, clean_file_name};
+use crate::dav_client::{DavError, Deleted, Lock};
+
+/// The dead properties a job keeps on its recording (namespace `dav_client::NS`).
+pub const PROP_JOB: &str = "job";
+pub const PROP_UPLOAD: &str = "upload";
+pub const PROP_DONE: &str = "done";
+pub const PROP_DEAD: &str = "dead";
+
+/// The largest recording fetched when the metadata gives no size.
+const MAX_RECORDING: u64 = 4 << 30;
+
+#[derive(Debug)]
+pub enum Outcome {
+    /// Finished: `uploaded`, `deleted` (an earlier upload's file removed now) or `elsewhere`.
+    Done(&'static str),
+    /// Not now: after `delay` (None: the job's backoff), for `reason`.
+    Retry { delay: Option<Duration>, reason: String },
+    Dead(String),
+}
+
+fn retry(reason: impl Into<String>) -> Outcome {
+    Outcome::Retry { delay: None, reason: reason.into() }
+}
+
+/// The `upload` property: presigned URLs recorded before each PUT, so a resumed job PUTs the
+/// same object again instead of creating a second one.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct UploadRecord {
+    md5: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio: Option<Presigned>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meta: Option<Presigned>,
+}
+
+/// Removes the spool file and stops the lock refresher however the job ends.
+struct Cleanup {
+    spool: PathBuf,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(r) = self.refresher.take() {
+            r.abort();
+        }
+        let _ = std::fs::remove_file(&self.spool);
+    }
+}
+
+pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
+    let dav = &exrp.dav;
+    let token = match claim(exrp, job).await {
+        Ok(token) => token,
+        Err(outcome) => return outcome,
+    };
+    let lost = Arc::new(AtomicBool::new(false));
+    let mut cleanup = Cleanup { spool: exrp.spool_dir.join(format!("{}.opus", job.id)), refresher: None };
+    if let Some(t) = &token {
+        cleanup.refresher = Some(spawn_refresher(exrp.clone(), job.file.clone(), t.clone(), lost.clone()));
+    }
+    let outcome = work(exrp, job, token.as_deref(), &lost, &cleanup.spool).await;
+    drop(cleanup);
+    match (&outcome, &token) {
+        // DELETE removed the lock with the file.
+        (Outcome::Done(_), _) | (_, None) => {}
+        (_, Some(t)) => {
+            if let Err(e) = dav.unlock(&job.file, t).await {
+                tracing::debug!(file = %job.file, "unlock after an unfinished attempt: {e}");
+            }
+        }
+    }
+    if token.is_some() {
+        let _ = exrp.queue.run({
+            let id = job.id;
+            move |q| q.set_lock_token(id, None)
+        })
+        .await;
+    }
+    outcome
+}
+
+/// Takes the recording's WebDAV lock, or resumes the one this instance held before a restart.
+async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
+    let dav = &exrp.dav;
+    let timeout = exrp.config.claim_timeout;
+    if let Some(old) = &job.lock_token
+        && dav.refresh(&job.file, old, timeout).await.is_ok()
+    {
+        return Ok(Some(old.clone()));
+    }
+    match dav.lock(&job.file, timeout, &exrp.config.instance).await {
+        Ok(Lock::Held { token }) => {
+            let saved = exrp
+                .queue
+                .run({
+                    let (id, token) = (job.id, token.clone());
+                    move |q| q.set_lock_token(id, Some(&token))
+                })
+                .await;
+            if let Err(e) = saved {
+                let _ = dav.unlock(&job.file, &token).await;
+                return Err(retry(e.to_string()));
+            }
+            Ok(Some(token))
+        }
+        Ok(Lock::Busy) => Err(Outcome::Retry {
+            delay: Some((timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))),
+            reason: "claimed by another instance (the file is locked)".into(),
+        }),
+        Ok(Lock::Unsupported) => {
+            if !exrp.lock_unsupported.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    store = %exrp.config.storage.url,
+                    "the WebDAV store does not support LOCK (405/501): working without claims; \
+                     two exrp instances could then work on one recording at the same time"
+                );
+            }
+            Ok(None)
+        }
+        Ok(Lock::Missing) => Err(missing(exrp, job)),
+        Err(e) => Err(store_error(e)),
+    }
+}
+
+fn spawn_refresher(exrp: Arc<Exrp>, file: String, token: String, lost: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = exrp.config.claim_timeout / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            match exrp.dav.refresh(&file, &token, exrp.config.claim_timeout).await {
+                Ok(()) => {}
+                Err(DavError::Unavailable(_)) => {}
+                Err(e) => {
+                    tracing::warn!(%file, "the claim on the recording was lost: {e}");
+                    lost.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+    })
+}
+
+/// The file is not in the store. If we (or the store scan) saw it there, someone finished it;
+/// if we never did, it may still come (or never will).
+fn missing(exrp: &Exrp, job: &Job) -> Outcome {
+    if job.seen || job.origin == "scan" {
+        return Outcome::Done("elsewhere");
+    }
+    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms));
+    if age >= exrp.config.missing_timeout {
+        return Outcome::Dead(format!(
+            "{} is not in the WebDAV store {} (looked for {}s; never stored, or injected by another exrp instance)",
+            job.file,
+            exrp.config.storage.url,
+            age.as_secs()
+        ));
+    }
+    retry(format!("{} is not in the WebDAV store yet", job.file))
+}
+
+fn store_error(e: DavError) -> Outcome {
+    match e {
+        DavError::Refused { status, detail } => {
+            tracing::error!(status, "the WebDAV store refuses exrp: {detail} (check transient_storage credentials)");
+            retry(format!("WebDAV refused: HTTP {status} {detail}"))
+        }
+        other => retry(format!("WebDAV: {other}")),
+    }
+}
+
+fn cloud_outcome(e: CloudError) -> Outcome {
+    match e {
+        CloudError::RateLimited(wait) => {
+            Outcome::Retry { delay: Some(wait), reason: format!("Genesys Cloud rate limit (429), retry after {}s", wait.as_secs()) }
+        }
+        CloudError::Transient(why) => retry(format!("Genesys Cloud: {why}")),
+        CloudError::UrlExpired => Outcome::Retry { delay: Some(Duration::ZERO), reason: "presigned URL expired".into() },
+        CloudError::Rejected { status, body, correlation_id } => Outcome::Dead(format!(
+            "Genesys Cloud refused the upload: HTTP {status} {body}{}",
+            correlation_id.map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
+        )),
+    }
+}
+
+async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBool, spool: &std::path::Path) -> Outcome {
+    let dav = &exrp.dav;
+    let info = match dav.stat(&job.file).await {
+        Ok(Some(info)) => info,
+        Ok(None) => return missing(exrp, job),
+        Err(e) => return store_error(e),
+    };
+    if !job.seen {
+        let id = job.id;
+        if let Err(e) = exrp.queue.run(move |q| q.mark_seen(id)).await {
+            return retry(e.to_string());
+        }
+    }
+    let already_uploaded = info.props.contains_key(PROP_DONE) || job.outcome.as_deref() == Some("uploaded");
+    if !already_uploaded {
+        if !info.props.contains_key(PROP_JOB) {
+            // Recorded on the file, the job is visible to every instance's scan.
+            let record = job_record(exrp, job);
+            if let Err(e) = dav.set_props(&job.file, token, &[(PROP_JOB, &record)], &[]).await {
+                return store_error(e);
+            }
+        }
+        let spec: serde_json::Value = serde_json::from_str(&job.spec).unwrap_or_default();
+        let expected = spec.pointer("/recording/size").and_then(serde_json::Value::as_u64).filter(|&s| s > 0);
+        let started = Instant::now();
+        let fetched = match dav.fetch(&job.file, spool, expected.map_or(MAX_RECORDING, |s| s + 1), exrp.config.transfer_timeout).await {
+            Ok(f) => f,
+            Err(DavError::Missing) => return missing(exrp, job),
+            Err(DavError::TooLarge(max)) => {
+                return dead(exrp, job, token, format!("the file in WebDAV is larger than {}", max.saturating_sub(1))).await;
+            }
+            Err(e) => return store_error(e),
+        };
+        if let Some(size) = expected
+            && size != fetched.len
+        {
+            return dead(exrp, job, token, format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len)).await;
+        }
+        let check = {
+            let path = spool.to_path_buf();
+            tokio::task::spawn_blocking(move || super::ogg::check_file(&path)).await
+        };
+        match check {
+            Ok(Ok(_)) => {}
+            Ok(Err(why)) => return dead(exrp, job, token, format!("not a whole Ogg/Opus recording: {why}")).await,
+            Err(e) => return retry(format!("check failed: {e}")),
+        }
+        if lost.load(Ordering::Relaxed) {
+            return retry("the claim was lost before the upload");
+        }
+        let metadata = metadata_json(exrp, job, &spec);
+        let key = match &exrp.sink {
+            Sink::Local(local) => {
+                let (tenant, file, path, local_dir) =
+                    (job.tenant.clone(), job.file.clone(), spool.to_path_buf(), local.dir.clone());
+                let meta = metadata.clone();
+                let owner = exrp.clone();
+                let written = tokio::task::spawn_blocking(move || match &owner.sink {
+                    Sink::Local(l) => l.deliver(&tenant, &file, &path, &meta),
+                    Sink::Cloud(_) => Err(std::io::Error::other("not a local sink")),
+                })
+                .await;
+                match written {
+                    Ok(Ok(p)) => p.strip_prefix(&local_dir).unwrap_or(&p).display().to_string(),
+                    Ok(Err(e)) => return retry(format!("cannot write to the local sink: {e}")),
+                    Err(e) => return retry(format!("local sink task failed: {e}")),
+                }
+            }
+            Sink::Cloud(cloud) => {
+                match upload_cloud(exrp, cloud, job, token, &info.props, spool, fetched.len, &fetched.md5, &metadata).await {
+                    Ok(key) => key,
+                    Err(outcome) => return outcome,
+                }
+            }
+        };
+        exrp.metrics.upload_seconds.observe(started.elapsed());
+        exrp.metrics.bytes.add(fetched.len);
+        // Locally first (a restart of this instance skips the upload), then on the file (any
+        // instance skips it).
+        let id = job.id;
+        let key_for_queue = key.clone();
+        if let Err(e) = exrp
+            .queue
+            .run(move |q| {
+                q.set_upload_key(id, &key_for_queue)?;
+                q.finish(id, super::queue::State::Working, "uploaded", None)
+            })
+            .await
+        {
+            tracing::error!(file = %job.file, "uploaded, but the queue cannot record it: {e}");
+        }
+        let done = json!({ "at": now_ms(), "by": exrp.config.instance, "uploadKey": key }).to_string();
+        if let Err(e) = dav.set_props(&job.file, token, &[(PROP_DONE, &done)], &[]).await {
+            tracing::warn!(file = %job.file, "uploaded; cannot mark it done in the store yet: {e}");
+        }
+        tracing::info!(
+            call_uuid = %job.call_uuid,
+            media_id = %job.media_id,
+            file = %job.file,
+            bytes = fetched.len,
+            upload_key = %key,
+            ms = started.elapsed().as_millis() as u64,
+            "recording injected"
+        );
+    }
+    match dav.delete(&job.file, token).await {
+        Ok(Deleted::Deleted) | Ok(Deleted::Absent) => Outcome::Done(if already_uploaded { "deleted" } else { "uploaded" }),
+        Err(e) => {
+            let Outcome::Retry { reason, .. } = store_error(e) else { unreachable!() };
+            // The upload is recorded: the retry only deletes.
+            Outcome::Retry { delay: None, reason: format!("uploaded; delete pending: {reason}") }
+        }
+    }
+}
+
+/// A dead job keeps its file in the store (for the operator) and says so on it, so other
+/// instances' scans leave it alone.
+async fn dead(exrp: &Exrp, job: &Job, token: Option<&str>, reason: String) -> Outcome {
+    let record = json!({ "at": now_ms(), "by": exrp.config.instance, "reason": reason }).to_string();
+    if let Err(e) = exrp.dav.set_props(&job.file, token, &[(PROP_DEAD, &record)], &[]).await {
+        tracing::debug!(file = %job.file, "cannot mark the dead job on the file: {e}");
+    }
+    Outcome::Dead(reason)
+}
+
+/// The `job` property: the job's spec plus when and where it was accepted.
+pub fn job_record(exrp: &Exrp, job: &Job) -> String {
+    let mut spec: serde_json::Value = serde_json::from_str(&job.spec).unwrap_or_else(|_| json!({}));
+    if let Some(obj) = spec.as_object_mut() {
+        obj.insert("acceptedAt".into(), json!(job.accepted_at_ms));
+        obj.insert("acceptedBy".into(), json!(exrp.config.instance));
+    }
+    spec.to_string()
+}
+
+/// What travels with the recording: the call, the recording as MCP described it, STA.
+fn metadata_json(exrp: &Exrp, job: &Job, spec: &serde_json::Value) -> Vec<u8> {
+    let call = spec.get("call").cloned().unwrap_or_else(|| json!({}));
+    let recording = spec.get("recording").cloned().unwrap_or_else(|| json!({}));
+    let meta = json!({
+        "callUUID": job.call_uuid,
+        "mediaId": job.media_id,
+        "tenant": job.tenant,
+        "conversationId": call.get("conversationId"),
+        "startTime": recording.get("startTime").or_else(|| call.get("startTime")),
+        "stopTime": recording.get("stopTime").or_else(|| call.get("endTime")),
+        "durationMs": recording.get("durationMs"),
+        "sta": call.get("sta"),
+        "source": call.get("source"),
+        "recording": recording,
+        "injectedBy": exrp.config.instance,
+    });
+    serde_json::to_vec_pretty(&meta).unwrap_or_default()
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_cloud(
+    exrp: &Arc<Exrp>,
+    cloud: &CloudSink,
+    job: &Job,
+    token: Option<&str>,
+    props: &std::collections::BTreeMap<String, String>,
+    spool: &std::path::Path,
+    len: u64,
+    md5: &[u8; 16],
+    metadata: &[u8],
+) -> Result<String, Outcome> {
+    use base64::Engine;
+    let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+    let client = cloud.client(&job.tenant);
+    let name = clean_file_name(&job.file);
+    let md5_b64 = b64(md5);
+    let mut record: UploadRecord = props
+        .get(PROP_UPLOAD)
+        .and_then(|v| serde_json::from_str::<UploadRecord>(v).ok())
+        .filter(|r| r.md5 == md5_b64)
+        .unwrap_or_else(|| UploadRecord { md5: md5_b64.clone(), ..UploadRecord::default() });
+    let meta_md5 = {
+        use ::md5::Digest;
+        b64(&::md5::Md5::digest(metadata))
+    };
+    let parts: &[bool] = if cloud.sidecar { &[true, false] } else { &[true] };
+    let mut audio_key = String::new();
+    for &is_audio in parts {
+        let mut fresh_urls = 0;
+        loop {
+            let slot = if is_audio { &mut record.audio } else { &mut record.meta };
+            let now_s = now_ms() / 1000;
+            let reusable = slot.as_ref().filter(|p| p.expires_at > now_s + 30).cloned();
+            let presigned = match reusable {
+                Some(p) => p,
+                None => {
+                    fresh_urls += 1;
+                    if fresh_urls > 3 {
+                        return Err(retry("presigned URLs keep expiring before the upload"));
+                    }
+                    let (file_name, content_md5, content_type) = if is_audio {
+                        (name.clone(), md5_b64.as_str(), "audio/opus")
+                    } else {
+                        (format!("{name}.json"), meta_md5.as_str(), "application/json")
+                    };
+                    let p = client
+                        .presign(&file_name, content_md5, content_type, cloud.signed_url_timeout)
+                        .await
+                        .map_err(cloud_outcome)?;
+                    *slot = Some(p.clone());
+                    let text = serde_json::to_string(&record).unwrap_or_default();
+                    exrp.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await.map_err(store_error)?;
+                    if is_audio {
+                        let (id, key) = (job.id, p.upload_key.clone());
+                        exrp.queue.run(move |q| q.set_upload_key(id, &key)).await.map_err(|e| retry(e.to_string()))?;
+                    }
+                    p
+                }
+            };
+            let sent = if is_audio {
+                client.upload_file(&presigned, spool, len, exrp.config.transfer_timeout).await
+            } else {
+                client.upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout).await
+            };
+            match sent {
+                Ok(()) => {
+                    if is_audio {
+                        audio_key = presigned.upload_key.clone();
+                    }
+                    break;
+                }
+                Err(CloudError::UrlExpired) => {
+                    let slot = if is_audio { &mut record.audio } else { &mut record.meta };
+                    *slot = None;
+                }
+                Err(e) => return Err(cloud_outcome(e)),
+            }
+        }
+    }
+    Ok(audio_key)
+}
+
