@@ -8,11 +8,13 @@
 //! - `webdav`: role `webdav`, the recording store (dav-server over our crash-safe storage).
 //! - `lb`: role `lb`, the retrying round-robin proxy in front of excp and exrp.
 //! - `excp`: role `excp`, recording metadata in, one durable interaction-end per call out.
+//! - `cloud`: the Genesys Cloud client (token, presigned recording upload), shared by exrp.
 //! - `durable`: atomically replaced records on disk (the state of excp and exrp).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod durable;
 pub mod excp;
