@@ -8,11 +8,15 @@
 //! - `webdav`: role `webdav`, the recording store (dav-server over our crash-safe storage).
 //! - `lb`: role `lb`, the retrying round-robin proxy in front of excp and exrp.
 //! - `excp`: role `excp`, recording metadata in, one durable interaction-end per call out.
+//! - `cloud`: the Genesys Cloud client (token, presigned recording upload), shared by exrp.
+//! - `exrp`: role `exrp`, one durable job per recording: fetch, check, upload once, delete.
+//! - `dav_client`: the WebDAV client exrp uses on the store (locks, dead properties, GET).
 //! - `durable`: atomically replaced records on disk (the state of excp and exrp).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cloud;
 pub mod config;
 pub mod durable;
 pub mod excp;
@@ -50,6 +54,15 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::ImportNginx { file }) => import_nginx(&file),
+        Some(Command::Queue { config, state_dir, action }) => {
+            match exrp::command::queue(config.as_deref(), state_dir.as_deref(), action) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("queue: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => {
             let Some(role) = cli.role else {
                 eprintln!("exec-allinone: say which role to run, e.g. `exec-allinone --role all` (see --help)");

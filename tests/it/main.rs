@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod cloud;
 mod excp;
 mod lb;
 mod lb_parity;

@@ -11,6 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod backend;
+pub mod cloud;
 pub mod fakes;
 pub mod nginx;
 

@@ -1,0 +1,886 @@
+//! A fake Genesys Cloud for tests and benchmarks: the OAuth token endpoint, the presigned
+//! recording upload API (`POST /api/v2/uploads/recordings`) and the S3-like PUT target of the
+//! URLs it hands out, each checked as the documented API does (research/domain.md §4, §7.5),
+//! with scriptable faults and everything received open to inspection.
+//!
+//! Self-contained (std threads and std::net, crates of Cargo.toml only) so that
+//! `examples/fakecloud.rs` can include it by path. One request per connection, answered with
+//! `Connection: close`; a thread per connection; reads time out after 10 s, a held connection is
+//! kept at most 30 s; dropping the fake stops its threads.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_HOLD: Duration = Duration::from_secs(30);
+const MAX_HEAD: usize = 64 << 10;
+/// Token and presign bodies.
+const MAX_API_BODY: usize = 1 << 20;
+/// A PUT body (a recording).
+pub const MAX_OBJECT: u64 = 256 << 20;
+/// Requests kept in the log; a benchmark run must not grow it without end.
+const MAX_LOG: usize = 100_000;
+/// Connections served at once; more are answered 503 at once.
+const MAX_CONNECTIONS: usize = 2048;
+
+/// The endpoints faults can be scripted for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Token,
+    Presign,
+    Put,
+}
+
+/// What a scripted call answers instead of (or before) the normal answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Fault {
+    /// 429 with `Retry-After: <secs>`, an ININ-Correlation-Id and GC's documented body.
+    RateLimit(u64),
+    /// 429 with this Retry-After header value, or none.
+    RateLimitRaw(Option<String>),
+    /// This status with a GC-style JSON body (token, presign) or S3 XML (PUT).
+    Status(u16),
+    /// Reads the request and never answers (until the client gives up, or 30 s).
+    Hang,
+    /// Waits, then answers as usual.
+    Delay(Duration),
+}
+
+/// One request as the fake saw it.
+#[derive(Clone, Debug)]
+pub struct Logged {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub endpoint: Option<Endpoint>,
+    /// 0 when no answer was sent (held until the client left).
+    pub status: u16,
+    pub at: Instant,
+}
+
+/// A presigned URL the fake handed out.
+#[derive(Clone, Debug)]
+pub struct Presign {
+    pub upload_key: String,
+    pub file_name: String,
+    pub content_md5: String,
+    pub content_type: String,
+    /// The headers the PUT must carry.
+    pub headers: BTreeMap<String, String>,
+    pub expires: Instant,
+}
+
+/// An object stored by a successful PUT.
+#[derive(Clone, Debug)]
+pub struct Object {
+    pub upload_key: String,
+    pub file_name: String,
+    pub len: u64,
+    /// base64 of the MD5, as Content-MD5.
+    pub md5_b64: String,
+    pub content_type: String,
+    /// None when the fake keeps no bytes (benchmarks).
+    pub bytes: Option<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Inner {
+    token_lifetime: u64,
+    /// Live tokens and when they stop being accepted.
+    tokens: HashMap<String, Instant>,
+    token_grants: usize,
+    faults: HashMap<Endpoint, VecDeque<Fault>>,
+    /// Lifetime of the URLs handed out from now on (None: signedUrlTimeoutSeconds).
+    url_lifetime: Option<Duration>,
+    /// By signature (the query's X-Amz-Signature).
+    presigns: HashMap<String, Presign>,
+    presigns_by_name: HashMap<String, usize>,
+    objects: HashMap<String, Object>,
+    puts_by_key: HashMap<String, usize>,
+    log: VecDeque<Logged>,
+    /// Every Nth presign answers 429 (benchmarks).
+    rate_limit_every: Option<(u64, u64)>,
+    presign_calls: u64,
+    sent_429: usize,
+    uploaded_bytes: u64,
+}
+
+struct State {
+    client_id: String,
+    secret: String,
+    org: String,
+    addr: SocketAddr,
+    keep_bytes: AtomicBool,
+    inner: Mutex<Inner>,
+    stop: AtomicBool,
+    connections: AtomicUsize,
+}
+
+impl State {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The fake. `base_url()` serves as both api_url and login_url.
+pub struct FakeCloud {
+    state: Arc<State>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl FakeCloud {
+    pub fn start(client_id: &str, secret: &str) -> FakeCloud {
+        FakeCloud::start_on("127.0.0.1:0", client_id, secret).expect("bind fake cloud")
+    }
+
+    /// On a given address (the benchmark fake's --port).
+    pub fn start_on(addr: &str, client_id: &str, secret: &str) -> std::io::Result<FakeCloud> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            client_id: client_id.to_string(),
+            secret: secret.to_string(),
+            org: uuid::Uuid::new_v4().to_string(),
+            addr,
+            keep_bytes: AtomicBool::new(true),
+            inner: Mutex::new(Inner { token_lifetime: 86_400, ..Inner::default() }),
+            stop: AtomicBool::new(false),
+            connections: AtomicUsize::new(0),
+        });
+        let s = state.clone();
+        let accept = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if s.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let s = s.clone();
+                if s.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    s.connections.fetch_sub(1, Ordering::SeqCst);
+                    let mut stream = stream;
+                    let _ = respond(&mut stream, 503, &[], "application/json", b"{}");
+                    continue;
+                }
+                let spawned = std::thread::Builder::new().stack_size(256 << 10).spawn(move || {
+                    serve(&s, stream);
+                    s.connections.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        });
+        Ok(FakeCloud { state, accept: Some(accept) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.state.addr
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.state.addr)
+    }
+
+    pub fn org(&self) -> &str {
+        &self.state.org
+    }
+
+    // ---- scripting
+
+    /// The next `n` calls of `endpoint` answer with `fault` (queued after faults already set).
+    pub fn fail_next(&self, endpoint: Endpoint, n: usize, fault: Fault) {
+        let mut inner = self.state.lock();
+        let queue = inner.faults.entry(endpoint).or_default();
+        queue.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// Drops every fault still queued.
+    pub fn clear_faults(&self) {
+        self.state.lock().faults.clear();
+    }
+
+    /// `expires_in` of tokens granted from now on.
+    pub fn set_token_lifetime(&self, secs: u64) {
+        self.state.lock().token_lifetime = secs;
+    }
+
+    /// Every live token stops being accepted now: the next presign with one gets 401.
+    pub fn expire_tokens(&self) {
+        self.state.lock().tokens.clear();
+    }
+
+    /// URLs handed out from now on expire after `lifetime` (zero: at once); None restores
+    /// signedUrlTimeoutSeconds.
+    pub fn set_url_lifetime(&self, lifetime: Option<Duration>) {
+        self.state.lock().url_lifetime = lifetime;
+    }
+
+    /// Every URL handed out so far is expired now.
+    pub fn expire_urls(&self) {
+        let now = Instant::now();
+        for presign in self.state.lock().presigns.values_mut() {
+            presign.expires = now;
+        }
+    }
+
+    /// Every `every`-th presign answers 429 with `Retry-After: retry_after` (None: off).
+    pub fn set_rate_limit_every(&self, every: Option<u64>, retry_after: u64) {
+        self.state.lock().rate_limit_every = every.filter(|n| *n > 0).map(|n| (n, retry_after));
+    }
+
+    /// Whether PUT bodies are kept (default) or only measured (benchmarks).
+    pub fn keep_bytes(&self, keep: bool) {
+        self.state.keep_bytes.store(keep, Ordering::SeqCst);
+    }
+
+    // ---- inspection
+
+    pub fn token_grants(&self) -> usize {
+        self.state.lock().token_grants
+    }
+
+    /// Every presign handed out, in no order.
+    pub fn presigned(&self) -> Vec<Presign> {
+        self.state.lock().presigns.values().cloned().collect()
+    }
+
+    /// How many presigned URLs were handed out for this fileName.
+    pub fn presigns_of(&self, file_name: &str) -> usize {
+        self.state.lock().presigns_by_name.get(file_name).copied().unwrap_or(0)
+    }
+
+    /// The object stored under an uploadKey.
+    pub fn object(&self, upload_key: &str) -> Option<Object> {
+        self.state.lock().objects.get(upload_key).cloned()
+    }
+
+    /// The objects stored for a fileName (one per uploadKey that received a good PUT).
+    pub fn objects_of(&self, file_name: &str) -> Vec<Object> {
+        let mut objects: Vec<Object> =
+            self.state.lock().objects.values().filter(|o| o.file_name == file_name).cloned().collect();
+        objects.sort_by(|a, b| a.upload_key.cmp(&b.upload_key));
+        objects
+    }
+
+    /// Distinct uploadKeys of this fileName that received a successful PUT: 1 means "uploaded
+    /// exactly once".
+    pub fn uploads_of(&self, file_name: &str) -> usize {
+        self.state.lock().objects.values().filter(|o| o.file_name == file_name).count()
+    }
+
+    /// PUTs received for an uploadKey, whatever their answer.
+    pub fn puts_of(&self, upload_key: &str) -> usize {
+        self.state.lock().puts_by_key.get(upload_key).copied().unwrap_or(0)
+    }
+
+    /// Objects stored, and their bytes in total.
+    pub fn uploads(&self) -> (usize, u64) {
+        let inner = self.state.lock();
+        (inner.objects.len(), inner.uploaded_bytes)
+    }
+
+    /// Presign requests that carried a live token (whatever they were answered).
+    pub fn presign_calls(&self) -> u64 {
+        self.state.lock().presign_calls
+    }
+
+    /// 429 answers sent, on any endpoint.
+    pub fn sent_429(&self) -> usize {
+        self.state.lock().sent_429
+    }
+
+    /// The requests received so far (the last 100 000), in order.
+    pub fn requests(&self) -> Vec<Logged> {
+        self.state.lock().log.iter().cloned().collect()
+    }
+
+    /// The logged requests of one endpoint.
+    pub fn requests_to(&self, endpoint: Endpoint) -> Vec<Logged> {
+        self.state.lock().log.iter().filter(|l| l.endpoint == Some(endpoint)).cloned().collect()
+    }
+
+    /// Waits until `cond` holds; panics after `limit`.
+    pub fn wait(&self, limit: Duration, what: &str, cond: impl Fn(&FakeCloud) -> bool) {
+        let deadline = Instant::now() + limit;
+        while !cond(self) {
+            assert!(Instant::now() < deadline, "fake cloud: {what} not within {limit:?}; log: {:#?}", self.requests());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for FakeCloud {
+    fn drop(&mut self) {
+        self.state.stop.store(true, Ordering::SeqCst);
+        // Wakes the blocking accept.
+        let _ = TcpStream::connect_timeout(&self.state.addr, Duration::from_secs(1));
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One connection
+
+struct Head {
+    method: String,
+    target: String,
+    /// Names lower-cased.
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// An answer: status, extra headers, content type, body.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    content_type: &'static str,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn json(status: u16, body: Value) -> Reply {
+        Reply { status, headers: vec![], content_type: "application/json", body: body.to_string().into_bytes() }
+    }
+
+    fn xml(status: u16, code: &str, message: &str) -> Reply {
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message>\
+             <RequestId>{}</RequestId></Error>",
+            short_id()
+        );
+        Reply { status, headers: vec![], content_type: "application/xml", body: body.into_bytes() }
+    }
+
+    fn empty(status: u16, headers: Vec<(String, String)>) -> Reply {
+        Reply { status, headers, content_type: "text/plain", body: vec![] }
+    }
+}
+
+fn serve(state: &State, mut stream: TcpStream) {
+    if state.stop.load(Ordering::SeqCst) {
+        return;
+    }
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
+    let Some((head, rest)) = read_head(&mut stream) else { return };
+    let path = head.target.split('?').next().unwrap_or_default().to_string();
+    let endpoint = match (head.method.as_str(), path.as_str()) {
+        ("POST", "/oauth/token") => Some(Endpoint::Token),
+        ("POST", "/api/v2/uploads/recordings") => Some(Endpoint::Presign),
+        ("PUT", p) if p.starts_with("/upload/") => Some(Endpoint::Put),
+        _ => None,
+    };
+    let log = |state: &State, status: u16| {
+        let mut inner = state.lock();
+        if inner.log.len() >= MAX_LOG {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(Logged {
+            method: head.method.clone(),
+            target: head.target.clone(),
+            endpoint,
+            status,
+            at: Instant::now(),
+        });
+    };
+    if head.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
+        let _ = stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+    let Some(len) = head.header("content-length").map(|v| v.parse::<u64>()) else {
+        let reply = if head.header("transfer-encoding").is_some() || endpoint == Some(Endpoint::Put) {
+            Reply::xml(411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+        } else {
+            // No body at all.
+            dispatch(state, &head, endpoint, Body::Small(vec![]))
+        };
+        log(state, reply.status);
+        let _ = send(&mut stream, &reply);
+        return;
+    };
+    let Ok(len) = len else {
+        log(state, 400);
+        let _ = send(&mut stream, &Reply::json(400, json!({"message": "bad Content-Length"})));
+        return;
+    };
+    let limit = if endpoint == Some(Endpoint::Put) { MAX_OBJECT } else { MAX_API_BODY as u64 };
+    if len > limit {
+        log(state, 413);
+        let _ = send(
+            &mut stream,
+            &Reply::xml(413, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"),
+        );
+        return;
+    }
+    let body = if endpoint == Some(Endpoint::Put) {
+        read_object(&mut stream, rest, len, state.keep_bytes.load(Ordering::SeqCst))
+    } else {
+        read_small(&mut stream, rest, len as usize)
+    };
+    let Some(body) = body else { return };
+    let fault = endpoint.and_then(|e| state.lock().faults.get_mut(&e).and_then(VecDeque::pop_front));
+    let reply = match fault {
+        Some(Fault::Hang) => {
+            hold(&mut stream, &state.stop, MAX_HOLD);
+            log(state, 0);
+            return;
+        }
+        Some(Fault::Delay(delay)) => {
+            if hold(&mut stream, &state.stop, delay) {
+                log(state, 0);
+                return;
+            }
+            dispatch(state, &head, endpoint, body)
+        }
+        Some(Fault::RateLimit(secs)) => rate_limited(state, Some(secs.to_string())),
+        Some(Fault::RateLimitRaw(value)) => rate_limited(state, value),
+        Some(Fault::Status(status)) => {
+            if endpoint == Some(Endpoint::Put) {
+                s3_error(status)
+            } else {
+                gc_error(status, &format!("scripted failure {status}"))
+            }
+        }
+        None => dispatch(state, &head, endpoint, body),
+    };
+    log(state, reply.status);
+    let _ = send(&mut stream, &reply);
+}
+
+/// A request body: whole (token, presign) or digested as it came (PUT).
+enum Body {
+    Small(Vec<u8>),
+    Object { len: u64, md5: [u8; 16], bytes: Option<Vec<u8>> },
+}
+
+fn dispatch(state: &State, head: &Head, endpoint: Option<Endpoint>, body: Body) -> Reply {
+    match (endpoint, body) {
+        (Some(Endpoint::Token), Body::Small(body)) => token(state, head, &body),
+        (Some(Endpoint::Presign), Body::Small(body)) => presign(state, head, &body),
+        (Some(Endpoint::Put), Body::Object { len, md5, bytes }) => put(state, head, len, md5, bytes),
+        (Some(Endpoint::Put), Body::Small(body)) => {
+            let md5: [u8; 16] = Md5::digest(&body).into();
+            put(state, head, body.len() as u64, md5, Some(body))
+        }
+        _ => gc_error(404, "no such resource"),
+    }
+}
+
+fn token(state: &State, head: &Head, body: &[u8]) -> Reply {
+    let expected = format!("Basic {}", B64.encode(format!("{}:{}", state.client_id, state.secret)));
+    if head.header("authorization") != Some(expected.as_str()) {
+        return Reply::json(
+            401,
+            json!({"error": "invalid_client", "description": "client not found", "error_description": "client not found"}),
+        );
+    }
+    let form = String::from_utf8_lossy(body);
+    let grant = form.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == "grant_type").map(|(_, v)| v);
+    let form_type = head.header("content-type").unwrap_or_default();
+    if grant != Some("client_credentials") || !form_type.starts_with("application/x-www-form-urlencoded") {
+        return Reply::json(
+            400,
+            json!({"error": "unsupported_grant_type", "description": "grant type not supported",
+                   "error_description": "grant type not supported"}),
+        );
+    }
+    let mut inner = state.lock();
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let lifetime = inner.token_lifetime;
+    inner.tokens.insert(token.clone(), Instant::now() + Duration::from_secs(lifetime));
+    inner.token_grants += 1;
+    Reply::json(200, json!({"access_token": token, "token_type": "bearer", "expires_in": lifetime}))
+}
+
+fn presign(state: &State, head: &Head, body: &[u8]) -> Reply {
+    let bearer = head.header("authorization").and_then(|v| v.strip_prefix("Bearer "));
+    {
+        let mut inner = state.lock();
+        let live = bearer.and_then(|t| inner.tokens.get(t)).is_some_and(|expires| Instant::now() < *expires);
+        if !live {
+            return match bearer {
+                None => gc_error_coded(
+                    401,
+                    "authentication.required",
+                    "No authentication bearer token specified in authorization header.",
+                ),
+                Some(_) => gc_error_coded(401, "bad.credentials", "Invalid login credentials."),
+            };
+        }
+        inner.presign_calls += 1;
+        let calls = inner.presign_calls;
+        if let Some((_, retry_after)) = inner.rate_limit_every.filter(|(every, _)| calls % every == 0) {
+            drop(inner);
+            return rate_limited(state, Some(retry_after.to_string()));
+        }
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(body) else {
+        return gc_error(400, "The request could not be understood by the server due to malformed syntax.");
+    };
+    let file_name = request["fileName"].as_str().unwrap_or_default();
+    if let Some(problem) = file_name_problem(file_name) {
+        return gc_error(400, &format!("fileName {problem}"));
+    }
+    let content_md5 = request["contentMd5"].as_str().unwrap_or_default();
+    if B64.decode(content_md5).map(|d| d.len()) != Ok(16) {
+        return gc_error(400, "contentMd5 must be the base64 encoded MD5 of the content");
+    }
+    let content_type = request["contentType"].as_str().unwrap_or_default();
+    if content_type.is_empty() {
+        return gc_error(400, "contentType is required");
+    }
+    let timeout = match &request["signedUrlTimeoutSeconds"] {
+        Value::Null => 600,
+        v => match v.as_u64() {
+            Some(t @ 1..=604_800) => t,
+            _ => return gc_error(400, "signedUrlTimeoutSeconds must be between 1 and 604800"),
+        },
+    };
+    let upload_key = format!("{}/{}/{}", state.org, uuid::Uuid::new_v4(), file_name);
+    let signature = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let headers = BTreeMap::from([
+        ("Content-MD5".to_string(), content_md5.to_string()),
+        ("Content-Type".to_string(), content_type.to_string()),
+        ("x-amz-server-side-encryption".to_string(), "AES256".to_string()),
+    ]);
+    let url = format!(
+        "http://{}/upload/{}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Expires={timeout}&X-Amz-SignedHeaders={}&X-Amz-Signature={signature}",
+        state.addr,
+        encode_path(&upload_key),
+        "content-md5%3Bcontent-type%3Bhost%3Bx-amz-server-side-encryption",
+    );
+    let mut inner = state.lock();
+    let expires = Instant::now() + inner.url_lifetime.unwrap_or(Duration::from_secs(timeout));
+    inner.presigns.insert(
+        signature,
+        Presign {
+            upload_key: upload_key.clone(),
+            file_name: file_name.to_string(),
+            content_md5: content_md5.to_string(),
+            content_type: content_type.to_string(),
+            headers: headers.clone(),
+            expires,
+        },
+    );
+    *inner.presigns_by_name.entry(file_name.to_string()).or_default() += 1;
+    Reply::json(200, json!({"url": url, "uploadKey": upload_key, "headers": headers}))
+}
+
+fn put(state: &State, head: &Head, len: u64, md5: [u8; 16], bytes: Option<Vec<u8>>) -> Reply {
+    let (path, query) = head.target.split_once('?').unwrap_or((head.target.as_str(), ""));
+    let signature =
+        query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == "X-Amz-Signature").map(|(_, v)| v);
+    let mut inner = state.lock();
+    let Some(presign) = signature.and_then(|s| inner.presigns.get(s)).cloned() else {
+        return Reply::xml(403, "AccessDenied", "Access Denied");
+    };
+    *inner.puts_by_key.entry(presign.upload_key.clone()).or_default() += 1;
+    if decode_path(path.trim_start_matches("/upload/")).as_deref() != Some(presign.upload_key.as_str()) {
+        return Reply::xml(
+            403,
+            "SignatureDoesNotMatch",
+            "The request signature we calculated does not match the signature you provided.",
+        );
+    }
+    if Instant::now() >= presign.expires {
+        return Reply::xml(403, "AccessDenied", "Request has expired");
+    }
+    for (name, value) in &presign.headers {
+        if head.header(&name.to_ascii_lowercase()) != Some(value.as_str()) {
+            return Reply::xml(
+                403,
+                "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            );
+        }
+    }
+    let md5_b64 = B64.encode(md5);
+    if head.header("content-md5") != Some(md5_b64.as_str()) {
+        return Reply::xml(400, "BadDigest", "The Content-MD5 you specified did not match what we received.");
+    }
+    inner.uploaded_bytes += len;
+    let object = Object {
+        upload_key: presign.upload_key.clone(),
+        file_name: presign.file_name.clone(),
+        len,
+        md5_b64,
+        content_type: presign.content_type.clone(),
+        bytes,
+    };
+    inner.objects.insert(presign.upload_key, object);
+    let etag = md5.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    Reply::empty(
+        200,
+        vec![("ETag".into(), format!("\"{etag}\"")), ("x-amz-server-side-encryption".into(), "AES256".into())],
+    )
+}
+
+/// Why the upload API refuses a fileName, if it does.
+pub fn file_name_problem(name: &str) -> Option<&'static str> {
+    const FORBIDDEN: &str = "\\{^}%`]\">[~<#|";
+    if name.is_empty() {
+        Some("is required")
+    } else if name.starts_with('.') {
+        Some("must not start with '.'")
+    } else if name.ends_with('/') {
+        Some("must not end with '/'")
+    } else if name.chars().any(|c| c.is_whitespace() || FORBIDDEN.contains(c)) {
+        Some("must not contain whitespace or any of \\{^}%`]\">[~<#|")
+    } else {
+        None
+    }
+}
+
+fn rate_limited(state: &State, retry_after: Option<String>) -> Reply {
+    let secs = retry_after.as_deref().unwrap_or("?").to_string();
+    let context = uuid::Uuid::new_v4().to_string();
+    let mut reply = Reply::json(
+        429,
+        json!({
+            "message": format!("Rate limit exceeded the maximum. Retry the request in [{secs}] seconds"),
+            "code": "too.many.requests.retry.after",
+            "status": 429,
+            "contextId": context,
+            "details": [],
+            "errors": [],
+        }),
+    );
+    reply.headers.push(("ININ-Correlation-Id".into(), context));
+    if let Some(value) = retry_after {
+        reply.headers.push(("Retry-After".into(), value));
+    }
+    state.lock().sent_429 += 1;
+    reply
+}
+
+fn gc_error(status: u16, message: &str) -> Reply {
+    let code = match status {
+        400 => "bad.request",
+        401 => "bad.credentials",
+        403 => "missing.permissions",
+        404 => "not.found",
+        500 => "internal.server.error",
+        503 => "service.unavailable",
+        504 => "gateway.timeout",
+        _ => "error",
+    };
+    gc_error_coded(status, code, message)
+}
+
+fn gc_error_coded(status: u16, code: &str, message: &str) -> Reply {
+    let context = uuid::Uuid::new_v4().to_string();
+    let mut reply = Reply::json(
+        status,
+        json!({"message": message, "code": code, "status": status, "contextId": context, "details": [], "errors": []}),
+    );
+    reply.headers.push(("ININ-Correlation-Id".into(), context));
+    reply
+}
+
+fn s3_error(status: u16) -> Reply {
+    match status {
+        400 => Reply::xml(400, "InvalidRequest", "Invalid Request"),
+        403 => Reply::xml(403, "AccessDenied", "Access Denied"),
+        500 => Reply::xml(500, "InternalError", "We encountered an internal error. Please try again."),
+        503 => Reply::xml(503, "SlowDown", "Please reduce your request rate."),
+        _ => Reply::xml(status, "Error", "Scripted failure"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP/1.1 plumbing
+
+fn read_head(stream: &mut TcpStream) -> Option<(Head, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let text = String::from_utf8_lossy(&buf[..end]).into_owned();
+            let mut lines = text.split("\r\n");
+            let mut first = lines.next().unwrap_or_default().split(' ');
+            let method = first.next().unwrap_or_default().to_string();
+            let target = first.next().unwrap_or_default().to_string();
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                .collect();
+            return Some((Head { method, target, headers }, buf[end + 4..].to_vec()));
+        }
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn read_small(stream: &mut TcpStream, mut have: Vec<u8>, len: usize) -> Option<Body> {
+    let mut chunk = [0u8; 8192];
+    while have.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => have.extend_from_slice(&chunk[..n]),
+        }
+    }
+    have.truncate(len);
+    Some(Body::Small(have))
+}
+
+/// Reads `len` bytes, digesting them as they come; keeps them only when asked.
+fn read_object(stream: &mut TcpStream, first: Vec<u8>, len: u64, keep: bool) -> Option<Body> {
+    let mut md5 = Md5::new();
+    let mut kept = keep.then(|| Vec::with_capacity(len as usize));
+    let mut got = 0u64;
+    let mut take = |bytes: &[u8], got: &mut u64| {
+        let n = bytes.len().min((len - *got) as usize);
+        md5.update(&bytes[..n]);
+        if let Some(kept) = kept.as_mut() {
+            kept.extend_from_slice(&bytes[..n]);
+        }
+        *got += n as u64;
+    };
+    take(&first, &mut got);
+    let mut chunk = vec![0u8; 64 << 10];
+    while got < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => take(&chunk[..n], &mut got),
+        }
+    }
+    Some(Body::Object { len, md5: md5.finalize().into(), bytes: kept })
+}
+
+fn send(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
+    let extra: Vec<(&str, &str)> = reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    respond(stream, reply.status, &extra, reply.content_type, &reply.body)
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_type: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
+    let _ = stream.shutdown(Shutdown::Write);
+    // Drains what the client still sends so that closing does not reset the answer away.
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut sink = [0u8; 4096];
+    while let Ok(n) = stream.read(&mut sink) {
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Waits `limit` (or until the fake stops); true when the client closed the connection first.
+fn hold(stream: &mut TcpStream, stop: &AtomicBool, limit: Duration) -> bool {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
+    let deadline = Instant::now() + limit.min(MAX_HOLD);
+    let mut sink = [0u8; 1024];
+    let closed = loop {
+        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+            break false;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+            Err(_) => break true,
+        }
+    };
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
+    closed
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Payload Too Large",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+/// Percent-encodes a key for a URL path, keeping '/' and the unreserved characters.
+fn encode_path(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn decode_path(path: &str) -> Option<String> {
+    let bytes = path.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn short_id() -> String {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{nanos:08X}")
+}
