@@ -359,8 +359,18 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
     };
     let call_uuid = jobs[0].call_uuid.clone();
     let media: Vec<String> = jobs.iter().map(|j| j.media_id.clone()).collect();
+    let to_publish = jobs.clone();
     match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false)).await {
         Ok(added) => {
+            if added.new > 0 {
+                // Duplicates are already recorded (or done); publishing them again is harmless
+                // but for a done one would re-create its record on a file that is gone.
+                let fresh: Vec<_> = match exrp.queue.run(move |q| q.only_fresh(to_publish)).await {
+                    Ok(f) => f,
+                    Err(_) => Vec::new(),
+                };
+                work::publish(&exrp, &fresh).await;
+            }
             exrp.metrics.requests.inc(&["202"]);
             exrp.metrics.jobs_accepted.add(added.new as u64);
             exrp.metrics.jobs_duplicate.add(added.duplicate as u64);

@@ -245,6 +245,22 @@ impl Queue {
         })
     }
 
+    /// Those of `jobs` that are still pending and never attempted (the ones just added).
+    pub fn only_fresh(&self, jobs: Vec<NewJob>) -> Result<Vec<NewJob>, QueueError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT 1 FROM jobs WHERE call_uuid = ?1 AND media_id = ?2 AND state = 'pending' AND attempts = 0 AND accepted_at = ?3",
+            )?;
+            let mut fresh = Vec::new();
+            for job in jobs {
+                if stmt.exists(params![job.call_uuid, job.media_id, job.accepted_at_ms as i64])? {
+                    fresh.push(job);
+                }
+            }
+            Ok(fresh)
+        })
+    }
+
     /// After a restart nothing is working: what was is pending again, due now.
     pub fn recover(&self) -> Result<usize, QueueError> {
         let now = now_ms() as i64;
@@ -296,6 +312,19 @@ impl Queue {
 
     pub fn mark_seen(&self, id: i64) -> Result<(), QueueError> {
         self.with(|conn| conn.execute("UPDATE jobs SET seen = 1 WHERE id = ?1", params![id]).map(drop))
+    }
+
+    pub fn mark_seen_keys(&self, keys: &[(String, String)]) -> Result<(), QueueError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached("UPDATE jobs SET seen = 1 WHERE call_uuid = ?1 AND media_id = ?2")?;
+                for (call, media) in keys {
+                    stmt.execute(params![call, media])?;
+                }
+            }
+            tx.commit()
+        })
     }
 
     pub fn set_upload_key(&self, id: i64, key: &str) -> Result<(), QueueError> {

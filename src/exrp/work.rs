@@ -121,10 +121,15 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
             }
             Ok(Some(token))
         }
-        Ok(Lock::Busy) => Err(Outcome::Retry {
+        Ok(Lock::Busy) => {
+            // Locked means it is there: if it is gone later, the lock holder finished it.
+            let id = job.id;
+            let _ = exrp.queue.run(move |q| q.mark_seen(id)).await;
+            Err(Outcome::Retry {
             delay: Some((timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))),
             reason: "claimed by another instance (the file is locked)".into(),
-        }),
+            })
+        }
         Ok(Lock::Unsupported) => {
             if !exrp.lock_unsupported.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
@@ -217,7 +222,7 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
     if !already_uploaded {
         if !info.props.contains_key(PROP_JOB) {
             // Recorded on the file, the job is visible to every instance's scan.
-            let record = job_record(exrp, job);
+            let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
             if let Err(e) = dav.set_props(&job.file, token, &[(PROP_JOB, &record)], &[]).await {
                 return store_error(e);
             }
@@ -326,13 +331,47 @@ async fn dead(exrp: &Exrp, job: &Job, token: Option<&str>, reason: String) -> Ou
 }
 
 /// The `job` property: the job's spec plus when and where it was accepted.
-pub fn job_record(exrp: &Exrp, job: &Job) -> String {
-    let mut spec: serde_json::Value = serde_json::from_str(&job.spec).unwrap_or_else(|_| json!({}));
+pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
+    let mut spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_else(|_| json!({}));
     if let Some(obj) = spec.as_object_mut() {
-        obj.insert("acceptedAt".into(), json!(job.accepted_at_ms));
-        obj.insert("acceptedBy".into(), json!(exrp.config.instance));
+        obj.insert("acceptedAt".into(), json!(accepted_at_ms));
+        obj.insert("acceptedBy".into(), json!(instance));
     }
     spec.to_string()
+}
+
+/// Records freshly accepted jobs on their files, so that if this instance dies before it gets
+/// to them, another one's scan finds them. Best effort: a job not published here is published
+/// by its first attempt.
+pub async fn publish(exrp: &Exrp, jobs: &[super::queue::NewJob]) {
+    let limit = exrp.config.request_timeout.min(Duration::from_secs(5));
+    let all = futures_util::future::join_all(jobs.iter().map(|job| async move {
+        let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
+        let props = [(PROP_JOB, record.as_str())];
+        let set = exrp.dav.set_props(&job.file, None, &props, &[]);
+        match tokio::time::timeout(limit, set).await {
+            Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
+            // Locked: another instance is working on the file, so it is there.
+            Ok(Err(DavError::Locked)) => Some((job.call_uuid.clone(), job.media_id.clone())),
+            Ok(Err(e)) => {
+                tracing::debug!(file = %job.file, "job not recorded on the file yet: {e}");
+                None
+            }
+            Err(_) => None,
+        }
+    }));
+    let seen: Vec<(String, String)> = all.await.into_iter().flatten().collect();
+    if seen.len() < jobs.len() {
+        tracing::info!(
+            published = seen.len(),
+            jobs = jobs.len(),
+            "some jobs are not recorded in the store yet (their first attempt will)"
+        );
+    }
+    // The file was there: if it is gone later, someone finished it.
+    if let Err(e) = exrp.queue.run(move |q| q.mark_seen_keys(&seen)).await {
+        tracing::debug!("cannot mark published jobs as seen: {e}");
+    }
 }
 
 /// What travels with the recording: the call, the recording as MCP described it, STA.

@@ -3,7 +3,6 @@
 //! `support/cloud.rs`, then deleted from WebDAV. Loopback, port 0, short timings, every wait
 //! bounded.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -317,4 +316,180 @@ fn the_cloud_sink_gets_each_recording_once_with_md5_and_metadata() {
     assert_eq!(cloud.uploads_of("011AP643CSAPR4FKQGQE31TAES00029V_2025-01-01_10_3A00_3A00.opus.json"), 1);
     assert!(store.files().is_empty());
     assert_eq!(cloud.token_grants(), 1);
+}
+
+/// A fake cloud and the `[exrp.genesys_cloud]` table pointing at it.
+fn cloud_sink() -> (FakeCloud, String) {
+    let cloud = FakeCloud::start("client-1", "secret-1");
+    cloud.keep_bytes(true);
+    let sink = format!(
+        "[exrp.genesys_cloud]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-1\"\nclient_secret = \"secret-1\"\n",
+        cloud.base_url()
+    );
+    (cloud, sink)
+}
+
+/// `n` recordings in calls of two: their names, stored, and the interaction-ends.
+fn recordings(store: &Store, tag: &str, n: usize) -> (Vec<String>, Vec<Value>) {
+    let names: Vec<String> = (0..n).map(|i| format!("{tag}C{:04}_{i:04}.opus", i / 2)).collect();
+    for name in &names {
+        store.put(name, SAMPLE);
+    }
+    let bodies = names
+        .chunks(2)
+        .enumerate()
+        .map(|(c, pair)| {
+            let recs: Vec<(&str, &str, usize)> = pair.iter().map(|n| (n.as_str(), n.as_str(), SAMPLE.len())).collect();
+            end_body(&format!("{tag}C{c:04}"), &recs)
+        })
+        .collect();
+    (names, bodies)
+}
+
+fn assert_each_uploaded_once(cloud: &FakeCloud, names: &[String]) {
+    for name in names {
+        let objects = cloud.objects_of(name);
+        assert_eq!(cloud.uploads_of(name), 1, "{name}: {} objects {:?}", objects.len(), objects.iter().map(|o| &o.upload_key).collect::<Vec<_>>());
+        assert_eq!(objects[0].bytes.as_deref(), Some(SAMPLE), "{name} byte-exact");
+        assert_eq!(cloud.uploads_of(&format!("{name}.json")), 1, "{name}.json once");
+    }
+}
+
+#[test]
+fn kill9_of_exrp_at_random_moments_during_200_recordings_uploads_each_exactly_once() {
+    let store = Store::start("exrp-kill");
+    let (cloud, sink) = cloud_sink();
+    let mut exrp = Exrp::start("exrp-kill", &store.url(), &sink, "workers = 8\n");
+    let (names, bodies) = recordings(&store, "K", 200);
+    for body in &bodies {
+        assert_eq!(exrp.post(body).status, 202);
+    }
+    // Kill at pseudo-random moments while the work goes on, restarting each time.
+    let mut seed = std::process::id() as u64;
+    for round in 0..4 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 600));
+        let done = exrp.health().1["queue"]["done"].as_u64().unwrap_or(0);
+        eprintln!("kill -9 round {round} with {done} done");
+        exrp.kill9();
+        exrp.restart();
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let q = exrp.health().1["queue"].clone();
+        if q["done"] == 200 && q["pending"] == 0 && q["working"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not finished: {q}\n{}", exrp.proc().logs());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_each_uploaded_once(&cloud, &names);
+    assert!(store.files().is_empty(), "left in WebDAV: {:?}", store.files());
+}
+
+#[test]
+fn duplicate_interaction_ends_to_one_and_to_two_instances_upload_once() {
+    let store = Store::start("exrp-dup");
+    let (cloud, sink) = cloud_sink();
+    let a = Exrp::start("exrp-dup-a", &store.url(), &sink, "");
+    let b = Exrp::start("exrp-dup-b", &store.url(), &sink, "missing_timeout = \"3s\"\n");
+    let (names, bodies) = recordings(&store, "D", 10);
+    // Each interaction-end twice to A, and once more to B at the same moment.
+    std::thread::scope(|s| {
+        for body in &bodies {
+            s.spawn(|| assert_eq!(a.post(body).status, 202));
+            s.spawn(|| assert_eq!(a.post(body).status, 202));
+            s.spawn(|| assert_eq!(b.post(body).status, 202));
+        }
+    });
+    wait_until("the store to empty", SOON, || store.files().is_empty());
+    // B finishes its copies too: uploaded by A (seen, then gone: done elsewhere), or never seen
+    // (dead after missing_timeout with a reason that says why).
+    let (done_a, done_b) = (a.wait_health("A idle", |_, b| b["queue"]["pending"] == 0 && b["queue"]["working"] == 0), b.wait_health("B idle", |_, h| h["queue"]["pending"] == 0 && h["queue"]["working"] == 0));
+    eprintln!("A {}\nB {}", done_a["queue"], done_b["queue"]);
+    assert_each_uploaded_once(&cloud, &names);
+    assert_eq!(a.metric("exrp_jobs_duplicate_total", &[]) + b.metric("exrp_jobs_duplicate_total", &[]), 10.0);
+}
+
+#[test]
+fn an_instance_killed_for_good_leaves_its_jobs_to_the_other() {
+    let store = Store::start("exrp-takeover");
+    let (cloud, sink) = cloud_sink();
+    // A is slow on purpose: its cloud uploads hang, so it holds work when it dies.
+    let mut a = Exrp::start("exrp-take-a", &store.url(), &sink, "workers = 2\ntransfer_timeout = \"30s\"\n");
+    let b = Exrp::start("exrp-take-b", &store.url(), &sink, "takeover_after = \"2s\"\n");
+    let (names, bodies) = recordings(&store, "T", 12);
+    cloud.fail_next(crate::support::cloud::Endpoint::Put, 2, crate::support::cloud::Fault::Hang);
+    for body in &bodies {
+        assert_eq!(a.post(body).status, 202);
+    }
+    wait_until("A to start uploading", SOON, || cloud.requests_to(crate::support::cloud::Endpoint::Put).len() >= 2);
+    a.kill9();
+    // B never got an interaction-end: it finds A's jobs on the files.
+    wait_until("B to finish A's jobs", Duration::from_secs(60), || store.files().is_empty());
+    assert!(b.metric("exrp_takeovers_total", &[]) >= 12.0, "{}", b.metrics());
+    assert_each_uploaded_once(&cloud, &names);
+}
+
+#[test]
+fn cloud_429_5xx_and_expired_tokens_delay_but_lose_nothing() {
+    use crate::support::cloud::{Endpoint, Fault};
+    let store = Store::start("exrp-storm");
+    let (cloud, sink) = cloud_sink();
+    cloud.fail_next(Endpoint::Token, 2, Fault::Status(503));
+    cloud.fail_next(Endpoint::Presign, 6, Fault::RateLimit(1));
+    cloud.fail_next(Endpoint::Put, 4, Fault::Status(500));
+    let exrp = Exrp::start("exrp-storm", &store.url(), &sink, "");
+    let (names, bodies) = recordings(&store, "S", 10);
+    for body in &bodies {
+        assert_eq!(exrp.post(body).status, 202);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    cloud.expire_tokens();
+    exrp.wait_idle(10, 0);
+    assert_each_uploaded_once(&cloud, &names);
+    assert!(cloud.sent_429() >= 6);
+    assert!(exrp.metric("exrp_cloud_rate_limited_total", &[]) >= 1.0);
+    assert!(exrp.metric("exrp_job_retries_total", &[("cause", "cloud")]) >= 1.0, "{}", exrp.metrics());
+    assert!(store.files().is_empty());
+}
+
+#[test]
+fn webdav_down_makes_health_503_and_the_jobs_wait_for_it() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let site = Site::new("exrp-down");
+    let config = site.config().replace("[webdav]\nlisten = \"127.0.0.1:0\"", &format!("[webdav]\nlisten = \"127.0.0.1:{port}\""));
+    let config_path = site.dir.join("fixed.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let start_store = || Proc::start(&["--role", "webdav", "--config", config_path.to_str().unwrap()]);
+    let store = Store { proc: start_store(), site };
+    let exrp = Exrp::start("exrp-down", &store.url(), "", "");
+    store.put("W1_a.opus", SAMPLE);
+    let Store { site, proc } = store;
+    proc.kill9();
+    let r = exrp.post(&end_body("W1", &[("a", "W1_a.opus", SAMPLE.len())]));
+    assert_eq!(r.status, 202, "accepted while WebDAV is down: {r:?}");
+    let h = exrp.wait_health("webdav DOWN", |status, b| status == 503 && b["dependencies"]["webdav"] == "DOWN");
+    assert_eq!(h["status"], "DOWN");
+    assert_eq!(h["queue"]["done"], 0);
+    let store = Store { proc: start_store(), site };
+    exrp.wait_idle(1, 0);
+    exrp.wait_health("UP again", |status, b| status == 200 && b["status"] == "UP");
+    assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("W1_a.opus")).unwrap(), SAMPLE);
+    assert!(store.files().is_empty());
+}
+
+#[test]
+fn orphans_are_reported_by_age_and_removed_after_their_ttl() {
+    let store = Store::start("exrp-orphan");
+    let exrp = Exrp::start("exrp-orphan", &store.url(), "", "orphan_ttl = \"3s\"\n");
+    store.put("O1_lost.opus", SAMPLE);
+    store.put("O2_lost.opus", SAMPLE);
+    exrp.wait_health("orphans counted", |_, b| b["orphans"]["count"] == 2);
+    assert_eq!(exrp.metric("exrp_orphans", &[("older_than", "0")]), 2.0);
+    wait_until("orphans removed", SOON, || store.files().is_empty());
+    assert_eq!(exrp.metric("exrp_orphans_removed_total", &[]), 2.0);
 }

@@ -5,6 +5,7 @@ mod support;
 mod cli;
 mod cloud;
 mod excp;
+mod exrp;
 mod lb;
 mod lb_parity;
 mod webdav;
