@@ -60,7 +60,12 @@ pub enum Sink {
     /// `[exrp.local_sink]` (the default when `[exrp.genesys_cloud]` is absent).
     Local { dir: PathBuf },
     /// `[exrp.genesys_cloud]`: the default org and one per tenant that has its own.
-    Cloud { default: GenesysCloudConfig, tenants: BTreeMap<String, GenesysCloudConfig>, sidecar: bool, signed_url_timeout: Duration },
+    Cloud {
+        default: GenesysCloudConfig,
+        tenants: BTreeMap<String, GenesysCloudConfig>,
+        sidecar: bool,
+        signed_url_timeout: Duration,
+    },
 }
 
 /// One EX Org's API access (`recording-uploader.exec.genesysCloud`).
