@@ -9,11 +9,13 @@
 //! - `lb`: role `lb`, the retrying round-robin proxy in front of excp and exrp.
 //! - `excp`: role `excp`, recording metadata in, one durable interaction-end per call out.
 //! - `durable`: atomically replaced records on disk (the state of excp and exrp).
+//! - `dav_client`: the WebDAV client exrp uses on the store (claims, job properties, fetch, delete).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod dav_client;
 pub mod durable;
 pub mod excp;
 pub mod http;
