@@ -3,6 +3,7 @@
 mod support;
 
 mod cli;
+mod dav_client;
 mod excp;
 mod lb;
 mod lb_parity;
