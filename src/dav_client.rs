@@ -418,6 +418,8 @@ impl DavClient {
         let reply = self.propfind(&url, "0", body, MAX_SMALL.max(1 << 20)).await?;
         match reply.status.as_u16() {
             207 => Ok(()),
+            // A collection that is not there is a configuration problem, not a missing file.
+            404 => Err(refused(404, format!("no collection at {url}"))),
             _ => Err(failure(&reply)),
         }
     }

@@ -101,6 +101,14 @@ fn claims_and_props(store: &Store) {
     store.run(a.ping()).expect("ping");
     let wrong = DavClient::new(&store.url, USER, &Secret::new("wrong"), HttpClient::plain(), Duration::from_secs(10));
     assert!(matches!(store.run(wrong.ping()), Err(DavError::Refused { status: 401, .. })));
+    let elsewhere = DavClient::new(
+        &store.url.replace("/recordings", "/recordings/nowhere"),
+        USER,
+        &Secret::new(PASSWORD),
+        HttpClient::plain(),
+        Duration::from_secs(10),
+    );
+    assert!(matches!(store.run(elsewhere.ping()), Err(DavError::Refused { status: 404, .. })));
 
     assert_eq!(store.run(a.stat("job.opus")).unwrap(), None);
     store.put("job.opus", b"OggS recording");
