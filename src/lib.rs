@@ -12,12 +12,14 @@
 //! - `exrp`: role `exrp`, one durable job per recording: fetch, check, upload once, delete.
 //! - `dav_client`: the WebDAV client exrp uses on the store (locks, dead properties, GET).
 //! - `durable`: atomically replaced records on disk (the state of excp and exrp).
+//! - `dav_client`: the WebDAV client exrp uses on the store (claims, job properties, fetch, delete).
 
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod cloud;
 pub mod config;
+pub mod dav_client;
 pub mod durable;
 pub mod excp;
 pub mod exrp;

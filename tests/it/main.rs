@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod cloud;
+mod dav_client;
 mod excp;
 mod exrp;
 mod lb;
