@@ -187,7 +187,8 @@ pub fn end_body(call: &str, recordings: &[(&str, &str, usize)]) -> Value {
         .map(|(media, file, size)| {
             json!({
                 "mediaId": media,
-                "uri": format!("http://mcp-says-elsewhere.invalid/recordings/{file}"),
+                // A URI: the name's `%` and `:` are percent-encoded, as any HTTP client must.
+                "uri": format!("http://mcp-says-elsewhere.invalid/recordings/{}", segment(file)),
                 "contentType": "audio/opus",
                 "startTime": "2026-11-28T10:00:00.000Z",
                 "stopTime": "2026-11-28T10:00:03.000Z",
@@ -207,6 +208,13 @@ pub fn end_body(call: &str, recordings: &[(&str, &str, usize)]) -> Value {
         "sta": { "programId": "prog1", "language": "en-US" },
         "recordings": recs,
     })
+}
+
+/// A file name as one URI path segment.
+fn segment(name: &str) -> String {
+    const SET: &percent_encoding::AsciiSet =
+        &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-').remove(b'~');
+    percent_encoding::utf8_percent_encode(name, SET).to_string()
 }
 
 fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
@@ -260,7 +268,7 @@ fn bad_bodies_get_4xx_with_a_reason_and_change_nothing() {
         (b"[]", 400, "JSON object"),
         (br#"{"recordings":[{"mediaId":"a"}]}"#, 400, "callUUID"),
         (br#"{"callUUID":"C","recordings":[]}"#, 400, "empty"),
-        (br#"{"callUUID":"C","recordings":[{"uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#, 400, "file name"),
+        (br#"{"callUUID":"C","recordings":[{"mediaId":"m","uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#, 400, "file name"),
     ] {
         let r = exrp.post_bytes(body);
         assert_eq!(r.status, status, "{}: {r:?}", String::from_utf8_lossy(body));
