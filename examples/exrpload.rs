@@ -44,7 +44,11 @@ struct Cli {
     no_wait: bool,
 }
 
-fn run_parallel(n: usize, threads: usize, f: impl Fn(usize) -> Result<(), String> + Send + Sync + 'static) -> Result<(), String> {
+fn run_parallel(
+    n: usize,
+    threads: usize,
+    f: impl Fn(usize) -> Result<(), String> + Send + Sync + 'static,
+) -> Result<(), String> {
     let f = Arc::new(f);
     let next = Arc::new(AtomicUsize::new(0));
     let handles: Vec<_> = (0..threads.max(1))

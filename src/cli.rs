@@ -85,10 +85,7 @@ pub enum QueueAction {
         json: bool,
     },
     /// Everything known about one recording's job, as JSON.
-    Show {
-        call_uuid: String,
-        media_id: String,
-    },
+    Show { call_uuid: String, media_id: String },
     /// Dead jobs back to pending (all, one call's, or one recording's), with a fresh retry window.
     Retry {
         /// Every dead job.

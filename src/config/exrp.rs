@@ -172,11 +172,10 @@ impl ExrpConfig {
                 s.finish();
                 dir.map(|dir| Sink::Local { dir })
             }
-            (None, None) => {
-                state_dir.as_ref().map(|d| Sink::Local { dir: d.join("injected") })
-            }
+            (None, None) => state_dir.as_ref().map(|d| Sink::Local { dir: d.join("injected") }),
         };
-        let placeholder = || TransientStorage { url: String::new(), username: String::new(), password: Secret::new("") };
+        let placeholder =
+            || TransientStorage { url: String::new(), username: String::new(), password: Secret::new("") };
         ExrpConfig {
             listen,
             tls,
@@ -284,7 +283,11 @@ fn parse_cloud(table: &toml::Table, problems: &mut Vec<String>) -> Option<Sink> 
 }
 
 /// One org's keys; a tenant table inherits what it does not set from the default org.
-fn org(s: &mut Section<'_, '_>, table: &toml::Table, inherit: Option<&GenesysCloudConfig>) -> Option<GenesysCloudConfig> {
+fn org(
+    s: &mut Section<'_, '_>,
+    table: &toml::Table,
+    inherit: Option<&GenesysCloudConfig>,
+) -> Option<GenesysCloudConfig> {
     let region = s.string("region");
     let api_url = s.string("api_url");
     let login_url = s.string("login_url");
@@ -331,5 +334,10 @@ fn org(s: &mut Section<'_, '_>, table: &toml::Table, inherit: Option<&GenesysClo
     if client_secret.is_none() {
         s.problem_at("client_secret", "is required (or client_secret_file / _env, or password as in CME)");
     }
-    Some(GenesysCloudConfig { api_url: api_url?, login_url: login_url?, client_id: client_id?, client_secret: client_secret? })
+    Some(GenesysCloudConfig {
+        api_url: api_url?,
+        login_url: login_url?,
+        client_id: client_id?,
+        client_secret: client_secret?,
+    })
 }

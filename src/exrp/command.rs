@@ -36,11 +36,11 @@ pub fn queue(config: Option<&Path>, state_dir: Option<&Path>, action: QueueActio
                 }
             } else {
                 let counts = q.counts()?;
+                println!("pending {}  working {}  done {}  dead {}", counts[0], counts[1], counts[2], counts[3]);
                 println!(
-                    "pending {}  working {}  done {}  dead {}",
-                    counts[0], counts[1], counts[2], counts[3]
+                    "{:<8} {:<8} {:>4}  {:<20} {:<36} {:<24} reason",
+                    "state", "origin", "try", "accepted", "callUUID", "mediaId"
                 );
-                println!("{:<8} {:<8} {:>4}  {:<20} {:<36} {:<24} reason", "state", "origin", "try", "accepted", "callUUID", "mediaId");
                 for job in &jobs {
                     println!(
                         "{:<8} {:<8} {:>4}  {:<20} {:<36} {:<24} {}",
@@ -56,7 +56,8 @@ pub fn queue(config: Option<&Path>, state_dir: Option<&Path>, action: QueueActio
             }
         }
         QueueAction::Show { call_uuid, media_id } => {
-            let job: Job = q.get(&call_uuid, &media_id)?.with_context(|| format!("no job for {call_uuid} / {media_id}"))?;
+            let job: Job =
+                q.get(&call_uuid, &media_id)?.with_context(|| format!("no job for {call_uuid} / {media_id}"))?;
             let mut value = serde_json::to_value(&job)?;
             if let Some(obj) = value.as_object_mut() {
                 obj.insert("spec".into(), serde_json::from_str(&job.spec).unwrap_or(serde_json::Value::Null));
@@ -70,7 +71,8 @@ pub fn queue(config: Option<&Path>, state_dir: Option<&Path>, action: QueueActio
         }
         QueueAction::Purge { state, older_than } => {
             let state = State::parse(&state).context("state must be done or dead")?;
-            let age = parse_duration(&older_than, Duration::from_secs(1)).map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
+            let age = parse_duration(&older_than, Duration::from_secs(1))
+                .map_err(|e| anyhow::anyhow!("--older-than: {e}"))?;
             let n = q.purge(state, now_ms().saturating_sub(age.as_millis() as u64))?;
             eprintln!("{n} {} job(s) removed", state.as_str());
         }

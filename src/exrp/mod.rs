@@ -365,10 +365,8 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
             if added.new > 0 {
                 // Duplicates are already recorded (or done); publishing them again is harmless
                 // but for a done one would re-create its record on a file that is gone.
-                let fresh: Vec<_> = match exrp.queue.run(move |q| q.only_fresh(to_publish)).await {
-                    Ok(f) => f,
-                    Err(_) => Vec::new(),
-                };
+                let fresh: Vec<queue::NewJob> =
+                    exrp.queue.run(move |q| q.only_fresh(to_publish)).await.unwrap_or_default();
                 work::publish(&exrp, &fresh).await;
             }
             exrp.metrics.requests.inc(&["202"]);
@@ -452,7 +450,11 @@ impl RoleStatus for Exrp {
         let m = &self.metrics;
         enc.counter_vec("exrp_requests_total", "Interaction-end requests by HTTP status.", &["status"], &m.requests);
         enc.counter("exrp_jobs_accepted_total", "New recording jobs accepted.", m.jobs_accepted.get());
-        enc.counter("exrp_jobs_duplicate_total", "Recordings sent again for a known job (ignored).", m.jobs_duplicate.get());
+        enc.counter(
+            "exrp_jobs_duplicate_total",
+            "Recordings sent again for a known job (ignored).",
+            m.jobs_duplicate.get(),
+        );
         enc.family("exrp_jobs", "Jobs in the queue by state.", "gauge");
         for (state, n) in JobState::ALL.iter().zip(&self.counts) {
             enc.sample("exrp_jobs", &[("state", state.as_str())], n.load(Ordering::Relaxed) as f64);
@@ -468,7 +470,11 @@ impl RoleStatus for Exrp {
         enc.family("exrp_upload_seconds", "Fetch, check and upload time of one recording.", "histogram");
         enc.histogram("exrp_upload_seconds", &[], &m.upload_seconds);
         enc.counter("exrp_takeovers_total", "Jobs taken over from the store scan.", m.takeovers.get());
-        enc.counter("exrp_orphans_removed_total", "Orphan recordings removed after orphan_ttl.", m.orphans_removed.get());
+        enc.counter(
+            "exrp_orphans_removed_total",
+            "Orphan recordings removed after orphan_ttl.",
+            m.orphans_removed.get(),
+        );
         self.orphans.metrics(enc);
         if let Sink::Cloud(c) = &self.sink {
             let mut fetches = 0;

@@ -203,7 +203,9 @@ impl Queue {
         let q = self.clone();
         match tokio::task::spawn_blocking(move || f(&q)).await {
             Ok(r) => r,
-            Err(join) => Err(QueueError { path: self.inner.path.clone(), message: format!("queue task failed: {join}") }),
+            Err(join) => {
+                Err(QueueError { path: self.inner.path.clone(), message: format!("queue task failed: {join}") })
+            }
         }
     }
 
@@ -462,8 +464,14 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let q = Queue::open(&dir, true).unwrap();
-        assert_eq!(q.add(&[job("C1", "a"), job("C1", "b")], Origin::Post, false).unwrap(), Added { new: 2, duplicate: 0 });
-        assert_eq!(q.add(&[job("C1", "b"), job("C1", "c")], Origin::Post, false).unwrap(), Added { new: 1, duplicate: 1 });
+        assert_eq!(
+            q.add(&[job("C1", "a"), job("C1", "b")], Origin::Post, false).unwrap(),
+            Added { new: 2, duplicate: 0 }
+        );
+        assert_eq!(
+            q.add(&[job("C1", "b"), job("C1", "c")], Origin::Post, false).unwrap(),
+            Added { new: 1, duplicate: 1 }
+        );
         let taken = q.take_due(2).unwrap();
         assert_eq!(taken.len(), 2);
         assert!(taken.iter().all(|j| j.state == State::Working && j.attempts == 1));

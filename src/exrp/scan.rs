@@ -49,7 +49,11 @@ impl OrphanStats {
         enc.sample("exrp_orphans", &[("older_than", "24h")], l(&self.over_day));
         enc.gauge("exrp_orphan_bytes", "Bytes the orphans hold in the store.", l(&self.bytes));
         enc.gauge("exrp_orphan_oldest_seconds", "Age of the oldest orphan.", l(&self.oldest_secs));
-        enc.gauge("exrp_dead_in_store", "Recordings kept in the store because their job is dead.", l(&self.dead_in_store));
+        enc.gauge(
+            "exrp_dead_in_store",
+            "Recordings kept in the store because their job is dead.",
+            l(&self.dead_in_store),
+        );
     }
 }
 
@@ -74,7 +78,8 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
     let now_sys = SystemTime::now();
     let takeover_ms = exrp.config.takeover_after.as_millis() as u64;
     let mut takeovers = Vec::new();
-    let (mut count, mut bytes, mut oldest, mut over_hour, mut over_day, mut dead) = (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut count, mut bytes, mut oldest, mut over_hour, mut over_day, mut dead) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
     for file in files {
         if file.props.contains_key(PROP_DEAD) {
             dead += 1;

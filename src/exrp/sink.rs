@@ -34,7 +34,8 @@ impl Sink {
         use anyhow::Context;
         Ok(match config {
             SinkConfig::Local { dir } => {
-                std::fs::create_dir_all(dir).with_context(|| format!("cannot create the local sink {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create the local sink {}", dir.display()))?;
                 Sink::Local(LocalSink { dir: dir.clone(), fsync })
             }
             SinkConfig::Cloud { default, tenants, sidecar, signed_url_timeout } => {

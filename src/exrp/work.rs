@@ -31,7 +31,10 @@ pub enum Outcome {
     /// Finished: `uploaded`, `deleted` (an earlier upload's file removed now) or `elsewhere`.
     Done(&'static str),
     /// Not now: after `delay` (None: the job's backoff), for `reason`.
-    Retry { delay: Option<Duration>, reason: String },
+    Retry {
+        delay: Option<Duration>,
+        reason: String,
+    },
     Dead(String),
 }
 
@@ -88,11 +91,13 @@ pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
         }
     }
     if token.is_some() {
-        let _ = exrp.queue.run({
-            let id = job.id;
-            move |q| q.set_lock_token(id, None)
-        })
-        .await;
+        let _ = exrp
+            .queue
+            .run({
+                let id = job.id;
+                move |q| q.set_lock_token(id, None)
+            })
+            .await;
     }
     outcome
 }
@@ -126,8 +131,8 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
             let id = job.id;
             let _ = exrp.queue.run(move |q| q.mark_seen(id)).await;
             Err(Outcome::Retry {
-            delay: Some((timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))),
-            reason: "claimed by another instance (the file is locked)".into(),
+                delay: Some((timeout / 3).clamp(Duration::from_secs(1), Duration::from_secs(60))),
+                reason: "claimed by another instance (the file is locked)".into(),
             })
         }
         Ok(Lock::Unsupported) => {
@@ -193,11 +198,14 @@ fn store_error(e: DavError) -> Outcome {
 
 fn cloud_outcome(e: CloudError) -> Outcome {
     match e {
-        CloudError::RateLimited(wait) => {
-            Outcome::Retry { delay: Some(wait), reason: format!("Genesys Cloud rate limit (429), retry after {}s", wait.as_secs()) }
-        }
+        CloudError::RateLimited(wait) => Outcome::Retry {
+            delay: Some(wait),
+            reason: format!("Genesys Cloud rate limit (429), retry after {}s", wait.as_secs()),
+        },
         CloudError::Transient(why) => retry(format!("Genesys Cloud: {why}")),
-        CloudError::UrlExpired => Outcome::Retry { delay: Some(Duration::ZERO), reason: "presigned URL expired".into() },
+        CloudError::UrlExpired => {
+            Outcome::Retry { delay: Some(Duration::ZERO), reason: "presigned URL expired".into() }
+        }
         CloudError::Rejected { status, body, correlation_id } => Outcome::Dead(format!(
             "Genesys Cloud refused the upload: HTTP {status} {body}{}",
             correlation_id.map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
@@ -230,18 +238,28 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
         let spec: serde_json::Value = serde_json::from_str(&job.spec).unwrap_or_default();
         let expected = spec.pointer("/recording/size").and_then(serde_json::Value::as_u64).filter(|&s| s > 0);
         let started = Instant::now();
-        let fetched = match dav.fetch(&job.file, spool, expected.map_or(MAX_RECORDING, |s| s + 1), exrp.config.transfer_timeout).await {
+        let fetched = match dav
+            .fetch(&job.file, spool, expected.map_or(MAX_RECORDING, |s| s + 1), exrp.config.transfer_timeout)
+            .await
+        {
             Ok(f) => f,
             Err(DavError::Missing) => return missing(exrp, job),
             Err(DavError::TooLarge(max)) => {
-                return dead(exrp, job, token, format!("the file in WebDAV is larger than {}", max.saturating_sub(1))).await;
+                return dead(exrp, job, token, format!("the file in WebDAV is larger than {}", max.saturating_sub(1)))
+                    .await;
             }
             Err(e) => return store_error(e),
         };
         if let Some(size) = expected
             && size != fetched.len
         {
-            return dead(exrp, job, token, format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len)).await;
+            return dead(
+                exrp,
+                job,
+                token,
+                format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len),
+            )
+            .await;
         }
         let check = {
             let path = spool.to_path_buf();
@@ -274,7 +292,9 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
                 }
             }
             Sink::Cloud(cloud) => {
-                match upload_cloud(exrp, cloud, job, token, &info.props, spool, fetched.len, &fetched.md5, &metadata).await {
+                match upload_cloud(exrp, cloud, job, token, &info.props, spool, fetched.len, &fetched.md5, &metadata)
+                    .await
+                {
                     Ok(key) => key,
                     Err(outcome) => return outcome,
                 }
@@ -311,7 +331,9 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
         );
     }
     match dav.delete(&job.file, token).await {
-        Ok(Deleted::Deleted) | Ok(Deleted::Absent) => Outcome::Done(if already_uploaded { "deleted" } else { "uploaded" }),
+        Ok(Deleted::Deleted) | Ok(Deleted::Absent) => {
+            Outcome::Done(if already_uploaded { "deleted" } else { "uploaded" })
+        }
         Err(e) => {
             let Outcome::Retry { reason, .. } = store_error(e) else { unreachable!() };
             // The upload is recorded: the retry only deletes.
@@ -457,7 +479,9 @@ async fn upload_cloud(
             let sent = if is_audio {
                 client.upload_file(&presigned, spool, len, exrp.config.transfer_timeout).await
             } else {
-                client.upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout).await
+                client
+                    .upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout)
+                    .await
             };
             match sent {
                 Ok(()) => {
@@ -476,4 +500,3 @@ async fn upload_cloud(
     }
     Ok(audio_key)
 }
-

@@ -37,7 +37,11 @@ impl Store {
     }
 
     pub fn put(&self, name: &str, bytes: &[u8]) {
-        let url = format!("{}/{}", self.url(), percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC));
+        let url = format!(
+            "{}/{}",
+            self.url(),
+            percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+        );
         let r = client().put(url).basic_auth(USER, Some(PASSWORD)).body(bytes.to_vec()).send().unwrap();
         assert!(r.status().is_success(), "PUT {name}: {}", r.status());
     }
@@ -130,7 +134,8 @@ impl Exrp {
     }
 
     pub fn health(&self) -> (u16, Value) {
-        let (status, _, body) = raw_request(self.addr(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"");
+        let (status, _, body) =
+            raw_request(self.addr(), "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", b"");
         (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
@@ -236,7 +241,10 @@ fn a_recording_reaches_the_local_sink_byte_exact_with_its_metadata_and_leaves_we
     for n in &names {
         store.put(n, SAMPLE);
     }
-    let body = end_body("CALL1", &[("m1", &names[0], SAMPLE.len()), ("m2", &names[1], SAMPLE.len()), ("m3", &names[2], SAMPLE.len())]);
+    let body = end_body(
+        "CALL1",
+        &[("m1", &names[0], SAMPLE.len()), ("m2", &names[1], SAMPLE.len()), ("m3", &names[2], SAMPLE.len())],
+    );
     let r = exrp.post(&body);
     assert_eq!(r.status, 202, "{r:?}");
     assert_eq!(r.json()["accepted"], 3);
@@ -253,7 +261,10 @@ fn a_recording_reaches_the_local_sink_byte_exact_with_its_metadata_and_leaves_we
     assert!(store.files().is_empty(), "left in WebDAV: {:?}", store.files());
     // The same interaction-end again: nothing new.
     let again = exrp.post(&body);
-    assert_eq!((again.status, again.json()["accepted"].clone(), again.json()["duplicate"].clone()), (202, json!(0), json!(3)));
+    assert_eq!(
+        (again.status, again.json()["accepted"].clone(), again.json()["duplicate"].clone()),
+        (202, json!(0), json!(3))
+    );
     assert_eq!(exrp.metric("exrp_jobs_finished_total", &[("outcome", "uploaded")]), 3.0);
     let listed = exrp.queue(&["list"]);
     assert!(listed.contains("done 3"), "{listed}");
@@ -268,7 +279,11 @@ fn bad_bodies_get_4xx_with_a_reason_and_change_nothing() {
         (b"[]", 400, "JSON object"),
         (br#"{"recordings":[{"mediaId":"a"}]}"#, 400, "callUUID"),
         (br#"{"callUUID":"C","recordings":[]}"#, 400, "empty"),
-        (br#"{"callUUID":"C","recordings":[{"mediaId":"m","uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#, 400, "file name"),
+        (
+            br#"{"callUUID":"C","recordings":[{"mediaId":"m","uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#,
+            400,
+            "file name",
+        ),
     ] {
         let r = exrp.post_bytes(body);
         assert_eq!(r.status, status, "{}: {r:?}", String::from_utf8_lossy(body));
@@ -357,7 +372,13 @@ fn recordings(store: &Store, tag: &str, n: usize) -> (Vec<String>, Vec<Value>) {
 fn assert_each_uploaded_once(cloud: &FakeCloud, names: &[String]) {
     for name in names {
         let objects = cloud.objects_of(name);
-        assert_eq!(cloud.uploads_of(name), 1, "{name}: {} objects {:?}", objects.len(), objects.iter().map(|o| &o.upload_key).collect::<Vec<_>>());
+        assert_eq!(
+            cloud.uploads_of(name),
+            1,
+            "{name}: {} objects {:?}",
+            objects.len(),
+            objects.iter().map(|o| &o.upload_key).collect::<Vec<_>>()
+        );
         assert_eq!(objects[0].bytes.as_deref(), Some(SAMPLE), "{name} byte-exact");
         assert_eq!(cloud.uploads_of(&format!("{name}.json")), 1, "{name}.json once");
     }
@@ -413,7 +434,10 @@ fn duplicate_interaction_ends_to_one_and_to_two_instances_upload_once() {
     wait_until("the store to empty", SOON, || store.files().is_empty());
     // B finishes its copies too: uploaded by A (seen, then gone: done elsewhere), or never seen
     // (dead after missing_timeout with a reason that says why).
-    let (done_a, done_b) = (a.wait_health("A idle", |_, b| b["queue"]["pending"] == 0 && b["queue"]["working"] == 0), b.wait_health("B idle", |_, h| h["queue"]["pending"] == 0 && h["queue"]["working"] == 0));
+    let (done_a, done_b) = (
+        a.wait_health("A idle", |_, b| b["queue"]["pending"] == 0 && b["queue"]["working"] == 0),
+        b.wait_health("B idle", |_, h| h["queue"]["pending"] == 0 && h["queue"]["working"] == 0),
+    );
     eprintln!("A {}\nB {}", done_a["queue"], done_b["queue"]);
     assert_each_uploaded_once(&cloud, &names);
     assert_eq!(a.metric("exrp_jobs_duplicate_total", &[]) + b.metric("exrp_jobs_duplicate_total", &[]), 10.0);
@@ -469,7 +493,9 @@ fn webdav_down_makes_health_503_and_the_jobs_wait_for_it() {
         l.local_addr().unwrap().port()
     };
     let site = Site::new("exrp-down");
-    let config = site.config().replace("[webdav]\nlisten = \"127.0.0.1:0\"", &format!("[webdav]\nlisten = \"127.0.0.1:{port}\""));
+    let config = site
+        .config()
+        .replace("[webdav]\nlisten = \"127.0.0.1:0\"", &format!("[webdav]\nlisten = \"127.0.0.1:{port}\""));
     let config_path = site.dir.join("fixed.toml");
     std::fs::write(&config_path, config).unwrap();
     let start_store = || Proc::start(&["--role", "webdav", "--config", config_path.to_str().unwrap()]);
@@ -500,4 +526,57 @@ fn orphans_are_reported_by_age_and_removed_after_their_ttl() {
     assert_eq!(exrp.metric("exrp_orphans", &[("older_than", "0")]), 2.0);
     wait_until("orphans removed", SOON, || store.files().is_empty());
     assert_eq!(exrp.metric("exrp_orphans_removed_total", &[]), 2.0);
+}
+
+#[test]
+fn against_apache_mod_dav_claims_uploads_once_and_deletes_even_across_two_instances_and_a_kill() {
+    use crate::support::apache::Apache;
+    let apache = Apache::start("exrp-apache");
+    let url = apache.collection_url();
+    let put = |name: &str| {
+        let r = client()
+            .put(format!("{url}/{}", segment(name)))
+            .basic_auth(USER, Some(PASSWORD))
+            .body(SAMPLE.to_vec())
+            .send()
+            .unwrap();
+        assert!(r.status().is_success(), "PUT {name} to Apache: {}", r.status());
+    };
+    let left = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(apache.files())
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let (cloud, sink) = cloud_sink();
+    // A's first two uploads hang, so it dies holding claims (Apache's lock database keeps them
+    // until claim_timeout) and work it has not started.
+    cloud.fail_next(crate::support::cloud::Endpoint::Put, 2, crate::support::cloud::Fault::Hang);
+    let mut a = Exrp::start("exrp-apache-a", &url, &sink, "workers = 2\ntransfer_timeout = \"30s\"\n");
+    let b = Exrp::start("exrp-apache-b", &url, &sink, "takeover_after = \"2s\"\n");
+    let names: Vec<String> = (0..20).map(|i| format!("AP{:03}_2026-11-28_10%3A00%3A{i:02}.opus", i / 2)).collect();
+    for n in &names {
+        put(n);
+    }
+    for (c, pair) in names.chunks(2).enumerate() {
+        let recs: Vec<(&str, &str, usize)> = pair.iter().map(|n| (n.as_str(), n.as_str(), SAMPLE.len())).collect();
+        let body = end_body(&format!("AP{c:03}"), &recs);
+        assert_eq!(a.post(&body).status, 202);
+        if c % 3 == 0 {
+            // Some interaction-ends reach both instances.
+            assert_eq!(b.post(&body).status, 202);
+        }
+    }
+    wait_until("A to start uploading", SOON, || cloud.requests_to(crate::support::cloud::Endpoint::Put).len() >= 2);
+    a.kill9();
+    wait_until("the Apache store to empty", Duration::from_secs(60), || left().is_empty());
+    assert!(b.metric("exrp_takeovers_total", &[]) >= 2.0, "{}", b.metrics());
+    for name in &names {
+        let cleaned = name.replace('%', "_");
+        assert_eq!(cloud.uploads_of(&cleaned), 1, "{cleaned} uploaded once: {:?}", cloud.presigned().len());
+    }
+    assert!(apache.error_log().lines().all(|l| !l.contains("[core:crit]")), "{}", apache.error_log());
 }
