@@ -157,21 +157,23 @@ impl ExrpConfig {
                 None
             }
         };
+        // Both are read even when both are given, so every problem is listed at once.
+        let cloud = cloud_table.and_then(|t| parse_cloud(t, problems));
+        let local = sink_table.and_then(|t| {
+            let mut s = Section::new("exrp.local_sink", t, problems);
+            let dir = s.path("dir");
+            if dir.is_none() {
+                s.problem_at("dir", "is required");
+            }
+            s.finish();
+            dir.map(|dir| Sink::Local { dir })
+        });
+        if cloud_table.is_some() && sink_table.is_some() {
+            problems.push("exrp: give [exrp.genesys_cloud] or [exrp.local_sink], not both".into());
+        }
         let sink = match (cloud_table, sink_table) {
-            (Some(_), Some(_)) => {
-                problems.push("exrp: give [exrp.genesys_cloud] or [exrp.local_sink], not both".into());
-                None
-            }
-            (Some(t), None) => parse_cloud(t, problems),
-            (None, Some(t)) => {
-                let mut s = Section::new("exrp.local_sink", t, problems);
-                let dir = s.path("dir");
-                if dir.is_none() {
-                    s.problem_at("dir", "is required");
-                }
-                s.finish();
-                dir.map(|dir| Sink::Local { dir })
-            }
+            (Some(_), _) => cloud,
+            (None, Some(_)) => local,
             (None, None) => state_dir.as_ref().map(|d| Sink::Local { dir: d.join("injected") }),
         };
         let placeholder =

@@ -96,6 +96,8 @@ impl Exrp {
             config.request_timeout,
         );
         let sink = Sink::new(&config.sink, config.request_timeout, config.fsync)?;
+        // Secrets print as Secret(***).
+        tracing::debug!(?config, "exrp configuration");
         tracing::info!(
             state_dir = %config.state_dir.display(),
             pending = counts[0],

@@ -313,11 +313,17 @@ fn a_truncated_or_foreign_file_goes_dead_with_its_reason_and_stays_in_webdav() {
         assert!(dead.contains(needle), "{needle} in {dead}");
     }
     assert!(std::fs::read_dir(exrp.dir.join("state").join("injected")).map_or(0, |d| d.count()) == 0);
+    let shown: Value = serde_json::from_str(&exrp.queue(&["show", "C2", "wav"])).unwrap();
+    assert_eq!(shown["state"], "dead");
+    assert_eq!(shown["spec"]["recording"]["mediaId"], "wav");
+    assert!(shown["reason"].as_str().unwrap().contains("not an Ogg file"), "{shown}");
     // The operator fixes the file and re-drives the job.
     store.put("C2_cut.opus", SAMPLE);
     exrp.queue(&["retry", "C2", "cut"]);
     exrp.wait_idle(1, 2);
     assert!(!store.has("C2_cut.opus"));
+    exrp.queue(&["purge", "--state", "dead"]);
+    assert!(exrp.queue(&["list"]).contains("done 1  dead 0"));
 }
 
 #[test]
@@ -390,19 +396,26 @@ fn kill9_of_exrp_at_random_moments_during_200_recordings_uploads_each_exactly_on
     let (cloud, sink) = cloud_sink();
     let mut exrp = Exrp::start("exrp-kill", &store.url(), &sink, "workers = 8\n");
     let (names, bodies) = recordings(&store, "K", 200);
+    // Slow uploads keep the work going long enough for the kills to land in the middle of it.
+    cloud.fail_next(
+        crate::support::cloud::Endpoint::Put,
+        400,
+        crate::support::cloud::Fault::Delay(Duration::from_millis(60)),
+    );
     for body in &bodies {
         assert_eq!(exrp.post(body).status, 202);
     }
     // Kill at pseudo-random moments while the work goes on, restarting each time.
     let mut seed = std::process::id() as u64;
-    for round in 0..4 {
+    for round in 0..6 {
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(150 + (seed >> 33) % 600));
+        std::thread::sleep(Duration::from_millis(80 + (seed >> 33) % 500));
         let done = exrp.health().1["queue"]["done"].as_u64().unwrap_or(0);
         eprintln!("kill -9 round {round} with {done} done");
         exrp.kill9();
         exrp.restart();
     }
+
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let q = exrp.health().1["queue"].clone();
@@ -478,6 +491,8 @@ fn cloud_429_5xx_and_expired_tokens_delay_but_lose_nothing() {
     }
     std::thread::sleep(Duration::from_millis(500));
     cloud.expire_tokens();
+    // URLs handed out so far stop working: their PUTs get S3's 403 and are presigned anew.
+    cloud.expire_urls();
     exrp.wait_idle(10, 0);
     assert_each_uploaded_once(&cloud, &names);
     assert!(cloud.sent_429() >= 6);
@@ -579,4 +594,53 @@ fn against_apache_mod_dav_claims_uploads_once_and_deletes_even_across_two_instan
         assert_eq!(cloud.uploads_of(&cleaned), 1, "{cleaned} uploaded once: {:?}", cloud.presigned().len());
     }
     assert!(apache.error_log().lines().all(|l| !l.contains("[core:crit]")), "{}", apache.error_log());
+}
+
+#[test]
+fn each_tenant_uploads_into_its_own_org() {
+    let store = Store::start("exrp-tenants");
+    let (main_org, sink) = cloud_sink();
+    let other = FakeCloud::start("client-2", "secret-2");
+    other.keep_bytes(true);
+    let sink = format!(
+        "{sink}[exrp.genesys_cloud.tenants.Tenant2]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-2\"\nclient_secret = \"secret-2\"\n",
+        other.base_url()
+    );
+    let exrp = Exrp::start("exrp-tenants", &store.url(), &sink, "");
+    store.put("TA_1.opus", SAMPLE);
+    store.put("TB_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("TA", &[("1", "TA_1.opus", SAMPLE.len())])).status, 202);
+    let mut body = end_body("TB", &[("1", "TB_1.opus", SAMPLE.len())]);
+    body["tenant"] = json!("Tenant2");
+    assert_eq!(exrp.post(&body).status, 202);
+    exrp.wait_idle(2, 0);
+    assert_eq!((main_org.uploads_of("TA_1.opus"), main_org.uploads_of("TB_1.opus")), (1, 0));
+    assert_eq!((other.uploads_of("TA_1.opus"), other.uploads_of("TB_1.opus")), (0, 1));
+}
+
+#[test]
+fn the_genesys_env_variables_set_the_port_and_the_log_level() {
+    let store = Store::start("exrp-env");
+    let dir = TempDir::new("exrp-env");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = dir.join("exrp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[exrp]\nlisten = \"127.0.0.1:1\"\nstate_dir = \"{}\"\n\
+             [exrp.transient_storage]\nurl = \"{}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+            dir.join("state").display(),
+            store.url()
+        ),
+    )
+    .unwrap();
+    let proc = Proc::start_with_env(
+        &["--role", "exrp", "--config", config.to_str().unwrap()],
+        &[("EXRP_PORT", &port.to_string()), ("EXRP_LOG_LEVEL", "debug")],
+    );
+    assert_eq!(proc.addr("exrp").port(), port);
+    wait_until("a debug line", SOON, || proc.logs().contains(" DEBUG "));
 }
