@@ -337,24 +337,34 @@ impl Queue {
         self.with(|conn| conn.execute("UPDATE jobs SET lock_token = ?2 WHERE id = ?1", params![id, token]).map(drop))
     }
 
+    /// The sink confirmed the upload: a resumed job only deletes.
+    pub fn mark_uploaded(&self, id: i64, key: &str) -> Result<(), QueueError> {
+        self.with(|conn| {
+            conn.execute("UPDATE jobs SET upload_key = ?2, outcome = 'uploaded' WHERE id = ?1", params![id, key])
+                .map(drop)
+        })
+    }
+
     /// Back to pending, due after `delay`, with the reason it did not finish.
     pub fn retry_later(&self, id: i64, delay: Duration, reason: &str) -> Result<(), QueueError> {
         let now = now_ms();
         let next = now + delay.as_millis() as u64;
         self.with(|conn| {
             conn.execute(
-                "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4 WHERE id = ?1",
+                "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4, lock_token = NULL
+                 WHERE id = ?1",
                 params![id, next as i64, now as i64, reason],
             )
             .map(drop)
         })
     }
 
+    /// Ends the attempt (and forgets its lock token): done or dead.
     pub fn finish(&self, id: i64, state: State, outcome: &str, reason: Option<&str>) -> Result<(), QueueError> {
         let now = now_ms() as i64;
         self.with(|conn| {
             conn.execute(
-                "UPDATE jobs SET state = ?2, outcome = ?3, reason = ?4, updated_at = ?5 WHERE id = ?1",
+                "UPDATE jobs SET state = ?2, outcome = ?3, reason = ?4, updated_at = ?5, lock_token = NULL WHERE id = ?1",
                 params![id, state.as_str(), outcome, reason, now],
             )
             .map(drop)

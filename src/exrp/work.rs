@@ -90,15 +90,7 @@ pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
             }
         }
     }
-    if token.is_some() {
-        let _ = exrp
-            .queue
-            .run({
-                let id = job.id;
-                move |q| q.set_lock_token(id, None)
-            })
-            .await;
-    }
+    // The token is forgotten with the outcome (`Queue::finish`, `Queue::retry_later`).
     outcome
 }
 
@@ -306,14 +298,7 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
         // instance skips it).
         let id = job.id;
         let key_for_queue = key.clone();
-        if let Err(e) = exrp
-            .queue
-            .run(move |q| {
-                q.set_upload_key(id, &key_for_queue)?;
-                q.finish(id, super::queue::State::Working, "uploaded", None)
-            })
-            .await
-        {
+        if let Err(e) = exrp.queue.run(move |q| q.mark_uploaded(id, &key_for_queue)).await {
             tracing::error!(file = %job.file, "uploaded, but the queue cannot record it: {e}");
         }
         let done = json!({ "at": now_ms(), "by": exrp.config.instance, "uploadKey": key }).to_string();
