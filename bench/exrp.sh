@@ -60,7 +60,7 @@ trap cleanup EXIT
 start() {
     local name=$1
     shift
-    "$@" >"$WORK/$name.ready" 2>"$WORK/$name.log" </dev/null &
+    "$@" >"$WORK/$name.ready" 2>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
     for _ in $(seq 1 150); do grep -q READY "$WORK/$name.ready" 2>/dev/null && return 0; sleep 0.1; done
@@ -79,7 +79,10 @@ printf '[admin]\nlisten = "127.0.0.1:0"\n[webdav]\nlisten = "127.0.0.1:0"\nroot 
     "$WORK/store/root" "$WORK/store/htpasswd" >"$WORK/store.toml"
 start store "$BIN" --role webdav --config "$WORK/store.toml"
 STORE="http://$(addr store webdav)/recordings"
-start cloud "$FAKECLOUD" --client-id bench --secret bench-secret
+# The fake cloud runs until its stdin closes: give it a FIFO this script holds open.
+mkfifo "$WORK/cloud.in"
+exec 9<>"$WORK/cloud.in"
+STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --client-id bench --secret bench-secret
 CLOUD="http://$(addr cloud cloud)"
 
 # exrp_config NAME WORKERS SINK(cloud|local) STORE_URL: writes the config, prints its path.
@@ -123,6 +126,7 @@ for sink in cloud local; do
             --recordings "$N" --per-call 2 --concurrency 16 --file "$ROOT/assets/sample.opus" || true)
         cpu1=$(awk '{print $14+$15}' "/proc/$pid/stat")
         rss=$(rss_kib "$pid")
+        log "exrp open fds after the run: $(ls /proc/$pid/fd | wc -l), threads $(threads "$pid")"
         cpu=$(awk -v a="$cpu0" -v b="$cpu1" -v n="$N" 'BEGIN {printf "%.2f", (b-a)*10/n}')
         jq -r --arg s "$sink" --arg w "$w" --arg cpu "$cpu" --arg rss "$((rss / 1024)) MiB" \
             '"| \($s) | \($w) | \(.recordings_per_s | floor) | \(.done) | \(.dead) | \($cpu) | \($rss) |"' <<<"$j" >>"$OUT"
