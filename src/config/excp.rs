@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Secret, Section, TlsConfig, parse_duration, read_secret};
+use super::{Secret, Section, TlsConfig, parse_duration};
 
 #[derive(Debug, Clone)]
 pub struct ExcpConfig {
@@ -179,45 +179,14 @@ impl ExcpConfig {
 impl StoreWatch {
     fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<StoreWatch> {
         let mut s = Section::new("excp.transient_storage", table, problems);
-        let kind = s.string("type");
-        let url = s.string("url");
-        let username = s.string("username");
+        let access = s.store_access(false);
         let poll_interval = s.duration("poll_interval", Duration::from_secs(10));
-        for key in ["password", "password_file", "password_env"] {
-            let _ = s.get(key);
-        }
-        let mut secret_problems = Vec::new();
-        let password = read_secret(table, "excp.transient_storage", "password", &mut secret_problems);
-        s.problems.extend(secret_problems);
-        if kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("webdav")) {
-            s.problem_at("type", "must be \"WebDAV\"");
-        }
-        let url = match url {
-            None => {
-                s.problem_at("url", "is required (the WebDAV collection, e.g. \"http://10.0.0.4/recordings\")");
-                None
-            }
-            Some(u) => match u.trim_end_matches('/').parse::<http::Uri>() {
-                Ok(uri) if uri.scheme_str() == Some("http") && uri.authority().is_some() => {
-                    Some(u.trim_end_matches('/').to_string())
-                }
-                _ => {
-                    s.problem_at("url", format!("{u:?} is not an http:// URL"));
-                    None
-                }
-            },
-        };
-        if username.is_none() {
-            s.problem_at("username", "is required");
-        }
-        if password.is_none() {
-            s.problem_at("password", "is required (or password_file / password_env)");
-        }
         if poll_interval < Duration::from_millis(100) {
             s.problem_at("poll_interval", "must be at least 100ms");
         }
         s.finish();
-        Some(StoreWatch { url: url?, username: username?, password: password?, poll_interval })
+        let (url, username, password) = access?;
+        Some(StoreWatch { url, username, password, poll_interval })
     }
 }
 
@@ -269,13 +238,7 @@ impl ConversationProvider {
         let fetch_delay = minutes(&mut s, "gir_metadata_fetch_delay", 10);
         let fetch_interval = minutes(&mut s, "gir_metadata_fetch_interval", 1380);
         let fetch_duration = minutes(&mut s, "gir_metadata_fetch_duration", 1440);
-        // read_secret looks at the raw table; mark its keys as used.
-        for key in ["gir_password", "gir_password_file", "gir_password_env"] {
-            let _ = s.get(key);
-        }
-        let mut secret_problems = Vec::new();
-        let password = read_secret(table, "excp.conversation_provider", "gir_password", &mut secret_problems);
-        s.problems.extend(secret_problems);
+        let password = s.secret("gir_password");
         if !sta_default_language.is_empty() && !valid_language(&sta_default_language) {
             s.problem_at("sta_default_language", format!("{sta_default_language:?} is not like \"en-US\""));
         }

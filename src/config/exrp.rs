@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Secret, Section, TlsConfig, read_secret};
+use super::{Secret, Section, TlsConfig};
 
 #[derive(Debug, Clone)]
 pub struct ExrpConfig {
@@ -210,51 +210,13 @@ fn default_instance(listen: SocketAddr) -> String {
     format!("{host}:{}", listen.port())
 }
 
-/// Reads `key` / `key_file` / `key_env`, marking them used in `s`.
-fn secret(s: &mut Section<'_, '_>, table: &toml::Table, key: &str) -> Option<Secret> {
-    for suffix in ["", "_file", "_env"] {
-        let _ = s.get(&format!("{key}{suffix}"));
-    }
-    let mut found = Vec::new();
-    let name = s.name.clone();
-    let secret = read_secret(table, &name, key, &mut found);
-    s.problems.extend(found);
-    secret
-}
-
 impl TransientStorage {
     fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<TransientStorage> {
         let mut s = Section::new("exrp.transient_storage", table, problems);
-        let kind = s.string("type");
-        let url = s.string("url");
-        let username = s.string("username");
-        let password = secret(&mut s, table, "password");
-        if kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("webdav")) {
-            s.problem_at("type", "must be \"WebDAV\"");
-        }
-        let url = match url {
-            None => {
-                s.problem_at("url", "is required (the WebDAV collection, e.g. \"http://10.0.0.4/recordings\")");
-                None
-            }
-            Some(u) => match u.trim_end_matches('/').parse::<http::Uri>() {
-                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
-                    Some(u.trim_end_matches('/').to_string())
-                }
-                _ => {
-                    s.problem_at("url", format!("{u:?} is not an http:// or https:// URL"));
-                    None
-                }
-            },
-        };
-        if username.is_none() {
-            s.problem_at("username", "is required");
-        }
-        if password.is_none() {
-            s.problem_at("password", "is required (or password_file / password_env)");
-        }
+        let access = s.store_access(true);
         s.finish();
-        Some(TransientStorage { url: url?, username: username?, password: password? })
+        let (url, username, password) = access?;
+        Some(TransientStorage { url, username, password })
     }
 }
 
@@ -302,7 +264,7 @@ fn org(
         }
         secret_key = "password";
     }
-    let client_secret = secret(s, table, secret_key);
+    let client_secret = s.secret(secret_key);
     if let Some(r) = &region
         && (r.is_empty() || r.contains(['/', ':', ' ']) || r.starts_with("api.") || r.starts_with("login."))
     {

@@ -565,6 +565,53 @@ impl<'a, 'p> Section<'a, 'p> {
         Some(TlsConfig { cert: cert?, key: key? })
     }
 
+    /// Reads `key`, `key_file` or `key_env` (see `read_secret`).
+    fn secret(&mut self, key: &str) -> Option<Secret> {
+        for suffix in ["", "_file", "_env"] {
+            let _ = self.get(&format!("{key}{suffix}"));
+        }
+        let mut found = Vec::new();
+        let secret = read_secret(self.table, &self.name, key, &mut found);
+        self.problems.extend(found);
+        secret
+    }
+
+    /// The keys of a `transient_storage` table (CME's transientStorage): `type` ("WebDAV"),
+    /// `url` of the collection (trailing slash dropped), `username`, `password`.
+    fn store_access(&mut self, https: bool) -> Option<(String, String, Secret)> {
+        let kind = self.string("type");
+        let url = self.string("url");
+        let username = self.string("username");
+        let password = self.secret("password");
+        if kind.as_deref().is_some_and(|k| !k.eq_ignore_ascii_case("webdav")) {
+            self.problem_at("type", "must be \"WebDAV\"");
+        }
+        let schemes: &[&str] = if https { &["http", "https"] } else { &["http"] };
+        let url = match url {
+            None => {
+                self.problem_at("url", "is required (the WebDAV collection, e.g. \"http://10.0.0.4/recordings\")");
+                None
+            }
+            Some(u) => match u.trim_end_matches('/').parse::<http::Uri>() {
+                Ok(uri) if uri.scheme_str().is_some_and(|s| schemes.contains(&s)) && uri.authority().is_some() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    let what = if https { "an http:// or https://" } else { "an http://" };
+                    self.problem_at("url", format!("{u:?} is not {what} URL"));
+                    None
+                }
+            },
+        };
+        if username.is_none() {
+            self.problem_at("username", "is required");
+        }
+        if password.is_none() {
+            self.problem_at("password", "is required (or password_file / password_env)");
+        }
+        Some((url?, username?, password?))
+    }
+
     fn finish(self) {
         for key in self.table.keys() {
             if !self.used.contains(key.as_str()) {
