@@ -165,8 +165,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         };
         let (token, failed) = (shutdown.clone(), failed_tx.clone());
         tracker.spawn(async move {
-            let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
-            if let Err(err) = crate::http::serve(admin_listener, opts, make, token).await {
+            if let Err(err) = crate::http::serve_router(admin_listener, opts, router, token).await {
                 let _ = failed.send(err.context("admin listener failed")).await;
             }
         });

@@ -136,9 +136,7 @@ impl Excp {
             grace,
             ..ServerOptions::DEFAULT_LIMITS
         };
-        let router = self.router();
-        let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
-        let served = crate::http::serve(listener, opts, make, shutdown).await;
+        let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;
         let _ = scheduler.await;
         served
     }

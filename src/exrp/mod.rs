@@ -151,9 +151,7 @@ impl Exrp {
             grace,
             ..ServerOptions::DEFAULT_LIMITS
         };
-        let router = self.router();
-        let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
-        let served = crate::http::serve(listener, opts, make, shutdown).await;
+        let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;
         let _ = tokio::join!(scheduler, scanner, prober);
         served
     }

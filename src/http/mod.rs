@@ -56,6 +56,17 @@ impl ServerOptions {
     };
 }
 
+/// Serves an axum router (a role's API or the admin) with `opts`, until `shutdown`.
+pub async fn serve_router(
+    listener: TcpListener,
+    opts: ServerOptions,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
+    serve(listener, opts, make, shutdown).await
+}
+
 /// Serves HTTP/1.1 on an already bound listener until `shutdown`, then drains.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
