@@ -30,6 +30,10 @@ tokio::task_local! {
     /// Set while the engine answers a PROPFIND that names its properties. dav-server 0.11 calls
     /// `get_props` for every PROPFIND and appends all dead properties to the answer, which
     /// would list each named one twice and unrequested ones besides.
+    /// Known gap: dav-server writes the multistatus while the response body is read, outside
+    /// this scope, so a named dead property is still listed twice. Setting the flag there too
+    /// makes dav-server drop named properties its `get_prop` path cannot rebuild (litmus
+    /// props 22 fails), so that fix waits for a look at dav-server's dead-property path.
     pub static NAMED_PROPFIND: bool;
 }
 

@@ -32,31 +32,6 @@ use store::{Limits, RESERVED_PREFIX, RelPath, Store};
 
 type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
-/// A named-property PROPFIND answer, read with `davfs::NAMED_PROPFIND` set: dav-server builds
-/// the multistatus while its body is polled, after `handle_guarded` has returned.
-struct NamedScope {
-    inner: ResBody,
-}
-
-impl http_body::Body for NamedScope {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
-        davfs::NAMED_PROPFIND.sync_scope(true, || std::pin::Pin::new(&mut self.inner).poll_frame(cx))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
 type ReqBody = UnsyncBoxBody<Bytes, crate::http::body::BodyError>;
 
 pub struct Webdav {
@@ -279,10 +254,7 @@ impl Webdav {
             (req, false)
         };
         let response = davfs::NAMED_PROPFIND.scope(named, self.dav.handle_guarded(req, user.to_owned(), ())).await;
-        response.map(|body| {
-            let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-            if named { NamedScope { inner: body }.boxed_unsync() } else { body }
-        })
+        response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
     }
 
     /// Reads a PROPFIND body (small, capped) to learn whether it names its properties: the
