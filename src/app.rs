@@ -259,5 +259,23 @@ fn prepare_sandbox(config: &Config) -> anyhow::Result<()> {
             w.htpasswd.display(),
         );
     }
+    if let (Some(lb), Some(excp), Some(exrp)) = (&config.lb, &config.excp, &config.exrp) {
+        let pool = |name: &str| lb.pools.iter().find(|p| p.name == name).map(|p| p.listen.to_string());
+        tracing::info!(
+            "sandbox: recorders POST metadata to http://{}/api/v1/recording (lb → excp on {}); \
+             call ends go to http://{}/api/v1/interactions/<callUUID>/end; \
+             excp hands each ended call to exrp through http://{} (lb → exrp on {}); \
+             exrp takes the audio from the WebDAV store (as {SANDBOX_USER}) and writes it with its metadata to {}/<tenant>/",
+            pool("excp").unwrap_or_default(),
+            excp.listen,
+            pool("excp").unwrap_or_default(),
+            pool("exrp").unwrap_or_default(),
+            exrp.listen,
+            match &exrp.sink {
+                crate::config::Sink::Local { dir } => dir.display().to_string(),
+                crate::config::Sink::Cloud { .. } => "Genesys Cloud".into(),
+            },
+        );
+    }
     Ok(())
 }

@@ -219,6 +219,16 @@ impl Config {
 
     /// The loopback default a newcomer gets without a config file.
     pub fn sandbox(role: Role, dir: &Path) -> Config {
+        if role == Role::All {
+            // The whole path: the same file an operator could write (src/config/sandbox.toml).
+            let text = include_str!("sandbox.toml").replace("{dir}", &dir.display().to_string());
+            let mut config = match Config::from_toml_str_env(&text, Role::All, &|_| None) {
+                Ok(c) => c,
+                Err(e) => unreachable!("the embedded sandbox config is valid (unit-tested): {e}"),
+            };
+            config.sandbox = true;
+            return config;
+        }
         let webdav = matches!(role, Role::Webdav | Role::All).then(|| WebdavConfig {
             listen: "127.0.0.1:8000".parse().expect("literal address"),
             tls: None,
@@ -841,6 +851,14 @@ mod tests {
         for needle in ["not both", "region domain", "client_secret"] {
             assert!(p.iter().any(|m| m.contains(needle)), "{needle} missing in {p:?}");
         }
+    }
+
+    #[test]
+    fn the_sandbox_runs_every_role() {
+        let c = Config::sandbox(Role::All, Path::new("exec-allinone-data"));
+        assert_eq!(c.roles(), vec!["webdav", "lb", "excp", "exrp"]);
+        assert!(c.sandbox);
+        assert_eq!(Config::sandbox(Role::Webdav, Path::new("d")).roles(), vec!["webdav"]);
     }
 
     #[test]

@@ -102,8 +102,16 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     assert_eq!(status.code(), Some(0));
 }
 
+/// The sandboxes use fixed ports: one at a time.
+static SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn ports_free(ports: &[u16]) -> bool {
+    ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+}
+
 #[test]
 fn sandbox_default_runs_without_a_config() {
+    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TempDir::new("sandbox");
     // The sandbox uses fixed loopback ports; skip cleanly only if another sandbox holds them.
     if std::net::TcpListener::bind("127.0.0.1:8000").is_err() || std::net::TcpListener::bind("127.0.0.1:9651").is_err()
@@ -168,4 +176,63 @@ fn json_logs_and_systemd_readiness() {
         }
     }
     assert!(saw_access, "no access line in {logs}");
+}
+
+#[test]
+fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_local_sink() {
+    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !ports_free(&[8000, 9650, 3650, 8080, 13650, 18080]) {
+        eprintln!("sandbox ports busy; this test cannot run here");
+        return;
+    }
+    let dir = TempDir::new("sandbox-all");
+    let mut child = Command::new(BIN)
+        .args(["--role", "all"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "READY webdav=127.0.0.1:8000 admin=127.0.0.1:9650 excp=127.0.0.1:13650 exrp=127.0.0.1:18080 \
+         lb.excp=127.0.0.1:3650 lb.exrp=127.0.0.1:8080"
+    );
+    let sample = include_bytes!("../../assets/sample.opus");
+    let c = client();
+    let name = "SANDBOX1_a.opus";
+    let put = c
+        .put(format!("http://127.0.0.1:8000/recordings/{name}"))
+        .basic_auth("mcp", Some("mcp-sandbox"))
+        .body(sample.to_vec())
+        .send()
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    // What MCP posts (the GIR recording shape), through the lb's excp pool; then the call ends.
+    let metadata = serde_json::json!({ "id": "SANDBOX1", "mediaFiles": [{
+        "callUUID": "SANDBOX1", "mediaId": name, "mediaUri": format!("http://127.0.0.1:8000/recordings/{name}"),
+        "type": "audio/opus", "size": sample.len(), "duration": 3000,
+        "startTime": "2026-11-28T10:00:00.000Z", "stopTime": "2026-11-28T10:00:03.000Z" }] });
+    let r = c.post("http://127.0.0.1:3650/api/v1/recording").body(metadata.to_string()).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    let r = c.post("http://127.0.0.1:3650/api/v1/interactions/SANDBOX1/end").send().unwrap();
+    assert_eq!(r.status(), 200);
+    let injected = dir.join("exec-allinone-data/injected/Environment").join(name);
+    let stored = dir.join("exec-allinone-data/recordings").join(name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !(injected.exists() && !stored.exists()) {
+        assert!(std::time::Instant::now() < deadline, "the recording did not reach the sink and leave WebDAV");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read(&injected).unwrap(), sample);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(injected.with_extension("opus.json")).unwrap()).unwrap();
+    assert_eq!(meta["callUUID"], "SANDBOX1");
+    let health = c.get("http://127.0.0.1:9650/health").send().unwrap();
+    assert_eq!(health.status(), 200, "{}", health.text().unwrap());
+    let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0));
 }
