@@ -222,7 +222,7 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
     let injected = dir.join("exec-allinone-data/injected/Environment").join(name);
     let stored = dir.join("exec-allinone-data/recordings").join(name);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !(injected.exists() && !stored.exists()) {
+    while !injected.exists() || stored.exists() {
         assert!(std::time::Instant::now() < deadline, "the recording did not reach the sink and leave WebDAV");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
