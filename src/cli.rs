@@ -56,6 +56,11 @@ pub enum Command {
         /// The nginx config, e.g. /etc/nginx/nginx.conf; includes are followed.
         file: PathBuf,
     },
+    /// Translate a Genesys EXEC .env into TOML (stdout) with notes on what to fill in (stderr).
+    ImportEnv {
+        /// The .env file bootstrap.py reads.
+        file: PathBuf,
+    },
     /// Inspect and re-drive the exrp job queue (works while exrp runs).
     Queue {
         /// The config whose [exrp] state_dir holds the queue.

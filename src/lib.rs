@@ -56,6 +56,24 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::ImportNginx { file }) => import_nginx(&file),
+        Some(Command::ImportEnv { file }) => {
+            let translated = std::fs::read_to_string(&file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|text| config::import_env::translate(&text));
+            match translated {
+                Ok(t) => {
+                    for note in &t.notes {
+                        eprintln!("note: {note}");
+                    }
+                    print!("{}", t.toml);
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("import-env: {err}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
         Some(Command::Queue { config, state_dir, action }) => {
             match exrp::command::queue(config.as_deref(), state_dir.as_deref(), action) {
                 Ok(()) => ExitCode::SUCCESS,

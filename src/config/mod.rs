@@ -10,6 +10,7 @@ use crate::cli::Role;
 
 mod excp;
 mod exrp;
+pub mod import_env;
 mod lb;
 pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
 pub use exrp::{ExrpConfig, GenesysCloudConfig, Sink, TransientStorage};

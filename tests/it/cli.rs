@@ -236,3 +236,29 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
     let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn import_env_turns_a_genesys_env_into_a_config_check_config_accepts() {
+    let dir = TempDir::new("import-env");
+    let env = dir.join(".env");
+    std::fs::write(
+        &env,
+        "EXCP_RECORDING_PROCESSOR_PROXY_HOST=10.0.0.5\nEXCP_RECORDING_PROCESSOR_PROXY_PORT=8080\n\
+         EXRP_VM_HOST_LIST=10.0.0.21,10.0.0.22\nEXRP_PORT=8080\nEXRP_TAG=100.0.100.12\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).args(["import-env", env.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("EXRP_TAG"));
+    let config = dir.join("site.toml");
+    std::fs::write(&config, &out.stdout).unwrap();
+    for role in ["lb", "excp", "exrp"] {
+        let check = Command::new(BIN)
+            .args(["check-config", "--config", config.to_str().unwrap(), "--role", role])
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "--role {role}: {}", String::from_utf8_lossy(&check.stderr));
+    }
+    let bad = Command::new(BIN).args(["import-env", dir.join("none").to_str().unwrap()]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+}
