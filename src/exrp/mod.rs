@@ -367,7 +367,7 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
                 // but for a done one would re-create its record on a file that is gone.
                 let fresh: Vec<queue::NewJob> =
                     exrp.queue.run(move |q| q.only_fresh(to_publish)).await.unwrap_or_default();
-                work::publish(&exrp, &fresh).await;
+                work::publish(exrp.clone(), fresh).await;
             }
             exrp.metrics.requests.inc(&["202"]);
             exrp.metrics.jobs_accepted.add(added.new as u64);

@@ -350,28 +350,41 @@ pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
 /// Records freshly accepted jobs on their files, so that if this instance dies before it gets
 /// to them, another one's scan finds them. Best effort: a job not published here is published
 /// by its first attempt.
-pub async fn publish(exrp: &Exrp, jobs: &[super::queue::NewJob]) {
+pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
+    use futures_util::StreamExt;
+    // Bounded both ways: at most 16 requests at once, and the 202 waits at most `limit` for
+    // all of them (a huge interaction-end or a slow store must not hold the reply).
     let limit = exrp.config.request_timeout.min(Duration::from_secs(5));
-    let all = futures_util::future::join_all(jobs.iter().map(|job| async move {
-        let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
-        let props = [(PROP_JOB, record.as_str())];
-        let set = exrp.dav.set_props(&job.file, None, &props, &[]);
-        match tokio::time::timeout(limit, set).await {
-            Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
-            // Locked: another instance is working on the file, so it is there.
-            Ok(Err(DavError::Locked)) => Some((job.call_uuid.clone(), job.media_id.clone())),
-            Ok(Err(e)) => {
-                tracing::debug!(file = %job.file, "job not recorded on the file yet: {e}");
-                None
+    let deadline = tokio::time::Instant::now() + limit;
+    let total = jobs.len();
+    let mut results = futures_util::stream::iter(jobs.into_iter().map(|job| {
+        let exrp = exrp.clone();
+        async move {
+            let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
+            let props = [(PROP_JOB, record.as_str())];
+            let set = exrp.dav.set_props(&job.file, None, &props, &[]);
+            match tokio::time::timeout_at(deadline, set).await {
+                Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
+                // Locked: another instance is working on the file, so it is there.
+                Ok(Err(DavError::Locked)) => Some((job.call_uuid.clone(), job.media_id.clone())),
+                Ok(Err(e)) => {
+                    tracing::debug!(file = %job.file, "job not recorded on the file yet: {e}");
+                    None
+                }
+                Err(_) => None,
             }
-            Err(_) => None,
         }
-    }));
-    let seen: Vec<(String, String)> = all.await.into_iter().flatten().collect();
-    if seen.len() < jobs.len() {
+    }))
+    .buffer_unordered(16);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    while let Ok(Some(result)) = tokio::time::timeout_at(deadline, results.next()).await {
+        seen.extend(result);
+    }
+    drop(results);
+    if seen.len() < total {
         tracing::info!(
             published = seen.len(),
-            jobs = jobs.len(),
+            jobs = total,
             "some jobs are not recorded in the store yet (their first attempt will)"
         );
     }
