@@ -61,6 +61,9 @@ pub enum Command {
         /// The .env file bootstrap.py reads.
         file: PathBuf,
     },
+    /// Behave like MCP against a deployment (default: the local `--role all` sandbox): record
+    /// calls, post their metadata, end them, and report what reached the sink.
+    Simulate(crate::simulate::SimulateArgs),
     /// Inspect and re-drive the exrp job queue (works while exrp runs).
     Queue {
         /// The config whose [exrp] state_dir holds the queue.

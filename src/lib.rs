@@ -11,6 +11,7 @@
 //! - `cloud`: the Genesys Cloud client (token, presigned recording upload), shared by exrp.
 //! - `exrp`: role `exrp`, one durable job per recording: fetch, check, upload once, delete.
 //! - `dav_client`: the WebDAV client exrp uses on the store (locks, dead properties, GET).
+//! - `simulate`: the `simulate` subcommand, an MCP stand-in for demos, smoke tests and load.
 //! - `durable`: atomically replaced records on disk (the state of excp and exrp).
 //! - `dav_client`: the WebDAV client exrp uses on the store (claims, job properties, fetch, delete).
 
@@ -27,6 +28,7 @@ pub mod http;
 pub mod lb;
 pub mod metrics;
 pub mod shutdown;
+pub mod simulate;
 pub mod telemetry;
 pub mod webdav;
 
@@ -56,6 +58,23 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::ImportNginx { file }) => import_nginx(&file),
+        Some(Command::Simulate(args)) => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("simulate: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(simulate::run(args)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(err) => {
+                    eprintln!("simulate: {err:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Some(Command::ImportEnv { file }) => {
             let translated = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))

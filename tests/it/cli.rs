@@ -232,6 +232,17 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
     assert_eq!(meta["callUUID"], "SANDBOX1");
     let health = c.get("http://127.0.0.1:9650/health").send().unwrap();
     assert_eq!(health.status(), 200, "{}", health.text().unwrap());
+    // The simulator against the same sandbox: every recording delivered byte-exact.
+    let sim = Command::new(BIN)
+        .args(["simulate", "--calls", "5", "--concurrency", "2", "--recordings-per-call", "2", "--timeout", "60"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&sim.stdout)
+        .unwrap_or_else(|e| panic!("simulate printed no JSON ({e}): {}", String::from_utf8_lossy(&sim.stderr)));
+    assert!(sim.status.success(), "{report}\n{}", String::from_utf8_lossy(&sim.stderr));
+    assert_eq!((report["recordings"].as_u64(), report["delivered"].as_u64()), (Some(10), Some(10)), "{report}");
+    assert_eq!((report["missing"].as_u64(), report["byte_exact_in_sink"].as_u64()), (Some(0), Some(10)), "{report}");
     let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
     let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
