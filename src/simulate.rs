@@ -58,11 +58,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
     let excp = args.excp.clone().unwrap_or_else(|| "http://127.0.0.1:3650".into());
     let excp = excp.trim_end_matches('/').to_string();
     let sink_dir = args.sink_dir.clone().or_else(|| sandbox.then(|| PathBuf::from(SANDBOX_DIR).join("injected")));
-    let http = if webdav.starts_with("https://") || excp.starts_with("https://") {
-        HttpClient::with_roots(std::path::Path::new(crate::http::client::SYSTEM_CA_BUNDLE))?
-    } else {
-        HttpClient::plain()
-    };
+    let http = HttpClient::for_urls(&[&webdav, &excp])?;
     let timeout = Duration::from_secs(30);
     let auth = {
         use base64::Engine;

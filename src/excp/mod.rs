@@ -90,12 +90,8 @@ impl Excp {
             gir = config.provider.gir.is_some(),
             "excp state loaded"
         );
-        let client = match &config.provider.gir {
-            Some(g) if g.base_url.starts_with("https://") => crate::http::client::HttpClient::with_roots(
-                std::path::Path::new(crate::http::client::SYSTEM_CA_BUNDLE),
-            )?,
-            _ => crate::http::client::HttpClient::plain(),
-        };
+        let gir_url = config.provider.gir.as_ref().map_or("", |g| g.base_url.as_str());
+        let client = crate::http::client::HttpClient::for_urls(&[gir_url])?;
         Ok(Arc::new(Excp {
             config: config.clone(),
             book,

@@ -83,11 +83,7 @@ impl Exrp {
         let queue = Queue::open(&config.state_dir, config.fsync)?;
         let recovered = queue.recover()?;
         let counts = queue.counts()?;
-        let http = if config.storage.url.starts_with("https://") {
-            HttpClient::with_roots(std::path::Path::new(crate::http::client::SYSTEM_CA_BUNDLE))?
-        } else {
-            HttpClient::plain()
-        };
+        let http = HttpClient::for_urls(&[&config.storage.url])?;
         let dav = DavClient::new(
             &config.storage.url,
             &config.storage.username,

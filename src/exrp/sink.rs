@@ -63,11 +63,7 @@ impl Sink {
 }
 
 fn client_for(org: &GenesysCloudConfig) -> anyhow::Result<HttpClient> {
-    if org.api_url.starts_with("https://") || org.login_url.starts_with("https://") {
-        HttpClient::with_roots(Path::new(crate::http::client::SYSTEM_CA_BUNDLE))
-    } else {
-        Ok(HttpClient::plain())
-    }
+    HttpClient::for_urls(&[&org.api_url, &org.login_url])
 }
 
 impl CloudSink {

@@ -44,6 +44,15 @@ impl HttpClient {
         HttpClient { tls: None }
     }
 
+    /// What `urls` need: plain when all are http://, else https trusting the system CA bundle.
+    pub fn for_urls(urls: &[&str]) -> anyhow::Result<HttpClient> {
+        if urls.iter().any(|u| u.starts_with("https://")) {
+            HttpClient::with_roots(Path::new(SYSTEM_CA_BUNDLE))
+        } else {
+            Ok(HttpClient::plain())
+        }
+    }
+
     /// http:// and https://, trusting the certificates of a PEM bundle.
     pub fn with_roots(ca_file: &Path) -> anyhow::Result<HttpClient> {
         use anyhow::Context;
