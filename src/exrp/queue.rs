@@ -386,12 +386,17 @@ impl Queue {
         })
     }
 
-    /// Whether any job (in any state) names this file.
-    pub fn knows_file(&self, file: &str) -> Result<bool, QueueError> {
+    /// Those of `files` that some job (in any state) names.
+    pub fn known_files(&self, files: Vec<String>) -> Result<std::collections::HashSet<String>, QueueError> {
         self.with(|conn| {
-            conn.query_row("SELECT 1 FROM jobs WHERE file = ?1 LIMIT 1", params![file], |_| Ok(()))
-                .optional()
-                .map(|o| o.is_some())
+            let mut stmt = conn.prepare_cached("SELECT 1 FROM jobs WHERE file = ?1 LIMIT 1")?;
+            let mut known = std::collections::HashSet::new();
+            for file in files {
+                if stmt.exists(params![file])? {
+                    known.insert(file);
+                }
+            }
+            Ok(known)
         })
     }
 
@@ -506,7 +511,8 @@ mod tests {
         assert_eq!(q.take_due(10).unwrap().len(), 1);
         assert!(q.next_due_in().unwrap().is_some_and(|ms| ms > 3_500_000));
         assert_eq!(q.purge(State::Done, now_ms() + 1).unwrap(), 1);
-        assert!(q.knows_file(&working[0].file).unwrap());
+        let known = q.known_files(vec![working[0].file.clone(), "other.opus".into()]).unwrap();
+        assert_eq!(known.into_iter().collect::<Vec<_>>(), vec![working[0].file.clone()]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -74,6 +74,11 @@ pub async fn run(exrp: Arc<Exrp>, shutdown: CancellationToken) {
 
 async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
     let files = exrp.dav.list().await.map_err(|e| e.to_string())?;
+    // Which files without a job record our queue knows (accepted, not yet published): one
+    // blocking task for the whole listing, not one per file.
+    let unrecorded: Vec<String> =
+        files.iter().filter(|f| !f.props.contains_key(PROP_JOB)).map(|f| f.name.clone()).collect();
+    let known = exrp.queue.run(move |q| q.known_files(unrecorded)).await.map_err(|e| e.to_string())?;
     let now = now_ms();
     let now_sys = SystemTime::now();
     let takeover_ms = exrp.config.takeover_after.as_millis() as u64;
@@ -100,9 +105,7 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
             }
             continue;
         }
-        let name = file.name.clone();
-        let known = exrp.queue.run(move |q| q.knows_file(&name)).await.map_err(|e| e.to_string())?;
-        if known {
+        if known.contains(&file.name) {
             continue;
         }
         let age = file.modified.and_then(|m| now_sys.duration_since(m).ok()).unwrap_or_default();

@@ -179,12 +179,17 @@ fn missing(exrp: &Exrp, job: &Job) -> Outcome {
 }
 
 fn store_error(e: DavError) -> Outcome {
+    retry(store_reason(e))
+}
+
+/// Why a store request failed, for the job's reason; a refusal is also logged as an error.
+fn store_reason(e: DavError) -> String {
     match e {
         DavError::Refused { status, detail } => {
             tracing::error!(status, "the WebDAV store refuses exrp: {detail} (check transient_storage credentials)");
-            retry(format!("WebDAV refused: HTTP {status} {detail}"))
+            format!("WebDAV refused: HTTP {status} {detail}")
         }
-        other => retry(format!("WebDAV: {other}")),
+        other => format!("WebDAV: {other}"),
     }
 }
 
@@ -319,11 +324,8 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
         Ok(Deleted::Deleted) | Ok(Deleted::Absent) => {
             Outcome::Done(if already_uploaded { "deleted" } else { "uploaded" })
         }
-        Err(e) => {
-            let Outcome::Retry { reason, .. } = store_error(e) else { unreachable!() };
-            // The upload is recorded: the retry only deletes.
-            Outcome::Retry { delay: None, reason: format!("uploaded; delete pending: {reason}") }
-        }
+        // The upload is recorded: the retry only deletes.
+        Err(e) => retry(format!("uploaded; delete pending: {}", store_reason(e))),
     }
 }
 
