@@ -1,6 +1,7 @@
 //! Logging: tracing to stderr (stdout is reserved for the READY line), text or JSON.
 //! `RUST_LOG` overrides the default filter; the Genesys `.env` variable `EXRP_LOG_LEVEL` is
-//! honoured when `RUST_LOG` is not set.
+//! honoured when `RUST_LOG` is not set. The last warnings and errors are also kept in memory
+//! (`recent_problems`) for the status page.
 
 use std::fmt;
 
@@ -13,13 +14,74 @@ use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 use crate::cli::LogFormat;
 
 pub fn init(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling into the library twice) is harmless; ignore it.
     let _ = match format {
-        LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).finish().with(RecentProblems).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().with(RecentProblems).try_init(),
     };
+}
+
+/// How many warnings and errors the status page can show.
+const RECENT_PROBLEMS: usize = 50;
+
+/// One warning or error as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Problem {
+    /// Unix time in milliseconds.
+    pub at: u64,
+    pub level: &'static str,
+    /// The role (or plumbing module) that logged it: `exrp`, `lb`, `http`…
+    pub source: String,
+    /// The message followed by its fields, `key=value`, as the text log writes them.
+    pub text: String,
+}
+
+static PROBLEMS: std::sync::Mutex<std::collections::VecDeque<Problem>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The last warnings and errors this process logged, newest first.
+pub fn recent_problems() -> Vec<Problem> {
+    let problems = PROBLEMS.lock().unwrap_or_else(|p| p.into_inner());
+    problems.iter().rev().cloned().collect()
+}
+
+/// Keeps the last `RECENT_PROBLEMS` warnings and errors. Runs after the filter, so a
+/// `RUST_LOG=error` process keeps only errors.
+struct RecentProblems;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentProblems {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let level = *event.metadata().level();
+        if level > tracing::Level::WARN {
+            return;
+        }
+        let mut text = String::new();
+        let _ = PlainFields.format_fields(Writer::new(&mut text), event);
+        // A client-controlled value (a path, a reason from a peer) must not flood the page.
+        if text.len() > 1000 {
+            let mut cut = 1000;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            text.push('…');
+        }
+        let target = event.metadata().target();
+        let source = target.strip_prefix("exec_allinone::").unwrap_or(target);
+        let source = source.split("::").next().unwrap_or(source).to_string();
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let problem =
+            Problem { at, level: if level == tracing::Level::ERROR { "error" } else { "warn" }, source, text };
+        let mut problems = PROBLEMS.lock().unwrap_or_else(|p| p.into_inner());
+        if problems.len() == RECENT_PROBLEMS {
+            problems.pop_front();
+        }
+        problems.push_back(problem);
+    }
 }
 
 /// `EXRP_LOG_LEVEL` takes trace, debug, info, warn, error or fatal (which logs errors).

@@ -51,6 +51,30 @@ pub struct Exrp {
     lock_unsupported: AtomicBool,
     orphans: scan::OrphanStats,
     wake: tokio::sync::Notify,
+    /// The last finished jobs, newest last, for the status page.
+    recent: std::sync::Mutex<std::collections::VecDeque<Finished>>,
+}
+
+/// How many finished jobs the status page can show.
+const RECENT_FINISHED: usize = 25;
+
+/// A job that just reached `done` or `dead`, as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Finished {
+    /// Unix time in milliseconds.
+    at: u64,
+    file: String,
+    #[serde(rename = "callUUID")]
+    call_uuid: String,
+    tenant: String,
+    /// `uploaded`, `deleted` (uploaded before, now removed), `elsewhere` (another instance
+    /// finished it) or `dead`.
+    outcome: &'static str,
+    /// From interaction-end accepted to finished.
+    seconds: f64,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 #[derive(Default)]
@@ -118,6 +142,7 @@ impl Exrp {
             lock_unsupported: AtomicBool::new(false),
             orphans: scan::OrphanStats::default(),
             wake: tokio::sync::Notify::new(),
+            recent: Default::default(),
         }))
     }
 
@@ -158,6 +183,25 @@ impl Exrp {
         // Between half and all of the step, so instances and jobs do not retry in lockstep.
         let half = step / 2;
         half + half.mul_f64(rand::random::<f64>())
+    }
+
+    fn finished(&self, job: &queue::Job, outcome: &'static str, reason: Option<String>) {
+        let at = queue::now_ms();
+        let entry = Finished {
+            at,
+            file: job.file.clone(),
+            call_uuid: job.call_uuid.clone(),
+            tenant: job.tenant.clone(),
+            outcome,
+            seconds: at.saturating_sub(job.accepted_at_ms) as f64 / 1000.0,
+            attempts: job.attempts,
+            reason,
+        };
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        if recent.len() == RECENT_FINISHED {
+            recent.pop_front();
+        }
+        recent.push_back(entry);
     }
 
     async fn refresh_counts(&self) {
@@ -233,11 +277,13 @@ async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
     let result = match outcome {
         Outcome::Done(how) => {
             exrp.metrics.outcomes.inc(&[how]);
+            exrp.finished(job, how, None);
             exrp.queue.run(move |q| q.finish(id, JobState::Done, how, None)).await
         }
         Outcome::Dead(reason) => {
             exrp.metrics.outcomes.inc(&["dead"]);
             tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
+            exrp.finished(job, "dead", Some(reason.clone()));
             exrp.queue.run(move |q| q.finish(id, JobState::Dead, "dead", Some(&reason))).await
         }
         Outcome::Retry { delay, reason } => {
@@ -246,6 +292,7 @@ async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
                 exrp.metrics.outcomes.inc(&["dead"]);
                 let reason = format!("gave up after {}s (retry_window): {reason}", age.as_secs());
                 tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
+                exrp.finished(job, "dead", Some(reason.clone()));
                 exrp.queue.run(move |q| q.finish(id, JobState::Dead, "expired", Some(&reason))).await
             } else {
                 let kind = if reason.starts_with("Genesys Cloud") || reason.starts_with("presigned") {
@@ -440,6 +487,15 @@ impl RoleStatus for Exrp {
 
     fn health(&self) -> (bool, serde_json::Value) {
         self.health_body()
+    }
+
+    fn status(&self) -> (bool, serde_json::Value) {
+        let (up, mut body) = self.health_body();
+        let recent: Vec<Finished> =
+            self.recent.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect();
+        body["recent"] = json!(recent);
+        body["workers"] = json!(self.config.workers);
+        (up, body)
     }
 
     fn metrics(&self, enc: &mut Encoder<'_>) {

@@ -1,5 +1,6 @@
 //! The admin listener: `/health` (JSON) and `/metrics` (Prometheus) for every role in this
-//! process. Roles plug in through `RoleStatus`; the admin knows nothing of their insides.
+//! process, and the status page (`/`, from `static/`, embedded) with the JSON it draws
+//! (`/api/status`). Roles plug in through `RoleStatus`; the admin knows nothing of their insides.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,8 +19,18 @@ pub trait RoleStatus: Send + Sync {
     fn name(&self) -> &'static str;
     /// Whether the role can do its job now, with details for operators.
     fn health(&self) -> (bool, serde_json::Value);
+    /// What the status page shows: the health details and whatever else helps an operator
+    /// watching (recent work, say). Not polled by load balancers, so it may be larger.
+    fn status(&self) -> (bool, serde_json::Value) {
+        self.health()
+    }
     fn metrics(&self, enc: &mut Encoder<'_>);
 }
+
+/// The status page: one HTML file, its style and its script, built into the binary.
+const PAGE_HTML: &str = include_str!("../../static/index.html");
+const PAGE_CSS: &str = include_str!("../../static/status.css");
+const PAGE_JS: &str = include_str!("../../static/status.js");
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -32,7 +43,13 @@ pub fn router(roles: Vec<Arc<dyn RoleStatus>>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: try /health or /metrics\n") })
+        .route("/api/status", get(status))
+        .route("/", get(|| async { asset("text/html; charset=utf-8", PAGE_HTML) }))
+        .route("/status.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
+        .route("/status.js", get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }))
+        .fallback(|| async {
+            (StatusCode::NOT_FOUND, "not found: try / (status page), /health, /metrics or /api/status\n")
+        })
         .with_state(state)
 }
 
@@ -52,6 +69,44 @@ async fn health(State(state): State<AdminState>) -> Response {
     });
     let code = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(body)).into_response()
+}
+
+/// Everything the status page draws, in one request: each role's status, the process's recent
+/// warnings and errors, and the server's clock (the page shows ages from it, not from the
+/// phone's).
+async fn status(State(state): State<AdminState>) -> Response {
+    let mut all_up = true;
+    let mut roles = serde_json::Map::new();
+    for role in state.roles.iter() {
+        let (up, details) = role.status();
+        all_up &= up;
+        roles.insert(role.name().into(), json!({ "status": if up { "UP" } else { "DOWN" }, "details": details }));
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let body = json!({
+        "status": if all_up { "UP" } else { "DOWN" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptimeSeconds": state.started.elapsed().as_secs(),
+        "now": now,
+        "roles": roles,
+        "problems": crate::telemetry::recent_problems(),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+/// The page's files. Scripts only from this origin, nothing framed: the page shows file names
+/// and error texts that came from the network.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -335,6 +335,28 @@ impl RoleStatus for Lb {
         (all_up, serde_json::json!({ "pools": pools }))
     }
 
+    /// The health view plus what each pool and peer has done since start.
+    fn status(&self) -> (bool, serde_json::Value) {
+        let (up, mut body) = self.health();
+        for slot in &self.slots {
+            let pool = slot.pool();
+            let Some(view) = body["pools"].get_mut(&slot.name) else { continue };
+            let requests: u64 = pool.metrics.requests.snapshot().iter().map(|(_, n)| n).sum();
+            let errors: u64 =
+                pool.metrics.requests.snapshot().iter().filter(|(status, _)| *status >= 500).map(|(_, n)| n).sum();
+            view["requests"] = requests.into();
+            view["requests5xx"] = errors.into();
+            view["retries"] = pool.metrics.retries.get().into();
+            let Some(peers) = view["peers"].as_array_mut() else { continue };
+            for (peer, m) in peers.iter_mut().zip(&pool.metrics.peers) {
+                peer["attempts"] = m.attempts.get().into();
+                peer["failures"] =
+                    (m.errors.get() + m.timeouts.get() + m.invalid_headers.get() + m.statuses.get()).into();
+            }
+        }
+        (up, body)
+    }
+
     fn metrics(&self, enc: &mut Encoder<'_>) {
         let pools: Vec<Arc<Pool>> = self.slots.iter().map(|s| s.pool()).collect();
         enc.family("lb_requests_total", "Client requests by pool and final status.", "counter");

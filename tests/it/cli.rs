@@ -102,13 +102,6 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     assert_eq!(status.code(), Some(0));
 }
 
-/// The sandboxes use fixed ports: one at a time.
-static SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn ports_free(ports: &[u16]) -> bool {
-    ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-}
-
 #[test]
 fn sandbox_default_runs_without_a_config() {
     let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,7 +174,7 @@ fn json_logs_and_systemd_readiness() {
 #[test]
 fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_local_sink() {
     let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    if !ports_free(&[8000, 9650, 3650, 8080, 13650, 18080]) {
+    if !ports_free(&SANDBOX_ALL_PORTS) {
         eprintln!("sandbox ports busy; this test cannot run here");
         return;
     }

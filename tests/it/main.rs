@@ -9,5 +9,6 @@ mod excp;
 mod exrp;
 mod lb;
 mod lb_parity;
+mod status_page;
 mod webdav;
 mod webdav_protocol;

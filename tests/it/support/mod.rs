@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cloud;
 pub mod fakes;
 pub mod nginx;
+pub mod webdriver;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
 pub const USER: &str = "mcp";
@@ -277,6 +278,16 @@ pub fn raw_request(addr: SocketAddr, request: &str, body: &[u8]) -> (u16, Vec<(S
     raw.send(request.as_bytes());
     raw.send(body);
     raw.response()
+}
+
+/// The sandboxes (`--role all` or `--role webdav` with no config) use fixed ports: one at a time.
+pub static SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The ports of the `--role all` sandbox (src/config/sandbox.toml).
+pub const SANDBOX_ALL_PORTS: [u16; 6] = [8000, 9650, 3650, 8080, 13650, 18080];
+
+pub fn ports_free(ports: &[u16]) -> bool {
+    ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
 pub fn client() -> reqwest::blocking::Client {

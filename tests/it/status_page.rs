@@ -1,0 +1,227 @@
+//! The status page in a real browser (Debian's chromium, headless, through chromedriver) while
+//! `simulate` drives the `--role all` sandbox: what the page shows must be the JSON behind it,
+//! it must keep refreshing, and it must fit a phone. Screenshots are kept as artifacts.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::webdriver::Browser;
+use crate::support::*;
+
+/// Where the screenshots are left for CI to keep.
+fn artifacts() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page")
+}
+
+/// Every figure on the page: (JSON path, format, raw JSON value, text shown).
+const FIGURES: &str = "return [...document.querySelectorAll('[data-k]')]
+    .map(e => [e.dataset.k, e.dataset.fmt, e.dataset.raw, e.textContent]);";
+
+fn lookup<'a>(json: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(json, |v, k| match v {
+        Value::Array(a) => k.parse::<usize>().ok().and_then(|i| a.get(i)).unwrap_or(&Value::Null),
+        _ => v.get(k).unwrap_or(&Value::Null),
+    })
+}
+
+/// Checks one figure's text against its raw value, by the page's stated format, written
+/// independently of the page's script.
+fn check_text(path: &str, fmt: &str, raw: &Value, text: &str) {
+    let shown_ok = match (fmt, raw) {
+        (_, Value::Null) => text == "–" || (fmt == "ago" && text == "never"),
+        ("n", Value::Number(n)) => text == n.to_string(),
+        ("text", Value::String(s)) => text == if s.is_empty() { "–" } else { s.as_str() },
+        ("text", other) => text == other.to_string(),
+        ("secs", Value::Number(n)) => text == format!("{:.2} s", n.as_f64().unwrap()),
+        ("ago", Value::Number(n)) => {
+            if n.as_u64() == Some(0) {
+                text == "never"
+            } else {
+                text.ends_with(" ago")
+            }
+        }
+        ("bytes", Value::Number(n)) => {
+            let bytes = n.as_f64().unwrap();
+            let (num, unit) = text.split_once(' ').unwrap_or_else(|| panic!("{path}: {text:?} has no unit"));
+            let scale = match unit {
+                "B" => 1.0,
+                "KiB" => 1024.0,
+                "MiB" => 1024.0 * 1024.0,
+                "GiB" => 1024.0 * 1024.0 * 1024.0,
+                "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                _ => panic!("{path}: unknown unit in {text:?}"),
+            };
+            let shown: f64 = num.parse().unwrap_or_else(|_| panic!("{path}: {text:?}"));
+            ((shown * scale) - bytes).abs() <= bytes * 0.01 + 0.5
+        }
+        _ => false,
+    };
+    assert!(shown_ok, "{path} ({fmt}) shows {text:?} for {raw}");
+}
+
+/// Every figure on the page shows its value in the JSON the page last drew. Returns the
+/// figures (path → raw value) and that JSON.
+fn figures_match_page_json(browser: &Browser) -> (Vec<(String, Value)>, Value) {
+    let figures = browser.run(FIGURES, json!([]));
+    let page_json = browser.run("return window.statusJson;", json!([]));
+    assert!(page_json.is_object(), "the page has drawn nothing: {page_json}");
+    let mut out = Vec::new();
+    for f in figures.as_array().unwrap() {
+        let [path, fmt, raw, text] = [0, 1, 2, 3].map(|i| f[i].as_str().unwrap().to_string());
+        let raw: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(&raw, lookup(&page_json, &path), "{path}: the page shows another value than its JSON");
+        check_text(&path, &fmt, &raw, &text);
+        out.push((path, raw));
+    }
+    (out, page_json)
+}
+
+fn refreshes(browser: &Browser) -> u64 {
+    browser.run("return Number(document.body.dataset.refreshed || 0);", json!([])).as_u64().unwrap()
+}
+
+#[test]
+fn status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_phone() {
+    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !ports_free(&SANDBOX_ALL_PORTS) {
+        eprintln!("sandbox ports busy; this test cannot run here");
+        return;
+    }
+    let dir = TempDir::new("status-page");
+    let mut sandbox = Command::new(BIN)
+        .args(["--role", "all"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(sandbox.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("READY "), "{line}");
+
+    let c = client();
+    let page = c.get("http://127.0.0.1:9650/").send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()["content-security-policy"].to_str().unwrap().contains("default-src 'self'"));
+    assert!(page.text().unwrap().contains("status.js"));
+
+    let browser = Browser::start();
+    browser.goto("http://127.0.0.1:9650/");
+    browser.wait_for(
+        "the first drawing",
+        "return Number(document.body.dataset.refreshed || 0) >= 1;",
+        Duration::from_secs(20),
+    );
+    let (before, _) = figures_match_page_json(&browser);
+    for path in [
+        "roles.webdav.details.files",
+        "roles.lb.details.pools.excp.requests",
+        "roles.lb.details.pools.exrp.peers.0.state",
+        "roles.excp.details.openCalls",
+        "roles.exrp.details.queue.done",
+    ] {
+        assert!(before.iter().any(|(p, _)| p == path), "the page does not show {path}");
+    }
+
+    // A simulation runs while the page watches it; a bad request leaves a warning to show.
+    let (calls, per_call) = (24usize, 2usize);
+    let mut sim = Command::new(BIN)
+        .args(["simulate", "--calls", &calls.to_string(), "--concurrency", "3", "--recordings-per-call"])
+        .arg(per_call.to_string())
+        .args(["--timeout", "90"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let r = c.post("http://127.0.0.1:18080/api/v1/interaction-end").body("{broken").send().unwrap();
+    assert_eq!(r.status(), 400);
+
+    let mut seen_done = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sim_status = loop {
+        let (_, page_json) = figures_match_page_json(&browser);
+        seen_done.push(lookup(&page_json, "roles.exrp.details.queue.done").as_u64().unwrap());
+        if let Some(status) = sim.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "simulate did not finish");
+        std::thread::sleep(Duration::from_millis(700));
+    };
+    let mut report = String::new();
+    std::io::Read::read_to_string(sim.stdout.as_mut().unwrap(), &mut report).unwrap();
+    assert!(sim_status.success(), "simulate failed: {report}");
+    let total = (calls * per_call) as u64;
+    assert!(seen_done.windows(2).all(|w| w[0] <= w[1]), "done went backwards: {seen_done:?}");
+    // It started at 0; seeing any later count proves the page redraws by itself.
+    assert_eq!(seen_done.first(), Some(&0), "{seen_done:?}");
+    assert!(seen_done.iter().any(|&d| d > 0), "the page never redrew during the run: {seen_done:?}");
+
+    // Once the run is over the figures stand still: the page must show what /api/status says.
+    let n = refreshes(&browser);
+    browser.wait_for(
+        "two more refreshes",
+        &format!("return Number(document.body.dataset.refreshed || 0) >= {};", n + 2),
+        Duration::from_secs(20),
+    );
+    let truth: Value =
+        serde_json::from_str(&c.get("http://127.0.0.1:9650/api/status").send().unwrap().text().unwrap()).unwrap();
+    let (after, page_json) = figures_match_page_json(&browser);
+    for (path, raw) in &after {
+        // Free disk moves with everything else on the machine; the scan clock every 10 s.
+        if path.ends_with("freeDiskBytes") || path.ends_with("lastScanMs") {
+            continue;
+        }
+        assert_eq!(raw, lookup(&truth, path), "{path}: page and /api/status differ");
+    }
+    assert_eq!(lookup(&page_json, "roles.exrp.details.queue.done").as_u64(), Some(total));
+    assert_eq!(lookup(&truth, "roles.exrp.details.queue.done").as_u64(), Some(total));
+    let shown = |prefix: &str, field: &str| -> Vec<String> {
+        after
+            .iter()
+            .filter(|(p, _)| p.starts_with(prefix) && p.ends_with(field))
+            .filter_map(|(_, v)| v.as_str().map(str::to_owned))
+            .collect()
+    };
+    let files = shown("roles.exrp.details.recent.", ".file");
+    assert!(!files.is_empty() && files.iter().all(|f| f.starts_with("SIM") && f.ends_with(".opus")), "{files:?}");
+    assert!(shown("roles.exrp.details.recent.", ".outcome").iter().all(|o| o == "uploaded"));
+    let problems = shown("problems.", ".text");
+    assert!(problems.iter().any(|t| t.contains("interaction-end refused")), "{problems:?}");
+    let stages =
+        browser.run("return [...document.querySelectorAll('[data-stage] .dot')].map(d => d.className);", json!([]));
+    assert_eq!(stages.as_array().unwrap().len(), 6, "{stages}");
+    assert!(stages.as_array().unwrap().iter().all(|s| s == "dot UP"), "{stages}");
+
+    std::fs::create_dir_all(artifacts()).unwrap();
+    browser.resize(1920, 1080);
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(artifacts().join("wall.png"), browser.screenshot()).unwrap();
+
+    // A phone: nothing may need sideways scrolling, and the figures are still the JSON's.
+    browser.resize(390, 844);
+    let n = refreshes(&browser);
+    browser.wait_for(
+        "a refresh at phone size",
+        &format!("return Number(document.body.dataset.refreshed || 0) >= {};", n + 1),
+        Duration::from_secs(20),
+    );
+    let width = browser.run(
+        "return [document.documentElement.scrollWidth, window.innerWidth, \
+         [...document.querySelectorAll('section.card')].filter(s => s.getBoundingClientRect().right > window.innerWidth + 1).length];",
+        json!([]),
+    );
+    assert!(width[1].as_u64().unwrap() <= 400, "the window did not shrink: {width}");
+    assert!(width[0].as_u64() <= width[1].as_u64(), "the page scrolls sideways on a phone: {width}");
+    assert_eq!(width[2].as_u64(), Some(0), "cards wider than a phone: {width}");
+    figures_match_page_json(&browser);
+    std::fs::write(artifacts().join("phone.png"), browser.screenshot()).unwrap();
+    eprintln!("status page screenshots in {}", artifacts().display());
+
+    drop(browser);
+    let _ = Command::new("kill").args(["-s", "TERM", &sandbox.id().to_string()]).status();
+    let status = wait_timeout(&mut sandbox, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0));
+}
