@@ -107,18 +107,18 @@ fn sandbox_default_runs_without_a_config() {
     let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
     let dir = TempDir::new("sandbox");
     // The sandbox uses fixed loopback ports; skip cleanly only if another sandbox holds them.
-    if std::net::TcpListener::bind("127.0.0.1:8000").is_err() || std::net::TcpListener::bind("127.0.0.1:9651").is_err()
-    {
-        eprintln!("ports 8000/9651 busy; sandbox test cannot run here");
+    if !sandbox_ports_or_skip(&[8000, 9651]) {
         return;
     }
-    let mut child = Command::new(BIN)
-        .args(["--role", "webdav"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--role", "webdav"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "READY webdav=127.0.0.1:8000 admin=127.0.0.1:9651");
@@ -174,18 +174,19 @@ fn json_logs_and_systemd_readiness() {
 #[test]
 fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_local_sink() {
     let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    if !ports_free(&SANDBOX_ALL_PORTS) {
-        eprintln!("sandbox ports busy; this test cannot run here");
+    if !sandbox_ports_or_skip(&SANDBOX_ALL_PORTS) {
         return;
     }
     let dir = TempDir::new("sandbox-all");
-    let mut child = Command::new(BIN)
-        .args(["--role", "all"])
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--role", "all"])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert_eq!(

@@ -290,6 +290,43 @@ pub fn ports_free(ports: &[u16]) -> bool {
     ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
+/// Whether a sandbox test can have its fixed ports. On a developer's machine a running sandbox
+/// may hold them and the test steps aside; in CI (`CI` set) that would hide the test, so it fails.
+pub fn sandbox_ports_or_skip(ports: &[u16]) -> bool {
+    if ports_free(ports) {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "sandbox ports {ports:?} are busy in CI: is a sandbox left running?");
+    eprintln!("sandbox ports {ports:?} busy; this test cannot run here");
+    false
+}
+
+/// A child process killed when the test ends, passing or panicking, so a failed test never
+/// leaves a sandbox holding the fixed ports.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
