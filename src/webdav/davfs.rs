@@ -20,9 +20,21 @@ use serde::{Deserialize, Serialize};
 
 use super::store::{Meta, RelPath, Store, Upload};
 
-/// Frames smaller than this are gathered before a trip to the blocking pool; larger ones go
-/// as they are. Small, because a thousand slow uploads each hold one such batch.
-const WRITE_BATCH: usize = 8 << 10;
+/// Bytes all uploads together may gather in memory before a trip to the blocking pool. Each
+/// trip costs a thread hand-off (tens of µs), so a lone 64 KiB PUT is best written at once,
+/// together with its commit; a thousand slow uploads must each hold little. Each upload gets
+/// a share fixed when it starts, between the two bounds below.
+const WRITE_BUDGET: usize = 4 << 20;
+const MIN_WRITE_BATCH: usize = 8 << 10;
+const MAX_WRITE_BATCH: usize = 256 << 10;
+
+/// The batch of an upload that starts while `open` uploads (itself included) are in progress.
+fn write_batch(open: usize, expected: Option<u64>) -> usize {
+    let share = (WRITE_BUDGET / open.max(1)).clamp(MIN_WRITE_BATCH, MAX_WRITE_BATCH);
+    // A body known to be smaller needs no more; one extra byte keeps it below the threshold,
+    // so the whole body waits for the commit trip.
+    expected.map_or(share, |len| share.min(len as usize + 1))
+}
 /// Dead properties of one resource may not exceed this in total.
 const MAX_PROPS_BYTES: usize = 64 << 10;
 
@@ -148,7 +160,8 @@ impl DavFileSystem for DavStore {
                     return Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>);
                 }
                 let upload = blocking(move || store.begin_upload(&rel, size, create || create_new, create_new)).await?;
-                Ok(Box::new(UploadFile { upload: Some(upload), buf: BytesMut::new() }) as Box<dyn DavFile>)
+                let batch = write_batch(upload.store().open_uploads(), size);
+                Ok(Box::new(UploadFile { upload: Some(upload), buf: BytesMut::new(), batch }) as Box<dyn DavFile>)
             } else {
                 let (file, meta) = blocking(move || store.open_read(&rel)).await?;
                 Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>)
@@ -375,6 +388,8 @@ struct UploadFile {
     /// Taken out while a batch is being written on the blocking pool.
     upload: Option<Upload>,
     buf: BytesMut,
+    /// Bytes gathered before a write (`write_batch`).
+    batch: usize,
 }
 
 impl std::fmt::Debug for UploadFile {
@@ -397,15 +412,19 @@ impl UploadFile {
     }
 
     async fn push(&mut self, data: Bytes) -> FsResult<()> {
-        if self.buf.len() + data.len() < WRITE_BATCH {
-            self.buf.extend_from_slice(&data);
-            return Ok(());
+        if self.buf.is_empty() && data.len() >= self.batch {
+            // A large frame goes as it is, without a copy.
+            return self.write_out(data).await;
         }
-        if !self.buf.is_empty() {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(self.batch);
+        }
+        self.buf.extend_from_slice(&data);
+        if self.buf.len() >= self.batch {
             let batch = self.buf.split().freeze();
             self.write_out(batch).await?;
         }
-        self.write_out(data).await
+        Ok(())
     }
 }
 
@@ -435,19 +454,18 @@ impl DavFile for UploadFile {
     /// dav-server calls this once, after the whole body arrived without error: the commit point.
     fn flush(&'_ mut self) -> FsFuture<'_, ()> {
         async move {
-            if !self.buf.is_empty() {
-                let batch = self.buf.split().freeze();
-                self.write_out(batch).await?;
-            }
+            // The last batch and the commit share one trip to the blocking pool.
+            let tail = self.buf.split().freeze();
             let mut upload = self.upload.take().ok_or(FsError::GeneralFailure)?;
             let (upload, result) = tokio::task::spawn_blocking(move || {
-                let r = upload.commit();
+                let r = if tail.is_empty() { Ok(()) } else { upload.write(&tail) };
+                let r = r.and_then(|()| upload.commit().map(|_| ()));
                 (upload, r)
             })
             .await
             .map_err(|_| FsError::GeneralFailure)?;
             self.upload = Some(upload);
-            result.map(|_| ())
+            result
         }
         .boxed()
     }

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
@@ -59,6 +59,9 @@ pub struct Store {
     /// Bytes promised to uploads in flight, so concurrent PUTs cannot overrun the quota.
     reserved: AtomicU64,
     files: AtomicU64,
+    /// Uploads between `begin_upload` and the drop of their `Upload`: the write path sizes
+    /// its batches from it.
+    open_uploads: AtomicUsize,
     /// Resources that have a dead-property sidecar, so the common case (none) is answered
     /// without touching the disk: a PROPFIND of 1000 recordings would otherwise open 1000
     /// sidecars that do not exist.
@@ -200,6 +203,7 @@ impl Store {
             used: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
             files: AtomicU64::new(0),
+            open_uploads: AtomicUsize::new(0),
             props_index: Mutex::default(),
             stats: StoreStats::default(),
         };
@@ -207,6 +211,11 @@ impl Store {
         store.used.store(used, Ordering::Relaxed);
         store.files.store(files, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// Uploads in progress (begun and not yet dropped).
+    pub fn open_uploads(&self) -> usize {
+        self.open_uploads.load(Ordering::Relaxed)
     }
 
     pub fn root_path(&self) -> &Path {
@@ -524,6 +533,7 @@ impl Store {
             }
         };
         self.stats.uploads_started.inc();
+        self.open_uploads.fetch_add(1, Ordering::Relaxed);
         Ok(Upload {
             store: Arc::clone(self),
             dir,
@@ -692,6 +702,10 @@ impl Upload {
         Ok(())
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     pub fn written(&self) -> u64 {
         self.written
     }
@@ -740,6 +754,7 @@ impl Upload {
 impl Drop for Upload {
     fn drop(&mut self) {
         self.store.reserved.fetch_sub(self.reserved, Ordering::Relaxed);
+        self.store.open_uploads.fetch_sub(1, Ordering::Relaxed);
         if self.committed.is_none() {
             let _ = rustix::fs::unlinkat(&self.dir, &self.tmp_name, AtFlags::empty());
             self.store.stats.uploads_aborted.inc();
