@@ -22,13 +22,13 @@ use super::store::{Meta, RelPath, Store, Upload};
 
 /// Bytes all uploads together may gather in memory before a trip to the blocking pool. Each
 /// trip costs a thread hand-off (tens of µs), so a lone 64 KiB PUT is best written at once,
-/// together with its commit; a thousand slow uploads must each hold little. Each upload gets
-/// a share fixed when it starts, between the two bounds below.
+/// together with its commit; a thousand slow uploads must each hold little. An upload's share,
+/// between the two bounds below, follows the number of uploads in progress at each frame.
 const WRITE_BUDGET: usize = 4 << 20;
 const MIN_WRITE_BATCH: usize = 8 << 10;
 const MAX_WRITE_BATCH: usize = 256 << 10;
 
-/// The batch of an upload that starts while `open` uploads (itself included) are in progress.
+/// The batch of an upload while `open` uploads (itself included) are in progress.
 fn write_batch(open: usize, expected: Option<u64>) -> usize {
     let share = (WRITE_BUDGET / open.max(1)).clamp(MIN_WRITE_BATCH, MAX_WRITE_BATCH);
     // A body known to be smaller needs no more; one extra byte keeps it below the threshold,
@@ -160,8 +160,9 @@ impl DavFileSystem for DavStore {
                     return Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>);
                 }
                 let upload = blocking(move || store.begin_upload(&rel, size, create || create_new, create_new)).await?;
-                let batch = write_batch(upload.store().open_uploads(), size);
-                Ok(Box::new(UploadFile { upload: Some(upload), buf: BytesMut::new(), batch }) as Box<dyn DavFile>)
+                let store = Arc::clone(upload.store());
+                let file = UploadFile { upload: Some(upload), buf: BytesMut::new(), store, expected: size };
+                Ok(Box::new(file) as Box<dyn DavFile>)
             } else {
                 let (file, meta) = blocking(move || store.open_read(&rel)).await?;
                 Ok(Box::new(ReadFile { file: Arc::new(file), meta, pos: 0 }) as Box<dyn DavFile>)
@@ -388,8 +389,9 @@ struct UploadFile {
     /// Taken out while a batch is being written on the blocking pool.
     upload: Option<Upload>,
     buf: BytesMut,
-    /// Bytes gathered before a write (`write_batch`).
-    batch: usize,
+    store: Arc<Store>,
+    /// The Content-Length, if the client sent one.
+    expected: Option<u64>,
 }
 
 impl std::fmt::Debug for UploadFile {
@@ -412,16 +414,16 @@ impl UploadFile {
     }
 
     async fn push(&mut self, data: Bytes) -> FsResult<()> {
-        if self.buf.is_empty() && data.len() >= self.batch {
+        let batch = write_batch(self.store.open_uploads(), self.expected);
+        if self.buf.is_empty() && data.len() >= batch {
             // A large frame goes as it is, without a copy.
             return self.write_out(data).await;
         }
-        if self.buf.capacity() == 0 {
-            self.buf.reserve(self.batch);
-        }
         self.buf.extend_from_slice(&data);
-        if self.buf.len() >= self.batch {
-            let batch = self.buf.split().freeze();
+        if self.buf.len() >= batch {
+            // Taken whole (not `split`), so the allocation goes with the batch instead of
+            // lingering as spare capacity in an idle upload.
+            let batch = std::mem::take(&mut self.buf).freeze();
             self.write_out(batch).await?;
         }
         Ok(())
@@ -455,7 +457,7 @@ impl DavFile for UploadFile {
     fn flush(&'_ mut self) -> FsFuture<'_, ()> {
         async move {
             // The last batch and the commit share one trip to the blocking pool.
-            let tail = self.buf.split().freeze();
+            let tail = std::mem::take(&mut self.buf).freeze();
             let mut upload = self.upload.take().ok_or(FsError::GeneralFailure)?;
             let (upload, result) = tokio::task::spawn_blocking(move || {
                 let r = if tail.is_empty() { Ok(()) } else { upload.write(&tail) };
