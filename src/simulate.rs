@@ -130,6 +130,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
     let run = format!("SIM{:x}", crate::exrp::queue::now_ms());
     let per_call = args.recordings_per_call.max(1);
     let started = Instant::now();
+    let started_ms = crate::exrp::queue::now_ms();
     let sender = Arc::new(Sender {
         http: http.clone(),
         timeout,
@@ -276,6 +277,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
             .collect();
         let report = json!({
             "run": run,
+            "started_at_ms": started_ms,
             "calls": args.calls,
             "recordings_per_call": per_call,
             "simulated": args.calls * per_call,
