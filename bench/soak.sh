@@ -18,9 +18,11 @@
 # 24104 exrp, 24105 fake cloud; admin listeners on port 0), state in a fresh directory under
 # $TMPDIR. Then `exec-allinone simulate` plays MCP: CALLS calls at once, PER_CALL real Ogg/Opus
 # recordings each (assets/sample.opus), PUT to WebDAV, metadata and end event through the lb to
-# excp, retrying while a role is down. Meanwhile each role is SIGKILLed once when the fake cloud
-# has received a random fraction (4-89 %) of the expected uploads, and restarted with the same
-# config after DOWNTIME. At the end the fake cloud's report (GET /_fake/report) is compared
+# excp, retrying while a role is down. Meanwhile each role is SIGKILLed once at a random share
+# (4-89 %) of the progress, counted as two steps per recording (stored in WebDAV, seen in the
+# store directory or uploaded; uploaded, seen at the fake cloud's GET /_fake/counts), so a kill
+# can land in the recording burst or in the injection after it; it is restarted with the same
+# config after DOWNTIME while the others go on. At the end the fake cloud's report (GET /_fake/report) is compared
 # with simulate's (--report) recording by recording:
 #
 #   delivered   recordings whose audio the cloud stored with the right length and MD5
@@ -61,6 +63,9 @@ read -r -a KILL_ROLES <<<"${ROLES:-webdav lb excp exrp}"
 RECORDINGS=$((CALLS * PER_CALL))
 # Audio plus its metadata sidecar per recording.
 EXPECTED_OBJECTS=$((RECORDINGS * 2))
+# Progress counts two steps per recording, stored in WebDAV and uploaded to the cloud, so that
+# kills land in the recording burst as well as in the injection that follows it.
+STEPS=$((RECORDINGS * 2))
 PORT_WEBDAV=24100 PORT_LB_EXCP=24101 PORT_LB_EXRP=24102 PORT_EXCP=24103 PORT_EXRP=24104 PORT_CLOUD=24105
 
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -196,13 +201,13 @@ STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --port "$PORT_CLOUD" --client-id
 for role in webdav excp exrp lb; do start_role "$role"; done
 log "all roles READY; seed $SEED; $CALLS calls x $PER_CALL recordings, $CONCURRENCY at once"
 
-# A kill moment per role: a fraction of the expected cloud uploads, from the seed.
+# A kill moment per role: a share of the progress steps (4-89 %), from the seed.
 RANDOM=$SEED
 declare -A KILL_AT=()
 for role in "${KILL_ROLES[@]}"; do
-    KILL_AT[$role]=$((EXPECTED_OBJECTS * (4 + RANDOM % 86) / 100))
+    KILL_AT[$role]=$((STEPS * (4 + RANDOM % 86) / 100))
 done
-log "kill points (cloud uploads of $EXPECTED_OBJECTS): $(for r in "${KILL_ROLES[@]}"; do printf '%s@%s ' "$r" "${KILL_AT[$r]}"; done)"
+log "kill points (progress steps of $STEPS): $(for r in "${KILL_ROLES[@]}"; do printf '%s@%s ' "$r" "${KILL_AT[$r]}"; done)"
 
 T0=$(date +%s)
 "$BIN" simulate --calls "$CALLS" --concurrency "$CONCURRENCY" --recordings-per-call "$PER_CALL" \
@@ -212,6 +217,8 @@ T0=$(date +%s)
 SIM_PID=$!
 
 uploads() { curl -s --max-time 5 "http://127.0.0.1:$PORT_CLOUD/_fake/counts" | jq -r '.uploads // 0' 2>/dev/null || echo 0; }
+# Recordings in the store directory now (what exrp has not deleted yet).
+in_store() { find "$WORK/recordings" -maxdepth 1 -type f ! -name '.*' 2>/dev/null | wc -l; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 declare -A DOWN_SINCE=()
 last_log=0
@@ -223,13 +230,19 @@ while kill -0 "$SIM_PID" 2>/dev/null || ((${#DOWN_SINCE[@]} > 0)); do
     fi
     for role in webdav lb excp exrp; do [[ -n "${DOWN_SINCE[$role]:-}" ]] || sample_rss "$role"; done
     done_objects=$(uploads)
+    # Stored = still in the store + already uploaded (exrp deletes only after the upload):
+    # an estimate from outside that only grows, as simulate's PUTs are not visible otherwise.
+    uploaded=$((done_objects / 2))
+    stored=$(($(in_store) + uploaded))
+    ((stored <= RECORDINGS)) || stored=$RECORDINGS
+    progress=$((stored + uploaded))
     for role in "${KILL_ROLES[@]}"; do
-        [[ -z "${KILLED_AT[$role]:-}" && $done_objects -ge ${KILL_AT[$role]} ]] || continue
+        [[ -z "${KILLED_AT[$role]:-}" && $progress -ge ${KILL_AT[$role]} ]] || continue
         sample_rss "$role"
         kill -9 "${PID[$role]}"
         wait "${PID[$role]}" 2>/dev/null || true
         DOWN_SINCE[$role]=$(now_ms)
-        KILLED_AT[$role]="$(elapsed) s, $done_objects/$EXPECTED_OBJECTS uploads"
+        KILLED_AT[$role]="$(elapsed) s: ~$stored/$RECORDINGS stored, $done_objects/$EXPECTED_OBJECTS cloud objects"
         log "SIGKILL $role at ${KILLED_AT[$role]}"
         echo "---- SIGKILL at $(date +%T) ----" >>"$WORK/$role.log"
     done
@@ -243,7 +256,7 @@ while kill -0 "$SIM_PID" 2>/dev/null || ((${#DOWN_SINCE[@]} > 0)); do
     done
     if (($(elapsed) - last_log >= 15)); then
         last_log=$(elapsed)
-        log "progress: $done_objects/$EXPECTED_OBJECTS cloud objects"
+        log "progress: ~$stored/$RECORDINGS stored, $done_objects/$EXPECTED_OBJECTS cloud objects"
     fi
     sleep 0.25
 done
@@ -319,7 +332,8 @@ REPORT=$(
     echo
     echo "Also: $(get re_puts) re-PUTs of an object already uploaded (a resumed upload, same presigned URL),"
     echo "$(get sidecars_missing) recordings without their metadata sidecar, $(get left_in_webdav) recordings simulate saw still in WebDAV,"
-    echo "$left files left in the store directory; simulate exit status $SIM_RC; fake cloud counts: $(cat "$WORK/cloud-counts.json")."
+    echo "$left files left in the store directory; $(jq -r '.retried_requests // 0' "$WORK/simulate.json") requests simulate retried while a role was down;"
+    echo "simulate exit status $SIM_RC; fake cloud counts: $(cat "$WORK/cloud-counts.json")."
 )
 echo "$REPORT"
 [[ -n "$OUT" ]] && { echo "$REPORT" >"$OUT"; log "report written to $OUT"; }
