@@ -10,6 +10,10 @@
 //! `READY cloud=127.0.0.1:PORT` on stdout once listening, runs until SIGTERM, SIGINT or EOF on
 //! stdin, then prints its counts (uploads, bytes, 429s sent, presign calls, token grants) as one JSON
 //! line on stderr. Uploaded bytes are digested and counted, not kept (unless --keep-bytes).
+//!
+//! While it runs, `GET /_fake/counts` serves the same counts and `GET /_fake/report` every
+//! object by fileName: how many distinct objects the name got (more than one is a duplicate),
+//! completed PUTs, and each object's length, MD5 and time of upload (bench/soak.sh reads it).
 
 #[path = "../tests/it/support/cloud.rs"]
 mod cloud;
@@ -84,17 +88,8 @@ fn main() -> std::process::ExitCode {
     let _ = stdout.flush();
 
     let why = done_rx.recv().unwrap_or("channel closed");
-    let (uploads, bytes) = fake.uploads();
-    eprintln!(
-        "{}",
-        serde_json::json!({
-            "stopped_by": why,
-            "uploads": uploads,
-            "bytes": bytes,
-            "sent_429": fake.sent_429(),
-            "presign_calls": fake.presign_calls(),
-            "token_grants": fake.token_grants(),
-        })
-    );
+    let mut counts = fake.counts();
+    counts["stopped_by"] = why.into();
+    eprintln!("{counts}");
     std::process::ExitCode::SUCCESS
 }

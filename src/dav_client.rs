@@ -14,6 +14,8 @@
 //!   URL works on both (ours answers 404 to a tag that is only a path). PROPPATCH and a LOCK
 //!   refresh take the untagged form on both.
 //! - UNLOCK with a token the file does not hold: 400 (Apache) or 409 (ours).
+//! - lockdiscovery lists each active lock with its token and the `<D:owner>` as sent (ours and
+//!   Apache alike, to any authenticated client): `lock_owned_by` finds a lock by owner.
 //! - Timeouts are whole seconds on both. Apache keeps the expiry as a `time_t`, so a lock of N
 //!   seconds ends between N-1 and N seconds later; ours honours at least 1 s and at most its
 //!   `lock_max_timeout`.
@@ -98,8 +100,20 @@ pub struct FileInfo {
     pub modified: Option<SystemTime>,
     /// An active lock is listed in lockdiscovery.
     pub locked: bool,
+    /// The active locks lockdiscovery lists, with their tokens and owners.
+    pub locks: Vec<ActiveLock>,
     /// Our dead properties: local name in [`NS`] → text.
     pub props: BTreeMap<String, String>,
+}
+
+/// One `<D:activelock>` of a lockdiscovery. Both stores list the token to any client that may
+/// read the file (RFC 4918 leaves it to them; a store that hides it gives None).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveLock {
+    /// `<D:locktoken><D:href>`.
+    pub token: Option<String>,
+    /// The text of `<D:owner>`, trimmed: exrp sends its instance name there.
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +262,15 @@ impl DavClient {
             return Err(refused(207, format!("{name} is a collection")));
         }
         Ok(Some(entry.info))
+    }
+
+    /// The token of a lock `owner` holds on the file, from its lockdiscovery (PROPFIND). This is
+    /// how an exrp instance takes back a claim that a killed run of itself made but never
+    /// recorded, which is only sound while instance names are unique. None when the file is
+    /// absent, not locked, locked by another owner, or the store does not show the token.
+    pub async fn lock_owned_by(&self, name: &str, owner: &str) -> Result<Option<String>, DavError> {
+        let Some(info) = self.stat(name).await? else { return Ok(None) };
+        Ok(info.locks.into_iter().filter(|l| l.owner.as_deref() == Some(owner)).find_map(|l| l.token))
     }
 
     /// PROPPATCH: set each (local name in NS, text value — JSON strings, XML-escaped) and
@@ -582,7 +605,7 @@ fn parse_multistatus(body: &[u8]) -> Result<Vec<Entry>, DavError> {
             path,
             status,
             statuses: Vec::new(),
-            info: FileInfo { name, size: 0, modified: None, locked: false, props: BTreeMap::new() },
+            info: FileInfo { name, size: 0, modified: None, locked: false, locks: Vec::new(), props: BTreeMap::new() },
         };
         for propstat in dav_children(response, "propstat") {
             let code = dav_children(propstat, "status").next().and_then(|s| status_code(&text(s))).unwrap_or(0);
@@ -606,7 +629,17 @@ fn read_prop(entry: &mut Entry, p: &Element) {
             "getcontentlength" => entry.info.size = text(p).trim().parse().unwrap_or(0),
             "getlastmodified" => entry.info.modified = parse_http_date(text(p).trim()),
             "resourcetype" => entry.collection |= dav_children(p, "collection").next().is_some(),
-            "lockdiscovery" => entry.info.locked |= dav_children(p, "activelock").next().is_some(),
+            "lockdiscovery" => {
+                for active in dav_children(p, "activelock") {
+                    entry.info.locked = true;
+                    let token = dav_children(active, "locktoken")
+                        .flat_map(|t| dav_children(t, "href"))
+                        .map(|h| text(h).trim().to_string())
+                        .find(|t| valid_token(t));
+                    let owner = dav_children(active, "owner").next().map(|o| all_text(o).trim().to_string());
+                    entry.info.locks.push(ActiveLock { token, owner: owner.filter(|o| !o.is_empty()) });
+                }
+            }
             _ => {}
         },
         Some(NS) => {
@@ -631,6 +664,20 @@ fn dav_children<'a>(e: &'a Element, name: &'a str) -> impl Iterator<Item = &'a E
 /// The text of an element, entities resolved (whitespace kept: it may be part of a value).
 fn text(e: &Element) -> String {
     e.get_text().map(|t| t.into_owned()).unwrap_or_default()
+}
+
+/// Every text below an element, in document order: an owner may wrap its text in elements
+/// (`<D:href>` is common).
+fn all_text(e: &Element) -> String {
+    let mut out = String::new();
+    for child in &e.children {
+        match child {
+            XMLNode::Text(t) | XMLNode::CData(t) => out.push_str(t),
+            XMLNode::Element(inner) => out.push_str(&all_text(inner)),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// "HTTP/1.1 200 OK" → 200.
@@ -753,6 +800,7 @@ mod tests {
 <D:lockdiscovery><D:activelock>
 <D:locktype><D:write/></D:locktype>
 <ns0:owner xmlns:ns0="DAV:">exrp-1</ns0:owner><D:timeout>Second-40</D:timeout>
+<D:locktoken><D:href>opaquelocktoken:4b4f8e0a-0000-4000-8000-000000000001</D:href></D:locktoken>
 </D:activelock></D:lockdiscovery>
 </D:prop>
 <D:status>HTTP/1.1 200 OK</D:status>
@@ -769,11 +817,34 @@ mod tests {
         assert_eq!(f.info.name, "p q%.opus");
         assert_eq!(f.info.size, 3);
         assert!(f.info.locked);
+        assert_eq!(
+            f.info.locks,
+            vec![ActiveLock {
+                token: Some("opaquelocktoken:4b4f8e0a-0000-4000-8000-000000000001".into()),
+                owner: Some("exrp-1".into())
+            }]
+        );
         assert_eq!(f.info.modified, parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"));
         assert_eq!(f.info.props.get("job").unwrap(), "{\"a\":\"<&>\\\"q\\\" é ✓\"}");
         assert_eq!(f.info.props.get("empty").unwrap(), "");
         assert!(!f.info.props.contains_key("absent"));
         assert!(f.statuses.contains(&(404, "absent".into())));
+    }
+
+    #[test]
+    fn lockdiscovery_gives_each_lock_its_token_and_owner() {
+        // dav-server's shape, plus an owner that wraps its text in an href and a lock whose
+        // token the store keeps to itself.
+        let body = br#"<?xml version="1.0" encoding="utf-8"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/recordings/a.opus</D:href><D:propstat><D:prop><D:lockdiscovery><D:activelock><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:depth>0</D:depth><D:timeout>Second-300</D:timeout><D:locktoken><D:href>urn:uuid:0f3a</D:href></D:locktoken><D:lockroot><D:href>/recordings/a.opus</D:href></D:lockroot><D:owner> exrp-a </D:owner></D:activelock><D:activelock><D:owner><D:href>mailto:x@y</D:href></D:owner></D:activelock></D:lockdiscovery></D:prop><D:status>HTTP/1.1 200 OK</D:status></D:propstat></D:response></D:multistatus>"#;
+        let entries = parse_multistatus(body).unwrap();
+        assert!(entries[0].info.locked);
+        assert_eq!(
+            entries[0].info.locks,
+            vec![
+                ActiveLock { token: Some("urn:uuid:0f3a".into()), owner: Some("exrp-a".into()) },
+                ActiveLock { token: None, owner: Some("mailto:x@y".into()) },
+            ]
+        );
     }
 
     #[test]
@@ -783,6 +854,7 @@ mod tests {
         assert_eq!(entries[0].info.name, "aé.opus");
         assert_eq!(entries[0].path, "/recordings/aé.opus");
         assert!(!entries[0].info.locked);
+        assert!(entries[0].info.locks.is_empty());
         assert_eq!(entries[0].info.props.get("state").unwrap(), " two  words ");
         for garbage in [&b"<html>oops</html>"[..], b"", b"<D:multistatus xmlns:D=\"DAV:\"><D:response>"] {
             assert!(matches!(parse_multistatus(garbage), Err(DavError::Refused { .. })));

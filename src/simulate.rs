@@ -4,9 +4,13 @@
 //! until each recording has left it (exrp deletes only after the sink confirmed the upload) and
 //! reports how many arrived, how long after the call ended, and which are missing. With no
 //! target flags it drives the local `--role all` sandbox and also checks its sink byte for byte.
+//! A request that finds a role down (connect error, timeout, 5xx) is retried for `--retry-for`
+//! seconds, as a recorder would, so the path can be driven while roles are killed and
+//! restarted (bench/soak.sh); `--report` writes everything measured as JSON.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -17,7 +21,7 @@ use serde_json::json;
 
 use crate::config::{SANDBOX_DIR, SANDBOX_PASSWORD, SANDBOX_USER, Secret};
 use crate::dav_client::DavClient;
-use crate::http::client::HttpClient;
+use crate::http::client::{ClientError, HttpClient, Reply};
 
 /// The recording every simulated call carries (assets/README.md says how it was made).
 pub const SAMPLE: &[u8] = include_bytes!("../assets/sample.opus");
@@ -49,6 +53,62 @@ pub struct SimulateArgs {
     /// Give up waiting for deliveries after this many seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    /// Retry a PUT or POST that met a connection error, a timeout or a 5xx for this many
+    /// seconds (backoff 200 ms to 2 s) before counting its call as failed.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub retry_for: u64,
+    /// Also write a JSON summary here: every recording with its call end and delivery time,
+    /// missing recordings, failed calls, percentiles and recordings per second.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+/// One exchange of a simulated recorder: the request, retried while the target is down.
+struct Sender {
+    http: HttpClient,
+    timeout: Duration,
+    retry_for: Duration,
+    /// Attempts that were retried, over all requests.
+    retries: AtomicU64,
+}
+
+impl Sender {
+    /// Sends until an answer below 500 arrives or `retry_for` has passed since the first
+    /// attempt. The requests retried are all safe to repeat: a PUT replaces the same file, and
+    /// excp treats repeated metadata and a repeated end event as what they are.
+    async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> anyhow::Result<Reply> {
+        let first = Instant::now();
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let why = match self.http.send(method.clone(), url, headers, body.clone(), self.timeout, 64 << 10).await {
+                Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
+                Ok(reply) => {
+                    let text = String::from_utf8_lossy(&reply.body[..reply.body.len().min(200)]).trim().to_string();
+                    format!("HTTP {} {text}", reply.status)
+                }
+                Err(e @ (ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Http(_))) => {
+                    e.to_string()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if first.elapsed() >= self.retry_for {
+                anyhow::bail!("{method} {url}: {why} (retried for {} s)", self.retry_for.as_secs());
+            }
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            // Jitter: a thousand recorders that lost the same role must not all come back at
+            // the same instant.
+            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
+            tokio::time::sleep(jittered.min(self.retry_for.saturating_sub(first.elapsed()))).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A call that could not be recorded whole within `--retry-for`.
+struct Failed {
+    call: String,
+    recordings: Vec<String>,
+    error: String,
 }
 
 pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
@@ -70,77 +130,93 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
     let run = format!("SIM{:x}", crate::exrp::queue::now_ms());
     let per_call = args.recordings_per_call.max(1);
     let started = Instant::now();
-    let http = Arc::new(http);
+    let started_ms = crate::exrp::queue::now_ms();
+    let sender = Arc::new(Sender {
+        http: http.clone(),
+        timeout,
+        retry_for: Duration::from_secs(args.retry_for),
+        retries: AtomicU64::new(0),
+    });
     let sent = futures_util::stream::iter((0..args.calls).map(|c| {
-        let (http, webdav, excp, auth, run) = (http.clone(), webdav.clone(), excp.clone(), auth.clone(), run.clone());
+        let (sender, webdav, excp, auth, run) =
+            (sender.clone(), webdav.clone(), excp.clone(), auth.clone(), run.clone());
         async move {
             let call = format!("{run}C{c:05}");
-            let mut files = Vec::new();
-            for k in 0..per_call {
-                let name = format!("{call}_{k}.opus");
-                let r = http
-                    .send(
-                        Method::PUT,
-                        &format!("{webdav}/{name}"),
-                        &[("authorization", &auth)],
-                        Bytes::from_static(SAMPLE),
-                        timeout,
-                        64 << 10,
-                    )
-                    .await
-                    .with_context(|| format!("PUT {name}"))?;
-                anyhow::ensure!(r.status.is_success(), "PUT {name}: HTTP {}", r.status);
-                files.push(json!({
-                    "callUUID": call, "mediaId": name, "mediaUri": format!("{webdav}/{name}"),
-                    "type": "audio/opus", "size": SAMPLE.len(), "duration": 3000,
-                    "startTime": "2026-01-01T10:00:00.000Z", "stopTime": "2026-01-01T10:00:03.000Z",
-                    "parameters": { "agentId": "simulated", "ani": "5550100", "dnis": "5550199" },
-                }));
-            }
             let names: Vec<String> = (0..per_call).map(|k| format!("{call}_{k}.opus")).collect();
-            let body = json!({ "id": call, "mediaFiles": files }).to_string();
-            let headers = [("content-type", "application/json")];
-            let r = http
-                .send(Method::POST, &format!("{excp}/api/v1/recording"), &headers, Bytes::from(body), timeout, 64 << 10)
-                .await?;
-            anyhow::ensure!(
-                r.status.is_success(),
-                "metadata for {call}: HTTP {} {}",
-                r.status,
-                String::from_utf8_lossy(&r.body)
-            );
-            let r = http
-                .send(
-                    Method::POST,
-                    &format!("{excp}/api/v1/interactions/{call}/end"),
-                    &[],
-                    Bytes::new(),
-                    timeout,
-                    64 << 10,
-                )
-                .await?;
-            anyhow::ensure!(r.status.is_success(), "end of {call}: HTTP {}", r.status);
-            Ok::<_, anyhow::Error>((names, Instant::now()))
+            let recorded = async {
+                let mut files = Vec::new();
+                for name in &names {
+                    let r = sender
+                        .send(
+                            Method::PUT,
+                            &format!("{webdav}/{name}"),
+                            &[("authorization", &auth)],
+                            Bytes::from_static(SAMPLE),
+                        )
+                        .await
+                        .with_context(|| format!("PUT {name}"))?;
+                    anyhow::ensure!(r.status.is_success(), "PUT {name}: HTTP {}", r.status);
+                    files.push(json!({
+                        "callUUID": call, "mediaId": name, "mediaUri": format!("{webdav}/{name}"),
+                        "type": "audio/opus", "size": SAMPLE.len(), "duration": 3000,
+                        "startTime": "2026-01-01T10:00:00.000Z", "stopTime": "2026-01-01T10:00:03.000Z",
+                        "parameters": { "agentId": "simulated", "ani": "5550100", "dnis": "5550199" },
+                    }));
+                }
+                let body = json!({ "id": call, "mediaFiles": files }).to_string();
+                let headers = [("content-type", "application/json")];
+                let r =
+                    sender.send(Method::POST, &format!("{excp}/api/v1/recording"), &headers, Bytes::from(body)).await?;
+                anyhow::ensure!(
+                    r.status.is_success(),
+                    "metadata for {call}: HTTP {} {}",
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                );
+                let r = sender
+                    .send(Method::POST, &format!("{excp}/api/v1/interactions/{call}/end"), &[], Bytes::new())
+                    .await?;
+                anyhow::ensure!(r.status.is_success(), "end of {call}: HTTP {}", r.status);
+                Ok(())
+            }
+            .await;
+            match recorded {
+                Ok(()) => Ok((names, Instant::now(), crate::exrp::queue::now_ms())),
+                Err(e) => Err(Failed { call, recordings: names, error: format!("{e:#}") }),
+            }
         }
     }))
     .buffer_unordered(args.concurrency.max(1))
     .collect::<Vec<_>>()
     .await;
     let mut waiting: Vec<(String, Instant)> = Vec::new();
+    let mut ended_at: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut failed: Vec<Failed> = Vec::new();
     for result in sent {
-        let (names, ended) = result?;
-        waiting.extend(names.into_iter().map(|n| (n, ended)));
+        match result {
+            Ok((names, ended, ended_ms)) => {
+                ended_at.extend(names.iter().map(|n| (n.clone(), ended_ms)));
+                waiting.extend(names.into_iter().map(|n| (n, ended)));
+            }
+            Err(f) => {
+                eprintln!("call {} failed: {}", f.call, f.error);
+                failed.push(f);
+            }
+        }
     }
     let total = waiting.len();
     eprintln!(
-        "simulated {} calls, {total} recordings in {:.1} s; waiting for them to leave WebDAV",
+        "simulated {} calls, {total} recordings in {:.1} s ({} calls failed, {} requests retried); waiting for them to leave WebDAV",
         args.calls,
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        failed.len(),
+        sender.retries.load(Ordering::Relaxed)
     );
 
-    let dav = DavClient::new(&webdav, &args.user, &Secret::new(args.password.clone()), (*http).clone(), timeout);
+    let dav = DavClient::new(&webdav, &args.user, &Secret::new(args.password.clone()), http, timeout);
     let deadline = Instant::now() + Duration::from_secs(args.timeout);
     let mut delivered: Vec<(String, Duration)> = Vec::new();
+    let mut last_delivery = started;
     while !waiting.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let present: std::collections::HashSet<String> = match dav.list().await {
@@ -151,6 +227,7 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
             }
         };
         let now = Instant::now();
+        let before = delivered.len();
         waiting.retain(|(name, ended)| {
             if present.contains(name) {
                 return true;
@@ -158,6 +235,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
             delivered.push((name.clone(), now.duration_since(*ended)));
             false
         });
+        if delivered.len() > before {
+            last_delivery = now;
+        }
     }
     let mut times: Vec<Duration> = delivered.iter().map(|(_, d)| *d).collect();
     times.sort();
@@ -169,16 +249,50 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
             .filter(|(name, _)| std::fs::read(dir.join("Environment").join(name)).is_ok_and(|b| b == SAMPLE))
             .count()
     });
+    let seconds = json!({
+        "p50": pct(0.5).as_secs_f64(), "p99": pct(0.99).as_secs_f64(),
+        "max": times.last().copied().unwrap_or_default().as_secs_f64(),
+    });
     println!(
         "{}",
         json!({
             "calls": args.calls, "recordings": total, "delivered": delivered.len(), "missing": waiting.len(),
-            "byte_exact_in_sink": exact, "seconds_end_to_delivered": {
-                "p50": pct(0.5).as_secs_f64(), "p99": pct(0.99).as_secs_f64(), "max": times.last().copied().unwrap_or_default().as_secs_f64() },
+            "failed_calls": failed.len(), "byte_exact_in_sink": exact, "seconds_end_to_delivered": seconds,
         })
     );
     for (name, _) in &waiting {
         eprintln!("missing (still in WebDAV after {} s): {name}", args.timeout);
     }
-    Ok(waiting.is_empty() && exact.is_none_or(|n| n == total))
+    if let Some(path) = &args.report {
+        // From the first PUT to the last recording seen leaving the store.
+        let span = last_delivery.duration_since(started).as_secs_f64();
+        let seconds_of: std::collections::HashMap<&str, f64> =
+            delivered.iter().map(|(n, d)| (n.as_str(), d.as_secs_f64())).collect();
+        let recordings: serde_json::Map<String, serde_json::Value> = ended_at
+            .iter()
+            .map(|(name, ended_ms)| {
+                let secs = seconds_of.get(name.as_str());
+                (name.clone(), json!({ "ended_at_ms": ended_ms, "seconds_to_delivered": secs }))
+            })
+            .collect();
+        let report = json!({
+            "run": run,
+            "started_at_ms": started_ms,
+            "calls": args.calls,
+            "recordings_per_call": per_call,
+            "simulated": args.calls * per_call,
+            "recorded": total,
+            "delivered": delivered.len(),
+            "missing": waiting.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            "failed_calls": failed.iter().map(|f| json!({ "call": f.call, "recordings": f.recordings, "error": f.error })).collect::<Vec<_>>(),
+            "retried_requests": sender.retries.load(Ordering::Relaxed),
+            "byte_exact_in_sink": exact,
+            "seconds_end_to_delivered": seconds,
+            "seconds_first_put_to_last_delivery": span,
+            "recordings_per_second": if span > 0.0 { delivered.len() as f64 / span } else { 0.0 },
+            "recordings": recordings,
+        });
+        std::fs::write(path, format!("{report:#}\n")).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(waiting.is_empty() && failed.is_empty() && exact.is_none_or(|n| n == total))
 }

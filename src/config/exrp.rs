@@ -39,7 +39,8 @@ pub struct ExrpConfig {
     pub orphan_ttl: Option<Duration>,
     /// Finished jobs are remembered this long, so a repeated interaction-end does nothing.
     pub done_retention: Duration,
-    /// Names this instance in claims and in the store's job records.
+    /// Names this instance in claims and in the store's job records. Must be unique per exrp:
+    /// after a restart, a lock with this owner that no job of the process holds is taken back.
     pub instance: String,
     pub fsync: bool,
     pub storage: TransientStorage,

@@ -49,6 +49,9 @@ pub struct Exrp {
     webdav_up: AtomicBool,
     cloud_up: AtomicBool,
     lock_unsupported: AtomicBool,
+    /// Files a job of this process works on, one job per file at a time: a lock that carries
+    /// this instance's name and that no job here holds was left by an earlier run.
+    busy_files: std::sync::Mutex<std::collections::HashSet<String>>,
     orphans: scan::OrphanStats,
     wake: tokio::sync::Notify,
     /// The last finished jobs, newest last, for the status page.
@@ -140,6 +143,7 @@ impl Exrp {
             webdav_up: AtomicBool::new(true),
             cloud_up: AtomicBool::new(true),
             lock_unsupported: AtomicBool::new(false),
+            busy_files: Default::default(),
             orphans: scan::OrphanStats::default(),
             wake: tokio::sync::Notify::new(),
             recent: Default::default(),

@@ -68,8 +68,35 @@ impl Drop for Cleanup {
     }
 }
 
+/// Marks a file as worked on by a job of this process until dropped.
+struct BusyFile<'a> {
+    exrp: &'a Exrp,
+    file: String,
+}
+
+impl<'a> BusyFile<'a> {
+    fn take(exrp: &'a Exrp, file: &str) -> Option<BusyFile<'a>> {
+        let mut busy = exrp.busy_files.lock().unwrap_or_else(|p| p.into_inner());
+        busy.insert(file.to_string()).then(|| BusyFile { exrp, file: file.to_string() })
+    }
+}
+
+impl Drop for BusyFile<'_> {
+    fn drop(&mut self) {
+        self.exrp.busy_files.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.file);
+    }
+}
+
 pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
     let dav = &exrp.dav;
+    // Two jobs can name one file (two mediaIds, one uri); they take turns, and `adopt` can
+    // trust that a lock with our name that no job here holds is an earlier run's.
+    let Some(_busy) = BusyFile::take(exrp, &job.file) else {
+        return Outcome::Retry {
+            delay: Some(Duration::from_secs(1)),
+            reason: "claimed by another job of this instance (same file)".into(),
+        };
+    };
     let token = match claim(exrp, job).await {
         Ok(token) => token,
         Err(outcome) => return outcome,
@@ -104,21 +131,11 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
         return Ok(Some(old.clone()));
     }
     match dav.lock(&job.file, timeout, &exrp.config.instance).await {
-        Ok(Lock::Held { token }) => {
-            let saved = exrp
-                .queue
-                .run({
-                    let (id, token) = (job.id, token.clone());
-                    move |q| q.set_lock_token(id, Some(&token))
-                })
-                .await;
-            if let Err(e) = saved {
-                let _ = dav.unlock(&job.file, &token).await;
-                return Err(retry(e.to_string()));
-            }
-            Ok(Some(token))
-        }
+        Ok(Lock::Held { token }) => keep_token(exrp, job, token).await.map(Some),
         Ok(Lock::Busy) => {
+            if let Some(token) = adopt(exrp, job).await {
+                return keep_token(exrp, job, token).await.map(Some);
+            }
             // Locked means it is there: if it is gone later, the lock holder finished it.
             let id = job.id;
             let _ = exrp.queue.run(move |q| q.mark_seen(id)).await;
@@ -140,6 +157,49 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
         Ok(Lock::Missing) => Err(missing(exrp, job)),
         Err(e) => Err(store_error(e)),
     }
+}
+
+/// Records the claim's token in the queue, so that a restart refreshes it instead of waiting
+/// for it to expire; a claim that cannot be recorded is given back.
+async fn keep_token(exrp: &Exrp, job: &Job, token: String) -> Result<String, Outcome> {
+    let saved = exrp
+        .queue
+        .run({
+            let (id, token) = (job.id, token.clone());
+            move |q| q.set_lock_token(id, Some(&token))
+        })
+        .await;
+    if let Err(e) = saved {
+        let _ = exrp.dav.unlock(&job.file, &token).await;
+        return Err(retry(e.to_string()));
+    }
+    Ok(token)
+}
+
+/// A 423 on a file no job of this process works on, whose lock names this instance as owner:
+/// an earlier run was killed between its LOCK and recording the token (or its saved token
+/// could not be refreshed and it locked anew). Waiting for that lock to expire would hold
+/// the recording for `claim_timeout` as if another instance had it, so the lock is taken
+/// over from lockdiscovery and refreshed. Sound only while every exrp has its own
+/// `instance` name.
+async fn adopt(exrp: &Exrp, job: &Job) -> Option<String> {
+    let token = match exrp.dav.lock_owned_by(&job.file, &exrp.config.instance).await {
+        Ok(token) => token?,
+        Err(e) => {
+            tracing::debug!(file = %job.file, "cannot read the lock on a busy file: {e}");
+            return None;
+        }
+    };
+    if let Err(e) = exrp.dav.refresh(&job.file, &token, exrp.config.claim_timeout).await {
+        tracing::debug!(file = %job.file, "the lock an earlier run left could not be refreshed: {e}");
+        return None;
+    }
+    tracing::info!(
+        file = %job.file,
+        instance = %exrp.config.instance,
+        "resuming the claim an earlier run of this instance left on the file (stopped before it recorded the lock token)"
+    );
+    Some(token)
 }
 
 fn spawn_refresher(exrp: Arc<Exrp>, file: String, token: String, lost: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {

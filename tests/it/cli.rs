@@ -243,6 +243,75 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
 }
 
 #[test]
+fn simulate_retries_while_the_deployment_is_down_and_reports_what_stayed_failed() {
+    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    if !ports_free(&SANDBOX_ALL_PORTS) {
+        eprintln!("sandbox ports busy; this test cannot run here");
+        return;
+    }
+    let dir = TempDir::new("simulate-retry");
+    let simulate = |retry_for: &str, report: &str| {
+        Command::new(BIN)
+            .args(["simulate", "--calls", "3", "--concurrency", "3", "--timeout", "60", "--retry-for", retry_for])
+            .args(["--report", report])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let read = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.join(name)).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{name} is not JSON: {e}"))
+    };
+    // Nothing listens: each call fails after its second of retries; counted, not fatal.
+    let out = simulate("1", "down.json").wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let down = read("down.json");
+    assert_eq!((down["simulated"].as_u64(), down["recorded"].as_u64()), (Some(6), Some(0)), "{down:#}");
+    let failed = down["failed_calls"].as_array().unwrap();
+    assert_eq!(failed.len(), 3);
+    assert!(failed[0]["error"].as_str().unwrap().contains("retried for 1 s"), "{down:#}");
+    assert_eq!(failed[0]["recordings"].as_array().unwrap().len(), 2);
+    assert!(down["retried_requests"].as_u64().unwrap() >= 3);
+
+    // The deployment comes up while the recorders retry: everything is delivered.
+    let sim = simulate("30", "late.json");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut all = Command::new(BIN)
+        .args(["--role", "all"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = sim.wait_with_output().unwrap();
+    let _ = Command::new("kill").args(["-s", "TERM", &all.id().to_string()]).status();
+    let _ = wait_timeout(&mut all, std::time::Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let late = read("late.json");
+    assert_eq!((late["recorded"].as_u64(), late["delivered"].as_u64()), (Some(6), Some(6)), "{late:#}");
+    assert_eq!(
+        (late["byte_exact_in_sink"].as_u64(), late["failed_calls"].as_array().map(Vec::len)),
+        (Some(6), Some(0))
+    );
+    assert!(late["missing"].as_array().unwrap().is_empty());
+    assert!(late["retried_requests"].as_u64().unwrap() >= 3, "{late:#}");
+    let recordings = late["recordings"].as_object().unwrap();
+    assert_eq!(recordings.len(), 6);
+    for (name, r) in recordings {
+        assert!(name.starts_with(late["run"].as_str().unwrap()), "{name}");
+        assert!(r["ended_at_ms"].as_u64().unwrap() > 1_700_000_000_000, "{r}");
+        assert!(r["seconds_to_delivered"].as_f64().unwrap() >= 0.0, "{r}");
+    }
+    assert!(
+        late["seconds_end_to_delivered"]["p99"].as_f64().unwrap()
+            <= late["seconds_end_to_delivered"]["max"].as_f64().unwrap()
+    );
+    assert!(late["recordings_per_second"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn import_env_turns_a_genesys_env_into_a_config_check_config_accepts() {
     let dir = TempDir::new("import-env");
     let env = dir.join(".env");

@@ -329,3 +329,36 @@ fn cloud_slow_answers_time_out_as_transient() {
     });
     assert_eq!(fake.uploads_of("a.opus"), 0);
 }
+
+#[test]
+fn cloud_fake_reports_objects_and_re_puts_over_http_for_scripts() {
+    let fake = FakeCloud::start(ID, SECRET);
+    let client = client(&fake);
+    run(Duration::from_secs(10), async {
+        // One object PUT twice (a resumed upload), then a second object of the same name.
+        let first = presign(&client, "r.opus", b"abc").await.unwrap();
+        client.upload_bytes(&first, Bytes::from_static(b"abc"), TRANSFER).await.unwrap();
+        client.upload_bytes(&first, Bytes::from_static(b"abc"), TRANSFER).await.unwrap();
+        let second = presign(&client, "r.opus", b"abc").await.unwrap();
+        client.upload_bytes(&second, Bytes::from_static(b"abc"), TRANSFER).await.unwrap();
+        let other = presign(&client, "o.opus", b"xy").await.unwrap();
+        client.upload_bytes(&other, Bytes::from_static(b"xy"), TRANSFER).await.unwrap();
+    });
+    let get = |path: &str| -> serde_json::Value {
+        let r = crate::support::client().get(format!("{}{path}", fake.base_url())).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        serde_json::from_str(&r.text().unwrap()).unwrap()
+    };
+    let counts = get("/_fake/counts");
+    assert_eq!((counts["uploads"].as_u64(), counts["puts"].as_u64()), (Some(3), Some(4)), "{counts}");
+    assert_eq!(counts["presign_calls"], 3);
+    let report = get("/_fake/report");
+    let r = &report["files"]["r.opus"];
+    assert_eq!((r["uploads"].as_u64(), r["puts"].as_u64()), (Some(2), Some(3)), "{report}");
+    let o = &report["files"]["o.opus"]["objects"][0];
+    assert_eq!((o["len"].as_u64(), o["md5"].as_str()), (Some(2), Some(md5_b64(b"xy").as_str())));
+    assert_eq!(o["contentType"], "audio/opus");
+    assert!(o["firstPutMs"].as_u64().unwrap() > 1_700_000_000_000);
+    // Inspection is not part of the API the client sees.
+    assert!(fake.requests().iter().all(|l| !l.target.starts_with("/_fake/")));
+}

@@ -123,6 +123,11 @@ fn claims_and_props(store: &Store) {
     assert!(ta.starts_with(store.token_prefix()), "{ta}");
     assert!(store.run(a.stat("job.opus")).unwrap().unwrap().locked);
     assert_eq!(store.run(b.lock("job.opus", 30 * SECOND, "exrp-b")).unwrap(), Lock::Busy);
+    // lockdiscovery names the owner and shows the token: how a restarted instance finds a claim
+    // it made but never recorded.
+    assert_eq!(store.run(b.lock_owned_by("job.opus", "exrp-a <1> & co")).unwrap(), Some(ta.clone()));
+    assert_eq!(store.run(b.lock_owned_by("job.opus", "exrp-b")).unwrap(), None);
+    assert_eq!(store.run(b.lock_owned_by("absent.opus", "exrp-a <1> & co")).unwrap(), None);
     assert!(matches!(store.run(b.set_props("job.opus", None, &[("state", "x")], &[])), Err(DavError::Locked)));
     assert!(matches!(store.run(b.delete("job.opus", None)), Err(DavError::Locked)));
     assert!(matches!(store.run(b.set_props("job.opus", Some(BOGUS), &[("state", "x")], &[])), Err(DavError::LockLost)));

@@ -456,6 +456,64 @@ fn duplicate_interaction_ends_to_one_and_to_two_instances_upload_once() {
     assert_eq!(a.metric("exrp_jobs_duplicate_total", &[]) + b.metric("exrp_jobs_duplicate_total", &[]), 10.0);
 }
 
+/// LOCK as exrp sends it, by hand: returns the Lock-Token.
+fn lock_by_hand(store: &Store, name: &str, owner: &str, seconds: u64) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype><D:owner>{owner}</D:owner></D:lockinfo>"
+    );
+    let r = client()
+        .request(crate::support::method("LOCK"), format!("{}/{name}", store.url()))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("Depth", "0")
+        .header("Timeout", format!("Second-{seconds}"))
+        .header("Content-Type", "application/xml")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200, "LOCK {name}");
+    let token = r.headers()["lock-token"].to_str().unwrap();
+    token.trim_matches(|c| c == '<' || c == '>').to_string()
+}
+
+#[test]
+fn a_claim_an_earlier_run_of_the_same_instance_left_is_resumed_at_once_not_after_its_timeout() {
+    // exrp SIGKILLed after its LOCK succeeded but before the token reached its queue: the
+    // file holds a lock whose owner is this instance, and nobody knows the token. The next
+    // run must find it in lockdiscovery and go on, not wait for claim_timeout as if another
+    // instance held it.
+    let store = Store::start("exrp-own-lock");
+    store.put("L1_own.opus", SAMPLE);
+    store.put("L1_other.opus", SAMPLE);
+    // Locks as a run with claim_timeout = 60s would leave them (this one's is 6 s, so its
+    // retries of a busy file come every 2 s).
+    lock_by_hand(&store, "L1_own.opus", "exrp-own-lock", 60);
+    let foreign = lock_by_hand(&store, "L1_other.opus", "exrp-someone-else", 60);
+    let exrp = Exrp::start("exrp-own-lock", &store.url(), "", "");
+    let started = Instant::now();
+    let r =
+        exrp.post(&end_body("L1", &[("own", "L1_own.opus", SAMPLE.len()), ("other", "L1_other.opus", SAMPLE.len())]));
+    assert_eq!(r.status, 202, "{r:?}");
+    wait_until("the own claim to be resumed", Duration::from_secs(10), || !store.has("L1_own.opus"));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("L1_own.opus")).unwrap(), SAMPLE);
+    // Another instance's claim is respected: that file waits.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(store.has("L1_other.opus"));
+    assert!(!exrp.sink_dir("Environment").join("L1_other.opus").exists());
+    let h = exrp.health().1;
+    assert_eq!((h["queue"]["done"].as_u64(), h["queue"]["pending"].as_u64()), (Some(1), Some(1)), "{h}");
+    // Once the other instance lets go, it is done too.
+    let r = client()
+        .request(crate::support::method("UNLOCK"), format!("{}/L1_other.opus", store.url()))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("Lock-Token", format!("<{foreign}>"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    wait_until("the other file once unlocked", SOON, || !store.has("L1_other.opus"));
+    exrp.wait_idle(2, 0);
+}
+
 #[test]
 fn an_instance_killed_for_good_leaves_its_jobs_to_the_other() {
     let store = Store::start("exrp-takeover");

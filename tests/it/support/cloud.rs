@@ -1,7 +1,8 @@
 //! A fake Genesys Cloud for tests and benchmarks: the OAuth token endpoint, the presigned
 //! recording upload API (`POST /api/v2/uploads/recordings`) and the S3-like PUT target of the
 //! URLs it hands out, each checked as the documented API does (research/domain.md §4, §7.5),
-//! with scriptable faults and everything received open to inspection.
+//! with scriptable faults and everything received open to inspection. `GET /_fake/counts` and
+//! `GET /_fake/report` show the same from outside the process (benchmark and soak scripts).
 //!
 //! Self-contained (std threads and std::net, crates of Cargo.toml only) so that
 //! `examples/fakecloud.rs` can include it by path. One request per connection, answered with
@@ -93,6 +94,10 @@ pub struct Object {
     pub content_type: String,
     /// None when the fake keeps no bytes (benchmarks).
     pub bytes: Option<Vec<u8>>,
+    /// Completed PUTs of this object: more than one means a resumed upload overwrote it.
+    pub puts: usize,
+    /// Unix time in ms of the first completed PUT.
+    pub first_put_ms: u64,
 }
 
 #[derive(Default)]
@@ -288,6 +293,16 @@ impl FakeCloud {
         self.state.lock().puts_by_key.get(upload_key).copied().unwrap_or(0)
     }
 
+    /// The counts fakecloud prints at exit and serves at `GET /_fake/counts`.
+    pub fn counts(&self) -> Value {
+        counts(&self.state)
+    }
+
+    /// Every object stored, by fileName, as `GET /_fake/report` serves it.
+    pub fn report(&self) -> Value {
+        report(&self.state)
+    }
+
     /// Objects stored, and their bytes in total.
     pub fn uploads(&self) -> (usize, u64) {
         let inner = self.state.lock();
@@ -387,6 +402,16 @@ fn serve(state: &State, mut stream: TcpStream) {
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
     let Some((head, rest)) = read_head(&mut stream) else { return };
     let path = head.target.split('?').next().unwrap_or_default().to_string();
+    if head.method == "GET" && path.starts_with("/_fake/") {
+        // Inspection from outside: not Genesys Cloud's API, so neither logged nor scriptable.
+        let reply = match path.as_str() {
+            "/_fake/counts" => Reply::json(200, counts(state)),
+            "/_fake/report" => Reply::json(200, report(state)),
+            _ => Reply::json(404, json!({"message": "GET /_fake/counts or /_fake/report"})),
+        };
+        let _ = send(&mut stream, &reply);
+        return;
+    }
     let endpoint = match (head.method.as_str(), path.as_str()) {
         ("POST", "/oauth/token") => Some(Endpoint::Token),
         ("POST", "/api/v2/uploads/recordings") => Some(Endpoint::Presign),
@@ -588,6 +613,54 @@ fn presign(state: &State, head: &Head, body: &[u8]) -> Reply {
     Reply::json(200, json!({"url": url, "uploadKey": upload_key, "headers": headers}))
 }
 
+/// What `GET /_fake/counts` serves and fakecloud prints at exit.
+fn counts(state: &State) -> Value {
+    let inner = state.lock();
+    json!({
+        "uploads": inner.objects.len(),
+        "puts": inner.objects.values().map(|o| o.puts).sum::<usize>(),
+        "bytes": inner.uploaded_bytes,
+        "sent_429": inner.sent_429,
+        "presign_calls": inner.presign_calls,
+        "token_grants": inner.token_grants,
+    })
+}
+
+/// What `GET /_fake/report` serves: `{"files": {fileName: {uploads, puts, objects}}}`. `uploads`
+/// is how many distinct objects (uploadKeys) the name received, so more than one is a
+/// duplicate in the cloud; `puts` counts completed PUTs, re-PUTs of one object by a resumed
+/// upload included; each object has its length, base64 MD5, content type and the Unix ms of
+/// its first completed PUT, so a script can compare it with what was sent and when.
+fn report(state: &State) -> Value {
+    let inner = state.lock();
+    let mut files: BTreeMap<&str, Vec<&Object>> = BTreeMap::new();
+    for object in inner.objects.values() {
+        files.entry(object.file_name.as_str()).or_default().push(object);
+    }
+    let files: serde_json::Map<String, Value> = files
+        .into_iter()
+        .map(|(name, mut objects)| {
+            objects.sort_by(|a, b| a.upload_key.cmp(&b.upload_key));
+            let list: Vec<Value> = objects
+                .iter()
+                .map(|o| {
+                    json!({
+                        "uploadKey": o.upload_key, "len": o.len, "md5": o.md5_b64,
+                        "contentType": o.content_type, "puts": o.puts, "firstPutMs": o.first_put_ms,
+                    })
+                })
+                .collect();
+            let entry = json!({
+                "uploads": objects.len(),
+                "puts": objects.iter().map(|o| o.puts).sum::<usize>(),
+                "objects": list,
+            });
+            (name.to_string(), entry)
+        })
+        .collect();
+    json!({ "files": files })
+}
+
 fn put(state: &State, head: &Head, len: u64, md5: [u8; 16], bytes: Option<Vec<u8>>) -> Reply {
     let (path, query) = head.target.split_once('?').unwrap_or((head.target.as_str(), ""));
     let signature =
@@ -621,6 +694,8 @@ fn put(state: &State, head: &Head, len: u64, md5: [u8; 16], bytes: Option<Vec<u8
         return Reply::xml(400, "BadDigest", "The Content-MD5 you specified did not match what we received.");
     }
     inner.uploaded_bytes += len;
+    let earlier = inner.objects.get(&presign.upload_key).map(|o| (o.puts, o.first_put_ms));
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let object = Object {
         upload_key: presign.upload_key.clone(),
         file_name: presign.file_name.clone(),
@@ -628,6 +703,8 @@ fn put(state: &State, head: &Head, len: u64, md5: [u8; 16], bytes: Option<Vec<u8
         md5_b64,
         content_type: presign.content_type.clone(),
         bytes,
+        puts: earlier.map_or(1, |(puts, _)| puts + 1),
+        first_put_ms: earlier.map_or(now_ms, |(_, first)| first),
     };
     inner.objects.insert(presign.upload_key, object);
     let etag = md5.iter().map(|b| format!("{b:02x}")).collect::<String>();
