@@ -19,10 +19,88 @@ pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling into the library twice) is harmless; ignore it.
-    let _ = match format {
+    let installed = match format {
         LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).finish().with(RecentProblems).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).finish().with(RecentProblems).try_init(),
     };
+    if installed.is_ok() && matches!(format, LogFormat::Text) {
+        TEXT_ACCESS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Set once the text subscriber is installed: access lines may then be written by
+/// `write_access_line` instead of going through tracing's formatter.
+static TEXT_ACCESS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether an access-log line should be written with `write_access_line`: the text format is
+/// in use and the filter lets the `access` target through at INFO. Otherwise (JSON, tests
+/// without our subscriber) the caller logs through tracing.
+pub fn fast_access_log() -> bool {
+    TEXT_ACCESS.load(std::sync::atomic::Ordering::Relaxed) && tracing::enabled!(target: "access", tracing::Level::INFO)
+}
+
+/// Writes one INFO line of the `access` target to stderr, byte for byte as the text subscriber
+/// formats it (`<RFC 3339 µs timestamp>  INFO access: <fields>`), with the fields written by
+/// `fields`. A proxy writes one such line per request: through tracing's formatter that was a
+/// fifth of the lb's instructions per request (callgrind), written directly a small fraction.
+pub fn write_access_line(fields: impl FnOnce(&mut String)) {
+    use std::io::Write as _;
+    thread_local! {
+        static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    LINE.with(|line| {
+        let Ok(mut line) = line.try_borrow_mut() else { return };
+        line.clear();
+        push_timestamp(&mut line, std::time::SystemTime::now());
+        line.push_str("  INFO access: ");
+        fields(&mut line);
+        line.push('\n');
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    });
+}
+
+/// `2026-12-01T23:40:21.483312Z`, as tracing-subscriber's `SystemTime` timer writes it.
+fn push_timestamp(out: &mut String, now: std::time::SystemTime) {
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since the epoch to a proleptic Gregorian date (Howard Hinnant's civil_from_days).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    push_digits(out, year.max(0) as u64, 4);
+    out.push('-');
+    push_digits(out, month as u64, 2);
+    out.push('-');
+    push_digits(out, day as u64, 2);
+    out.push('T');
+    push_digits(out, rem / 3600, 2);
+    out.push(':');
+    push_digits(out, rem / 60 % 60, 2);
+    out.push(':');
+    push_digits(out, rem % 60, 2);
+    out.push('.');
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits.
+pub fn push_digits(out: &mut String, mut n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    while n > 0 || buf.len() - i < width.max(1) {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// How many warnings and errors the status page can show.
@@ -179,6 +257,28 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
+
+    #[test]
+    fn timestamps_and_digits_are_written_as_the_text_subscriber_writes_them() {
+        let at = |micros: u64| {
+            let mut s = String::new();
+            super::push_timestamp(&mut s, std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros));
+            s
+        };
+        assert_eq!(at(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(at(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(at(1_796_082_021_483_312), "2026-11-30T23:40:21.483312Z");
+        assert_eq!(at(4_102_444_799_999_999), "2099-12-31T23:59:59.999999Z");
+        let digits = |n: u64, w: usize| {
+            let mut s = String::new();
+            super::push_digits(&mut s, n, w);
+            s
+        };
+        assert_eq!(digits(0, 1), "0");
+        assert_eq!(digits(0, 3), "000");
+        assert_eq!(digits(42, 1), "42");
+        assert_eq!(digits(u64::MAX, 1), u64::MAX.to_string());
+    }
 
     /// Formats the same events with `DefaultFields` and with `PlainFields`.
     fn both(events: impl Fn()) -> (String, String) {

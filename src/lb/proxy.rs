@@ -83,21 +83,57 @@ impl RequestLog {
         let m = &self.pool.metrics;
         m.requests.inc(status);
         m.duration.observe(elapsed);
-        let attempts = self.attempts.as_slice();
         let target = match self.uri.path_and_query() {
             Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
             None => std::borrow::Cow::Owned(self.uri.to_string()),
         };
-        tracing::info!(
-            target: "access",
-            pool = %self.pool.name,
-            client = %self.client.ip(),
-            method = %self.method,
-            uri = %escape(&target),
+        let line = AccessLine {
+            pool: &self.pool.name,
+            client: self.client.ip(),
+            method: &self.method,
+            uri: &target,
             status,
             bytes,
-            ms = elapsed.as_millis() as u64,
+            ms: elapsed.as_millis() as u64,
             complete,
+            attempts: &self.attempts,
+        };
+        if crate::telemetry::fast_access_log() {
+            crate::telemetry::write_access_line(|out| line.push_fields(out));
+        } else {
+            line.trace();
+        }
+    }
+}
+
+/// The fields of one access-log line.
+struct AccessLine<'a> {
+    pool: &'a str,
+    client: std::net::IpAddr,
+    method: &'a Method,
+    /// The request target as the client sent it.
+    uri: &'a str,
+    status: u16,
+    bytes: u64,
+    ms: u64,
+    complete: bool,
+    attempts: &'a [AttemptRecord],
+}
+
+impl AccessLine<'_> {
+    /// Through tracing: JSON logs, or a filter the fast path does not serve.
+    fn trace(&self) {
+        let attempts = self.attempts;
+        tracing::info!(
+            target: "access",
+            pool = %self.pool,
+            client = %self.client,
+            method = %self.method,
+            uri = %escape(self.uri),
+            status = self.status,
+            bytes = self.bytes,
+            ms = self.ms,
+            complete = self.complete,
             upstream_addr = %Column(attempts, |a, f| a.addr.fmt(f)),
             upstream_status = %Column(attempts, |a, f| match a.status {
                 Some(s) => s.fmt(f),
@@ -107,6 +143,97 @@ impl RequestLog {
             upstream_header_time = %Column(attempts, |a, f| Secs(a.header).fmt(f)),
             upstream_response_time = %Column(attempts, |a, f| Secs(Some(a.response)).fmt(f)),
         );
+    }
+
+    /// The same fields as `trace` writes them in the text format (a test holds them equal),
+    /// written without the formatting machinery.
+    fn push_fields(&self, out: &mut String) {
+        use crate::telemetry::push_digits;
+        out.push_str("pool=");
+        out.push_str(self.pool);
+        out.push_str(" client=");
+        push_ip(out, self.client);
+        out.push_str(" method=");
+        out.push_str(self.method.as_str());
+        out.push_str(" uri=");
+        out.push_str(&escape(self.uri));
+        out.push_str(" status=");
+        push_digits(out, u64::from(self.status), 1);
+        out.push_str(" bytes=");
+        push_digits(out, self.bytes, 1);
+        out.push_str(" ms=");
+        push_digits(out, self.ms, 1);
+        out.push_str(if self.complete { " complete=true" } else { " complete=false" });
+        let column = |out: &mut String, name: &str, each: &dyn Fn(&mut String, &AttemptRecord)| {
+            out.push(' ');
+            out.push_str(name);
+            out.push('=');
+            if self.attempts.is_empty() {
+                out.push('-');
+            }
+            for (i, a) in self.attempts.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                each(out, a);
+            }
+        };
+        column(out, "upstream_addr", &|out, a| push_socket_addr(out, a.addr));
+        column(out, "upstream_status", &|out, a| match a.status {
+            Some(s) => push_digits(out, u64::from(s), 1),
+            None => out.push('-'),
+        });
+        column(out, "upstream_connect_time", &|out, a| push_secs(out, a.connect));
+        column(out, "upstream_header_time", &|out, a| push_secs(out, a.header));
+        column(out, "upstream_response_time", &|out, a| push_secs(out, Some(a.response)));
+    }
+}
+
+/// `Secs` without the formatting machinery (but for its rare tie case).
+fn push_secs(out: &mut String, d: Option<Duration>) {
+    let Some(d) = d else { return out.push('-') };
+    // Whole seconds and the fraction apart: u128 division (`as_nanos`) costs more than the rest.
+    let frac = u64::from(d.subsec_nanos());
+    if frac % 1_000_000 == 500_000 {
+        use std::fmt::Write as _;
+        let _ = write!(out, "{}", Secs(Some(d)));
+        return;
+    }
+    let ms = d.as_secs().saturating_mul(1000).saturating_add((frac + 500_000) / 1_000_000);
+    crate::telemetry::push_digits(out, ms / 1000, 1);
+    out.push('.');
+    crate::telemetry::push_digits(out, ms % 1000, 3);
+}
+
+/// An address as `Display` writes it; IPv4 (the usual case) without the formatting machinery.
+fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                crate::telemetry::push_digits(out, u64::from(octet), 1);
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_socket_addr(out: &mut String, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            push_ip(out, std::net::IpAddr::V4(*v4.ip()));
+            out.push(':');
+            crate::telemetry::push_digits(out, u64::from(v4.port()), 1);
+        }
+        SocketAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -579,6 +706,98 @@ mod tests {
             assert_eq!(Secs(Some(d)).to_string(), format!("{:.3}", d.as_secs_f64()), "{nanos} ns");
         }
         assert_eq!(Secs(None).to_string(), "-");
+    }
+
+    #[test]
+    fn access_fields_written_directly_are_those_tracing_writes() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let ms = |n: u64| Duration::from_micros(n);
+        let two = [
+            AttemptRecord {
+                addr: addr("10.0.0.11:3650"),
+                status: Some(502),
+                connect: Some(ms(1500)),
+                header: None,
+                response: ms(2_500),
+            },
+            AttemptRecord {
+                addr: addr("[::1]:8080"),
+                status: None,
+                connect: None,
+                header: Some(ms(12_345_678)),
+                response: ms(999_999),
+            },
+            AttemptRecord {
+                addr: addr("192.168.100.255:65535"),
+                status: Some(200),
+                connect: Some(Duration::from_nanos(2_999_500_000)),
+                header: Some(Duration::from_nanos(12_000_499_999)),
+                response: Duration::from_nanos(1_000_500_000),
+            },
+        ];
+        let method = Method::from_bytes(b"PROPFIND").unwrap();
+        let lines = [
+            AccessLine {
+                pool: "excp",
+                client: "127.0.0.1".parse().unwrap(),
+                method: &Method::POST,
+                uri: "/api/v1/recording?x=1",
+                status: 200,
+                bytes: 36,
+                ms: 0,
+                complete: true,
+                attempts: &two[..1],
+            },
+            AccessLine {
+                pool: "exrp",
+                client: "::1".parse().unwrap(),
+                method: &method,
+                uri: "/a\"b\\c\u{7}d é",
+                status: 499,
+                bytes: u64::MAX,
+                ms: 123_456,
+                complete: false,
+                attempts: &two,
+            },
+            AccessLine {
+                pool: "p",
+                client: "10.1.2.3".parse().unwrap(),
+                method: &Method::GET,
+                uri: "/",
+                status: 400,
+                bytes: 0,
+                ms: 7,
+                complete: true,
+                attempts: &[],
+            },
+        ];
+        for line in &lines {
+            let buf = Buf::default();
+            let writer = buf.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_ansi(false)
+                .without_time()
+                .fmt_fields(crate::telemetry::PlainFields)
+                .with_writer(move || writer.clone())
+                .finish();
+            tracing::subscriber::with_default(subscriber, || line.trace());
+            let traced = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let mut direct = String::new();
+            line.push_fields(&mut direct);
+            assert_eq!(traced, format!(" INFO access: {direct}\n"));
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::cloud::FakeCloud;
-use crate::support::{PASSWORD, Proc, Site, TempDir, USER, client, metric, raw_request};
+use crate::support::{PASSWORD, Proc, Site, TempDir, USER, client, metric, raw_request, wait_until};
 
 /// A real Ogg/Opus file (assets/README.md says how it was made).
 pub const SAMPLE: &[u8] = include_bytes!("../../assets/sample.opus");
@@ -220,14 +220,6 @@ fn segment(name: &str) -> String {
     const SET: &percent_encoding::AsciiSet =
         &percent_encoding::NON_ALPHANUMERIC.remove(b'.').remove(b'_').remove(b'-').remove(b'~');
     percent_encoding::utf8_percent_encode(name, SET).to_string()
-}
-
-fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -592,7 +584,8 @@ fn webdav_down_makes_health_503_and_the_jobs_wait_for_it() {
 #[test]
 fn orphans_are_reported_by_age_and_removed_after_their_ttl() {
     let store = Store::start("exrp-orphan");
-    let exrp = Exrp::start("exrp-orphan", &store.url(), "", "orphan_ttl = \"3s\"\n");
+    // Long enough that a loaded machine reads both figures before the removal.
+    let exrp = Exrp::start("exrp-orphan", &store.url(), "", "orphan_ttl = \"8s\"\n");
     store.put("O1_lost.opus", SAMPLE);
     store.put("O2_lost.opus", SAMPLE);
     exrp.wait_health("orphans counted", |_, b| b["orphans"]["count"] == 2);

@@ -286,6 +286,15 @@ pub static SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The ports of the `--role all` sandbox (src/config/sandbox.toml).
 pub const SANDBOX_ALL_PORTS: [u16; 6] = [8000, 9650, 3650, 8080, 13650, 18080];
 
+/// Polls `cond` every 50 ms until it holds; fails the test after `limit`.
+pub fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn ports_free(ports: &[u16]) -> bool {
     ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
