@@ -749,7 +749,15 @@ impl Reader {
             return false;
         }
         let mut chunk = [0u8; 16384];
-        match self.stream.read(&mut chunk) {
+        // A signal to the test process interrupts a read with a timeout even under SA_RESTART
+        // (signal(7)); that says nothing about the proxy, so read again.
+        let read = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                other => break other,
+            }
+        };
+        match read {
             Ok(0) => self.end = Some("eof".into()),
             Ok(n) => {
                 self.buf.extend_from_slice(&chunk[..n]);
