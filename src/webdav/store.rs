@@ -497,8 +497,9 @@ impl Store {
         Ok(())
     }
 
-    /// Starts a PUT: checks the target and the limits and opens a hidden temp file beside it.
-    /// `expected` is the Content-Length when the client sent one.
+    /// Starts a PUT: checks the target and the limits. Only lookups (the parent directory, the
+    /// target, free space), no write: the hidden temp file beside the target is created with
+    /// the first bytes. `expected` is the Content-Length when the client sent one.
     pub fn begin_upload(
         self: &Arc<Self>,
         path: &RelPath,
@@ -525,21 +526,13 @@ impl Store {
         let reserve = expected.unwrap_or(0);
         self.check_space(reserve, 0)?;
         self.reserved.fetch_add(reserve, Ordering::Relaxed);
-        let (tmp_name, file) = match self.create_temp(&dir) {
-            Ok(t) => t,
-            Err(e) => {
-                self.reserved.fetch_sub(reserve, Ordering::Relaxed);
-                return Err(e);
-            }
-        };
         self.stats.uploads_started.inc();
         self.open_uploads.fetch_add(1, Ordering::Relaxed);
         Ok(Upload {
             store: Arc::clone(self),
             dir,
             name,
-            tmp_name,
-            file,
+            tmp: None,
             written: 0,
             expected,
             reserved: reserve,
@@ -668,8 +661,8 @@ pub struct Upload {
     store: Arc<Store>,
     dir: OwnedFd,
     name: OsString,
-    tmp_name: OsString,
-    file: File,
+    /// The hidden temp file and its name, once the first bytes (or the commit) created it.
+    tmp: Option<(OsString, File)>,
     written: u64,
     expected: Option<u64>,
     reserved: u64,
@@ -696,10 +689,20 @@ impl Upload {
             // Only uploads without a Content-Length grow past their reservation.
             self.store.check_space(total, self.reserved)?;
         }
-        self.file.write_all(data).map_err(io_error)?;
+        self.tmp_file()?.write_all(data).map_err(io_error)?;
         self.written = total;
         self.store.stats.bytes_in.add(len);
         Ok(())
+    }
+
+    fn tmp_file(&mut self) -> FsResult<&mut File> {
+        if self.tmp.is_none() {
+            self.tmp = Some(self.store.create_temp(&self.dir)?);
+        }
+        match &mut self.tmp {
+            Some((_, file)) => Ok(file),
+            None => Err(FsError::GeneralFailure),
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -723,12 +726,15 @@ impl Upload {
             return Err(FsError::GeneralFailure);
         }
         let store = Arc::clone(&self.store);
+        // An empty body has created nothing yet.
+        self.tmp_file()?;
+        let Some((tmp_name, file)) = &self.tmp else { return Err(FsError::GeneralFailure) };
         if store.fsync {
-            self.file.sync_data().map_err(io_error)?;
+            file.sync_data().map_err(io_error)?;
         }
         let replaced = replaced_file_len(&self.dir, &self.name)?;
-        rustix::fs::renameat(&self.dir, &self.tmp_name, &self.dir, &self.name).map_err(fs_error)?;
-        let st = rustix::fs::fstat(&self.file).map_err(fs_error)?;
+        rustix::fs::renameat(&self.dir, tmp_name, &self.dir, &self.name).map_err(fs_error)?;
+        let st = rustix::fs::fstat(file).map_err(fs_error)?;
         let meta = Meta::from_stat(&st);
         self.committed = Some(meta.clone());
         store.used.fetch_add(self.written, Ordering::Relaxed);
@@ -756,7 +762,9 @@ impl Drop for Upload {
         self.store.reserved.fetch_sub(self.reserved, Ordering::Relaxed);
         self.store.open_uploads.fetch_sub(1, Ordering::Relaxed);
         if self.committed.is_none() {
-            let _ = rustix::fs::unlinkat(&self.dir, &self.tmp_name, AtFlags::empty());
+            if let Some((tmp_name, _)) = &self.tmp {
+                let _ = rustix::fs::unlinkat(&self.dir, tmp_name, AtFlags::empty());
+            }
             self.store.stats.uploads_aborted.inc();
         }
     }

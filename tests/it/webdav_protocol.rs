@@ -132,6 +132,15 @@ fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
+/// Whether the server is receiving a PUT now. Bytes reach a temp file only once a write
+/// batch (up to 256 KiB) has gathered, so a test that sent less watches this instead.
+fn upload_in_flight(p: &Proc) -> bool {
+    sample(&metrics(p), "webdav_uploads_in_flight").is_some_and(|n| n >= 1.0)
+}
+
+/// More than the largest write batch: a PUT that has sent this much has a temp file on disk.
+const PAST_FIRST_BATCH: usize = 300 << 10;
+
 fn assert_refused(status: u16, what: &str) {
     assert!(matches!(status, 400 | 403 | 404), "{what}: expected 400/403/404, got {status}");
 }
@@ -183,7 +192,7 @@ fn aborted_put_of_a_new_file_leaves_nothing() {
     let root = site.root();
     let mut raw = Raw::connect(p.addr("webdav"));
     raw.send(head("PUT", "/recordings/new.opus", &[], Some(1_000_000)).as_bytes());
-    raw.send(&pattern(8 << 10, 1));
+    raw.send(&pattern(PAST_FIRST_BATCH, 1));
     assert!(wait_for(Duration::from_secs(5), || !temps(&root).is_empty()), "the upload never started");
     raw.stream.shutdown(Shutdown::Both).unwrap();
     drop(raw);
@@ -205,7 +214,7 @@ fn aborted_put_of_an_existing_file_keeps_the_old_version() {
 
     let replacement = pattern(1_000_000, 9);
     // More than one write batch, so some bytes have reached the temp file.
-    let raw = start_slow_put(p.addr("webdav"), "/recordings/f.opus", &replacement, 200 << 10);
+    let raw = start_slow_put(p.addr("webdav"), "/recordings/f.opus", &replacement, PAST_FIRST_BATCH);
     assert!(wait_for(Duration::from_secs(5), || !temps(&root).is_empty()), "the upload never started");
     raw.stream.shutdown(Shutdown::Both).unwrap();
     drop(raw);
@@ -225,11 +234,11 @@ fn get_during_a_slow_put_sees_the_previous_version_until_commit() {
     let root = site.root();
     let c = http();
     let old = pattern(50_000, 5);
-    let new = pattern(100_000, 11);
-    let fresh = pattern(100_000, 13);
+    let new = pattern(2 * PAST_FIRST_BATCH, 11);
+    let fresh = pattern(2 * PAST_FIRST_BATCH, 13);
     assert_eq!(put(&c, &p, "/recordings/f.opus", &old), 201);
 
-    let half = 50_000;
+    let half = PAST_FIRST_BATCH;
     let mut replacing = start_slow_put(p.addr("webdav"), "/recordings/f.opus", &new, half);
     let mut creating = start_slow_put(p.addr("webdav"), "/recordings/g.opus", &fresh, half);
     assert!(wait_for(Duration::from_secs(5), || temps(&root).len() == 2), "uploads never started");
@@ -571,7 +580,7 @@ fn body_idle_timeout_aborts_a_stalled_put() {
     let p = site.start();
     let root = site.root();
     let mut raw = start_slow_put(p.addr("webdav"), "/recordings/stalled", &pattern(1000, 37), 100);
-    assert!(wait_for(Duration::from_secs(5), || !temps(&root).is_empty()), "the upload never started");
+    assert!(wait_for(Duration::from_secs(5), || upload_in_flight(&p)), "the upload never started");
     // The socket stays open: only the server's timer can end this upload.
     let cleaned = wait_for(Duration::from_secs(5), || temps(&root).is_empty());
     assert!(cleaned, "stalled upload still holds its temp file: {:?}", dir_entries(&root));
@@ -687,7 +696,7 @@ fn kill9_during_put_then_restart_sweeps_the_temp_file() {
     let old = pattern(30_000, 41);
     assert_eq!(put(&c, &p, "/recordings/f.opus", &old), 201);
     let new = pattern(1 << 20, 43);
-    let _raw = start_slow_put(p.addr("webdav"), "/recordings/f.opus", &new, 200 << 10);
+    let _raw = start_slow_put(p.addr("webdav"), "/recordings/f.opus", &new, PAST_FIRST_BATCH);
     assert!(wait_for(Duration::from_secs(5), || !temps(&root).is_empty()), "the upload never started");
     p.kill9();
     assert_eq!(temps(&root).len(), 1, "kill -9 should leave the temp file for the sweep");
@@ -706,7 +715,6 @@ fn kill9_during_put_then_restart_sweeps_the_temp_file() {
 #[test]
 fn metrics_and_health_report_the_webdav_role() {
     let site = Site::new("metrics");
-    let root = site.root();
     let p = site.start();
     let c = http();
     let body = pattern(1234, 47);
@@ -714,7 +722,7 @@ fn metrics_and_health_report_the_webdav_role() {
     assert_eq!(get(&c, &p, "/recordings/a").0, 200);
     assert_eq!(get(&c, &p, "/recordings/none").0, 404);
     let raw = start_slow_put(p.addr("webdav"), "/recordings/aborted", &pattern(100_000, 1), 1000);
-    assert!(wait_for(Duration::from_secs(5), || !temps(&root).is_empty()), "the upload never started");
+    assert!(wait_for(Duration::from_secs(5), || upload_in_flight(&p)), "the upload never started");
     raw.stream.shutdown(Shutdown::Both).unwrap();
     drop(raw);
 
