@@ -254,9 +254,40 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// What `events` log in the text format without timestamps, with `PlainFields` or with
+/// tracing-subscriber's `DefaultFields`, for tests that compare formatters.
+#[cfg(test)]
+pub(crate) fn capture_text(plain: bool, events: impl Fn()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let base = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .without_time()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone());
+    if plain {
+        tracing::subscriber::with_default(base.fmt_fields(PlainFields).finish(), events);
+    } else {
+        tracing::subscriber::with_default(base.finish(), events);
+    }
+    let bytes = buf.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
 
     #[test]
     fn timestamps_and_digits_are_written_as_the_text_subscriber_writes_them() {
@@ -282,25 +313,8 @@ mod tests {
 
     /// Formats the same events with `DefaultFields` and with `PlainFields`.
     fn both(events: impl Fn()) -> (String, String) {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let (a, b) = (Buf::default(), Buf::default());
-        let (wa, wb) = (a.clone(), b.clone());
-        let base = || tracing_subscriber::fmt().with_ansi(false).without_time().with_max_level(tracing::Level::TRACE);
-        tracing::subscriber::with_default(base().with_writer(move || wa.clone()).finish(), &events);
-        let plain = base().with_writer(move || wb.clone()).fmt_fields(super::PlainFields).finish();
-        tracing::subscriber::with_default(plain, &events);
-        let text = |b: Buf| String::from_utf8(b.0.lock().unwrap().clone()).unwrap();
-        (text(a), text(b))
+        let default = super::capture_text(false, &events);
+        (default, super::capture_text(true, &events))
     }
 
     #[test]

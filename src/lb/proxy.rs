@@ -710,18 +710,6 @@ mod tests {
 
     #[test]
     fn access_fields_written_directly_are_those_tracing_writes() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         let ms = |n: u64| Duration::from_micros(n);
         let two = [
@@ -784,16 +772,7 @@ mod tests {
             },
         ];
         for line in &lines {
-            let buf = Buf::default();
-            let writer = buf.clone();
-            let subscriber = tracing_subscriber::fmt()
-                .with_ansi(false)
-                .without_time()
-                .fmt_fields(crate::telemetry::PlainFields)
-                .with_writer(move || writer.clone())
-                .finish();
-            tracing::subscriber::with_default(subscriber, || line.trace());
-            let traced = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+            let traced = crate::telemetry::capture_text(true, || line.trace());
             let mut direct = String::new();
             line.push_fields(&mut direct);
             assert_eq!(traced, format!(" INFO access: {direct}\n"));

@@ -178,19 +178,9 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
         return;
     }
     let dir = TempDir::new("sandbox-all");
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["--role", "all"])
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let (line, mut child) = start_sandbox_all(dir.path());
     assert_eq!(
-        line.trim(),
+        line,
         "READY webdav=127.0.0.1:8000 admin=127.0.0.1:9650 excp=127.0.0.1:13650 exrp=127.0.0.1:18080 \
          lb.excp=127.0.0.1:3650 lb.exrp=127.0.0.1:8080"
     );

@@ -90,17 +90,7 @@ fn status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_pho
         return;
     }
     let dir = TempDir::new("status-page");
-    let mut sandbox = KillOnDrop(
-        Command::new(BIN)
-            .args(["--role", "all"])
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(sandbox.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let (line, mut sandbox) = start_sandbox_all(dir.path());
     assert!(line.starts_with("READY "), "{line}");
 
     let c = client();

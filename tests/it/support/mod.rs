@@ -310,6 +310,24 @@ pub fn sandbox_ports_or_skip(ports: &[u16]) -> bool {
     false
 }
 
+/// `exec-allinone --role all` with no config in `dir`, once its READY line is out: the line
+/// and the process (killed when dropped).
+pub fn start_sandbox_all(dir: &Path) -> (String, KillOnDrop) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--role", "all"])
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start exec-allinone --role all"),
+    );
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("READY line");
+    (line.trim().to_string(), child)
+}
+
 /// A child process killed when the test ends, passing or panicking, so a failed test never
 /// leaves a sandbox holding the fixed ports.
 pub struct KillOnDrop(pub std::process::Child);
