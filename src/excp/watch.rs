@@ -102,29 +102,73 @@ async fn list(excp: &Excp, url: &str, auth: &str) -> Result<HashSet<String>, Str
     file_names(&reply.body)
 }
 
-/// The file names (not collections) in a PROPFIND depth-1 multistatus.
+/// The file names (not collections) in a PROPFIND depth-1 multistatus, read as a stream of
+/// events: a tree of the whole listing would cost a few KiB per file every `poll_interval`
+/// (see `dav_client::parse_multistatus`). Names are matched without regard to namespaces.
 pub fn file_names(xml: &[u8]) -> Result<HashSet<String>, String> {
-    let root = xmltree::Element::parse(xml).map_err(|e| format!("not a multistatus: {e}"))?;
+    use xml::reader::XmlEvent;
+    let mut r = xml::ParserConfig::new().create_reader(xml);
     let mut names = HashSet::new();
-    for response in root.children.iter().filter_map(|n| n.as_element()).filter(|e| e.name == "response") {
-        let Some(href) = response.get_child("href").and_then(|h| h.get_text()) else { continue };
-        let is_collection = response
-            .children
-            .iter()
-            .filter_map(|n| n.as_element())
-            .filter(|e| e.name == "propstat")
-            .filter_map(|p| p.get_child("prop")?.get_child("resourcetype"))
-            .any(|rt| rt.get_child("collection").is_some());
-        if is_collection || href.ends_with('/') {
-            continue;
-        }
-        let last = href.rsplit('/').next().unwrap_or_default();
-        let name = percent_encoding::percent_decode_str(last).decode_utf8_lossy().into_owned();
-        if !name.is_empty() {
-            names.insert(name);
+    // Local names of the open elements, the root first.
+    let mut open: Vec<String> = Vec::new();
+    // Of the response being read: the text of its first href (None: no text), whether one was
+    // seen, whether its first prop's first resourcetype holds a collection.
+    let (mut href, mut href_seen, mut in_href, mut collection) = (None::<String>, false, false, false);
+    // Inside the current propstat: a prop was seen; inside that prop: a resourcetype was seen.
+    let (mut prop_seen, mut resourcetype_seen) = (false, false);
+    // The element at each depth is the first of its kind that counts (prop, resourcetype).
+    let (mut in_first_prop, mut in_first_resourcetype) = (false, false);
+    loop {
+        match r.next().map_err(|e| format!("not a multistatus: {e}"))? {
+            XmlEvent::StartElement { name, .. } => {
+                let local = name.local_name;
+                match (open.len(), local.as_str()) {
+                    (1, "response") => {
+                        (href, href_seen, collection) = (None, false, false);
+                    }
+                    (2, "href") if open[1] == "response" && !href_seen => {
+                        (href_seen, in_href) = (true, true);
+                    }
+                    (2, "propstat") if open[1] == "response" => prop_seen = false,
+                    (3, "prop") if open[2] == "propstat" && !prop_seen => {
+                        (prop_seen, in_first_prop, resourcetype_seen) = (true, true, false);
+                    }
+                    (4, "resourcetype") if in_first_prop && !resourcetype_seen => {
+                        (resourcetype_seen, in_first_resourcetype) = (true, true);
+                    }
+                    (5, "collection") if in_first_resourcetype => collection = true,
+                    _ => {}
+                }
+                open.push(local);
+            }
+            XmlEvent::Characters(t) | XmlEvent::CData(t) if in_href && open.len() == 3 => {
+                href.get_or_insert_with(String::new).push_str(&t);
+            }
+            XmlEvent::EndElement { .. } => {
+                open.pop();
+                match open.len() {
+                    2 => in_href = false,
+                    3 => in_first_prop = false,
+                    4 => in_first_resourcetype = false,
+                    _ => {}
+                }
+                if open.len() == 1
+                    && let Some(href) = href.take()
+                {
+                    if collection || href.ends_with('/') {
+                        continue;
+                    }
+                    let last = href.rsplit('/').next().unwrap_or_default();
+                    let name = percent_encoding::percent_decode_str(last).decode_utf8_lossy().into_owned();
+                    if !name.is_empty() {
+                        names.insert(name);
+                    }
+                }
+            }
+            XmlEvent::EndDocument => return Ok(names),
+            _ => {}
         }
     }
-    Ok(names)
 }
 
 #[cfg(test)]
@@ -153,5 +197,21 @@ mod tests {
         let names = file_names(xml).unwrap();
         assert_eq!(names.into_iter().collect::<Vec<_>>(), ["CALL1_a b.opus"]);
         assert!(file_names(b"not xml").is_err());
+    }
+
+    #[test]
+    fn listing_reads_the_first_href_and_the_first_prop_as_a_tree_did() {
+        // Apache's prefixes, a second href, a collection only in a second prop (not looked at)
+        // or deeper than resourcetype, a response without href text, an href split by a comment.
+        let xml = br#"<?xml version="1.0"?>
+<D:multistatus xmlns:D="DAV:" xmlns:lp1="DAV:">
+<D:response><D:href>/r/A_1.opus</D:href><D:href>/r/B_1.opus</D:href><D:propstat><D:prop><lp1:resourcetype/></D:prop><D:prop><lp1:resourcetype><D:collection/></lp1:resourcetype></D:prop></D:propstat></D:response>
+<D:response><D:href>/r/C_1.<!-- c -->opus</D:href><D:propstat><D:prop><lp1:resourcetype><D:x><D:collection/></D:x></lp1:resourcetype></D:prop></D:propstat></D:response>
+<D:response><D:href></D:href></D:response>
+<D:response><D:href>/r/D_1.opus</D:href><D:propstat><D:prop><lp1:resourcetype><D:collection/></lp1:resourcetype></D:prop></D:propstat></D:response>
+</D:multistatus>"#;
+        let mut names = file_names(xml).unwrap().into_iter().collect::<Vec<_>>();
+        names.sort();
+        assert_eq!(names, ["A_1.opus", "C_1.opus"]);
     }
 }
