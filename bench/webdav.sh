@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # WebDAV benchmark: Apache 2.4 mod_dav_fs vs nginx dav(+dav-ext) vs exec-allinone --role webdav.
 #
-#   bench/webdav.sh [--quick] [--reps N] [--servers LIST] [--no-build] [--out FILE]
+#   bench/webdav.sh [--quick] [--reps N] [--servers LIST] [--fresh-fs] [--no-build] [--out FILE]
 #
 #   --quick          short smoke run (small counts, 1 repetition, 100 slow uploads over 3 s)
 #   --reps N         repetitions per measurement (default 3; the median is reported)
 #   --servers LIST   comma list of apache,nginx,exec,exec-nofsync (default: all four;
 #                    "exec" is exec-allinone with fsync = true, "exec-nofsync" with fsync = false)
+#   --fresh-fs       every server start gets its own new ext4 file system (a sparse 8 GiB image,
+#                    mkfs.ext4, loop-mounted; needs root): small-PUT rates depend on how worn the
+#                    file system's inode tables are (bench/README.md), this compares like with like
 #   --no-build       do not run cargo; use $DAVLOAD / $EXEC_BIN or existing target/release files
 #   --out FILE       where to write the markdown table (default bench/results/webdav-<date>.md)
 #
@@ -25,12 +28,14 @@ REPS=3
 SERVERS="apache,nginx,exec,exec-nofsync"
 BUILD=1
 OUT=""
+FRESH_FS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --quick) QUICK=1 ;;
         --reps) REPS=$2; shift ;;
         --servers) SERVERS=$2; shift ;;
         --no-build) BUILD=0 ;;
+        --fresh-fs) FRESH_FS=1 ;;
         --out) OUT=$2; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1" >&2; exit 1 ;;
@@ -113,6 +118,7 @@ cleanup() {
     [[ -n ${DL_PID:-} ]] && kill "$DL_PID" 2>/dev/null || true
     [[ -n ${SAMPLER_PID:-} ]] && kill "$SAMPLER_PID" 2>/dev/null || true
     stop_server || true
+    unmount_dir
     [[ -n ${KEEP_WORK:-} ]] || rm -rf "$WORK"
     exit $rc
 }
@@ -127,10 +133,14 @@ htpasswd -cbm "$WORK/htpasswd" "$BENCH_USER" "$BENCH_PASS" 2>/dev/null
 chmod 644 "$WORK/htpasswd"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Listen ports below the ephemeral range: a port the client or a server is using for an
+# outgoing connection (or that sits in TIME_WAIT) cannot be bound, and davload makes many.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+[[ $EPHEMERAL_LOW -gt 12000 ]] || die "ip_local_port_range starts at $EPHEMERAL_LOW; need room below it for listeners"
 free_port() {
     local p
     for _ in $(seq 200); do
-        p=$((20000 + RANDOM % 30000))
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
         port_busy "$p" || { echo "$p"; return; }
     done
     die "no free port"
@@ -145,8 +155,15 @@ wait_port() { # port pid
 }
 
 # Fresh data dir for one server start: $SDIR/{data/recordings,run}
+MOUNTED=""
 new_dir() {
     SDIR=$(mktemp -d "$WORK/$1.XXXX")
+    if [[ $FRESH_FS == 1 ]]; then
+        truncate -s 8G "$SDIR.img"
+        mkfs.ext4 -q -F "$SDIR.img"
+        mount -o loop "$SDIR.img" "$SDIR"
+        MOUNTED=$SDIR
+    fi
     chmod 755 "$SDIR"
     mkdir -p "$SDIR/data/recordings" "$SDIR/run"
     [[ -n $RUN_AS ]] && chown -R "$RUN_AS:$RUN_GROUP" "$SDIR/data" "$SDIR/run"
@@ -281,6 +298,14 @@ EOF
     SERVER_URL="http://$addr/recordings/bench"
 }
 
+# The fresh file system of the last server start, if any: unmounted and its image removed.
+unmount_dir() {
+    [[ -n $MOUNTED ]] || return 0
+    umount "$MOUNTED" 2>/dev/null || umount -l "$MOUNTED" 2>/dev/null || true
+    rm -f "$MOUNTED.img"
+    MOUNTED=""
+}
+
 start_server() {
     case "$1" in
         apache) start_apache ;;
@@ -301,6 +326,7 @@ stop_server() {
     kill -KILL "$SERVER_PID" 2>/dev/null || true
     wait "$SERVER_PID" 2>/dev/null || true
     SERVER_PID=""
+    unmount_dir
 }
 
 # PIDs of a process and all its descendants.
@@ -476,6 +502,7 @@ want exec-nofsync && EXECS+=(exec-nofsync)
     want_exec && vers+=", $(timeout 5 "$EXEC_BIN" --version 2>/dev/null | head -n1 || true)"
     echo "$vers; load average at start: $LOAD_START."
     [[ -n $LOAD_WARN ]] && echo "**$LOAD_WARN**"
+    [[ $FRESH_FS == 1 ]] && echo "Each server start had its own new ext4 file system (8 GiB sparse image, loop-mounted, \`--fresh-fs\`)."
     echo "Median of $REPS run(s)$([[ $QUICK == 1 ]] && echo " (**--quick** smoke run: small counts, not comparable)"). c = concurrency; MB = 10^6 bytes;"
     echo "ratios are exec-allinone / reference (for 'higher' rows >1 is better, for 'lower' rows <1 is better)."
     echo
