@@ -192,14 +192,11 @@ impl AccessLine<'_> {
 /// `Secs` without the formatting machinery (but for its rare tie case).
 fn push_secs(out: &mut String, d: Option<Duration>) {
     let Some(d) = d else { return out.push('-') };
-    // Whole seconds and the fraction apart: u128 division (`as_nanos`) costs more than the rest.
-    let frac = u64::from(d.subsec_nanos());
-    if frac % 1_000_000 == 500_000 {
+    let Some(ms) = Secs::millis(d) else {
         use std::fmt::Write as _;
         let _ = write!(out, "{}", Secs(Some(d)));
         return;
-    }
-    let ms = d.as_secs().saturating_mul(1000).saturating_add((frac + 500_000) / 1_000_000);
+    };
     crate::telemetry::push_digits(out, ms / 1000, 1);
     out.push('.');
     crate::telemetry::push_digits(out, ms % 1000, 3);
@@ -266,16 +263,24 @@ impl fmt::Display for Column<'_> {
 /// Seconds with millisecond resolution ("0.012"), or "-".
 struct Secs(Option<Duration>);
 
+impl Secs {
+    /// Milliseconds rounded half up, or None on an exact tie, which the float formatting
+    /// rounds its own way. Whole seconds and the fraction apart: u128 division (`as_nanos`)
+    /// costs more than the rest on the access-log path.
+    fn millis(d: Duration) -> Option<u64> {
+        let frac = u64::from(d.subsec_nanos());
+        (frac % 1_000_000 != 500_000)
+            .then(|| d.as_secs().saturating_mul(1000).saturating_add((frac + 500_000) / 1_000_000))
+    }
+}
+
 impl fmt::Display for Secs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Some(d) = self.0 else { return f.write_str("-") };
-        let nanos = d.as_nanos();
-        if nanos % 1_000_000 == 500_000 {
-            // A tie: round as the float formatting does.
-            return write!(f, "{:.3}", d.as_secs_f64());
+        match Secs::millis(d) {
+            Some(ms) => write!(f, "{}.{:03}", ms / 1000, ms % 1000),
+            None => write!(f, "{:.3}", d.as_secs_f64()),
         }
-        let ms = (nanos + 500_000) / 1_000_000;
-        write!(f, "{}.{:03}", ms / 1000, ms % 1000)
     }
 }
 
