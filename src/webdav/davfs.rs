@@ -165,7 +165,6 @@ impl DavFileSystem for DavStore {
                 }
                 // Lookups only; the temp file comes with the first batch (`Upload::write`).
                 let upload = store.begin_upload(&rel, size, create || create_new, create_new)?;
-                let store = Arc::clone(upload.store());
                 let file = UploadFile { upload: Some(upload), buf: BytesMut::new(), store, expected: size };
                 Ok(Box::new(file) as Box<dyn DavFile>)
             } else {

@@ -705,10 +705,6 @@ impl Upload {
         }
     }
 
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
-    }
-
     pub fn written(&self) -> u64 {
         self.written
     }
