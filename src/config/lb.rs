@@ -10,6 +10,8 @@ use super::{Section, TlsConfig};
 pub struct LbConfig {
     /// In the order of the file's pool names (TOML tables are sorted by name).
     pub pools: Vec<PoolConfig>,
+    /// Threads serving the pools (nginx `worker_processes`); 0 = one per CPU.
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +207,7 @@ impl LbConfig {
     pub(super) fn parse(table: &toml::Table, problems: &mut Vec<String>) -> LbConfig {
         let mut s = Section::new("lb", table, problems);
         let pools_table = s.table("pools");
+        let workers = s.count("workers", 0, 0..=1024);
         let defaults = PoolSettings::parse(&mut s, &PoolSettings::default());
         s.finish();
         let mut pools = Vec::new();
@@ -231,7 +234,7 @@ impl LbConfig {
                 }
             }
         }
-        LbConfig { pools }
+        LbConfig { pools, workers }
     }
 }
 

@@ -608,7 +608,8 @@ fn harmless(d: &Directive, ctx: Ctx) -> Option<&'static str> {
     const LOG: &str = "exec-allinone writes its own access log; see README";
     let arg = d.arg();
     Some(match (ctx, d.name.as_str()) {
-        (Main, "worker_processes" | "worker_rlimit_nofile" | "worker_cpu_affinity" | "user" | "pid" | "daemon") => PROC,
+        (Main, "worker_processes") => "the lb runs one worker thread per CPU; `[lb] workers` sets another count",
+        (Main, "worker_rlimit_nofile" | "worker_cpu_affinity" | "user" | "pid" | "daemon") => PROC,
         (Events, "worker_connections" | "use" | "multi_accept" | "accept_mutex" | "accept_mutex_delay") => PROC,
         (Main | Http | Server | Location, "error_log") | (Http | Server | Location, "access_log") => LOG,
         (Http, "log_format") => LOG,

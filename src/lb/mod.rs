@@ -96,15 +96,18 @@ impl Slot {
 
 pub struct Lb {
     slots: Vec<Arc<Slot>>,
+    /// Threads serving the pool listeners, each with a runtime of its own.
+    workers: usize,
     source: Option<PathBuf>,
 }
 
 impl Lb {
     /// Resolves every server name; nothing is bound yet.
     pub async fn prepare(config: &LbConfig, source: Option<PathBuf>) -> anyhow::Result<Arc<Lb>> {
+        let workers = worker_count(config.workers);
         let mut slots = Vec::new();
         for pc in &config.pools {
-            let pool = build_pool(pc).await?;
+            let pool = build_pool(pc, workers).await?;
             log_pool(&pool, pc);
             slots.push(Arc::new(Slot {
                 name: pc.name.clone(),
@@ -113,7 +116,7 @@ impl Lb {
                 current: RwLock::new(Arc::new(pool)),
             }));
         }
-        Ok(Arc::new(Lb { slots, source }))
+        Ok(Arc::new(Lb { slots, workers, source }))
     }
 
     /// The pools in config order with their listen addresses and TLS, for the app to bind.
@@ -132,40 +135,40 @@ impl Lb {
         for slot in &self.slots {
             health::start(&slot.pool(), &shutdown);
         }
-        let mut servers = tokio::task::JoinSet::new();
+        // Each worker thread runs its own single-threaded runtime and accepts on its own
+        // handle of every pool's socket: a client connection and the upstream connections of
+        // its requests then live on one thread, with no wake-ups or work stealing across
+        // threads (nginx's worker model). The rest of the process stays on the main runtime.
+        let mut sockets = Vec::new();
         for (slot, (listener, tls)) in self.slots.iter().zip(listeners) {
             if let Ok(addr) = listener.local_addr() {
                 let _ = slot.bound.set(addr);
             }
-            let pool = slot.pool();
-            let opts = ServerOptions {
-                name: "lb",
-                header_timeout: pool.settings.header_timeout,
-                tls,
-                grace,
-                // nginx 1.22 has no header count limit, only its 4 x 8 KiB buffers; hyper
-                // zeroes an index array of this many entries per request, so not 1000.
-                max_headers: 200,
-                max_header_size: 4 * 8192,
-            };
-            let slot = slot.clone();
-            let make = move |conn: ConnInfo| {
-                let slot = slot.clone();
-                hyper::service::service_fn(move |req| {
-                    let pool = slot.pool();
-                    proxy::handle(pool, conn.peer, req)
-                })
-            };
-            let token = shutdown.clone();
-            servers.spawn(async move { crate::http::serve(listener, opts, make, token).await });
+            sockets.push((slot.clone(), listener.into_std()?, tls));
         }
-        loop {
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
+        for i in 0..self.workers {
+            let mut mine = Vec::new();
+            for (slot, socket, tls) in &sockets {
+                mine.push((slot.clone(), socket.try_clone()?, tls.clone()));
+            }
+            let (token, done) = (shutdown.clone(), done_tx.clone());
+            std::thread::Builder::new()
+                .name(format!("lb-worker-{i}"))
+                .spawn(move || {
+                    upstream::set_worker(i);
+                    let _ = done.send(serve_worker(mine, grace, token));
+                })
+                .map_err(|e| anyhow::anyhow!("cannot start lb worker thread: {e}"))?;
+        }
+        drop((sockets, done_tx));
+        let mut running = self.workers;
+        while running > 0 {
             tokio::select! {
-                done = servers.join_next() => match done {
-                    None => break,
-                    Some(Ok(Ok(()))) => {}
-                    Some(Ok(Err(err))) => return Err(err),
-                    Some(Err(err)) => return Err(anyhow::anyhow!("pool listener task failed: {err}")),
+                done = done_rx.recv() => match done {
+                    None => return Err(anyhow::anyhow!("an lb worker thread ended without a result")),
+                    Some(Ok(())) => running -= 1,
+                    Some(Err(err)) => return Err(err),
                 },
                 signal = reload.recv() => {
                     if signal.is_ok() {
@@ -201,6 +204,9 @@ impl Lb {
             }
         };
         let Some(lb) = lb else { return };
+        if worker_count(lb.workers) != self.workers {
+            tracing::warn!("SIGHUP: lb.workers changed; a restart applies it");
+        }
         for pc in &lb.pools {
             let Some(slot) = self.slots.iter().find(|s| s.name == pc.name) else {
                 tracing::warn!(pool = %pc.name, "SIGHUP: new pool ignored; a new listener needs a restart");
@@ -209,7 +215,7 @@ impl Lb {
             if slot.listen != pc.listen {
                 tracing::warn!(pool = %pc.name, "SIGHUP: listen changed; a restart applies it. Servers are reloaded.");
             }
-            match build_pool(pc).await {
+            match build_pool(pc, self.workers).await {
                 Ok(pool) => {
                     log_pool(&pool, pc);
                     let pool = Arc::new(pool);
@@ -230,7 +236,61 @@ impl Lb {
     }
 }
 
-async fn build_pool(pc: &PoolConfig) -> anyhow::Result<Pool> {
+/// `lb.workers`, with 0 meaning one per CPU as nginx's `worker_processes auto`.
+fn worker_count(configured: usize) -> usize {
+    match configured {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// One worker thread: serves its handles of every pool's listener on a runtime of its own
+/// until `shutdown`, then drains.
+fn serve_worker(
+    sockets: Vec<(Arc<Slot>, std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start an lb worker runtime: {e}"))?;
+    runtime.block_on(async move {
+        let mut servers = tokio::task::JoinSet::new();
+        for (slot, socket, tls) in sockets {
+            let listener = TcpListener::from_std(socket)?;
+            let pool = slot.pool();
+            let opts = ServerOptions {
+                name: "lb",
+                header_timeout: pool.settings.header_timeout,
+                tls,
+                grace,
+                // nginx 1.22 has no header count limit, only its 4 x 8 KiB buffers; hyper
+                // zeroes an index array of this many entries per request, so not 1000.
+                max_headers: 200,
+                max_header_size: 4 * 8192,
+            };
+            let make = move |conn: ConnInfo| {
+                let slot = slot.clone();
+                hyper::service::service_fn(move |req| {
+                    let pool = slot.pool();
+                    proxy::handle(pool, conn.peer, req)
+                })
+            };
+            servers.spawn(crate::http::serve(listener, opts, make, shutdown.clone()));
+        }
+        while let Some(done) = servers.join_next().await {
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => return Err(err),
+                Err(err) => return Err(anyhow::anyhow!("pool listener task failed: {err}")),
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
     let mut peers = Vec::new();
     for server in &pc.servers {
         let (host, port) = split_host_port(&server.address).map_err(anyhow::Error::msg)?;
@@ -290,7 +350,7 @@ async fn build_pool(pc: &PoolConfig) -> anyhow::Result<Pool> {
         settings: pc.settings.clone(),
         host,
         balancer: Balancer::new(peers, Instant::now()),
-        connector: Connector::new(timeouts, keepalive),
+        connector: Connector::new(timeouts, keepalive, workers),
         metrics,
         probes: CancellationToken::new(),
     })

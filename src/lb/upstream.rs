@@ -64,11 +64,29 @@ pub struct Exchange {
     pub lease: Lease,
 }
 
+/// Idle connections of one pool on one worker thread.
+type IdleList = Arc<Mutex<VecDeque<Idle>>>;
+
+thread_local! {
+    /// The lb worker this thread is (0 elsewhere), so that a connection goes back to, and is
+    /// taken from, the idle list of the runtime that drives it.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as lb worker `index` (of `Connector::new`'s `workers`).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
 /// Connections of one pool.
 pub struct Connector {
     timeouts: Timeouts,
+    /// `max_idle` here is per worker: the configured count split among the workers.
     keepalive: Option<KeepAlive>,
-    idle: Arc<Mutex<VecDeque<Idle>>>,
+    /// One list per worker: a pooled connection's task runs on the runtime that opened it,
+    /// so a worker takes its own connections first. Another worker's comes next: a wake-up
+    /// across threads per read still costs less than a new connection.
+    idle: Box<[IdleList]>,
 }
 
 struct Live {
@@ -78,6 +96,8 @@ struct Live {
     task: AbortHandle,
     requests: u64,
     created: Instant,
+    /// The idle list of the worker whose runtime drives this connection.
+    home: IdleList,
 }
 
 struct Idle {
@@ -91,7 +111,6 @@ struct Idle {
 pub struct Lease {
     conn: Option<Live>,
     peer: usize,
-    idle: Arc<Mutex<VecDeque<Idle>>>,
     keepalive: Option<KeepAlive>,
 }
 
@@ -106,7 +125,7 @@ impl Lease {
             conn.task.abort();
             return;
         }
-        let idle = self.idle.clone();
+        let idle = conn.home.clone();
         let peer = self.peer;
         // Usually hyper has already seen the end of the response: park it now, so that a
         // request right behind this one finds it.
@@ -140,20 +159,22 @@ fn park(idle: &Mutex<VecDeque<Idle>>, peer: usize, conn: Live, max_idle: usize) 
 
 /// Closes pooled connections idle for longer than the timeout, as nginx's timer does; ends
 /// when the pool is dropped (reload, shutdown).
-fn spawn_reaper(idle: std::sync::Weak<Mutex<VecDeque<Idle>>>, timeout: Duration) {
+fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Duration) {
     let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(every).await;
-            let Some(idle) = idle.upgrade() else { return };
-            let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-            idle.retain(|entry| {
-                let keep = entry.since.elapsed() < timeout && !entry.conn.sender.is_closed();
-                if !keep {
-                    entry.conn.task.abort();
-                }
-                keep
-            });
+            for list in &lists {
+                let Some(idle) = list.upgrade() else { return };
+                let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.retain(|entry| {
+                    let keep = entry.since.elapsed() < timeout && !entry.conn.sender.is_closed();
+                    if !keep {
+                        entry.conn.task.abort();
+                    }
+                    keep
+                });
+            }
         }
     });
 }
@@ -167,35 +188,49 @@ impl Drop for Lease {
 }
 
 impl Connector {
-    pub fn new(timeouts: Timeouts, keepalive: Option<KeepAlive>) -> Connector {
-        let idle = Arc::new(Mutex::new(VecDeque::new()));
-        if let Some(ka) = &keepalive {
-            spawn_reaper(Arc::downgrade(&idle), ka.idle_timeout);
+    /// `keepalive.max_idle` is for the whole process; each of the `workers` keeps its share
+    /// (rounded up).
+    pub fn new(timeouts: Timeouts, mut keepalive: Option<KeepAlive>, workers: usize) -> Connector {
+        let idle: Box<[IdleList]> = (0..workers.max(1)).map(|_| IdleList::default()).collect();
+        if let Some(ka) = &mut keepalive {
+            ka.max_idle = ka.max_idle.div_ceil(idle.len());
+            spawn_reaper(idle.iter().map(Arc::downgrade).collect(), ka.idle_timeout);
         }
         Connector { timeouts, keepalive, idle }
     }
 
     pub fn idle_connections(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.idle.iter().map(|list| list.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
     }
 
     /// Closes every idle connection (shutdown, reload).
     pub fn close_idle(&self) {
-        for idle in self.idle.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-            idle.conn.task.abort();
+        for list in &self.idle {
+            for idle in list.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+                idle.conn.task.abort();
+            }
         }
+    }
+
+    /// The index of this thread's idle list.
+    fn worker(&self) -> usize {
+        WORKER.with(|w| w.get()).min(self.idle.len() - 1)
     }
 
     fn take_idle(&self, peer: usize) -> Option<Live> {
         let ka = self.keepalive.as_ref()?;
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Newest first: the one least likely to have been closed by the peer meanwhile.
-        while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
-            let Some(entry) = idle.remove(pos) else { break };
-            if entry.since.elapsed() < ka.idle_timeout && entry.conn.sender.is_ready() {
-                return Some(entry.conn);
+        let local = self.worker();
+        let others = self.idle.iter().enumerate().filter(|(i, _)| *i != local).map(|(_, list)| list);
+        for list in std::iter::once(&self.idle[local]).chain(others) {
+            let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
+            // Newest first: the one least likely to have been closed by the peer meanwhile.
+            while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
+                let Some(entry) = idle.remove(pos) else { break };
+                if entry.since.elapsed() < ka.idle_timeout && entry.conn.sender.is_ready() {
+                    return Some(entry.conn);
+                }
+                entry.conn.task.abort();
             }
-            entry.conn.task.abort();
         }
         None
     }
@@ -297,7 +332,8 @@ impl Connector {
         match sender.send_request(request).await {
             Ok(response) => {
                 guard.disarm();
-                let conn = Live { sender, active, task, requests: 1, created: started };
+                let home = self.idle[self.worker()].clone();
+                let conn = Live { sender, active, task, requests: 1, created: started, home };
                 let lease = self.lease(peer, conn);
                 let response = response.map(|body| UpstreamBody::new(body, None));
                 Ok(Exchange { response, connect_time, reused: false, lease })
@@ -336,7 +372,7 @@ impl Connector {
         match result {
             Ok(response) => {
                 let response = response.map(|body| UpstreamBody::new(body, conn));
-                let lease = Lease { conn: None, peer, idle: self.idle.clone(), keepalive: None };
+                let lease = Lease { conn: None, peer, keepalive: None };
                 Ok(Exchange { response, connect_time, reused: false, lease })
             }
             Err(err) => Err(AttemptError {
@@ -350,7 +386,7 @@ impl Connector {
     }
 
     fn lease(&self, peer: usize, conn: Live) -> Lease {
-        Lease { conn: Some(conn), peer, idle: self.idle.clone(), keepalive: self.keepalive.clone() }
+        Lease { conn: Some(conn), peer, keepalive: self.keepalive.clone() }
     }
 }
 
