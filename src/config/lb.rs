@@ -559,9 +559,11 @@ mod tests {
             [lb]
             next_upstream = ["error", "sometimes"]
             colour = 1
+            workers = -2
             [lb.pools.excp]
             servers = ["10.0.0.1", "[::1]:x", { address = "a:1", weight = 0, typo = 1 }]
             read_timeout = "0s"
+            workers = 2
             [lb.pools.empty]
             listen = "127.0.0.1:0"
             servers = []
@@ -570,6 +572,9 @@ mod tests {
         for needle in [
             "lb.next_upstream: unknown condition \"sometimes\"",
             "lb.colour: unknown key",
+            "lb.workers:",
+            // One count for the process: a pool has no threads of its own.
+            "lb.pools.excp.workers: unknown key",
             "lb.pools.excp.listen: is required",
             "needs a port",
             "lb.pools.excp.servers[2].weight",

@@ -28,6 +28,10 @@ use super::retry::Failure;
 /// nginx's `proxy_buffer_size` (one page): a longer response head is `invalid_header`.
 const MAX_RESPONSE_HEAD: usize = 4096;
 
+/// How long a request waits for a pooled connection still finishing its last response (its
+/// runtime normally gets to it within microseconds) before it closes it and goes on.
+const PENDING_READY: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Clone)]
 pub struct Timeouts {
     pub connect: Duration,
@@ -116,7 +120,7 @@ pub struct Lease {
 
 impl Lease {
     pub fn release(mut self, complete: bool) {
-        let Some(mut conn) = self.conn.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         let Some(ka) = self.keepalive.clone() else {
             conn.task.abort();
             return;
@@ -125,30 +129,19 @@ impl Lease {
             conn.task.abort();
             return;
         }
-        let idle = conn.home.clone();
-        let peer = self.peer;
-        // Usually hyper has already seen the end of the response: park it now, so that a
-        // request right behind this one finds it.
-        if conn.sender.is_ready() {
-            park(&idle, peer, conn, ka.max_idle);
-            return;
-        }
-        // Otherwise it becomes ready shortly; a peer that said `Connection: close` (or sent
-        // bytes past the body) never gets there.
-        tokio::spawn(async move {
-            let ready = tokio::time::timeout(Duration::from_secs(1), conn.sender.ready()).await;
-            if !matches!(ready, Ok(Ok(()))) {
-                conn.task.abort();
-                return;
-            }
-            park(&idle, peer, conn, ka.max_idle);
-        });
+        // Parked at once, even if hyper has not yet seen the end of the response (then it is
+        // ready a moment later, or closed if the peer said `Connection: close`): a request
+        // right behind this one, on any worker, finds it.
+        let home = conn.home.clone();
+        park(&home, self.peer, conn, ka.max_idle);
     }
 }
 
 fn park(idle: &Mutex<VecDeque<Idle>>, peer: usize, conn: Live, max_idle: usize) {
     conn.active.store(false, Ordering::Relaxed);
     let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+    // Connections the peer closed meanwhile must not push live ones out.
+    idle.retain(|entry| !entry.conn.sender.is_closed());
     idle.push_back(Idle { peer, conn, since: Instant::now() });
     while idle.len() > max_idle {
         if let Some(old) = idle.pop_front() {
@@ -199,8 +192,12 @@ impl Connector {
         Connector { timeouts, keepalive, idle }
     }
 
+    /// Idle connections ready for a request (not those still finishing their last response).
     pub fn idle_connections(&self) -> usize {
-        self.idle.iter().map(|list| list.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        let ready = |list: &IdleList| {
+            list.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|i| i.conn.sender.is_ready()).count()
+        };
+        self.idle.iter().map(ready).sum()
     }
 
     /// Closes every idle connection (shutdown, reload).
@@ -217,7 +214,22 @@ impl Connector {
         WORKER.with(|w| w.get()).min(self.idle.len() - 1)
     }
 
-    fn take_idle(&self, peer: usize) -> Option<Live> {
+    /// The newest idle connection to `peer` that is ready for a request.
+    async fn take_idle(&self, peer: usize) -> Option<Live> {
+        loop {
+            let mut conn = self.pop_idle(peer)?;
+            if conn.sender.is_ready() {
+                return Some(conn);
+            }
+            // Parked as its last response ended: ready as soon as its runtime sees that end.
+            match tokio::time::timeout(PENDING_READY, conn.sender.ready()).await {
+                Ok(Ok(())) => return Some(conn),
+                _ => conn.task.abort(),
+            }
+        }
+    }
+
+    fn pop_idle(&self, peer: usize) -> Option<Live> {
         let ka = self.keepalive.as_ref()?;
         let local = self.worker();
         let others = self.idle.iter().enumerate().filter(|(i, _)| *i != local).map(|(_, list)| list);
@@ -226,7 +238,7 @@ impl Connector {
             // Newest first: the one least likely to have been closed by the peer meanwhile.
             while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
                 let Some(entry) = idle.remove(pos) else { break };
-                if entry.since.elapsed() < ka.idle_timeout && entry.conn.sender.is_ready() {
+                if entry.since.elapsed() < ka.idle_timeout && !entry.conn.sender.is_closed() {
                     return Some(entry.conn);
                 }
                 entry.conn.task.abort();
@@ -242,7 +254,7 @@ impl Connector {
         addr: SocketAddr,
         mut request: Request<Full<Bytes>>,
     ) -> Result<Exchange, AttemptError> {
-        while let Some(mut conn) = self.take_idle(peer) {
+        while let Some(mut conn) = self.take_idle(peer).await {
             conn.active.store(true, Ordering::Relaxed);
             conn.requests += 1;
             let guard = AbortOnDrop(Some(conn.task.clone()));

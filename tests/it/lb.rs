@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::backend::{Backends, Behaviour, Seen};
-use crate::support::{BIN, Proc, TempDir, metric, raw_request, wait_timeout};
+use crate::support::{BIN, Proc, TempDir, metric, raw_request, wait_timeout, wait_until};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -671,6 +671,33 @@ fn back_to_back_requests_to_one_server_reuse_one_connection() {
     let per_connection: Vec<u64> = backends.seen().iter().map(|s| s.on_connection).collect();
     assert_eq!(per_connection, [1, 2, 3, 4, 5]);
     assert_eq!(backends.connections("A"), 1);
+}
+
+/// `[lb] workers` threads serve the pools, each accepting client connections; a pooled
+/// upstream connection is reused whichever worker accepted the client (its own list first,
+/// then the others'), so sequential requests still need one upstream connection.
+#[test]
+fn workers_serve_the_pools_and_share_idle_connections() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let toml = format!("{ADMIN}[lb]\nworkers = 3\n{}", pool("excp", &[a], &["keepalive = true"]));
+    let lb = Lb::start("workers", &toml);
+    let task_dir = format!("/proc/{}/task", lb.proc.child.id());
+    let workers = || {
+        std::fs::read_dir(&task_dir)
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("comm")).ok())
+            .filter(|name| name.starts_with("lb-worker-"))
+            .count()
+    };
+    // The listeners are bound before READY; the threads that accept on them start just after.
+    wait_until("3 threads named lb-worker-*", Duration::from_secs(5), || workers() == 3);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(workers(), 3, "threads named lb-worker-* in {task_dir}");
+    for _ in 0..12 {
+        assert_eq!(lb.get("excp", "/").body, "A");
+    }
+    assert_eq!(backends.connections("A"), 1, "{:?}", backends.seen());
 }
 
 /// example.toml: `keepalive_timeout`: "an idle pooled connection is closed after this"; nginx
