@@ -542,7 +542,7 @@ want nginx-ka && want exec-ka32 && PAIRS+=("nginx-ka exec-ka32 keep-alive, exec-
     echo "Median of $REPS run(s) of ${DURATION} s each after ${WARMUP} s of warm-up, servers interleaved$([[ $QUICK == 1 ]] && echo " (**--quick** smoke run, not comparable)")."
     echo "Load: postload (one thread), c = persistent HTTP/1.1 keep-alive connections, each sending 1 KiB JSON POSTs back to back."
     echo "Backends: 2 nginx (1 worker each) answering 200 with a 36-byte JSON body, the same two for every server."
-    echo "Proxies: nginx worker_processes $NCPU, exec-allinone's default runtime ($NCPU worker threads); round robin over both"
+    echo "Proxies: nginx worker_processes $NCPU, exec-allinone's default lb.workers ($NCPU worker threads, one runtime each); round robin over both"
     echo "backends, max_fails=0, next_upstream_tries 3. Access log $([[ $ACCESS_LOG == 1 ]] && echo "**on** for both proxies (one line per request to a file): the figures include logging" || echo "off for both proxies")."
     echo "CPU pinning: client ${PIN_CLIENT:-none}, proxies ${PIN_PROXY:-none}, backends ${PIN_BACKENDS:-none}: client, proxy and backends share the $NCPU cores."
     echo "Latencies in µs, client side, from sending the request to the last body byte. Ratios are exec-allinone / nginx:"
