@@ -474,7 +474,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
 /// Passes a backend response on, as nginx does: its status and body, its headers minus the
 /// hop-by-hop ones and those the proxy writes itself.
 fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Response<ProxyBody> {
-    let Exchange { response, lease, .. } = ex;
+    let Exchange { response, .. } = ex;
     let (mut parts, body) = response.into_parts();
     for name in NOT_PASSED_BACK {
         parts.headers.remove(name);
@@ -491,10 +491,8 @@ fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Insta
     parts.version = Version::HTTP_11;
     let status = parts.status.as_u16();
     let expected = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
-    let done: Box<dyn FnOnce(u64, bool) + Send> = Box::new(move |bytes, complete| {
-        lease.release(complete);
-        log.write(status, bytes, complete, Some(t0.elapsed()));
-    });
+    let done: Box<dyn FnOnce(u64, bool) + Send> =
+        Box::new(move |bytes, complete| log.write(status, bytes, complete, Some(t0.elapsed())));
     Response::from_parts(parts, CountingBody::new(Either::Right(body), expected, done))
 }
 

@@ -20,7 +20,6 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 
 use super::retry::Failure;
@@ -60,12 +59,11 @@ pub struct AttemptError {
     pub detail: String,
 }
 
-/// A response head from a peer, with the connection it came on.
+/// A response head from a peer; its body carries the connection it came on.
 pub struct Exchange {
     pub response: Response<UpstreamBody>,
     pub connect_time: Duration,
     pub reused: bool,
-    pub lease: Lease,
 }
 
 /// Idle connections of one pool on one worker thread.
@@ -73,7 +71,7 @@ type IdleList = Arc<Mutex<VecDeque<Idle>>>;
 
 thread_local! {
     /// The lb worker this thread is (0 elsewhere), so that a connection goes back to, and is
-    /// taken from, the idle list of the runtime that drives it.
+    /// taken from, the idle list of the runtime its socket is registered with.
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
@@ -87,21 +85,55 @@ pub struct Connector {
     timeouts: Timeouts,
     /// `max_idle` here is per worker: the configured count split among the workers.
     keepalive: Option<KeepAlive>,
-    /// One list per worker: a pooled connection's task runs on the runtime that opened it,
-    /// so a worker takes its own connections first. Another worker's comes next: a wake-up
-    /// across threads per read still costs less than a new connection.
+    /// One list per worker: a socket's readiness comes from the runtime that opened it, so a
+    /// worker takes its own connections first. Another worker's comes next: a wake-up across
+    /// threads per read still costs less than a new connection.
     idle: Box<[IdleList]>,
 }
 
+/// Boxed: a request moves its connection around (into the response body, back to the pool),
+/// and hyper's connection state is large enough for those moves to show as copies.
+type Conn = Box<http1::Connection<TokioIo<TimedIo>, Full<Bytes>>>;
+
+/// An upstream connection. It has no task of its own: whoever holds it drives it (the
+/// request's task while a request is on it, the next taker when it comes out of the pool),
+/// so a request and its upstream connection never wake each other across tasks. Dropping it
+/// closes the connection.
 struct Live {
     sender: SendRequest<Full<Bytes>>,
+    /// None once hyper is done with the connection (closed, or failed).
+    conn: Option<Conn>,
     /// Arms the read/write timers; false while the connection idles in the pool.
     active: Arc<AtomicBool>,
-    task: AbortHandle,
     requests: u64,
     created: Instant,
-    /// The idle list of the worker whose runtime drives this connection.
+    /// The idle list of the worker whose runtime the socket is registered with.
     home: IdleList,
+}
+
+impl Live {
+    /// Polls `fut` while driving the connection.
+    async fn drive_with<T>(conn: &mut Option<Conn>, fut: impl Future<Output = T>) -> T {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            drive(conn, cx);
+            fut.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Whether the connection takes a request now, driving it until it knows (a parked
+    /// connection may still be finishing its last response, or may find the peer closed it).
+    async fn ready(&mut self) -> bool {
+        let Live { sender, conn, .. } = self;
+        let mut ready = std::pin::pin!(Self::drive_with(conn, std::future::poll_fn(|cx| sender.poll_ready(cx))));
+        // Usually known at the first poll: no timer then.
+        let first = std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = first {
+            return result.is_ok();
+        }
+        matches!(tokio::time::timeout(PENDING_READY, ready).await, Ok(Ok(())))
+    }
 }
 
 struct Idle {
@@ -110,42 +142,33 @@ struct Idle {
     since: Instant,
 }
 
-/// The connection behind a response. Dropping it closes the connection; `release` hands it
-/// back to the pool when the response was read to its end and the peer keeps it open.
-pub struct Lease {
-    conn: Option<Live>,
+/// What the response body needs to put its connection back into the pool once the body has
+/// been read to its end.
+struct Reuse {
+    live: Live,
     peer: usize,
-    keepalive: Option<KeepAlive>,
+    keepalive: KeepAlive,
 }
 
-impl Lease {
-    pub fn release(mut self, complete: bool) {
-        let Some(conn) = self.conn.take() else { return };
-        let Some(ka) = self.keepalive.clone() else {
-            conn.task.abort();
-            return;
-        };
-        if !complete || conn.requests >= ka.max_requests || conn.created.elapsed() >= ka.max_age {
-            conn.task.abort();
+impl Reuse {
+    fn park(self, conn: Option<Conn>) {
+        let Reuse { mut live, peer, keepalive: ka } = self;
+        live.conn = conn;
+        if live.conn.is_none()
+            || live.sender.is_closed()
+            || live.requests >= ka.max_requests
+            || live.created.elapsed() >= ka.max_age
+        {
             return;
         }
-        // Parked at once, even if hyper has not yet seen the end of the response (then it is
-        // ready a moment later, or closed if the peer said `Connection: close`): a request
-        // right behind this one, on any worker, finds it.
-        let home = conn.home.clone();
-        park(&home, self.peer, conn, ka.max_idle);
-    }
-}
-
-fn park(idle: &Mutex<VecDeque<Idle>>, peer: usize, conn: Live, max_idle: usize) {
-    conn.active.store(false, Ordering::Relaxed);
-    let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-    // Connections the peer closed meanwhile must not push live ones out.
-    idle.retain(|entry| !entry.conn.sender.is_closed());
-    idle.push_back(Idle { peer, conn, since: Instant::now() });
-    while idle.len() > max_idle {
-        if let Some(old) = idle.pop_front() {
-            old.conn.task.abort();
+        live.active.store(false, Ordering::Relaxed);
+        let home = live.home.clone();
+        let mut idle = home.lock().unwrap_or_else(|p| p.into_inner());
+        // Connections the peer closed meanwhile must not push live ones out.
+        idle.retain(|entry| !entry.conn.sender.is_closed());
+        idle.push_back(Idle { peer, conn: live, since: Instant::now() });
+        while idle.len() > ka.max_idle {
+            idle.pop_front();
         }
     }
 }
@@ -160,24 +183,10 @@ fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Dur
             for list in &lists {
                 let Some(idle) = list.upgrade() else { return };
                 let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.retain(|entry| {
-                    let keep = entry.since.elapsed() < timeout && !entry.conn.sender.is_closed();
-                    if !keep {
-                        entry.conn.task.abort();
-                    }
-                    keep
-                });
+                idle.retain(|entry| entry.since.elapsed() < timeout && !entry.conn.sender.is_closed());
             }
         }
     });
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            conn.task.abort();
-        }
-    }
 }
 
 impl Connector {
@@ -192,20 +201,18 @@ impl Connector {
         Connector { timeouts, keepalive, idle }
     }
 
-    /// Idle connections ready for a request (not those still finishing their last response).
+    /// Connections in the pool (those whose peer closed them are dropped when next looked at).
     pub fn idle_connections(&self) -> usize {
-        let ready = |list: &IdleList| {
-            list.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|i| i.conn.sender.is_ready()).count()
+        let open = |list: &IdleList| {
+            list.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|i| !i.conn.sender.is_closed()).count()
         };
-        self.idle.iter().map(ready).sum()
+        self.idle.iter().map(open).sum()
     }
 
     /// Closes every idle connection (shutdown, reload).
     pub fn close_idle(&self) {
         for list in &self.idle {
-            for idle in list.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
-                idle.conn.task.abort();
-            }
+            list.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
     }
 
@@ -214,17 +221,12 @@ impl Connector {
         WORKER.with(|w| w.get()).min(self.idle.len() - 1)
     }
 
-    /// The newest idle connection to `peer` that is ready for a request.
+    /// The newest idle connection to `peer` that takes a request.
     async fn take_idle(&self, peer: usize) -> Option<Live> {
         loop {
             let mut conn = self.pop_idle(peer)?;
-            if conn.sender.is_ready() {
+            if conn.ready().await {
                 return Some(conn);
-            }
-            // Parked as its last response ended: ready as soon as its runtime sees that end.
-            match tokio::time::timeout(PENDING_READY, conn.sender.ready()).await {
-                Ok(Ok(())) => return Some(conn),
-                _ => conn.task.abort(),
             }
         }
     }
@@ -241,7 +243,6 @@ impl Connector {
                 if entry.since.elapsed() < ka.idle_timeout && !entry.conn.sender.is_closed() {
                     return Some(entry.conn);
                 }
-                entry.conn.task.abort();
             }
         }
         None
@@ -254,39 +255,31 @@ impl Connector {
         addr: SocketAddr,
         mut request: Request<Full<Bytes>>,
     ) -> Result<Exchange, AttemptError> {
-        while let Some(mut conn) = self.take_idle(peer).await {
-            conn.active.store(true, Ordering::Relaxed);
-            conn.requests += 1;
-            let guard = AbortOnDrop(Some(conn.task.clone()));
-            let sent = conn.sender.try_send_request(request).await;
-            guard.disarm();
+        while let Some(mut live) = self.take_idle(peer).await {
+            live.active.store(true, Ordering::Relaxed);
+            live.requests += 1;
+            let Live { sender, conn, .. } = &mut live;
+            let sent = Live::drive_with(conn, sender.try_send_request(request)).await;
             match sent {
-                Ok(response) => {
-                    let lease = self.lease(peer, conn);
-                    let response = response.map(|body| UpstreamBody::new(body, None));
-                    return Ok(Exchange { response, connect_time: Duration::ZERO, reused: true, lease });
-                }
-                Err(mut err) => {
-                    conn.task.abort();
-                    match err.take_message() {
-                        // Closed before a byte went out: the request is untouched, so any
-                        // method may go on a fresh connection (the stale-pool race).
-                        Some(back) => {
-                            tracing::debug!(%addr, err = %err.error(), "pooled connection was closed; using another");
-                            request = back;
-                        }
-                        None => {
-                            let error = err.into_error();
-                            return Err(AttemptError {
-                                failure: classify(&error),
-                                sent: true,
-                                reused: true,
-                                connect_time: Some(Duration::ZERO),
-                                detail: describe(&error),
-                            });
-                        }
+                Ok(response) => return Ok(self.exchange(peer, live, response, Duration::ZERO, true)),
+                Err(mut err) => match err.take_message() {
+                    // Closed before a byte went out: the request is untouched, so any method
+                    // may go on a fresh connection (the stale-pool race).
+                    Some(back) => {
+                        tracing::debug!(%addr, err = %err.error(), "pooled connection was closed; using another");
+                        request = back;
                     }
-                }
+                    None => {
+                        let error = err.into_error();
+                        return Err(AttemptError {
+                            failure: classify(&error),
+                            sent: true,
+                            reused: true,
+                            connect_time: Some(Duration::ZERO),
+                            detail: describe(&error),
+                        });
+                    }
+                },
             }
         }
         let started = Instant::now();
@@ -317,7 +310,7 @@ impl Connector {
         let active = Arc::new(AtomicBool::new(true));
         let io = TimedIo::new(stream, self.timeouts.read, self.timeouts.send, active.clone());
         let handshake = http1::Builder::new().max_header_size(MAX_RESPONSE_HEAD).handshake(TokioIo::new(io)).await;
-        let (mut sender, connection) = match handshake {
+        let (sender, connection) = match handshake {
             Ok(pair) => pair,
             Err(err) => {
                 return Err(AttemptError {
@@ -329,64 +322,11 @@ impl Connector {
                 });
             }
         };
-        if self.keepalive.is_none() {
-            return self.exchange_inline(peer, sender, connection, request, connect_time).await;
-        }
-        let task = tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%err, "upstream connection ended with an error");
-            }
-        })
-        .abort_handle();
-        // If the client goes away while we wait, this future is dropped: close the upstream
-        // connection then too, as nginx does (proxy_ignore_client_abort off).
-        let guard = AbortOnDrop(Some(task.clone()));
-        match sender.send_request(request).await {
-            Ok(response) => {
-                guard.disarm();
-                let home = self.idle[self.worker()].clone();
-                let conn = Live { sender, active, task, requests: 1, created: started, home };
-                let lease = self.lease(peer, conn);
-                let response = response.map(|body| UpstreamBody::new(body, None));
-                Ok(Exchange { response, connect_time, reused: false, lease })
-            }
-            Err(err) => {
-                task.abort();
-                Err(AttemptError {
-                    failure: classify(&err),
-                    sent: true,
-                    reused: false,
-                    connect_time: Some(connect_time),
-                    detail: describe(&err),
-                })
-            }
-        }
-    }
-
-    /// A connection used for one request only is driven by the request's own task (no task
-    /// of its own, no wake-ups across threads): here until the response head is in, then by
-    /// the response body. Dropping either closes it, as aborting its task did.
-    async fn exchange_inline(
-        &self,
-        peer: usize,
-        mut sender: SendRequest<Full<Bytes>>,
-        connection: Conn,
-        request: Request<Full<Bytes>>,
-        connect_time: Duration,
-    ) -> Result<Exchange, AttemptError> {
-        let mut conn = Some(connection);
-        let mut head = std::pin::pin!(sender.send_request(request));
-        let result = std::future::poll_fn(|cx| {
-            drive(&mut conn, cx);
-            head.as_mut().poll(cx)
-        })
-        .await;
-        match result {
-            Ok(response) => {
-                let response = response.map(|body| UpstreamBody::new(body, conn));
-                let lease = Lease { conn: None, peer, keepalive: None };
-                Ok(Exchange { response, connect_time, reused: false, lease })
-            }
+        let home = self.idle[self.worker()].clone();
+        let mut live = Live { sender, conn: Some(Box::new(connection)), active, requests: 1, created: started, home };
+        let Live { sender, conn, .. } = &mut live;
+        match Live::drive_with(conn, sender.send_request(request)).await {
+            Ok(response) => Ok(self.exchange(peer, live, response, connect_time, false)),
             Err(err) => Err(AttemptError {
                 failure: classify(&err),
                 sent: true,
@@ -397,18 +337,28 @@ impl Connector {
         }
     }
 
-    fn lease(&self, peer: usize, conn: Live) -> Lease {
-        Lease { conn: Some(conn), peer, keepalive: self.keepalive.clone() }
+    /// The response head is in: the body takes the connection along, to drive it while it is
+    /// read and, with keep-alive, to pool it again at its end.
+    fn exchange(
+        &self,
+        peer: usize,
+        mut live: Live,
+        response: Response<Incoming>,
+        connect_time: Duration,
+        reused: bool,
+    ) -> Exchange {
+        let conn = live.conn.take();
+        let reuse = self.keepalive.clone().map(|keepalive| Reuse { live, peer, keepalive });
+        let response = response.map(|body| UpstreamBody::new(body, conn, reuse));
+        Exchange { response, connect_time, reused }
     }
 }
-
-type Conn = http1::Connection<TokioIo<TimedIo>, Full<Bytes>>;
 
 /// Polls a connection driven in place; drops it once it is done (as its task would end), so
 /// that a response still waiting for it gets hyper's "connection closed" error.
 fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     if let Some(c) = conn
-        && let Poll::Ready(result) = Pin::new(c).poll(cx)
+        && let Poll::Ready(result) = Pin::new(&mut **c).poll(cx)
     {
         if let Err(err) = result {
             tracing::debug!(%err, "upstream connection ended with an error");
@@ -417,19 +367,33 @@ fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
     }
 }
 
-/// A response body from a peer, with the connection it comes on when that one is driven by
-/// the request's task (not pooled): reading the body polls the connection first.
+/// A response body from a peer, with the connection it comes on: reading the body polls the
+/// connection first. With keep-alive the connection goes back to the pool when the body has
+/// been read to its end; dropped before that, it closes (nginx closes the upstream
+/// connection of a request whose client went away).
 pub struct UpstreamBody {
     body: Incoming,
     conn: Option<Conn>,
+    reuse: Option<Reuse>,
     /// A body error held back for one poll, so that what came before it is flushed to the
     /// client first (nginx passes on a truncated body, then closes).
     error: Option<hyper::Error>,
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, conn: Option<Conn>) -> Self {
-        UpstreamBody { body, conn, error: None }
+    fn new(body: Incoming, conn: Option<Conn>, reuse: Option<Reuse>) -> Self {
+        let mut body = UpstreamBody { body, conn, reuse, error: None };
+        // No body to read (HEAD, 204, 304, Content-Length: 0): reusable right away.
+        if body.body.is_end_stream() {
+            body.ended();
+        }
+        body
+    }
+
+    fn ended(&mut self) {
+        if let Some(reuse) = self.reuse.take() {
+            reuse.park(self.conn.take());
+        }
     }
 }
 
@@ -454,11 +418,22 @@ impl Body for UpstreamBody {
             // The connection runs in the same task as the client's now: the data before the
             // error (and the head) would otherwise never be written.
             Poll::Ready(Some(Err(err))) => {
+                this.reuse = None;
                 this.error = Some(err);
                 cx.waker().wake_by_ref();
                 Poll::Pending
             }
-            other => other,
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.body.is_end_stream() {
+                    this.ended();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -468,22 +443,6 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
-    }
-}
-
-struct AbortOnDrop(Option<AbortHandle>);
-
-impl AbortOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
     }
 }
 
