@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::SeekFrom;
-use std::io::{Read, Seek};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -354,11 +353,16 @@ impl DavFile for ReadFile {
             let pos = self.pos;
             let count = count.min(1 << 20);
             let bytes = blocking(move || {
-                // read_to_end fills spare capacity without zeroing it first.
+                // pread into the spare capacity: no seek, and the buffer is not zeroed first.
                 let mut buf = Vec::with_capacity(count);
-                let mut reader = &*file;
-                reader.seek(SeekFrom::Start(pos)).map_err(|_| FsError::GeneralFailure)?;
-                reader.take(count as u64).read_to_end(&mut buf).map_err(|_| FsError::GeneralFailure)?;
+                while buf.len() < count {
+                    let at = pos + buf.len() as u64;
+                    match rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), at) {
+                        Ok(0) => break,
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(_) => return Err(FsError::GeneralFailure),
+                    }
+                }
                 Ok(Bytes::from(buf))
             })
             .await?;
