@@ -38,7 +38,7 @@ while [[ $# -gt 0 ]]; do
 done
 OUT=${OUT:-$ROOT/bench/results/excp-$(date +%Y-%m-%d).md}
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 && -z "${EXEC_BIN:-}${POSTLOAD:-}" ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example postload)
@@ -47,14 +47,7 @@ EXEC_BIN=${EXEC_BIN:-$ROOT/target/release/exec-allinone}
 POSTLOAD=${POSTLOAD:-$ROOT/target/release/examples/postload}
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/excp-bench.XXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir excp-bench
 
 # Starts excp with fsync $1 on a fresh state dir; sets EXCP_ADDR, ADMIN_ADDR, EXCP_PID.
 start_excp() {

@@ -45,7 +45,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example fakecloud --example exrpload)
@@ -57,27 +57,8 @@ FAKECLOUD=$TARGET/release/examples/fakecloud
 LOAD=$TARGET/release/examples/exrpload
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/exrp-rss.XXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir exrp-rss
 
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.ready" 2>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    for _ in $(seq 1 150); do grep -q READY "$WORK/$name.ready" 2>/dev/null && return 0; sleep 0.1; done
-    log "$name did not start:"
-    cat "$WORK/$name.log" >&2
-    exit 1
-}
-addr() { grep -o "$2=[^ ]*" "$WORK/$1.ready" | cut -d= -f2; }
 status() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
 

@@ -37,7 +37,7 @@ while [[ $# -gt 0 ]]; do
     shift
 done
 OUT=${OUT:-$ROOT/bench/results/exrp-$(date +%Y-%m-%d).md}
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example fakecloud --example exrpload)
@@ -47,28 +47,8 @@ FAKECLOUD=$ROOT/target/release/examples/fakecloud
 LOAD=$ROOT/target/release/examples/exrpload
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/exrp-bench.XXXX")
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -n "${KEEP_WORK:-}" ]] || rm -rf "$WORK"
-}
-trap cleanup EXIT
+work_dir exrp-bench
 
-# start NAME CMD... : runs CMD with stdout to $WORK/NAME.ready and waits for its READY line.
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.ready" 2>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    for _ in $(seq 1 150); do grep -q READY "$WORK/$name.ready" 2>/dev/null && return 0; sleep 0.1; done
-    log "$name did not start:"
-    cat "$WORK/$name.log" >&2
-    exit 1
-}
-addr() { grep -o "$2=[^ ]*" "$WORK/$1.ready" | cut -d= -f2; }
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 threads() { awk '/Threads/ {print $2}' "/proc/$1/status"; }
 
