@@ -6,6 +6,7 @@ mod davfs;
 mod locks;
 mod range;
 pub mod store;
+mod writeout;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -78,7 +79,7 @@ impl Webdav {
             used_bytes = store.used_bytes(),
             files = store.file_count(),
             quota = ?config.quota,
-            fsync = config.fsync,
+            durability = store.durability(),
             "webdav store opened"
         );
         Ok(Arc::new(Webdav {

@@ -1,7 +1,7 @@
 //! The crash-safe storage layer under the WebDAV engine: every file-system operation on the
 //! store, done beneath one root directory fd with `openat2(RESOLVE_BENEATH|NO_SYMLINKS)` so
 //! no path, symlink or `..` can reach outside it. PUT writes a hidden temp file, verifies its
-//! length, fsyncs, renames and fsyncs the directory. All functions here block: callers run
+//! length, makes its bytes durable (`settle`), renames and fsyncs the directory. All functions here block: callers run
 //! them on the bounded blocking pool.
 
 use std::collections::HashSet;
@@ -53,6 +53,9 @@ pub struct Store {
     root: OwnedFd,
     root_path: PathBuf,
     fsync: bool,
+    /// The root's device when it is a journaled ext4: temp files on it are written out
+    /// rather than fdatasync'ed before their rename (`writeout`).
+    write_out_dev: Option<u64>,
     limits: Limits,
     /// Bytes in committed regular files, kept up to date by every write and delete.
     used: AtomicU64,
@@ -195,10 +198,12 @@ impl Store {
             Err(err) => return Err(err).context("cannot open the store root beneath itself"),
             Ok(_) => {}
         }
+        let write_out_dev = if fsync { super::writeout::journaled_ext4(root.as_fd()) } else { None };
         let store = Store {
             root,
             root_path: root_path.to_path_buf(),
             fsync,
+            write_out_dev,
             limits,
             used: AtomicU64::new(0),
             reserved: AtomicU64::new(0),
@@ -301,6 +306,29 @@ impl Store {
     fn parent(&self, path: &RelPath) -> FsResult<(OwnedFd, OsString)> {
         let (parent, name) = path.split().ok_or(FsError::Forbidden)?;
         Ok((self.open_dir(parent)?, name.to_owned()))
+    }
+
+    /// Makes a temp file's bytes safe to publish by rename (the directory fsync after the
+    /// rename makes the rename itself durable).
+    fn settle(&self, file: &File) -> FsResult<()> {
+        if !self.fsync {
+            return Ok(());
+        }
+        let on_root_dev = || rustix::fs::fstat(file).is_ok_and(|st| Some(st.st_dev) == self.write_out_dev);
+        if self.write_out_dev.is_some() && on_root_dev() {
+            super::writeout::write_out(file).map_err(io_error)
+        } else {
+            file.sync_data().map_err(io_error)
+        }
+    }
+
+    /// How a PUT is made durable, for the start-up log.
+    pub fn durability(&self) -> &'static str {
+        match (self.fsync, self.write_out_dev) {
+            (false, _) => "off",
+            (true, Some(_)) => "written out, one directory fsync (journaled ext4)",
+            (true, None) => "fdatasync, then a directory fsync",
+        }
     }
 
     fn sync_dir(&self, dir: BorrowedFd<'_>) -> FsResult<()> {
@@ -438,9 +466,7 @@ impl Store {
             e
         };
         let copied = std::io::copy(&mut src, &mut tmp).map_err(io_error).map_err(cleanup)?;
-        if self.fsync {
-            tmp.sync_data().map_err(io_error).map_err(cleanup)?;
-        }
+        self.settle(&tmp).map_err(cleanup)?;
         rustix::fs::renameat(&to_dir, &tmp_name, &to_dir, &to_name).map_err(fs_error).map_err(cleanup)?;
         let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
         self.index_forget(&to.key());
@@ -609,9 +635,7 @@ impl Store {
         let (tmp_name, mut tmp) = self.create_temp(dir)?;
         let result = (|| {
             tmp.write_all(content).map_err(io_error)?;
-            if self.fsync {
-                tmp.sync_data().map_err(io_error)?;
-            }
+            self.settle(&tmp)?;
             rustix::fs::renameat(dir, &tmp_name, dir, name).map_err(fs_error)
         })();
         if result.is_err() {
@@ -725,9 +749,7 @@ impl Upload {
         // An empty body has created nothing yet.
         self.tmp_file()?;
         let Some((tmp_name, file)) = &self.tmp else { return Err(FsError::GeneralFailure) };
-        if store.fsync {
-            file.sync_data().map_err(io_error)?;
-        }
+        store.settle(file)?;
         let replaced = replaced_file_len(&self.dir, &self.name)?;
         rustix::fs::renameat(&self.dir, tmp_name, &self.dir, &self.name).map_err(fs_error)?;
         let st = rustix::fs::fstat(file).map_err(fs_error)?;
