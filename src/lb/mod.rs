@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{HostHeader, LbConfig, PoolConfig, PoolSettings, split_host_port};
 use crate::http::admin::RoleStatus;
-use crate::http::{ConnInfo, ServerOptions};
+use crate::http::{AcceptShare, ConnInfo, ServerOptions};
 use crate::metrics::{Counter, Encoder, Histogram, StatusCounts};
 use balancer::{Balancer, Peer};
 use retry::Failure;
@@ -147,10 +147,12 @@ impl Lb {
             sockets.push((slot.clone(), listener.into_std()?, tls));
         }
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<anyhow::Result<()>>();
+        let mut shares: Vec<_> = sockets.iter().map(|_| AcceptShare::split(self.workers).into_iter()).collect();
         for i in 0..self.workers {
             let mut mine = Vec::new();
-            for (slot, socket, tls) in &sockets {
-                mine.push((slot.clone(), socket.try_clone()?, tls.clone()));
+            for ((slot, socket, tls), share) in sockets.iter().zip(&mut shares) {
+                let share = share.next().filter(|_| self.workers > 1);
+                mine.push(WorkerSocket { slot: slot.clone(), socket: socket.try_clone()?, tls: tls.clone(), share });
             }
             let (token, done) = (shutdown.clone(), done_tx.clone());
             std::thread::Builder::new()
@@ -246,18 +248,22 @@ fn worker_count(configured: usize) -> usize {
 
 /// One worker thread: serves its handles of every pool's listener on a runtime of its own
 /// until `shutdown`, then drains.
-fn serve_worker(
-    sockets: Vec<(Arc<Slot>, std::net::TcpListener, Option<Arc<rustls::ServerConfig>>)>,
-    grace: Duration,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+/// A worker's handle of one pool's socket.
+struct WorkerSocket {
+    slot: Arc<Slot>,
+    socket: std::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    share: Option<AcceptShare>,
+}
+
+fn serve_worker(sockets: Vec<WorkerSocket>, grace: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start an lb worker runtime: {e}"))?;
     runtime.block_on(async move {
         let mut servers = tokio::task::JoinSet::new();
-        for (slot, socket, tls) in sockets {
+        for WorkerSocket { slot, socket, tls, share } in sockets {
             let listener = TcpListener::from_std(socket)?;
             let pool = slot.pool();
             let opts = ServerOptions {
@@ -269,6 +275,7 @@ fn serve_worker(
                 // zeroes an index array of this many entries per request, so not 1000.
                 max_headers: 200,
                 max_header_size: 4 * 8192,
+                share,
             };
             let make = move |conn: ConnInfo| {
                 let slot = slot.clone();
