@@ -349,23 +349,32 @@ impl DavFile for ReadFile {
 
     fn read_bytes(&'_ mut self, count: usize) -> FsFuture<'_, Bytes> {
         async move {
-            let file = Arc::clone(&self.file);
-            let pos = self.pos;
             let count = count.min(1 << 20);
-            let bytes = blocking(move || {
-                // pread into the spare capacity: no seek, and the buffer is not zeroed first.
-                let mut buf = Vec::with_capacity(count);
-                while buf.len() < count {
-                    let at = pos + buf.len() as u64;
-                    match rustix::io::pread(&*file, rustix::buffer::spare_capacity(&mut buf), at) {
-                        Ok(0) => break,
-                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                        Err(_) => return Err(FsError::GeneralFailure),
+            let mut buf = vec![0; count];
+            // A recording is usually read soon after it was written, from the page cache:
+            // that part is read here (RWF_NOWAIT fails rather than wait for the disk), and
+            // only what is not cached costs a trip to the blocking pool.
+            let (got, done) = read_cached(&self.file, &mut buf, self.pos);
+            let bytes = if done {
+                buf.truncate(got);
+                Bytes::from(buf)
+            } else {
+                let (file, pos) = (Arc::clone(&self.file), self.pos);
+                blocking(move || {
+                    let mut got = got;
+                    while got < buf.len() {
+                        match rustix::io::pread(&*file, &mut buf[got..], pos + got as u64) {
+                            Ok(0) => break,
+                            Ok(n) => got += n,
+                            Err(rustix::io::Errno::INTR) => {}
+                            Err(_) => return Err(FsError::GeneralFailure),
+                        }
                     }
-                }
-                Ok(Bytes::from(buf))
-            })
-            .await?;
+                    buf.truncate(got);
+                    Ok(Bytes::from(buf))
+                })
+                .await?
+            };
             self.pos += bytes.len() as u64;
             Ok(bytes)
         }
@@ -391,6 +400,23 @@ impl DavFile for ReadFile {
     fn flush(&'_ mut self) -> FsFuture<'_, ()> {
         async { Ok(()) }.boxed()
     }
+}
+
+/// Reads what the page cache holds of `buf.len()` bytes at `pos`: the bytes read, and whether
+/// that is all there is to read (the buffer is full or the file ended).
+fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> (usize, bool) {
+    let mut got = 0;
+    while got < buf.len() {
+        let mut slice = [std::io::IoSliceMut::new(&mut buf[got..])];
+        match rustix::io::preadv2(file, &mut slice, pos + got as u64, rustix::io::ReadWriteFlags::NOWAIT) {
+            Ok(0) => return (got, true),
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            // AGAIN: not cached; OPNOTSUPP and others: the pool's plain pread will tell.
+            Err(_) => return (got, false),
+        }
+    }
+    (got, true)
 }
 
 struct UploadFile {
@@ -478,5 +504,32 @@ impl DavFile for UploadFile {
             result
         }
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_reads_return_the_files_bytes_and_stop_at_its_end() {
+        let path = std::env::temp_dir().join(format!("eaio-davfs-cached-{}", std::process::id()));
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let file = File::open(&path).expect("open");
+        // Just written, so in the page cache: read whole where RWF_NOWAIT is supported.
+        let mut buf = vec![0; 100_000];
+        let (got, done) = read_cached(&file, &mut buf, 150_000);
+        assert_eq!(&buf[..got], &data[150_000..150_000 + got]);
+        if done {
+            assert_eq!(got, buf.len(), "done means the buffer is full or the file ended");
+        }
+        let mut tail = vec![0; 100_000];
+        let (got, done) = read_cached(&file, &mut tail, 250_000);
+        assert_eq!(&tail[..got], &data[250_000..250_000 + got]);
+        if done {
+            assert_eq!(got, 50_000, "the file ends 50 000 bytes in");
+        }
+        std::fs::remove_file(&path).expect("remove");
     }
 }
