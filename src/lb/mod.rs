@@ -246,8 +246,6 @@ fn worker_count(configured: usize) -> usize {
     }
 }
 
-/// One worker thread: serves its handles of every pool's listener on a runtime of its own
-/// until `shutdown`, then drains.
 /// A worker's handle of one pool's socket.
 struct WorkerSocket {
     slot: Arc<Slot>,
@@ -256,6 +254,8 @@ struct WorkerSocket {
     share: Option<AcceptShare>,
 }
 
+/// One worker thread: serves its handles of every pool's listener on a runtime of its own
+/// until `shutdown`, then drains.
 fn serve_worker(sockets: Vec<WorkerSocket>, grace: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
