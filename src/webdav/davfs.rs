@@ -63,7 +63,8 @@ impl DavStore {
 /// (stat, opening a directory, free space: answered from the kernel's caches) run inline, as
 /// nginx runs them: a trip to the pool and back costs more than they do (measured: ~15 futex
 /// calls per PUT with three trips). Whatever creates, writes, syncs, renames, removes or
-/// reads file contents goes through here.
+/// reads file contents goes through here, except GET reads the page cache answers at once
+/// (`read_cached`).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 'static) -> FsResult<T> {
     tokio::task::spawn_blocking(f).await.unwrap_or(Err(FsError::GeneralFailure))
 }
@@ -361,14 +362,9 @@ impl DavFile for ReadFile {
             } else {
                 let (file, pos) = (Arc::clone(&self.file), self.pos);
                 blocking(move || {
-                    let mut got = got;
-                    while got < buf.len() {
-                        match rustix::io::pread(&*file, &mut buf[got..], pos + got as u64) {
-                            Ok(0) => break,
-                            Ok(n) => got += n,
-                            Err(rustix::io::Errno::INTR) => {}
-                            Err(_) => return Err(FsError::GeneralFailure),
-                        }
+                    let (got, failed) = fill(&mut buf, got, |b, at| rustix::io::pread(&*file, b, pos + at));
+                    if failed.is_some() {
+                        return Err(FsError::GeneralFailure);
                     }
                     buf.truncate(got);
                     Ok(Bytes::from(buf))
@@ -405,18 +401,29 @@ impl DavFile for ReadFile {
 /// Reads what the page cache holds of `buf.len()` bytes at `pos`: the bytes read, and whether
 /// that is all there is to read (the buffer is full or the file ended).
 fn read_cached(file: &File, buf: &mut [u8], pos: u64) -> (usize, bool) {
-    let mut got = 0;
+    let nowait = rustix::io::ReadWriteFlags::NOWAIT;
+    // AGAIN: not cached; OPNOTSUPP and others: the pool's plain pread will tell.
+    let (got, stopped) =
+        fill(buf, 0, |b, at| rustix::io::preadv2(file, &mut [std::io::IoSliceMut::new(b)], pos + at, nowait));
+    (got, stopped.is_none())
+}
+
+/// Fills `buf` from byte `got` on with `read(rest, offset into the buffer)` until it is full
+/// or the file ends: the bytes in it then, and the error that stopped it short.
+fn fill(
+    buf: &mut [u8],
+    mut got: usize,
+    mut read: impl FnMut(&mut [u8], u64) -> rustix::io::Result<usize>,
+) -> (usize, Option<rustix::io::Errno>) {
     while got < buf.len() {
-        let mut slice = [std::io::IoSliceMut::new(&mut buf[got..])];
-        match rustix::io::preadv2(file, &mut slice, pos + got as u64, rustix::io::ReadWriteFlags::NOWAIT) {
-            Ok(0) => return (got, true),
+        match read(&mut buf[got..], got as u64) {
+            Ok(0) => break,
             Ok(n) => got += n,
             Err(rustix::io::Errno::INTR) => {}
-            // AGAIN: not cached; OPNOTSUPP and others: the pool's plain pread will tell.
-            Err(_) => return (got, false),
+            Err(err) => return (got, Some(err)),
         }
     }
-    (got, true)
+    (got, None)
 }
 
 struct UploadFile {

@@ -1,8 +1,8 @@
 //! The crash-safe storage layer under the WebDAV engine: every file-system operation on the
 //! store, done beneath one root directory fd with `openat2(RESOLVE_BENEATH|NO_SYMLINKS)` so
 //! no path, symlink or `..` can reach outside it. PUT writes a hidden temp file, verifies its
-//! length, makes its bytes durable (`settle`), renames and fsyncs the directory. All functions here block: callers run
-//! them on the bounded blocking pool.
+//! length, makes its bytes durable (`settle`), renames and fsyncs the directory. All
+//! functions here block: callers run them on the bounded blocking pool.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
