@@ -51,7 +51,7 @@ pub fn write_access_line(fields: impl FnOnce(&mut String)) {
     LINE.with(|line| {
         let Ok(mut line) = line.try_borrow_mut() else { return };
         line.clear();
-        push_timestamp(&mut line, std::time::SystemTime::now());
+        push_timestamp_cached(&mut line, std::time::SystemTime::now());
         line.push_str("  INFO access: ");
         fields(&mut line);
         line.push('\n');
@@ -90,6 +90,33 @@ fn push_timestamp(out: &mut String, now: std::time::SystemTime) {
     out.push('Z');
 }
 
+/// `push_timestamp` with the part up to the seconds kept per thread: it changes once a second,
+/// and a proxy writes a line per request (nginx caches its log time the same way).
+fn push_timestamp_cached(out: &mut String, now: std::time::SystemTime) {
+    thread_local! {
+        /// The second the prefix is for, and `YYYY-MM-DDTHH:MM:SS.` of it.
+        static PREFIX: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let done = PREFIX.with(|prefix| {
+        let Ok(mut prefix) = prefix.try_borrow_mut() else { return false };
+        let (second, text) = &mut *prefix;
+        if *second != since.as_secs() {
+            text.clear();
+            push_timestamp(text, std::time::UNIX_EPOCH + std::time::Duration::from_secs(since.as_secs()));
+            text.truncate(text.len() - "000000Z".len());
+            *second = since.as_secs();
+        }
+        out.push_str(text);
+        true
+    });
+    if !done {
+        return push_timestamp(out, now);
+    }
+    push_digits(out, u64::from(since.subsec_micros()), 6);
+    out.push('Z');
+}
+
 /// `n` in decimal, zero-padded to at least `width` digits.
 pub fn push_digits(out: &mut String, mut n: u64, width: usize) {
     let mut buf = [b'0'; 20];
@@ -99,8 +126,11 @@ pub fn push_digits(out: &mut String, mut n: u64, width: usize) {
         buf[i] = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
+    // A byte at a time: these are a few digits, where a copy call costs more than the loop.
+    out.reserve(buf.len() - i);
+    for &digit in &buf[i..] {
+        out.push(char::from(digit));
+    }
 }
 
 /// How many warnings and errors the status page can show.
@@ -300,6 +330,12 @@ mod tests {
         assert_eq!(at(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
         assert_eq!(at(1_796_082_021_483_312), "2026-11-30T23:40:21.483312Z");
         assert_eq!(at(4_102_444_799_999_999), "2099-12-31T23:59:59.999999Z");
+        // The cached form: within a second, across one, and back (a clock step).
+        for micros in [1_796_082_021_483_312, 1_796_082_021_000_001, 1_796_082_022_999_999, 0, 1_796_082_021_483_312] {
+            let mut cached = String::new();
+            super::push_timestamp_cached(&mut cached, std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros));
+            assert_eq!(cached, at(micros));
+        }
         let digits = |n: u64, w: usize| {
             let mut s = String::new();
             super::push_digits(&mut s, n, w);

@@ -2,6 +2,7 @@
 //! listener per pool, nginx 1.22's upstream semantics (lb.md LB-01..LB-31), SIGHUP reload.
 
 mod balancer;
+mod h1;
 mod health;
 pub mod import_nginx;
 mod proxy;

@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::Pool;
 use super::balancer::Outcome;
 use super::retry::{Attempts, Failure, Next};
-use super::upstream::{AttemptError, Exchange, UpstreamBody};
+use super::upstream::{AttemptError, Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
 use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
@@ -350,16 +350,12 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         Err(status) => return Ok(local(log, status, true)),
     };
     let length = framed.then_some(body.len());
-    let mut headers = Some(upstream_headers(&pool, &parts.headers, client, length));
-    let version = if settings.keepalive { Version::HTTP_11 } else { Version::HTTP_10 };
-    let mut build = || -> Request<Full<Bytes>> {
-        let mut req = Request::new(Full::new(body.clone()));
-        *req.method_mut() = parts.method.clone();
-        *req.version_mut() = version;
-        *req.uri_mut() = target.clone();
-        // The first attempt takes the headers; a next one builds the same again.
-        *req.headers_mut() = headers.take().unwrap_or_else(|| upstream_headers(&pool, &parts.headers, client, length));
-        req
+    let headers = upstream_headers(&pool, &parts.headers, client, length);
+    // Written once: every peer tried gets the same bytes.
+    let request = UpstreamRequest {
+        head: request_head(&parts.method, &target, settings.keepalive, &headers),
+        body,
+        head_only: parts.method == Method::HEAD,
     };
 
     let balancer = &pool.balancer;
@@ -390,7 +386,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
             header: None,
             response: Duration::ZERO,
         });
-        let result = pool.connector.send(i, peer.addr, build()).await;
+        let result = pool.connector.send(i, peer.addr, &request).await;
         log.attempts.pop();
         let result = result.and_then(|ex| match check_framing(ex.response.headers()) {
             Ok(()) => Ok(ex),
@@ -662,6 +658,27 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
         }
     }
     h
+}
+
+/// The request line and headers as they go upstream: HTTP/1.0 without keep-alive, as nginx
+/// 1.22 writes them (with it HTTP/1.1, as `proxy_http_version 1.1`); names lower-case, as
+/// hyper wrote them before.
+fn request_head(method: &Method, target: &http::Uri, keepalive: bool, headers: &HeaderMap) -> Bytes {
+    let target = target.path_and_query().map_or("/", |pq| pq.as_str());
+    let size = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + size + 16);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(if keepalive { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
+    for (name, value) in headers {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Bytes::from(head)
 }
 
 /// nginx's `$host` from a Host header: the name without its port, lower-cased.

@@ -1,35 +1,30 @@
 //! Connections to upstream peers: connect with a timeout, nginx's send and read timeouts
 //! (between two successive writes or reads, not in total), one connection per attempt or a
-//! keep-alive pool, and the classification of what went wrong into nginx's failure types.
+//! keep-alive pool, the exchange of one request for a response head (`h1` parses), the body
+//! read off the same connection, and the classification of what went wrong into nginx's
+//! failure types.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
+use super::h1::{self, Chunked, Framing, Parsed, Step};
 use super::retry::Failure;
 
-/// nginx's `proxy_buffer_size` (one page): a longer response head is `invalid_header`.
-const MAX_RESPONSE_HEAD: usize = 4096;
-
-/// How long a request waits for a pooled connection still finishing its last response (its
-/// runtime normally gets to it within microseconds) before it closes it and goes on.
-const PENDING_READY: Duration = Duration::from_millis(250);
+/// What one read asks the socket for (hyper's first buffer was 8 KiB; a response head is at
+/// most 4 KiB, a body streams through in pieces of this size).
+const READ_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -45,6 +40,14 @@ pub struct KeepAlive {
     pub max_requests: u64,
     /// nginx `keepalive_time`: a connection is not reused after this age.
     pub max_age: Duration,
+}
+
+/// A request as it goes to every peer tried: the head written once, the buffered body.
+pub struct UpstreamRequest {
+    pub head: Bytes,
+    pub body: Bytes,
+    /// HEAD: the response has no body whatever its head says.
+    pub head_only: bool,
 }
 
 /// An attempt that produced no response.
@@ -91,90 +94,158 @@ pub struct Connector {
     idle: Box<[IdleList]>,
 }
 
-/// Boxed: a request moves its connection around (into the response body, back to the pool),
-/// and hyper's connection state is large enough for those moves to show as copies.
-type Conn = Box<http1::Connection<TokioIo<TimedIo>, Full<Bytes>>>;
-
-/// An upstream connection. It has no task of its own: whoever holds it drives it (the
-/// request's task while a request is on it, the next taker when it comes out of the pool),
-/// so a request and its upstream connection never wake each other across tasks. Dropping it
-/// closes the connection.
-struct Live {
-    sender: SendRequest<Full<Bytes>>,
-    /// None once hyper is done with the connection (closed, or failed).
-    conn: Option<Conn>,
-    /// Arms the read/write timers; false while the connection idles in the pool.
-    active: Arc<AtomicBool>,
+/// An upstream connection. It has no task of its own: the request's task reads and writes it,
+/// then the response body, which then parks it in the pool or drops it (closing it).
+struct Conn {
+    io: TimedIo,
+    /// Bytes read from the peer and not used yet; empty between requests.
+    buf: BytesMut,
     requests: u64,
     created: Instant,
     /// The idle list of the worker whose runtime the socket is registered with.
     home: IdleList,
+    /// Seen closed (or sending unasked) while idle.
+    dead: bool,
 }
 
-impl Live {
-    /// Polls `fut` while driving the connection.
-    async fn drive_with<T>(conn: &mut Option<Conn>, fut: impl Future<Output = T>) -> T {
-        let mut fut = std::pin::pin!(fut);
+impl Conn {
+    /// Whether this idle connection can no longer take a request: anything to read while no
+    /// request is on it (the peer's FIN or reset, or bytes it had no reason to send) means so.
+    /// Costs no system call unless the socket's runtime saw it become readable.
+    fn is_closed(&mut self) -> bool {
+        if self.dead {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        self.dead = match self.io.inner.poll_read_ready(&mut cx) {
+            Poll::Pending => false,
+            Poll::Ready(Err(_)) => true,
+            // Readiness can be left over from the last response: look.
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                !matches!(self.io.inner.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        };
+        self.dead
+    }
+
+    /// Reads what the peer sends next into `buf`; 0 at its end.
+    async fn read_more(&mut self) -> io::Result<usize> {
+        self.buf.reserve(READ_CHUNK);
+        std::future::poll_fn(|cx| self.poll_read_more(cx)).await
+    }
+
+    fn poll_read_more(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    /// Writes the head and the body, in one writev when the socket takes them. On failure,
+    /// tells whether any byte went out.
+    async fn write_request(&mut self, req: &UpstreamRequest) -> Result<(), (io::Error, bool)> {
+        let (head, body) = (&req.head[..], &req.body[..]);
+        let mut done = 0;
+        let total = head.len() + body.len();
         std::future::poll_fn(|cx| {
-            drive(conn, cx);
-            fut.as_mut().poll(cx)
+            while done < total {
+                let slices = if done < head.len() {
+                    [IoSlice::new(&head[done..]), IoSlice::new(body)]
+                } else {
+                    [IoSlice::new(&body[done - head.len()..]), IoSlice::new(&[])]
+                };
+                match Pin::new(&mut self.io).poll_write_vectored(cx, &slices) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err((io::ErrorKind::WriteZero.into(), done > 0)));
+                    }
+                    Poll::Ready(Ok(n)) => done += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((e, done > 0))),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            Poll::Ready(Ok(()))
         })
         .await
     }
 
-    /// Whether the connection takes a request now, driving it until it knows (a parked
-    /// connection may still be finishing its last response, or may find the peer closed it).
-    async fn ready(&mut self) -> bool {
-        let Live { sender, conn, .. } = self;
-        let mut ready = std::pin::pin!(Self::drive_with(conn, std::future::poll_fn(|cx| sender.poll_ready(cx))));
-        // Usually known at the first poll: no timer then.
-        let first = std::future::poll_fn(|cx| Poll::Ready(ready.as_mut().poll(cx))).await;
-        if let Poll::Ready(result) = first {
-            return result.is_ok();
+    /// Sends the request and reads the response head.
+    async fn exchange(&mut self, req: &UpstreamRequest) -> Result<h1::Head, Failed> {
+        self.requests += 1;
+        self.io.active = true;
+        if let Err((err, written)) = self.write_request(req).await {
+            return Err(Failed { failure: io_failure(&err), written, detail: format!("writing the request: {err}") });
         }
-        matches!(tokio::time::timeout(PENDING_READY, ready).await, Ok(Ok(())))
+        loop {
+            match h1::parse_response(&mut self.buf, req.head_only) {
+                Ok(Parsed::Head(head)) => return Ok(head),
+                Err(invalid) => {
+                    return Err(Failed { failure: Failure::InvalidHeader, written: true, detail: invalid.to_string() });
+                }
+                Ok(Parsed::Partial) => match self.read_more().await {
+                    Ok(0) => {
+                        return Err(Failed {
+                            failure: Failure::Error,
+                            written: true,
+                            detail: "upstream prematurely closed connection while reading response header".into(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        return Err(Failed {
+                            failure: io_failure(&err),
+                            written: true,
+                            detail: format!("reading the response header: {err}"),
+                        });
+                    }
+                },
+            }
+        }
     }
+}
+
+/// An exchange that got no response head.
+struct Failed {
+    failure: Failure,
+    /// Some of the request went out.
+    written: bool,
+    detail: String,
+}
+
+fn io_failure(err: &io::Error) -> Failure {
+    if err.kind() == io::ErrorKind::TimedOut { Failure::Timeout } else { Failure::Error }
 }
 
 struct Idle {
     peer: usize,
-    conn: Live,
+    conn: Conn,
     since: Instant,
 }
 
 /// What the response body needs to put its connection back into the pool once the body has
 /// been read to its end.
 struct Reuse {
-    live: Live,
     peer: usize,
     keepalive: KeepAlive,
 }
 
 impl Reuse {
-    fn park(self, conn: Option<Conn>) {
-        let Reuse { mut live, peer, keepalive: ka } = self;
-        live.conn = conn;
-        if live.conn.is_none()
-            || live.sender.is_closed()
-            || live.requests >= ka.max_requests
-            || live.created.elapsed() >= ka.max_age
-        {
+    fn park(self, mut conn: Conn) {
+        let ka = self.keepalive;
+        // Bytes past the end of the body: the peer's framing can't be trusted (nginx closes).
+        if !conn.buf.is_empty() || conn.requests >= ka.max_requests || conn.created.elapsed() >= ka.max_age {
             return;
         }
-        live.active.store(false, Ordering::Relaxed);
-        let home = live.home.clone();
+        conn.io.active = false;
+        let home = conn.home.clone();
         let mut idle = home.lock().unwrap_or_else(|p| p.into_inner());
-        // Connections the peer closed meanwhile must not push live ones out.
-        idle.retain(|entry| !entry.conn.sender.is_closed());
-        idle.push_back(Idle { peer, conn: live, since: Instant::now() });
+        idle.push_back(Idle { peer: self.peer, conn, since: Instant::now() });
         while idle.len() > ka.max_idle {
             idle.pop_front();
         }
     }
 }
 
-/// Closes pooled connections idle for longer than the timeout, as nginx's timer does; ends
-/// when the pool is dropped (reload, shutdown).
+/// Closes pooled connections idle for longer than the timeout, as nginx's timer does, and
+/// those their peer closed; ends when the pool is dropped (reload, shutdown).
 fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Duration) {
     let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     tokio::spawn(async move {
@@ -183,7 +254,7 @@ fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Dur
             for list in &lists {
                 let Some(idle) = list.upgrade() else { return };
                 let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
-                idle.retain(|entry| entry.since.elapsed() < timeout && !entry.conn.sender.is_closed());
+                idle.retain_mut(|entry| entry.since.elapsed() < timeout && !entry.conn.is_closed());
             }
         }
     });
@@ -204,7 +275,8 @@ impl Connector {
     /// Connections in the pool (those whose peer closed them are dropped when next looked at).
     pub fn idle_connections(&self) -> usize {
         let open = |list: &IdleList| {
-            list.lock().unwrap_or_else(|p| p.into_inner()).iter().filter(|i| !i.conn.sender.is_closed()).count()
+            let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
+            idle.iter_mut().map(|i| !i.conn.is_closed()).filter(|open| *open).count()
         };
         self.idle.iter().map(open).sum()
     }
@@ -221,17 +293,8 @@ impl Connector {
         WORKER.with(|w| w.get()).min(self.idle.len() - 1)
     }
 
-    /// The newest idle connection to `peer` that takes a request.
-    async fn take_idle(&self, peer: usize) -> Option<Live> {
-        loop {
-            let mut conn = self.pop_idle(peer)?;
-            if conn.ready().await {
-                return Some(conn);
-            }
-        }
-    }
-
-    fn pop_idle(&self, peer: usize) -> Option<Live> {
+    /// The newest idle connection to `peer` that can take a request.
+    fn pop_idle(&self, peer: usize) -> Option<Conn> {
         let ka = self.keepalive.as_ref()?;
         let local = self.worker();
         let others = self.idle.iter().enumerate().filter(|(i, _)| *i != local).map(|(_, list)| list);
@@ -239,8 +302,8 @@ impl Connector {
             let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
             // Newest first: the one least likely to have been closed by the peer meanwhile.
             while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
-                let Some(entry) = idle.remove(pos) else { break };
-                if entry.since.elapsed() < ka.idle_timeout && !entry.conn.sender.is_closed() {
+                let Some(mut entry) = idle.remove(pos) else { break };
+                if entry.since.elapsed() < ka.idle_timeout && !entry.conn.is_closed() {
                     return Some(entry.conn);
                 }
             }
@@ -249,37 +312,24 @@ impl Connector {
     }
 
     /// One attempt on one peer: a pooled connection if there is one, else a new one.
-    pub async fn send(
-        &self,
-        peer: usize,
-        addr: SocketAddr,
-        mut request: Request<Full<Bytes>>,
-    ) -> Result<Exchange, AttemptError> {
-        while let Some(mut live) = self.take_idle(peer).await {
-            live.active.store(true, Ordering::Relaxed);
-            live.requests += 1;
-            let Live { sender, conn, .. } = &mut live;
-            let sent = Live::drive_with(conn, sender.try_send_request(request)).await;
-            match sent {
-                Ok(response) => return Ok(self.exchange(peer, live, response, Duration::ZERO, true)),
-                Err(mut err) => match err.take_message() {
-                    // Closed before a byte went out: the request is untouched, so any method
-                    // may go on a fresh connection (the stale-pool race).
-                    Some(back) => {
-                        tracing::debug!(%addr, err = %err.error(), "pooled connection was closed; using another");
-                        request = back;
-                    }
-                    None => {
-                        let error = err.into_error();
-                        return Err(AttemptError {
-                            failure: classify(&error),
-                            sent: true,
-                            reused: true,
-                            connect_time: Some(Duration::ZERO),
-                            detail: describe(&error),
-                        });
-                    }
-                },
+    pub async fn send(&self, peer: usize, addr: SocketAddr, req: &UpstreamRequest) -> Result<Exchange, AttemptError> {
+        while let Some(mut conn) = self.pop_idle(peer) {
+            match conn.exchange(req).await {
+                Ok(head) => return Ok(self.respond(peer, conn, head, Duration::ZERO, true)),
+                // Closed before a byte went out: any method may go on a fresh connection (the
+                // stale-pool race).
+                Err(failed) if !failed.written && failed.failure == Failure::Error => {
+                    tracing::debug!(%addr, detail = %failed.detail, "pooled connection was closed; using another");
+                }
+                Err(failed) => {
+                    return Err(AttemptError {
+                        failure: failed.failure,
+                        sent: true,
+                        reused: true,
+                        connect_time: Some(Duration::ZERO),
+                        detail: failed.detail,
+                    });
+                }
             }
         }
         let started = Instant::now();
@@ -307,171 +357,166 @@ impl Connector {
         let connect_time = started.elapsed();
         // The head and body go out in one writev, so Nagle never holds anything back; nginx
         // does not set TCP_NODELAY upstream either. (One syscall less per attempt.)
-        let active = Arc::new(AtomicBool::new(true));
-        let io = TimedIo::new(stream, self.timeouts.read, self.timeouts.send, active.clone());
-        let handshake = http1::Builder::new().max_header_size(MAX_RESPONSE_HEAD).handshake(TokioIo::new(io)).await;
-        let (sender, connection) = match handshake {
-            Ok(pair) => pair,
-            Err(err) => {
-                return Err(AttemptError {
-                    failure: Failure::Error,
-                    sent: true,
-                    reused: false,
-                    connect_time: Some(connect_time),
-                    detail: describe(&err),
-                });
-            }
+        let mut conn = Conn {
+            io: TimedIo::new(stream, self.timeouts.read, self.timeouts.send),
+            buf: BytesMut::new(),
+            requests: 0,
+            created: started,
+            home: self.idle[self.worker()].clone(),
+            dead: false,
         };
-        let home = self.idle[self.worker()].clone();
-        let mut live = Live { sender, conn: Some(Box::new(connection)), active, requests: 1, created: started, home };
-        let Live { sender, conn, .. } = &mut live;
-        match Live::drive_with(conn, sender.send_request(request)).await {
-            Ok(response) => Ok(self.exchange(peer, live, response, connect_time, false)),
-            Err(err) => Err(AttemptError {
-                failure: classify(&err),
+        match conn.exchange(req).await {
+            Ok(head) => Ok(self.respond(peer, conn, head, connect_time, false)),
+            Err(failed) => Err(AttemptError {
+                failure: failed.failure,
                 sent: true,
                 reused: false,
                 connect_time: Some(connect_time),
-                detail: describe(&err),
+                detail: failed.detail,
             }),
         }
     }
 
-    /// The response head is in: the body takes the connection along, to drive it while it is
-    /// read and, with keep-alive, to pool it again at its end.
-    fn exchange(
-        &self,
-        peer: usize,
-        mut live: Live,
-        response: Response<Incoming>,
-        connect_time: Duration,
-        reused: bool,
-    ) -> Exchange {
-        let conn = live.conn.take();
-        let reuse = self.keepalive.clone().map(|keepalive| Reuse { live, peer, keepalive });
-        let response = response.map(|body| UpstreamBody::new(body, conn, reuse));
+    /// The response head is in: the body takes the connection along, to read it and, with
+    /// keep-alive, to pool it again at its end.
+    fn respond(&self, peer: usize, conn: Conn, head: h1::Head, connect_time: Duration, reused: bool) -> Exchange {
+        let reuse = match &self.keepalive {
+            Some(keepalive) if head.keep_alive => Some(Reuse { peer, keepalive: keepalive.clone() }),
+            _ => None,
+        };
+        let body = UpstreamBody::new(conn, head.framing, reuse);
+        let mut response = Response::new(body);
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
         Exchange { response, connect_time, reused }
     }
 }
 
-/// Polls a connection driven in place; drops it once it is done (as its task would end), so
-/// that a response still waiting for it gets hyper's "connection closed" error.
-fn drive(conn: &mut Option<Conn>, cx: &mut Context<'_>) {
-    if let Some(c) = conn
-        && let Poll::Ready(result) = Pin::new(&mut **c).poll(cx)
-    {
-        if let Err(err) = result {
-            tracing::debug!(%err, "upstream connection ended with an error");
-        }
-        *conn = None;
-    }
+/// How much of a response body is left.
+enum Left {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+    Done,
 }
 
-/// A response body from a peer, with the connection it comes on: reading the body polls the
-/// connection first. With keep-alive the connection goes back to the pool when the body has
-/// been read to its end; dropped before that, it closes (nginx closes the upstream
-/// connection of a request whose client went away).
+/// A response body from a peer, read off the connection it came on. With keep-alive the
+/// connection goes back to the pool when the body has been read to its end; dropped before
+/// that, it closes (nginx closes the upstream connection of a request whose client went away).
 pub struct UpstreamBody {
-    body: Incoming,
+    /// None once the body is done or failed.
     conn: Option<Conn>,
+    left: Left,
     reuse: Option<Reuse>,
     /// A body error held back for one poll, so that what came before it is flushed to the
     /// client first (nginx passes on a truncated body, then closes).
-    error: Option<hyper::Error>,
+    error: Option<io::Error>,
 }
 
 impl UpstreamBody {
-    fn new(body: Incoming, conn: Option<Conn>, reuse: Option<Reuse>) -> Self {
-        let mut body = UpstreamBody { body, conn, reuse, error: None };
-        // No body to read (HEAD, 204, 304, Content-Length: 0): reusable right away.
-        if body.body.is_end_stream() {
+    fn new(conn: Conn, framing: Framing, reuse: Option<Reuse>) -> Self {
+        let left = match framing {
+            Framing::Empty => Left::Done,
+            Framing::Length(n) => Left::Length(n),
+            Framing::Chunked => Left::Chunked(Chunked::default()),
+            Framing::UntilClose => Left::UntilClose,
+        };
+        let mut body = UpstreamBody { conn: Some(conn), left, reuse, error: None };
+        if matches!(body.left, Left::Done) {
             body.ended();
         }
         body
     }
 
+    /// The body was read to its end: the connection may take another request.
     fn ended(&mut self) {
-        if let Some(reuse) = self.reuse.take() {
-            reuse.park(self.conn.take());
+        self.left = Left::Done;
+        if let (Some(reuse), Some(conn)) = (self.reuse.take(), self.conn.take()) {
+            reuse.park(conn);
         }
+        self.conn = None;
+    }
+
+    /// Closes the connection and yields `err` after what is already out has been flushed.
+    fn fail(&mut self, err: io::Error, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        self.conn = None;
+        self.reuse = None;
+        self.left = Left::Done;
+        self.error = Some(err);
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
         if let Some(err) = this.error.take() {
             return Poll::Ready(Some(Err(err)));
         }
-        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
-        if polled.is_pending() && this.conn.is_some() {
-            drive(&mut this.conn, cx);
-            polled = Pin::new(&mut this.body).poll_frame(cx);
-        }
-        match polled {
-            // The connection runs in the same task as the client's now: the data before the
-            // error (and the head) would otherwise never be written.
-            Poll::Ready(Some(Err(err))) => {
-                this.reuse = None;
-                this.error = Some(err);
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-            Poll::Ready(None) => {
-                this.ended();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if this.body.is_end_stream() {
-                    this.ended();
+        loop {
+            let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+            // What the buffer already holds first.
+            match &mut this.left {
+                Left::Done => return Poll::Ready(None),
+                Left::Length(left) if !conn.buf.is_empty() => {
+                    let n = usize::try_from(*left).unwrap_or(usize::MAX).min(conn.buf.len());
+                    let data = conn.buf.split_to(n).freeze();
+                    *left -= n as u64;
+                    if *left == 0 {
+                        this.ended();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Left::Chunked(chunked) => match chunked.decode(&mut conn.buf) {
+                    Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Step::Done) => {
+                        this.ended();
+                        return Poll::Ready(None);
+                    }
+                    Ok(Step::More) => {}
+                    Err(invalid) => return this.fail(io::Error::new(io::ErrorKind::InvalidData, invalid), cx),
+                },
+                Left::UntilClose if !conn.buf.is_empty() => {
+                    return Poll::Ready(Some(Ok(Frame::data(conn.buf.split().freeze()))));
+                }
+                Left::Length(_) | Left::UntilClose => {}
             }
-            Poll::Pending => Poll::Pending,
+            match conn.poll_read_more(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if matches!(this.left, Left::UntilClose) => {
+                    this.reuse = None;
+                    this.ended();
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    let err = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream prematurely closed connection while reading upstream",
+                    );
+                    return this.fail(err, cx);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(err)) => return this.fail(err, cx),
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.error.is_none() && matches!(self.left, Left::Done)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// Maps a hyper client error to nginx's failure type.
-fn classify(err: &hyper::Error) -> Failure {
-    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-        return Failure::InvalidHeader;
-    }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-        {
-            return Failure::Timeout;
+        match self.left {
+            Left::Length(n) => SizeHint::with_exact(n),
+            Left::Done if self.error.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
         }
-        source = e.source();
     }
-    Failure::Error
-}
-
-fn describe(err: &hyper::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// A socket whose reads and writes fail with `TimedOut` when one waits longer than its
@@ -482,12 +527,13 @@ struct TimedIo {
     write_timeout: Duration,
     read_timer: Option<Pin<Box<Sleep>>>,
     write_timer: Option<Pin<Box<Sleep>>>,
-    active: Arc<AtomicBool>,
+    /// Arms the timers; false while the connection idles in the pool.
+    active: bool,
 }
 
 impl TimedIo {
-    fn new(inner: TcpStream, read_timeout: Duration, write_timeout: Duration, active: Arc<AtomicBool>) -> Self {
-        TimedIo { inner, read_timeout, write_timeout, read_timer: None, write_timer: None, active }
+    fn new(inner: TcpStream, read_timeout: Duration, write_timeout: Duration) -> Self {
+        TimedIo { inner, read_timeout, write_timeout, read_timer: None, write_timer: None, active: true }
     }
 }
 
@@ -527,8 +573,7 @@ impl AsyncRead for TimedIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        let active = this.active.load(Ordering::Relaxed);
-        timed(polled, &mut this.read_timer, this.read_timeout, active, cx, "upstream timed out reading")
+        timed(polled, &mut this.read_timer, this.read_timeout, this.active, cx, "upstream timed out reading")
     }
 }
 
@@ -536,16 +581,15 @@ impl AsyncWrite for TimedIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        let active = this.active.load(Ordering::Relaxed);
-        timed(polled, &mut this.write_timer, this.write_timeout, active, cx, "upstream timed out writing")
+        timed(polled, &mut this.write_timer, this.write_timeout, this.active, cx, "upstream timed out writing")
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    /// A no-op: hyper half-closes before dropping a connection, but close(2) right after
-    /// sends the same FIN; nginx only closes. Saves a syscall per upstream connection.
+    /// Never called: a connection is closed by dropping it (close(2) sends the FIN; nginx
+    /// only closes too).
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
     }
@@ -553,15 +597,14 @@ impl AsyncWrite for TimedIo {
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
+        bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        let active = this.active.load(Ordering::Relaxed);
-        timed(polled, &mut this.write_timer, this.write_timeout, active, cx, "upstream timed out writing")
+        timed(polled, &mut this.write_timer, this.write_timeout, this.active, cx, "upstream timed out writing")
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 }

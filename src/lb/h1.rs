@@ -1,0 +1,366 @@
+//! HTTP/1 toward a peer, as bytes: the request head as nginx writes it is built by the caller;
+//! this reads a response head (nginx's 4 KiB `proxy_buffer_size`), decides how its body is
+//! framed and whether the connection may carry another request, and decodes chunked bodies.
+//! No I/O here: `upstream` feeds it what it read.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+
+/// nginx's `proxy_buffer_size` (one page): a longer response head is `invalid_header`.
+pub const MAX_RESPONSE_HEAD: usize = 4096;
+
+/// Header lines a 4 KiB head can hold at most ("a:\r\n" each); uninitialised, so the bound
+/// costs nothing and the head size stays the only limit, as in nginx.
+const MAX_HEADER_LINES: usize = MAX_RESPONSE_HEAD / 4;
+
+/// 1xx answers skipped before a final one; more is a peer looping.
+const MAX_INFORMATIONAL: usize = 8;
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// HEAD, 204, 304, or `Content-Length: 0`.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Neither length nor chunked: the body ends when the peer closes.
+    UntilClose,
+}
+
+/// A final response head.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The peer lets the connection carry another request once this body has been read.
+    pub keep_alive: bool,
+}
+
+/// What the buffered bytes hold so far.
+#[derive(Debug)]
+pub enum Parsed {
+    /// An incomplete head: read more (unless `MAX_RESPONSE_HEAD` is reached).
+    Partial,
+    /// A final head; its bytes have been taken off the buffer.
+    Head(Head),
+}
+
+/// Why a response head was refused (nginx: "upstream sent invalid header").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("upstream sent {0}")]
+pub struct Invalid(pub &'static str);
+
+/// Parses the response head at the start of `buf`, skipping 1xx answers (as hyper did).
+/// `head_request`: the request was HEAD, so the response has no body whatever it says.
+pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Invalid> {
+    for _ in 0..=MAX_INFORMATIONAL {
+        let (len, status) = {
+            let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
+            match parse(buf, &mut lines)? {
+                Some((len, response)) => (len, response.code.unwrap_or_default()),
+                None if buf.len() >= MAX_RESPONSE_HEAD => return Err(Invalid("too big header")),
+                None => return Ok(Parsed::Partial),
+            }
+        };
+        let status = StatusCode::from_u16(status).map_err(|_| Invalid("invalid status"))?;
+        if status.is_informational() {
+            buf.advance(len);
+            continue;
+        }
+        // Parsed again off the head's own bytes, which the header values then share instead
+        // of a copy each (a head is parsed once more only when complete).
+        let bytes = buf.split_to(len).freeze();
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
+        let Some((_, response)) = parse(&bytes, &mut lines)? else { return Err(Invalid("invalid header")) };
+        let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for line in response.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(line.value))
+                .map_err(|_| Invalid("invalid header value"))?;
+            headers.append(name, value);
+        }
+        let framing = framing(status, version, &headers, head_request)?;
+        let keep_alive = framing != Framing::UntilClose && keeps_alive(version, &headers);
+        return Ok(Parsed::Head(Head { status, version, headers, framing, keep_alive }));
+    }
+    Err(Invalid("too many informational responses"))
+}
+
+/// One head at the start of `buf`: its length and what it says, or None while incomplete.
+fn parse<'h, 'b>(
+    buf: &'b [u8],
+    lines: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, httparse::Response<'h, 'b>)>, Invalid> {
+    let mut response = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, buf, lines) {
+        Ok(httparse::Status::Complete(len)) if len > MAX_RESPONSE_HEAD => Err(Invalid("too big header")),
+        Ok(httparse::Status::Complete(len)) => Ok(Some((len, response))),
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(httparse::Error::TooManyHeaders) => Err(Invalid("too big header")),
+        Err(_) => Err(Invalid("invalid header")),
+    }
+}
+
+/// RFC 9112 §6.3 for a response, as hyper's client applies it.
+fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_request: bool) -> Result<Framing, Invalid> {
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok(Framing::Empty);
+    }
+    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 {
+            return Err(Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+        }
+        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
+        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii()).ok_or(Invalid("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Invalid("conflicting Content-Length"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => Framing::Empty,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    })
+}
+
+fn parse_length(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || digits.len() > 19 {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
+}
+
+/// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &[u8]| {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)))
+    };
+    if has(b"close") {
+        return false;
+    }
+    version == Version::HTTP_11 || has(b"keep-alive")
+}
+
+/// A chunked body being decoded (RFC 9112 §7.1); chunk extensions and trailers are dropped,
+/// as nginx drops them.
+#[derive(Debug, Default)]
+pub struct Chunked {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+/// One step of decoding.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// The buffer holds no whole next piece: read more.
+    More,
+    Done,
+}
+
+/// A size line or a trailer line longer than this is a broken peer, not a slow one.
+const MAX_CHUNK_LINE: usize = 4096;
+
+impl Chunked {
+    /// The next piece of body from `buf`, taking what it decodes off the buffer.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, Invalid> {
+        loop {
+            match self.state {
+                ChunkState::Size => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        self.state = if size == 0 { ChunkState::Trailers } else { ChunkState::Data(size) };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
+                        return Err(Invalid("too long chunk size line"));
+                    }
+                    Ok(httparse::Status::Partial) => return Ok(Step::More),
+                    Err(_) => return Err(Invalid("invalid chunked body")),
+                },
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Step::More);
+                    }
+                    let n = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                    let left = left - n as u64;
+                    self.state = if left == 0 { ChunkState::DataEnd } else { ChunkState::Data(left) };
+                    return Ok(Step::Data(buf.split_to(n).freeze()));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Step::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(Invalid("invalid chunked body"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        buf.advance(2);
+                        self.state = ChunkState::Done;
+                    }
+                    Some(end) => buf.advance(end + 2),
+                    None if buf.len() > MAX_CHUNK_LINE => return Err(Invalid("too long trailer line")),
+                    None => return Ok(Step::More),
+                },
+                ChunkState::Done => return Ok(Step::Done),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, head_request: bool) -> (Result<Parsed, Invalid>, BytesMut) {
+        let mut buf = BytesMut::from(text.as_bytes());
+        let parsed = parse_response(&mut buf, head_request);
+        (parsed, buf)
+    }
+
+    fn head(text: &str) -> Head {
+        match parse(text, false).0 {
+            Ok(Parsed::Head(h)) => h,
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn framing_and_keep_alive_follow_the_head() {
+        let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\n");
+        assert_eq!(
+            (h.status, h.version, h.framing, h.keep_alive),
+            (StatusCode::OK, Version::HTTP_11, Framing::Length(5), true)
+        );
+        assert_eq!(h.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        let cases = [
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Framing::Chunked, true),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Framing::Empty, true),
+            ("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", Framing::Empty, true),
+            ("HTTP/1.1 304 Not Modified\r\n\r\n", Framing::Empty, true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n", Framing::Length(3), false),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: foo, Close\r\n\r\n", Framing::Length(3), false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n", Framing::Length(3), false),
+            ("HTTP/1.0 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\n", Framing::Length(3), true),
+            ("HTTP/1.1 200 OK\r\nContent-Length: 7, 7\r\n\r\n", Framing::Length(7), true),
+        ];
+        for (text, framing, keep_alive) in cases {
+            let h = head(text);
+            assert_eq!((h.framing, h.keep_alive), (framing, keep_alive), "{text:?}");
+        }
+        let (parsed, _) = parse("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n", true);
+        assert!(matches!(parsed, Ok(Parsed::Head(Head { framing: Framing::Empty, keep_alive: true, .. }))));
+    }
+
+    #[test]
+    fn the_head_is_taken_off_the_buffer_and_informational_answers_skipped() {
+        let (parsed, rest) =
+            parse("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nokEXTRA", false);
+        assert!(matches!(parsed, Ok(Parsed::Head(Head { status: StatusCode::CREATED, .. }))));
+        assert_eq!(&rest[..], b"okEXTRA");
+        let (parsed, rest) = parse("HTTP/1.1 200 OK\r\nContent-Le", false);
+        assert!(matches!(parsed, Ok(Parsed::Partial)));
+        assert_eq!(rest.len(), 27, "a partial head stays in the buffer");
+        let loops = "HTTP/1.1 102 Processing\r\n\r\n".repeat(MAX_INFORMATIONAL + 1);
+        assert_eq!(parse(&loops, false).0.unwrap_err(), Invalid("too many informational responses"));
+    }
+
+    #[test]
+    fn broken_heads_are_invalid() {
+        let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_RESPONSE_HEAD));
+        let partial_big = format!("HTTP/1.1 200 OK\r\nX-Big: {}", "a".repeat(MAX_RESPONSE_HEAD));
+        let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a:\r\n".repeat(MAX_HEADER_LINES + 1));
+        for text in [
+            "HTTP/1.1 abc OK\r\n\r\n",
+            "HTTP/1.1 099 Low\r\n\r\n",
+            "HTTP/2 200 OK\r\n\r\n",
+            "garbage\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            &big,
+            &partial_big,
+            &many,
+        ] {
+            assert!(parse(text, false).0.is_err(), "{text:.60?}");
+        }
+        // Up to the limit, any number of header lines is fine (nginx counts bytes only).
+        let fine = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a:\r\n".repeat(900));
+        assert!(matches!(parse(&fine, false).0, Ok(Parsed::Head(_))));
+    }
+
+    /// Feeds `wire` to a decoder in pieces of `step` bytes.
+    fn dechunk(wire: &[u8], step: usize) -> Result<(Vec<u8>, BytesMut), Invalid> {
+        let mut decoder = Chunked::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        let mut fed = 0;
+        loop {
+            match decoder.decode(&mut buf)? {
+                Step::Data(d) => body.extend_from_slice(&d),
+                Step::Done => return Ok((body, buf)),
+                Step::More if fed < wire.len() => {
+                    let end = (fed + step).min(wire.len());
+                    buf.extend_from_slice(&wire[fed..end]);
+                    fed = end;
+                }
+                Step::More => return Err(Invalid("ended early")),
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_whatever_the_read_sizes() {
+        let wire = b"5;ext=1\r\nhello\r\n1A\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\nNEXT";
+        for step in [1, 2, 3, 7, 100] {
+            let (body, rest) = dechunk(wire, step).unwrap();
+            assert_eq!(body, b"helloabcdefghijklmnopqrstuvwxyz", "step {step}");
+            if step == 100 {
+                assert_eq!(&rest[..], b"NEXT", "what follows the body stays");
+            }
+        }
+        for broken in [&b"5\r\nhelloXX0\r\n\r\n"[..], b"zz\r\n", b"5\nhello\r\n0\r\n\r\n", b"10000000000000000\r\n"] {
+            assert!(dechunk(broken, 3).is_err(), "{:?}", String::from_utf8_lossy(broken));
+        }
+        let long_line = format!("5;{}", "e".repeat(MAX_CHUNK_LINE + 1));
+        assert_eq!(dechunk(long_line.as_bytes(), 5000).unwrap_err(), Invalid("too long chunk size line"));
+        assert_eq!(dechunk(b"5\r\nhel", 3).unwrap_err(), Invalid("ended early"));
+    }
+}
