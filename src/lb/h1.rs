@@ -59,37 +59,91 @@ pub struct Invalid(pub &'static str);
 /// `head_request`: the request was HEAD, so the response has no body whatever it says.
 pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Invalid> {
     for _ in 0..=MAX_INFORMATIONAL {
-        let (len, status) = {
+        let mut spans = [Span::default(); SPANS];
+        let (len, status, version, count) = {
             let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
-            match parse(buf, &mut lines)? {
-                Some((len, response)) => (len, response.code.unwrap_or_default()),
-                None if buf.len() >= MAX_RESPONSE_HEAD => return Err(Invalid("too big header")),
-                None => return Ok(Parsed::Partial),
-            }
+            let Some((len, response)) = parse(buf, &mut lines)? else {
+                if buf.len() >= MAX_RESPONSE_HEAD {
+                    return Err(Invalid("too big header"));
+                }
+                return Ok(Parsed::Partial);
+            };
+            let count = response.headers.len();
+            let spanned = count <= SPANS
+                && response.headers.iter().zip(&mut spans).all(|(line, span)| span.set(buf, line).is_some());
+            (len, response.code.unwrap_or_default(), response.version, spanned.then_some(count))
         };
         let status = StatusCode::from_u16(status).map_err(|_| Invalid("invalid status"))?;
         if status.is_informational() {
             buf.advance(len);
             continue;
         }
-        // Parsed again off the head's own bytes, which the header values then share instead
-        // of a copy each (a head is parsed once more only when complete).
+        let version = if version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
+        // The header values share the head's bytes instead of a copy each.
         let bytes = buf.split_to(len).freeze();
-        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
-        let Some((_, response)) = parse(&bytes, &mut lines)? else { return Err(Invalid("invalid header")) };
-        let version = if response.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for line in response.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes()).map_err(|_| Invalid("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(bytes.slice_ref(line.value))
-                .map_err(|_| Invalid("invalid header value"))?;
+        let mut headers = HeaderMap::new();
+        let mut add = |name: &[u8], value: Bytes| -> Result<(), Invalid> {
+            let name = HeaderName::from_bytes(name).map_err(|_| Invalid("invalid header name"))?;
+            let value = HeaderValue::from_maybe_shared(value).map_err(|_| Invalid("invalid header value"))?;
             headers.append(name, value);
+            Ok(())
+        };
+        match count {
+            Some(count) => {
+                for span in &spans[..count] {
+                    add(&bytes[span.name()], bytes.slice(span.value()))?;
+                }
+            }
+            // Many header lines: parsed again off the head's own bytes.
+            None => {
+                let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
+                let Some((_, response)) = parse(&bytes, &mut lines)? else { return Err(Invalid("invalid header")) };
+                for line in response.headers.iter() {
+                    add(line.name.as_bytes(), bytes.slice_ref(line.value))?;
+                }
+            }
         }
         let framing = framing(status, version, &headers, head_request)?;
         let keep_alive = framing != Framing::UntilClose && keeps_alive(version, &headers);
         return Ok(Parsed::Head(Head { status, version, headers, framing, keep_alive }));
     }
     Err(Invalid("too many informational responses"))
+}
+
+/// Header lines whose place in the buffer is kept from the first parse; a head with more is
+/// parsed a second time instead.
+const SPANS: usize = 32;
+
+/// Where a header line's name and value are in the buffer (a head is at most 4 KiB).
+#[derive(Debug, Default, Clone, Copy)]
+struct Span {
+    name: (u16, u16),
+    value: (u16, u16),
+}
+
+impl Span {
+    /// Records where `line` lies in `buf`; None if it is not inside it.
+    fn set(&mut self, buf: &[u8], line: &httparse::Header<'_>) -> Option<()> {
+        let at = |part: &[u8]| -> Option<(u16, u16)> {
+            if part.is_empty() {
+                return Some((0, 0));
+            }
+            let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+            let end = start.checked_add(part.len()).filter(|&end| end <= buf.len())?;
+            Some((u16::try_from(start).ok()?, u16::try_from(end).ok()?))
+        };
+        self.name = at(line.name.as_bytes())?;
+        self.value = at(line.value)?;
+        Some(())
+    }
+
+    fn name(&self) -> std::ops::Range<usize> {
+        usize::from(self.name.0)..usize::from(self.name.1)
+    }
+
+    fn value(&self) -> std::ops::Range<usize> {
+        usize::from(self.value.0)..usize::from(self.value.1)
+    }
 }
 
 /// One head at the start of `buf`: its length and what it says, or None while incomplete.
@@ -324,6 +378,25 @@ mod tests {
         // Up to the limit, any number of header lines is fine (nginx counts bytes only).
         let fine = format!("HTTP/1.1 200 OK\r\n{}\r\n", "a:\r\n".repeat(900));
         assert!(matches!(parse(&fine, false).0, Ok(Parsed::Head(_))));
+    }
+
+    #[test]
+    fn headers_read_from_kept_places_and_from_a_second_parse_agree() {
+        for lines in [1, SPANS - 1, SPANS, SPANS + 1, 3 * SPANS] {
+            let mut text = String::from("HTTP/1.1 200 OK\r\n");
+            for i in 0..lines {
+                text.push_str(&format!("X-H{}: v{i} \r\nX-Empty:\r\n", i % 3));
+            }
+            text.push_str("Content-Length: 1\r\n\r\nb");
+            let h = head(&text);
+            assert_eq!(h.headers.len(), 2 * lines + 1, "{lines} lines");
+            assert_eq!(h.headers.get_all("x-h0").iter().next().unwrap(), "v0");
+            assert_eq!(h.headers.get_all("x-empty").iter().count(), lines);
+            assert!(h.headers.get_all("x-empty").iter().all(|v| v.is_empty()));
+            let x0: Vec<_> = h.headers.get_all("x-h0").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+            let want: Vec<_> = (0..lines).filter(|i| i % 3 == 0).map(|i| format!("v{i}")).collect();
+            assert_eq!(x0, want, "{lines} lines");
+        }
     }
 
     /// Feeds `wire` to a decoder in pieces of `step` bytes.

@@ -175,7 +175,13 @@ impl Conn {
             return Err(Failed { failure: io_failure(&err), written, detail: format!("writing the request: {err}") });
         }
         loop {
-            match h1::parse_response(&mut self.buf, req.head_only) {
+            // Nothing to parse before the first read.
+            let parsed = if self.buf.is_empty() {
+                Ok(Parsed::Partial)
+            } else {
+                h1::parse_response(&mut self.buf, req.head_only)
+            };
+            match parsed {
                 Ok(Parsed::Head(head)) => return Ok(head),
                 Err(invalid) => {
                     return Err(Failed { failure: Failure::InvalidHeader, written: true, detail: invalid.to_string() });
