@@ -129,6 +129,15 @@ impl Conn {
         self.dead
     }
 
+    /// The connection with its socket registered with this thread's runtime and `home` as
+    /// its idle list (two epoll_ctl calls); None if the socket could not be moved.
+    fn rehome(self, home: IdleList) -> Option<Conn> {
+        let Conn { io, buf, requests, created, dead, .. } = self;
+        let TimedIo { inner, read_timeout, write_timeout, .. } = io;
+        let inner = TcpStream::from_std(inner.into_std().ok()?).ok()?;
+        Some(Conn { io: TimedIo::new(inner, read_timeout, write_timeout), buf, requests, created, home, dead })
+    }
+
     /// Reads what the peer sends next into `buf`; 0 at its end.
     async fn read_more(&mut self) -> io::Result<usize> {
         self.buf.reserve(READ_CHUNK);
@@ -310,7 +319,17 @@ impl Connector {
             while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
                 let Some(mut entry) = idle.remove(pos) else { break };
                 if entry.since.elapsed() < ka.idle_timeout && !entry.conn.is_closed() {
-                    return Some(entry.conn);
+                    drop(idle);
+                    let home = &self.idle[local];
+                    if Arc::ptr_eq(&entry.conn.home, home) {
+                        return Some(entry.conn);
+                    }
+                    // Another worker's: moved over for good, or every read would be a wake-up
+                    // across threads (its runtime sees the socket's readiness) from now on.
+                    match entry.conn.rehome(home.clone()) {
+                        Some(conn) => return Some(conn),
+                        None => return self.pop_idle(peer),
+                    }
                 }
             }
         }
