@@ -57,7 +57,13 @@ pub struct Invalid(pub &'static str);
 
 /// Parses the response head at the start of `buf`, skipping 1xx answers (as hyper did).
 /// `head_request`: the request was HEAD, so the response has no body whatever it says.
-pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, Invalid> {
+/// The head's map keeps the header lines `keep` accepts; framing and reuse are decided from
+/// all of them (Content-Length, Transfer-Encoding and Connection need not be kept).
+pub fn parse_response(
+    buf: &mut BytesMut,
+    head_request: bool,
+    keep: fn(&HeaderName) -> bool,
+) -> Result<Parsed, Invalid> {
     for _ in 0..=MAX_INFORMATIONAL {
         let mut spans = [Span::default(); SPANS];
         let (len, status, version, count) = {
@@ -82,29 +88,42 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool) -> Result<Parsed, 
         // The header values share the head's bytes instead of a copy each.
         let bytes = buf.split_to(len).freeze();
         let mut headers = HeaderMap::new();
+        let mut lines = Lines::default();
         let mut add = |name: &[u8], value: Bytes| -> Result<(), Invalid> {
             let name = HeaderName::from_bytes(name).map_err(|_| Invalid("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(value).map_err(|_| Invalid("invalid header value"))?;
-            headers.append(name, value);
+            lines.see(&name, &value);
+            if keep(&name) {
+                let value = HeaderValue::from_maybe_shared(value).map_err(|_| Invalid("invalid header value"))?;
+                headers.append(name, value);
+            }
             Ok(())
         };
+        // Content-Type first, where nginx's header filter writes it; the rest in order.
+        let content_type = |name: &[u8]| name.eq_ignore_ascii_case(b"content-type");
         match count {
             Some(count) => {
-                for span in &spans[..count] {
-                    add(&bytes[span.name()], bytes.slice(span.value()))?;
+                for first in [true, false] {
+                    for span in &spans[..count] {
+                        let name = &bytes[span.name()];
+                        if content_type(name) == first {
+                            add(name, bytes.slice(span.value()))?;
+                        }
+                    }
                 }
             }
             // Many header lines: parsed again off the head's own bytes.
             None => {
                 let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
                 let Some((_, response)) = parse(&bytes, &mut lines)? else { return Err(Invalid("invalid header")) };
-                for line in response.headers.iter() {
-                    add(line.name.as_bytes(), bytes.slice_ref(line.value))?;
+                for first in [true, false] {
+                    for line in response.headers.iter().filter(|l| content_type(l.name.as_bytes()) == first) {
+                        add(line.name.as_bytes(), bytes.slice_ref(line.value))?;
+                    }
                 }
             }
         }
-        let framing = framing(status, version, &headers, head_request)?;
-        let keep_alive = framing != Framing::UntilClose && keeps_alive(version, &headers);
+        let framing = lines.framing(status, version, head_request)?;
+        let keep_alive = framing != Framing::UntilClose && lines.keeps_alive(version);
         return Ok(Parsed::Head(Head { status, version, headers, framing, keep_alive }));
     }
     Err(Invalid("too many informational responses"))
@@ -161,58 +180,91 @@ fn parse<'h, 'b>(
     }
 }
 
-/// RFC 9112 §6.3 for a response, as hyper's client applies it.
-fn framing(status: StatusCode, version: Version, headers: &HeaderMap, head_request: bool) -> Result<Framing, Invalid> {
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
-        return Ok(Framing::Empty);
-    }
-    if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-        if version == Version::HTTP_10 {
-            return Err(Invalid("Transfer-Encoding in an HTTP/1.0 response"));
-        }
-        let last = te.as_bytes().rsplit(|&b| b == b',').next().unwrap_or_default();
-        return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
-        });
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(part.trim_ascii()).ok_or(Invalid("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Invalid("conflicting Content-Length"));
+/// What the framing and connection header lines of a head say.
+#[derive(Debug, Default)]
+struct Lines {
+    lengths: usize,
+    /// The first Content-Length's value; Err if it is not a length.
+    length: Option<Result<u64, ()>>,
+    encodings: usize,
+    chunked: bool,
+    close: bool,
+    keep_alive: bool,
+}
+
+impl Lines {
+    fn see(&mut self, name: &HeaderName, value: &[u8]) {
+        if name == header::CONTENT_LENGTH {
+            self.lengths += 1;
+            self.length.get_or_insert_with(|| content_length(value).ok_or(()));
+        } else if name == header::TRANSFER_ENCODING {
+            self.encodings += 1;
+            self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-            length = Some(n);
         }
     }
-    Ok(match length {
-        Some(0) => Framing::Empty,
-        Some(n) => Framing::Length(n),
-        None => Framing::UntilClose,
-    })
+
+    /// RFC 9112 §6.3 for a response, with the checks nginx 1.23 added
+    /// (proxy_duplicate_headers.t): a body whose length is ambiguous is refused, not guessed.
+    fn framing(&self, status: StatusCode, version: Version, head_request: bool) -> Result<Framing, Invalid> {
+        if self.lengths > 1 {
+            return Err(Invalid("duplicate Content-Length"));
+        }
+        if self.encodings > 1 {
+            return Err(Invalid("duplicate Transfer-Encoding"));
+        }
+        if self.encodings == 1 {
+            if self.lengths > 0 {
+                return Err(Invalid("both Content-Length and Transfer-Encoding"));
+            }
+            if !self.chunked {
+                return Err(Invalid("unknown Transfer-Encoding"));
+            }
+            if version == Version::HTTP_10 {
+                return Err(Invalid("Transfer-Encoding in an HTTP/1.0 response"));
+            }
+        }
+        let length = match self.length {
+            Some(Err(())) => return Err(Invalid("invalid Content-Length")),
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
+        if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            return Ok(Framing::Empty);
+        }
+        Ok(match (self.chunked, length) {
+            (true, _) => Framing::Chunked,
+            (false, Some(0)) => Framing::Empty,
+            (false, Some(n)) => Framing::Length(n),
+            (false, None) => Framing::UntilClose,
+        })
+    }
+
+    /// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+    fn keeps_alive(&self, version: Version) -> bool {
+        !self.close && (version == Version::HTTP_11 || self.keep_alive)
+    }
 }
 
-fn parse_length(digits: &[u8]) -> Option<u64> {
-    if digits.is_empty() || digits.len() > 19 {
-        return None;
+/// A Content-Length value: digits, or a list of equal ones (as hyper accepted).
+fn content_length(value: &[u8]) -> Option<u64> {
+    let mut length = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = part.trim_ascii();
+        if digits.is_empty() || digits.len() > 19 {
+            return None;
+        }
+        let n = digits.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
     }
-    digits.iter().try_fold(0u64, |n, &d| d.is_ascii_digit().then(|| n * 10 + u64::from(d - b'0')))
-}
-
-/// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &[u8]| {
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .any(|v| v.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token)))
-    };
-    if has(b"close") {
-        return false;
-    }
-    version == Version::HTTP_11 || has(b"keep-alive")
+    length
 }
 
 /// A chunked body being decoded (RFC 9112 §7.1); chunk extensions and trailers are dropped,
@@ -300,7 +352,7 @@ mod tests {
 
     fn parse(text: &str, head_request: bool) -> (Result<Parsed, Invalid>, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());
-        let parsed = parse_response(&mut buf, head_request);
+        let parsed = parse_response(&mut buf, head_request, |name| name != "x-hidden");
         (parsed, buf)
     }
 
@@ -319,10 +371,13 @@ mod tests {
             (StatusCode::OK, Version::HTTP_11, Framing::Length(5), true)
         );
         assert_eq!(h.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        // Lines not kept still decide the framing.
+        let h = head("HTTP/1.1 200 OK\r\nX-Hidden: 1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n");
+        assert!(h.headers.get("x-hidden").is_none());
+        assert_eq!((h.framing, h.keep_alive, h.headers.len()), (Framing::Length(5), false, 2));
         let cases = [
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", Framing::Chunked, true),
-            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n", Framing::UntilClose, false),
+            ("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n", Framing::Chunked, true),
             ("HTTP/1.1 200 OK\r\n\r\n", Framing::UntilClose, false),
             ("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", Framing::Empty, true),
             ("HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n", Framing::Empty, true),
@@ -369,6 +424,14 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
             "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            // nginx 1.23's checks (proxy_duplicate_headers.t).
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 204 No Content\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             &big,
             &partial_big,
             &many,
@@ -387,12 +450,14 @@ mod tests {
             for i in 0..lines {
                 text.push_str(&format!("X-H{}: v{i} \r\nX-Empty:\r\n", i % 3));
             }
-            text.push_str("Content-Length: 1\r\n\r\nb");
+            text.push_str("Content-Type: text/plain\r\nContent-Length: 1\r\n\r\nb");
             let h = head(&text);
-            assert_eq!(h.headers.len(), 2 * lines + 1, "{lines} lines");
+            assert_eq!(h.headers.len(), 2 * lines + 2, "{lines} lines");
             assert_eq!(h.headers.get_all("x-h0").iter().next().unwrap(), "v0");
             assert_eq!(h.headers.get_all("x-empty").iter().count(), lines);
             assert!(h.headers.get_all("x-empty").iter().all(|v| v.is_empty()));
+            let names: Vec<_> = h.headers.keys().map(|k| k.as_str()).collect();
+            assert_eq!(names.first(), Some(&"content-type"), "{lines} lines");
             let x0: Vec<_> = h.headers.get_all("x-h0").iter().map(|v| v.to_str().unwrap().to_string()).collect();
             let want: Vec<_> = (0..lines).filter(|i| i % 3 == 0).map(|i| format!("v{i}")).collect();
             assert_eq!(x0, want, "{lines} lines");

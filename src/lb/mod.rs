@@ -358,7 +358,7 @@ async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
         settings: pc.settings.clone(),
         host,
         balancer: Balancer::new(peers, Instant::now()),
-        connector: Connector::new(timeouts, keepalive, workers),
+        connector: Connector::new(timeouts, keepalive, workers, proxy::passed_back),
         metrics,
         probes: CancellationToken::new(),
     })

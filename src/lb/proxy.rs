@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use super::Pool;
 use super::balancer::Outcome;
 use super::retry::{Attempts, Failure, Next};
-use super::upstream::{AttemptError, Exchange, UpstreamBody, UpstreamRequest};
+use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
 use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
@@ -46,6 +46,12 @@ const NOT_PASSED_BACK: [HeaderName; 5] = [
     header::SERVER,
     HeaderName::from_static("keep-alive"),
 ];
+
+/// Whether a backend response header goes on to the client (the upstream side leaves the
+/// others out of the response it builds).
+pub fn passed_back(name: &HeaderName) -> bool {
+    !NOT_PASSED_BACK.contains(name) && name != "x-pad" && !name.as_str().starts_with("x-accel-")
+}
 
 /// One attempt as the access log shows it (nginx `$upstream_addr`, `$upstream_status`, ...).
 #[derive(Debug, Clone)]
@@ -388,16 +394,6 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         });
         let result = pool.connector.send(i, peer.addr, &request).await;
         log.attempts.pop();
-        let result = result.and_then(|ex| match check_framing(ex.response.headers()) {
-            Ok(()) => Ok(ex),
-            Err(why) => Err(AttemptError {
-                failure: Failure::InvalidHeader,
-                sent: true,
-                reused: ex.reused,
-                connect_time: Some(ex.connect_time),
-                detail: why.into(),
-            }),
-        });
         match result {
             Err(err) => {
                 let now = Instant::now();
@@ -471,15 +467,8 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
 /// hop-by-hop ones and those the proxy writes itself.
 fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Response<ProxyBody> {
     let Exchange { response, .. } = ex;
+    // What `passed_back` refuses never made it into the map.
     let (mut parts, body) = response.into_parts();
-    for name in NOT_PASSED_BACK {
-        parts.headers.remove(name);
-    }
-    parts.headers.remove("x-pad");
-    let accel: Vec<HeaderName> = parts.headers.keys().filter(|k| k.as_str().starts_with("x-accel-")).cloned().collect();
-    for name in accel {
-        parts.headers.remove(name);
-    }
     if client_version < Version::HTTP_11 {
         parts.headers.remove(header::UPGRADE);
     }
@@ -691,29 +680,6 @@ fn host_name(host: &str) -> String {
     name.to_ascii_lowercase()
 }
 
-/// Framing nginx refuses in a response head (proxy_duplicate_headers.t): more than one
-/// Content-Length, Content-Length with Transfer-Encoding, or a Transfer-Encoding other than
-/// one `chunked`.
-fn check_framing(h: &HeaderMap) -> Result<(), &'static str> {
-    let cl = h.get_all(header::CONTENT_LENGTH).iter().count();
-    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if cl > 1 {
-        return Err("upstream sent duplicate Content-Length");
-    }
-    if te.len() > 1 {
-        return Err("upstream sent duplicate Transfer-Encoding");
-    }
-    if let Some(te) = te.first() {
-        if cl > 0 {
-            return Err("upstream sent both Content-Length and Transfer-Encoding");
-        }
-        if !te.as_bytes().eq_ignore_ascii_case(b"chunked") {
-            return Err("upstream sent an unknown Transfer-Encoding");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,23 +763,5 @@ mod tests {
             line.push_fields(&mut direct);
             assert_eq!(traced, format!(" INFO access: {direct}\n"));
         }
-    }
-
-    #[test]
-    fn response_framing_checks() {
-        let mut h = HeaderMap::new();
-        assert!(check_framing(&h).is_ok());
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert!(check_framing(&h).is_ok());
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert!(check_framing(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
-        assert!(check_framing(&h).is_err());
-        let mut h = HeaderMap::new();
-        h.append(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        assert!(check_framing(&h).is_ok());
-        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
-        assert!(check_framing(&h).is_err());
     }
 }

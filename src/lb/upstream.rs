@@ -66,7 +66,6 @@ pub struct AttemptError {
 pub struct Exchange {
     pub response: Response<UpstreamBody>,
     pub connect_time: Duration,
-    pub reused: bool,
 }
 
 /// Idle connections of one pool on one worker thread.
@@ -92,6 +91,8 @@ pub struct Connector {
     /// worker takes its own connections first. Another worker's comes next: a wake-up across
     /// threads per read still costs less than a new connection.
     idle: Box<[IdleList]>,
+    /// The response headers that go into a response's map (the others only inform framing).
+    keep: fn(&http::HeaderName) -> bool,
 }
 
 /// An upstream connection. It has no task of its own: the request's task reads and writes it,
@@ -177,7 +178,11 @@ impl Conn {
     }
 
     /// Sends the request and reads the response head.
-    async fn exchange(&mut self, req: &UpstreamRequest) -> Result<h1::Head, Failed> {
+    async fn exchange(
+        &mut self,
+        req: &UpstreamRequest,
+        keep: fn(&http::HeaderName) -> bool,
+    ) -> Result<h1::Head, Failed> {
         self.requests += 1;
         self.io.active = true;
         if let Err((err, written)) = self.write_request(req).await {
@@ -188,7 +193,7 @@ impl Conn {
             let parsed = if self.buf.is_empty() {
                 Ok(Parsed::Partial)
             } else {
-                h1::parse_response(&mut self.buf, req.head_only)
+                h1::parse_response(&mut self.buf, req.head_only, keep)
             };
             match parsed {
                 Ok(Parsed::Head(head)) => return Ok(head),
@@ -278,13 +283,18 @@ fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Dur
 impl Connector {
     /// `keepalive.max_idle` is for the whole process; each of the `workers` keeps its share
     /// (rounded up).
-    pub fn new(timeouts: Timeouts, mut keepalive: Option<KeepAlive>, workers: usize) -> Connector {
+    pub fn new(
+        timeouts: Timeouts,
+        mut keepalive: Option<KeepAlive>,
+        workers: usize,
+        keep: fn(&http::HeaderName) -> bool,
+    ) -> Connector {
         let idle: Box<[IdleList]> = (0..workers.max(1)).map(|_| IdleList::default()).collect();
         if let Some(ka) = &mut keepalive {
             ka.max_idle = ka.max_idle.div_ceil(idle.len());
             spawn_reaper(idle.iter().map(Arc::downgrade).collect(), ka.idle_timeout);
         }
-        Connector { timeouts, keepalive, idle }
+        Connector { timeouts, keepalive, idle, keep }
     }
 
     /// Connections in the pool (those whose peer closed them are dropped when next looked at).
@@ -339,8 +349,8 @@ impl Connector {
     /// One attempt on one peer: a pooled connection if there is one, else a new one.
     pub async fn send(&self, peer: usize, addr: SocketAddr, req: &UpstreamRequest) -> Result<Exchange, AttemptError> {
         while let Some(mut conn) = self.pop_idle(peer) {
-            match conn.exchange(req).await {
-                Ok(head) => return Ok(self.respond(peer, conn, head, Duration::ZERO, true)),
+            match conn.exchange(req, self.keep).await {
+                Ok(head) => return Ok(self.respond(peer, conn, head, Duration::ZERO)),
                 // Closed before a byte went out: any method may go on a fresh connection (the
                 // stale-pool race).
                 Err(failed) if !failed.written && failed.failure == Failure::Error => {
@@ -390,8 +400,8 @@ impl Connector {
             home: self.idle[self.worker()].clone(),
             dead: false,
         };
-        match conn.exchange(req).await {
-            Ok(head) => Ok(self.respond(peer, conn, head, connect_time, false)),
+        match conn.exchange(req, self.keep).await {
+            Ok(head) => Ok(self.respond(peer, conn, head, connect_time)),
             Err(failed) => Err(AttemptError {
                 failure: failed.failure,
                 sent: true,
@@ -404,7 +414,7 @@ impl Connector {
 
     /// The response head is in: the body takes the connection along, to read it and, with
     /// keep-alive, to pool it again at its end.
-    fn respond(&self, peer: usize, conn: Conn, head: h1::Head, connect_time: Duration, reused: bool) -> Exchange {
+    fn respond(&self, peer: usize, conn: Conn, head: h1::Head, connect_time: Duration) -> Exchange {
         let reuse = match &self.keepalive {
             Some(keepalive) if head.keep_alive => Some(Reuse { peer, keepalive: keepalive.clone() }),
             _ => None,
@@ -414,7 +424,7 @@ impl Connector {
         *response.status_mut() = head.status;
         *response.version_mut() = head.version;
         *response.headers_mut() = head.headers;
-        Exchange { response, connect_time, reused }
+        Exchange { response, connect_time }
     }
 }
 
