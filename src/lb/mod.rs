@@ -43,6 +43,8 @@ pub struct Pool {
     /// The upstream Host header when it does not depend on the request (`host` = pool name or
     /// a literal), made once.
     host: Option<http::HeaderValue>,
+    /// `set_headers`, made once (names and values were checked with the config).
+    set_headers: http::HeaderMap,
     balancer: Balancer,
     connector: Connector,
     metrics: PoolMetrics,
@@ -353,10 +355,17 @@ async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
         HostHeader::Literal(v) => http::HeaderValue::from_str(v).ok(),
         HostHeader::ClientName | HostHeader::Client => None,
     };
+    let mut set_headers = http::HeaderMap::new();
+    for (name, value) in &s.set_headers {
+        if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name.as_bytes()), http::HeaderValue::from_str(value)) {
+            set_headers.append(n, v);
+        }
+    }
     Ok(Pool {
         name: pc.name.clone(),
         settings: pc.settings.clone(),
         host,
+        set_headers,
         balancer: Balancer::new(peers, Instant::now()),
         connector: Connector::new(timeouts, keepalive, workers, proxy::passed_back),
         metrics,

@@ -356,10 +356,9 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         Err(status) => return Ok(local(log, status, true)),
     };
     let length = framed.then_some(body.len());
-    let headers = upstream_headers(&pool, &parts.headers, client, length);
     // Written once: every peer tried gets the same bytes.
     let request = UpstreamRequest {
-        head: request_head(&parts.method, &target, settings.keepalive, &headers),
+        head: request_head(&pool, &parts.method, &target, &parts.headers, client, length),
         body,
         head_only: parts.method == Method::HEAD,
     };
@@ -590,38 +589,83 @@ fn is_idle_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// The upstream request head as nginx 1.22 writes it (lb.md LB-19): Host, Connection,
-/// Content-Length first, then the client's headers in order minus the hop-by-hop ones and
-/// those with `_` in the name.
-fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr, length: Option<usize>) -> HeaderMap {
+/// The request line and headers as they go upstream, as nginx 1.22 writes them (lb.md LB-19):
+/// HTTP/1.0 without keep-alive (with it HTTP/1.1, as `proxy_http_version 1.1`); Host,
+/// Connection, Content-Length first, then `set_headers`, then the client's headers in order
+/// minus the hop-by-hop ones, those with `_` in the name and those the config sets, then
+/// X-Real-IP and X-Forwarded-For when configured. Names lower-case, as hyper wrote them.
+fn request_head(
+    pool: &Pool,
+    method: &Method,
+    target: &http::Uri,
+    client_headers: &HeaderMap,
+    client: SocketAddr,
+    length: Option<usize>,
+) -> Bytes {
     let s = &pool.settings;
-    let mut h = HeaderMap::with_capacity(client_headers.len() + 4);
-    let host = match &s.host {
-        HostHeader::PoolName | HostHeader::Literal(_) => pool.host.clone(),
-        HostHeader::ClientName => client_headers
-            .get(header::HOST)
-            .and_then(|h| HeaderValue::from_str(&host_name(h.to_str().ok()?)).ok())
-            .or_else(|| HeaderValue::from_str(&pool.name).ok()),
-        HostHeader::Client => {
-            client_headers.get(header::HOST).cloned().or_else(|| HeaderValue::from_str(&pool.name).ok())
-        }
+    let target = target.path_and_query().map_or("/", |pq| pq.as_str());
+    let mut head = Vec::with_capacity(256 + target.len() + client_headers.len() * 32);
+    let line = |head: &mut Vec<u8>, name: &str, value: &[u8]| {
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
     };
-    if let Some(host) = host {
-        h.insert(header::HOST, host);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(if s.keepalive { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
+    let client_host = || client_headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match &s.host {
+        HostHeader::PoolName | HostHeader::Literal(_) => {
+            if let Some(host) = &pool.host {
+                line(&mut head, "host", host.as_bytes());
+            }
+        }
+        HostHeader::ClientName => match client_host() {
+            Some(h) => line(&mut head, "host", host_name(h).as_bytes()),
+            None => line(&mut head, "host", pool.name.as_bytes()),
+        },
+        HostHeader::Client => match client_headers.get(header::HOST) {
+            Some(h) => line(&mut head, "host", h.as_bytes()),
+            None => line(&mut head, "host", pool.name.as_bytes()),
+        },
     }
     if !s.keepalive {
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        line(&mut head, "connection", b"close");
     }
     if let Some(n) = length {
-        h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        let mut digits = String::new();
+        crate::telemetry::push_digits(&mut digits, n as u64, 1);
+        line(&mut head, "content-length", digits.as_bytes());
     }
-    for (name, value) in &s.set_headers {
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-            h.append(n, v);
+    let ip = (s.x_real_ip || s.x_forwarded_for).then(|| client.ip().to_string());
+    let real_ip = || ip.as_deref().unwrap_or_default().as_bytes();
+    let forwarded_for = || {
+        // $proxy_add_x_forwarded_for: the client's list, then the address it came from.
+        let mut list: Vec<&str> =
+            client_headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+        list.push(ip.as_deref().unwrap_or_default());
+        list.join(", ")
+    };
+    // A configured header of the same name as one the proxy adds takes the proxy's value in
+    // its place (as a map insert over it did).
+    let (mut real_ip_done, mut forwarded_done) = (false, false);
+    for name in pool.set_headers.keys() {
+        if s.x_real_ip && name == "x-real-ip" {
+            line(&mut head, name.as_str(), real_ip());
+            real_ip_done = true;
+        } else if s.x_forwarded_for && name == "x-forwarded-for" {
+            line(&mut head, name.as_str(), forwarded_for().as_bytes());
+            forwarded_done = true;
+        } else {
+            for value in pool.set_headers.get_all(name) {
+                line(&mut head, name.as_str(), value.as_bytes());
+            }
         }
     }
     let set_by_config = |name: &HeaderName| {
-        s.set_headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name.as_str()))
+        (!pool.set_headers.is_empty() && pool.set_headers.contains_key(name))
             || (s.x_forwarded_for && name == "x-forwarded-for")
             || (s.x_real_ip && name == "x-real-ip")
     };
@@ -629,42 +673,13 @@ fn upstream_headers(pool: &Pool, client_headers: &HeaderMap, client: SocketAddr,
         if NOT_FORWARDED.contains(name) || name.as_str().contains('_') || set_by_config(name) {
             continue;
         }
-        h.append(name.clone(), value.clone());
+        line(&mut head, name.as_str(), value.as_bytes());
     }
-    if s.x_real_ip {
-        if let Ok(v) = HeaderValue::from_str(&client.ip().to_string()) {
-            h.insert("x-real-ip", v);
-        }
+    if s.x_real_ip && !real_ip_done {
+        line(&mut head, "x-real-ip", real_ip());
     }
-    if s.x_forwarded_for {
-        // $proxy_add_x_forwarded_for: the client's list, then the address it came from.
-        let mut list: Vec<&str> =
-            client_headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
-        let ip = client.ip().to_string();
-        list.push(&ip);
-        if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
-            h.insert("x-forwarded-for", v);
-        }
-    }
-    h
-}
-
-/// The request line and headers as they go upstream: HTTP/1.0 without keep-alive, as nginx
-/// 1.22 writes them (with it HTTP/1.1, as `proxy_http_version 1.1`); names lower-case, as
-/// hyper wrote them before.
-fn request_head(method: &Method, target: &http::Uri, keepalive: bool, headers: &HeaderMap) -> Bytes {
-    let target = target.path_and_query().map_or("/", |pq| pq.as_str());
-    let size = headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
-    let mut head = Vec::with_capacity(method.as_str().len() + target.len() + size + 16);
-    head.extend_from_slice(method.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(target.as_bytes());
-    head.extend_from_slice(if keepalive { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+    if s.x_forwarded_for && !forwarded_done {
+        line(&mut head, "x-forwarded-for", forwarded_for().as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     Bytes::from(head)
