@@ -44,7 +44,6 @@ pub fn fast_access_log() -> bool {
 /// `fields`. A proxy writes one such line per request: through tracing's formatter that was a
 /// fifth of the lb's instructions per request (callgrind), written directly a small fraction.
 pub fn write_access_line(fields: impl FnOnce(&mut String)) {
-    use std::io::Write as _;
     thread_local! {
         static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
@@ -55,8 +54,25 @@ pub fn write_access_line(fields: impl FnOnce(&mut String)) {
         line.push_str("  INFO access: ");
         fields(&mut line);
         line.push('\n');
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        write_line(line.as_bytes());
     });
+}
+
+/// Writes a whole line to stderr with write(2) calls of its own, not under std's stderr lock:
+/// lb workers log a line per request each, and the lock made them wait for one another (a
+/// futex call every few requests at c=64). One write of a line is as atomic as the locked
+/// one was; nginx's workers write their access log the same way.
+fn write_line(mut line: &[u8]) {
+    use std::os::fd::AsFd as _;
+    let stderr = std::io::stderr();
+    while !line.is_empty() {
+        match rustix::io::write(stderr.as_fd(), line) {
+            Ok(0) => return,
+            Ok(n) => line = &line[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => return,
+        }
+    }
 }
 
 /// `2026-12-01T23:40:21.483312Z`, as tracing-subscriber's `SystemTime` timer writes it.
