@@ -141,7 +141,6 @@ impl Conn {
 
     /// Reads what the peer sends next into `buf`; 0 at its end.
     async fn read_more(&mut self) -> io::Result<usize> {
-        self.buf.reserve(READ_CHUNK);
         std::future::poll_fn(|cx| self.poll_read_more(cx)).await
     }
 
