@@ -8,6 +8,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -71,6 +72,9 @@ pub struct Exchange {
 /// Idle connections of one pool on one worker thread.
 type IdleList = Arc<Mutex<VecDeque<Idle>>>;
 
+/// Idle connections of one pool on all its worker threads together.
+type IdleCount = Arc<AtomicUsize>;
+
 thread_local! {
     /// The lb worker this thread is (0 elsewhere), so that a connection goes back to, and is
     /// taken from, the idle list of the runtime its socket is registered with.
@@ -85,12 +89,15 @@ pub fn set_worker(index: usize) {
 /// Connections of one pool.
 pub struct Connector {
     timeouts: Timeouts,
-    /// `max_idle` here is per worker: the configured count split among the workers.
+    /// `max_idle` is for all the idle lists together.
     keepalive: Option<KeepAlive>,
     /// One list per worker: a socket's readiness comes from the runtime that opened it, so a
     /// worker takes its own connections first. Another worker's comes next: a wake-up across
     /// threads per read still costs less than a new connection.
     idle: Box<[IdleList]>,
+    /// How many the lists hold: a connection moves to the list of the worker that uses it, so
+    /// a bound per list would close connections while another list has room.
+    idle_count: IdleCount,
     /// The response headers that go into a response's map (the others only inform framing).
     keep: fn(&http::HeaderName) -> bool,
 }
@@ -244,6 +251,7 @@ struct Idle {
 struct Reuse {
     peer: usize,
     keepalive: KeepAlive,
+    count: IdleCount,
 }
 
 impl Reuse {
@@ -257,15 +265,16 @@ impl Reuse {
         let home = conn.home.clone();
         let mut idle = home.lock().unwrap_or_else(|p| p.into_inner());
         idle.push_back(Idle { peer: self.peer, conn, since: Instant::now() });
-        while idle.len() > ka.max_idle {
-            idle.pop_front();
+        // Over the bound: this list's oldest goes (nginx closes its least recently used).
+        if self.count.fetch_add(1, Ordering::Relaxed) >= ka.max_idle && idle.pop_front().is_some() {
+            self.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
 
 /// Closes pooled connections idle for longer than the timeout, as nginx's timer does, and
 /// those their peer closed; ends when the pool is dropped (reload, shutdown).
-fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Duration) {
+fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, count: IdleCount, timeout: Duration) {
     let every = (timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     tokio::spawn(async move {
         loop {
@@ -273,27 +282,28 @@ fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, timeout: Dur
             for list in &lists {
                 let Some(idle) = list.upgrade() else { return };
                 let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                let before = idle.len();
                 idle.retain_mut(|entry| entry.since.elapsed() < timeout && !entry.conn.is_closed());
+                count.fetch_sub(before - idle.len(), Ordering::Relaxed);
             }
         }
     });
 }
 
 impl Connector {
-    /// `keepalive.max_idle` is for the whole process; each of the `workers` keeps its share
-    /// (rounded up).
+    /// `keepalive.max_idle` is for the whole process, over the `workers`' idle lists.
     pub fn new(
         timeouts: Timeouts,
-        mut keepalive: Option<KeepAlive>,
+        keepalive: Option<KeepAlive>,
         workers: usize,
         keep: fn(&http::HeaderName) -> bool,
     ) -> Connector {
         let idle: Box<[IdleList]> = (0..workers.max(1)).map(|_| IdleList::default()).collect();
-        if let Some(ka) = &mut keepalive {
-            ka.max_idle = ka.max_idle.div_ceil(idle.len());
-            spawn_reaper(idle.iter().map(Arc::downgrade).collect(), ka.idle_timeout);
+        let idle_count = IdleCount::default();
+        if let Some(ka) = &keepalive {
+            spawn_reaper(idle.iter().map(Arc::downgrade).collect(), idle_count.clone(), ka.idle_timeout);
         }
-        Connector { timeouts, keepalive, idle, keep }
+        Connector { timeouts, keepalive, idle, idle_count, keep }
     }
 
     /// Connections in the pool (those whose peer closed them are dropped when next looked at).
@@ -308,7 +318,9 @@ impl Connector {
     /// Closes every idle connection (shutdown, reload).
     pub fn close_idle(&self) {
         for list in &self.idle {
-            list.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let mut idle = list.lock().unwrap_or_else(|p| p.into_inner());
+            self.idle_count.fetch_sub(idle.len(), Ordering::Relaxed);
+            idle.clear();
         }
     }
 
@@ -327,6 +339,7 @@ impl Connector {
             // Newest first: the one least likely to have been closed by the peer meanwhile.
             while let Some(pos) = idle.iter().rposition(|i| i.peer == peer) {
                 let Some(mut entry) = idle.remove(pos) else { break };
+                self.idle_count.fetch_sub(1, Ordering::Relaxed);
                 if entry.since.elapsed() < ka.idle_timeout && !entry.conn.is_closed() {
                     drop(idle);
                     let home = &self.idle[local];
@@ -415,7 +428,9 @@ impl Connector {
     /// keep-alive, to pool it again at its end.
     fn respond(&self, peer: usize, conn: Conn, head: h1::Head, connect_time: Duration) -> Exchange {
         let reuse = match &self.keepalive {
-            Some(keepalive) if head.keep_alive => Some(Reuse { peer, keepalive: keepalive.clone() }),
+            Some(keepalive) if head.keep_alive => {
+                Some(Reuse { peer, keepalive: keepalive.clone(), count: self.idle_count.clone() })
+            }
             _ => None,
         };
         let body = UpstreamBody::new(conn, head.framing, reuse);

@@ -700,6 +700,32 @@ fn workers_serve_the_pools_and_share_idle_connections() {
     assert_eq!(backends.connections("A"), 1, "{:?}", backends.seen());
 }
 
+/// `keepalive_connections` bounds the idle connections of all the workers together, also when
+/// connections move to the worker that takes them from another's list.
+#[test]
+fn keepalive_connections_bounds_the_idle_connections_of_all_workers() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::keep_alive());
+    let settings = ["keepalive = true", "keepalive_connections = 1"];
+    let toml = format!("{ADMIN}[lb]\nworkers = 2\n{}", pool("excp", &[a], &settings));
+    let lb = Lb::start("ka-bound", &toml);
+    // Eight clients at once need more than one upstream connection at a time.
+    std::thread::scope(|scope| {
+        for _ in 0..8 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    assert_eq!(lb.get("excp", "/").body, "A");
+                }
+            });
+        }
+    });
+    let opened = backends.connections("A");
+    assert!(opened > 1, "the load needed {opened} upstream connections; the bound is not exercised");
+    let (_, health) = lb.health();
+    let idle = health["roles"]["lb"]["details"]["pools"]["excp"]["idleConnections"].as_u64().unwrap();
+    assert_eq!(idle, 1, "idle connections kept with a bound of 1 ({opened} opened)");
+}
+
 /// example.toml: `keepalive_timeout`: "an idle pooled connection is closed after this"; nginx
 /// closes it on a timer. The lb only drops an expired connection when a later request to the
 /// same server looks at the pool, so until then it stays open (the backend holds a socket).
