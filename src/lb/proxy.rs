@@ -158,7 +158,7 @@ impl AccessLine<'_> {
         out.push_str("pool=");
         out.push_str(self.pool);
         out.push_str(" client=");
-        push_ip(out, self.client);
+        push_addr(out, Addr::Ip(self.client));
         out.push_str(" method=");
         out.push_str(self.method.as_str());
         out.push_str(" uri=");
@@ -184,7 +184,7 @@ impl AccessLine<'_> {
                 each(out, a);
             }
         };
-        column(out, "upstream_addr", &|out, a| push_socket_addr(out, a.addr));
+        column(out, "upstream_addr", &|out, a| push_addr(out, Addr::Socket(a.addr)));
         column(out, "upstream_status", &|out, a| match a.status {
             Some(s) => push_digits(out, u64::from(s), 1),
             None => out.push('-'),
@@ -208,36 +208,36 @@ fn push_secs(out: &mut String, d: Option<Duration>) {
     crate::telemetry::push_digits(out, ms % 1000, 3);
 }
 
-/// An address as `Display` writes it; IPv4 (the usual case) without the formatting machinery.
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
-    match ip {
-        std::net::IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push('.');
-                }
-                crate::telemetry::push_digits(out, u64::from(octet), 1);
-            }
-        }
-        std::net::IpAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
+/// An address as `Display` writes it, formatted once per thread: a proxy logs the same few
+/// clients and peers on every line.
+fn push_addr(out: &mut String, addr: Addr) {
+    /// Addresses remembered; past that many distinct ones the memory starts over.
+    const KEPT: usize = 64;
+    thread_local! {
+        static TEXT: std::cell::RefCell<Vec<(Addr, Box<str>)>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    let text = |addr: Addr| match addr {
+        Addr::Ip(ip) => ip.to_string(),
+        Addr::Socket(sa) => sa.to_string(),
+    };
+    TEXT.with(|kept| {
+        let Ok(mut kept) = kept.try_borrow_mut() else { return out.push_str(&text(addr)) };
+        if let Some((_, t)) = kept.iter().find(|(a, _)| *a == addr) {
+            return out.push_str(t);
+        }
+        if kept.len() == KEPT {
+            kept.clear();
+        }
+        let t: Box<str> = text(addr).into();
+        out.push_str(&t);
+        kept.push((addr, t));
+    });
 }
 
-fn push_socket_addr(out: &mut String, addr: SocketAddr) {
-    match addr {
-        SocketAddr::V4(v4) => {
-            push_ip(out, std::net::IpAddr::V4(*v4.ip()));
-            out.push(':');
-            crate::telemetry::push_digits(out, u64::from(v4.port()), 1);
-        }
-        SocketAddr::V6(v6) => {
-            use std::fmt::Write as _;
-            let _ = write!(out, "{v6}");
-        }
-    }
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Addr {
+    Ip(std::net::IpAddr),
+    Socket(SocketAddr),
 }
 
 impl Drop for RequestLog {

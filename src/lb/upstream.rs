@@ -484,7 +484,6 @@ impl UpstreamBody {
         if let (Some(reuse), Some(conn)) = (self.reuse.take(), self.conn.take()) {
             reuse.park(conn);
         }
-        self.conn = None;
     }
 
     /// Closes the connection and yields `err` after what is already out has been flushed.
