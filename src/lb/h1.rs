@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{StatusCode, Version};
 
 /// nginx's `proxy_buffer_size` (one page): a longer response head is `invalid_header`.
-pub const MAX_RESPONSE_HEAD: usize = 4096;
+const MAX_RESPONSE_HEAD: usize = 4096;
 
 /// Header lines a 4 KiB head can hold at most ("a:\r\n" each); uninitialised, so the bound
 /// costs nothing and the head size stays the only limit, as in nginx.

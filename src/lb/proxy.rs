@@ -635,9 +635,9 @@ fn request_head(
         line(&mut head, "connection", b"close");
     }
     if let Some(n) = length {
-        let mut digits = String::new();
-        crate::telemetry::push_digits(&mut digits, n as u64, 1);
-        line(&mut head, "content-length", digits.as_bytes());
+        use std::io::Write as _;
+        // Into the head itself: no string of its own per request.
+        let _ = write!(head, "content-length: {n}\r\n");
     }
     let ip = (s.x_real_ip || s.x_forwarded_for).then(|| client.ip().to_string());
     let real_ip = || ip.as_deref().unwrap_or_default().as_bytes();
