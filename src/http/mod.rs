@@ -15,7 +15,6 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -140,7 +139,7 @@ pub async fn serve_router(
     serve(listener, opts, make, shutdown).await
 }
 
-/// Serves HTTP/1.1 on an already bound listener until `shutdown`, then drains.
+/// Serves HTTP/1.1 (hyper) on an already bound listener until `shutdown`, then drains.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     opts: ServerOptions,
@@ -148,7 +147,7 @@ pub async fn serve<F, S, B>(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()>
 where
-    F: Fn(ConnInfo) -> S,
+    F: Fn(ConnInfo) -> S + Send + Sync + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -156,7 +155,124 @@ where
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    let graceful = GracefulShutdown::new();
+    let builder_opts = opts.clone();
+    let handle = move |stream: Stream, conn: Accepted| {
+        let service = make_service(conn.info);
+        let conn_builder = builder(&builder_opts, conn.open);
+        let name = builder_opts.name;
+        async move {
+            let served = conn_builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(served);
+            let result = tokio::select! {
+                r = served.as_mut() => r,
+                _ = conn.drain.cancelled() => {
+                    // Finishes the response under way, then closes (idle ones close at once).
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+            };
+            if let Err(err) = result {
+                log_conn_error(name, conn.info.peer, &err);
+            }
+        }
+    };
+    serve_streams(listener, opts, handle, shutdown).await
+}
+
+/// A connection as the accept loop hands it over.
+pub struct Accepted {
+    pub info: ConnInfo,
+    /// Connections open on this listener, this one included.
+    pub open: usize,
+    /// Cancelled when shutdown starts: finish what is under way, take no new request.
+    pub drain: CancellationToken,
+}
+
+/// A client connection: plain TCP, or TLS once the handshake is done.
+pub enum Stream {
+    Plain(tokio::net::TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Accepts connections on an already bound listener until `shutdown` (TLS handshakes in the
+/// connection's own task), runs `handle` on each in a task of its own, then gives the open
+/// ones `opts.grace` to finish.
+pub async fn serve_streams<F, Fut>(
+    listener: TcpListener,
+    opts: ServerOptions,
+    handle: F,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()>
+where
+    F: Fn(Stream, Accepted) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
+    let tracker = tokio_util::task::TaskTracker::new();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     'accept: loop {
@@ -179,50 +295,47 @@ where
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = make_service(ConnInfo { peer, tls: acceptor.is_some() });
-        let opts = opts.clone();
         let (guard, open) = OpenGuard::new(&open_connections, opts.share.clone());
+        let info = ConnInfo { peer, tls: acceptor.is_some() };
+        let accepted = Accepted { info, open, drain: shutdown.clone() };
         match &acceptor {
             None => {
-                let conn = builder(&opts, open).serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
+                let served = handle(Stream::Plain(stream), accepted);
+                tracker.spawn(async move {
                     let _guard = guard;
-                    if let Err(err) = conn.await {
-                        log_conn_error(opts.name, peer, &err);
-                    }
+                    served.await;
                 });
             }
             Some(acceptor) => {
                 // The handshake runs in the connection's task so a slow client holds up nobody.
-                let acceptor = acceptor.clone();
-                let shutdown = shutdown.clone();
-                let watcher = graceful.watcher();
-                tokio::spawn(async move {
+                let handshake = tokio::time::timeout(opts.header_timeout, acceptor.accept(stream));
+                let name = opts.name;
+                let handle = Arc::clone(&handle);
+                tracker.spawn(async move {
                     let _guard = guard;
-                    let handshake = tokio::time::timeout(opts.header_timeout, acceptor.accept(stream));
-                    let tls_stream = tokio::select! {
+                    let tls = tokio::select! {
                         r = handshake => match r {
                             Ok(Ok(s)) => s,
                             Ok(Err(err)) => {
-                                tracing::debug!(server = opts.name, %peer, %err, "tls handshake failed");
+                                tracing::debug!(server = name, %peer, %err, "tls handshake failed");
                                 return;
                             }
                             Err(_) => {
-                                tracing::debug!(server = opts.name, %peer, "tls handshake timed out");
+                                tracing::debug!(server = name, %peer, "tls handshake timed out");
                                 return;
                             }
                         },
-                        _ = shutdown.cancelled() => return,
+                        _ = accepted.drain.cancelled() => return,
                     };
-                    serve_io(tls_stream, &opts, open, service, watcher, peer).await;
+                    handle(Stream::Tls(Box::new(tls)), accepted).await;
                 });
             }
         }
     }
     drop(listener);
+    tracker.close();
     tokio::select! {
-        _ = graceful.shutdown() => tracing::debug!(server = opts.name, "all connections closed"),
+        _ = tracker.wait() => tracing::debug!(server = opts.name, "all connections closed"),
         _ = tokio::time::sleep(opts.grace) => {
             tracing::warn!(server = opts.name, grace = ?opts.grace, "grace period over; closing remaining connections");
         }
@@ -272,28 +385,6 @@ impl Drop for OpenGuard {
         if let Some(share) = &self.1 {
             share.closed();
         }
-    }
-}
-
-async fn serve_io<I, S, B>(
-    io: I,
-    opts: &ServerOptions,
-    open_connections: usize,
-    service: S,
-    watcher: hyper_util::server::graceful::Watcher,
-    peer: SocketAddr,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    let conn = builder(opts, open_connections).serve_connection(TokioIo::new(io), service);
-    if let Err(err) = watcher.watch(conn).await {
-        log_conn_error(opts.name, peer, &err);
     }
 }
 

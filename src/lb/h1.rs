@@ -1,7 +1,8 @@
-//! HTTP/1 toward a peer, as bytes: the request head as nginx writes it is built by the caller;
-//! this reads a response head (nginx's 4 KiB `proxy_buffer_size`), decides how its body is
-//! framed and whether the connection may carry another request, and decodes chunked bodies.
-//! No I/O here: `upstream` feeds it what it read.
+//! HTTP/1 as bytes, on both sides of the proxy. From a client: the request head, within
+//! nginx's `large_client_header_buffers 4 8k`. From a peer: the response head (nginx's 4 KiB
+//! `proxy_buffer_size`), how its body is framed and whether the connection may carry another
+//! request. Both: chunked bodies. No I/O here: `front` and `upstream` feed it what they read;
+//! the request head going upstream is built by `proxy`.
 
 use std::mem::MaybeUninit;
 
@@ -129,11 +130,160 @@ pub fn parse_response(
     Err(Invalid("too many informational responses"))
 }
 
+/// nginx's `large_client_header_buffers 4 8k`: the request line must fit one buffer, the
+/// whole head the four.
+pub const REQUEST_LINE_MAX: usize = 8192;
+pub const MAX_REQUEST_HEAD: usize = 4 * REQUEST_LINE_MAX;
+
+/// Header lines parsed on the stack; a head with more is parsed again with room for all.
+const REQUEST_LINES: usize = 64;
+
+/// Why a request head cannot be read at all (the proxy answers and closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadHead {
+    /// No request line within 8 KiB: 414.
+    LongRequestLine,
+    /// No end of the head within 32 KiB: 400.
+    TooBig,
+    /// Not HTTP/1.x syntax: 400.
+    Invalid(&'static str),
+}
+
+/// Parses the request head at the start of `buf`, or None while incomplete. Header values and
+/// the target share the head's bytes. What the head means (framing, Host) is for the caller to
+/// check: here only its syntax.
+pub fn parse_request(buf: &mut BytesMut) -> Result<Option<http::request::Parts>, BadHead> {
+    let mut spans = [Span::default(); SPANS];
+    let parsed = {
+        let mut lines = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; REQUEST_LINES];
+        match parse_request_lines(buf, &mut lines) {
+            Err(httparse::Error::TooManyHeaders) => None,
+            Err(e) => return Err(invalid_request(e)),
+            Ok(None) => return incomplete(buf),
+            Ok(Some((len, request))) => {
+                let count = request.headers.len();
+                let spanned = count <= SPANS
+                    && request.headers.iter().zip(&mut spans).all(|(line, span)| span.set(buf, line).is_some());
+                let mut line = RequestLine::default();
+                line.set(buf, &request).ok_or(BadHead::Invalid("request line"))?;
+                Some((len, line, spanned.then_some(count)))
+            }
+        }
+    };
+    let (len, line, count) = match parsed {
+        Some(p) => p,
+        // More lines than the stack holds: as many slots as the head can have lines.
+        None => {
+            let end = buf.len().min(MAX_REQUEST_HEAD);
+            let slots = buf[..end].iter().filter(|&&b| b == b'\n').count() + 1;
+            let mut lines = Vec::with_capacity(slots);
+            lines.resize_with(slots, MaybeUninit::<httparse::Header<'_>>::uninit);
+            match parse_request_lines(buf, &mut lines) {
+                Err(e) => return Err(invalid_request(e)),
+                Ok(None) => return incomplete(buf),
+                Ok(Some((len, request))) => {
+                    let mut line = RequestLine::default();
+                    line.set(buf, &request).ok_or(BadHead::Invalid("request line"))?;
+                    (len, line, None)
+                }
+            }
+        }
+    };
+    if len > MAX_REQUEST_HEAD {
+        return Err(BadHead::TooBig);
+    }
+    let bytes = buf.split_to(len).freeze();
+    let method = http::Method::from_bytes(&bytes[line.method.clone()]).map_err(|_| BadHead::Invalid("method"))?;
+    let uri = http::Uri::from_maybe_shared(bytes.slice(line.target.clone()))
+        .map_err(|_| BadHead::Invalid("request target"))?;
+    let mut headers = HeaderMap::with_capacity(count.unwrap_or(SPANS));
+    let mut add = |name: &[u8], value: Bytes| -> Result<(), BadHead> {
+        let name = HeaderName::from_bytes(name).map_err(|_| BadHead::Invalid("header name"))?;
+        let value = HeaderValue::from_maybe_shared(value).map_err(|_| BadHead::Invalid("header value"))?;
+        headers.append(name, value);
+        Ok(())
+    };
+    match count {
+        Some(count) => {
+            for span in &spans[..count] {
+                add(&bytes[span.name()], bytes.slice(span.value()))?;
+            }
+        }
+        None => {
+            let mut lines = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); len / 4 + 1];
+            let Ok(Some((_, request))) = parse_request_lines(&bytes, &mut lines) else {
+                return Err(BadHead::Invalid("header"));
+            };
+            for l in request.headers.iter() {
+                add(l.name.as_bytes(), bytes.slice_ref(l.value))?;
+            }
+        }
+    }
+    let mut request = http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = line.version;
+    *request.headers_mut() = headers;
+    Ok(Some(request.into_parts().0))
+}
+
+/// An incomplete head: wait for more, unless no more may come.
+fn incomplete(buf: &[u8]) -> Result<Option<http::request::Parts>, BadHead> {
+    if buf.len() < MAX_REQUEST_HEAD {
+        return Ok(None);
+    }
+    let first_line = buf.iter().take(REQUEST_LINE_MAX).any(|&b| b == b'\n');
+    Err(if first_line { BadHead::TooBig } else { BadHead::LongRequestLine })
+}
+
+fn invalid_request(e: httparse::Error) -> BadHead {
+    BadHead::Invalid(match e {
+        httparse::Error::Version => "version",
+        httparse::Error::Token => "method",
+        httparse::Error::HeaderName => "header name",
+        httparse::Error::HeaderValue => "header value",
+        _ => "syntax",
+    })
+}
+
+fn parse_request_lines<'h, 'b>(
+    buf: &'b [u8],
+    lines: &'h mut [MaybeUninit<httparse::Header<'b>>],
+) -> Result<Option<(usize, httparse::Request<'h, 'b>)>, httparse::Error> {
+    let mut request = httparse::Request::new(&mut []);
+    match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, buf, lines)? {
+        httparse::Status::Complete(len) => Ok(Some((len, request))),
+        httparse::Status::Partial => Ok(None),
+    }
+}
+
+/// Where the request line's parts are in the buffer.
+#[derive(Debug, Default)]
+struct RequestLine {
+    method: std::ops::Range<usize>,
+    target: std::ops::Range<usize>,
+    version: Version,
+}
+
+impl RequestLine {
+    fn set(&mut self, buf: &[u8], request: &httparse::Request<'_, '_>) -> Option<()> {
+        let at = |part: &[u8]| -> Option<std::ops::Range<usize>> {
+            let start = (part.as_ptr() as usize).checked_sub(buf.as_ptr() as usize)?;
+            let end = start.checked_add(part.len()).filter(|&end| end <= buf.len())?;
+            Some(start..end)
+        };
+        self.method = at(request.method?.as_bytes())?;
+        self.target = at(request.path?.as_bytes())?;
+        self.version = if request.version? == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+        Some(())
+    }
+}
+
 /// Header lines whose place in the buffer is kept from the first parse; a head with more is
 /// parsed a second time instead.
 const SPANS: usize = 32;
 
-/// Where a header line's name and value are in the buffer (a head is at most 4 KiB).
+/// Where a header line's name and value are in the buffer (a head is at most 32 KiB).
 #[derive(Debug, Default, Clone, Copy)]
 struct Span {
     name: (u16, u16),

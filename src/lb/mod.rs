@@ -2,6 +2,7 @@
 //! listener per pool, nginx 1.22's upstream semantics (lb.md LB-01..LB-31), SIGHUP reload.
 
 mod balancer;
+mod front;
 mod h1;
 mod health;
 pub mod import_nginx;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{HostHeader, LbConfig, PoolConfig, PoolSettings, split_host_port};
 use crate::http::admin::RoleStatus;
-use crate::http::{AcceptShare, ConnInfo, ServerOptions};
+use crate::http::{AcceptShare, ServerOptions};
 use crate::metrics::{Counter, Encoder, Histogram, StatusCounts};
 use balancer::{Balancer, Peer};
 use retry::Failure;
@@ -274,20 +275,12 @@ fn serve_worker(sockets: Vec<WorkerSocket>, grace: Duration, shutdown: Cancellat
                 header_timeout: pool.settings.header_timeout,
                 tls,
                 grace,
-                // nginx 1.22 has no header count limit, only its 4 x 8 KiB buffers; hyper
-                // zeroes an index array of this many entries per request, so not 1000.
-                max_headers: 200,
-                max_header_size: 4 * 8192,
                 share,
+                // `front` reads the heads itself, within nginx's limits (`h1`).
+                ..ServerOptions::DEFAULT_LIMITS
             };
-            let make = move |conn: ConnInfo| {
-                let slot = slot.clone();
-                hyper::service::service_fn(move |req| {
-                    let pool = slot.pool();
-                    proxy::handle(pool, conn.peer, req)
-                })
-            };
-            servers.spawn(crate::http::serve(listener, opts, make, shutdown.clone()));
+            let serve = move |stream, accepted| front::serve(stream, accepted, slot.clone());
+            servers.spawn(crate::http::serve_streams(listener, opts, serve, shutdown.clone()));
         }
         while let Some(done) = servers.join_next().await {
             match done {

@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Version};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http::{Method, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
 
 use super::Pool;
 use super::balancer::Outcome;
+use super::front::{BodyError, RequestBody};
 use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
-use crate::http::body::{CountingBody, IdleTimeout, IdleTimeoutBody};
+use crate::http::body::CountingBody;
 use crate::telemetry::escape;
 
 pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnOnce(u64, bool) + Send>>;
@@ -290,23 +290,32 @@ impl fmt::Display for Secs {
     }
 }
 
-/// The connection is closed without a response, as nginx does when a request body stalls.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Hangup(&'static str);
-
-/// Proxies one request on `pool`.
-pub async fn handle(
-    pool: Arc<Pool>,
-    client: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Hangup> {
-    proxy(pool, client, req).await
+/// A request ready to go upstream, or what the proxy answers itself.
+pub enum Prepared {
+    Answer(Response<ProxyBody>),
+    /// Close without answering (a stalled body; the log line is written).
+    Hangup,
+    Forward(Forward),
 }
 
-async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> Result<Response<ProxyBody>, Hangup> {
-    let (parts, body) = req.into_parts();
-    let mut log = RequestLog {
+/// A checked request with its whole body, for `forward`.
+pub struct Forward {
+    pool: Arc<Pool>,
+    log: RequestLog,
+    request: UpstreamRequest,
+    method: Method,
+    version: Version,
+}
+
+/// nginx's checks of a request and the read of its body: what is refused is answered (and
+/// logged) here, the rest is made into the request every peer tried gets.
+pub async fn prepare(
+    pool: Arc<Pool>,
+    client: SocketAddr,
+    parts: http::request::Parts,
+    body: &mut RequestBody<'_>,
+) -> Prepared {
+    let log = RequestLog {
         pool: pool.clone(),
         client,
         method: parts.method.clone(),
@@ -319,7 +328,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
 
     if let Err((status, why)) = check_request(&parts) {
         tracing::debug!(pool = %pool.name, %client, why, "request refused");
-        return Ok(local(log, status, true));
+        return Prepared::Answer(local(log, status, true));
     }
     let path = parts.uri.path();
     let query = parts.uri.query();
@@ -336,24 +345,26 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         Ok(Ok(t)) => t,
         Ok(Err(err)) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
-            return Ok(local(log, StatusCode::BAD_REQUEST, true));
+            return Prepared::Answer(local(log, StatusCode::BAD_REQUEST, true));
         }
         Err(err) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
-            return Ok(local(log, StatusCode::BAD_REQUEST, true));
+            return Prepared::Answer(local(log, StatusCode::BAD_REQUEST, true));
         }
     };
 
     let framed =
         parts.headers.contains_key(header::CONTENT_LENGTH) || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let body = match read_body(&parts.headers, body, settings.max_body_size, settings.body_timeout).await {
+    let mut log = log;
+    let body = match body.read_all(&parts.headers, settings.max_body_size, settings.body_timeout).await {
         Ok(b) => b,
-        Err(StatusCode::REQUEST_TIMEOUT) => {
+        Err(BodyError::TimedOut) => {
             // nginx logs 408 and closes without answering a stalled body.
             log.write(408, 0, false, None);
-            return Err(Hangup("request body timed out"));
+            return Prepared::Hangup;
         }
-        Err(status) => return Ok(local(log, status, true)),
+        Err(BodyError::TooLarge) => return Prepared::Answer(local(log, StatusCode::PAYLOAD_TOO_LARGE, true)),
+        Err(BodyError::Invalid) => return Prepared::Answer(local(log, StatusCode::BAD_REQUEST, true)),
     };
     let length = framed.then_some(body.len());
     // Written once: every peer tried gets the same bytes.
@@ -362,20 +373,27 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
         body,
         head_only: parts.method == Method::HEAD,
     };
+    Prepared::Forward(Forward { pool, log, request, method: parts.method, version: parts.version })
+}
 
+/// Tries peers as nginx does until one answers or the tries are used up. Dropped before it
+/// returns (the client went away), it logs 499.
+pub async fn forward(forward: Forward) -> Response<ProxyBody> {
+    let Forward { pool, mut log, request, method, version } = forward;
+    let settings = &pool.settings;
     let balancer = &pool.balancer;
     let mut attempts = Attempts::new(
         balancer.tries(),
         settings.next_upstream_tries,
         settings.next_upstream_timeout,
         settings.next_upstream,
-        &parts.method,
+        &method,
     );
     let mut tried = balancer.tried();
     loop {
         let Some(i) = balancer.select(&mut tried, Instant::now()) else {
             tracing::error!(pool = %pool.name, "no live upstreams");
-            return Ok(local(log, StatusCode::BAD_GATEWAY, false));
+            return local(log, StatusCode::BAD_GATEWAY, false);
         };
         let peer = &balancer.peers()[i];
         let peer_metrics = &pool.metrics.peers[i];
@@ -412,7 +430,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
                 tracing::warn!(
                     pool = %pool.name,
                     peer = %peer.addr,
-                    method = %parts.method,
+                    method = %method,
                     failure = err.failure.class(),
                     sent = err.sent,
                     reused = err.reused,
@@ -424,10 +442,10 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
                     Next::Retry => continue,
                     Next::GiveUp(status) => {
                         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        return Ok(local(log, code, false));
+                        return local(log, code, false);
                     }
                     // after_failure never passes a response on; there is none.
-                    Next::Pass => return Ok(local(log, StatusCode::BAD_GATEWAY, false)),
+                    Next::Pass => return local(log, StatusCode::BAD_GATEWAY, false),
                 }
             }
             Ok(ex) => {
@@ -456,7 +474,7 @@ async fn proxy(pool: Arc<Pool>, client: SocketAddr, req: Request<Incoming>) -> R
                     peer_metrics.failed(failure);
                     continue;
                 }
-                return Ok(respond(log, ex, parts.version, t0));
+                return respond(log, ex, version, t0);
             }
         }
     }
@@ -482,8 +500,18 @@ fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Insta
 
 const SERVER: &str = "exec-allinone";
 
-/// A response made by the proxy itself: nginx's error page for `status`.
+/// A response made by the proxy itself: nginx's error page for `status`, logged when sent.
 fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<ProxyBody> {
+    let code = status.as_u16();
+    page(status, close, Box::new(move |bytes, complete| log.write(code, bytes, complete, None)))
+}
+
+/// nginx's error page for a request the proxy could not read as one (nothing to log it by).
+pub fn error_page(status: StatusCode) -> Response<ProxyBody> {
+    page(status, true, Box::new(|_, _| {}))
+}
+
+fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>) -> Response<ProxyBody> {
     let reason = match status.as_u16() {
         408 => "Request Time-out",
         413 => "Request Entity Too Large",
@@ -497,8 +525,6 @@ fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<Proxy
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
     );
     let len = page.len() as u64;
-    let done: Box<dyn FnOnce(u64, bool) + Send> =
-        Box::new(move |bytes, complete| log.write(code, bytes, complete, None));
     let mut response = Response::new(CountingBody::new(Either::Left(Full::new(Bytes::from(page))), Some(len), done));
     *response.status_mut() = status;
     let h = response.headers_mut();
@@ -514,11 +540,11 @@ fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<Proxy
 /// nginx's `large_client_header_buffers` buffer size.
 const LINE_BUFFER: usize = 8192;
 
-/// nginx's checks of the request head that hyper lets through (lb.md LB-25).
+/// nginx's checks of the request head beyond its syntax (lb.md LB-25).
 fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'static str)> {
     let h = &parts.headers;
     // nginx reads the request line and each header line into one of its 8 KiB buffers
-    // (large_client_header_buffers 4 8k); hyper only bounds the head as a whole.
+    // (large_client_header_buffers 4 8k); `h1` only bounds the head as a whole.
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if parts.method.as_str().len() + target_len + " HTTP/1.1\r\n ".len() > LINE_BUFFER {
         return Err((StatusCode::URI_TOO_LONG, "request line longer than 8 KiB"));
@@ -526,8 +552,16 @@ fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'stat
     if h.iter().any(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
         return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
     }
-    if h.get_all(header::CONTENT_LENGTH).iter().count() > 1 {
-        return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
+    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    if let Some(length) = lengths.next() {
+        if lengths.next().is_some() {
+            return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
+        }
+        // nginx's ngx_atoof: digits only, no sign, no list, no overflow.
+        let digits = length.as_bytes();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 18 {
+            return Err((StatusCode::BAD_REQUEST, "invalid Content-Length"));
+        }
     }
     let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
     if !te.is_empty() {
@@ -548,45 +582,6 @@ fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'stat
         return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
     }
     Ok(())
-}
-
-/// Reads the whole body so it can be sent again to the next peer (nginx
-/// `proxy_request_buffering on`): 413 above the cap, known from Content-Length before
-/// reading (so no `100 Continue` is sent for it), 408 when the client stalls.
-async fn read_body(headers: &HeaderMap, body: Incoming, max: u64, idle: Duration) -> Result<Bytes, StatusCode> {
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(StatusCode::PAYLOAD_TOO_LARGE);
-    }
-    let limited = Limited::new(IdleTimeoutBody::new(body, idle), max as usize);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) => {
-            if err.is::<http_body_util::LengthLimitError>() {
-                Err(StatusCode::PAYLOAD_TOO_LARGE)
-            } else if is_idle_timeout(&*err) {
-                Err(StatusCode::REQUEST_TIMEOUT)
-            } else {
-                Err(StatusCode::BAD_REQUEST)
-            }
-        }
-    }
-}
-
-fn is_idle_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<IdleTimeout>() {
-            return true;
-        }
-        if let Some(b) = e.downcast_ref::<crate::http::body::BodyError>()
-            && b.0.is::<IdleTimeout>()
-        {
-            return true;
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// The request line and headers as they go upstream, as nginx 1.22 writes them (lb.md LB-19):

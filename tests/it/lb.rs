@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::backend::{Backends, Behaviour, Seen};
-use crate::support::{BIN, Proc, TempDir, metric, raw_request, wait_timeout, wait_until};
+use crate::support::{BIN, Proc, Raw, TempDir, metric, raw_request, tool, wait_timeout, wait_until};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -971,4 +971,132 @@ fn two_pools_on_one_listen_address_are_refused() {
     assert_eq!(out.status.code(), Some(78), "{text}\nstderr: {err}");
     assert!(out.stdout.is_empty());
     assert!(err.contains("lb.pools.excp.listen") && err.contains("lb.pools.exrp.listen"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The client side: HTTP/1 as the lb reads and answers it (nginx's own framing checks are in
+// lb_parity.rs)
+
+/// Requests sent back to back on one connection before any answer (pipelined) are answered in
+/// order on it, each by its own attempt, and the connection stays open for more.
+#[test]
+fn pipelined_requests_are_answered_in_order_on_one_connection() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let b = backends.add("B", Behaviour::ok());
+    let lb = Lb::start("pipeline", &config(&[pool("excp", &[a, b], &[])]));
+    let mut raw = Raw::connect(lb.addr("excp"));
+    let mut burst = Vec::new();
+    for i in 0..3 {
+        burst.extend_from_slice(
+            format!("POST /p{i} HTTP/1.1\r\nHost: lbtest\r\nContent-Length: 5\r\n\r\nbody{i}").as_bytes(),
+        );
+    }
+    burst.extend_from_slice(b"GET /last HTTP/1.1\r\nHost: lbtest\r\n\r\n");
+    raw.send(&burst);
+    let bodies: Vec<Vec<u8>> = (0..4)
+        .map(|_| raw.response())
+        .map(|(status, _, body)| {
+            assert_eq!(status, 200);
+            body
+        })
+        .collect();
+    assert_eq!(bodies, [b"A".to_vec(), b"B".to_vec(), b"A".to_vec(), b"B".to_vec()]);
+    let seen = backends.seen();
+    let targets: Vec<(&str, &[u8])> = seen.iter().map(|s| (s.target.as_str(), s.body.as_slice())).collect();
+    assert_eq!(targets, [("/p0", &b"body0"[..]), ("/p1", b"body1"), ("/p2", b"body2"), ("/last", b"")]);
+    raw.send(b"GET /again HTTP/1.1\r\nHost: lbtest\r\nConnection: close\r\n\r\n");
+    let (status, headers, body) = raw.response();
+    assert_eq!((status, body.as_slice()), (200, &b"A"[..]));
+    assert!(headers.iter().any(|(k, v)| k == "connection" && v == "close"), "{headers:?}");
+    let mut rest = Vec::new();
+    raw.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "closed after the answer to Connection: close: {rest:?}");
+}
+
+/// HTTP/1.0 clients: without `Connection: keep-alive` the answer closes the connection; with
+/// it, the answer says so and the connection takes the next request.
+#[test]
+fn http10_clients_keep_alive_only_when_they_ask() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let lb = Lb::start("http10", &config(&[pool("excp", &[a], &[])]));
+    let mut raw = Raw::connect(lb.addr("excp"));
+    for _ in 0..2 {
+        raw.send(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+        let (status, headers, body) = raw.response();
+        assert_eq!((status, body.as_slice()), (200, &b"A"[..]));
+        assert!(headers.iter().any(|(k, v)| k == "connection" && v == "keep-alive"), "{headers:?}");
+    }
+    raw.send(b"GET / HTTP/1.0\r\n\r\n");
+    let (status, headers, _) = raw.response();
+    assert_eq!(status, 200);
+    assert!(headers.iter().any(|(k, v)| k == "connection" && v == "close"), "{headers:?}");
+    let mut rest = Vec::new();
+    raw.stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    assert_eq!(backends.seen().len(), 3);
+}
+
+/// `header_timeout` closes a client connection that sends no (whole) request head in time,
+/// and an idle kept-alive one, without an answer.
+#[test]
+fn header_timeout_closes_idle_and_slow_client_connections() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let lb = Lb::start("idle", &config(&[pool("excp", &[a], &["header_timeout = \"1s\""])]));
+    let closed_within = |raw: &mut Raw, limit: Duration| {
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        raw.stream.read_to_end(&mut rest).unwrap();
+        let took = started.elapsed();
+        assert!(rest.is_empty(), "no answer: {rest:?}");
+        assert!(took < limit, "closed after {took:?}");
+    };
+    let mut idle = Raw::connect(lb.addr("excp"));
+    idle.send(b"GET / HTTP/1.1\r\nHost: lbtest\r\n\r\n");
+    assert_eq!(idle.response().0, 200);
+    let mut slow = Raw::connect(lb.addr("excp"));
+    slow.send(b"GET / HTTP/1.1\r\nHost: lb");
+    closed_within(&mut idle, Duration::from_secs(5));
+    closed_within(&mut slow, Duration::from_secs(5));
+    assert_eq!(backends.seen().len(), 1, "the partial head never reached a backend");
+}
+
+/// A pool listener with `[lb.pools.<name>.tls]` serves HTTPS: several requests, with bodies,
+/// over one TLS connection; plain HTTP there gets no answer from a backend.
+#[test]
+fn a_tls_pool_listener_proxies_https_requests() {
+    let Some(mut openssl) = tool("openssl") else { return };
+    let Some(_) = tool("curl") else { return };
+    let dir = TempDir::new("lb-tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = openssl
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let b = backends.add("B", Behaviour::ok());
+    let tls = format!("[lb.pools.excp.tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+    let lb = Lb::start("tls", &format!("{}{tls}", config(&[pool("excp", &[a, b], &[])])));
+    let port = lb.addr("excp").port();
+    let url = |path: &str| format!("https://localhost:{port}{path}");
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert", cert.to_str().unwrap(), "--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .args(["-w", " %{http_code} %{num_connects}\n", "--data-binary", "tls body"])
+        .args([url("/one"), url("/two"), url("/three")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(text, "A 200 1\nB 200 0\nA 200 0\n", "one connection, three answers");
+    let bodies: Vec<Vec<u8>> = backends.seen().into_iter().map(|s| s.body).collect();
+    assert_eq!(bodies, [b"tls body".to_vec(), b"tls body".to_vec(), b"tls body".to_vec()]);
+    let plain = Command::new("curl").args(["-sS", "-m", "5", &format!("http://127.0.0.1:{port}/")]).output().unwrap();
+    assert!(!plain.status.success(), "plain HTTP on the TLS port: {}", String::from_utf8_lossy(&plain.stdout));
+    assert_eq!(backends.seen().len(), 3);
 }

@@ -1764,38 +1764,21 @@ fn malformed_client_requests() {
     let post = |extra: &str| format!("POST / HTTP/1.1\r\nHost: lbtest\r\n{extra}\r\n");
     let chunked_body: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
     let steps = vec![
-        raw("CL and TE", &post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), chunked_body)
-            .expect(400, "")
-            .ours(
-                200,
-                "A",
-                "hyper drops a Content-Length sent with Transfer-Encoding and reads the body as chunked (lb.md LB-25)",
-            ),
+        raw("CL and TE", &post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), chunked_body).expect(400, ""),
         raw("TE gzip, chunked", &post("Transfer-Encoding: gzip, chunked\r\n"), chunked_body).expect(501, ""),
         raw("TE twice", &post("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n"), chunked_body)
             .expect(400, ""),
         raw("TE on HTTP/1.0", &h("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"), chunked_body)
             .expect(400, ""),
-        raw("duplicate CL", &post("Content-Length: 5\r\nContent-Length: 5\r\n"), b"hello").expect(400, "").ours(
-            200,
-            "A",
-            "hyper folds equal duplicate Content-Length headers into one before the proxy sees them",
-        ),
+        raw("duplicate CL", &post("Content-Length: 5\r\nContent-Length: 5\r\n"), b"hello").expect(400, ""),
+        raw("CL list", &post("Content-Length: 5, 5\r\n"), b"hello").expect(400, ""),
         raw("CL +5", &post("Content-Length: +5\r\n"), b"hello").expect(400, ""),
         raw("HTTP/1.1 without Host", &h("GET / HTTP/1.1\r\n\r\n"), b"").expect(400, ""),
         raw("9 KiB header line", &big_header, b"").expect(400, ""),
         raw("9 KiB URI", &big_uri, b"").expect(414, ""),
-        raw("5 x 7 KiB headers", &many_big, b"").expect(400, "").ours(
-            431,
-            "",
-            "hyper answers a header block over its buffer with 431",
-        ),
+        raw("5 x 7 KiB headers", &many_big, b"").expect(400, ""),
         raw("150 small headers", &many_small, b"").expect(200, "A"),
-        raw("h2c preface", &h("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), b"").expect(400, "").ours(
-            0,
-            "",
-            "hyper's HTTP/1 server closes on an HTTP/2 preface without answering",
-        ),
+        raw("h2c preface", &h("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), b"").expect(400, ""),
         raw("space in URI", &h("GET /a b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
         raw("%00", &h("GET /a%00b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
         raw("bad % escape", &h("GET /a%zz HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
@@ -1803,7 +1786,7 @@ fn malformed_client_requests() {
         raw("bare LF in a chunked body", &post("Transfer-Encoding: chunked\r\n"), b"5\nhello\n0\n\n")
             .expect(200, "A")
             .check(|c| assert_eq!(body_seen(c, 0).body, b"hello"))
-            .ours(400, "", "hyper rejects bare LF in chunked framing, as nginx does since 1.29.4 (lb.md LB-29)"),
+            .ours(400, "", "bare LF in chunked framing is refused, as nginx does since 1.29.4 (lb.md LB-29)"),
     ];
     run_each(steps.into_iter().map(|step| Scenario::excp("badrequest", ok(), ok()).step(step)).collect());
 }

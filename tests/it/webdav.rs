@@ -6,18 +6,6 @@ use std::time::Duration;
 
 use crate::support::*;
 
-/// Runs a tool the tests need; missing outside CI means "install it", inside CI it fails.
-fn tool(name: &str) -> Option<Command> {
-    let found =
-        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
-    if found {
-        return Some(Command::new(name));
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (.ci/run installs it)");
-    eprintln!("{name} not installed; this test needs it (see .ci/run for the packages)");
-    None
-}
-
 #[test]
 fn htpasswd_files_made_by_apache_in_every_format() {
     let Some(_) = tool("htpasswd") else { return };

@@ -400,3 +400,15 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     }
     found
 }
+
+/// Runs a tool the tests need; missing outside CI means "install it", inside CI it fails.
+pub fn tool(name: &str) -> Option<Command> {
+    let found =
+        Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
+    if found {
+        return Some(Command::new(name));
+    }
+    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (.ci/run installs it)");
+    eprintln!("{name} not installed; this test needs it (see .ci/run for the packages)");
+    None
+}

@@ -1,0 +1,554 @@
+//! The client side of a pool listener: HTTP/1 connections read and answered on the
+//! connection's own task, one request after another (pipelined ones in order). The head within
+//! nginx's limits (`h1`), the body as its framing says, `100 Continue`, the client watched for
+//! closing while peers are tried (nginx's 499), the response framed for the client's version,
+//! and keep-alive.
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap};
+use http::{Method, StatusCode, Version};
+use http_body::Body as _;
+use tokio::io::AsyncWrite;
+use tokio::time::{Instant, Sleep};
+use tokio_util::io::poll_read_buf;
+
+use super::Slot;
+use super::h1::{self, BadHead, Chunked, Step};
+use super::proxy::{self, Prepared, ProxyBody};
+use crate::http::{Accepted, Stream};
+
+/// nginx's `send_timeout`: the longest a client may take to accept more of a response.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one read asks the client for.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// Response body pieces up to this size are copied next to the head (one write for both);
+/// larger ones go out as they are.
+const COPY_LIMIT: usize = 8 * 1024;
+
+/// Pipelined bytes taken in while a request is being proxied; past that the client is no
+/// longer watched for closing until the response is out (nginx stops reading too).
+const WATCH_LIMIT: usize = h1::MAX_REQUEST_HEAD;
+
+/// Serves one client connection until it closes, times out or shutdown drains it.
+pub async fn serve(stream: Stream, accepted: Accepted, slot: Arc<Slot>) {
+    let peer = accepted.info.peer;
+    let mut conn = Conn::new(stream);
+    let outcome = conn.run(peer, &accepted, &slot).await;
+    if let Err(err) = outcome {
+        tracing::debug!(server = "lb", %peer, %err, "connection ended");
+    }
+    conn.close().await;
+}
+
+/// Why a request's body could not be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyError {
+    /// Over `max_body_size` (413).
+    TooLarge,
+    /// The client stopped sending for longer than `body_timeout` (408, no answer).
+    TimedOut,
+    /// Bad chunked framing, or the client closed before the end (400).
+    Invalid,
+}
+
+struct Conn {
+    io: Stream,
+    /// Bytes read from the client and not used yet (the start of the next request, when
+    /// pipelined).
+    buf: BytesMut,
+    /// A response head, with small body pieces after it.
+    out: Vec<u8>,
+    /// One timer for every wait of the connection, reset each time.
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Conn {
+    fn new(io: Stream) -> Conn {
+        Conn { io, buf: BytesMut::new(), out: Vec::new(), timer: Box::pin(tokio::time::sleep(Duration::ZERO)) }
+    }
+
+    async fn run(&mut self, peer: SocketAddr, accepted: &Accepted, slot: &Slot) -> io::Result<()> {
+        loop {
+            let pool = slot.pool();
+            let parts = match self.read_head(pool.settings.header_timeout, accepted).await? {
+                Some(Ok(parts)) => parts,
+                Some(Err(bad)) => {
+                    let status = match bad {
+                        BadHead::LongRequestLine => StatusCode::URI_TOO_LONG,
+                        BadHead::TooBig | BadHead::Invalid(_) => StatusCode::BAD_REQUEST,
+                    };
+                    tracing::debug!(server = "lb", %peer, ?bad, "request head refused");
+                    self.respond(proxy::error_page(status), Version::HTTP_11, false, true).await?;
+                    return Ok(());
+                }
+                None => return Ok(()),
+            };
+            let version = parts.version;
+            let head_request = parts.method == Method::HEAD;
+            let keep_alive = keeps_alive(version, &parts.headers);
+            let mut body = RequestBody { conn: self, expect: expects_continue(&parts), read: false };
+            let prepared = proxy::prepare(pool, peer, parts, &mut body).await;
+            let body_read = body.read;
+            let response = match prepared {
+                Prepared::Answer(response) => response,
+                Prepared::Hangup => return Ok(()),
+                Prepared::Forward(forward) => match self.forward(forward).await {
+                    Some(response) => response,
+                    // The client went away: the attempt was dropped, 499 logged.
+                    None => return Ok(()),
+                },
+            };
+            // A body left unread cannot be told from the next request: close after answering.
+            let close = !keep_alive || !body_read || accepted.drain.is_cancelled();
+            if !self.respond(response, version, head_request, close).await? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The next request head: Ok(None) when the client closed or idled out between requests
+    /// (or shutdown began then), Some(Err) when what it sent is not a head to answer.
+    async fn read_head(
+        &mut self,
+        limit: Duration,
+        accepted: &Accepted,
+    ) -> io::Result<Option<Result<http::request::Parts, BadHead>>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if !self.buf.is_empty() {
+                match h1::parse_request(&mut self.buf) {
+                    Ok(Some(parts)) => return Ok(Some(Ok(parts))),
+                    Ok(None) => {}
+                    Err(bad) => return Ok(Some(Err(bad))),
+                }
+            } else if accepted.drain.is_cancelled() {
+                return Ok(None);
+            }
+            // Shutdown closes a connection between requests, not one in the middle of a head.
+            let drain = self.buf.is_empty().then_some(&accepted.drain);
+            match self.read_more(deadline, drain).await? {
+                Read::Data => {}
+                Read::Closed if self.buf.is_empty() => return Ok(None),
+                Read::Closed => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Read::TimedOut | Read::Drain => return Ok(None),
+            }
+        }
+    }
+
+    /// Reads what the client sends next into `buf`, waiting until `deadline` at most.
+    async fn read_more(
+        &mut self,
+        deadline: Instant,
+        drain: Option<&tokio_util::sync::CancellationToken>,
+    ) -> io::Result<Read> {
+        let Conn { io, buf, timer, .. } = self;
+        buf.reserve(READ_CHUNK);
+        // Most reads find data waiting: no timer for them.
+        let once = poll_fn(|cx| Poll::Ready(poll_read_buf(Pin::new(&mut *io), cx, &mut *buf))).await;
+        if let Poll::Ready(read) = once {
+            return Ok(if read? == 0 { Read::Closed } else { Read::Data });
+        }
+        timer.as_mut().reset(deadline);
+        let read = poll_fn(|cx| poll_read_buf(Pin::new(&mut *io), cx, &mut *buf));
+        let drained = async {
+            match drain {
+                Some(token) => token.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            n = read => Ok(if n? == 0 { Read::Closed } else { Read::Data }),
+            () = timer.as_mut() => Ok(Read::TimedOut),
+            () = drained => Ok(Read::Drain),
+        }
+    }
+
+    /// Runs the attempts, watching the client: if it closes first, they are dropped.
+    async fn forward(&mut self, forward: proxy::Forward) -> Option<http::Response<ProxyBody>> {
+        let attempts = proxy::forward(forward);
+        tokio::pin!(attempts);
+        let Conn { io, buf, .. } = self;
+        let mut watching = true;
+        loop {
+            let read = poll_fn(|cx| {
+                buf.reserve(READ_CHUNK);
+                poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
+            });
+            tokio::select! {
+                biased;
+                response = attempts.as_mut() => return Some(response),
+                n = read, if watching => match n {
+                    Ok(0) | Err(_) => return None,
+                    // A pipelined request: kept for its turn.
+                    Ok(_) => watching = buf.len() < WATCH_LIMIT,
+                },
+            }
+        }
+    }
+
+    /// Writes `response` framed for a client of `version`; Ok(false) when the connection is
+    /// to close after it (asked for, or the body could not be sent whole).
+    async fn respond(
+        &mut self,
+        response: http::Response<ProxyBody>,
+        version: Version,
+        head_request: bool,
+        mut close: bool,
+    ) -> io::Result<bool> {
+        let (parts, mut body) = response.into_parts();
+        close |= parts.headers.get(header::CONNECTION).is_some_and(|v| has_token(v.as_bytes(), b"close"));
+        let status = parts.status;
+        let bodiless = head_request
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &parts.headers {
+            if name != header::CONNECTION {
+                push_line(out, name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        push_date(out);
+        let mut chunked = false;
+        if !parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless {
+            match body.size_hint().exact() {
+                Some(n) => {
+                    push_line(out, b"content-length", itoa(n).as_bytes());
+                }
+                None if version == Version::HTTP_11 => {
+                    push_line(out, b"transfer-encoding", b"chunked");
+                    chunked = true;
+                }
+                // HTTP/1.0 knows no chunks: the end of the body is the end of the connection.
+                None => close = true,
+            }
+        }
+        if close {
+            push_line(out, b"connection", b"close");
+        } else if version == Version::HTTP_10 {
+            push_line(out, b"connection", b"keep-alive");
+        }
+        out.extend_from_slice(b"\r\n");
+        if bodiless {
+            // Not polled: a HEAD answer's body is not sent (the access log sees it as such).
+            drop(body);
+            self.write_out(&[]).await?;
+            return Ok(!close);
+        }
+        loop {
+            // Whatever the body has ready goes out together with what is already waiting.
+            let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let frame = match frame {
+                Poll::Ready(frame) => frame,
+                Poll::Pending => {
+                    if !self.out.is_empty() {
+                        self.write_out(&[]).await?;
+                    }
+                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                }
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        self.out.extend_from_slice(format_hex(data.len()).as_bytes());
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                    if data.len() <= COPY_LIMIT {
+                        self.out.extend_from_slice(&data);
+                    } else {
+                        self.write_out(&data).await?;
+                    }
+                    if chunked {
+                        self.out.extend_from_slice(b"\r\n");
+                    }
+                }
+                None => {
+                    if chunked {
+                        self.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.write_out(&[]).await?;
+                    return Ok(!close);
+                }
+                // Cut short (the peer failed mid-body): what came goes out, then the
+                // connection closes, so the client sees the response is incomplete.
+                Some(Err(err)) => {
+                    tracing::debug!(server = "lb", %err, "response body cut short");
+                    self.write_out(&[]).await?;
+                    return Ok(false);
+                }
+            }
+        }
+    }
+
+    /// Writes `out` and then `more`, all of it, each write within `SEND_TIMEOUT`.
+    async fn write_out(&mut self, more: &[u8]) -> io::Result<()> {
+        let Conn { io, out, timer, .. } = self;
+        let (mut head, mut tail) = (&out[..], more);
+        while !head.is_empty() || !tail.is_empty() {
+            let slices = [IoSlice::new(head), IoSlice::new(tail)];
+            let once = poll_fn(|cx| Poll::Ready(Pin::new(&mut *io).poll_write_vectored(cx, &slices))).await;
+            let n = match once {
+                Poll::Ready(n) => n?,
+                Poll::Pending => {
+                    timer.as_mut().reset(Instant::now() + SEND_TIMEOUT);
+                    let write = poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, &slices));
+                    tokio::select! {
+                        biased;
+                        n = write => n?,
+                        () = timer.as_mut() => return Err(io::Error::new(io::ErrorKind::TimedOut, "client send timed out")),
+                    }
+                }
+            };
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            let from_head = n.min(head.len());
+            head = &head[from_head..];
+            tail = &tail[n - from_head..];
+        }
+        out.clear();
+        poll_fn(|cx| Pin::new(&mut *io).poll_flush(cx)).await
+    }
+
+    /// Ends the connection: TLS sends its close_notify, TCP its FIN.
+    async fn close(&mut self) {
+        let Conn { io, timer, .. } = self;
+        timer.as_mut().reset(Instant::now() + Duration::from_secs(1));
+        tokio::select! {
+            _ = poll_fn(|cx| Pin::new(&mut *io).poll_shutdown(cx)) => {}
+            () = timer.as_mut() => {}
+        }
+    }
+}
+
+enum Read {
+    Data,
+    Closed,
+    TimedOut,
+    Drain,
+}
+
+/// The body of the request being served, read on the proxy's demand.
+pub struct RequestBody<'c> {
+    conn: &'c mut Conn,
+    /// `Expect: 100-continue` from an HTTP/1.1 client.
+    expect: bool,
+    /// All of it was read: the connection is at the next request.
+    read: bool,
+}
+
+impl RequestBody<'_> {
+    /// The whole body (the proxy has checked the framing headers): 413 above `max` as soon
+    /// as that is known, `100 Continue` first when the client waits for it, `idle` at most
+    /// between two reads.
+    pub async fn read_all(&mut self, headers: &HeaderMap, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
+        let length = match headers.get(header::CONTENT_LENGTH) {
+            Some(v) => {
+                std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BodyError::Invalid)?
+            }
+            None => 0,
+        };
+        if !chunked && length > max {
+            return Err(BodyError::TooLarge);
+        }
+        if !chunked && length == 0 {
+            self.read = true;
+            return Ok(Bytes::new());
+        }
+        let waiting = if chunked { self.conn.buf.is_empty() } else { (self.conn.buf.len() as u64) < length };
+        if self.expect && waiting {
+            self.conn.out.clear();
+            self.conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            self.conn.write_out(&[]).await.map_err(|_| BodyError::Invalid)?;
+        }
+        let body = if chunked { self.read_chunked(max, idle).await? } else { self.read_length(length, idle).await? };
+        self.read = true;
+        Ok(body)
+    }
+
+    async fn read_length(&mut self, length: u64, idle: Duration) -> Result<Bytes, BodyError> {
+        let length = usize::try_from(length).map_err(|_| BodyError::TooLarge)?;
+        if self.conn.buf.capacity() < length {
+            self.conn.buf.reserve(length - self.conn.buf.len());
+        }
+        while self.conn.buf.len() < length {
+            self.read_more(idle).await?;
+        }
+        Ok(self.conn.buf.split_to(length).freeze())
+    }
+
+    async fn read_chunked(&mut self, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+        let mut decoder = Chunked::default();
+        let mut body = BytesMut::new();
+        loop {
+            match decoder.decode(&mut self.conn.buf) {
+                Ok(Step::Data(data)) => {
+                    if (body.len() + data.len()) as u64 > max {
+                        return Err(BodyError::TooLarge);
+                    }
+                    body.extend_from_slice(&data);
+                }
+                Ok(Step::Done) => return Ok(body.freeze()),
+                Ok(Step::More) => self.read_more(idle).await?,
+                Err(_) => return Err(BodyError::Invalid),
+            }
+        }
+    }
+
+    async fn read_more(&mut self, idle: Duration) -> Result<(), BodyError> {
+        match self.conn.read_more(Instant::now() + idle, None).await {
+            Ok(Read::Data) => Ok(()),
+            Ok(Read::TimedOut) => Err(BodyError::TimedOut),
+            Ok(Read::Closed | Read::Drain) | Err(_) => Err(BodyError::Invalid),
+        }
+    }
+}
+
+/// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let mut tokens = headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes());
+    match version {
+        Version::HTTP_11 => !tokens.any(|v| has_token(v, b"close")),
+        Version::HTTP_10 => tokens.any(|v| has_token(v, b"keep-alive")),
+        _ => false,
+    }
+}
+
+fn expects_continue(parts: &http::request::Parts) -> bool {
+    parts.version == Version::HTTP_11
+        && parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Whether a comma list of tokens holds `token` (case-insensitive).
+fn has_token(list: &[u8], token: &[u8]) -> bool {
+    list.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
+fn push_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `Date` line, formatted once a second per thread.
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|date| {
+        let mut date = date.borrow_mut();
+        if date.0 != secs {
+            *date = (secs, httpdate::fmt_http_date(now));
+        }
+        push_line(out, b"date", date.1.as_bytes());
+    });
+}
+
+/// A number in decimal, in a small stack string.
+fn itoa(n: u64) -> Digits {
+    let mut d = Digits::default();
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    d.push(&buf[i..]);
+    d
+}
+
+/// A chunk size in hexadecimal.
+fn format_hex(n: usize) -> Digits {
+    let mut d = Digits::default();
+    let mut buf = [0u8; 16];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[n % 16];
+        n /= 16;
+        if n == 0 {
+            break;
+        }
+    }
+    d.push(&buf[i..]);
+    d
+}
+
+#[derive(Default)]
+struct Digits {
+    buf: [u8; 20],
+    len: usize,
+}
+
+impl Digits {
+    fn push(&mut self, digits: &[u8]) {
+        self.buf[..digits.len()].copy_from_slice(digits);
+        self.len = digits.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_as_the_framing_writes_them() {
+        for n in [0u64, 7, 10, 36, 4096, u64::MAX] {
+            assert_eq!(itoa(n).as_bytes(), n.to_string().as_bytes());
+        }
+        for n in [0usize, 9, 10, 255, 4096, 1 << 20] {
+            assert_eq!(format_hex(n).as_bytes(), format!("{n:x}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn keep_alive_follows_version_and_connection_tokens() {
+        let headers = |v: &str| {
+            let mut h = HeaderMap::new();
+            if !v.is_empty() {
+                h.insert(header::CONNECTION, v.parse().unwrap());
+            }
+            h
+        };
+        assert!(keeps_alive(Version::HTTP_11, &headers("")));
+        assert!(!keeps_alive(Version::HTTP_11, &headers("Close")));
+        assert!(!keeps_alive(Version::HTTP_11, &headers("te, close")));
+        assert!(!keeps_alive(Version::HTTP_10, &headers("")));
+        assert!(keeps_alive(Version::HTTP_10, &headers("Keep-Alive")));
+    }
+}
