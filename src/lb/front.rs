@@ -229,9 +229,7 @@ impl Conn {
         let mut chunked = false;
         if !parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless {
             match body.size_hint().exact() {
-                Some(n) => {
-                    push_line(out, b"content-length", itoa(n).as_bytes());
-                }
+                Some(n) => push_line(out, b"content-length", itoa(n).as_bytes()),
                 None if version == Version::HTTP_11 => {
                     push_line(out, b"transfer-encoding", b"chunked");
                     chunked = true;

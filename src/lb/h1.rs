@@ -179,6 +179,8 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<http::request::Parts>,
             let mut lines = Vec::with_capacity(slots);
             lines.resize_with(slots, MaybeUninit::<httparse::Header<'_>>::uninit);
             match parse_request_lines(buf, &mut lines) {
+                // More lines than the first 32 KiB hold: the head is longer than that.
+                Err(httparse::Error::TooManyHeaders) => return Err(too_big(buf)),
                 Err(e) => return Err(invalid_request(e)),
                 Ok(None) => return incomplete(buf),
                 Ok(Some((len, request))) => {
@@ -210,7 +212,8 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<http::request::Parts>,
             }
         }
         None => {
-            let mut lines = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); len / 4 + 1];
+            let slots = bytes.iter().filter(|&&b| b == b'\n').count() + 1;
+            let mut lines = vec![MaybeUninit::<httparse::Header<'_>>::uninit(); slots];
             let Ok(Some((_, request))) = parse_request_lines(&bytes, &mut lines) else {
                 return Err(BadHead::Invalid("header"));
             };
@@ -232,8 +235,13 @@ fn incomplete(buf: &[u8]) -> Result<Option<http::request::Parts>, BadHead> {
     if buf.len() < MAX_REQUEST_HEAD {
         return Ok(None);
     }
+    Err(too_big(buf))
+}
+
+/// A head over 32 KiB: 414 if the request line alone is over 8 KiB, as nginx decides.
+fn too_big(buf: &[u8]) -> BadHead {
     let first_line = buf.iter().take(REQUEST_LINE_MAX).any(|&b| b == b'\n');
-    Err(if first_line { BadHead::TooBig } else { BadHead::LongRequestLine })
+    if first_line { BadHead::TooBig } else { BadHead::LongRequestLine }
 }
 
 fn invalid_request(e: httparse::Error) -> BadHead {
@@ -650,5 +658,67 @@ mod tests {
         let long_line = format!("5;{}", "e".repeat(MAX_CHUNK_LINE + 1));
         assert_eq!(dechunk(long_line.as_bytes(), 5000).unwrap_err(), Invalid("too long chunk size line"));
         assert_eq!(dechunk(b"5\r\nhel", 3).unwrap_err(), Invalid("ended early"));
+    }
+
+    fn request(text: &[u8]) -> (Result<Option<http::request::Parts>, BadHead>, BytesMut) {
+        let mut buf = BytesMut::from(text);
+        let parsed = parse_request(&mut buf);
+        (parsed, buf)
+    }
+
+    #[test]
+    fn a_request_head_is_taken_off_the_buffer_and_the_rest_left() {
+        let (parts, rest) =
+            request(b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nX-A: 1\r\nX-A: 2\r\n\r\nbodyGET / HTTP/1.1\r\n");
+        let parts = parts.unwrap().unwrap();
+        assert_eq!(
+            (parts.method.as_str(), parts.uri.to_string(), parts.version),
+            ("POST", "/a?b=1".into(), Version::HTTP_11)
+        );
+        assert_eq!(parts.headers.get_all("x-a").iter().collect::<Vec<_>>(), ["1", "2"]);
+        assert_eq!(&rest[..], b"bodyGET / HTTP/1.1\r\n");
+        // Incomplete: nothing taken.
+        let (parts, rest) = request(b"GET / HTTP/1.0\r\nHost: x\r\n");
+        assert!(matches!(parts, Ok(None)));
+        assert_eq!(rest.len(), 25);
+        // Bare LF line ends, as nginx takes them.
+        let (parts, _) = request(b"GET / HTTP/1.0\nHost: x\n\n");
+        assert_eq!(parts.unwrap().unwrap().headers["host"], "x");
+    }
+
+    #[test]
+    fn request_heads_with_many_lines_keep_them_all_in_order() {
+        for n in [31, 32, 33, 64, 65, 150, 2000] {
+            let lines: String = (0..n).map(|i| format!("X-H{i}: {i}\r\n")).collect();
+            let text = format!("GET / HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+            let parts = request(text.as_bytes()).0.unwrap().unwrap();
+            assert_eq!(parts.headers.len(), n + 1, "{n} lines");
+            let values: Vec<String> = parts.headers.iter().skip(1).map(|(_, v)| v.to_str().unwrap().into()).collect();
+            assert_eq!(values, (0..n).map(|i| i.to_string()).collect::<Vec<_>>());
+        }
+        // The most lines a 32 KiB head holds, with bare LF ends ("a:\n").
+        let lines = "a:\n".repeat((MAX_REQUEST_HEAD - 100) / 3);
+        let text = format!("GET / HTTP/1.1\n{lines}\n");
+        assert_eq!(request(text.as_bytes()).0.unwrap().unwrap().headers.get_all("a").iter().count(), lines.len() / 3);
+    }
+
+    #[test]
+    fn request_heads_nginx_refuses() {
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "u".repeat(REQUEST_LINE_MAX));
+        let long_line = long_line + &"X: y\r\n".repeat(MAX_REQUEST_HEAD / 6);
+        assert_eq!(request(long_line.as_bytes()).0.unwrap_err(), BadHead::LongRequestLine);
+        let too_big = format!("GET / HTTP/1.1\r\n{}", "X-Big: 0123456789\r\n".repeat(MAX_REQUEST_HEAD / 19 + 1));
+        assert_eq!(request(too_big.as_bytes()).0.unwrap_err(), BadHead::TooBig);
+        let complete_but_too_big = too_big + "\r\n";
+        assert_eq!(request(complete_but_too_big.as_bytes()).0.unwrap_err(), BadHead::TooBig);
+        for bad in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n",
+            b"G(T / HTTP/1.1\r\n\r\n",
+        ] {
+            assert!(matches!(request(bad).0, Err(BadHead::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }

@@ -529,6 +529,8 @@ fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>
     *response.status_mut() = status;
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    // Also in the answer to a HEAD, which has no body.
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(header::SERVER, HeaderValue::from_static(SERVER));
     if close {
         // The request's body may be unread or its framing doubtful: nginx closes too.
