@@ -157,11 +157,10 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
-    /// Writes the head and the body, in one writev when the socket takes them. On failure,
-    /// tells whether any byte went out.
-    async fn write_request(&mut self, req: &UpstreamRequest) -> Result<(), (io::Error, bool)> {
+    /// Writes the head and the body from byte `done` on, in one writev when the socket takes
+    /// them. On failure, tells whether any byte went out.
+    async fn write_request(&mut self, req: &UpstreamRequest, mut done: usize) -> Result<(), (io::Error, bool)> {
         let (head, body) = (&req.head[..], &req.body[..]);
-        let mut done = 0;
         let total = head.len() + body.len();
         std::future::poll_fn(|cx| {
             while done < total {
@@ -184,15 +183,17 @@ impl Conn {
         .await
     }
 
-    /// Sends the request and reads the response head.
+    /// Sends the request (from byte `written` on: what went out with the connect) and reads
+    /// the response head.
     async fn exchange(
         &mut self,
         req: &UpstreamRequest,
+        written: usize,
         keep: fn(&http::HeaderName) -> bool,
     ) -> Result<h1::Head, Failed> {
         self.requests += 1;
         self.io.active = true;
-        if let Err((err, written)) = self.write_request(req).await {
+        if let Err((err, written)) = self.write_request(req, written).await {
             return Err(Failed { failure: io_failure(&err), written, detail: format!("writing the request: {err}") });
         }
         loop {
@@ -226,6 +227,51 @@ impl Conn {
                 },
             }
         }
+    }
+}
+
+/// A connection just opened.
+enum Started {
+    /// Established at once (a near peer: loopback, the same LAN), and this many bytes of the
+    /// request already went out with no wait for the event loop.
+    Written(TcpStream, usize),
+    /// The handshake is under way.
+    Connecting(TcpStream),
+}
+
+/// Opens a connection to `addr` and, if the handshake is already done when connect(2) returns
+/// (as it is on loopback), writes the request straight away. tokio's connect would wait for
+/// the event loop to report the socket writable first: a trip through epoll_wait and a task
+/// wake-up per connection, and a getsockopt, which nginx pays too.
+fn connect_and_write(addr: SocketAddr, req: &UpstreamRequest) -> io::Result<Started> {
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+    let family = if addr.is_ipv4() { AddressFamily::INET } else { AddressFamily::INET6 };
+    let fd = rustix::net::socket_with(family, SocketType::STREAM, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC, None)?;
+    let in_progress = match rustix::net::connect(&fd, &addr) {
+        Ok(()) => false,
+        Err(rustix::io::Errno::INPROGRESS) => true,
+        Err(err) => return Err(err.into()),
+    };
+    // Still connecting, a send fails with EAGAIN and sends nothing; refused, it fails with
+    // the connect's error.
+    let written = match rustix::io::writev(&fd, &[IoSlice::new(&req.head), IoSlice::new(&req.body)]) {
+        Ok(n) => Some(n),
+        Err(rustix::io::Errno::AGAIN) if in_progress => None,
+        Err(err) => return Err(err.into()),
+    };
+    let stream = TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    Ok(match written {
+        Some(n) => Started::Written(stream, n),
+        None => Started::Connecting(stream),
+    })
+}
+
+/// Waits for a handshake under way to end; its error if it failed.
+async fn connected(stream: &TcpStream) -> io::Result<()> {
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(err) => Err(err),
+        None => Ok(()),
     }
 }
 
@@ -362,7 +408,7 @@ impl Connector {
     /// One attempt on one peer: a pooled connection if there is one, else a new one.
     pub async fn send(&self, peer: usize, addr: SocketAddr, req: &UpstreamRequest) -> Result<Exchange, AttemptError> {
         while let Some(mut conn) = self.pop_idle(peer) {
-            match conn.exchange(req, self.keep).await {
+            match conn.exchange(req, 0, self.keep).await {
                 Ok(head) => return Ok(self.respond(peer, conn, head, Duration::ZERO)),
                 // Closed before a byte went out: any method may go on a fresh connection (the
                 // stale-pool race).
@@ -381,30 +427,33 @@ impl Connector {
             }
         }
         let started = Instant::now();
-        let stream = match tokio::time::timeout(self.timeouts.connect, TcpStream::connect(addr)).await {
-            Err(_) => {
-                return Err(AttemptError {
-                    failure: Failure::Timeout,
-                    sent: false,
-                    reused: false,
-                    connect_time: None,
-                    detail: format!("connect timed out after {:?}", self.timeouts.connect),
-                });
+        let refused = |err: io::Error| AttemptError {
+            failure: Failure::Error,
+            sent: false,
+            reused: false,
+            connect_time: None,
+            detail: format!("connect failed: {err}"),
+        };
+        let (stream, written) = match connect_and_write(addr, req) {
+            Ok(Started::Written(stream, n)) => (stream, n),
+            Ok(Started::Connecting(stream)) => {
+                match tokio::time::timeout(self.timeouts.connect, connected(&stream)).await {
+                    Err(_) => {
+                        return Err(AttemptError {
+                            failure: Failure::Timeout,
+                            sent: false,
+                            reused: false,
+                            connect_time: None,
+                            detail: format!("connect timed out after {:?}", self.timeouts.connect),
+                        });
+                    }
+                    Ok(Err(err)) => return Err(refused(err)),
+                    Ok(Ok(())) => (stream, 0),
+                }
             }
-            Ok(Err(err)) => {
-                return Err(AttemptError {
-                    failure: Failure::Error,
-                    sent: false,
-                    reused: false,
-                    connect_time: None,
-                    detail: format!("connect failed: {err}"),
-                });
-            }
-            Ok(Ok(s)) => s,
+            Err(err) => return Err(refused(err)),
         };
         let connect_time = started.elapsed();
-        // The head and body go out in one writev, so Nagle never holds anything back; nginx
-        // does not set TCP_NODELAY upstream either. (One syscall less per attempt.)
         let mut conn = Conn {
             io: TimedIo::new(stream, self.timeouts.read, self.timeouts.send),
             buf: BytesMut::new(),
@@ -413,7 +462,7 @@ impl Connector {
             home: self.idle[self.worker()].clone(),
             dead: false,
         };
-        match conn.exchange(req, self.keep).await {
+        match conn.exchange(req, written, self.keep).await {
             Ok(head) => Ok(self.respond(peer, conn, head, connect_time)),
             Err(failed) => Err(AttemptError {
                 failure: failed.failure,
