@@ -22,7 +22,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Slot;
 use super::h1::{self, BadHead, Chunked, Step};
-use super::proxy::{self, Prepared, ProxyBody};
+use super::proxy::{self, Prepared, Reply, ReplyHeaders};
 use crate::http::{Accepted, Stream};
 
 /// nginx's `send_timeout`: the longest a client may take to accept more of a response.
@@ -175,14 +175,18 @@ impl Conn {
     }
 
     /// Runs the attempts, watching the client: if it closes first, they are dropped.
-    async fn forward(&mut self, forward: proxy::Forward) -> Option<http::Response<ProxyBody>> {
+    async fn forward(&mut self, forward: proxy::Forward) -> Option<Reply> {
         let attempts = proxy::forward(forward);
         tokio::pin!(attempts);
         let Conn { io, buf, .. } = self;
         let mut watching = true;
         loop {
             let read = poll_fn(|cx| {
-                buf.reserve(READ_CHUNK);
+                // The request's head still shares the buffer: what is left of it will do, as a
+                // reserve now would allocate anew.
+                if buf.capacity() == buf.len() {
+                    buf.reserve(READ_CHUNK);
+                }
                 poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
             });
             tokio::select! {
@@ -197,18 +201,16 @@ impl Conn {
         }
     }
 
-    /// Writes `response` framed for a client of `version`; Ok(false) when the connection is
+    /// Writes `reply` framed for a client of `version`; Ok(false) when the connection is
     /// to close after it (asked for, or the body could not be sent whole).
     async fn respond(
         &mut self,
-        response: http::Response<ProxyBody>,
+        reply: Reply,
         version: Version,
         head_request: bool,
         mut close: bool,
     ) -> io::Result<bool> {
-        let (parts, mut body) = response.into_parts();
-        close |= parts.headers.get(header::CONNECTION).is_some_and(|v| has_token(v.as_bytes(), b"close"));
-        let status = parts.status;
+        let Reply { status, headers, mut body } = reply;
         let bodiless = head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -220,14 +222,29 @@ impl Conn {
         out.push(b' ');
         out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
-        for (name, value) in &parts.headers {
-            if name != header::CONNECTION {
-                push_line(out, name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
+        push_line(out, b"server", proxy::SERVER.as_bytes());
         push_date(out);
+        let length_given = match &headers {
+            ReplyHeaders::Peer { lines, upgrade } => {
+                for (name, value) in lines.iter() {
+                    if *upgrade || !name.eq_ignore_ascii_case(b"upgrade") {
+                        push_line(out, name, value);
+                    }
+                }
+                lines.get("content-length").is_some()
+            }
+            ReplyHeaders::Page { close: page_close } => {
+                close |= page_close;
+                push_line(out, b"content-type", b"text/html");
+                // Also in the answer to a HEAD, which has no body.
+                let length = body.size_hint().exact().unwrap_or_default();
+                push_line(out, b"content-length", itoa(length).as_bytes());
+                true
+            }
+        };
+        drop(headers);
         let mut chunked = false;
-        if !parts.headers.contains_key(header::CONTENT_LENGTH) && !bodiless {
+        if !length_given && !bodiless {
             match body.size_hint().exact() {
                 Some(n) => push_line(out, b"content-length", itoa(n).as_bytes()),
                 None if version == Version::HTTP_11 => {

@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Response, StatusCode, Version};
+use http::{Method, StatusCode, Version};
 use http_body_util::{Either, Full};
 
 use super::Pool;
 use super::balancer::Outcome;
 use super::front::{BodyError, RequestBody};
+use super::h1::HeaderLines;
 use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
@@ -39,18 +40,29 @@ const NOT_FORWARDED: [HeaderName; 8] = [
 
 /// Backend response headers that are hop-by-hop or that the proxy writes itself
 /// (`ngx_http_proxy_hide_headers` plus framing).
-const NOT_PASSED_BACK: [HeaderName; 5] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::DATE,
-    header::SERVER,
-    HeaderName::from_static("keep-alive"),
-];
+const NOT_PASSED_BACK: [&[u8]; 6] = [b"connection", b"transfer-encoding", b"date", b"server", b"keep-alive", b"x-pad"];
 
 /// Whether a backend response header goes on to the client (the upstream side leaves the
-/// others out of the response it builds).
-pub fn passed_back(name: &HeaderName) -> bool {
-    !NOT_PASSED_BACK.contains(name) && name != "x-pad" && !name.as_str().starts_with("x-accel-")
+/// others out of the response it builds). Names as the peer wrote them.
+pub fn passed_back(name: &[u8]) -> bool {
+    !NOT_PASSED_BACK.iter().any(|n| name.eq_ignore_ascii_case(n))
+        && !name.get(..8).is_some_and(|p| p.eq_ignore_ascii_case(b"x-accel-"))
+}
+
+/// A response as the client gets it (`front` writes the head: status line, Server, Date, these
+/// headers, then the framing for the client's version).
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: ReplyHeaders,
+    pub body: ProxyBody,
+}
+
+pub enum ReplyHeaders {
+    /// A peer's lines that are passed back; `upgrade` false drops its Upgrade (an HTTP/1.0
+    /// client).
+    Peer { lines: HeaderLines, upgrade: bool },
+    /// The proxy's own error page (text/html, its length); `close` ends the connection.
+    Page { close: bool },
 }
 
 /// One attempt as the access log shows it (nginx `$upstream_addr`, `$upstream_status`, ...).
@@ -292,7 +304,7 @@ impl fmt::Display for Secs {
 
 /// A request ready to go upstream, or what the proxy answers itself.
 pub enum Prepared {
-    Answer(Response<ProxyBody>),
+    Answer(Reply),
     /// Close without answering (a stalled body; the log line is written).
     Hangup,
     Forward(Forward),
@@ -378,7 +390,7 @@ pub async fn prepare(
 
 /// Tries peers as nginx does until one answers or the tries are used up. Dropped before it
 /// returns (the client went away), it logs 499.
-pub async fn forward(forward: Forward) -> Response<ProxyBody> {
+pub async fn forward(forward: Forward) -> Reply {
     let Forward { pool, mut log, request, method, version } = forward;
     let settings = &pool.settings;
     let balancer = &pool.balancer;
@@ -450,7 +462,7 @@ pub async fn forward(forward: Forward) -> Response<ProxyBody> {
             }
             Ok(ex) => {
                 let now = Instant::now();
-                let status = ex.response.status().as_u16();
+                let status = ex.status.as_u16();
                 let header_time = t0.elapsed();
                 peer_metrics.latency.observe(header_time);
                 let failure = Failure::Status(status);
@@ -482,36 +494,35 @@ pub async fn forward(forward: Forward) -> Response<ProxyBody> {
 
 /// Passes a backend response on, as nginx does: its status and body, its headers minus the
 /// hop-by-hop ones and those the proxy writes itself.
-fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Response<ProxyBody> {
-    let Exchange { response, .. } = ex;
-    // What `passed_back` refuses never made it into the map.
-    let (mut parts, body) = response.into_parts();
-    if client_version < Version::HTTP_11 {
-        parts.headers.remove(header::UPGRADE);
-    }
-    parts.headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
-    parts.version = Version::HTTP_11;
-    let status = parts.status.as_u16();
-    let expected = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Reply {
+    // What `passed_back` refuses never made it into the lines.
+    let Exchange { status, headers, body, .. } = ex;
+    let code = status.as_u16();
+    let expected = headers.get("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
     let done: Box<dyn FnOnce(u64, bool) + Send> =
-        Box::new(move |bytes, complete| log.write(status, bytes, complete, Some(t0.elapsed())));
-    Response::from_parts(parts, CountingBody::new(Either::Right(body), expected, done))
+        Box::new(move |bytes, complete| log.write(code, bytes, complete, Some(t0.elapsed())));
+    Reply {
+        status,
+        headers: ReplyHeaders::Peer { lines: headers, upgrade: client_version >= Version::HTTP_11 },
+        body: CountingBody::new(Either::Right(body), expected, done),
+    }
 }
 
-const SERVER: &str = "exec-allinone";
+/// What every response says: who answered.
+pub const SERVER: &str = "exec-allinone";
 
 /// A response made by the proxy itself: nginx's error page for `status`, logged when sent.
-fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Response<ProxyBody> {
+fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Reply {
     let code = status.as_u16();
     page(status, close, Box::new(move |bytes, complete| log.write(code, bytes, complete, None)))
 }
 
 /// nginx's error page for a request the proxy could not read as one (nothing to log it by).
-pub fn error_page(status: StatusCode) -> Response<ProxyBody> {
+pub fn error_page(status: StatusCode) -> Reply {
     page(status, true, Box::new(|_, _| {}))
 }
 
-fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>) -> Response<ProxyBody> {
+fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>) -> Reply {
     let reason = match status.as_u16() {
         408 => "Request Time-out",
         413 => "Request Entity Too Large",
@@ -525,18 +536,12 @@ fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
     );
     let len = page.len() as u64;
-    let mut response = Response::new(CountingBody::new(Either::Left(Full::new(Bytes::from(page))), Some(len), done));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
-    // Also in the answer to a HEAD, which has no body.
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::SERVER, HeaderValue::from_static(SERVER));
-    if close {
-        // The request's body may be unread or its framing doubtful: nginx closes too.
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // `close`: the request's body may be unread or its framing doubtful; nginx closes too.
+    Reply {
+        status,
+        headers: ReplyHeaders::Page { close },
+        body: CountingBody::new(Either::Left(Full::new(Bytes::from(page))), Some(len), done),
     }
-    response
 }
 
 /// nginx's `large_client_header_buffers` buffer size.
@@ -598,7 +603,7 @@ fn request_head(
     client_headers: &HeaderMap,
     client: SocketAddr,
     length: Option<usize>,
-) -> Bytes {
+) -> Vec<u8> {
     let s = &pool.settings;
     let target = target.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = Vec::with_capacity(256 + target.len() + client_headers.len() * 32);
@@ -679,7 +684,7 @@ fn request_head(
         line(&mut head, "x-forwarded-for", forwarded_for().as_bytes());
     }
     head.extend_from_slice(b"\r\n");
-    Bytes::from(head)
+    head
 }
 
 /// nginx's `$host` from a Host header: the name without its port, lower-cased.

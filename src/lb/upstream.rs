@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
@@ -45,7 +44,8 @@ pub struct KeepAlive {
 
 /// A request as it goes to every peer tried: the head written once, the buffered body.
 pub struct UpstreamRequest {
-    pub head: Bytes,
+    /// A Vec, not Bytes: it is only ever written (a Bytes of a Vec costs an allocation).
+    pub head: Vec<u8>,
     pub body: Bytes,
     /// HEAD: the response has no body whatever its head says.
     pub head_only: bool,
@@ -65,7 +65,10 @@ pub struct AttemptError {
 
 /// A response head from a peer; its body carries the connection it came on.
 pub struct Exchange {
-    pub response: Response<UpstreamBody>,
+    pub status: http::StatusCode,
+    /// Those `Connector::new`'s `keep` accepts.
+    pub headers: h1::HeaderLines,
+    pub body: UpstreamBody,
     pub connect_time: Duration,
 }
 
@@ -100,7 +103,7 @@ pub struct Connector {
     /// a bound per list would close connections while another list has room.
     idle_count: IdleCount,
     /// The response headers that go into a response's map (the others only inform framing).
-    keep: fn(&http::HeaderName) -> bool,
+    keep: fn(&[u8]) -> bool,
 }
 
 /// An upstream connection. It has no task of its own: the request's task reads and writes it,
@@ -189,7 +192,7 @@ impl Conn {
         &mut self,
         req: &UpstreamRequest,
         written: usize,
-        keep: fn(&http::HeaderName) -> bool,
+        keep: fn(&[u8]) -> bool,
     ) -> Result<h1::Head, Failed> {
         self.requests += 1;
         self.io.active = true;
@@ -339,12 +342,7 @@ fn spawn_reaper(lists: Vec<std::sync::Weak<Mutex<VecDeque<Idle>>>>, count: IdleC
 
 impl Connector {
     /// `keepalive.max_idle` is for the whole process, over the `workers`' idle lists.
-    pub fn new(
-        timeouts: Timeouts,
-        keepalive: Option<KeepAlive>,
-        workers: usize,
-        keep: fn(&http::HeaderName) -> bool,
-    ) -> Connector {
+    pub fn new(timeouts: Timeouts, keepalive: Option<KeepAlive>, workers: usize, keep: fn(&[u8]) -> bool) -> Connector {
         let idle: Box<[IdleList]> = (0..workers.max(1)).map(|_| IdleList::default()).collect();
         let idle_count = IdleCount::default();
         if let Some(ka) = &keepalive {
@@ -484,11 +482,7 @@ impl Connector {
             _ => None,
         };
         let body = UpstreamBody::new(conn, head.framing, reuse);
-        let mut response = Response::new(body);
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
-        Exchange { response, connect_time }
+        Exchange { status: head.status, headers: head.headers, body, connect_time }
     }
 }
 
