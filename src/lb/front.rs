@@ -13,7 +13,6 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version};
 use http_body::Body as _;
 use tokio::io::AsyncWrite;
@@ -21,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::Slot;
-use super::h1::{self, BadHead, Chunked, Step};
+use super::h1::{self, BadHead, Chunked, HeaderLines, Step};
 use super::proxy::{self, Prepared, Reply, ReplyHeaders};
 use crate::http::{Accepted, Stream};
 
@@ -80,8 +79,8 @@ impl Conn {
     async fn run(&mut self, peer: SocketAddr, accepted: &Accepted, slot: &Slot) -> io::Result<()> {
         loop {
             let pool = slot.pool();
-            let parts = match self.read_head(pool.settings.header_timeout, accepted).await? {
-                Some(Ok(parts)) => parts,
+            let request = match self.read_head(pool.settings.header_timeout, accepted).await? {
+                Some(Ok(request)) => request,
                 Some(Err(bad)) => {
                     let status = match bad {
                         BadHead::LongRequestLine => StatusCode::URI_TOO_LONG,
@@ -93,11 +92,11 @@ impl Conn {
                 }
                 None => return Ok(()),
             };
-            let version = parts.version;
-            let head_request = parts.method == Method::HEAD;
-            let keep_alive = keeps_alive(version, &parts.headers);
-            let mut body = RequestBody { conn: self, expect: expects_continue(&parts), read: false };
-            let prepared = proxy::prepare(pool, peer, parts, &mut body).await;
+            let version = request.version;
+            let head_request = request.method == Method::HEAD;
+            let keep_alive = keeps_alive(version, &request.headers);
+            let mut body = RequestBody { conn: self, expect: expects_continue(&request), read: false };
+            let prepared = proxy::prepare(pool, peer, request, &mut body).await;
             let body_read = body.read;
             let response = match prepared {
                 Prepared::Answer(response) => response,
@@ -122,12 +121,12 @@ impl Conn {
         &mut self,
         limit: Duration,
         accepted: &Accepted,
-    ) -> io::Result<Option<Result<http::request::Parts, BadHead>>> {
+    ) -> io::Result<Option<Result<h1::Request, BadHead>>> {
         let deadline = Instant::now() + limit;
         loop {
             if !self.buf.is_empty() {
                 match h1::parse_request(&mut self.buf) {
-                    Ok(Some(parts)) => return Ok(Some(Ok(parts))),
+                    Ok(Some(request)) => return Ok(Some(Ok(request))),
                     Ok(None) => {}
                     Err(bad) => return Ok(Some(Err(bad))),
                 }
@@ -377,12 +376,10 @@ impl RequestBody<'_> {
     /// The whole body (the proxy has checked the framing headers): 413 above `max` as soon
     /// as that is known, `100 Continue` first when the client waits for it, `idle` at most
     /// between two reads.
-    pub async fn read_all(&mut self, headers: &HeaderMap, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
-        let chunked = headers.contains_key(header::TRANSFER_ENCODING);
-        let length = match headers.get(header::CONTENT_LENGTH) {
-            Some(v) => {
-                std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BodyError::Invalid)?
-            }
+    pub async fn read_all(&mut self, headers: &HeaderLines, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+        let chunked = headers.contains("transfer-encoding");
+        let length = match headers.get("content-length") {
+            Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BodyError::Invalid)?,
             None => 0,
         };
         if !chunked && length > max {
@@ -442,8 +439,8 @@ impl RequestBody<'_> {
 }
 
 /// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let mut tokens = headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes());
+fn keeps_alive(version: Version, headers: &HeaderLines) -> bool {
+    let mut tokens = headers.get_all("connection");
     match version {
         Version::HTTP_11 => !tokens.any(|v| has_token(v, b"close")),
         Version::HTTP_10 => tokens.any(|v| has_token(v, b"keep-alive")),
@@ -451,9 +448,9 @@ fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     }
 }
 
-fn expects_continue(parts: &http::request::Parts) -> bool {
-    parts.version == Version::HTTP_11
-        && parts.headers.get(header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+fn expects_continue(request: &h1::Request) -> bool {
+    request.version == Version::HTTP_11
+        && request.headers.get("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Whether a comma list of tokens holds `token` (case-insensitive).
@@ -553,17 +550,15 @@ mod tests {
 
     #[test]
     fn keep_alive_follows_version_and_connection_tokens() {
-        let headers = |v: &str| {
-            let mut h = HeaderMap::new();
-            if !v.is_empty() {
-                h.insert(header::CONNECTION, v.parse().unwrap());
-            }
-            h
+        let headers = |connection: &str| {
+            let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{connection}\r\n");
+            h1::parse_request(&mut BytesMut::from(head.as_bytes())).unwrap().unwrap().headers
         };
         assert!(keeps_alive(Version::HTTP_11, &headers("")));
-        assert!(!keeps_alive(Version::HTTP_11, &headers("Close")));
-        assert!(!keeps_alive(Version::HTTP_11, &headers("te, close")));
+        assert!(!keeps_alive(Version::HTTP_11, &headers("Connection: Close\r\n")));
+        assert!(!keeps_alive(Version::HTTP_11, &headers("Connection: te, close\r\n")));
+        assert!(!keeps_alive(Version::HTTP_11, &headers("Connection: te\r\nconnection: close\r\n")));
         assert!(!keeps_alive(Version::HTTP_10, &headers("")));
-        assert!(keeps_alive(Version::HTTP_10, &headers("Keep-Alive")));
+        assert!(keeps_alive(Version::HTTP_10, &headers("Connection: Keep-Alive\r\n")));
     }
 }

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::HeaderName;
 use http::{Method, StatusCode, Version};
 use http_body_util::{Either, Full};
 
 use super::Pool;
 use super::balancer::Outcome;
 use super::front::{BodyError, RequestBody};
-use super::h1::HeaderLines;
+use super::h1::{self, HeaderLines};
 use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
@@ -27,16 +27,8 @@ pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnO
 
 /// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
 /// Content-Length are written by the proxy itself.
-const NOT_FORWARDED: [HeaderName; 8] = [
-    header::HOST,
-    header::CONNECTION,
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::TE,
-    header::EXPECT,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-];
+const NOT_FORWARDED: [&[u8]; 8] =
+    [b"host", b"connection", b"content-length", b"transfer-encoding", b"te", b"expect", b"upgrade", b"keep-alive"];
 
 /// Backend response headers that are hop-by-hop or that the proxy writes itself
 /// (`ngx_http_proxy_hide_headers` plus framing).
@@ -321,30 +313,25 @@ pub struct Forward {
 
 /// nginx's checks of a request and the read of its body: what is refused is answered (and
 /// logged) here, the rest is made into the request every peer tried gets.
-pub async fn prepare(
-    pool: Arc<Pool>,
-    client: SocketAddr,
-    parts: http::request::Parts,
-    body: &mut RequestBody<'_>,
-) -> Prepared {
+pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body: &mut RequestBody<'_>) -> Prepared {
     let log = RequestLog {
         pool: pool.clone(),
         client,
-        method: parts.method.clone(),
-        uri: parts.uri.clone(),
+        method: req.method.clone(),
+        uri: req.uri.clone(),
         started: Instant::now(),
         attempts: Vec::new(),
         written: false,
     };
     let settings = &pool.settings;
 
-    if let Err((status, why)) = check_request(&parts) {
+    if let Err((status, why)) = check_request(&req) {
         tracing::debug!(pool = %pool.name, %client, why, "request refused");
         return Prepared::Answer(local(log, status, true));
     }
-    let path = parts.uri.path();
-    let query = parts.uri.query();
-    let target = match (uri::is_normal(path), parts.uri.path_and_query()) {
+    let path = req.uri.path();
+    let query = req.uri.query();
+    let target = match (uri::is_normal(path), req.uri.path_and_query()) {
         // The usual case: the target goes upstream as the client sent it, no copy.
         (true, Some(pq)) if pq.as_str().starts_with('/') => Ok(Ok(http::Uri::from(pq.clone()))),
         _ => match settings.uri {
@@ -365,10 +352,9 @@ pub async fn prepare(
         }
     };
 
-    let framed =
-        parts.headers.contains_key(header::CONTENT_LENGTH) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let framed = req.headers.contains("content-length") || req.headers.contains("transfer-encoding");
     let mut log = log;
-    let body = match body.read_all(&parts.headers, settings.max_body_size, settings.body_timeout).await {
+    let body = match body.read_all(&req.headers, settings.max_body_size, settings.body_timeout).await {
         Ok(b) => b,
         Err(BodyError::TimedOut) => {
             // nginx logs 408 and closes without answering a stalled body.
@@ -381,11 +367,11 @@ pub async fn prepare(
     let length = framed.then_some(body.len());
     // Written once: every peer tried gets the same bytes.
     let request = UpstreamRequest {
-        head: request_head(&pool, &parts.method, &target, &parts.headers, client, length),
+        head: request_head(&pool, &req.method, &target, &req.headers, client, length),
         body,
-        head_only: parts.method == Method::HEAD,
+        head_only: req.method == Method::HEAD,
     };
-    Prepared::Forward(Forward { pool, log, request, method: parts.method, version: parts.version })
+    Prepared::Forward(Forward { pool, log, request, method: req.method, version: req.version })
 }
 
 /// Tries peers as nginx does until one answers or the tries are used up. Dropped before it
@@ -548,44 +534,43 @@ fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>
 const LINE_BUFFER: usize = 8192;
 
 /// nginx's checks of the request head beyond its syntax (lb.md LB-25).
-fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'static str)> {
-    let h = &parts.headers;
+fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
+    let h = &req.headers;
     // nginx reads the request line and each header line into one of its 8 KiB buffers
     // (large_client_header_buffers 4 8k); `h1` only bounds the head as a whole.
-    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
-    if parts.method.as_str().len() + target_len + " HTTP/1.1\r\n ".len() > LINE_BUFFER {
+    let target_len = req.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if req.method.as_str().len() + target_len + " HTTP/1.1\r\n ".len() > LINE_BUFFER {
         return Err((StatusCode::URI_TOO_LONG, "request line longer than 8 KiB"));
     }
-    if h.iter().any(|(name, value)| name.as_str().len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
+    if h.iter().any(|(name, value)| name.len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
         return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
     }
-    let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
+    let mut lengths = h.get_all("content-length");
     if let Some(length) = lengths.next() {
         if lengths.next().is_some() {
             return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
         }
         // nginx's ngx_atoof: digits only, no sign, no list, no overflow.
-        let digits = length.as_bytes();
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 18 {
+        if length.is_empty() || !length.iter().all(u8::is_ascii_digit) || length.len() > 18 {
             return Err((StatusCode::BAD_REQUEST, "invalid Content-Length"));
         }
     }
-    let te: Vec<&HeaderValue> = h.get_all(header::TRANSFER_ENCODING).iter().collect();
-    if !te.is_empty() {
-        if parts.version == Version::HTTP_10 {
+    let mut encodings = h.get_all("transfer-encoding");
+    if let Some(encoding) = encodings.next() {
+        if req.version == Version::HTTP_10 {
             return Err((StatusCode::BAD_REQUEST, "Transfer-Encoding on HTTP/1.0"));
         }
-        if te.len() > 1 {
+        if encodings.next().is_some() {
             return Err((StatusCode::BAD_REQUEST, "duplicate Transfer-Encoding"));
         }
-        if !te[0].as_bytes().eq_ignore_ascii_case(b"chunked") {
+        if !encoding.eq_ignore_ascii_case(b"chunked") {
             return Err((StatusCode::NOT_IMPLEMENTED, "Transfer-Encoding other than chunked"));
         }
-        if h.contains_key(header::CONTENT_LENGTH) {
+        if h.contains("content-length") {
             return Err((StatusCode::BAD_REQUEST, "Content-Length with Transfer-Encoding"));
         }
     }
-    if parts.version == Version::HTTP_11 && !h.contains_key(header::HOST) && parts.uri.authority().is_none() {
+    if req.version == Version::HTTP_11 && !h.contains("host") && req.uri.authority().is_none() {
         return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
     }
     Ok(())
@@ -594,21 +579,21 @@ fn check_request(parts: &http::request::Parts) -> Result<(), (StatusCode, &'stat
 /// The request line and headers as they go upstream, as nginx 1.22 writes them (lb.md LB-19):
 /// HTTP/1.0 without keep-alive (with it HTTP/1.1, as `proxy_http_version 1.1`); Host,
 /// Connection, Content-Length first, then `set_headers`, then the client's headers in order
-/// minus the hop-by-hop ones, those with `_` in the name and those the config sets, then
-/// X-Real-IP and X-Forwarded-For when configured. Names lower-case, as hyper wrote them.
+/// (names as it wrote them) minus the hop-by-hop ones, those with `_` in the name and those
+/// the config sets, then X-Real-IP and X-Forwarded-For when configured.
 fn request_head(
     pool: &Pool,
     method: &Method,
     target: &http::Uri,
-    client_headers: &HeaderMap,
+    client_headers: &HeaderLines,
     client: SocketAddr,
     length: Option<usize>,
 ) -> Vec<u8> {
     let s = &pool.settings;
     let target = target.path_and_query().map_or("/", |pq| pq.as_str());
     let mut head = Vec::with_capacity(256 + target.len() + client_headers.len() * 32);
-    let line = |head: &mut Vec<u8>, name: &str, value: &[u8]| {
-        head.extend_from_slice(name.as_bytes());
+    let line = |head: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        head.extend_from_slice(name);
         head.extend_from_slice(b": ");
         head.extend_from_slice(value);
         head.extend_from_slice(b"\r\n");
@@ -617,36 +602,33 @@ fn request_head(
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(if s.keepalive { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
-    let client_host = || client_headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let client_host = client_headers.get("host");
     match &s.host {
         HostHeader::PoolName | HostHeader::Literal(_) => {
             if let Some(host) = &pool.host {
-                line(&mut head, "host", host.as_bytes());
+                line(&mut head, b"Host", host.as_bytes());
             }
         }
-        HostHeader::ClientName => match client_host() {
-            Some(h) => line(&mut head, "host", host_name(h).as_bytes()),
-            None => line(&mut head, "host", pool.name.as_bytes()),
+        HostHeader::ClientName => match client_host.and_then(|h| std::str::from_utf8(h).ok()) {
+            Some(h) => line(&mut head, b"Host", host_name(h).as_bytes()),
+            None => line(&mut head, b"Host", pool.name.as_bytes()),
         },
-        HostHeader::Client => match client_headers.get(header::HOST) {
-            Some(h) => line(&mut head, "host", h.as_bytes()),
-            None => line(&mut head, "host", pool.name.as_bytes()),
-        },
+        HostHeader::Client => line(&mut head, b"Host", client_host.unwrap_or(pool.name.as_bytes())),
     }
     if !s.keepalive {
-        line(&mut head, "connection", b"close");
+        line(&mut head, b"Connection", b"close");
     }
     if let Some(n) = length {
         use std::io::Write as _;
         // Into the head itself: no string of its own per request.
-        let _ = write!(head, "content-length: {n}\r\n");
+        let _ = write!(head, "Content-Length: {n}\r\n");
     }
     let ip = (s.x_real_ip || s.x_forwarded_for).then(|| client.ip().to_string());
     let real_ip = || ip.as_deref().unwrap_or_default().as_bytes();
     let forwarded_for = || {
         // $proxy_add_x_forwarded_for: the client's list, then the address it came from.
         let mut list: Vec<&str> =
-            client_headers.get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok()).collect();
+            client_headers.get_all("x-forwarded-for").filter_map(|v| std::str::from_utf8(v).ok()).collect();
         list.push(ip.as_deref().unwrap_or_default());
         list.join(", ")
     };
@@ -655,33 +637,34 @@ fn request_head(
     let (mut real_ip_done, mut forwarded_done) = (false, false);
     for name in pool.set_headers.keys() {
         if s.x_real_ip && name == "x-real-ip" {
-            line(&mut head, name.as_str(), real_ip());
+            line(&mut head, name.as_str().as_bytes(), real_ip());
             real_ip_done = true;
         } else if s.x_forwarded_for && name == "x-forwarded-for" {
-            line(&mut head, name.as_str(), forwarded_for().as_bytes());
+            line(&mut head, name.as_str().as_bytes(), forwarded_for().as_bytes());
             forwarded_done = true;
         } else {
             for value in pool.set_headers.get_all(name) {
-                line(&mut head, name.as_str(), value.as_bytes());
+                line(&mut head, name.as_str().as_bytes(), value.as_bytes());
             }
         }
     }
-    let set_by_config = |name: &HeaderName| {
-        (!pool.set_headers.is_empty() && pool.set_headers.contains_key(name))
-            || (s.x_forwarded_for && name == "x-forwarded-for")
-            || (s.x_real_ip && name == "x-real-ip")
+    let set_by_config = |name: &[u8]| {
+        (s.x_forwarded_for && name.eq_ignore_ascii_case(b"x-forwarded-for"))
+            || (s.x_real_ip && name.eq_ignore_ascii_case(b"x-real-ip"))
+            || (!pool.set_headers.is_empty()
+                && HeaderName::from_bytes(name).is_ok_and(|n| pool.set_headers.contains_key(n)))
     };
-    for (name, value) in client_headers {
-        if NOT_FORWARDED.contains(name) || name.as_str().contains('_') || set_by_config(name) {
+    for (name, value) in client_headers.iter() {
+        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) || name.contains(&b'_') || set_by_config(name) {
             continue;
         }
-        line(&mut head, name.as_str(), value.as_bytes());
+        line(&mut head, name, value);
     }
     if s.x_real_ip && !real_ip_done {
-        line(&mut head, "x-real-ip", real_ip());
+        line(&mut head, b"X-Real-IP", real_ip());
     }
     if s.x_forwarded_for && !forwarded_done {
-        line(&mut head, "x-forwarded-for", forwarded_for().as_bytes());
+        line(&mut head, b"X-Forwarded-For", forwarded_for().as_bytes());
     }
     head.extend_from_slice(b"\r\n");
     head
