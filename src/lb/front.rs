@@ -34,6 +34,9 @@ const READ_CHUNK: usize = 8 * 1024;
 /// larger ones go out as they are.
 const COPY_LIMIT: usize = 8 * 1024;
 
+/// Body bytes gathered behind the head before they are written, whatever more is ready.
+const FLUSH_AT: usize = 64 * 1024;
+
 /// Pipelined bytes taken in while a request is being proxied; past that the client is no
 /// longer watched for closing until the response is out (nginx stops reading too).
 const WATCH_LIMIT: usize = h1::MAX_REQUEST_HEAD;
@@ -295,6 +298,10 @@ impl Conn {
                     }
                     if chunked {
                         self.out.extend_from_slice(b"\r\n");
+                    }
+                    // A peer that sends faster than the client takes must not fill memory.
+                    if self.out.len() >= FLUSH_AT {
+                        self.write_out(&[]).await?;
                     }
                 }
                 None => {

@@ -1100,3 +1100,48 @@ fn a_tls_pool_listener_proxies_https_requests() {
     assert!(!plain.status.success(), "plain HTTP on the TLS port: {}", String::from_utf8_lossy(&plain.stdout));
     assert_eq!(backends.seen().len(), 3);
 }
+
+/// Large bodies stream through whole, as the peer framed them or re-framed for the client:
+/// 4 MiB by Content-Length, and 40 000 small chunks, to HTTP/1.1 (chunked) and HTTP/1.0 (until
+/// the close) clients.
+#[test]
+fn large_response_bodies_stream_through_whole() {
+    let Some(_) = tool("curl") else { return };
+    let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut sized = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
+    sized.extend_from_slice(&big);
+    let mut chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let piece: Vec<u8> = (0..100u8).collect();
+    for _ in 0..40_000 {
+        chunked.extend_from_slice(b"64\r\n");
+        chunked.extend_from_slice(&piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::Raw(sized));
+    let b = backends.add("B", Behaviour::Raw(chunked));
+    let lb = Lb::start("large", &config(&[pool("sized", &[a], &[]), pool("chunked", &[b], &[])]));
+    let fetch = |pool: &str, http10: bool| {
+        let url = format!("http://{}/big", lb.addr(pool));
+        let mut curl = Command::new("curl");
+        curl.args(["-sS", "--fail", "-D", "-", "-o", "-"]);
+        if http10 {
+            curl.arg("--http1.0");
+        }
+        let out = curl.arg(&url).output().unwrap();
+        assert!(out.status.success(), "{pool}: {}", String::from_utf8_lossy(&out.stderr));
+        let split = out.stdout.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        (String::from_utf8_lossy(&out.stdout[..split]).to_ascii_lowercase(), out.stdout[split..].to_vec())
+    };
+    let (head, body) = fetch("sized", false);
+    assert!(head.contains(&format!("content-length: {}", big.len())), "{head}");
+    assert!(body == big, "4 MiB body differs: {} bytes", body.len());
+    let want: Vec<u8> = piece.iter().copied().cycle().take(40_000 * 100).collect();
+    let (head, body) = fetch("chunked", false);
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert!(body == want, "chunked body differs: {} bytes", body.len());
+    let (head, body) = fetch("chunked", true);
+    assert!(head.contains("connection: close") && !head.contains("transfer-encoding"), "{head}");
+    assert!(body == want, "close-delimited body differs: {} bytes", body.len());
+}
