@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use super::Slot;
-use super::h1::{self, BadHead, Chunked, HeaderLines, Step};
+use super::h1::{self, BadHead, Chunked, HeaderLines, Name, Step};
 use super::proxy::{self, Prepared, Reply, ReplyHeaders};
 use crate::http::{Accepted, Stream};
 
@@ -228,12 +228,12 @@ impl Conn {
         push_date(out);
         let length_given = match &headers {
             ReplyHeaders::Peer { lines, upgrade } => {
-                for (name, value) in lines.iter() {
-                    if *upgrade || !name.eq_ignore_ascii_case(b"upgrade") {
+                for (known, name, value) in lines.known() {
+                    if *upgrade || known != Name::Upgrade {
                         push_line(out, name, value);
                     }
                 }
-                lines.get("content-length").is_some()
+                lines.contains(Name::ContentLength)
             }
             ReplyHeaders::Page { close: page_close } => {
                 close |= page_close;
@@ -384,8 +384,8 @@ impl RequestBody<'_> {
     /// as that is known, `100 Continue` first when the client waits for it, `idle` at most
     /// between two reads.
     pub async fn read_all(&mut self, headers: &HeaderLines, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
-        let chunked = headers.contains("transfer-encoding");
-        let length = match headers.get("content-length") {
+        let chunked = headers.contains(Name::TransferEncoding);
+        let length = match headers.get(Name::ContentLength) {
             Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BodyError::Invalid)?,
             None => 0,
         };
@@ -447,7 +447,7 @@ impl RequestBody<'_> {
 
 /// HTTP/1.1 stays open unless `Connection: close`; HTTP/1.0 only with `keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderLines) -> bool {
-    let mut tokens = headers.get_all("connection");
+    let mut tokens = headers.get_all(Name::Connection);
     match version {
         Version::HTTP_11 => !tokens.any(|v| has_token(v, b"close")),
         Version::HTTP_10 => tokens.any(|v| has_token(v, b"keep-alive")),
@@ -457,7 +457,7 @@ fn keeps_alive(version: Version, headers: &HeaderLines) -> bool {
 
 fn expects_continue(request: &h1::Request) -> bool {
     request.version == Version::HTTP_11
-        && request.headers.get("expect").is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
+        && request.headers.get(Name::Expect).is_some_and(|v| v.eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Whether a comma list of tokens holds `token` (case-insensitive).

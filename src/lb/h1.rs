@@ -77,7 +77,7 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool, keep: fn(&[u8]) ->
             if !(100..200).contains(&code) {
                 spans.reserve_exact(response.headers.len());
                 for line in response.headers.iter() {
-                    lines.see(line.name.as_bytes(), line.value);
+                    lines.see(Name::of(line.name.as_bytes()), line.value);
                 }
                 let content_type = |line: &httparse::Header<'_>| line.name.eq_ignore_ascii_case("content-type");
                 for first in [true, false] {
@@ -120,18 +120,29 @@ impl HeaderLines {
         self.spans.iter().map(|span| (&self.bytes[span.name()], &self.bytes[span.value()]))
     }
 
-    /// The first value of `name` (case-insensitive).
-    pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    /// Each line's name, as known, and value.
+    pub fn known(&self) -> impl Iterator<Item = (Name, &[u8], &[u8])> {
+        self.spans.iter().map(|span| (span.known, &self.bytes[span.name()], &self.bytes[span.value()]))
     }
 
-    /// Every value of `name` (case-insensitive), in order.
-    pub fn get_all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+    /// The first value of `name`.
+    pub fn get(&self, name: Name) -> Option<&[u8]> {
+        self.get_all(name).next()
+    }
+
+    /// Every value of `name`, in order.
+    pub fn get_all(&self, name: Name) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().filter(move |span| span.known == name).map(|span| &self.bytes[span.value()])
+    }
+
+    pub fn contains(&self, name: Name) -> bool {
+        self.spans.iter().any(|span| span.known == name)
+    }
+
+    /// Every value of a name not in `Name` (case-insensitive).
+    #[cfg(test)]
+    pub fn named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.get(name).is_some()
     }
 
     pub fn len(&self) -> usize {
@@ -285,11 +296,50 @@ impl RequestLine {
     }
 }
 
-/// Where a header line's name and value are in the buffer (a head is at most 32 KiB).
+/// The header names the proxy looks for, told apart once per line as the head is parsed, so
+/// that the many lookups of a request compare a byte, not a name.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Name {
+    #[default]
+    Other,
+    Host,
+    Connection,
+    ContentLength,
+    TransferEncoding,
+    Te,
+    Expect,
+    Upgrade,
+    KeepAlive,
+    ContentType,
+    XForwardedFor,
+}
+
+impl Name {
+    pub fn of(name: &[u8]) -> Name {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Name::Te,
+            4 if is(b"host") => Name::Host,
+            6 if is(b"expect") => Name::Expect,
+            7 if is(b"upgrade") => Name::Upgrade,
+            10 if is(b"connection") => Name::Connection,
+            10 if is(b"keep-alive") => Name::KeepAlive,
+            12 if is(b"content-type") => Name::ContentType,
+            14 if is(b"content-length") => Name::ContentLength,
+            15 if is(b"x-forwarded-for") => Name::XForwardedFor,
+            17 if is(b"transfer-encoding") => Name::TransferEncoding,
+            _ => Name::Other,
+        }
+    }
+}
+
+/// Where a header line's name and value are in the buffer (a head is at most 32 KiB), and
+/// which known name it has.
 #[derive(Debug, Default, Clone, Copy)]
 struct Span {
     name: (u16, u16),
     value: (u16, u16),
+    known: Name,
 }
 
 impl Span {
@@ -305,6 +355,7 @@ impl Span {
         };
         self.name = at(line.name.as_bytes())?;
         self.value = at(line.value)?;
+        self.known = Name::of(line.name.as_bytes());
         Some(())
     }
 
@@ -345,14 +396,14 @@ struct Lines {
 }
 
 impl Lines {
-    fn see(&mut self, name: &[u8], value: &[u8]) {
-        if name.eq_ignore_ascii_case(b"content-length") {
+    fn see(&mut self, name: Name, value: &[u8]) {
+        if name == Name::ContentLength {
             self.lengths += 1;
             self.length.get_or_insert_with(|| content_length(value).ok_or(()));
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+        } else if name == Name::TransferEncoding {
             self.encodings += 1;
             self.chunked = value.trim_ascii().eq_ignore_ascii_case(b"chunked");
-        } else if name.eq_ignore_ascii_case(b"connection") {
+        } else if name == Name::Connection {
             for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 self.close |= token.eq_ignore_ascii_case(b"close");
                 self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -527,7 +578,7 @@ mod tests {
         );
         // Lines not kept still decide the framing.
         let h = head("HTTP/1.1 200 OK\r\nX-Hidden: 1\r\nConnection: close\r\nContent-Length: 5\r\n\r\n");
-        assert!(h.headers.get("x-hidden").is_none());
+        assert!(h.headers.named("x-hidden").next().is_none());
         assert_eq!((h.framing, h.keep_alive, h.headers.len()), (Framing::Length(5), false, 2));
         let cases = [
             ("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", Framing::Chunked, true),
@@ -607,7 +658,7 @@ mod tests {
             text.push_str("Content-Type: text/plain\r\nContent-Length: 1\r\n\r\nb");
             let h = head(&text);
             assert_eq!(h.headers.len(), 2 * lines + 2, "{lines} lines");
-            assert_eq!(h.headers.get("x-h0"), Some(&b"v0"[..]));
+            assert_eq!(h.headers.named("x-h0").next(), Some(&b"v0"[..]));
             let all: Vec<(&[u8], &[u8])> = h.headers.iter().collect();
             assert_eq!(all[0], (&b"Content-Type"[..], &b"text/plain"[..]), "{lines} lines");
             assert_eq!(all.iter().filter(|(n, v)| *n == b"X-Empty" && v.is_empty()).count(), lines);
@@ -670,7 +721,7 @@ mod tests {
             (parts.method.as_str(), parts.uri.to_string(), parts.version),
             ("POST", "/a?b=1".into(), Version::HTTP_11)
         );
-        assert_eq!(parts.headers.get_all("x-a").collect::<Vec<_>>(), [b"1", b"2"]);
+        assert_eq!(parts.headers.named("x-a").collect::<Vec<_>>(), [b"1", b"2"]);
         assert_eq!(&rest[..], b"bodyGET / HTTP/1.1\r\n");
         // Incomplete: nothing taken.
         let (parts, rest) = request(b"GET / HTTP/1.0\r\nHost: x\r\n");
@@ -678,7 +729,7 @@ mod tests {
         assert_eq!(rest.len(), 25);
         // Bare LF line ends, as nginx takes them.
         let (parts, _) = request(b"GET / HTTP/1.0\nHost: x\n\n");
-        assert_eq!(parts.unwrap().unwrap().headers.get("Host"), Some(&b"x"[..]));
+        assert_eq!(parts.unwrap().unwrap().headers.get(Name::Host), Some(&b"x"[..]));
     }
 
     #[test]
@@ -695,7 +746,7 @@ mod tests {
         // The most lines a 32 KiB head holds, with bare LF ends ("a:\n").
         let lines = "a:\n".repeat((MAX_REQUEST_HEAD - 100) / 3);
         let text = format!("GET / HTTP/1.1\n{lines}\n");
-        assert_eq!(request(text.as_bytes()).0.unwrap().unwrap().headers.get_all("a").count(), lines.len() / 3);
+        assert_eq!(request(text.as_bytes()).0.unwrap().unwrap().headers.named("a").count(), lines.len() / 3);
     }
 
     #[test]
@@ -715,6 +766,29 @@ mod tests {
             b"G(T / HTTP/1.1\r\n\r\n",
         ] {
             assert!(matches!(request(bad).0, Err(BadHead::Invalid(_))), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn known_names_are_told_apart_whatever_their_case() {
+        let cases = [
+            ("TE", Name::Te),
+            ("host", Name::Host),
+            ("Expect", Name::Expect),
+            ("UPGRADE", Name::Upgrade),
+            ("Connection", Name::Connection),
+            ("Keep-Alive", Name::KeepAlive),
+            ("content-type", Name::ContentType),
+            ("Content-Length", Name::ContentLength),
+            ("X-Forwarded-For", Name::XForwardedFor),
+            ("Transfer-Encoding", Name::TransferEncoding),
+            ("Hos", Name::Other),
+            ("Hosts", Name::Other),
+            ("Content-Lengt_", Name::Other),
+            ("X-Real-IP", Name::Other),
+        ];
+        for (name, known) in cases {
+            assert_eq!(Name::of(name.as_bytes()), known, "{name}");
         }
     }
 }

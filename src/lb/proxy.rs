@@ -15,7 +15,7 @@ use http_body_util::{Either, Full};
 use super::Pool;
 use super::balancer::Outcome;
 use super::front::{BodyError, RequestBody};
-use super::h1::{self, HeaderLines};
+use super::h1::{self, HeaderLines, Name};
 use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
@@ -27,8 +27,16 @@ pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnO
 
 /// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
 /// Content-Length are written by the proxy itself.
-const NOT_FORWARDED: [&[u8]; 8] =
-    [b"host", b"connection", b"content-length", b"transfer-encoding", b"te", b"expect", b"upgrade", b"keep-alive"];
+const NOT_FORWARDED: [Name; 8] = [
+    Name::Host,
+    Name::Connection,
+    Name::ContentLength,
+    Name::TransferEncoding,
+    Name::Te,
+    Name::Expect,
+    Name::Upgrade,
+    Name::KeepAlive,
+];
 
 /// Backend response headers that are hop-by-hop or that the proxy writes itself
 /// (`ngx_http_proxy_hide_headers` plus framing).
@@ -352,7 +360,7 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         }
     };
 
-    let framed = req.headers.contains("content-length") || req.headers.contains("transfer-encoding");
+    let framed = req.headers.contains(Name::ContentLength) || req.headers.contains(Name::TransferEncoding);
     let mut log = log;
     let body = match body.read_all(&req.headers, settings.max_body_size, settings.body_timeout).await {
         Ok(b) => b,
@@ -484,7 +492,7 @@ fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Insta
     // What `passed_back` refuses never made it into the lines.
     let Exchange { status, headers, body, .. } = ex;
     let code = status.as_u16();
-    let expected = headers.get("content-length").and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
+    let expected = headers.get(Name::ContentLength).and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
     let done: Box<dyn FnOnce(u64, bool) + Send> =
         Box::new(move |bytes, complete| log.write(code, bytes, complete, Some(t0.elapsed())));
     Reply {
@@ -545,7 +553,7 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
     if h.iter().any(|(name, value)| name.len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
         return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
     }
-    let mut lengths = h.get_all("content-length");
+    let mut lengths = h.get_all(Name::ContentLength);
     if let Some(length) = lengths.next() {
         if lengths.next().is_some() {
             return Err((StatusCode::BAD_REQUEST, "duplicate Content-Length"));
@@ -555,7 +563,7 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
             return Err((StatusCode::BAD_REQUEST, "invalid Content-Length"));
         }
     }
-    let mut encodings = h.get_all("transfer-encoding");
+    let mut encodings = h.get_all(Name::TransferEncoding);
     if let Some(encoding) = encodings.next() {
         if req.version == Version::HTTP_10 {
             return Err((StatusCode::BAD_REQUEST, "Transfer-Encoding on HTTP/1.0"));
@@ -566,11 +574,11 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
         if !encoding.eq_ignore_ascii_case(b"chunked") {
             return Err((StatusCode::NOT_IMPLEMENTED, "Transfer-Encoding other than chunked"));
         }
-        if h.contains("content-length") {
+        if h.contains(Name::ContentLength) {
             return Err((StatusCode::BAD_REQUEST, "Content-Length with Transfer-Encoding"));
         }
     }
-    if req.version == Version::HTTP_11 && !h.contains("host") && req.uri.authority().is_none() {
+    if req.version == Version::HTTP_11 && !h.contains(Name::Host) && req.uri.authority().is_none() {
         return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
     }
     Ok(())
@@ -602,7 +610,7 @@ fn request_head(
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(if s.keepalive { b" HTTP/1.1\r\n" } else { b" HTTP/1.0\r\n" });
-    let client_host = client_headers.get("host");
+    let client_host = client_headers.get(Name::Host);
     match &s.host {
         HostHeader::PoolName | HostHeader::Literal(_) => {
             if let Some(host) = &pool.host {
@@ -628,7 +636,7 @@ fn request_head(
     let forwarded_for = || {
         // $proxy_add_x_forwarded_for: the client's list, then the address it came from.
         let mut list: Vec<&str> =
-            client_headers.get_all("x-forwarded-for").filter_map(|v| std::str::from_utf8(v).ok()).collect();
+            client_headers.get_all(Name::XForwardedFor).filter_map(|v| std::str::from_utf8(v).ok()).collect();
         list.push(ip.as_deref().unwrap_or_default());
         list.join(", ")
     };
@@ -648,14 +656,14 @@ fn request_head(
             }
         }
     }
-    let set_by_config = |name: &[u8]| {
-        (s.x_forwarded_for && name.eq_ignore_ascii_case(b"x-forwarded-for"))
+    let set_by_config = |known: Name, name: &[u8]| {
+        (s.x_forwarded_for && known == Name::XForwardedFor)
             || (s.x_real_ip && name.eq_ignore_ascii_case(b"x-real-ip"))
             || (!pool.set_headers.is_empty()
                 && HeaderName::from_bytes(name).is_ok_and(|n| pool.set_headers.contains_key(n)))
     };
-    for (name, value) in client_headers.iter() {
-        if NOT_FORWARDED.iter().any(|n| name.eq_ignore_ascii_case(n)) || name.contains(&b'_') || set_by_config(name) {
+    for (known, name, value) in client_headers.known() {
+        if NOT_FORWARDED.contains(&known) || name.contains(&b'_') || set_by_config(known, name) {
             continue;
         }
         line(&mut head, name, value);
