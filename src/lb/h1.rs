@@ -791,4 +791,39 @@ mod tests {
             assert_eq!(Name::of(name.as_bytes()), known, "{name}");
         }
     }
+
+    /// Whatever bytes arrive, parsing answers (a head, more, or a refusal) and never panics.
+    #[test]
+    fn arbitrary_bytes_never_panic_the_parsers() {
+        let seeds: [&[u8]; 4] = [
+            b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Type: a\r\nContent-Length: 7, 7\r\nConnection: close\r\n\r\nbody",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.0 204 No\r\nX: \xff\r\n\r\n",
+            b"5;ext\r\nhello\r\n0\r\nTrailer: x\r\n\r\n",
+        ];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..20_000 {
+            let seed = seeds[round % seeds.len()];
+            let mut bytes = seed.to_vec();
+            for _ in 0..(next() % 6) {
+                let at = (next() as usize) % (bytes.len() + 1);
+                match next() % 3 {
+                    0 if at < bytes.len() => bytes[at] = next() as u8,
+                    1 => bytes.insert(at, b"\r\n:; \t0a\x00\x7f"[(next() % 10) as usize]),
+                    _ => bytes.truncate(at),
+                }
+            }
+            let _ = parse_request(&mut BytesMut::from(&bytes[..]));
+            let _ = parse_response(&mut BytesMut::from(&bytes[..]), round % 2 == 0, |_| true);
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut decoder = Chunked::default();
+            while let Ok(Step::Data(_)) = decoder.decode(&mut buf) {}
+        }
+    }
 }
