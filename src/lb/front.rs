@@ -21,7 +21,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::Slot;
 use super::h1::{self, BadHead, Chunked, HeaderLines, Name, Step};
-use super::proxy::{self, Prepared, Reply, ReplyHeaders};
+use super::proxy::{self, Prepared, ProxyBody, Reply, ReplyHeaders};
 use crate::http::{Accepted, Stream};
 
 /// nginx's `send_timeout`: the longest a client may take to accept more of a response.
@@ -212,7 +212,7 @@ impl Conn {
         head_request: bool,
         mut close: bool,
     ) -> io::Result<bool> {
-        let Reply { status, headers, mut body } = reply;
+        let Reply { status, headers, mut body, done } = reply;
         let bodiless = head_request
             || status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -264,21 +264,43 @@ impl Conn {
         }
         out.extend_from_slice(b"\r\n");
         if bodiless {
-            // Not polled: a HEAD answer's body is not sent (the access log sees it as such).
+            // Not polled: a HEAD answer's body is not sent.
             drop(body);
-            self.write_out(&[]).await?;
-            return Ok(!close);
+            let written = self.write_out(&[]).await;
+            done.finish(0, written.is_ok(), Instant::now().into_std());
+            return written.map(|()| !close);
         }
+        let mut sent = Sent { bytes: 0, end: None };
+        let outcome = self.write_body(&mut body, chunked, &mut sent).await;
+        // Only now, the client served: the peer's connection is closed (or was pooled at the
+        // end of its body), and the log line is written.
+        drop(body);
+        let end = sent.end.unwrap_or_else(std::time::Instant::now);
+        match outcome {
+            Ok(complete) => {
+                done.finish(sent.bytes, complete, end);
+                Ok(complete && !close)
+            }
+            Err(err) => {
+                done.finish(sent.bytes, false, end);
+                Err(err)
+            }
+        }
+    }
+
+    /// Writes what follows the head in `out`: the body, chunked if so. Ok(false) if the body
+    /// was cut short (the peer failed).
+    async fn write_body(&mut self, body: &mut ProxyBody, chunked: bool, sent: &mut Sent) -> io::Result<bool> {
         loop {
             // Whatever the body has ready goes out together with what is already waiting.
-            let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await;
+            let frame = poll_fn(|cx| Poll::Ready(Pin::new(&mut *body).poll_frame(cx))).await;
             let frame = match frame {
                 Poll::Ready(frame) => frame,
                 Poll::Pending => {
                     if !self.out.is_empty() {
                         self.write_out(&[]).await?;
                     }
-                    poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                    poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await
                 }
             };
             match frame {
@@ -287,6 +309,7 @@ impl Conn {
                     if data.is_empty() {
                         continue;
                     }
+                    sent.bytes += data.len() as u64;
                     if chunked {
                         self.out.extend_from_slice(format_hex(data.len()).as_bytes());
                         self.out.extend_from_slice(b"\r\n");
@@ -305,15 +328,17 @@ impl Conn {
                     }
                 }
                 None => {
+                    sent.end = Some(std::time::Instant::now());
                     if chunked {
                         self.out.extend_from_slice(b"0\r\n\r\n");
                     }
                     self.write_out(&[]).await?;
-                    return Ok(!close);
+                    return Ok(true);
                 }
                 // Cut short (the peer failed mid-body): what came goes out, then the
                 // connection closes, so the client sees the response is incomplete.
                 Some(Err(err)) => {
+                    sent.end = Some(std::time::Instant::now());
                     tracing::debug!(server = "lb", %err, "response body cut short");
                     self.write_out(&[]).await?;
                     return Ok(false);
@@ -361,6 +386,13 @@ impl Conn {
             () = timer.as_mut() => {}
         }
     }
+}
+
+/// What of a response body went out, for its log line.
+struct Sent {
+    bytes: u64,
+    /// When the body ended (or failed), as read from the peer.
+    end: Option<std::time::Instant>,
 }
 
 enum Read {

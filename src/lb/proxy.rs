@@ -20,10 +20,10 @@ use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
-use crate::http::body::CountingBody;
 use crate::telemetry::escape;
 
-pub type ProxyBody = CountingBody<Either<Full<Bytes>, UpstreamBody>, Box<dyn FnOnce(u64, bool) + Send>>;
+/// A response body: the proxy's own page or a peer's.
+pub type ProxyBody = Either<Full<Bytes>, UpstreamBody>;
 
 /// Headers nginx 1.22 never passes upstream (`ngx_http_proxy_headers`); Host, Connection and
 /// Content-Length are written by the proxy itself.
@@ -55,6 +55,38 @@ pub struct Reply {
     pub status: StatusCode,
     pub headers: ReplyHeaders,
     pub body: ProxyBody,
+    /// To be told how the response went once it is out: the access-log line is written then,
+    /// after the client has its bytes, as nginx's log phase comes after the response.
+    pub done: Done,
+}
+
+/// The access-log line of a response, written by `finish`; dropped unfinished (the
+/// connection's task was cancelled), the line says so.
+pub struct Done {
+    /// None for an answer to a head that could not be read as a request. Boxed: a response
+    /// is moved from the attempt loop to the writer, and a log line is large.
+    log: Option<Box<RequestLog>>,
+    status: u16,
+    /// When the attempt that answered began (for `upstream_response_time`).
+    attempt: Option<Instant>,
+}
+
+impl Done {
+    /// `bytes` of body went out; `complete`: all of it; `body_end`: when the peer's body ended.
+    pub fn finish(mut self, bytes: u64, complete: bool, body_end: Instant) {
+        if let Some(mut log) = self.log.take() {
+            let last = self.attempt.map(|t0| body_end.saturating_duration_since(t0));
+            log.write(self.status, bytes, complete, last);
+        }
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(mut log) = self.log.take() {
+            log.write(self.status, 0, false, None);
+        }
+    }
 }
 
 pub enum ReplyHeaders {
@@ -254,7 +286,7 @@ enum Addr {
 
 impl Drop for RequestLog {
     fn drop(&mut self) {
-        // Dropped unwritten = hyper dropped the request future: the client closed first.
+        // Dropped unwritten = the request was dropped before an answer: the client closed first.
         self.write(499, 0, false, None);
     }
 }
@@ -488,17 +520,14 @@ pub async fn forward(forward: Forward) -> Reply {
 
 /// Passes a backend response on, as nginx does: its status and body, its headers minus the
 /// hop-by-hop ones and those the proxy writes itself.
-fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Reply {
+fn respond(log: RequestLog, ex: Exchange, client_version: Version, t0: Instant) -> Reply {
     // What `passed_back` refuses never made it into the lines.
     let Exchange { status, headers, body, .. } = ex;
-    let code = status.as_u16();
-    let expected = headers.get(Name::ContentLength).and_then(|v| std::str::from_utf8(v).ok()?.trim().parse().ok());
-    let done: Box<dyn FnOnce(u64, bool) + Send> =
-        Box::new(move |bytes, complete| log.write(code, bytes, complete, Some(t0.elapsed())));
     Reply {
         status,
         headers: ReplyHeaders::Peer { lines: headers, upgrade: client_version >= Version::HTTP_11 },
-        body: CountingBody::new(Either::Right(body), expected, done),
+        body: Either::Right(body),
+        done: Done { log: Some(Box::new(log)), status: status.as_u16(), attempt: Some(t0) },
     }
 }
 
@@ -506,17 +535,16 @@ fn respond(mut log: RequestLog, ex: Exchange, client_version: Version, t0: Insta
 pub const SERVER: &str = "exec-allinone";
 
 /// A response made by the proxy itself: nginx's error page for `status`, logged when sent.
-fn local(mut log: RequestLog, status: StatusCode, close: bool) -> Reply {
-    let code = status.as_u16();
-    page(status, close, Box::new(move |bytes, complete| log.write(code, bytes, complete, None)))
+fn local(log: RequestLog, status: StatusCode, close: bool) -> Reply {
+    page(status, close, Some(log))
 }
 
 /// nginx's error page for a request the proxy could not read as one (nothing to log it by).
 pub fn error_page(status: StatusCode) -> Reply {
-    page(status, true, Box::new(|_, _| {}))
+    page(status, true, None)
 }
 
-fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>) -> Reply {
+fn page(status: StatusCode, close: bool, log: Option<RequestLog>) -> Reply {
     let reason = match status.as_u16() {
         408 => "Request Time-out",
         413 => "Request Entity Too Large",
@@ -529,12 +557,12 @@ fn page(status: StatusCode, close: bool, done: Box<dyn FnOnce(u64, bool) + Send>
     let page = format!(
         "<html>\r\n<head><title>{code} {reason}</title></head>\r\n<body>\r\n<center><h1>{code} {reason}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
     );
-    let len = page.len() as u64;
     // `close`: the request's body may be unread or its framing doubtful; nginx closes too.
     Reply {
         status,
         headers: ReplyHeaders::Page { close },
-        body: CountingBody::new(Either::Left(Full::new(Bytes::from(page))), Some(len), done),
+        body: Either::Left(Full::new(Bytes::from(page))),
+        done: Done { log: log.map(Box::new), status: code, attempt: None },
     }
 }
 
