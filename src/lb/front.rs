@@ -522,54 +522,35 @@ fn push_date(out: &mut Vec<u8>) {
 
 /// A number in decimal, in a small stack string.
 fn itoa(n: u64) -> Digits {
-    let mut d = Digits::default();
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    d.push(&buf[i..]);
-    d
+    Digits::new(n, 10)
 }
 
 /// A chunk size in hexadecimal.
 fn format_hex(n: usize) -> Digits {
-    let mut d = Digits::default();
-    let mut buf = [0u8; 16];
-    let mut i = buf.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        buf[i] = b"0123456789abcdef"[n % 16];
-        n /= 16;
-        if n == 0 {
-            break;
-        }
-    }
-    d.push(&buf[i..]);
-    d
+    Digits::new(n as u64, 16)
 }
 
-#[derive(Default)]
+/// A number's digits, right-aligned in `buf` from `start` on.
 struct Digits {
     buf: [u8; 20],
-    len: usize,
+    start: usize,
 }
 
 impl Digits {
-    fn push(&mut self, digits: &[u8]) {
-        self.buf[..digits.len()].copy_from_slice(digits);
-        self.len = digits.len();
+    fn new(mut n: u64, radix: u64) -> Digits {
+        let mut d = Digits { buf: [0; 20], start: 20 };
+        loop {
+            d.start -= 1;
+            d.buf[d.start] = b"0123456789abcdef"[(n % radix) as usize];
+            n /= radix;
+            if n == 0 {
+                return d;
+            }
+        }
     }
 
     fn as_bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf[self.start..]
     }
 }
 
