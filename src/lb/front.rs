@@ -2,7 +2,7 @@
 //! connection's own task, one request after another (pipelined ones in order). The head within
 //! nginx's limits (`h1`), the body as its framing says, `100 Continue`, the client watched for
 //! closing while peers are tried (nginx's 499), the response framed for the client's version,
-//! and keep-alive.
+//! keep-alive, and the access-log line once the response is out.
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
@@ -395,6 +395,7 @@ struct Sent {
     end: Option<std::time::Instant>,
 }
 
+/// How a wait for the client's next bytes ended.
 enum Read {
     Data,
     Closed,
