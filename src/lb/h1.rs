@@ -77,18 +77,16 @@ pub fn parse_response(buf: &mut BytesMut, head_request: bool, keep: fn(&[u8]) ->
             if !(100..200).contains(&code) {
                 spans.reserve_exact(response.headers.len());
                 for line in response.headers.iter() {
-                    lines.see(Name::of(line.name.as_bytes()), line.value);
-                }
-                let content_type = |line: &httparse::Header<'_>| line.name.eq_ignore_ascii_case("content-type");
-                for first in [true, false] {
-                    for line in response.headers.iter().filter(|l| content_type(l) == first) {
-                        if keep(line.name.as_bytes()) {
-                            let mut span = Span::default();
-                            span.set(buf, line).ok_or(Invalid("invalid header"))?;
-                            spans.push(span);
-                        }
+                    let known = Name::of(line.name.as_bytes());
+                    lines.see(known, line.value);
+                    if keep(line.name.as_bytes()) {
+                        let mut span = Span::default();
+                        span.set(buf, line, known).ok_or(Invalid("invalid header"))?;
+                        spans.push(span);
                     }
                 }
+                // Content-Type first, the rest in order (a stable sort; usually nothing moves).
+                spans.sort_by_key(|span| span.known != Name::ContentType);
             }
             (len, code, response.version, spans)
         };
@@ -233,7 +231,7 @@ fn locate_request<'b>(
     let mut spans = Vec::with_capacity(request.headers.len());
     for header in request.headers.iter() {
         let mut span = Span::default();
-        span.set(buf, header).ok_or(Some(BadHead::Invalid("header")))?;
+        span.set(buf, header, Name::of(header.name.as_bytes())).ok_or(Some(BadHead::Invalid("header")))?;
         spans.push(span);
     }
     Ok(Some(Located { len, line, spans }))
@@ -343,8 +341,8 @@ struct Span {
 }
 
 impl Span {
-    /// Records where `line` lies in `buf`; None if it is not inside it.
-    fn set(&mut self, buf: &[u8], line: &httparse::Header<'_>) -> Option<()> {
+    /// Records where `line` lies in `buf` and its `known` name; None if it is not inside it.
+    fn set(&mut self, buf: &[u8], line: &httparse::Header<'_>, known: Name) -> Option<()> {
         let at = |part: &[u8]| -> Option<(u16, u16)> {
             if part.is_empty() {
                 return Some((0, 0));
@@ -355,7 +353,7 @@ impl Span {
         };
         self.name = at(line.name.as_bytes())?;
         self.value = at(line.value)?;
-        self.known = Name::of(line.name.as_bytes());
+        self.known = known;
         Some(())
     }
 
