@@ -52,6 +52,15 @@ pub async fn serve(stream: Stream, accepted: Accepted, slot: Arc<Slot>) {
     conn.close().await;
 }
 
+/// How a request's body is delimited (its head says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Neither Content-Length nor Transfer-Encoding: no body.
+    None,
+    Length(u64),
+    Chunked,
+}
+
 /// Why a request's body could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyError {
@@ -413,14 +422,14 @@ pub struct RequestBody<'c> {
 }
 
 impl RequestBody<'_> {
-    /// The whole body (the proxy has checked the framing headers): 413 above `max` as soon
-    /// as that is known, `100 Continue` first when the client waits for it, `idle` at most
-    /// between two reads.
-    pub async fn read_all(&mut self, headers: &HeaderLines, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
-        let chunked = headers.contains(Name::TransferEncoding);
-        let length = match headers.get(Name::ContentLength) {
-            Some(v) => std::str::from_utf8(v).ok().and_then(|s| s.parse::<u64>().ok()).ok_or(BodyError::Invalid)?,
-            None => 0,
+    /// The whole body as `framing` (checked by the proxy) says: 413 above `max` as soon as
+    /// that is known, `100 Continue` first when the client waits for it, `idle` at most between
+    /// two reads.
+    pub async fn read_all(&mut self, framing: BodyFraming, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+        let (chunked, length) = match framing {
+            BodyFraming::None => (false, 0),
+            BodyFraming::Length(n) => (false, n),
+            BodyFraming::Chunked => (true, 0),
         };
         if !chunked && length > max {
             return Err(BodyError::TooLarge);

@@ -14,7 +14,7 @@ use http_body_util::{Either, Full};
 
 use super::Pool;
 use super::balancer::Outcome;
-use super::front::{BodyError, RequestBody};
+use super::front::{BodyError, BodyFraming, RequestBody};
 use super::h1::{self, HeaderLines, Name};
 use super::retry::{Attempts, Failure, Next};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
@@ -365,10 +365,13 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
     };
     let settings = &pool.settings;
 
-    if let Err((status, why)) = check_request(&req) {
-        tracing::debug!(pool = %pool.name, %client, why, "request refused");
-        return Prepared::Answer(local(log, status, true));
-    }
+    let framing = match check_request(&req) {
+        Ok(framing) => framing,
+        Err((status, why)) => {
+            tracing::debug!(pool = %pool.name, %client, why, "request refused");
+            return Prepared::Answer(local(log, status, true));
+        }
+    };
     let path = req.uri.path();
     let query = req.uri.query();
     let target = match (uri::is_normal(path), req.uri.path_and_query()) {
@@ -392,9 +395,8 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         }
     };
 
-    let framed = req.headers.contains(Name::ContentLength) || req.headers.contains(Name::TransferEncoding);
     let mut log = log;
-    let body = match body.read_all(&req.headers, settings.max_body_size, settings.body_timeout).await {
+    let body = match body.read_all(framing, settings.max_body_size, settings.body_timeout).await {
         Ok(b) => b,
         Err(BodyError::TimedOut) => {
             // nginx logs 408 and closes without answering a stalled body.
@@ -404,7 +406,8 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         Err(BodyError::TooLarge) => return Prepared::Answer(local(log, StatusCode::PAYLOAD_TOO_LARGE, true)),
         Err(BodyError::Invalid) => return Prepared::Answer(local(log, StatusCode::BAD_REQUEST, true)),
     };
-    let length = framed.then_some(body.len());
+    // A framed body goes upstream with its length, an empty one too (as nginx sends it).
+    let length = (framing != BodyFraming::None).then_some(body.len());
     // Written once: every peer tried gets the same bytes.
     let request = UpstreamRequest {
         head: request_head(&pool, &req.method, &target, &req.headers, client, length),
@@ -569,8 +572,9 @@ fn page(status: StatusCode, close: bool, log: Option<RequestLog>) -> Reply {
 /// nginx's `large_client_header_buffers` buffer size.
 const LINE_BUFFER: usize = 8192;
 
-/// nginx's checks of the request head beyond its syntax (lb.md LB-25).
-fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
+/// nginx's checks of the request head beyond its syntax (lb.md LB-25); how its body is
+/// framed when it passes them.
+fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static str)> {
     let h = &req.headers;
     // nginx reads the request line and each header line into one of its 8 KiB buffers
     // (large_client_header_buffers 4 8k); `h1` only bounds the head as a whole.
@@ -581,6 +585,7 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
     if h.iter().any(|(name, value)| name.len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
         return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
     }
+    let mut framing = BodyFraming::None;
     let mut lengths = h.get_all(Name::ContentLength);
     if let Some(length) = lengths.next() {
         if lengths.next().is_some() {
@@ -590,6 +595,7 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
         if length.is_empty() || !length.iter().all(u8::is_ascii_digit) || length.len() > 18 {
             return Err((StatusCode::BAD_REQUEST, "invalid Content-Length"));
         }
+        framing = BodyFraming::Length(length.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
     }
     let mut encodings = h.get_all(Name::TransferEncoding);
     if let Some(encoding) = encodings.next() {
@@ -602,14 +608,15 @@ fn check_request(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
         if !encoding.eq_ignore_ascii_case(b"chunked") {
             return Err((StatusCode::NOT_IMPLEMENTED, "Transfer-Encoding other than chunked"));
         }
-        if h.contains(Name::ContentLength) {
+        if framing != BodyFraming::None {
             return Err((StatusCode::BAD_REQUEST, "Content-Length with Transfer-Encoding"));
         }
+        framing = BodyFraming::Chunked;
     }
     if req.version == Version::HTTP_11 && !h.contains(Name::Host) && req.uri.authority().is_none() {
         return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
     }
-    Ok(())
+    Ok(framing)
 }
 
 /// The request line and headers as they go upstream, as nginx 1.22 writes them (lb.md LB-19):
