@@ -35,7 +35,7 @@ fn check_text(path: &str, fmt: &str, raw: &Value, text: &str) {
         ("text", Value::String(s)) => text == if s.is_empty() { "–" } else { s.as_str() },
         // As JSON text: clippy's `*other` would compare the string with a JSON value instead.
         ("text", other) => text == serde_json::to_string(other).unwrap_or_default(),
-        ("secs", Value::Number(n)) => text == format!("{:.2} s", n.as_f64().unwrap()),
+        ("secs", Value::Number(n)) => text == format!("{} s", to_fixed_2(n.as_f64().unwrap())),
         ("ago", Value::Number(n)) => {
             if n.as_u64() == Some(0) {
                 text == "never"
@@ -60,6 +60,18 @@ fn check_text(path: &str, fmt: &str, raw: &Value, text: &str) {
         _ => false,
     };
     assert!(shown_ok, "{path} ({fmt}) shows {text:?} for {raw}");
+}
+
+/// JavaScript's `x.toFixed(2)` for x >= 0. It differs from Rust's `{:.2}` only on exact ties
+/// (x·100 ending in .5 exactly), which it rounds up where Rust rounds to even: 0.125 is
+/// "0.13" there and "0.12" here. An exact tie is x = j/8 with j odd (x·8 is exact in binary).
+fn to_fixed_2(x: f64) -> String {
+    let eighths = x * 8.0;
+    if eighths.fract() == 0.0 && eighths.abs() < 1e15 && (eighths as i64) % 2 == 1 {
+        let cents = (eighths as i64 * 25 + 1) / 2;
+        return format!("{}.{:02}", cents / 100, cents % 100);
+    }
+    format!("{x:.2}")
 }
 
 /// Every figure on the page shows its value in the JSON the page last drew. Returns the
@@ -215,4 +227,23 @@ fn status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_pho
     let _ = Command::new("kill").args(["-s", "TERM", &sandbox.id().to_string()]).status();
     let status = wait_timeout(&mut sandbox, Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn to_fixed_2_rounds_as_javascript_does() {
+    // Node: [0.125, 0.375, 1.625, 2.5, 0.1, 0.005, 1.005, 12.3456, 0].map(x => x.toFixed(2))
+    let cases = [
+        (0.125, "0.13"),
+        (0.375, "0.38"),
+        (1.625, "1.63"),
+        (2.5, "2.50"),
+        (0.1, "0.10"),
+        (0.005, "0.01"),
+        (1.005, "1.00"),
+        (12.3456, "12.35"),
+        (0.0, "0.00"),
+    ];
+    for (x, js) in cases {
+        assert_eq!(to_fixed_2(x), js, "{x}");
+    }
 }
