@@ -78,6 +78,10 @@ pub struct WebdavConfig {
     pub max_ranges: usize,
     pub max_xml_body: u64,
     pub lock_max_timeout: Duration,
+    /// Live locks beyond this are refused with 503: the table is memory a client controls.
+    pub max_locks: usize,
+    /// A LOCK whose owner element is larger than this is refused with 400.
+    pub max_lock_owner_bytes: usize,
 }
 
 /// Why the configuration was refused: every problem, one per line.
@@ -377,6 +381,8 @@ impl WebdavConfig {
             max_ranges: 16,
             max_xml_body: 64 << 10,
             lock_max_timeout: Duration::from_secs(3600),
+            max_locks: 10_000,
+            max_lock_owner_bytes: 1024,
         }
     }
 
@@ -400,6 +406,8 @@ impl WebdavConfig {
         let max_ranges = s.count("max_ranges", d.max_ranges, 1..=1000);
         let max_xml_body = s.size("max_xml_body", d.max_xml_body);
         let lock_max_timeout = s.duration("lock_max_timeout", d.lock_max_timeout);
+        let max_locks = s.count("max_locks", d.max_locks, 1..=1_000_000);
+        let max_lock_owner_bytes = s.count("max_lock_owner_bytes", d.max_lock_owner_bytes, 64..=65536);
         if !prefix.starts_with('/')
             || (prefix.len() > 1 && prefix.ends_with('/'))
             || prefix.contains(['%', '?', '#', '\\'])
@@ -436,6 +444,8 @@ impl WebdavConfig {
             max_ranges,
             max_xml_body,
             lock_max_timeout,
+            max_locks,
+            max_lock_owner_bytes,
         }
     }
 }

@@ -164,3 +164,57 @@ impl<B, F: FnOnce(u64, bool)> Drop for CountingBody<B, F> {
         }
     }
 }
+
+/// Turns a panic while the body is produced into an error that ends this body (the
+/// connection closes), after `on_panic` has seen it.
+pub struct CatchUnwindBody<B, F> {
+    inner: B,
+    on_panic: Option<F>,
+}
+
+impl<B, F> CatchUnwindBody<B, F> {
+    pub fn new(inner: B, on_panic: F) -> Self {
+        CatchUnwindBody { inner, on_panic: Some(on_panic) }
+    }
+}
+
+/// The body's producer panicked.
+#[derive(Debug, thiserror::Error)]
+#[error("response body panicked")]
+pub struct BodyPanicked;
+
+impl<B, F> Body for CatchUnwindBody<B, F>
+where
+    B: Body + Unpin,
+    B::Error: Into<crate::http::BoxError>,
+    F: FnOnce(Box<dyn std::any::Any + Send>) + Unpin,
+{
+    type Data = B::Data;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let Some(_) = this.on_panic else { return Poll::Ready(Some(Err(Box::new(BodyPanicked)))) };
+        let inner = &mut this.inner;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Pin::new(inner).poll_frame(cx))) {
+            Ok(polled) => polled.map(|frame| frame.map(|f| f.map_err(Into::into))),
+            Err(panic) => {
+                if let Some(on_panic) = this.on_panic.take() {
+                    on_panic(panic);
+                }
+                Poll::Ready(Some(Err(Box::new(BodyPanicked))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.on_panic.is_some() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -150,13 +150,12 @@ where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: http_body::Body + Send + 'static,
-    B::Data: Send,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
     let builder_opts = opts.clone();
     let handle = move |stream: Stream, conn: Accepted| {
-        let service = make_service(conn.info);
+        let service = PanicGuard { inner: make_service(conn.info), server: builder_opts.name, peer: conn.info.peer };
         let conn_builder = builder(&builder_opts, conn.open);
         let name = builder_opts.name;
         async move {
@@ -176,6 +175,99 @@ where
         }
     };
     serve_streams(listener, opts, handle, shutdown).await
+}
+
+/// A service whose panics stay inside one request: a panic before the response answers 500,
+/// one while its body is produced ends that body with an error; both are logged with the
+/// request, and the process and every other request go on.
+struct PanicGuard<S> {
+    inner: S,
+    server: &'static str,
+    peer: SocketAddr,
+}
+
+type GuardedBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
+impl<S, B> hyper::service::Service<Request<Incoming>> for PanicGuard<S>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<GuardedBody>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        use futures_util::FutureExt;
+        use http_body_util::BodyExt;
+        let what = Arc::new(RequestLabel {
+            server: self.server,
+            peer: self.peer,
+            method: req.method().clone(),
+            path: req.uri().path().to_owned(),
+        });
+        let called = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)));
+        Box::pin(async move {
+            let outcome = match called {
+                Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            match outcome {
+                Ok(Ok(response)) => Ok(response.map(|body| {
+                    body::CatchUnwindBody::new(
+                        body.map_err(Into::into).boxed_unsync(),
+                        move |panic: Box<dyn std::any::Any + Send>| what.log(&*panic, "response body"),
+                    )
+                    .boxed_unsync()
+                })),
+                Ok(Err(err)) => Err(err),
+                Err(panic) => {
+                    what.log(&*panic, "request");
+                    let mut response = Response::new(
+                        http_body_util::Full::new(bytes::Bytes::from_static(b"internal server error\n"))
+                            .map_err(|never| match never {})
+                            .boxed_unsync(),
+                    );
+                    *response.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    Ok(response)
+                }
+            }
+        })
+    }
+}
+
+/// Which request a panic belongs to, for its log line.
+struct RequestLabel {
+    server: &'static str,
+    peer: SocketAddr,
+    method: http::Method,
+    path: String,
+}
+
+impl RequestLabel {
+    fn log(&self, panic: &(dyn std::any::Any + Send), during: &'static str) {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| String::from("(no message)"));
+        tracing::error!(
+            server = self.server,
+            client = %self.peer.ip(),
+            method = %self.method,
+            path = %crate::telemetry::escape(&self.path),
+            panic = %crate::telemetry::escape(&message),
+            during,
+            "a request panicked; it was answered alone, the process goes on"
+        );
+    }
 }
 
 /// A connection as the accept loop hands it over.

@@ -37,17 +37,6 @@ fn write_batch(open: usize, expected: Option<u64>) -> usize {
 /// Dead properties of one resource may not exceed this in total.
 const MAX_PROPS_BYTES: usize = 64 << 10;
 
-tokio::task_local! {
-    /// Set while the engine answers a PROPFIND that names its properties. dav-server 0.11 calls
-    /// `get_props` for every PROPFIND and appends all dead properties to the answer, which
-    /// would list each named one twice and unrequested ones besides.
-    /// Known gap: dav-server writes the multistatus while the response body is read, outside
-    /// this scope, so a named dead property is still listed twice. Setting the flag there too
-    /// makes dav-server drop named properties its `get_prop` path cannot rebuild (litmus
-    /// props 22 fails), so that fix waits for a look at dav-server's dead-property path.
-    pub static NAMED_PROPFIND: bool;
-}
-
 #[derive(Clone)]
 pub struct DavStore {
     store: Arc<Store>,
@@ -71,6 +60,18 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> FsResult<T> + Send + 's
 
 fn rel(path: &DavPath) -> FsResult<RelPath> {
     RelPath::parse(path.as_rel_ospath().as_os_str().as_encoded_bytes())
+}
+
+/// The directory and hidden name of a path `set_aside` returned (only such a path has a
+/// reserved last segment the store accepts).
+fn split_aside(aside: &DavPath) -> FsResult<(RelPath, std::ffi::OsString)> {
+    let bytes = aside.as_rel_ospath().as_os_str().as_encoded_bytes();
+    let (parent, name) = match bytes.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&bytes[..i], &bytes[i + 1..]),
+        None => (&b""[..], bytes),
+    };
+    let name = std::str::from_utf8(name).map_err(|_| FsError::Forbidden)?;
+    Ok((RelPath::parse(parent)?, std::ffi::OsString::from(name)))
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +228,37 @@ impl DavFileSystem for DavStore {
         .boxed()
     }
 
+    fn set_aside<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, DavPath> {
+        async move {
+            let rel = rel(path)?;
+            let store = Arc::clone(&self.store);
+            let aside = blocking(move || store.set_aside(&rel)).await?;
+            let mut at = path.parent().as_url_string();
+            at.push_str(&aside.to_string_lossy());
+            DavPath::new(&at).map_err(|_| FsError::GeneralFailure)
+        }
+        .boxed()
+    }
+
+    fn restore_aside<'a>(&'a self, aside: &'a DavPath, path: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (parent, name) = split_aside(aside)?;
+            let to = rel(path)?;
+            let store = Arc::clone(&self.store);
+            blocking(move || store.restore_aside(&parent, &name, &to)).await
+        }
+        .boxed()
+    }
+
+    fn discard_aside<'a>(&'a self, aside: &'a DavPath) -> FsFuture<'a, ()> {
+        async move {
+            let (parent, name) = split_aside(aside)?;
+            let store = Arc::clone(&self.store);
+            blocking(move || store.discard_aside(&parent, &name)).await
+        }
+        .boxed()
+    }
+
     fn have_props<'a>(&'a self, _path: &'a DavPath) -> std::pin::Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
         async { true }.boxed()
     }
@@ -277,7 +309,7 @@ impl DavFileSystem for DavStore {
     fn get_props<'a>(&'a self, path: &'a DavPath, do_content: bool) -> FsFuture<'a, Vec<DavProp>> {
         async move {
             let rel = rel(path)?;
-            if NAMED_PROPFIND.try_with(|named| *named).unwrap_or(false) || !self.store.has_props(&rel) {
+            if !self.store.has_props(&rel) {
                 return Ok(Vec::new());
             }
             let store = Arc::clone(&self.store);

@@ -12,13 +12,13 @@ use dav_server::memls::MemLs;
 use futures_util::FutureExt;
 use xmltree::Element;
 
-/// More live locks than this is abuse, not a recording store at work; new ones are refused.
-const MAX_LOCKS: usize = 100_000;
-
 #[derive(Debug, Clone)]
 pub struct ExpiringLs {
     inner: Box<MemLs>,
     max_timeout: Duration,
+    /// Live locks beyond this are refused (the request pipeline answers 503 before this is
+    /// reached; this holds the bound when LOCKs race).
+    max_locks: usize,
     expiries: Arc<Mutex<Expiries>>,
 }
 
@@ -33,12 +33,18 @@ struct Expiries {
 }
 
 impl ExpiringLs {
-    pub fn new(max_timeout: Duration) -> Self {
-        ExpiringLs { inner: MemLs::new(), max_timeout, expiries: Arc::default() }
+    pub fn new(max_timeout: Duration, max_locks: usize) -> Self {
+        ExpiringLs { inner: MemLs::new(), max_timeout, max_locks, expiries: Arc::default() }
     }
 
     pub fn active(&self) -> usize {
         self.expiries().by_token.len()
+    }
+
+    /// Whether a new lock would be refused: expired locks are dropped first.
+    pub async fn full(&self) -> bool {
+        self.purge().await;
+        self.active() >= self.max_locks
     }
 
     fn expiries(&self) -> std::sync::MutexGuard<'_, Expiries> {
@@ -93,8 +99,8 @@ impl DavLockSystem for ExpiringLs {
         let owner = owner.cloned();
         async move {
             self.purge().await;
-            if self.active() >= MAX_LOCKS {
-                tracing::warn!(limit = MAX_LOCKS, "lock table full; refusing a new lock");
+            if self.active() >= self.max_locks {
+                tracing::warn!(limit = self.max_locks, "lock table full; refusing a new lock");
                 let refused = DavLock {
                     token: String::new(),
                     path: Box::new(path),
@@ -192,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn locks_expire_and_timeouts_are_capped() {
-        let ls = ExpiringLs::new(Duration::from_secs(2));
+        let ls = ExpiringLs::new(Duration::from_secs(2), 10);
         let path = DavPath::new("/f").unwrap();
         let lock = ls.lock(&path, Some("u"), None, None, false, false).await.expect("first lock");
         assert_eq!(lock.timeout, Some(Duration::from_secs(2)), "no Timeout header means the cap");

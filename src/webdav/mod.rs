@@ -33,8 +33,6 @@ use store::{Limits, RESERVED_PREFIX, RelPath, Store};
 
 type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
-type ReqBody = UnsyncBoxBody<Bytes, crate::http::body::BodyError>;
-
 pub struct Webdav {
     config: WebdavConfig,
     store: Arc<Store>,
@@ -63,7 +61,7 @@ impl Webdav {
             Limits { max_file_size: config.max_file_size, quota: config.quota, min_free_disk: config.min_free_disk };
         let store = Arc::new(Store::open(&config.root, create_root, config.fsync, limits)?);
         let auth = BasicAuth::open(config.htpasswd.clone(), config.realm.clone())?;
-        let locks = locks::ExpiringLs::new(config.lock_max_timeout);
+        let locks = locks::ExpiringLs::new(config.lock_max_timeout, config.max_locks);
         let mut methods = DavMethodSet::WEBDAV_RW;
         // Partial updates would let a reader see a mix of two versions of a recording.
         methods.remove(DavMethod::Patch);
@@ -73,6 +71,7 @@ impl Webdav {
             .strip_prefix(config.prefix.clone())
             .methods(methods)
             .read_buf_size(128 << 10)
+            .max_lock_owner_bytes(config.max_lock_owner_bytes)
             .build_handler();
         tracing::info!(
             root = %config.root.display(),
@@ -125,7 +124,7 @@ impl Webdav {
         let (user, response) = match self.authorize(&req, conn.peer.ip()).await {
             Err(response) => (String::from("-"), response),
             Ok(user) => {
-                let response = match self.precheck(&req) {
+                let response = match self.precheck(&req, conn.tls) {
                     Some(response) => response,
                     None => self.dispatch(req, &user).await,
                 };
@@ -176,7 +175,7 @@ impl Webdav {
     }
 
     /// Checks done before the engine sees the request; `Some` is the refusal.
-    fn precheck(&self, req: &Request<Incoming>) -> Option<Response<ResBody>> {
+    fn precheck(&self, req: &Request<Incoming>, tls: bool) -> Option<Response<ResBody>> {
         let refuse = |status, why: &'static str, reason: &'static str| {
             self.metrics.rejected.inc(&[reason]);
             Some(plain(status, why))
@@ -187,13 +186,21 @@ impl Webdav {
             PathCheck::Reserved => return refuse(StatusCode::NOT_FOUND, "not found\n", "reserved_name"),
         }
         if let Some(dest) = req.headers().get("destination") {
-            let dest_path = dest.to_str().ok().and_then(|d| d.parse::<http::Uri>().ok()).map(|u| u.path().to_owned());
-            match dest_path.as_deref().map(check_path) {
-                Some(PathCheck::Ok) => {}
-                Some(PathCheck::Reserved) => {
+            let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+            match check_destination(dest.as_bytes(), host, tls, &self.config.prefix) {
+                DestCheck::Ok => {}
+                DestCheck::Path(PathCheck::Reserved) => {
                     return refuse(StatusCode::FORBIDDEN, "reserved destination\n", "reserved_name");
                 }
-                _ => return refuse(StatusCode::BAD_REQUEST, "bad destination\n", "bad_path"),
+                DestCheck::Path(_) => return refuse(StatusCode::BAD_REQUEST, "bad destination\n", "bad_path"),
+                // Apache's answer for a Destination it does not serve (mod_dav: 502).
+                DestCheck::Elsewhere => {
+                    return refuse(
+                        StatusCode::BAD_GATEWAY,
+                        "destination is not on this store (scheme, host, port or prefix differ)\n",
+                        "foreign_destination",
+                    );
+                }
             }
         }
         let length = content_length(req.headers());
@@ -210,18 +217,6 @@ impl Webdav {
             }
         } else if length.is_some_and(|n| n > self.config.max_xml_body) {
             return refuse(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n", "xml_too_large");
-        }
-        let depth = req.headers().get("depth").and_then(|d| d.to_str().ok()).map(str::trim);
-        if req.method().as_str() == "PROPFIND" && depth.is_some_and(|d| d.eq_ignore_ascii_case("infinity")) {
-            // Apache's answer with DavDepthInfinity off (RFC 4918 §9.1).
-            self.metrics.rejected.inc(&["depth_infinity"]);
-            let body = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n\
-                <D:error xmlns:D=\"DAV:\"><D:propfind-finite-depth/></D:error>\n";
-            let mut response = plain(StatusCode::FORBIDDEN, body);
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/xml; charset=utf-8"));
-            return Some(response);
         }
         None
     }
@@ -244,35 +239,20 @@ impl Webdav {
         if req.method() == Method::GET {
             self.limit_ranges(&mut req).await;
         }
+        // A LOCK with a body asks for a new lock (an empty one refreshes a held lock).
+        let new_lock = req.method().as_str() == "LOCK"
+            && (content_length(req.headers()).is_some_and(|n| n > 0)
+                || req.headers().contains_key(header::TRANSFER_ENCODING));
+        if new_lock && self.locks.full().await {
+            self.metrics.rejected.inc(&["max_locks"]);
+            let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "too many locks held; try again later\n");
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("30"));
+            return response;
+        }
         let idle = self.config.body_idle_timeout;
         let req = req.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync());
-        let (req, named) = if req.method().as_str() == "PROPFIND" {
-            match self.buffer_propfind(req).await {
-                Ok(buffered) => buffered,
-                Err(response) => return response,
-            }
-        } else {
-            (req, false)
-        };
-        let response = davfs::NAMED_PROPFIND.scope(named, self.dav.handle_guarded(req, user.to_owned(), ())).await;
+        let response = self.dav.handle_guarded(req, user.to_owned(), ()).await;
         response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
-    }
-
-    /// Reads a PROPFIND body (small, capped) to learn whether it names its properties: the
-    /// engine would otherwise add every dead property to a named-property answer.
-    async fn buffer_propfind(&self, req: Request<ReqBody>) -> Result<(Request<ReqBody>, bool), Response<ResBody>> {
-        let (parts, body) = req.into_parts();
-        let limit = usize::try_from(self.config.max_xml_body).unwrap_or(usize::MAX);
-        let bytes = match http_body_util::Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-                return Err(plain(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"));
-            }
-            Err(_) => return Err(plain(StatusCode::BAD_REQUEST, "request body incomplete\n")),
-        };
-        let named = names_properties(&bytes);
-        let body = Full::new(bytes).map_err(|never| match never {}).boxed_unsync();
-        Ok((Request::from_parts(parts, body), named))
     }
 
     /// Rewrites a multi-range header so overlapping ranges cannot multiply the bytes sent.
@@ -382,6 +362,44 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
     headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+#[derive(Debug, PartialEq, Eq)]
+enum DestCheck {
+    Ok,
+    Path(PathCheck),
+    /// Another scheme, host, port or prefix: not ours to copy or move to.
+    Elsewhere,
+}
+
+/// A `Destination` passes the request target's rules, and names this store: the same scheme,
+/// host and port as the request (when absolute) and a path under the prefix.
+fn check_destination(raw: &[u8], host: Option<&str>, tls: bool, prefix: &str) -> DestCheck {
+    let Ok(raw) = std::str::from_utf8(raw) else { return DestCheck::Path(PathCheck::Bad) };
+    let Ok(uri) = raw.parse::<http::Uri>() else { return DestCheck::Path(PathCheck::Bad) };
+    if uri.authority().is_none() && !raw.starts_with('/') {
+        return DestCheck::Path(PathCheck::Bad);
+    }
+    match check_path(uri.path()) {
+        PathCheck::Ok => {}
+        other => return DestCheck::Path(other),
+    }
+    if let Some(authority) = uri.authority() {
+        let scheme_ok = match uri.scheme_str() {
+            Some(s) if s.eq_ignore_ascii_case("https") => tls,
+            Some(s) if s.eq_ignore_ascii_case("http") => !tls,
+            _ => false,
+        };
+        let default_port = if tls { 443 } else { 80 };
+        let same_host = host.and_then(|h| h.parse::<http::uri::Authority>().ok()).is_some_and(|h| {
+            h.host().eq_ignore_ascii_case(authority.host())
+                && h.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port)
+        });
+        if !scheme_ok || !same_host || authority.as_str().contains('@') {
+            return DestCheck::Elsewhere;
+        }
+    }
+    if under_prefix(uri.path(), prefix) { DestCheck::Ok } else { DestCheck::Elsewhere }
+}
+
 fn under_prefix(path: &str, prefix: &str) -> bool {
     prefix.is_empty() || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
@@ -411,14 +429,6 @@ fn check_path(raw: &str) -> PathCheck {
         reserved |= seg.starts_with(RESERVED_PREFIX);
     }
     if reserved { PathCheck::Reserved } else { PathCheck::Ok }
-}
-
-/// True when a PROPFIND body asks for named properties (`<prop>`), not `allprop`/`propname`.
-fn names_properties(body: &[u8]) -> bool {
-    match xmltree::Element::parse(body) {
-        Ok(root) => root.children.iter().any(|c| matches!(c, xmltree::XMLNode::Element(e) if e.name == "prop")),
-        Err(_) => false,
-    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<ResBody> {
@@ -453,6 +463,34 @@ mod tests {
         assert_eq!(check_path("/recordings/%2eexec-allinone-props-x"), PathCheck::Reserved);
         assert_eq!(check_path("/recordings/011AP643_2024-01-01.opus"), PathCheck::Ok);
         assert_eq!(check_path("/recordings/dir/caf%C3%A9%20x.opus"), PathCheck::Ok);
+    }
+
+    #[test]
+    fn destinations_must_name_this_store() {
+        let check =
+            |dest: &str, host: Option<&str>, tls: bool| check_destination(dest.as_bytes(), host, tls, "/recordings");
+        let here = Some("store.example:8000");
+        assert_eq!(check("/recordings/b.opus", here, false), DestCheck::Ok);
+        assert_eq!(check("http://store.example:8000/recordings/b.opus", here, false), DestCheck::Ok);
+        assert_eq!(check("http://STORE.example:8000/recordings/b", here, false), DestCheck::Ok);
+        assert_eq!(check("http://store.example/recordings/b", Some("store.example:80"), false), DestCheck::Ok);
+        assert_eq!(check("https://store.example/recordings/b", Some("store.example"), true), DestCheck::Ok);
+        for elsewhere in [
+            "http://other.example:8000/recordings/b",
+            "http://store.example:8001/recordings/b",
+            "https://store.example:8000/recordings/b",
+            "ftp://store.example:8000/recordings/b",
+            "http://user@store.example:8000/recordings/b",
+            "/other/b",
+            "/recordingsX/b",
+        ] {
+            assert_eq!(check(elsewhere, here, false), DestCheck::Elsewhere, "{elsewhere}");
+        }
+        assert_eq!(check("http://store.example:8000/recordings/b", None, false), DestCheck::Elsewhere);
+        assert_eq!(check("/recordings/../etc/passwd", here, false), DestCheck::Path(PathCheck::Bad));
+        assert_eq!(check("/recordings/a%2fb", here, false), DestCheck::Path(PathCheck::Bad));
+        assert_eq!(check("recordings/b", here, false), DestCheck::Path(PathCheck::Bad));
+        assert_eq!(check("/recordings/.exec-allinone-x", here, false), DestCheck::Path(PathCheck::Reserved));
     }
 
     #[test]

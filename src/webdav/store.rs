@@ -26,6 +26,9 @@ use crate::metrics::Counter;
 pub const RESERVED_PREFIX: &str = ".exec-allinone-";
 const TMP_PREFIX: &str = ".exec-allinone-tmp-";
 const PROPS_PREFIX: &str = ".exec-allinone-props-";
+/// A file or collection taken out of the namespace by one rename (`set_aside`), waiting to be
+/// put back or removed; one left by a crash is removed at start.
+const ASIDE_PREFIX: &str = ".exec-allinone-aside-";
 const FILE_MODE: u32 = 0o640;
 const DIR_MODE: u32 = 0o750;
 
@@ -173,6 +176,10 @@ fn props_name(name: &OsStr) -> OsString {
     n
 }
 
+fn random_aside_name() -> OsString {
+    OsString::from(format!("{ASIDE_PREFIX}{:016x}", rand::random::<u64>()))
+}
+
 fn random_tmp_name() -> OsString {
     OsString::from(format!("{TMP_PREFIX}{:016x}", rand::random::<u64>()))
 }
@@ -258,9 +265,16 @@ impl Store {
                     self.stats.temp_files_swept.inc();
                     tracing::info!(file = ?name, "removed a temp file left by an interrupted upload");
                 }
+            } else if bytes.starts_with(ASIDE_PREFIX.as_bytes()) {
+                // A DELETE, or a COPY/MOVE over an existing resource, that a crash interrupted
+                // after its one rename: the resource had already left the namespace.
+                let (bytes, files) = remove_tree(dir, name)?;
+                tracing::info!(entry = ?name, bytes, files, "removed a tree set aside before a crash");
             } else if let Some(owner) = bytes.strip_prefix(PROPS_PREFIX.as_bytes()) {
                 let owner = OsStr::from_bytes(owner);
-                if owner.is_empty() {
+                if owner.as_bytes().starts_with(RESERVED_PREFIX.as_bytes()) {
+                    let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+                } else if owner.is_empty() {
                     if depth == 0 {
                         self.index().insert(PathBuf::new());
                     }
@@ -425,6 +439,52 @@ impl Store {
         rustix::fs::unlinkat(&dir, &name, AtFlags::REMOVEDIR).map_err(fs_error)?;
         let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
         self.index_forget(&path.key());
+        self.sync_dir(dir.as_fd())
+    }
+
+    /// Takes a file or a whole collection out of the namespace with one rename in its own
+    /// directory (its dead properties go along), so a tree removal is all-or-nothing: either
+    /// this fails and nothing changed, or the resource is gone at once. Returns the hidden
+    /// name, for `restore_aside` or `discard_aside`.
+    pub fn set_aside(&self, path: &RelPath) -> FsResult<OsString> {
+        let (dir, name) = self.parent(path)?;
+        let st = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW).map_err(fs_error)?;
+        if !matches!(FileType::from_raw_mode(st.st_mode), FileType::RegularFile | FileType::Directory) {
+            return Err(FsError::NotFound);
+        }
+        let aside = random_aside_name();
+        rustix::fs::renameat(&dir, &name, &dir, &aside).map_err(fs_error)?;
+        let _ = rustix::fs::renameat(&dir, props_name(&name), &dir, props_name(&aside));
+        let parent_key = RelPath::join(path.split().map_or(&[][..], |(p, _)| p));
+        self.index_move(&path.key(), &parent_key.join(&aside));
+        self.sync_dir(dir.as_fd())?;
+        Ok(aside)
+    }
+
+    /// Puts a resource set aside in `parent` back at `to` (in the same directory).
+    pub fn restore_aside(&self, parent: &RelPath, aside: &OsStr, to: &RelPath) -> FsResult<()> {
+        if !aside.as_bytes().starts_with(ASIDE_PREFIX.as_bytes()) {
+            return Err(FsError::Forbidden);
+        }
+        let from_dir = self.open_dir(&parent.segs)?;
+        let (to_dir, to_name) = self.parent(to)?;
+        rustix::fs::renameat(&from_dir, aside, &to_dir, &to_name).map_err(fs_error)?;
+        let _ = rustix::fs::renameat(&from_dir, props_name(aside), &to_dir, props_name(&to_name));
+        self.index_move(&parent.key().join(aside), &to.key());
+        self.sync_dir(to_dir.as_fd())
+    }
+
+    /// Removes a resource set aside in `parent` for good, and what it held from the counts.
+    pub fn discard_aside(&self, parent: &RelPath, aside: &OsStr) -> FsResult<()> {
+        if !aside.as_bytes().starts_with(ASIDE_PREFIX.as_bytes()) {
+            return Err(FsError::Forbidden);
+        }
+        let dir = self.open_dir(&parent.segs)?;
+        let (bytes, files) = remove_tree(dir.as_fd(), aside).map_err(io_error)?;
+        let _ = rustix::fs::unlinkat(&dir, props_name(aside), AtFlags::empty());
+        self.index_forget(&parent.key().join(aside));
+        self.used.fetch_sub(bytes.min(self.used.load(Ordering::Relaxed)), Ordering::Relaxed);
+        self.files.fetch_sub(files.min(self.files.load(Ordering::Relaxed)), Ordering::Relaxed);
         self.sync_dir(dir.as_fd())
     }
 
@@ -663,6 +723,70 @@ fn read_small(dir: &OwnedFd, name: &OsStr) -> FsResult<Vec<u8>> {
     let mut out = Vec::new();
     File::from(fd).take(1 << 20).read_to_end(&mut out).map_err(io_error)?;
     Ok(out)
+}
+
+/// Removes `name` in `dir`, a file or a whole tree, without following symlinks and without
+/// recursion (a path can nest thousands of levels; the blocking pool's stacks are small).
+/// Returns the bytes and the number of regular files removed, our own hidden files aside.
+fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<(u64, u64)> {
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut count = |dir: BorrowedFd<'_>, name: &OsStr| {
+        if !name.as_bytes().starts_with(RESERVED_PREFIX.as_bytes())
+            && let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+        {
+            bytes += st.st_size.max(0) as u64;
+            files += 1;
+        }
+    };
+    let open = |dir: BorrowedFd<'_>, name: &OsStr| {
+        rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let top = match open(dir, name) {
+        Ok(fd) => fd,
+        Err(Errno::NOTDIR) | Err(Errno::LOOP) => {
+            count(dir, name);
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            return Ok((bytes, files));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // Each level: its directory, the entries still to remove, and its own name in its parent.
+    let entries = list_dir(top.as_fd())?;
+    let mut stack = vec![(top, entries, name.to_owned())];
+    loop {
+        let Some((fd, entries, _)) = stack.last_mut() else { break };
+        match entries.pop() {
+            Some((entry, ft)) => {
+                let is_dir = match ft {
+                    FileType::Directory => true,
+                    FileType::Unknown => rustix::fs::statat(&*fd, &entry, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                    _ => false,
+                };
+                if is_dir {
+                    let sub = open(fd.as_fd(), &entry)?;
+                    let list = list_dir(sub.as_fd())?;
+                    stack.push((sub, list, entry));
+                } else {
+                    count(fd.as_fd(), &entry);
+                    rustix::fs::unlinkat(&*fd, &entry, AtFlags::empty())?;
+                }
+            }
+            None => {
+                let Some((_, _, own)) = stack.pop() else { break };
+                let parent = stack.last().map_or(dir, |(fd, _, _)| fd.as_fd());
+                rustix::fs::unlinkat(parent, &own, AtFlags::REMOVEDIR)?;
+            }
+        }
+    }
+    Ok((bytes, files))
 }
 
 fn list_dir(dir: BorrowedFd<'_>) -> std::io::Result<Vec<(OsString, FileType)>> {

@@ -158,11 +158,16 @@ where
                     if !valid || s.starts_with("DAV:") {
                         false
                     } else {
+                        // exec-allinone patch: a state token matches only a lock that
+                        // exists and covers the resource (RFC 4918 10.4.1). Upstream asked
+                        // whether the token *conflicts*, which a stale or made-up token on an
+                        // unlocked resource never does, so such an If: passed.
                         match *ls {
-                            Some(ref ls) => {
-                                let tokens: Vec<String> = vec![s.to_owned()];
-                                ls.check(p, None, true, false, &tokens).await.is_ok()
-                            }
+                            Some(ref ls) => ls
+                                .discover(p)
+                                .await
+                                .iter()
+                                .any(|l| &l.token == s && (*l.path == *p || l.deep)),
                             None => false,
                         }
                     }

@@ -64,6 +64,8 @@ pub struct DavConfig<C = ()> {
     pub(crate) read_buf_size: Option<usize>,
     // Does GET on a file return 302 redirect.
     pub(crate) redirect: Option<bool>,
+    // exec-allinone patch: the largest lock owner (serialized) a LOCK may store; larger → 400.
+    pub(crate) max_lock_owner_bytes: Option<usize>,
 }
 
 impl<C> DavConfig<C> {
@@ -149,6 +151,14 @@ impl<C> DavConfig<C> {
         this
     }
 
+    /// exec-allinone patch: a LOCK whose owner element is larger than this is refused with 400,
+    /// so the lock table (and every lockdiscovery) stays bounded.
+    pub fn max_lock_owner_bytes(self, bytes: usize) -> Self {
+        let mut this = self;
+        this.max_lock_owner_bytes = Some(bytes);
+        this
+    }
+
     fn merge(&self, new: Self) -> Self {
         Self {
             prefix: new.prefix.or_else(|| self.prefix.clone()),
@@ -161,6 +171,7 @@ impl<C> DavConfig<C> {
             indexfile: new.indexfile.or_else(|| self.indexfile.clone()),
             read_buf_size: new.read_buf_size.or(self.read_buf_size),
             redirect: new.redirect.or(self.redirect),
+            max_lock_owner_bytes: new.max_lock_owner_bytes.or(self.max_lock_owner_bytes),
         }
     }
 }
@@ -180,6 +191,7 @@ pub(crate) struct DavInner<C> {
     pub indexfile: Option<String>,
     pub read_buf_size: Option<usize>,
     pub redirect: Option<bool>,
+    pub max_lock_owner_bytes: Option<usize>,
     pub credentials: C,
 }
 
@@ -310,6 +322,7 @@ where
             indexfile,
             read_buf_size,
             redirect,
+            max_lock_owner_bytes,
         } = cfg;
         Self {
             prefix: prefix.unwrap_or_default(),
@@ -322,6 +335,7 @@ where
             indexfile,
             read_buf_size,
             redirect,
+            max_lock_owner_bytes,
             credentials,
         }
     }
@@ -513,6 +527,12 @@ where
 
         // make sure the request path is valid.
         let path = DavPath::from_uri_and_prefix(req.uri(), &self.prefix)?;
+
+        // exec-allinone patch: an If: header that does not parse is a bad request (upstream
+        // ignored it, as if it were absent, and went on to write).
+        if req.headers().contains_key("if") && req.headers().typed_get::<davheaders::If>().is_none() {
+            return Err(StatusCode::BAD_REQUEST.into());
+        }
 
         // PUT is the only handler that reads the body itself. All the
         // other handlers either expected no body, or a pre-read Vec<u8>.

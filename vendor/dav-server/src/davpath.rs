@@ -191,6 +191,9 @@ impl DavPath {
             }
         } else if path.len() == pfxlen {
             path.push(b'/');
+        } else if path[pfxlen] != b'/' {
+            // exec-allinone patch: "/recordingsX/a" is not under the prefix "/recordings".
+            return Err(ParseError::PrefixMismatch);
         }
         self.pfxlen = Some(pfxlen);
         Ok(())
@@ -280,22 +283,43 @@ impl DavPath {
         std::str::from_utf8(self.get_prefix()).unwrap()
     }
 
-    /// Return the parent directory.
+    /// Return the parent directory; the root is its own parent.
+    ///
+    /// exec-allinone patch: upstream split the whole path, prefix included, so the parent of
+    /// the prefix root was shorter than the prefix and dereferencing it panicked (a COPY or
+    /// MOVE with the root as Destination killed the request without an answer).
     pub fn parent(&self) -> DavPath {
-        let mut segs = self
-            .fullpath
+        let (prefix, path) = self.fullpath.split_at(self.pfxlen.unwrap_or(0));
+        let mut segs = path
             .split(|&c| c == b'/')
             .filter(|e| !e.is_empty())
             .collect::<Vec<&[u8]>>();
         segs.pop();
-        if !segs.is_empty() {
-            segs.push(b"");
+        let mut fullpath = prefix.to_vec();
+        fullpath.push(b'/');
+        for seg in segs {
+            fullpath.extend_from_slice(seg);
+            fullpath.push(b'/');
         }
-        segs.insert(0, b"");
         DavPath {
             pfxlen: self.pfxlen,
-            fullpath: segs.join(&b'/').to_vec(),
+            fullpath,
         }
+    }
+
+    /// exec-allinone patch: true for the root of the tree (the prefix itself).
+    pub fn is_root(&self) -> bool {
+        self.as_bytes() == b"/"
+    }
+
+    /// exec-allinone patch: true when `self` lies strictly below `other`.
+    pub fn is_below(&self, other: &DavPath) -> bool {
+        let mut base = other.as_bytes().to_vec();
+        if !base.ends_with(b"/") {
+            base.push(b'/');
+        }
+        let me = self.as_bytes();
+        me.len() > base.len() && me.starts_with(&base)
     }
 }
 

@@ -233,6 +233,28 @@ pub trait DavFileSystem {
         notimplemented_fut!("copy")
     }
 
+    /// exec-allinone patch: takes `path` (a file, or a collection with everything below it)
+    /// out of the namespace in one step, so that a tree removal is all-or-nothing. Returns
+    /// where it now is (hidden); it is then either put back (`restore_aside`) or removed for
+    /// good (`discard_aside`). The default returns [`FsError::NotImplemented`], and the engine
+    /// then removes members one by one, as upstream does.
+    #[allow(unused_variables)]
+    fn set_aside<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, DavPath> {
+        notimplemented_fut!("set_aside")
+    }
+
+    /// exec-allinone patch: puts what `set_aside` returned back at `path`.
+    #[allow(unused_variables)]
+    fn restore_aside<'a>(&'a self, aside: &'a DavPath, path: &'a DavPath) -> FsFuture<'a, ()> {
+        notimplemented_fut!("restore_aside")
+    }
+
+    /// exec-allinone patch: removes what `set_aside` returned for good.
+    #[allow(unused_variables)]
+    fn discard_aside<'a>(&'a self, aside: &'a DavPath) -> FsFuture<'a, ()> {
+        notimplemented_fut!("discard_aside")
+    }
+
     /// Set the access time of a file / directory.
     ///
     /// The default implementation returns [`FsError::NotImplemented`].
@@ -435,6 +457,29 @@ where
         notimplemented_fut!("copy")
     }
 
+    /// exec-allinone patch: see [`DavFileSystem::set_aside`].
+    #[allow(unused_variables)]
+    fn set_aside<'a>(&'a self, path: &'a DavPath, credentials: &'a C) -> FsFuture<'a, DavPath> {
+        notimplemented_fut!("set_aside")
+    }
+
+    /// exec-allinone patch: see [`DavFileSystem::restore_aside`].
+    #[allow(unused_variables)]
+    fn restore_aside<'a>(
+        &'a self,
+        aside: &'a DavPath,
+        path: &'a DavPath,
+        credentials: &'a C,
+    ) -> FsFuture<'a, ()> {
+        notimplemented_fut!("restore_aside")
+    }
+
+    /// exec-allinone patch: see [`DavFileSystem::discard_aside`].
+    #[allow(unused_variables)]
+    fn discard_aside<'a>(&'a self, aside: &'a DavPath, credentials: &'a C) -> FsFuture<'a, ()> {
+        notimplemented_fut!("discard_aside")
+    }
+
     /// Set the access time of a file / directory.
     ///
     /// The default implementation returns [`FsError::NotImplemented`].
@@ -592,6 +637,23 @@ impl<Fs: DavFileSystem + Clone + Send + Sync> GuardedFileSystem<()> for Fs {
         _credentials: &(),
     ) -> FsFuture<'a, ()> {
         DavFileSystem::copy(self, from, to)
+    }
+
+    fn set_aside<'a>(&'a self, path: &'a DavPath, _credentials: &()) -> FsFuture<'a, DavPath> {
+        DavFileSystem::set_aside(self, path)
+    }
+
+    fn restore_aside<'a>(
+        &'a self,
+        aside: &'a DavPath,
+        path: &'a DavPath,
+        _credentials: &(),
+    ) -> FsFuture<'a, ()> {
+        DavFileSystem::restore_aside(self, aside, path)
+    }
+
+    fn discard_aside<'a>(&'a self, aside: &'a DavPath, _credentials: &()) -> FsFuture<'a, ()> {
+        DavFileSystem::discard_aside(self, aside)
     }
 
     fn set_accessed<'a>(

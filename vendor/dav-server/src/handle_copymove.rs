@@ -171,9 +171,15 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
             None => return Err(StatusCode::BAD_REQUEST.into()),
         };
 
+        // exec-allinone patch: the root of the store is never overwritten, moved away or
+        // copied into itself (upstream panicked on a root Destination).
+        let mut path = self.path(req);
+        if dest.is_root() || (method == DavMethod::Move && path.is_root()) {
+            return Err(StatusCode::FORBIDDEN.into());
+        }
+
         // for MOVE, tread with care- if the path ends in "/" but it actually
         // is a symlink, we want to move the symlink, not what it points to.
-        let mut path = self.path(req);
         let meta = if method == DavMethod::Move {
             let meta = self.fs.symlink_metadata(&path, &self.credentials).await?;
             if meta.is_symlink() {
@@ -185,6 +191,12 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
             self.fs.metadata(&path, &self.credentials).await?
         };
         path.add_slash_if(meta.is_dir());
+
+        // exec-allinone patch: a collection is not copied or moved into its own subtree
+        // (RFC 4918 9.8.5 / 9.9.4: 403), as Apache answers.
+        if dest.is_below(&path) {
+            return Err(StatusCode::FORBIDDEN.into());
+        }
 
         // parent of the destination must exist.
         if !self.has_parent(&dest).await {
@@ -265,48 +277,72 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
                 let mut multierror = MultiError::new(tx);
 
                 // see if we need to delete the destination first.
+                // exec-allinone patch: the old destination is set aside in one step and only
+                // discarded once the copy or move succeeded; on failure the partial new
+                // destination is removed and the old one put back (upstream deleted it member
+                // by member first and lost it when the copy then failed).
+                let mut aside = None;
                 if overwrite && exists && (depth != Depth::Zero || dest_is_file) {
-                    trace!("handle_copymove: deleting destination {dest}");
-                    if self
-                        .delete_items(&mut multierror, Depth::Infinity, dmeta.unwrap(), &dest)
-                        .await
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
-                    // should really do this per item, in case the delete partially fails. See TODO.md
-                    if let Some(ref locksystem) = self.ls {
-                        let _ = locksystem.delete(&dest).await;
+                    trace!("handle_copymove: setting destination {dest} aside");
+                    match self.fs.set_aside(&dest, &self.credentials).await {
+                        Ok(a) => aside = Some(a),
+                        Err(FsError::NotImplemented) => {
+                            if self
+                                .delete_items(&mut multierror, Depth::Infinity, dmeta.unwrap(), &dest)
+                                .await
+                                .is_err()
+                            {
+                                return Ok(());
+                            }
+                            if let Some(ref locksystem) = self.ls {
+                                let _ = locksystem.delete(&dest).await;
+                            }
+                        }
+                        Err(e) => {
+                            let _ = add_status(&mut multierror, &dest, e).await;
+                            return Ok(());
+                        }
                     }
                 }
 
                 // COPY or MOVE.
-                if method == DavMethod::Copy {
-                    if self
-                        .do_copy(&path, &dest, &dest, depth, &mut multierror)
+                let done = if method == DavMethod::Copy {
+                    self.do_copy(&path, &dest, &dest, depth, &mut multierror)
                         .await
                         .is_ok()
-                    {
-                        let s = if exists {
-                            StatusCode::NO_CONTENT
-                        } else {
-                            StatusCode::CREATED
-                        };
-                        let _ = multierror.add_status(&path, s).await;
-                    }
                 } else {
-                    // move and if successful, remove locks at old location.
-                    if self.do_move(&path, &dest, &mut multierror).await.is_ok() {
-                        if let Some(ref locksystem) = self.ls {
-                            locksystem.delete(&path).await.ok();
+                    self.do_move(&path, &dest, &mut multierror).await.is_ok()
+                };
+                if let Some(aside) = aside {
+                    if done {
+                        if let Err(e) = self.fs.discard_aside(&aside, &self.credentials).await {
+                            debug!("handle_copymove: discard_aside({aside}) error: {e:?}");
                         }
-                        let s = if exists {
-                            StatusCode::NO_CONTENT
-                        } else {
-                            StatusCode::CREATED
-                        };
-                        let _ = multierror.add_status(&path, s).await;
+                        if let Some(ref locksystem) = self.ls {
+                            let _ = locksystem.delete(&dest).await;
+                        }
+                    } else {
+                        if let Ok(partial) = self.fs.set_aside(&dest, &self.credentials).await {
+                            let _ = self.fs.discard_aside(&partial, &self.credentials).await;
+                        }
+                        if let Err(e) = self.fs.restore_aside(&aside, &dest, &self.credentials).await {
+                            error!("handle_copymove: restore_aside({aside} -> {dest}) error: {e:?}");
+                        }
                     }
+                }
+                if done {
+                    if method == DavMethod::Move
+                        && let Some(ref locksystem) = self.ls
+                    {
+                        // move succeeded: remove locks at old location.
+                        locksystem.delete(&path).await.ok();
+                    }
+                    let s = if exists {
+                        StatusCode::NO_CONTENT
+                    } else {
+                        StatusCode::CREATED
+                    };
+                    let _ = multierror.add_status(&path, s).await;
                 }
                 Ok::<_, DavError>(())
             }

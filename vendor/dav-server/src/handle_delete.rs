@@ -127,6 +127,11 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
         };
 
         let mut path = self.path(req);
+        // exec-allinone patch: the root of the store is never removed (upstream removed
+        // every member and then failed on the root itself).
+        if path.is_root() {
+            return Err(DavError::Status(StatusCode::FORBIDDEN));
+        }
         let meta = self.fs.symlink_metadata(&path, &self.credentials).await?;
         if meta.is_symlink()
             && let Ok(m2) = self.fs.metadata(&path, &self.credentials).await
@@ -160,6 +165,28 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
                 .await
             {
                 return Err(DavError::Status(StatusCode::LOCKED));
+            }
+        }
+
+        // exec-allinone patch: a collection leaves the namespace in one step, so a failure
+        // removes nothing and success removes everything (upstream removed members one by
+        // one and could stop half way). Only a file system without `set_aside` falls back.
+        if meta.is_dir() && depth == Depth::Infinity {
+            match self.fs.set_aside(&path, &self.credentials).await {
+                Ok(aside) => {
+                    if let Err(e) = self.fs.discard_aside(&aside, &self.credentials).await {
+                        // Out of the namespace already; the file system sweeps it later.
+                        debug!("handle_delete: discard_aside({aside}) error: {e:?}");
+                    }
+                    if let Some(ref locksystem) = self.ls {
+                        locksystem.delete(&path).await.ok();
+                    }
+                    let mut res = Response::new(Body::empty());
+                    *res.status_mut() = StatusCode::NO_CONTENT;
+                    return Ok(res);
+                }
+                Err(FsError::NotImplemented) => {}
+                Err(e) => return Err(DavError::FsError(e)),
             }
         }
 

@@ -2,7 +2,6 @@ use headers::HeaderMapExt;
 use http::StatusCode as SC;
 use http::{Request, Response};
 use std::cmp;
-use std::io::Cursor;
 use std::time::Duration;
 use xmltree::{self, Element};
 
@@ -114,7 +113,7 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
         }
 
         // parse xml
-        let tree = xmltree::Element::parse2(Cursor::new(xmldata))?;
+        let tree = xmltree::Element::parse2(xmldata)?;
         if tree.name != "lockinfo" {
             return Err(DavError::XmlParseError);
         }
@@ -142,6 +141,14 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
                     }
                 }
                 "owner" => {
+                    // exec-allinone patch: bounded owner (see DavConfig::max_lock_owner_bytes).
+                    if let Some(max) = self.max_lock_owner_bytes {
+                        let mut buf = Vec::new();
+                        let config = xmltree::EmitterConfig::new().write_document_declaration(false);
+                        if elem.write_with_config(&mut buf, config).is_err() || buf.len() > max {
+                            return Err(SC::BAD_REQUEST.into());
+                        }
+                    }
                     let mut o = elem.clone();
                     o.prefix = Some("D".to_owned());
                     owner = Some(o);
@@ -228,6 +235,19 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
         let mut path = self.path(req);
         if let Ok(meta) = self.fs.metadata(&path, &self.credentials).await {
             self.fixpath(&mut res, &mut path, meta);
+        }
+
+        // exec-allinone patch: a lock belongs to the principal that took it. Upstream let any
+        // user remove any lock whose token it had read from lockdiscovery (RFC 4918 9.11.1:
+        // 403 when the principal may not remove it).
+        let owned = locksystem
+            .discover(&path)
+            .await
+            .into_iter()
+            .find(|l| l.token == token)
+            .map(|l| l.principal.as_deref() == self.principal.as_deref());
+        if owned == Some(false) {
+            return Err(SC::FORBIDDEN.into());
         }
 
         match locksystem.unlock(&path, token).await {

@@ -277,14 +277,14 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
 
         let depth = match req.headers().typed_get::<davheaders::Depth>() {
             Some(davheaders::Depth::Infinity) => {
-                if req.headers().typed_get::<davheaders::XLitmus>().is_none() {
-                    let ct = "application/xml; charset=utf-8".to_owned();
-                    res.headers_mut().typed_insert(davheaders::ContentType(ct));
-                    *res.status_mut() = StatusCode::NOT_IMPLEMENTED;
-                    *res.body_mut() = dav_xml_error("<D:propfind-finite-depth/>");
-                    return Ok(res);
-                }
-                davheaders::Depth::Infinity
+                // exec-allinone patch: Apache's answer with DavDepthInfinity off (RFC 4918
+                // 9.1: 403 with propfind-finite-depth), for every client (upstream answered
+                // 501, and walked the whole tree for litmus).
+                let ct = "application/xml; charset=utf-8".to_owned();
+                res.headers_mut().typed_insert(davheaders::ContentType(ct));
+                *res.status_mut() = StatusCode::FORBIDDEN;
+                *res.body_mut() = dav_xml_error("<D:propfind-finite-depth/>");
+                return Ok(res);
             }
             Some(d) => d,
             None => davheaders::Depth::Default,
@@ -297,7 +297,7 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
 
         let mut root = None;
         if !xmldata.is_empty() {
-            root = match Element::parse(Cursor::new(xmldata)) {
+            root = match Element::parse2(xmldata) {
                 Ok(t) => {
                     if t.name == "propfind" && t.namespace.as_deref() == Some("DAV:") {
                         Some(t)
@@ -571,7 +571,7 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
                std::string::String::from_utf8_lossy(xmldata));
 
         // parse xml
-        let tree = Element::parse2(Cursor::new(xmldata))?;
+        let tree = Element::parse2(xmldata)?;
         if tree.name != "propertyupdate" {
             return Err(DavError::XmlParseError);
         }
@@ -1159,7 +1159,7 @@ impl<C: Clone + Send + Sync + 'static> PropWriter<C> {
             // asking for a specific property.
             let dprop = element_to_davprop(prop);
             if let Ok(xml) = self.fs.get_prop(path, dprop, &self.credentials).await
-                && let Ok(e) = Element::parse(Cursor::new(xml))
+                && let Ok(e) = Element::parse2(&xml)
             {
                 return Ok(StatusElement {
                     status: StatusCode::OK,
@@ -1195,7 +1195,10 @@ impl<C: Clone + Send + Sync + 'static> PropWriter<C> {
             let res = self
                 .build_prop(p, path, &*meta, &mut qc, do_content)
                 .await?;
-            if res.status == StatusCode::OK {
+            // exec-allinone patch: a named property that is not there is listed with 404
+            // (RFC 4918 9.1, as Apache does); upstream left it out, and a PROPFIND naming only
+            // absent properties answered a response with no propstat at all.
+            if res.status == StatusCode::OK || self.name == "prop" {
                 add_sc_elem(&mut props, res.status, res.element);
             }
         }
@@ -1226,8 +1229,12 @@ impl<C: Clone + Send + Sync + 'static> PropWriter<C> {
         }
 
         // and list props of the filesystem driver if it supports DAV properties
-        if self.fs.have_props(path, &self.credentials).await
-            && let Ok(v) = self.fs.get_props(path, true, &self.credentials).await
+        // exec-allinone patch: only for allprop and propname; a PROPFIND that names its
+        // properties got each named dead property twice (build_prop already added it) and
+        // every unnamed one besides. propname lists names, not values.
+        if self.name != "prop"
+            && self.fs.have_props(path, &self.credentials).await
+            && let Ok(v) = self.fs.get_props(path, do_content, &self.credentials).await
         {
             v.into_iter()
                 .map(davprop_to_element)
@@ -1427,7 +1434,7 @@ fn element_to_davprop(elem: &Element) -> DavProp {
 
 fn davprop_to_element(prop: DavProp) -> Element {
     if let Some(xml) = prop.xml {
-        match Element::parse2(Cursor::new(xml)) {
+        match Element::parse2(&xml) {
             Ok(result) => {
                 return result;
             }

@@ -1,5 +1,5 @@
 use std::borrow::Cow;
-use std::io::{Read, Write};
+use std::io::Write;
 
 use xml::EmitterConfig;
 use xml::common::XmlVersion;
@@ -17,8 +17,9 @@ pub(crate) trait ElementExt {
     fn ns<S: Into<String>>(self, prefix: S, namespace: S) -> Self;
     /// Builder.
     fn text<T: Into<String>>(self, t: T) -> Self;
-    /// Like parse, but returns DavError.
-    fn parse2<R: Read>(r: R) -> Result<Element, DavError>;
+    /// Like parse, but returns DavError, and refuses a document deeper or larger than the
+    /// budget before any tree is built (exec-allinone patch).
+    fn parse2(data: &[u8]) -> Result<Element, DavError>;
     /// Add a child element.
     fn push_element(&mut self, e: Element);
     /// Iterator over the children that are Elements.
@@ -94,8 +95,9 @@ impl ElementExt for Element {
         self.children.iter().find_map(|n| n.as_element()).is_some()
     }
 
-    fn parse2<R: Read>(r: R) -> Result<Element, DavError> {
-        let res = Element::parse(r);
+    fn parse2(data: &[u8]) -> Result<Element, DavError> {
+        check_budget(data)?;
+        let res = Element::parse(data);
         match res {
             Ok(elems) => Ok(elems),
             Err(xmltree::ParseError::MalformedXml(_)) => Err(DavError::XmlParseError),
@@ -157,6 +159,38 @@ impl ElementExt for Element {
 
         Ok(())
     }
+}
+
+/// exec-allinone patch: nesting deeper than this is refused (400). xmltree builds and drops
+/// its tree recursively, so upstream let a 14 KB body of nested elements overflow the stack
+/// and abort the process. No WebDAV body needs more than a handful of levels; a dead property
+/// value may carry some XML of its own.
+pub(crate) const MAX_XML_DEPTH: usize = 64;
+/// exec-allinone patch: more elements than this in one body is refused (400).
+pub(crate) const MAX_XML_ELEMENTS: usize = 10_000;
+
+/// Reads the document as a flat event stream (no recursion) and refuses it when it nests
+/// deeper than `MAX_XML_DEPTH` or holds more than `MAX_XML_ELEMENTS` elements.
+pub(crate) fn check_budget(data: &[u8]) -> Result<(), DavError> {
+    use xml::reader::{EventReader, XmlEvent};
+    let mut depth = 0usize;
+    let mut elements = 0usize;
+    for event in EventReader::new(data) {
+        match event {
+            Ok(XmlEvent::StartElement { .. }) => {
+                depth += 1;
+                elements += 1;
+                if depth > MAX_XML_DEPTH || elements > MAX_XML_ELEMENTS {
+                    return Err(DavError::XmlParseError);
+                }
+            }
+            Ok(XmlEvent::EndElement { .. }) => depth = depth.saturating_sub(1),
+            Ok(XmlEvent::EndDocument) => break,
+            Ok(_) => {}
+            Err(_) => return Err(DavError::XmlParseError),
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn emitter<W: Write>(w: W) -> DavResult<EventWriter<W>> {
