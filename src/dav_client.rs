@@ -20,11 +20,11 @@
 //!   seconds ends between N-1 and N seconds later; ours honours at least 1 s and at most its
 //!   `lock_max_timeout`.
 //! - A write with a token of a lock that has ended, on a file nobody else locked: 412 from
-//!   Apache, but ours (dav-server 0.11) ignores the unknown token and performs the write.
+//!   both (ours since the vendored engine's patch).
 //! - Multistatus answers: Apache prefixes `lp1:`, `ns0:`… and pretty-prints; dav-server writes
 //!   `D:` and declares our namespace on every element. Both percent-encode hrefs as paths.
-//!   Properties are asked for with `allprop`: a PROPFIND naming them gets the dead properties
-//!   twice from ours, and there is no other way to learn every name in our namespace.
+//!   Properties are asked for with `allprop`: there is no other way to learn every name in our
+//!   namespace.
 
 use std::collections::BTreeMap;
 use std::path::Path;

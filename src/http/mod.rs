@@ -188,9 +188,9 @@ struct PanicGuard<S> {
 
 type GuardedBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
-impl<S, B> hyper::service::Service<Request<Incoming>> for PanicGuard<S>
+impl<S, R, B> hyper::service::Service<Request<R>> for PanicGuard<S>
 where
-    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S: hyper::service::Service<Request<R>, Response = Response<B>>,
     S::Future: Send + 'static,
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -199,7 +199,7 @@ where
     type Error = S::Error;
     type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
-    fn call(&self, req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<R>) -> Self::Future {
         use futures_util::FutureExt;
         use http_body_util::BodyExt;
         let what = Arc::new(RequestLabel {

@@ -760,8 +760,7 @@ fn remove_tree(dir: BorrowedFd<'_>, name: &OsStr) -> std::io::Result<(u64, u64)>
     // Each level: its directory, the entries still to remove, and its own name in its parent.
     let entries = list_dir(top.as_fd())?;
     let mut stack = vec![(top, entries, name.to_owned())];
-    loop {
-        let Some((fd, entries, _)) = stack.last_mut() else { break };
+    while let Some((fd, entries, _)) = stack.last_mut() {
         match entries.pop() {
             Some((entry, ft)) => {
                 let is_dir = match ft {
@@ -984,6 +983,41 @@ mod tests {
         assert!(s.read_dir(&rel("/")).unwrap().is_empty());
         assert!(!outside.join("new").exists());
         assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_tree_set_aside_is_restored_or_removed_whole_even_at_path_max_depth() {
+        let dir = tempdir("aside");
+        let s = store(&dir);
+        s.create_dir(&rel("/d")).unwrap();
+        let mut path = String::from("/d");
+        for _ in 0..1900 {
+            path.push_str("/n");
+            s.create_dir(&rel(&path)).unwrap();
+        }
+        for name in ["/d/f", &format!("{path}/deep")] {
+            let mut up = s.begin_upload(&rel(name), Some(3), true, false).unwrap();
+            up.write(b"abc").unwrap();
+            up.commit().unwrap();
+        }
+        s.write_props(&rel("/d/f"), b"[]x").unwrap();
+        assert_eq!((s.used_bytes(), s.file_count()), (6, 2));
+
+        let aside = s.set_aside(&rel("/d")).unwrap();
+        assert_eq!(s.metadata(&rel("/d")).err(), Some(FsError::NotFound), "gone from the namespace at once");
+        assert!(s.read_dir(&rel("/")).unwrap().is_empty(), "the aside is hidden");
+        assert!(!s.has_props(&rel("/d/f")));
+        s.restore_aside(&rel("/"), &aside, &rel("/d")).unwrap();
+        assert_eq!(s.open_read(&rel(&format!("{path}/deep"))).unwrap().1.len, 3);
+        assert!(s.has_props(&rel("/d/f")), "dead properties come back with it");
+
+        let aside = s.set_aside(&rel("/d")).unwrap();
+        s.discard_aside(&rel("/"), &aside).unwrap();
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "nothing left, hidden or not");
+        assert_eq!((s.used_bytes(), s.file_count()), (0, 0));
+        assert!(!s.has_props(&rel("/d/f")));
+        assert_eq!(s.set_aside(&rel("/")).err(), Some(FsError::Forbidden), "the root has no parent to hide in");
+        assert_eq!(s.discard_aside(&rel("/"), OsStr::new("d")).err(), Some(FsError::Forbidden), "only asides");
     }
 
     #[test]

@@ -153,13 +153,10 @@ fn claims_and_props(store: &Store) {
     assert!(!info.locked);
     assert_eq!(info.props, props(&[("job", job), ("state", "uploaded")]), "dead properties outlive the lock");
 
-    // A write with the token of an ended lock, on a file nobody holds: Apache refuses it, ours
-    // (dav-server 0.11) ignores the unknown token.
+    // A write with the token of an ended lock, on a file nobody holds: both stores refuse it
+    // (412; dav-server 0.11 ignored the unknown token until our patch).
     let stale = store.run(a.set_props("job.opus", Some(&ta), &[("state", "stale")], &[]));
-    match store.kind {
-        Kind::Apache => assert!(matches!(stale, Err(DavError::LockLost)), "{stale:?}"),
-        Kind::Ours => assert!(stale.is_ok(), "{stale:?}"),
-    }
+    assert!(matches!(stale, Err(DavError::LockLost)), "{stale:?}");
     store.run(a.set_props("job.opus", None, &[("state", "uploaded")], &[])).expect("unlocked write");
 
     // A dies holding a 2-s claim; B takes over once it has expired, without an operator.

@@ -7,6 +7,7 @@ mod cloud;
 mod dav_client;
 mod excp;
 mod exrp;
+mod hostile;
 mod lb;
 mod lb_parity;
 mod status_page;

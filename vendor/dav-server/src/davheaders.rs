@@ -340,7 +340,8 @@ impl FromStr for ETag {
         } else {
             (false, t)
         };
-        if s.starts_with('\"') && s.ends_with('\"') && !s[1..s.len() - 1].contains('\"') {
+        // exec-allinone patch: a lone `"` starts and ends with a quote; slicing it panicked.
+        if s.len() >= 2 && s.starts_with('\"') && s.ends_with('\"') && !s[1..s.len() - 1].contains('\"') {
             Ok(ETag {
                 tag: t.to_owned(),
                 weak,
@@ -669,8 +670,10 @@ fn trim_left(mut out: &'_ [u8]) -> &'_ [u8] {
 fn scan_until(buf: &[u8], c: u8) -> Result<(&[u8], &[u8]), headers::Error> {
     let mut i = 1;
     let mut quote = false;
-    while quote || buf[i] != c {
-        if buf.is_empty() || is_whitespace(buf[i]) {
+    // exec-allinone patch: an unterminated token ("(<abc") ran past the end of the header and
+    // panicked (upstream checked `buf.is_empty()`, which never changes, not `i`).
+    while i >= buf.len() || quote || buf[i] != c {
+        if i >= buf.len() || is_whitespace(buf[i]) {
             return Err(invalid());
         }
         if buf[i] == b'"' {

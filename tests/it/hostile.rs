@@ -1,0 +1,425 @@
+//! Hostile input against the real binary (issue 17): requests that tried to wipe the store,
+//! stop the process or take what belongs to another client. Each test checks the mechanism
+//! (what was refused, what is still there, that the process still serves), never timings.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::support::*;
+
+const OTHER_USER: &str = "intruder";
+const OTHER_PASSWORD: &str = "intruder-pw";
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().unwrap()
+}
+
+fn other_basic() -> String {
+    use base64::Engine;
+    format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{OTHER_USER}:{OTHER_PASSWORD}")))
+}
+
+/// A request as `mcp`, or as the second user when `other`.
+fn req(c: &reqwest::blocking::Client, verb: &str, url: String, other: bool) -> reqwest::blocking::RequestBuilder {
+    let auth = if other { other_basic() } else { basic() };
+    c.request(method(verb), url).header("Authorization", auth)
+}
+
+fn send(r: reqwest::blocking::RequestBuilder) -> (u16, String) {
+    let r = r.send().expect("request");
+    let status = r.status().as_u16();
+    (status, r.text().unwrap_or_default())
+}
+
+/// A site whose password file also holds a second user (made by our `htpasswd` subcommand).
+fn site_with_two_users(name: &str, extra: &str) -> Site {
+    let site = Site::with(name, extra);
+    let file = site.dir.join("htpasswd");
+    let out = Command::new(BIN)
+        .args(["htpasswd", "-C", "4", file.to_str().unwrap(), OTHER_USER, OTHER_PASSWORD])
+        .output()
+        .expect("run htpasswd");
+    assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
+    site
+}
+
+/// Every name under `dir`, recursively, relative to it, sorted: what the store holds on disk,
+/// our hidden files included.
+fn tree(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            out.push(path.strip_prefix(base).unwrap().display().to_string());
+            if entry.file_type().unwrap().is_dir() {
+                walk(base, &path, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+fn put(c: &reqwest::blocking::Client, p: &Proc, path: &str, body: &[u8]) -> u16 {
+    send(req(c, "PUT", p.url(path), false).body(body.to_vec())).0
+}
+
+fn get(c: &reqwest::blocking::Client, p: &Proc, path: &str) -> (u16, Vec<u8>) {
+    let r = req(c, "GET", p.url(path), false).send().expect("GET");
+    (r.status().as_u16(), r.bytes().unwrap().to_vec())
+}
+
+/// A store with two files at the top and a collection `d` of two files.
+fn populate(c: &reqwest::blocking::Client, p: &Proc) {
+    assert_eq!(put(c, p, "/recordings/a.opus", b"aaaa"), 201);
+    assert_eq!(put(c, p, "/recordings/b.opus", b"bbbb"), 201);
+    assert_eq!(send(req(c, "MKCOL", p.url("/recordings/d"), false)).0, 201);
+    assert_eq!(put(c, p, "/recordings/d/x.opus", b"xxxx"), 201);
+    assert_eq!(put(c, p, "/recordings/d/y.opus", b"yyyy"), 201);
+}
+
+const LOCKINFO: &str = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\
+<D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope>\
+<D:locktype><D:write/></D:locktype><D:owner>recorder</D:owner></D:lockinfo>";
+
+fn lock(c: &reqwest::blocking::Client, p: &Proc, path: &str, other: bool) -> (u16, String) {
+    let r = req(c, "LOCK", p.url(path), other).header("Content-Type", "application/xml").body(LOCKINFO);
+    let r = r.send().expect("LOCK");
+    let status = r.status().as_u16();
+    let token = r.headers().get("lock-token").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (status, token)
+}
+
+// ------------------------------------------------------------- 1. nothing removed unreported
+
+#[test]
+fn the_store_root_is_never_removed_moved_or_overwritten() {
+    let site = Site::new("hostile-root");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let before = tree(&site.root());
+    for target in ["/recordings/", "/recordings"] {
+        assert_eq!(send(req(&c, "DELETE", p.url(target), false)).0, 403, "DELETE {target}");
+        let (status, _) = send(req(&c, "MOVE", p.url(target), false).header("Destination", p.url("/recordings/d/z")));
+        assert_eq!(status, 403, "MOVE {target}");
+    }
+    for verb in ["COPY", "MOVE"] {
+        for dest in ["/recordings/", "/recordings", "http://127.0.0.1/recordings/"] {
+            let dest = if dest.starts_with('/') { p.url(dest) } else { p.url("/recordings/") };
+            let (status, _) = send(
+                req(&c, verb, p.url("/recordings/d"), false)
+                    .header("Destination", dest.clone())
+                    .header("Overwrite", "T"),
+            );
+            assert_eq!(status, 403, "{verb} onto the root {dest}");
+        }
+    }
+    assert_eq!(tree(&site.root()), before, "a refused request changed the store");
+    assert_eq!(get(&c, &p, "/recordings/d/x.opus"), (200, b"xxxx".to_vec()));
+}
+
+#[test]
+fn a_collection_delete_is_all_or_nothing() {
+    let site = Site::new("hostile-delete");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let (status, token) = lock(&c, &p, "/recordings/d/y.opus", false);
+    assert_eq!(status, 200);
+    let before = tree(&site.root());
+    // A locked member: nothing at all is removed (upstream removed x.opus, then failed).
+    assert_eq!(send(req(&c, "DELETE", p.url("/recordings/d"), false)).0, 423);
+    assert_eq!(tree(&site.root()), before);
+    // With the member's token (tagged with the member, RFC 4918 10.4.2: an untagged list is
+    // about the collection) the whole collection goes, in one answer, leaving nothing hidden.
+    let tagged = format!("<{}> (<{}>)", p.url("/recordings/d/y.opus"), trim_token(&token));
+    let (status, _) = send(req(&c, "DELETE", p.url("/recordings/d/"), false).header("If", tagged));
+    assert_eq!(status, 204);
+    assert_eq!(tree(&site.root()), vec!["a.opus".to_string(), "b.opus".to_string()]);
+    assert_eq!(get(&c, &p, "/recordings/d/x.opus").0, 404);
+}
+
+fn trim_token(t: &str) -> &str {
+    t.trim_matches(|c| c == '<' || c == '>')
+}
+
+#[test]
+fn copy_over_a_collection_that_fails_half_way_puts_the_old_one_back() {
+    // used: a, b, d/x, d/y (16 bytes) + e/old (100). The COPY of d onto e sets e aside (still
+    // counted), copies x (4 bytes, fits), then y does not fit: the partial e goes, the old e
+    // comes back.
+    let site = Site::with("hostile-copyfail", "quota = 122\nmin_free_disk = 0");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    assert_eq!(send(req(&c, "MKCOL", p.url("/recordings/e"), false)).0, 201);
+    assert_eq!(put(&c, &p, "/recordings/e/old.opus", &[b'o'; 100]), 201);
+    let before = tree(&site.root());
+    let (status, body) = send(
+        req(&c, "COPY", p.url("/recordings/d/"), false)
+            .header("Destination", p.url("/recordings/e/"))
+            .header("Overwrite", "T"),
+    );
+    assert!(status == 507 || status == 207, "COPY that cannot fit: {status} {body}");
+    assert_eq!(tree(&site.root()), before, "a failed COPY must leave source and destination as they were");
+    assert_eq!(get(&c, &p, "/recordings/e/old.opus").1.len(), 100);
+
+    // With room, the destination is replaced whole: only the source's members remain.
+    let site = Site::new("hostile-copyok");
+    let p = site.start();
+    populate(&c, &p);
+    assert_eq!(send(req(&c, "MKCOL", p.url("/recordings/e"), false)).0, 201);
+    assert_eq!(put(&c, &p, "/recordings/e/old.opus", b"old"), 201);
+    let (status, _) = send(
+        req(&c, "COPY", p.url("/recordings/d/"), false)
+            .header("Destination", p.url("/recordings/e/"))
+            .header("Overwrite", "T"),
+    );
+    assert_eq!(status, 204);
+    let after = tree(&site.root());
+    assert!(after.contains(&"e/x.opus".to_string()) && after.contains(&"e/y.opus".to_string()), "{after:?}");
+    assert!(!after.iter().any(|n| n.contains("old.opus") || n.contains(".exec-allinone-")), "{after:?}");
+}
+
+#[test]
+fn a_tree_set_aside_before_a_crash_is_swept_at_start() {
+    let site = Site::new("hostile-aside-sweep");
+    let aside = site.root().join(".exec-allinone-aside-00000000deadbeef");
+    std::fs::create_dir_all(aside.join("deep/er")).unwrap();
+    std::fs::write(aside.join("deep/er/f.opus"), b"gone").unwrap();
+    std::fs::write(site.root().join("kept.opus"), b"kept").unwrap();
+    let p = site.start();
+    assert_eq!(tree(&site.root()), vec!["kept.opus".to_string()]);
+    let c = http();
+    assert_eq!(get(&c, &p, "/recordings/kept.opus").1, b"kept");
+}
+
+// ------------------------------------------------------------- 2. no body stops the process
+
+fn nested(depth: usize) -> String {
+    let mut s = String::from("<?xml version=\"1.0\" encoding=\"utf-8\"?><D:propfind xmlns:D=\"DAV:\">");
+    s.push_str(&"<a>".repeat(depth));
+    s.push_str(&"</a>".repeat(depth));
+    s.push_str("</D:propfind>");
+    s
+}
+
+#[test]
+fn deep_or_huge_xml_is_refused_and_the_process_goes_on() {
+    let site = Site::new("hostile-xml");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let deep = nested(5000);
+    assert!(deep.len() < 64 << 10, "the body must be under the XML cap to reach the parser");
+    let wide = format!(
+        "<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\"><D:prop>{}</D:prop></D:propfind>",
+        "<x/>".repeat(12_000)
+    );
+    for verb in ["PROPFIND", "PROPPATCH", "LOCK"] {
+        for (what, body) in [("deep", &deep), ("wide", &wide)] {
+            let (status, _) =
+                send(req(&c, verb, p.url("/recordings/a.opus"), false).header("Depth", "0").body(body.clone()));
+            assert_eq!(status, 400, "{verb} with a {what} body");
+        }
+    }
+    // A dead property value nested within the budget is still accepted and read back.
+    let value = format!("{}v{}", "<n>".repeat(20), "</n>".repeat(20));
+    let patch = format!(
+        "<?xml version=\"1.0\"?><D:propertyupdate xmlns:D=\"DAV:\" xmlns:Z=\"urn:z:\"><D:set><D:prop>\
+         <Z:p>{value}</Z:p></D:prop></D:set></D:propertyupdate>"
+    );
+    assert_eq!(send(req(&c, "PROPPATCH", p.url("/recordings/a.opus"), false).body(patch)).0, 207);
+    assert_eq!(get(&c, &p, "/recordings/a.opus"), (200, b"aaaa".to_vec()), "the process still serves");
+}
+
+// ------------------------------------------------------------- 3. Destination names this store
+
+#[test]
+fn a_destination_must_name_this_store_and_not_the_source_subtree() {
+    let site = Site::new("hostile-dest");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let port = p.addr("webdav").port();
+    let before = tree(&site.root());
+    let cases: Vec<(String, u16)> = vec![
+        (format!("http://192.0.2.1:{port}/recordings/z.opus"), 502),
+        (format!("http://127.0.0.1:{}/recordings/z.opus", port.wrapping_add(1)), 502),
+        (format!("https://127.0.0.1:{port}/recordings/z.opus"), 502),
+        (format!("http://u@127.0.0.1:{port}/recordings/z.opus"), 502),
+        ("/elsewhere/z.opus".to_string(), 502),
+        ("/recordingsX/z.opus".to_string(), 502),
+        (format!("http://127.0.0.1:{port}/recordings/../z.opus"), 400),
+        ("/recordings/a%2fz.opus".to_string(), 400),
+        ("/recordings/.exec-allinone-tmp-1".to_string(), 403),
+        ("/recordings/d/inner".to_string(), 403),
+    ];
+    for verb in ["COPY", "MOVE"] {
+        for (dest, want) in &cases {
+            let source = if dest.ends_with("/inner") { "/recordings/d/" } else { "/recordings/a.opus" };
+            let (status, body) = send(req(&c, verb, p.url(source), false).header("Destination", dest.as_str()));
+            assert_eq!(status, *want, "{verb} {source} -> {dest}: {body}");
+        }
+    }
+    assert_eq!(tree(&site.root()), before, "a refused COPY/MOVE changed the store");
+    let (status, _) =
+        send(req(&c, "COPY", p.url("/recordings/a.opus"), false).header("Destination", p.url("/recordings/z.opus")));
+    assert_eq!(status, 201, "a destination on this store still works");
+}
+
+// ------------------------------------------------------------- 4. locks belong to their owner
+
+#[test]
+fn locks_belong_to_their_owner() {
+    let site = site_with_two_users("hostile-locks", "");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let (status, token) = lock(&c, &p, "/recordings/a.opus", false);
+    assert_eq!(status, 200);
+    let token = trim_token(&token).to_owned();
+    let if_token = format!("(<{token}>)");
+
+    // The other user read the token (lockdiscovery shows it) and tries to use it.
+    let unlock = req(&c, "UNLOCK", p.url("/recordings/a.opus"), true).header("Lock-Token", format!("<{token}>"));
+    assert_eq!(send(unlock).0, 403, "UNLOCK of another user's lock");
+    let write = req(&c, "PUT", p.url("/recordings/a.opus"), true).header("If", if_token.clone()).body("stolen");
+    assert_eq!(send(write).0, 423, "PUT with another user's token");
+    let delete = req(&c, "DELETE", p.url("/recordings/a.opus"), true).header("If", if_token.clone());
+    assert_eq!(send(delete).0, 423, "DELETE with another user's token");
+    assert_eq!(get(&c, &p, "/recordings/a.opus").1, b"aaaa");
+
+    // The owner still holds it and can release it.
+    let write = req(&c, "PUT", p.url("/recordings/a.opus"), false).header("If", if_token.clone()).body("mine");
+    assert_eq!(send(write).0, 204);
+    let unlock = req(&c, "UNLOCK", p.url("/recordings/a.opus"), false).header("Lock-Token", format!("<{token}>"));
+    assert_eq!(send(unlock).0, 204);
+
+    // A stale token on an unlocked resource is a failed precondition, a malformed If: a bad
+    // request; neither writes.
+    let stale = req(&c, "PUT", p.url("/recordings/b.opus"), false).header("If", if_token).body("stale");
+    assert_eq!(send(stale).0, 412, "If: naming a released lock");
+    let unknown = req(&c, "PUT", p.url("/recordings/b.opus"), false)
+        .header("If", "(<urn:uuid:00000000-0000-0000-0000-000000000000>)");
+    assert_eq!(send(unknown.body("unknown")).0, 412, "If: naming a lock that never existed");
+    let malformed = req(&c, "PUT", p.url("/recordings/b.opus"), false).header("If", "(<unterminated");
+    assert_eq!(send(malformed.body("malformed")).0, 400, "malformed If:");
+    assert_eq!(get(&c, &p, "/recordings/b.opus").1, b"bbbb");
+}
+
+#[test]
+fn the_lock_table_and_lock_owners_are_bounded() {
+    let site = Site::with("hostile-lockbound", "max_locks = 3\nmax_lock_owner_bytes = 256");
+    let p = site.start();
+    let c = http();
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        assert_eq!(put(&c, &p, &format!("/recordings/f{i}"), b"x"), 201);
+        let (status, token) = lock(&c, &p, &format!("/recordings/f{i}"), false);
+        assert_eq!(status, 200);
+        tokens.push(token);
+    }
+    assert_eq!(put(&c, &p, "/recordings/f3", b"x"), 201);
+    let r = req(&c, "LOCK", p.url("/recordings/f3"), false).body(LOCKINFO).send().unwrap();
+    assert_eq!(r.status().as_u16(), 503, "a lock past max_locks");
+    assert!(r.headers().contains_key("retry-after"));
+    // A refresh of a held lock is not a new lock.
+    let refresh = req(&c, "LOCK", p.url("/recordings/f0"), false).header("If", format!("({})", tokens[0]));
+    assert_eq!(send(refresh).0, 200, "refreshing a held lock at the bound");
+    let unlock = req(&c, "UNLOCK", p.url("/recordings/f0"), false).header("Lock-Token", tokens[0].clone());
+    assert_eq!(send(unlock).0, 204);
+    assert_eq!(lock(&c, &p, "/recordings/f3", false).0, 200, "room again after an UNLOCK");
+
+    let big_owner = LOCKINFO.replace("recorder", &"o".repeat(1000));
+    assert_eq!(put(&c, &p, "/recordings/g", b"x"), 201);
+    let unlock = req(&c, "UNLOCK", p.url("/recordings/f1"), false).header("Lock-Token", tokens[1].clone());
+    assert_eq!(send(unlock).0, 204);
+    let (status, _) = send(req(&c, "LOCK", p.url("/recordings/g"), false).body(big_owner));
+    assert_eq!(status, 400, "an owner past max_lock_owner_bytes");
+    let text = http().get(p.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert!(text.contains("webdav_rejected_total{reason=\"max_locks\"} 1"), "{text}");
+}
+
+// ------------------------------------------------------------- 10. named PROPFIND
+
+#[test]
+fn a_named_propfind_lists_each_dead_property_once_and_absent_ones_as_404() {
+    let site = Site::new("hostile-named");
+    let p = site.start();
+    let c = http();
+    assert_eq!(put(&c, &p, "/recordings/a.opus", b"a"), 201);
+    let patch = "<?xml version=\"1.0\"?><D:propertyupdate xmlns:D=\"DAV:\" xmlns:Z=\"urn:z:\"><D:set><D:prop>\
+                 <Z:one>1</Z:one><Z:two>2</Z:two></D:prop></D:set></D:propertyupdate>";
+    assert_eq!(send(req(&c, "PROPPATCH", p.url("/recordings/a.opus"), false).body(patch)).0, 207);
+    let find = "<?xml version=\"1.0\"?><D:propfind xmlns:D=\"DAV:\" xmlns:Z=\"urn:z:\"><D:prop>\
+                <Z:one/><Z:absent/></D:prop></D:propfind>";
+    let (status, body) = send(req(&c, "PROPFIND", p.url("/recordings/a.opus"), false).header("Depth", "0").body(find));
+    assert_eq!(status, 207);
+    assert_eq!(body.matches(">1<").count(), 1, "the named property once: {body}");
+    assert!(!body.contains(">2<"), "an unnamed dead property was listed: {body}");
+    assert!(body.contains("absent") && body.contains("404"), "the absent property with 404: {body}");
+}
+
+// ------------------------------------------------------------- 2. no header stops a request
+
+/// A small deterministic generator, so a failure names a reproducible case.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[self.next() as usize % items.len()]
+    }
+}
+
+#[test]
+fn mutated_webdav_headers_never_panic_a_request() {
+    let site = Site::new("hostile-headers");
+    let p = site.start();
+    let c = http();
+    populate(&c, &p);
+    let seeds: &[(&str, &[&str])] = &[
+        ("If", &["(<urn:uuid:1>)", "<http://h/recordings/a.opus> ([\"e\"])", "(Not <DAV:no-lock>)", "([W/\"x\"] <a>)"]),
+        ("Depth", &["0", "1", "infinity", "1,noroot"]),
+        ("Timeout", &["Second-10", "Infinite, Second-4100000000", "Second-99999999999999999999"]),
+        ("Destination", &["/recordings/z.opus", "http://127.0.0.1/recordings/z", "%"]),
+        ("Overwrite", &["T", "F"]),
+        ("Lock-Token", &["<urn:uuid:1>", "<>"]),
+        ("Range", &["bytes=0-1,2-3", "bytes=-5", "bytes=5-"]),
+        ("If-Match", &["*", "\"x\"", "W/\"x\""]),
+        ("Content-Range", &["bytes 0-3/4"]),
+    ];
+    let junk = ["", "<", ">", "(", ")", "[", "]", "\"", " ", "Not", "-", ",", "/", "%", "9999999999999999999999", "\t"];
+    let verbs = ["PUT", "GET", "DELETE", "COPY", "MOVE", "LOCK", "UNLOCK", "PROPFIND", "PROPPATCH", "MKCOL"];
+    let mut rng = Lcg(17);
+    let mut cases = 0;
+    for _ in 0..400 {
+        let (name, values) = seeds[rng.next() as usize % seeds.len()];
+        let mut value = rng.pick(values).to_owned();
+        // Cut, splice and append: truncated and unbalanced forms of real values.
+        match rng.next() % 4 {
+            0 => value.truncate(rng.next() as usize % (value.len() + 1)),
+            1 => value.insert_str(rng.next() as usize % (value.len() + 1), rng.pick(&junk)),
+            2 => value.push_str(rng.pick(&junk)),
+            _ => value = format!("{}{}{}", rng.pick(&junk), value, rng.pick(&junk)),
+        }
+        let Ok(header) = reqwest::header::HeaderValue::from_str(&value) else { continue };
+        let verb = rng.pick(&verbs);
+        let r = req(&c, verb, p.url("/recordings/a.opus"), false).header(name, header);
+        let r = if verb == "PUT" { r.body("aaaa") } else { r };
+        let status = r.send().expect("answered").status().as_u16();
+        assert_ne!(status, 500, "{verb} with {name}: {value:?}");
+        cases += 1;
+    }
+    assert!(cases > 300, "only {cases} cases were sent");
+    assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
