@@ -1,8 +1,10 @@
 //! HTTP Basic authentication against an Apache password file, for the tokio/hyper server.
 //!
 //! The file is re-read when it changes, verified credentials are cached briefly so bulk
-//! uploads do not pay for bcrypt on every request, expensive hashes are checked off the
-//! reactor, and clients that keep failing are answered more and more slowly.
+//! uploads do not pay for bcrypt on every request, and expensive hashes are checked off the
+//! reactor with bounded, fair costs: concurrent checks of one credential share one hash, a
+//! client address has at most one hash queued or running, the pool runs at most one hash per
+//! core, and an address with recent failures waits before any hash is computed for it.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs;
@@ -10,6 +12,7 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,23 @@ pub struct BasicAuth {
     // Bounds concurrent bcrypt/sha-crypt runs so a flood of bad passwords cannot occupy
     // every blocking thread and core.
     verifiers: Arc<Semaphore>,
+    // One verification per credential at a time: the others wait for its answer.
+    inflight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+    // One expensive hash queued or running per client address (grouped as the failure table
+    // groups them), so one address's flood waits behind itself, not in front of others.
+    per_client: Mutex<HashMap<IpAddr, (Arc<Semaphore>, usize)>>,
+    pub counters: AuthCounters,
+}
+
+/// What authentication cost, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct AuthCounters {
+    /// Expensive hashes (bcrypt, sha-crypt) computed.
+    pub hashes: AtomicU64,
+    /// Checks that waited for a verification another request of the same credential ran.
+    pub shared: AtomicU64,
+    /// Checks delayed before hashing because their address failed recently.
+    pub slowed: AtomicU64,
 }
 
 /// Why a request was not authenticated.
@@ -73,8 +93,9 @@ impl BasicAuth {
 
     /// Checks the request's `Authorization` header and returns the authenticated user.
     ///
-    /// Failed attempts from a client that failed more than 5 times within 60 s are answered
-    /// only after a delay (250 ms, doubling up to 5 s); successes are never delayed.
+    /// A credential that is not cached, from a client address that failed more than 5 times
+    /// within 60 s, is checked only after a delay (250 ms, doubling up to 5 s), before any
+    /// hash is computed; a cached credential is never delayed.
     pub async fn check(&self, authorization: Option<&HeaderValue>, client: IpAddr) -> Result<String, AuthFailure> {
         let Some(value) = authorization else {
             return Err(AuthFailure::Missing);
@@ -99,15 +120,18 @@ impl BasicAuth {
             (hash, st.decoy.clone(), st.generation)
         };
 
-        let ok = match (hash, decoy) {
-            (Some(hash), _) => self.verify(hash, password).await,
+        let (hash, known) = match (hash, decoy) {
+            (Some(hash), _) => (hash, true),
             // Spend the same effort on unknown users so timing does not reveal which exist.
-            (None, Some(decoy)) => {
-                self.verify(decoy, password).await;
-                false
-            }
-            (None, None) => false,
+            (None, Some(decoy)) => (decoy, false),
+            (None, None) => return Err(self.fail(client, Some(&user), AuthFailure::BadCredentials).await),
         };
+        let delay = self.failure_table().pending_delay(throttle_key(client), now, &self.settings);
+        if let Some(delay) = delay {
+            self.counters.slowed.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+        }
+        let ok = self.verify_shared(key, hash, password, client, known.then_some(generation)).await && known;
         if !ok {
             return Err(self.fail(client, Some(&user), AuthFailure::BadCredentials).await);
         }
@@ -249,6 +273,9 @@ impl BasicAuth {
             failures: Mutex::new(FailureTable::new(Instant::now())),
             reload_lock: tokio::sync::Mutex::new(()),
             verifiers: Arc::new(Semaphore::new(parallelism)),
+            inflight: Mutex::default(),
+            per_client: Mutex::default(),
+            counters: AuthCounters::default(),
         }))
     }
 
@@ -346,13 +373,49 @@ impl BasicAuth {
         st.cache.insert(key, now + self.settings.cache_ttl);
     }
 
-    async fn verify(&self, hash: String, password: Vec<u8>) -> bool {
+    /// Verifies once for all concurrent checks of the same credential (`key`): the first
+    /// runs the hash, the others wait for its answer. If the first is dropped half way, a
+    /// waiter takes over.
+    /// A success is cached (for `generation`, when given) before the shared answer is
+    /// forgotten, so a check arriving in between finds the cache, not a second hash.
+    async fn verify_shared(
+        &self,
+        key: [u8; 32],
+        hash: String,
+        password: Vec<u8>,
+        client: IpAddr,
+        generation: Option<u64>,
+    ) -> bool {
         if !Scheme::of(&hash).is_some_and(Scheme::is_expensive) {
             return htpasswd::verify(&hash, &password);
         }
+        let cell = Arc::clone(self.inflight.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default());
+        let mut ran = false;
+        let ok = *cell
+            .get_or_init(|| {
+                ran = true;
+                self.verify(hash, password, client)
+            })
+            .await;
+        if !ran {
+            self.counters.shared.fetch_add(1, Ordering::Relaxed);
+        }
+        if let (true, Some(generation)) = (ok, generation) {
+            self.remember(key, generation, Instant::now());
+        }
+        let mut inflight = self.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&key);
+        }
+        ok
+    }
+
+    async fn verify(&self, hash: String, password: Vec<u8>, client: IpAddr) -> bool {
+        let _turn = ClientTurn::wait(self, throttle_key(client)).await;
         let Ok(permit) = self.verifiers.clone().acquire_owned().await else {
             return false;
         };
+        self.counters.hashes.fetch_add(1, Ordering::Relaxed);
         let task = tokio::task::spawn_blocking(move || {
             // Held until the hash is done even if the request is dropped meanwhile.
             let _permit = permit;
@@ -367,8 +430,9 @@ impl BasicAuth {
         }
     }
 
-    /// Records the failure and, for a client over its allowance, waits before returning.
-    /// Recording comes first so that dropping the request does not erase the attempt.
+    /// Records the failure; a client over its allowance then waits before its answer (and
+    /// before its next hash, see `check`). Recording comes first so that dropping the
+    /// request does not erase the attempt.
     async fn fail(&self, client: IpAddr, user: Option<&str>, failure: AuthFailure) -> AuthFailure {
         let delay = self.failure_table().record(throttle_key(client), Instant::now(), &self.settings);
         tracing::debug!(
@@ -453,6 +517,60 @@ fn throttle_key(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A client address's turn to hash: held while its hash is queued or running.
+struct ClientTurn<'a> {
+    auth: &'a BasicAuth,
+    client: IpAddr,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<'a> ClientTurn<'a> {
+    async fn wait(auth: &'a BasicAuth, client: IpAddr) -> Option<ClientTurn<'a>> {
+        let gate = {
+            let mut map = auth.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+            let (gate, waiters) = map.entry(client).or_insert_with(|| (Arc::new(Semaphore::new(1)), 0));
+            *waiters += 1;
+            Arc::clone(gate)
+        };
+        // Counted as a waiter from here: the guard's drop undoes it even if this is cancelled.
+        let mut turn = PendingTurn { auth, client, done: false };
+        let permit = gate.acquire_owned().await.ok()?;
+        turn.done = true;
+        Some(ClientTurn { auth, client, _permit: permit })
+    }
+}
+
+/// Undoes a waiter's count if it stops waiting before its turn.
+struct PendingTurn<'a> {
+    auth: &'a BasicAuth,
+    client: IpAddr,
+    done: bool,
+}
+
+impl Drop for PendingTurn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            leave(self.auth, self.client);
+        }
+    }
+}
+
+impl Drop for ClientTurn<'_> {
+    fn drop(&mut self) {
+        leave(self.auth, self.client);
+    }
+}
+
+fn leave(auth: &BasicAuth, client: IpAddr) {
+    let mut map = auth.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some((_, waiters)) = map.get_mut(&client) {
+        *waiters -= 1;
+        if *waiters == 0 {
+            map.remove(&client);
+        }
+    }
+}
+
 /// Recent failure times per client, bounded in clients and in times per client.
 struct FailureTable {
     clients: HashMap<IpAddr, VecDeque<Instant>>,
@@ -485,6 +603,13 @@ impl FailureTable {
             times.pop_front();
         }
         delay_for(times.len(), s)
+    }
+
+    /// How long a client waits before its next hash: the delay its next failure would earn.
+    fn pending_delay(&self, client: IpAddr, now: Instant, s: &Settings) -> Option<Duration> {
+        let times = self.clients.get(&client)?;
+        let recent = times.iter().filter(|&&t| now.duration_since(t) < s.fail_window).count();
+        delay_for(recent + 1, s)
     }
 
     fn sweep(&mut self, now: Instant, s: &Settings) {
@@ -798,33 +923,79 @@ user:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00
     }
 
     #[tokio::test]
-    async fn repeated_failures_are_slowed_but_success_is_not() {
+    async fn an_address_that_keeps_failing_waits_before_its_next_hash_but_a_cached_login_does_not() {
         let f = TempFile::new(FILE);
-        let auth = BasicAuth::open(f.path.clone(), "dav".into()).unwrap();
-        let bad = header("mcp", "wrong");
-        let start = Instant::now();
+        let settings =
+            Settings { delay_start: Duration::from_millis(1), delay_cap: Duration::from_millis(2), ..fast_settings() };
+        let auth = BasicAuth::open_with(f.path.clone(), "dav".into(), settings).unwrap();
+        let good = header("bcryptuser", "secret2");
+        assert!(auth.check(Some(&good), CLIENT).await.is_ok(), "cached from here on");
+        let bad = header("bcryptuser", "wrong");
         for _ in 0..5 {
             assert!(auth.check(Some(&bad), CLIENT).await.is_err());
         }
-        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
-
-        let start = Instant::now();
+        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 0, "five failures are free");
         assert!(auth.check(Some(&bad), CLIENT).await.is_err());
-        assert!(start.elapsed() >= Duration::from_millis(250), "{:?}", start.elapsed());
-
-        let start = Instant::now();
-        assert!(auth.check(Some(&header("mcp", "secret1")), CLIENT).await.is_ok());
-        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
-
+        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 1, "the sixth waits before hashing");
+        let hashes = auth.counters.hashes.load(Ordering::Relaxed);
+        assert!(auth.check(Some(&good), CLIENT).await.is_ok());
+        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 1, "a cached login is never slowed");
+        assert_eq!(auth.counters.hashes.load(Ordering::Relaxed), hashes, "nor hashed");
+        // An uncached login from the failing address waits too; another address does not.
+        assert!(auth.check(Some(&header("sha512user", "secret5")), CLIENT).await.is_ok());
+        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 2);
         let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
-        let start = Instant::now();
         assert!(auth.check(Some(&bad), other).await.is_err());
-        assert!(start.elapsed() < Duration::from_millis(200), "{:?}", start.elapsed());
+        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 2);
         // Missing credentials (a browser's first request) are not failures.
         for _ in 0..10 {
             assert_eq!(auth.check(None, other).await, Err(AuthFailure::Missing));
         }
         assert_eq!(auth.failure_table().clients[&other].len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn simultaneous_first_logins_of_one_user_share_one_hash() {
+        let f = TempFile::new(FILE);
+        let auth = BasicAuth::open_with(f.path.clone(), "dav".into(), fast_settings()).unwrap();
+        let tasks: Vec<_> = (0..100u8)
+            .map(|i| {
+                let auth = auth.clone();
+                // From many addresses, as 100 recorders would come.
+                let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 0, i));
+                tokio::spawn(async move { auth.check(Some(&header("bcryptuser", "secret2")), ip).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().as_deref(), Ok("bcryptuser"));
+        }
+        assert_eq!(auth.counters.hashes.load(Ordering::Relaxed), 1, "one bcrypt for 100 logins");
+        assert!(auth.inflight.lock().unwrap().is_empty(), "nothing left in flight");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_from_one_address_holds_at_most_one_place_in_the_hash_queue() {
+        let f = TempFile::new(FILE);
+        let auth = BasicAuth::open_with(f.path.clone(), "dav".into(), fast_settings()).unwrap();
+        let flooder = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        let flood: Vec<_> = (0..50)
+            .map(|i| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.check(Some(&header("bcryptuser", &format!("bad{i}"))), flooder).await })
+            })
+            .collect();
+        // Let the flood queue up, then a legitimate first login from elsewhere.
+        tokio::task::yield_now().await;
+        let legit = auth.check(Some(&header("bcryptuser", "secret2")), CLIENT).await;
+        assert_eq!(legit.as_deref(), Ok("bcryptuser"));
+        // When the legitimate login was answered, the flood had been let into the pool at
+        // most a few at a time: its waiters sat behind one turn, not in the pool's queue.
+        let hashed_by_then = auth.counters.hashes.load(Ordering::Relaxed);
+        assert!(hashed_by_then <= 4, "the flood hashed {hashed_by_then} times before the login");
+        for t in flood {
+            assert!(t.await.unwrap().is_err());
+        }
+        assert!(auth.per_client.lock().unwrap().is_empty(), "every turn was given back");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,6 +321,22 @@ impl crate::http::admin::RoleStatus for Webdav {
             &["reason"],
             &m.auth_failures,
         );
+        let a = &self.auth.counters;
+        enc.counter(
+            "webdav_auth_hashes_total",
+            "Expensive password hashes (bcrypt, sha-crypt) computed.",
+            a.hashes.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        enc.counter(
+            "webdav_auth_shared_total",
+            "Checks answered by a hash another request of the same credential computed.",
+            a.shared.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        enc.counter(
+            "webdav_auth_slowed_total",
+            "Checks delayed before hashing because their address failed recently.",
+            a.slowed.load(std::sync::atomic::Ordering::Relaxed),
+        );
         enc.counter_vec(
             "webdav_rejected_total",
             "Requests refused before the engine, by reason.",

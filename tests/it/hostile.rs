@@ -37,7 +37,7 @@ fn site_with_two_users(name: &str, extra: &str) -> Site {
     let site = Site::with(name, extra);
     let file = site.dir.join("htpasswd");
     let out = Command::new(BIN)
-        .args(["htpasswd", "-C", "4", file.to_str().unwrap(), OTHER_USER, OTHER_PASSWORD])
+        .args(["htpasswd", "-C", "8", file.to_str().unwrap(), OTHER_USER, OTHER_PASSWORD])
         .output()
         .expect("run htpasswd");
     assert!(out.status.success(), "htpasswd: {}", String::from_utf8_lossy(&out.stderr));
@@ -422,4 +422,45 @@ fn mutated_webdav_headers_never_panic_a_request() {
     }
     assert!(cases > 300, "only {cases} cases were sent");
     assert!(!p.logs().contains("panicked"), "{}", p.logs());
+}
+
+// ------------------------------------------------------------- 5. authentication costs
+
+#[test]
+fn simultaneous_first_logins_share_one_hash_and_a_failing_address_is_slowed_first() {
+    // The second user's password is bcrypt (our htpasswd's default).
+    let site = site_with_two_users("hostile-auth", "");
+    let p = site.start();
+    let addr = p.addr("webdav");
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let c = http();
+                let url = format!("http://{addr}/recordings/");
+                req(&c, "PROPFIND", url, true).header("Depth", "0").send().unwrap().status().as_u16()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 207);
+    }
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(-1.0)
+    };
+    let text = http().get(p.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(value(&text, "webdav_auth_hashes_total"), 1.0, "one bcrypt for 100 first logins\n{text}");
+
+    // Six wrong passwords: the sixth is slowed before its hash is computed.
+    let c = http();
+    for i in 0..6 {
+        let r = c
+            .request(method("PROPFIND"), p.url("/recordings/"))
+            .basic_auth(OTHER_USER, Some(format!("wrong{i}")))
+            .send()
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401);
+    }
+    let text = http().get(p.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(value(&text, "webdav_auth_slowed_total"), 1.0, "{text}");
+    assert_eq!(value(&text, "webdav_auth_hashes_total"), 7.0, "{text}");
 }
