@@ -164,3 +164,68 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 }
+
+/// Whether a role's state directory can be written now, for `/health`: DOWN from a failed
+/// write until a write succeeds. `access(2)` alone says "writable" on a full disk, so a
+/// failure is remembered, and while it stands each health check tries a small probe write
+/// (with fsync), so the role comes back UP once there is room again, traffic or not.
+#[derive(Debug)]
+pub struct WriteHealth {
+    dir: PathBuf,
+    failure: std::sync::Mutex<Option<String>>,
+}
+
+impl WriteHealth {
+    pub fn new(dir: &Path) -> WriteHealth {
+        WriteHealth { dir: dir.to_path_buf(), failure: std::sync::Mutex::new(None) }
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A write of the role's state succeeded.
+    pub fn ok(&self) {
+        let mut slot = self.slot();
+        if let Some(was) = slot.take() {
+            tracing::info!(dir = %self.dir.display(), was = %was, "state can be written again");
+        }
+    }
+
+    /// A write of the role's state failed with `why`.
+    pub fn failed(&self, why: impl std::fmt::Display) {
+        let mut slot = self.slot();
+        if slot.is_none() {
+            tracing::error!(dir = %self.dir.display(), error = %why, "state cannot be written; health is DOWN");
+        }
+        *slot = Some(why.to_string());
+    }
+
+    /// `Err(why)` while the state cannot be written. Blocks for one small write while a
+    /// failure stands.
+    pub fn check(&self) -> Result<(), String> {
+        if let Err(e) = rustix::fs::access(&self.dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK) {
+            return Err(format!("{}: {e}", self.dir.display()));
+        }
+        let Some(why) = self.slot().clone() else { return Ok(()) };
+        match probe(&self.dir) {
+            Ok(()) => {
+                self.ok();
+                Ok(())
+            }
+            Err(e) => Err(format!("{why} (probe: {e})")),
+        }
+    }
+}
+
+/// Writes, syncs and removes a small file in `dir`.
+fn probe(dir: &Path) -> io::Result<()> {
+    let path = dir.join(format!("{TEMP_PREFIX}health-probe-{}", std::process::id()));
+    let result = (|| {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+        f.write_all(&[0u8; 512])?;
+        f.sync_all()
+    })();
+    let _ = fs::remove_file(&path);
+    result
+}

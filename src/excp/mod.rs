@@ -32,6 +32,8 @@ use ingest::IngestError;
 pub struct Excp {
     config: ExcpConfig,
     book: CallBook,
+    /// DOWN while the call records cannot be written (full disk, read-only, permissions).
+    state: crate::durable::WriteHealth,
     metrics: Metrics,
     client: crate::http::client::HttpClient,
     /// Whether the last delivery attempt reached an exrp that accepted it.
@@ -93,6 +95,7 @@ impl Excp {
         let gir_url = config.provider.gir.as_ref().map_or("", |g| g.base_url.as_str());
         let client = crate::http::client::HttpClient::for_urls(&[gir_url])?;
         Ok(Arc::new(Excp {
+            state: crate::durable::WriteHealth::new(&config.state_dir.join("calls")),
             config: config.clone(),
             book,
             metrics: Metrics::default(),
@@ -205,7 +208,13 @@ async fn ingest_request(excp: Arc<Excp>, headers: HeaderMap, body: Body, corr_id
         }
     }
     for (call_uuid, files) in &by_call {
-        match excp.book.add(call_uuid, files).await {
+        let added = excp.book.add(call_uuid, files).await;
+        match &added {
+            Ok(_) => excp.state.ok(),
+            Err(BookError::Io(e)) => excp.state.failed(e),
+            Err(_) => {}
+        }
+        match added {
             Ok(added) => {
                 excp.metrics.recordings_accepted.add(added.new as u64);
                 tracing::info!(
@@ -240,7 +249,13 @@ async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) 
     }
     // In GIR mode MCP posts its metadata to GIR, so the end event is how a call becomes known.
     let gir = excp.config.provider.gir.is_some();
-    match excp.book.end(&call_uuid, "event", &corr_id, gir).await {
+    let ended = excp.book.end(&call_uuid, "event", &corr_id, gir).await;
+    match &ended {
+        Ok(_) => excp.state.ok(),
+        Err(BookError::Io(e)) => excp.state.failed(e),
+        Err(_) => {}
+    }
+    match ended {
         Ok(calls::EndOutcome::AlreadyEnded) => {
             tracing::info!(corr_id = %corr_id, call_uuid = %call_uuid, "end event for a call already ended");
             reply(StatusCode::OK, 0, "OK (already ended)", &corr_id)
@@ -288,10 +303,12 @@ impl RoleStatus for Excp {
     /// work waits durably) but does not make excp unfit to take metadata.
     fn health(&self) -> (bool, serde_json::Value) {
         let (open, waiting, recordings) = self.book.backlog();
-        let writable = self.book_writable();
+        let state = self.state.check();
+        let writable = state.is_ok();
         let details = serde_json::json!({
             "stateDir": self.config.state_dir.display().to_string(),
             "stateWritable": writable,
+            "stateError": state.err(),
             "calls": self.book.len(),
             "openCalls": open,
             "callsAwaitingDelivery": waiting,
@@ -328,9 +345,4 @@ impl RoleStatus for Excp {
     }
 }
 
-impl Excp {
-    fn book_writable(&self) -> bool {
-        let dir = self.config.state_dir.join("calls");
-        rustix::fs::access(&dir, rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK).is_ok()
-    }
-}
+impl Excp {}

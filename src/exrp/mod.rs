@@ -40,6 +40,8 @@ use work::Outcome;
 pub struct Exrp {
     config: ExrpConfig,
     queue: Queue,
+    /// DOWN while `queue.db` cannot be written (full disk, read-only, permissions).
+    state: crate::durable::WriteHealth,
     dav: DavClient,
     sink: Sink,
     spool_dir: PathBuf,
@@ -133,6 +135,7 @@ impl Exrp {
             "exrp queue loaded"
         );
         Ok(Arc::new(Exrp {
+            state: crate::durable::WriteHealth::new(&config.state_dir),
             config: config.clone(),
             queue,
             dav,
@@ -409,6 +412,7 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
     let to_publish = jobs.clone();
     match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false)).await {
         Ok(added) => {
+            exrp.state.ok();
             if added.new > 0 {
                 // Duplicates are already recorded (or done); publishing them again is harmless
                 // but for a done one would re-create its record on a file that is gone.
@@ -439,6 +443,7 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
         }
         Err(e) => {
             exrp.metrics.requests.inc(&["503"]);
+            exrp.state.failed(&e);
             tracing::error!(call_uuid = %call_uuid, "cannot record the jobs: {e}");
             reply(StatusCode::SERVICE_UNAVAILABLE, 50301, "cannot record the jobs now; retry", &corr_id, json!({}))
         }
@@ -462,7 +467,8 @@ impl Exrp {
         let status = |b: bool| if b { "UP" } else { "DOWN" };
         let webdav = self.webdav_up.load(Ordering::Relaxed);
         let sink = self.cloud_up.load(Ordering::Relaxed);
-        let state_ok = rustix::fs::access(&self.config.state_dir, rustix::fs::Access::WRITE_OK).is_ok();
+        let state = self.state.check();
+        let state_ok = state.is_ok();
         let mut deps = serde_json::Map::new();
         deps.insert("webdav".into(), json!(status(webdav)));
         match &self.sink {
@@ -476,6 +482,7 @@ impl Exrp {
             "status": status(up),
             "dependencies": deps,
             "queue": { "pending": pending, "working": working, "done": done, "dead": dead },
+            "stateError": state.err(),
             "orphans": self.orphans.to_json(),
             "instance": self.config.instance,
             "lockSupported": !self.lock_unsupported.load(Ordering::Relaxed),

@@ -464,3 +464,116 @@ fn simultaneous_first_logins_share_one_hash_and_a_failing_address_is_slowed_firs
     assert_eq!(value(&text, "webdav_auth_slowed_total"), 1.0, "{text}");
     assert_eq!(value(&text, "webdav_auth_hashes_total"), 7.0, "{text}");
 }
+
+// ------------------------------------------------------------- 8. health tells the truth
+
+/// A 1 MiB tmpfs for a state directory, unmounted on drop. Needs root (CI runs as root).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &TempDir) -> Option<SmallDisk> {
+        let at = dir.join("small");
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs", at.to_str().unwrap()])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(std::env::var_os("CI").is_none(), "CI runs as root and must be able to mount a tmpfs");
+            eprintln!("SKIPPED: mounting a tmpfs needs root");
+            return None;
+        }
+        Some(SmallDisk(at))
+    }
+
+    /// Fills the disk; the returned path, removed, frees it.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![7u8; 64 << 10];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// (excp's status, exrp's queue dependency, the whole body) from the admin `/health`. The
+/// exrp here has no store to reach, so its own status is DOWN throughout; its queue is what
+/// this test is about.
+fn state_health(p: &Proc) -> (String, String, String) {
+    let text = http().get(p.admin_url("/health")).send().unwrap().text().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let excp = v["roles"]["excp"]["status"].as_str().unwrap_or("?").to_owned();
+    let queue = v["roles"]["exrp"]["details"]["dependencies"]["queue"].as_str().unwrap_or("?").to_owned();
+    (excp, queue, text)
+}
+
+#[test]
+fn excp_and_exrp_report_down_while_their_state_cannot_be_written_and_up_after() {
+    let dir = TempDir::new("hostile-fulldisk");
+    let Some(disk) = SmallDisk::mount(&dir) else { return };
+    let excp_state = disk.0.join("excp");
+    let exrp_state = disk.0.join("exrp");
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nrecording_processor_url = \"http://127.0.0.1:9\"\n\
+             [exrp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\ninstance = \"full\"\n\
+             [exrp.transient_storage]\nurl = \"http://127.0.0.1:9/recordings\"\nusername = \"u\"\npassword = \"p\"\n\
+             [exrp.local_sink]\ndir = \"{}\"\n",
+            excp_state.display(),
+            exrp_state.display(),
+            dir.join("sink").display()
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&["--role", "all", "--config", config.to_str().unwrap()]);
+    let c = http();
+    let metadata = |call: &str| {
+        let body =
+            format!("{{\"id\":\"{call}\",\"mediaFiles\":[{{\"callUUID\":\"{call}\",\"mediaId\":\"{call}_a.opus\"}}]}}");
+        let r = c.post(format!("http://{}/api/v1/recording", p.addr("excp"))).body(body).send().unwrap();
+        r.status().as_u16()
+    };
+    let end = |call: &str| {
+        let body = format!(
+            "{{\"callUUID\":\"{call}\",\"recordings\":[{{\"mediaId\":\"{call}_a.opus\"}}],\"tenant\":\"Environment\"}}"
+        );
+        let r = c.post(format!("http://{}/api/v1/interaction-end", p.addr("exrp"))).body(body).send().unwrap();
+        r.status().as_u16()
+    };
+    assert_eq!(metadata("CALLFULL0001"), 200);
+    assert_eq!(end("CALLFULL0001"), 202);
+    let (excp, queue, body) = state_health(&p);
+    assert_eq!((excp.as_str(), queue.as_str()), ("UP", "UP"), "{body}");
+
+    let filler = disk.fill();
+    let mut refused = (0, 0);
+    for i in 0..20 {
+        let call = format!("CALLFULL1{i:03}");
+        if metadata(&call) == 500 {
+            refused.0 += 1;
+        }
+        if end(&call) == 503 {
+            refused.1 += 1;
+        }
+    }
+    assert!(refused.0 > 0 && refused.1 > 0, "a full disk must refuse some writes: {refused:?}");
+    let (excp, queue, body) = state_health(&p);
+    assert_eq!((excp.as_str(), queue.as_str()), ("DOWN", "DOWN"), "while the state cannot be written: {body}");
+    assert!(body.contains("stateError\":\""), "the reason is shown: {body}");
+
+    std::fs::remove_file(filler).unwrap();
+    let (excp, queue, body) = state_health(&p);
+    assert_eq!((excp.as_str(), queue.as_str()), ("UP", "UP"), "once there is room again, before any traffic: {body}");
+    assert_eq!(metadata("CALLFULL2001"), 200);
+    assert_eq!(end("CALLFULL2001"), 202);
+    drop(p);
+}
