@@ -205,6 +205,11 @@ impl Webdav {
         }
         let length = content_length(req.headers());
         if req.method() == Method::PUT {
+            // "a.opus/" names a collection; the engine would strip the slash and replace the
+            // file a.opus. mod_dav: 409 "Cannot PUT to a collection".
+            if req.uri().path().ends_with('/') {
+                return refuse(StatusCode::CONFLICT, "cannot PUT to a collection (path ends in /)\n", "put_collection");
+            }
             if req.headers().contains_key(header::CONTENT_RANGE) {
                 return refuse(
                     StatusCode::BAD_REQUEST,

@@ -345,6 +345,20 @@ fn the_lock_table_and_lock_owners_are_bounded() {
     assert!(text.contains("webdav_rejected_total{reason=\"max_locks\"} 1"), "{text}");
 }
 
+// ------------------------------------------------------------- 10. smaller wrong answers
+
+#[test]
+fn a_put_to_a_collection_path_does_not_replace_the_file() {
+    let site = Site::new("hostile-putslash");
+    let p = site.start();
+    let c = http();
+    assert_eq!(put(&c, &p, "/recordings/a.opus", b"aaaa"), 201);
+    assert_eq!(put(&c, &p, "/recordings/a.opus/", b"other"), 409);
+    assert_eq!(put(&c, &p, "/recordings/new/", b"other"), 409);
+    assert_eq!(get(&c, &p, "/recordings/a.opus"), (200, b"aaaa".to_vec()));
+    assert_eq!(tree(&site.root()), vec!["a.opus".to_string()]);
+}
+
 // ------------------------------------------------------------- 10. named PROPFIND
 
 #[test]
