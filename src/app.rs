@@ -161,6 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             header_timeout: std::time::Duration::from_secs(10),
             tls: admin_tls,
             grace,
+            connections: ServerOptions::cap(config.admin.max_connections),
             ..ServerOptions::DEFAULT_LIMITS
         };
         let (token, failed) = (shutdown.clone(), failed_tx.clone());

@@ -18,6 +18,8 @@ pub struct ExcpConfig {
     pub quiet_period: Duration,
     pub max_body_size: u64,
     pub header_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// A request body that sends nothing for this long is cut off.
     pub body_timeout: Duration,
     /// Backoff of interaction-end deliveries: first delay and cap.
@@ -83,6 +85,7 @@ impl ExcpConfig {
         let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
         let max_body_size = s.size("max_body_size", 1 << 20);
         let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
         let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let retry_initial = s.duration("retry_initial", Duration::from_secs(1));
         let retry_max = s.duration("retry_max", Duration::from_secs(300));
@@ -161,6 +164,7 @@ impl ExcpConfig {
             quiet_period,
             max_body_size,
             header_timeout,
+            max_connections,
             body_timeout,
             retry_initial,
             retry_max,

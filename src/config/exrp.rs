@@ -16,6 +16,8 @@ pub struct ExrpConfig {
     pub state_dir: PathBuf,
     pub max_body_size: u64,
     pub header_timeout: Duration,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     pub body_timeout: Duration,
     /// Recordings worked on at once.
     pub workers: usize,
@@ -100,6 +102,7 @@ impl ExrpConfig {
         let state_dir = s.path("state_dir");
         let max_body_size = s.size("max_body_size", 4 << 20);
         let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
         let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let workers = s.count("workers", 8, 1..=1024);
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
@@ -185,6 +188,7 @@ impl ExrpConfig {
             state_dir: state_dir.unwrap_or_default(),
             max_body_size,
             header_timeout,
+            max_connections,
             body_timeout,
             workers,
             request_timeout,

@@ -12,6 +12,9 @@ pub struct LbConfig {
     pub pools: Vec<PoolConfig>,
     /// Threads serving the pools (nginx `worker_processes`); 0 = one per CPU.
     pub workers: usize,
+    /// Client connections one worker serves at once over all its pools (nginx
+    /// `worker_connections`, which also counts upstream connections); more wait in the backlog.
+    pub worker_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +211,7 @@ impl LbConfig {
         let mut s = Section::new("lb", table, problems);
         let pools_table = s.table("pools");
         let workers = s.count("workers", 0, 0..=1024);
+        let worker_connections = s.count("worker_connections", 1024, 1..=1_000_000);
         let defaults = PoolSettings::parse(&mut s, &PoolSettings::default());
         s.finish();
         let mut pools = Vec::new();
@@ -234,7 +238,7 @@ impl LbConfig {
                 }
             }
         }
-        LbConfig { pools, workers }
+        LbConfig { pools, workers, worker_connections }
     }
 }
 

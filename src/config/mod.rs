@@ -44,6 +44,8 @@ pub struct Config {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct WebdavConfig {
     /// PUTs are refused with 507 when they would leave less than this free on the disk.
     pub min_free_disk: u64,
     pub max_uploads: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
     /// fsync file and directory on every PUT; off trades crash safety for speed.
     pub fsync: bool,
     /// Size of the blocking pool that does all file-system work.
@@ -167,8 +171,9 @@ impl Config {
             let mut s = Section::new("admin", admin_table.unwrap_or(&empty), &mut problems);
             let listen = s.addr("listen", default_admin_addr(role));
             let tls = s.tls();
+            let max_connections = s.count("max_connections", 64, 1..=1_000_000);
             s.finish();
-            AdminConfig { listen, tls }
+            AdminConfig { listen, tls, max_connections }
         };
 
         let wants_webdav = matches!(role, Role::Webdav | Role::All);
@@ -243,7 +248,7 @@ impl Config {
             ..WebdavConfig::defaults()
         });
         Config {
-            admin: AdminConfig { listen: default_admin_addr(role), tls: None },
+            admin: AdminConfig { listen: default_admin_addr(role), tls: None, max_connections: 64 },
             shutdown_grace: Duration::from_secs(30),
             webdav,
             lb: None,
@@ -374,6 +379,7 @@ impl WebdavConfig {
             quota: None,
             min_free_disk: 256 << 20,
             max_uploads: 2000,
+            max_connections: 4096,
             fsync: true,
             io_threads: 16,
             header_timeout: Duration::from_secs(30),
@@ -399,6 +405,13 @@ impl WebdavConfig {
         let quota = s.optional_size("quota");
         let min_free_disk = s.size("min_free_disk", d.min_free_disk);
         let max_uploads = s.count("max_uploads", d.max_uploads, 1..=1_000_000);
+        let max_connections = s.count("max_connections", d.max_connections, 1..=1_000_000);
+        if max_connections < max_uploads {
+            s.problem_at(
+                "max_connections",
+                format!("must be at least max_uploads ({max_uploads}): each upload holds a connection"),
+            );
+        }
         let fsync = s.bool("fsync", d.fsync);
         let io_threads = s.count("io_threads", d.io_threads, 1..=512);
         let header_timeout = s.duration("header_timeout", d.header_timeout);
@@ -437,6 +450,7 @@ impl WebdavConfig {
             quota,
             min_free_disk,
             max_uploads,
+            max_connections,
             fsync,
             io_threads,
             header_timeout,

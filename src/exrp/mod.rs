@@ -177,6 +177,7 @@ impl Exrp {
             header_timeout: self.config.header_timeout,
             tls,
             grace,
+            connections: ServerOptions::cap(self.config.max_connections),
             ..ServerOptions::DEFAULT_LIMITS
         };
         let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;

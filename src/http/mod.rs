@@ -42,6 +42,10 @@ pub struct ServerOptions {
     pub max_header_size: usize,
     /// Set when several threads accept on handles of one socket (the lb workers).
     pub share: Option<AcceptShare>,
+    /// The connection cap: one permit per connection served. With none left the accept
+    /// loop waits, so further clients wait in the listen backlog instead of costing memory.
+    /// Shared by the lb's pools of one worker (nginx's `worker_connections`).
+    pub connections: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl ServerOptions {
@@ -54,7 +58,13 @@ impl ServerOptions {
         max_headers: 100,
         max_header_size: 64 << 10,
         share: None,
+        connections: None,
     };
+
+    /// A cap of `n` connections for `..ServerOptions` (see `connections`).
+    pub fn cap(n: usize) -> Option<Arc<tokio::sync::Semaphore>> {
+        Some(Arc::new(tokio::sync::Semaphore::new(n)))
+    }
 }
 
 /// Spreads the connections of one socket over the threads that accept on it: a thread leaves
@@ -300,7 +310,31 @@ where
     let tracker = tokio_util::task::TaskTracker::new();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let acceptor = opts.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let mut at_cap = false;
     'accept: loop {
+        let permit = match &opts.connections {
+            None => None,
+            Some(cap) => match Arc::clone(cap).try_acquire_owned() {
+                Ok(permit) => {
+                    at_cap = false;
+                    Some(permit)
+                }
+                Err(_) => {
+                    if !at_cap {
+                        at_cap = true;
+                        tracing::warn!(
+                            server = opts.name,
+                            open = open_connections.load(Ordering::Relaxed),
+                            "connection cap reached; new connections wait in the listen backlog"
+                        );
+                    }
+                    tokio::select! {
+                        permit = Arc::clone(cap).acquire_owned() => permit.ok(),
+                        _ = shutdown.cancelled() => break 'accept,
+                    }
+                }
+            },
+        };
         if let Some(share) = &opts.share {
             tokio::select! {
                 _ = share.wait_turn() => {}
@@ -320,7 +354,7 @@ where
             _ = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (guard, open) = OpenGuard::new(&open_connections, opts.share.clone());
+        let (guard, open) = OpenGuard::new(&open_connections, opts.share.clone(), permit);
         let info = ConnInfo { peer, tls: acceptor.is_some() };
         let accepted = Accepted { info, open, drain: shutdown.clone() };
         match &acceptor {
@@ -392,15 +426,20 @@ fn builder(opts: &ServerOptions, open_connections: usize) -> http1::Builder {
 }
 
 /// Counts a connection as open for as long as it lives (on the thread's share too).
-struct OpenGuard(Arc<AtomicUsize>, Option<AcceptShare>);
+/// Counts a connection while it is open and holds its place under the cap.
+struct OpenGuard(Arc<AtomicUsize>, Option<AcceptShare>, #[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
 
 impl OpenGuard {
-    fn new(counter: &Arc<AtomicUsize>, share: Option<AcceptShare>) -> (OpenGuard, usize) {
+    fn new(
+        counter: &Arc<AtomicUsize>,
+        share: Option<AcceptShare>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> (OpenGuard, usize) {
         let open = counter.fetch_add(1, Ordering::Relaxed) + 1;
         if let Some(share) = &share {
             share.opened();
         }
-        (OpenGuard(Arc::clone(counter), share), open)
+        (OpenGuard(Arc::clone(counter), share, permit), open)
     }
 }
 

@@ -610,7 +610,7 @@ fn harmless(d: &Directive, ctx: Ctx) -> Option<&'static str> {
     Some(match (ctx, d.name.as_str()) {
         (Main, "worker_processes") => "the lb runs one worker thread per CPU; `[lb] workers` sets another count",
         (Main, "worker_rlimit_nofile" | "worker_cpu_affinity" | "user" | "pid" | "daemon") => PROC,
-        (Events, "worker_connections" | "use" | "multi_accept" | "accept_mutex" | "accept_mutex_delay") => PROC,
+        (Events, "use" | "multi_accept" | "accept_mutex" | "accept_mutex_delay") => PROC,
         (Main | Http | Server | Location, "error_log") | (Http | Server | Location, "access_log") => LOG,
         (Http, "log_format") => LOG,
         (Http | Server | Location, "default_type" | "sendfile" | "tcp_nopush" | "tcp_nodelay" | "server_tokens") => {
@@ -1052,9 +1052,21 @@ fn put(vals: &mut HashMap<&'static str, String>, key: &'static str, value: Optio
 
 fn analyze(items: &[Directive], file: &Rc<str>, rep: &mut Report) -> String {
     let mut http: Option<&Directive> = None;
+    let mut worker_connections = None;
     for d in items {
         match d.name.as_str() {
-            "events" if shape(d, true, rep) => d.items().iter().for_each(|e| ignore_or_refuse(e, Ctx::Events, rep)),
+            "events" if shape(d, true, rep) => {
+                for e in d.items() {
+                    if e.name != "worker_connections" {
+                        ignore_or_refuse(e, Ctx::Events, rep);
+                    } else if let Some(n) = e.arg().and_then(|a| a.parse::<usize>().ok()).filter(|&n| n >= 1) {
+                        // nginx counts upstream connections too; ours counts client ones.
+                        worker_connections = Some(n);
+                    } else {
+                        rep.refuse(&e.at, "`worker_connections` takes a number of connections");
+                    }
+                }
+            }
             "http" if shape(d, true, rep) => match http {
                 Some(_) => rep.refuse(&d.at, "duplicate `http` block"),
                 None => http = Some(d),
@@ -1116,7 +1128,7 @@ fn analyze(items: &[Directive], file: &Rc<str>, rep: &mut Report) -> String {
     if srvs.is_empty() {
         rep.refuse(&http.at, "no `server` block proxies anywhere; nothing to translate");
     }
-    render(file, &pools)
+    render(file, &pools, worker_connections)
 }
 
 fn pool<'a>(
@@ -1300,7 +1312,7 @@ fn servers_toml(up: &Upstream, rep: &mut Report) -> (Option<String>, Option<Stri
     (pool_mf, same_ft.filter(|&v| v != NGINX_FAIL_TIMEOUT).map(fmt_duration), entries)
 }
 
-fn render(file: &str, pools: &[Pool]) -> String {
+fn render(file: &str, pools: &[Pool], worker_connections: Option<usize>) -> String {
     let mut out = format!("# Translated by exec-allinone import-nginx from {}\n", file.escape_debug());
     // A value several pools share goes to `[lb]` once; a lone pool keeps its own so adding pools later is safe.
     let shared: Vec<Option<&String>> = KEYS
@@ -1310,8 +1322,11 @@ fn render(file: &str, pools: &[Pool]) -> String {
             pools.iter().all(|p| p.vals.get(k) == Some(v)).then_some(v)
         })
         .collect();
-    if shared.iter().any(Option::is_some) {
+    if shared.iter().any(Option::is_some) || worker_connections.is_some() {
         out.push_str("\n[lb]\n");
+        if let Some(n) = worker_connections {
+            out.push_str(&format!("worker_connections = {n}\n"));
+        }
         for (k, v) in KEYS.iter().zip(&shared) {
             if let Some(v) = v {
                 out.push_str(&format!("{k} = {v}\n"));
@@ -1390,6 +1405,7 @@ http {
         let want = r#"# Translated by exec-allinone import-nginx from nginx.conf
 
 [lb]
+worker_connections = 1000
 next_upstream_tries = 3
 
 [lb.pools.excp]
@@ -1401,12 +1417,12 @@ listen = "0.0.0.0:8080"
 servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
 "#;
         assert_eq!(t.toml, want);
-        for n in ["nginx.conf:1: `worker_processes` ignored", "nginx.conf:2: `worker_connections` ignored"] {
-            assert!(has(&t.notes, n), "{n} missing from {:?}", t.notes);
-        }
+        assert!(has(&t.notes, "nginx.conf:1: `worker_processes` ignored"), "{:?}", t.notes);
         assert!(has(&t.notes, "nginx.conf:4: `include /etc/nginx/mime.types` ignored"));
         assert!(has(&t.notes, "nginx.conf:9: `include conf.d/*.conf` matched no files"));
-        assert_eq!(t.notes.len(), 4, "{:?}", t.notes);
+        assert_eq!(t.notes.len(), 3, "{:?}", t.notes);
+        let bad = refused("events { worker_connections many; }\nhttp { }\n");
+        assert!(has(&bad, "`worker_connections` takes a number"), "{bad:?}");
     }
 
     struct TempDir(PathBuf);

@@ -102,6 +102,8 @@ pub struct Lb {
     slots: Vec<Arc<Slot>>,
     /// Threads serving the pool listeners, each with a runtime of its own.
     workers: usize,
+    /// Client connections per worker (nginx `worker_connections`).
+    worker_connections: usize,
     source: Option<PathBuf>,
 }
 
@@ -120,7 +122,7 @@ impl Lb {
                 current: RwLock::new(Arc::new(pool)),
             }));
         }
-        Ok(Arc::new(Lb { slots, workers, source }))
+        Ok(Arc::new(Lb { slots, workers, worker_connections: config.worker_connections, source }))
     }
 
     /// The pools in config order with their listen addresses and TLS, for the app to bind.
@@ -159,11 +161,12 @@ impl Lb {
                 mine.push(WorkerSocket { slot: slot.clone(), socket: socket.try_clone()?, tls: tls.clone(), share });
             }
             let (token, done) = (shutdown.clone(), done_tx.clone());
+            let cap = self.worker_connections;
             std::thread::Builder::new()
                 .name(format!("lb-worker-{i}"))
                 .spawn(move || {
                     upstream::set_worker(i);
-                    let _ = done.send(serve_worker(mine, grace, token));
+                    let _ = done.send(serve_worker(mine, cap, grace, token));
                 })
                 .map_err(|e| anyhow::anyhow!("cannot start lb worker thread: {e}"))?;
         }
@@ -213,6 +216,9 @@ impl Lb {
         if worker_count(lb.workers) != self.workers {
             tracing::warn!("SIGHUP: lb.workers changed; a restart applies it");
         }
+        if lb.worker_connections != self.worker_connections {
+            tracing::warn!("SIGHUP: lb.worker_connections changed; a restart applies it");
+        }
         for pc in &lb.pools {
             let Some(slot) = self.slots.iter().find(|s| s.name == pc.name) else {
                 tracing::warn!(pool = %pc.name, "SIGHUP: new pool ignored; a new listener needs a restart");
@@ -260,12 +266,19 @@ struct WorkerSocket {
 
 /// One worker thread: serves its handles of every pool's listener on a runtime of its own
 /// until `shutdown`, then drains.
-fn serve_worker(sockets: Vec<WorkerSocket>, grace: Duration, shutdown: CancellationToken) -> anyhow::Result<()> {
+fn serve_worker(
+    sockets: Vec<WorkerSocket>,
+    worker_connections: usize,
+    grace: Duration,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| anyhow::anyhow!("cannot start an lb worker runtime: {e}"))?;
     runtime.block_on(async move {
+        // One cap for the worker over all its pools, as nginx's `worker_connections`.
+        let connections = ServerOptions::cap(worker_connections);
         let mut servers = tokio::task::JoinSet::new();
         for WorkerSocket { slot, socket, tls, share } in sockets {
             let listener = TcpListener::from_std(socket)?;
@@ -276,6 +289,7 @@ fn serve_worker(sockets: Vec<WorkerSocket>, grace: Duration, shutdown: Cancellat
                 tls,
                 grace,
                 share,
+                connections: connections.clone(),
                 // `front` reads the heads itself, within nginx's limits (`h1`).
                 ..ServerOptions::DEFAULT_LIMITS
             };

@@ -104,6 +104,7 @@ impl Webdav {
             header_timeout: self.config.header_timeout,
             tls,
             grace,
+            connections: ServerOptions::cap(self.config.max_connections),
             ..ServerOptions::DEFAULT_LIMITS
         };
         let make = move |conn: ConnInfo| {

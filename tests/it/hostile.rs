@@ -591,3 +591,63 @@ fn excp_and_exrp_report_down_while_their_state_cannot_be_written_and_up_after() 
     assert_eq!(end("CALLFULL2001"), 202);
     drop(p);
 }
+
+// ------------------------------------------------------------- 6. connection caps
+
+/// With `cap` idle connections open, a further client's request is not served (it waits in
+/// the listen backlog); once one of them closes, it is.
+fn assert_capped(name: &str, addr: std::net::SocketAddr, cap: usize, request: &str) {
+    use std::io::{Read, Write};
+    let idle: Vec<std::net::TcpStream> = (0..cap).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // The backlog is served in order: the idle ones take every place, this one waits.
+    let mut waiting = std::net::TcpStream::connect(addr).unwrap();
+    waiting.write_all(request.as_bytes()).unwrap();
+    waiting.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
+    let mut buf = [0u8; 512];
+    match waiting.read(&mut buf) {
+        Ok(n) => {
+            panic!("{name}: a connection past the cap of {cap} was served: {:?}", String::from_utf8_lossy(&buf[..n]))
+        }
+        Err(e) => {
+            assert!(matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut), "{name}: {e}")
+        }
+    }
+    drop(idle);
+    waiting.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let n = waiting.read(&mut buf).unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 "), "{name}: once a connection closed, the waiting one is served: {head:?}");
+}
+
+#[test]
+fn every_listener_has_a_connection_cap() {
+    let dir = TempDir::new("hostile-conncap");
+    std::fs::create_dir_all(dir.join("root")).unwrap();
+    std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n\
+             [webdav]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nhtpasswd = \"{pw}\"\nmax_connections = 2\nmax_uploads = 2\n\
+             [excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/excp\"\nrecording_processor_url = \"http://127.0.0.1:9\"\nmax_connections = 2\n\
+             [exrp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/exrp\"\ninstance = \"cap\"\nmax_connections = 2\n\
+             [exrp.transient_storage]\nurl = \"http://127.0.0.1:9/recordings\"\nusername = \"u\"\npassword = \"p\"\n\
+             [exrp.local_sink]\ndir = \"{dir}/sink\"\n\
+             [lb]\nworkers = 1\nworker_connections = 2\n\
+             [lb.pools.one]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:9\"]\n",
+            root = dir.join("root").display(),
+            pw = dir.join("htpasswd").display(),
+            dir = dir.path().display(),
+        ),
+    )
+    .unwrap();
+    let p = Proc::start(&["--role", "all", "--config", config.to_str().unwrap()]);
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n", basic());
+    for (name, path) in
+        [("webdav", "/recordings/"), ("admin", "/health"), ("excp", "/health"), ("exrp", "/health"), ("lb.one", "/")]
+    {
+        assert_capped(name, p.addr(name), 2, &get(path));
+    }
+    assert!(p.logs().contains("connection cap reached"), "the cap is logged");
+}
