@@ -368,7 +368,11 @@ impl crate::http::admin::RoleStatus for Webdav {
         );
         enc.counter("webdav_bytes_in_total", "Bytes written by PUTs.", s.bytes_in.get());
         enc.counter("webdav_bytes_out_total", "Response body bytes sent.", m.bytes_out.get());
-        enc.gauge("webdav_store_used_bytes", "Bytes in stored files.", self.store.used_bytes() as f64);
+        enc.gauge(
+            "webdav_store_used_bytes",
+            "Bytes the store holds against its quota: files, dead properties, directories.",
+            self.store.used_bytes() as f64,
+        );
         enc.gauge("webdav_store_files", "Files in the store.", self.store.file_count() as f64);
         if let Some(q) = self.config.quota {
             enc.gauge("webdav_store_quota_bytes", "Configured quota.", q as f64);

@@ -149,15 +149,25 @@ fn trim_token(t: &str) -> &str {
 
 #[test]
 fn copy_over_a_collection_that_fails_half_way_puts_the_old_one_back() {
-    // used: a, b, d/x, d/y (16 bytes) + e/old (100). The COPY of d onto e sets e aside (still
-    // counted), copies x (4 bytes, fits), then y does not fit: the partial e goes, the old e
-    // comes back.
-    let site = Site::with("hostile-copyfail", "quota = 122\nmin_free_disk = 0");
+    // The store: a, b, d/x, d/y (16 bytes), e/old (100) and the directories d and e, made on
+    // disk before the start. The quota leaves room for one more directory and 4 bytes: the
+    // COPY of d onto e sets e aside (still counted), makes the new e and copies x, then y
+    // does not fit: the partial e goes, the old e comes back.
+    let site = Site::new("hostile-copyfail");
+    let root = site.root();
+    for (path, len) in [("a.opus", 4), ("b.opus", 4), ("d/x.opus", 4), ("d/y.opus", 4), ("e/old.opus", 100)] {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, vec![b'o'; len]).unwrap();
+    }
+    let dir_size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let fresh = site.dir.join("fresh-dir");
+    std::fs::create_dir(&fresh).unwrap();
+    let used = 116 + dir_size(&root.join("d")) + dir_size(&root.join("e"));
+    let quota = used + dir_size(&fresh) + 4;
+    let site = Site { dir: site.dir, extra: format!("quota = {quota}\nmin_free_disk = 0") };
     let p = site.start();
     let c = http();
-    populate(&c, &p);
-    assert_eq!(send(req(&c, "MKCOL", p.url("/recordings/e"), false)).0, 201);
-    assert_eq!(put(&c, &p, "/recordings/e/old.opus", &[b'o'; 100]), 201);
     let before = tree(&site.root());
     let (status, body) = send(
         req(&c, "COPY", p.url("/recordings/d/"), false)
@@ -650,4 +660,39 @@ fn every_listener_has_a_connection_cap() {
         assert_capped(name, p.addr(name), 2, &get(path));
     }
     assert!(p.logs().contains("connection cap reached"), "the cap is logged");
+}
+
+// ------------------------------------------------------------- 7. slow clients and the quota
+
+#[test]
+fn slow_puts_declaring_large_bodies_do_not_hold_the_quota() {
+    use std::io::Write;
+    let site = Site::with("hostile-slowquota", "quota = 10000\nmin_free_disk = 0");
+    let p = site.start();
+    let addr = p.addr("webdav");
+    // Three uploads announce 9 000 bytes each and send 10.
+    let slow: Vec<std::net::TcpStream> = (0..3)
+        .map(|i| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let head = format!(
+                "PUT /recordings/slow{i}.opus HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 9000\r\n\r\n",
+                basic()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(&[b's'; 10]).unwrap();
+            s
+        })
+        .collect();
+    let c = http();
+    wait_until("the slow uploads to be in flight", Duration::from_secs(10), || {
+        let text = c.get(p.admin_url("/metrics")).send().unwrap().text().unwrap();
+        text.lines().any(|l| l == "webdav_uploads_in_flight 3")
+    });
+    // The store holds nothing yet: a recorder's PUT is accepted, and so is a replacement
+    // that only grows its file a little.
+    assert_eq!(put(&c, &p, "/recordings/real.opus", &[b'r'; 5_000]), 201);
+    assert_eq!(put(&c, &p, "/recordings/real.opus", &[b'r'; 6_000]), 204, "charged 1 000 bytes, not 6 000");
+    // What arrives is charged: a PUT that does not fit beside what is stored is refused.
+    assert_eq!(put(&c, &p, "/recordings/big.opus", &[b'b'; 5_000]), 507);
+    drop(slow);
 }
