@@ -149,6 +149,10 @@ pub struct PoolSettings {
     /// Zero = no limit.
     pub next_upstream_timeout: Duration,
     pub max_body_size: u64,
+    /// A request body larger than this goes to a temp file in `client_body_temp_path`
+    /// (nginx `client_body_buffer_size`).
+    pub client_body_buffer_size: usize,
+    pub client_body_temp_path: std::path::PathBuf,
     pub body_timeout: Duration,
     pub header_timeout: Duration,
     /// Off: HTTP/1.0 and `Connection: close`, one connection per attempt (nginx up to 1.28).
@@ -184,6 +188,9 @@ impl Default for PoolSettings {
             next_upstream_tries: 0,
             next_upstream_timeout: Duration::ZERO,
             max_body_size: 1 << 20,
+            // nginx's default on 64-bit platforms (two pages).
+            client_body_buffer_size: 16 << 10,
+            client_body_temp_path: std::env::temp_dir(),
             body_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(60),
             keepalive: false,
@@ -430,6 +437,11 @@ impl PoolSettings {
             next_upstream_tries: s.count("next_upstream_tries", d.next_upstream_tries, 0..=1000),
             next_upstream_timeout: s.duration("next_upstream_timeout", d.next_upstream_timeout),
             max_body_size: s.size("max_body_size", d.max_body_size),
+            client_body_buffer_size: usize::try_from(
+                s.size("client_body_buffer_size", d.client_body_buffer_size as u64),
+            )
+            .unwrap_or(usize::MAX),
+            client_body_temp_path: s.path("client_body_temp_path").unwrap_or_else(|| d.client_body_temp_path.clone()),
             body_timeout: s.duration("body_timeout", d.body_timeout),
             header_timeout: s.duration("header_timeout", d.header_timeout),
             keepalive: s.bool("keepalive", d.keepalive),
@@ -465,8 +477,8 @@ impl PoolSettings {
         if out.max_body_size == 0 {
             s.problem_at(
                 "max_body_size",
-                "0 (nginx: no limit) is not supported: bodies are held in memory to be replayed on the next \
-                 server; give a size like \"16MiB\"",
+                "0 (nginx: no limit) is not supported: bodies are held (in memory or a temp file) to be \
+                 replayed on the next server; give a size like \"16MiB\"",
             );
         }
         if !out.health_check_interval.is_zero() && out.health_check_interval < Duration::from_millis(100) {

@@ -22,6 +22,7 @@ use tokio_util::io::poll_read_buf;
 use super::Slot;
 use super::h1::{self, BadHead, Chunked, HeaderLines, Name, Step};
 use super::proxy::{self, Prepared, ProxyBody, Reply, ReplyHeaders};
+use super::spool::{Held, Spool};
 use crate::http::{Accepted, Stream};
 
 /// nginx's `send_timeout`: the longest a client may take to accept more of a response.
@@ -61,8 +62,15 @@ pub enum BodyFraming {
     Chunked,
 }
 
+/// Where a request body is held: in memory up to `buffer` bytes, past that in a temp file in
+/// `temp_dir` (nginx `client_body_buffer_size`, `client_body_temp_path`).
+pub struct Buffering<'a> {
+    pub buffer: usize,
+    pub temp_dir: &'a std::path::Path,
+}
+
 /// Why a request's body could not be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum BodyError {
     /// Over `max_body_size` (413).
     TooLarge,
@@ -70,6 +78,8 @@ pub enum BodyError {
     TimedOut,
     /// Bad chunked framing, or the client closed before the end (400).
     Invalid,
+    /// The temp file for a large body could not be written (500, as nginx answers).
+    Spool(io::Error),
 }
 
 struct Conn {
@@ -425,7 +435,15 @@ impl RequestBody<'_> {
     /// The whole body as `framing` (checked by the proxy) says: 413 above `max` as soon as
     /// that is known, `100 Continue` first when the client waits for it, `idle` at most between
     /// two reads.
-    pub async fn read_all(&mut self, framing: BodyFraming, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+    /// A body past `limits.buffer` goes to a temp file as it arrives, so memory holds at
+    /// most one read chunk of it.
+    pub async fn read_all(
+        &mut self,
+        framing: BodyFraming,
+        max: u64,
+        idle: Duration,
+        limits: &Buffering<'_>,
+    ) -> Result<Held, BodyError> {
         let (chunked, length) = match framing {
             BodyFraming::None => (false, 0),
             BodyFraming::Length(n) => (false, n),
@@ -436,7 +454,7 @@ impl RequestBody<'_> {
         }
         if !chunked && length == 0 {
             self.read = true;
-            return Ok(Bytes::new());
+            return Ok(Held::Memory(Bytes::new()));
         }
         let waiting = if chunked { self.conn.buf.is_empty() } else { (self.conn.buf.len() as u64) < length };
         if self.expect && waiting {
@@ -444,9 +462,33 @@ impl RequestBody<'_> {
             self.conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
             self.conn.write_out(&[]).await.map_err(|_| BodyError::Invalid)?;
         }
-        let body = if chunked { self.read_chunked(max, idle).await? } else { self.read_length(length, idle).await? };
+        let body = if chunked {
+            self.read_chunked(max, idle, limits).await?
+        } else if length > limits.buffer as u64 {
+            Held::File(self.spool_length(length, idle, limits).await?)
+        } else {
+            Held::Memory(self.read_length(length, idle).await?)
+        };
         self.read = true;
         Ok(body)
+    }
+
+    /// A body of known length past the buffer, to a temp file as it arrives.
+    async fn spool_length(&mut self, length: u64, idle: Duration, limits: &Buffering<'_>) -> Result<Spool, BodyError> {
+        let mut spool = Spool::create(limits.temp_dir).map_err(BodyError::Spool)?;
+        let mut left = length;
+        loop {
+            let take = (self.conn.buf.len() as u64).min(left) as usize;
+            if take > 0 {
+                spool.append(&self.conn.buf[..take]).map_err(BodyError::Spool)?;
+                let _ = self.conn.buf.split_to(take);
+                left -= take as u64;
+            }
+            if left == 0 {
+                return Ok(spool);
+            }
+            self.read_more(idle).await?;
+        }
     }
 
     async fn read_length(&mut self, length: u64, idle: Duration) -> Result<Bytes, BodyError> {
@@ -460,18 +502,34 @@ impl RequestBody<'_> {
         Ok(self.conn.buf.split_to(length).freeze())
     }
 
-    async fn read_chunked(&mut self, max: u64, idle: Duration) -> Result<Bytes, BodyError> {
+    async fn read_chunked(&mut self, max: u64, idle: Duration, limits: &Buffering<'_>) -> Result<Held, BodyError> {
         let mut decoder = Chunked::default();
         let mut body = BytesMut::new();
+        let mut spool: Option<Spool> = None;
         loop {
             match decoder.decode(&mut self.conn.buf) {
                 Ok(Step::Data(data)) => {
-                    if (body.len() + data.len()) as u64 > max {
+                    let held = spool.as_ref().map_or(body.len() as u64, Spool::len);
+                    if held + data.len() as u64 > max {
                         return Err(BodyError::TooLarge);
                     }
-                    body.extend_from_slice(&data);
+                    if spool.is_none() && body.len() + data.len() > limits.buffer {
+                        let mut file = Spool::create(limits.temp_dir).map_err(BodyError::Spool)?;
+                        file.append(&body).map_err(BodyError::Spool)?;
+                        body = BytesMut::new();
+                        spool = Some(file);
+                    }
+                    match &mut spool {
+                        Some(file) => file.append(&data).map_err(BodyError::Spool)?,
+                        None => body.extend_from_slice(&data),
+                    }
                 }
-                Ok(Step::Done) => return Ok(body.freeze()),
+                Ok(Step::Done) => {
+                    return Ok(match spool {
+                        Some(file) => Held::File(file),
+                        None => Held::Memory(body.freeze()),
+                    });
+                }
                 Ok(Step::More) => self.read_more(idle).await?,
                 Err(_) => return Err(BodyError::Invalid),
             }

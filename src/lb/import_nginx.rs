@@ -25,9 +25,9 @@ const FLAGS: [&str; 11] = [
     "http_429", "non_idempotent",
 ];
 #[rustfmt::skip]
-const KEYS: [&str; 20] = [
+const KEYS: [&str; 21] = [
     "connect_timeout", "send_timeout", "read_timeout", "next_upstream", "next_upstream_tries", "next_upstream_timeout",
-    "max_body_size", "body_timeout", "header_timeout", "keepalive", "keepalive_connections", "keepalive_timeout",
+    "max_body_size", "client_body_buffer_size", "body_timeout", "header_timeout", "keepalive", "keepalive_connections", "keepalive_timeout",
     "keepalive_requests", "host", "uri", "x_forwarded_for", "x_real_ip", "set_headers", "max_fails", "fail_timeout",
 ];
 
@@ -621,7 +621,7 @@ fn harmless(d: &Directive, ctx: Ctx) -> Option<&'static str> {
             "client-side connection tuning is not carried over"
         }
         (Http | Server | Location, "proxy_buffering" | "proxy_buffers" | "proxy_buffer_size")
-        | (Http | Server | Location, "proxy_busy_buffers_size" | "client_body_buffer_size") => {
+        | (Http | Server | Location, "proxy_busy_buffers_size") => {
             "buffering details do not change what upstreams or clients receive"
         }
         (Http | Server | Location, "proxy_request_buffering") if arg == Some("on") => {
@@ -672,6 +672,7 @@ struct Settings {
     next_upstream: Option<Vec<&'static str>>,
     tries: Option<u64>,
     max_body: Option<u64>,
+    body_buffer: Option<u64>,
     http11: Option<(bool, Loc)>,
     headers: Option<(Vec<Header>, Loc)>,
 }
@@ -697,6 +698,7 @@ impl Settings {
             next_upstream: self.next_upstream.clone().or_else(|| parent.next_upstream.clone()),
             tries: self.tries.or(parent.tries),
             max_body: self.max_body.or(parent.max_body),
+            body_buffer: self.body_buffer.or(parent.body_buffer),
             http11: self.http11.clone().or_else(|| parent.http11.clone()),
             // nginx replaces the inherited header list wholesale when a block sets any header.
             headers: self.headers.clone().or_else(|| parent.headers.clone()),
@@ -707,7 +709,13 @@ impl Settings {
 fn setting(d: &Directive, ctx: Ctx, s: &mut Settings, seen: &mut HashSet<String>, rep: &mut Report) -> bool {
     let n = d.name.as_str();
     let dur = DURATIONS.iter().position(|x| x.0 == n).filter(|&i| i != 5 || ctx != Ctx::Location);
-    let other = ["proxy_next_upstream", "proxy_next_upstream_tries", "client_max_body_size", "proxy_http_version"];
+    let other = [
+        "proxy_next_upstream",
+        "proxy_next_upstream_tries",
+        "client_max_body_size",
+        "client_body_buffer_size",
+        "proxy_http_version",
+    ];
     if dur.is_none() && !other.contains(&n) && n != "proxy_set_header" {
         return false;
     }
@@ -743,6 +751,10 @@ fn setting(d: &Directive, ctx: Ctx, s: &mut Settings, seen: &mut HashSet<String>
             Some(0) => rep.refuse(&d.at, "`client_max_body_size 0` (no limit) is not supported; give a size like 16m"),
             Some(v) => s.max_body = Some(v),
             None => bad(rep),
+        },
+        ("client_body_buffer_size", Some(a)) => match parse_size(a) {
+            Some(v) if v > 0 => s.body_buffer = Some(v),
+            _ => bad(rep),
         },
         ("proxy_http_version", Some(v @ ("1.0" | "1.1"))) => s.http11 = Some((v == "1.1", d.at.clone())),
         ("proxy_next_upstream", _) => {
@@ -1238,6 +1250,7 @@ fn pool<'a>(
     );
     put(&mut vals, "next_upstream_tries", eff.tries.filter(|&n| n != 0).map(|n| n.to_string()));
     put(&mut vals, "max_body_size", eff.max_body.filter(|&n| n != 1 << 20).map(fmt_size));
+    put(&mut vals, "client_body_buffer_size", eff.body_buffer.filter(|&n| n != 16 << 10).map(fmt_size));
     // exec-allinone's default Host is the pool name, which is `$proxy_host` only when the pool is the upstream.
     let host = fold.host.or_else(|| (t.proxy_host != name).then(|| t.proxy_host.clone()));
     put(&mut vals, "host", host.as_deref().map(q));
@@ -1397,6 +1410,14 @@ http {
 
     fn has(list: &[String], needle: &str) -> bool {
         list.iter().any(|l| l.contains(needle))
+    }
+
+    #[test]
+    fn body_buffer_size_is_carried_over() {
+        let t = ok(&conf(TWO, "proxy_pass http://u/; client_body_buffer_size 128k;"));
+        assert!(t.toml.contains("client_body_buffer_size = \"128KiB\""), "{}", t.toml);
+        let t = ok(&conf(TWO, "proxy_pass http://u/; client_body_buffer_size 16k;"));
+        assert!(!t.toml.contains("client_body_buffer_size"), "the default is not written: {}", t.toml);
     }
 
     #[test]

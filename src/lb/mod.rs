@@ -8,6 +8,7 @@ mod health;
 pub mod import_nginx;
 mod proxy;
 mod retry;
+mod spool;
 mod upstream;
 mod uri;
 
@@ -58,6 +59,8 @@ struct PoolMetrics {
     requests: StatusCounts,
     duration: Histogram,
     retries: Counter,
+    /// Request bodies past `client_body_buffer_size`, held in a temp file.
+    bodies_spooled: Counter,
     peers: Vec<PeerMetrics>,
 }
 
@@ -308,6 +311,15 @@ fn serve_worker(
 }
 
 async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
+    // Large request bodies go there: find out now, not on the first large POST.
+    let temp = &pc.settings.client_body_temp_path;
+    spool::Spool::create(temp).map_err(|e| {
+        anyhow::anyhow!(
+            "lb.pools.{}: cannot create a temp file for request bodies in client_body_temp_path {}: {e}",
+            pc.name,
+            temp.display()
+        )
+    })?;
     let mut peers = Vec::new();
     for server in &pc.servers {
         let (host, port) = split_host_port(&server.address).map_err(anyhow::Error::msg)?;
@@ -456,6 +468,14 @@ impl RoleStatus for Lb {
         enc.family("lb_retries_total", "Attempts on a next peer after a failure.", "counter");
         for p in &pools {
             enc.sample("lb_retries_total", &[("pool", &p.name)], p.metrics.retries.get() as f64);
+        }
+        enc.family(
+            "lb_request_bodies_spooled_total",
+            "Request bodies past client_body_buffer_size, held in a temp file.",
+            "counter",
+        );
+        for p in &pools {
+            enc.sample("lb_request_bodies_spooled_total", &[("pool", &p.name)], p.metrics.bodies_spooled.get() as f64);
         }
         enc.family("lb_upstream_attempts_total", "Attempts per peer.", "counter");
         for p in &pools {

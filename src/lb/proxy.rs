@@ -14,9 +14,10 @@ use http_body_util::{Either, Full};
 
 use super::Pool;
 use super::balancer::Outcome;
-use super::front::{BodyError, BodyFraming, RequestBody};
+use super::front::{BodyError, BodyFraming, Buffering, RequestBody};
 use super::h1::{self, HeaderLines, Name};
 use super::retry::{Attempts, Failure, Next};
+use super::spool::Held;
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
@@ -396,8 +397,18 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
     };
 
     let mut log = log;
-    let body = match body.read_all(framing, settings.max_body_size, settings.body_timeout).await {
+    let buffering = Buffering { buffer: settings.client_body_buffer_size, temp_dir: &settings.client_body_temp_path };
+    let body = match body.read_all(framing, settings.max_body_size, settings.body_timeout, &buffering).await {
         Ok(b) => b,
+        Err(BodyError::Spool(err)) => {
+            tracing::error!(
+                pool = %pool.name,
+                dir = %settings.client_body_temp_path.display(),
+                %err,
+                "cannot write a request body to its temp file"
+            );
+            return Prepared::Answer(local(log, StatusCode::INTERNAL_SERVER_ERROR, true));
+        }
         Err(BodyError::TimedOut) => {
             // nginx logs 408 and closes without answering a stalled body.
             log.write(408, 0, false, None);
@@ -408,6 +419,9 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
     };
     // A framed body goes upstream with its length, an empty one too (as nginx sends it).
     let length = (framing != BodyFraming::None).then_some(body.len());
+    if matches!(body, Held::File(_)) {
+        pool.metrics.bodies_spooled.inc();
+    }
     // Written once: every peer tried gets the same bytes.
     let request = UpstreamRequest {
         head: request_head(&pool, &req.method, &target, &req.headers, client, length),
@@ -630,7 +644,7 @@ fn request_head(
     target: &http::Uri,
     client_headers: &HeaderLines,
     client: SocketAddr,
-    length: Option<usize>,
+    length: Option<u64>,
 ) -> Vec<u8> {
     let s = &pool.settings;
     let target = target.path_and_query().map_or("/", |pq| pq.as_str());

@@ -21,10 +21,13 @@ use tokio::time::Sleep;
 
 use super::h1::{self, Chunked, Framing, Parsed, Step};
 use super::retry::Failure;
+use super::spool::Held;
 
 /// What one read asks the socket for (hyper's first buffer was 8 KiB; a response head is at
 /// most 4 KiB, a body streams through in pieces of this size).
 const READ_CHUNK: usize = 16 * 1024;
+/// A spooled request body goes upstream in pieces of this size.
+const SPOOL_CHUNK: usize = 64 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {
@@ -46,7 +49,7 @@ pub struct KeepAlive {
 pub struct UpstreamRequest {
     /// A Vec, not Bytes: it is only ever written (a Bytes of a Vec costs an allocation).
     pub head: Vec<u8>,
-    pub body: Bytes,
+    pub body: Held,
     /// HEAD: the response has no body whatever its head says.
     pub head_only: bool,
 }
@@ -162,8 +165,30 @@ impl Conn {
 
     /// Writes the head and the body from byte `done` on, in one writev when the socket takes
     /// them. On failure, tells whether any byte went out.
-    async fn write_request(&mut self, req: &UpstreamRequest, mut done: usize) -> Result<(), (io::Error, bool)> {
-        let (head, body) = (&req.head[..], &req.body[..]);
+    async fn write_request(&mut self, req: &UpstreamRequest, done: usize) -> Result<(), (io::Error, bool)> {
+        self.write_memory(req, done).await?;
+        let Held::File(spool) = &req.body else { return Ok(()) };
+        // A spooled body: after the head, from the temp file, from its start for every peer.
+        let mut offset = (done.saturating_sub(req.head.len())) as u64;
+        let mut buf = vec![0u8; SPOOL_CHUNK];
+        while offset < spool.len() {
+            let n = spool.read_at(&mut buf, offset).map_err(|e| (e, true))?;
+            if n == 0 {
+                return Err((io::ErrorKind::UnexpectedEof.into(), true));
+            }
+            tokio::io::AsyncWriteExt::write_all(&mut self.io, &buf[..n]).await.map_err(|e| (e, true))?;
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The head and a body held in memory (none when it is spooled).
+    async fn write_memory(&mut self, req: &UpstreamRequest, mut done: usize) -> Result<(), (io::Error, bool)> {
+        let body: &[u8] = match &req.body {
+            Held::Memory(b) => b,
+            Held::File(_) => &[],
+        };
+        let head = &req.head[..];
         let total = head.len() + body.len();
         std::future::poll_fn(|cx| {
             while done < total {
@@ -258,7 +283,11 @@ fn connect_and_write(addr: SocketAddr, req: &UpstreamRequest) -> io::Result<Star
     // Still connecting, a send fails with EAGAIN and sends nothing; refused, it fails with
     // the connect's error. Head and body go out in one writev, so Nagle never holds anything
     // back; nginx does not set TCP_NODELAY upstream either.
-    let written = match rustix::io::writev(&fd, &[IoSlice::new(&req.head), IoSlice::new(&req.body)]) {
+    let body: &[u8] = match &req.body {
+        Held::Memory(b) => b,
+        Held::File(_) => &[],
+    };
+    let written = match rustix::io::writev(&fd, &[IoSlice::new(&req.head), IoSlice::new(body)]) {
         Ok(n) => Some(n),
         Err(rustix::io::Errno::AGAIN) if in_progress => None,
         Err(err) => return Err(err.into()),

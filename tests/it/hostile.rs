@@ -696,3 +696,58 @@ fn slow_puts_declaring_large_bodies_do_not_hold_the_quota() {
     assert_eq!(put(&c, &p, "/recordings/big.opus", &[b'b'; 5_000]), 507);
     drop(slow);
 }
+
+// ------------------------------------------------------------- 6. lb bodies past the buffer
+
+#[test]
+fn the_lb_spools_large_bodies_to_a_temp_file_and_replays_them_on_the_next_peer() {
+    use std::io::Write;
+    let site = Site::new("hostile-spool-store");
+    let store = site.start();
+    let dir = TempDir::new("hostile-spool-lb");
+    let temp = dir.join("bodies");
+    std::fs::create_dir_all(&temp).unwrap();
+    let config = dir.join("lb.toml");
+    // The first server refuses connections: a PUT that meets it goes on to the store with
+    // the same bytes, read again from the temp file.
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[lb]\nworkers = 1\nclient_body_buffer_size = \"16KiB\"\n\
+             client_body_temp_path = \"{}\"\nmax_body_size = \"4MiB\"\n\
+             [lb.pools.store]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:1\", \"{}\"]\nhost = \"$http_host\"\n",
+            temp.display(),
+            store.addr("webdav")
+        ),
+    )
+    .unwrap();
+    let lb = Proc::start(&["--role", "lb", "--config", config.to_str().unwrap()]);
+    let addr = lb.addr("lb.store");
+    let body = |seed: u8| -> Vec<u8> { (0..300_000u32).map(|i| (i % 253) as u8 ^ seed).collect() };
+    for i in 0..2u8 {
+        // Sent in pieces with pauses, as a slow client would.
+        let data = body(i);
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let head = format!(
+            "PUT /recordings/big{i}.opus HTTP/1.1\r\nHost: {}\r\nAuthorization: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            store.addr("webdav"),
+            basic(),
+            data.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        for chunk in data.chunks(100_000) {
+            s.write_all(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let (status, _, _) = read_response(&mut s);
+        assert_eq!(status, 201, "PUT {i} through the lb");
+    }
+    let c = http();
+    for i in 0..2u8 {
+        assert_eq!(get(&c, &store, &format!("/recordings/big{i}.opus")).1, body(i), "byte-exact after the lb");
+    }
+    let text = c.get(lb.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert!(text.contains("lb_request_bodies_spooled_total{pool=\"store\"} 2"), "{text}");
+    assert!(text.contains("lb_retries_total{pool=\"store\"} 1"), "one PUT met the refusing server first: {text}");
+    assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0, "temp files have no name and leave nothing");
+}
