@@ -26,8 +26,10 @@ use super::spool::Held;
 /// What one read asks the socket for (hyper's first buffer was 8 KiB; a response head is at
 /// most 4 KiB, a body streams through in pieces of this size).
 const READ_CHUNK: usize = 16 * 1024;
-/// A spooled request body goes upstream in pieces of this size.
-const SPOOL_CHUNK: usize = 64 * 1024;
+/// A spooled request body goes upstream in pieces of this size: a buffer each request holds
+/// while it writes, so when a thousand slow bodies complete together they cost 16 MiB, not
+/// 64 (nginx's `client_body_buffer_size` on 64-bit platforms, too).
+const SPOOL_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Timeouts {

@@ -38,6 +38,8 @@ pub struct Webdav {
     store: Arc<Store>,
     dav: DavHandler,
     locks: locks::ExpiringLs,
+    /// Held while a new lock is made (see `dispatch`).
+    lock_gate: tokio::sync::Mutex<()>,
     auth: Arc<BasicAuth>,
     /// One permit per PUT in flight; none left means 503, not an unbounded pile-up.
     uploads: Arc<Semaphore>,
@@ -86,6 +88,7 @@ impl Webdav {
             store,
             dav,
             locks,
+            lock_gate: tokio::sync::Mutex::new(()),
             auth,
             uploads: Arc::new(Semaphore::new(config.max_uploads)),
             metrics: Metrics::default(),
@@ -249,6 +252,9 @@ impl Webdav {
         let new_lock = req.method().as_str() == "LOCK"
             && (content_length(req.headers()).is_some_and(|n| n > 0)
                 || req.headers().contains_key(header::TRANSFER_ENCODING));
+        // New locks are made one at a time, so the count checked is the count kept: without
+        // this, LOCKs racing past the check would meet the lock table's own bound and get 423.
+        let _gate = if new_lock { Some(self.lock_gate.lock().await) } else { None };
         if new_lock && self.locks.full().await {
             self.metrics.rejected.inc(&["max_locks"]);
             let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, "too many locks held; try again later\n");
