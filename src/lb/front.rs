@@ -145,14 +145,19 @@ impl Conn {
         accepted: &Accepted,
     ) -> io::Result<Option<Result<h1::Request, BadHead>>> {
         let deadline = Instant::now() + limit;
+        // Bytes already looked at for the end of the head: a head dribbled a byte at a time is
+        // parsed once it is complete (or its first line is, or it is too long), not after
+        // every byte, so it costs linear time, not quadratic.
+        let mut scan = h1::HeadScan::default();
         loop {
-            if !self.buf.is_empty() {
+            if !self.buf.is_empty() && scan.worth_parsing(&self.buf) {
                 match h1::parse_request(&mut self.buf) {
                     Ok(Some(request)) => return Ok(Some(Ok(request))),
                     Ok(None) => {}
                     Err(bad) => return Ok(Some(Err(bad))),
                 }
-            } else if accepted.drain.is_cancelled() {
+            }
+            if self.buf.is_empty() && accepted.drain.is_cancelled() {
                 return Ok(None);
             }
             // Shutdown closes a connection between requests, not one in the middle of a head.
@@ -510,7 +515,7 @@ impl RequestBody<'_> {
             match decoder.decode(&mut self.conn.buf) {
                 Ok(Step::Data(data)) => {
                     let held = spool.as_ref().map_or(body.len() as u64, Spool::len);
-                    if held + data.len() as u64 > max {
+                    if held + data.len() as u64 + decoder.announced() > max {
                         return Err(BodyError::TooLarge);
                     }
                     if spool.is_none() && body.len() + data.len() > limits.buffer {
@@ -530,7 +535,13 @@ impl RequestBody<'_> {
                         None => Held::Memory(body.freeze()),
                     });
                 }
-                Ok(Step::More) => self.read_more(idle).await?,
+                Ok(Step::More) => {
+                    let held = spool.as_ref().map_or(body.len() as u64, Spool::len);
+                    if held + decoder.announced() > max {
+                        return Err(BodyError::TooLarge);
+                    }
+                    self.read_more(idle).await?
+                }
                 Err(_) => return Err(BodyError::Invalid),
             }
         }

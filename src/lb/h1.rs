@@ -204,6 +204,29 @@ pub fn parse_request(buf: &mut BytesMut) -> Result<Option<Request>, BadHead> {
     Ok(Some(Request { method, uri, version: line.version, headers: HeaderLines { bytes, spans } }))
 }
 
+/// Watches a request head arrive, so it is parsed when that can change the answer (its first
+/// line or the whole head is in, or it is past the limit), not after every read: a head
+/// dribbled a byte at a time then costs linear time, not quadratic.
+#[derive(Debug, Default)]
+pub struct HeadScan {
+    scanned: usize,
+    line_seen: bool,
+}
+
+impl HeadScan {
+    pub fn worth_parsing(&mut self, buf: &[u8]) -> bool {
+        // Two bytes back: an end of head split over two reads.
+        let new = &buf[self.scanned.saturating_sub(2).min(buf.len())..];
+        self.scanned = buf.len();
+        let first_line = !self.line_seen && new.contains(&b'\n');
+        self.line_seen |= first_line;
+        first_line
+            || buf.len() > MAX_REQUEST_HEAD
+            || new.windows(2).any(|w| w == b"\n\n")
+            || new.windows(3).any(|w| w == b"\n\r\n")
+    }
+}
+
 /// A complete request head found at the start of a buffer.
 struct Located {
     len: usize,
@@ -473,6 +496,9 @@ fn content_length(value: &[u8]) -> Option<u64> {
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: ChunkState,
+    /// Trailer lines and bytes so far: bounded, as nginx 1.29.4 bounds them.
+    trailer_lines: usize,
+    trailer_bytes: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -496,12 +522,34 @@ pub enum Step {
 
 /// A size line or a trailer line longer than this is a broken peer, not a slow one.
 const MAX_CHUNK_LINE: usize = 4096;
+/// More trailer lines, or more trailer bytes, than this: refused (400).
+const MAX_TRAILER_LINES: usize = 32;
+const MAX_TRAILER_BYTES: usize = 8192;
 
 impl Chunked {
+    /// Bytes the chunk being read has announced and not yet delivered: a client announcing
+    /// more than the body limit is refused at once, as nginx does (413), not after waiting.
+    pub fn announced(&self) -> u64 {
+        match self.state {
+            ChunkState::Data(left) => left,
+            _ => 0,
+        }
+    }
+
     /// The next piece of body from `buf`, taking what it decodes off the buffer.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Step, Invalid> {
         loop {
             match self.state {
+                // httparse reads a chunk extension up to the next CR LF, past a bare LF: a
+                // size line must end at its first LF, with a CR before it (nginx 1.29.4).
+                ChunkState::Size
+                    if buf[..buf.len().min(MAX_CHUNK_LINE)]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .is_some_and(|i| i == 0 || buf[i - 1] != b'\r') =>
+                {
+                    return Err(Invalid("bare LF in a chunk size line"));
+                }
                 ChunkState::Size => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
                         buf.advance(used);
@@ -510,6 +558,7 @@ impl Chunked {
                     Ok(httparse::Status::Partial) if buf.len() > MAX_CHUNK_LINE => {
                         return Err(Invalid("too long chunk size line"));
                     }
+
                     Ok(httparse::Status::Partial) => return Ok(Step::More),
                     Err(_) => return Err(Invalid("invalid chunked body")),
                 },
@@ -533,11 +582,21 @@ impl Chunked {
                     self.state = ChunkState::Size;
                 }
                 ChunkState::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
+                    // A bare LF inside a trailer line: refused, as nginx does since 1.29.4.
+                    Some(end) if buf[..end].contains(&b'\n') => return Err(Invalid("bare LF in a trailer")),
                     Some(0) => {
                         buf.advance(2);
                         self.state = ChunkState::Done;
                     }
-                    Some(end) => buf.advance(end + 2),
+                    Some(end) => {
+                        self.trailer_lines += 1;
+                        self.trailer_bytes += end + 2;
+                        if self.trailer_lines > MAX_TRAILER_LINES || self.trailer_bytes > MAX_TRAILER_BYTES {
+                            return Err(Invalid("too many trailers"));
+                        }
+                        buf.advance(end + 2);
+                    }
+                    None if buf.contains(&b'\n') => return Err(Invalid("bare LF in a trailer")),
                     None if buf.len() > MAX_CHUNK_LINE => return Err(Invalid("too long trailer line")),
                     None => return Ok(Step::More),
                 },
@@ -550,6 +609,54 @@ impl Chunked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_head_dribbled_a_byte_at_a_time_is_parsed_a_few_times_not_per_byte() {
+        let head = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            (0..200).map(|i| format!("X-H{i}: {}\r\n", "v".repeat(60))).collect::<String>()
+        );
+        let mut scan = HeadScan::default();
+        let mut buf = BytesMut::new();
+        let mut parses = 0;
+        for &b in head.as_bytes() {
+            buf.extend_from_slice(&[b]);
+            if scan.worth_parsing(&buf) {
+                parses += 1;
+                if let Ok(Some(_)) = parse_request(&mut buf) {
+                    break;
+                }
+            }
+        }
+        assert_eq!(parses, 2, "once for the request line, once for the whole head");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn chunked_framing_refuses_bare_lf_and_unbounded_trailers_and_tells_what_is_announced() {
+        let decode_all = |body: &[u8]| -> Result<(), Invalid> {
+            let mut buf = BytesMut::from(body);
+            let mut d = Chunked::default();
+            loop {
+                match d.decode(&mut buf)? {
+                    Step::Data(_) => {}
+                    Step::More | Step::Done => return Ok(()),
+                }
+            }
+        };
+        assert!(decode_all(b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n").is_ok());
+        assert!(decode_all(b"5;x=y\nhello\r\n0\r\n\r\n").is_err(), "bare LF in an extension");
+        assert!(decode_all(b"5\r\nhello\r\n0\r\nX-T: 1\nX-U: 2\r\n\r\n").is_err(), "bare LF in a trailer");
+        let many = format!("0\r\n{}\r\n", (0..33).map(|i| format!("X-{i}: v\r\n")).collect::<String>());
+        assert!(decode_all(many.as_bytes()).is_err(), "33 trailer lines");
+        let big =
+            format!("0\r\n{}\r\n", (0..3).map(|i| format!("X-{i}: {}\r\n", "v".repeat(3000))).collect::<String>());
+        assert!(decode_all(big.as_bytes()).is_err(), "9 KiB of trailers");
+        let mut buf = BytesMut::from(&b"200000\r\nhel"[..]);
+        let mut d = Chunked::default();
+        assert_eq!(d.decode(&mut buf), Ok(Step::Data(Bytes::from_static(b"hel"))));
+        assert_eq!(d.announced(), 0x200000 - 3);
+    }
 
     fn parse(text: &str, head_request: bool) -> (Result<Parsed, Invalid>, BytesMut) {
         let mut buf = BytesMut::from(text.as_bytes());

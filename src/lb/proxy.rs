@@ -611,6 +611,13 @@ fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static
         }
         framing = BodyFraming::Length(length.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
     }
+    // nginx 1.22: a method is upper-case letters, '_' and '-' (`get` → 400).
+    if !req.method.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
+        return Err((StatusCode::BAD_REQUEST, "method not in upper case"));
+    }
+    if h.get_all(Name::Host).nth(1).is_some() {
+        return Err((StatusCode::BAD_REQUEST, "duplicate Host"));
+    }
     let mut encodings = h.get_all(Name::TransferEncoding);
     if let Some(encoding) = encodings.next() {
         if req.version == Version::HTTP_10 {

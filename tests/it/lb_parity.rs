@@ -1759,6 +1759,9 @@ fn malformed_client_requests() {
     );
     let post = |extra: &str| format!("POST / HTTP/1.1\r\nHost: lbtest\r\n{extra}\r\n");
     let chunked_body: &[u8] = b"5\r\nhello\r\n0\r\n\r\n";
+    let many_trailers =
+        format!("5\r\nhello\r\n0\r\n{}\r\n", (0..40).map(|i| format!("X-T{i}: {i}\r\n")).collect::<String>())
+            .into_bytes();
     let steps = vec![
         raw("CL and TE", &post("Content-Length: 5\r\nTransfer-Encoding: chunked\r\n"), chunked_body).expect(400, ""),
         raw("TE gzip, chunked", &post("Transfer-Encoding: gzip, chunked\r\n"), chunked_body).expect(501, ""),
@@ -1779,6 +1782,25 @@ fn malformed_client_requests() {
         raw("%00", &h("GET /a%00b HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
         raw("bad % escape", &h("GET /a%zz HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
         raw("/../ above root", &h("GET /../x HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("duplicate Host", &h("GET / HTTP/1.1\r\nHost: lbtest\r\nHost: other\r\n\r\n"), b"").expect(400, ""),
+        raw("lowercase method", &h("get / HTTP/1.1\r\nHost: lbtest\r\n\r\n"), b"").expect(400, ""),
+        raw("chunk size above the body limit", &post("Transfer-Encoding: chunked\r\n"), b"200000\r\nhello")
+            .expect(413, ""),
+        raw("bare LF in a chunk extension", &post("Transfer-Encoding: chunked\r\n"), b"5;x=y\nhello\r\n0\r\n\r\n")
+            .expect(200, "A")
+            .ours(400, "", "bare LF in chunked framing is refused, as nginx does since 1.29.4 (lb.md LB-29)"),
+        raw(
+            "bare LF in a trailer",
+            &post("Transfer-Encoding: chunked\r\n"),
+            b"5\r\nhello\r\n0\r\nX-T: 1\nX-U: 2\r\n\r\n",
+        )
+        .expect(200, "A")
+        .ours(400, "", "bare LF in a trailer is refused, as nginx does since 1.29.4"),
+        raw("40 trailers", &post("Transfer-Encoding: chunked\r\n"), &many_trailers).expect(200, "A").ours(
+            400,
+            "",
+            "more than 32 trailer lines or 8 KiB of trailers are refused (nginx 1.29.4 bounds them too)",
+        ),
         raw("bare LF in a chunked body", &post("Transfer-Encoding: chunked\r\n"), b"5\nhello\n0\n\n")
             .expect(200, "A")
             .check(|c| assert_eq!(body_seen(c, 0).body, b"hello"))
