@@ -107,6 +107,7 @@ impl Conn {
                     let status = match bad {
                         BadHead::LongRequestLine => StatusCode::URI_TOO_LONG,
                         BadHead::TooBig | BadHead::Invalid(_) => StatusCode::BAD_REQUEST,
+                        BadHead::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
                     };
                     tracing::debug!(server = "lb", %peer, ?bad, "request head refused");
                     self.respond(proxy::error_page(status), Version::HTTP_11, false, true).await?;

@@ -165,6 +165,8 @@ pub enum BadHead {
     TooBig,
     /// Not HTTP/1.x syntax: 400.
     Invalid(&'static str),
+    /// A well-formed request line of HTTP/2 or later: 505, as nginx answers.
+    VersionNotSupported,
 }
 
 /// A request head as the client sent it.
@@ -242,6 +244,7 @@ fn locate_request<'b>(
 ) -> Result<Option<Located>, Option<BadHead>> {
     let (len, request) = match parse_request_lines(buf, lines) {
         Err(httparse::Error::TooManyHeaders) => return Err(None),
+        Err(httparse::Error::Version) if newer_version(buf) => return Err(Some(BadHead::VersionNotSupported)),
         Err(e) => return Err(Some(invalid_request(e))),
         Ok(None) => return Ok(None),
         Ok(Some(found)) => found,
@@ -258,6 +261,31 @@ fn locate_request<'b>(
         spans.push(span);
     }
     Ok(Some(Located { len, line, spans }))
+}
+
+/// Whether the request line is `METHOD /target HTTP/M.N` with M of 2 or more: nginx answers
+/// such a line 505, not 400.
+fn newer_version(buf: &[u8]) -> bool {
+    let Some(end) = buf.iter().position(|&b| b == b'\n') else { return false };
+    let line = buf[..end].strip_suffix(b"\r").unwrap_or(&buf[..end]);
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    // nginx reads the line in order: a bad method or target is its 400 first.
+    if method.is_empty() || !method.iter().all(|&b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
+        return false;
+    }
+    let target_ok = target.starts_with(b"/") || target.windows(3).any(|w| w == b"://");
+    let Some((major, minor)) = version.strip_prefix(b"HTTP/").and_then(|v| {
+        let dot = v.iter().position(|&b| b == b'.')?;
+        Some((&v[..dot], &v[dot + 1..]))
+    }) else {
+        return false;
+    };
+    let digits = |d: &[u8]| !d.is_empty() && d.len() <= 3 && d.iter().all(u8::is_ascii_digit);
+    target_ok && digits(major) && digits(minor) && major.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) >= 2
 }
 
 /// An incomplete head: wait for more, unless no more may come.

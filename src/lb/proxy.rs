@@ -366,13 +366,12 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
     };
     let settings = &pool.settings;
 
-    let framing = match check_request(&req) {
-        Ok(framing) => framing,
-        Err((status, why)) => {
-            tracing::debug!(pool = %pool.name, %client, why, "request refused");
-            return Prepared::Answer(local(log, status, true));
-        }
-    };
+    // nginx's order: the request line and header lines as read, then the target, then the
+    // headers' meaning (Host, the body framing).
+    if let Err((status, why)) = check_lines(&req) {
+        tracing::debug!(pool = %pool.name, %client, why, "request refused");
+        return Prepared::Answer(local(log, status, true));
+    }
     let path = req.uri.path();
     let query = req.uri.query();
     let target = match (uri::is_normal(path), req.uri.path_and_query()) {
@@ -393,6 +392,13 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         Err(err) => {
             tracing::debug!(pool = %pool.name, %client, %err, "request target refused");
             return Prepared::Answer(local(log, StatusCode::BAD_REQUEST, true));
+        }
+    };
+    let framing = match check_request(&req) {
+        Ok(framing) => framing,
+        Err((status, why)) => {
+            tracing::debug!(pool = %pool.name, %client, why, "request refused");
+            return Prepared::Answer(local(log, status, true));
         }
     };
 
@@ -588,7 +594,8 @@ const LINE_BUFFER: usize = 8192;
 
 /// nginx's checks of the request head beyond its syntax (lb.md LB-25); how its body is
 /// framed when it passes them.
-fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static str)> {
+/// The request line and the header lines as nginx reads them.
+fn check_lines(req: &h1::Request) -> Result<(), (StatusCode, &'static str)> {
     let h = &req.headers;
     // nginx reads the request line and each header line into one of its 8 KiB buffers
     // (large_client_header_buffers 4 8k); `h1` only bounds the head as a whole.
@@ -599,6 +606,16 @@ fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static
     if h.iter().any(|(name, value)| name.len() + value.len() + ": \r\n".len() > LINE_BUFFER) {
         return Err((StatusCode::BAD_REQUEST, "header line longer than 8 KiB"));
     }
+    // nginx 1.22: a method is upper-case letters, '_' and '-' (`get` → 400).
+    if !req.method.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
+        return Err((StatusCode::BAD_REQUEST, "method not in upper case"));
+    }
+    Ok(())
+}
+
+/// nginx's checks of the headers' meaning, in its order: Host, then the body framing.
+fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static str)> {
+    let h = &req.headers;
     let mut framing = BodyFraming::None;
     let mut lengths = h.get_all(Name::ContentLength);
     if let Some(length) = lengths.next() {
@@ -611,12 +628,17 @@ fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static
         }
         framing = BodyFraming::Length(length.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')));
     }
-    // nginx 1.22: a method is upper-case letters, '_' and '-' (`get` → 400).
-    if !req.method.as_str().bytes().all(|b| b.is_ascii_uppercase() || b == b'_' || b == b'-') {
-        return Err((StatusCode::BAD_REQUEST, "method not in upper case"));
-    }
     if h.get_all(Name::Host).nth(1).is_some() {
         return Err((StatusCode::BAD_REQUEST, "duplicate Host"));
+    }
+    // nginx checks Host before the body framing (an HTTP/1.1 request without it is a 400 even
+    // with an unknown Transfer-Encoding; an absolute target does not stand in for it), and
+    // refuses an empty one.
+    if req.version == Version::HTTP_11 && !h.contains(Name::Host) {
+        return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
+    }
+    if h.get(Name::Host).is_some_and(|host| host.trim_ascii().is_empty()) {
+        return Err((StatusCode::BAD_REQUEST, "empty Host"));
     }
     let mut encodings = h.get_all(Name::TransferEncoding);
     if let Some(encoding) = encodings.next() {
@@ -633,9 +655,6 @@ fn check_request(req: &h1::Request) -> Result<BodyFraming, (StatusCode, &'static
             return Err((StatusCode::BAD_REQUEST, "Content-Length with Transfer-Encoding"));
         }
         framing = BodyFraming::Chunked;
-    }
-    if req.version == Version::HTTP_11 && !h.contains(Name::Host) && req.uri.authority().is_none() {
-        return Err((StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
     }
     Ok(framing)
 }
