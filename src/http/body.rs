@@ -37,11 +37,40 @@ pub struct IdleTimeoutBody<B> {
     /// Made the first time the sender keeps us waiting (a body already in the buffer never
     /// needs one).
     sleep: Option<Pin<Box<Sleep>>>,
+    progress: Option<std::sync::Arc<BodyProgress>>,
+}
+
+/// What a request body really brought, for the access log: the bytes that arrived and how it
+/// ended (a client that stops half way is not a server error).
+#[derive(Debug, Default)]
+pub struct BodyProgress {
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// 0: no failure; `ABORTED`; `TIMED_OUT`.
+    pub failure: std::sync::atomic::AtomicU8,
+}
+
+impl BodyProgress {
+    pub const ABORTED: u8 = 1;
+    pub const TIMED_OUT: u8 = 2;
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn failure(&self) -> u8 {
+        self.failure.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl<B> IdleTimeoutBody<B> {
     pub fn new(inner: B, idle: Duration) -> Self {
-        IdleTimeoutBody { inner, idle, due: None, sleep: None }
+        IdleTimeoutBody { inner, idle, due: None, sleep: None, progress: None }
+    }
+
+    /// Records what arrives, and how the body ended, in `progress`.
+    pub fn with_progress(mut self, progress: std::sync::Arc<BodyProgress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 }
 
@@ -62,6 +91,18 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.due = None;
+                if let Some(p) = &this.progress {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    match &frame {
+                        Some(Ok(f)) => {
+                            if let Some(data) = f.data_ref() {
+                                p.bytes.fetch_add(data.remaining() as u64, Relaxed);
+                            }
+                        }
+                        Some(Err(_)) => p.failure.store(BodyProgress::ABORTED, Relaxed),
+                        None => {}
+                    }
+                }
                 Poll::Ready(frame.map(|r| r.map_err(|e| BodyError(e.into()))))
             }
             Poll::Pending => {
@@ -75,7 +116,12 @@ where
                     None => this.sleep.insert(Box::pin(tokio::time::sleep_until(due))),
                 };
                 match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(BodyError(Box::new(IdleTimeout(this.idle)))))),
+                    Poll::Ready(()) => {
+                        if let Some(p) = &this.progress {
+                            p.failure.store(BodyProgress::TIMED_OUT, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Poll::Ready(Some(Err(BodyError(Box::new(IdleTimeout(this.idle))))))
+                    }
                     Poll::Pending => Poll::Pending,
                 }
             }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::basic::BasicAuth;
 use crate::config::WebdavConfig;
-use crate::http::body::{CountingBody, IdleTimeoutBody};
+use crate::http::body::{BodyProgress, CountingBody, IdleTimeoutBody};
 use crate::http::{BoxError, ConnInfo, ServerOptions};
 use crate::metrics::{Counter, CounterVec, Encoder, HistogramVec};
 use crate::telemetry::escape;
@@ -124,17 +124,19 @@ impl Webdav {
         let start = Instant::now();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
-        let bytes_in = content_length(req.headers());
+        let progress = Arc::new(BodyProgress::default());
         let (user, response) = match self.authorize(&req, conn.peer.ip()).await {
             Err(response) => (String::from("-"), response),
             Ok(user) => {
                 let response = match self.precheck(&req, conn.tls) {
                     Some(response) => response,
-                    None => self.dispatch(req, &user).await,
+                    None => self.dispatch(req, &user, Arc::clone(&progress)).await,
                 };
                 (user, response)
             }
         };
+        // What arrived, not what was announced.
+        let bytes_in = progress.bytes();
         let status = response.status();
         // These responses have no body to send, so hyper never polls it to the end.
         let bodiless = method == Method::HEAD || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -230,7 +232,7 @@ impl Webdav {
         None
     }
 
-    async fn dispatch(&self, req: Request<Incoming>, user: &str) -> Response<ResBody> {
+    async fn dispatch(&self, req: Request<Incoming>, user: &str, progress: Arc<BodyProgress>) -> Response<ResBody> {
         let mut req = req;
         let _permit = if req.method() == Method::PUT {
             match Arc::clone(&self.uploads).try_acquire_owned() {
@@ -262,8 +264,18 @@ impl Webdav {
             return response;
         }
         let idle = self.config.body_idle_timeout;
-        let req = req.map(|body| IdleTimeoutBody::new(body, idle).boxed_unsync());
+        let req = req.map(|body| IdleTimeoutBody::new(body, idle).with_progress(Arc::clone(&progress)).boxed_unsync());
         let response = self.dav.handle_guarded(req, user.to_owned(), ()).await;
+        // A body that stopped half way is the client's doing (nothing was stored): answered and
+        // logged as such, as nginx logs it, not as the engine's 502.
+        match progress.failure() {
+            BodyProgress::TIMED_OUT => {
+                self.metrics.rejected.inc(&["body_timeout"]);
+                return plain(StatusCode::REQUEST_TIMEOUT, "request body timed out\n");
+            }
+            BodyProgress::ABORTED => return plain(StatusCode::BAD_REQUEST, "request body incomplete\n"),
+            _ => {}
+        }
         response.map(|body| body.map_err(|e| Box::new(e) as BoxError).boxed_unsync())
     }
 

@@ -751,3 +751,37 @@ fn the_lb_spools_large_bodies_to_a_temp_file_and_replays_them_on_the_next_peer()
     assert!(text.contains("lb_retries_total{pool=\"store\"} 1"), "one PUT met the refusing server first: {text}");
     assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0, "temp files have no name and leave nothing");
 }
+
+// ------------------------------------------------------------- 10. aborted bodies
+
+#[test]
+fn a_body_that_stops_half_way_is_answered_and_logged_as_the_clients_doing() {
+    use std::io::{Read, Write};
+    let site = Site::with("hostile-aborted", "body_idle_timeout = \"1s\"");
+    let p = site.start();
+    let head = |path: &str| {
+        format!("PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 1000\r\n\r\n", basic())
+    };
+    // Stalls: answered 408 (not the engine's 502), nothing stored.
+    let mut s = std::net::TcpStream::connect(p.addr("webdav")).unwrap();
+    s.write_all(head("/recordings/stalled.opus").as_bytes()).unwrap();
+    s.write_all(&[b's'; 10]).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut answer = vec![0u8; 64];
+    let n = s.read(&mut answer).unwrap();
+    assert!(answer[..n].starts_with(b"HTTP/1.1 408"), "{:?}", String::from_utf8_lossy(&answer[..n]));
+    // Closes half way: logged 400 with the 10 bytes that came, not the 1000 announced.
+    let mut s = std::net::TcpStream::connect(p.addr("webdav")).unwrap();
+    s.write_all(head("/recordings/aborted.opus").as_bytes()).unwrap();
+    s.write_all(&[b'a'; 10]).unwrap();
+    drop(s);
+    wait_until("the aborted upload's access line", Duration::from_secs(10), || {
+        p.logs().lines().any(|l| l.contains("path=/recordings/aborted.opus") && l.contains("status="))
+    });
+    let logs = p.logs();
+    let line = logs.lines().find(|l| l.contains("path=/recordings/aborted.opus")).unwrap();
+    assert!(line.contains("status=400") && line.contains("bytes_in=10 "), "{line}");
+    let stalled = logs.lines().find(|l| l.contains("path=/recordings/stalled.opus")).unwrap();
+    assert!(stalled.contains("status=408") && stalled.contains("bytes_in=10 "), "{stalled}");
+    assert_eq!(tree(&site.root()), Vec::<String>::new(), "nothing was stored");
+}
