@@ -118,17 +118,42 @@ impl Conn {
             let version = request.version;
             let head_request = request.method == Method::HEAD;
             let keep_alive = keeps_alive(version, &request.headers);
-            let mut body = RequestBody { conn: self, expect: expects_continue(&request), read: false };
-            let prepared = proxy::prepare(pool, peer, request, &mut body).await;
-            let body_read = body.read;
-            let response = match prepared {
-                Prepared::Answer(response) => response,
-                Prepared::Hangup => return Ok(()),
-                Prepared::Forward(forward) => match self.forward(forward).await {
-                    Some(response) => response,
-                    // The client went away: the attempt was dropped, 499 logged.
-                    None => return Ok(()),
-                },
+            let label = (request.method.clone(), request.uri.path().to_owned());
+            // A panic stays inside this request: it is answered 500 and logged with the
+            // request; the connection then closes, every other one goes on.
+            let handled = std::panic::AssertUnwindSafe(async {
+                let mut body = RequestBody { conn: &mut *self, expect: expects_continue(&request), read: false };
+                let prepared = proxy::prepare(pool, peer, request, &mut body).await;
+                let body_read = body.read;
+                let response = match prepared {
+                    Prepared::Answer(response) => Some(response),
+                    Prepared::Hangup => None,
+                    Prepared::Forward(forward) => self.forward(forward).await,
+                };
+                (response, body_read)
+            });
+            let (response, body_read) = match futures_util::FutureExt::catch_unwind(handled).await {
+                Ok((Some(response), body_read)) => (response, body_read),
+                // The client went away (499 logged), or a stalled body (408 logged).
+                Ok((None, _)) => return Ok(()),
+                Err(panic) => {
+                    let message = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    tracing::error!(
+                        server = "lb",
+                        client = %peer.ip(),
+                        method = %label.0,
+                        path = %crate::telemetry::escape(&label.1),
+                        panic = %crate::telemetry::escape(&message),
+                        "a request panicked; it was answered alone, the process goes on"
+                    );
+                    self.respond(proxy::error_page(StatusCode::INTERNAL_SERVER_ERROR), version, head_request, true)
+                        .await?;
+                    return Ok(());
+                }
             };
             // A body left unread cannot be told from the next request: close after answering.
             let close = !keep_alive || !body_read || accepted.drain.is_cancelled();
