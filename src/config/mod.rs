@@ -78,6 +78,8 @@ pub struct WebdavConfig {
     pub header_timeout: Duration,
     /// A request body that sends nothing for this long is aborted.
     pub body_idle_timeout: Duration,
+    /// A response the client reads nothing of for this long is abandoned (nginx `send_timeout`).
+    pub send_timeout: Duration,
     /// Range requests with more ranges than this (after merging) get the whole file.
     pub max_ranges: usize,
     pub max_xml_body: u64,
@@ -384,6 +386,7 @@ impl WebdavConfig {
             io_threads: 16,
             header_timeout: Duration::from_secs(30),
             body_idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
             max_ranges: 16,
             max_xml_body: 64 << 10,
             lock_max_timeout: Duration::from_secs(3600),
@@ -416,6 +419,7 @@ impl WebdavConfig {
         let io_threads = s.count("io_threads", d.io_threads, 1..=512);
         let header_timeout = s.duration("header_timeout", d.header_timeout);
         let body_idle_timeout = s.duration("body_idle_timeout", d.body_idle_timeout);
+        let send_timeout = s.duration("send_timeout", d.send_timeout);
         let max_ranges = s.count("max_ranges", d.max_ranges, 1..=1000);
         let max_xml_body = s.size("max_xml_body", d.max_xml_body);
         let lock_max_timeout = s.duration("lock_max_timeout", d.lock_max_timeout);
@@ -434,7 +438,7 @@ impl WebdavConfig {
         if max_xml_body > 64 << 10 {
             s.problem_at("max_xml_body", "at most 64KiB (the protocol engine's own cap)");
         }
-        if header_timeout.is_zero() || body_idle_timeout.is_zero() {
+        if header_timeout.is_zero() || body_idle_timeout.is_zero() || send_timeout.is_zero() {
             s.problem_at("header_timeout", "timeouts must be above zero");
         }
         s.finish();
@@ -455,6 +459,7 @@ impl WebdavConfig {
             io_threads,
             header_timeout,
             body_idle_timeout,
+            send_timeout,
             max_ranges,
             max_xml_body,
             lock_max_timeout,

@@ -40,6 +40,9 @@ pub struct ServerOptions {
     pub max_headers: usize,
     /// Bytes of request head beyond this get 431.
     pub max_header_size: usize,
+    /// A response write that makes no progress for this long closes the connection (nginx
+    /// `send_timeout`): a client that stops reading cannot hold a connection and its file.
+    pub send_timeout: Duration,
     /// Set when several threads accept on handles of one socket (the lb workers).
     pub share: Option<AcceptShare>,
     /// The connection cap: one permit per connection served. With none left the accept
@@ -57,6 +60,7 @@ impl ServerOptions {
         grace: Duration::from_secs(30),
         max_headers: 100,
         max_header_size: 64 << 10,
+        send_timeout: Duration::from_secs(60),
         share: None,
         connections: None,
     };
@@ -169,6 +173,7 @@ where
         let conn_builder = builder(&builder_opts, conn.open);
         let name = builder_opts.name;
         async move {
+            let stream = body::WriteTimeout::new(stream, builder_opts.send_timeout);
             let served = conn_builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(served);
             let result = tokio::select! {

@@ -108,6 +108,7 @@ impl Webdav {
             tls,
             grace,
             connections: ServerOptions::cap(self.config.max_connections),
+            send_timeout: self.config.send_timeout,
             ..ServerOptions::DEFAULT_LIMITS
         };
         let make = move |conn: ConnInfo| {

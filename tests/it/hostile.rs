@@ -785,3 +785,37 @@ fn a_body_that_stops_half_way_is_answered_and_logged_as_the_clients_doing() {
     assert!(stalled.contains("status=408") && stalled.contains("bytes_in=10 "), "{stalled}");
     assert_eq!(tree(&site.root()), Vec::<String>::new(), "nothing was stored");
 }
+
+// ------------------------------------------------------------- 6. slow readers
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
+    use std::io::{Read, Write};
+    let site = Site::with("hostile-slowreader", "send_timeout = \"1s\"\nmax_connections = 4\nmax_uploads = 4");
+    let p = site.start();
+    let c = http();
+    let size = 32 << 20;
+    assert_eq!(put(&c, &p, "/recordings/big.opus", &vec![b'b'; size]), 201);
+    let mut s = std::net::TcpStream::connect(p.addr("webdav")).unwrap();
+    let head = format!("GET /recordings/big.opus HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n", basic());
+    s.write_all(head.as_bytes()).unwrap();
+    // Read nothing while the server's writes stall (socket buffers are far smaller than
+    // 32 MiB), then read what there is: the server gave up and closed before the end.
+    wait_until("the server to give up on the reader", Duration::from_secs(20), || {
+        p.logs().lines().any(|l| {
+            l.contains("path=/recordings/big.opus") && l.contains("method=GET") && l.contains("complete=false")
+        })
+    });
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 20];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    assert!(got < size, "the whole file arrived although the client stopped reading");
+    // Its connection is free again: the store still serves.
+    assert_eq!(get(&c, &p, "/recordings/big.opus").1.len(), size);
+}
