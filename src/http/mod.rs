@@ -192,9 +192,12 @@ where
     serve_streams(listener, opts, handle, shutdown).await
 }
 
-/// A service whose panics stay inside one request: a panic before the response answers 500,
-/// one while its body is produced ends that body with an error; both are logged with the
-/// request, and the process and every other request go on.
+/// What every hyper-served request passes before its role sees it. Requests no HTTP/1.1
+/// server should take are answered here, as nginx and Apache answer them: HTTP/1.1 without
+/// `Host`, or with two, → 400; a `Transfer-Encoding` other than `chunked` → 501. And panics
+/// stay inside one request: one before the response answers 500, one while its body is
+/// produced ends that body with an error; both are logged with the request, and the process
+/// and every other request go on.
 struct PanicGuard<S> {
     inner: S,
     server: &'static str,
@@ -217,6 +220,20 @@ where
     fn call(&self, req: Request<R>) -> Self::Future {
         use futures_util::FutureExt;
         use http_body_util::BodyExt;
+        if let Some((status, why)) = refused(&req) {
+            tracing::debug!(server = self.server, client = %self.peer.ip(), why, "request refused");
+            let mut response = Response::new(
+                http_body_util::Full::new(bytes::Bytes::from(format!("{why}\n")))
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            );
+            *response.status_mut() = status;
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
+            response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            return Box::pin(async move { Ok(response) });
+        }
         let what = Arc::new(RequestLabel {
             server: self.server,
             peer: self.peer,
@@ -256,6 +273,29 @@ where
             }
         })
     }
+}
+
+/// Why a request is refused before any role sees it, if it is.
+fn refused<R>(req: &Request<R>) -> Option<(http::StatusCode, &'static str)> {
+    let headers = req.headers();
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version() == http::Version::HTTP_11 => {
+            return Some((http::StatusCode::BAD_REQUEST, "HTTP/1.1 request without Host"));
+        }
+        (Some(_), Some(_)) => return Some((http::StatusCode::BAD_REQUEST, "duplicate Host")),
+        _ => {}
+    }
+    // hyper takes a list ending in `chunked` as chunked and ignores the rest: the role would
+    // store, say, gzip-encoded bytes as if they were the content.
+    if headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|te| !te.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+    {
+        return Some((http::StatusCode::NOT_IMPLEMENTED, "Transfer-Encoding other than chunked"));
+    }
+    None
 }
 
 /// Which request a panic belongs to, for its log line.
@@ -469,6 +509,98 @@ fn log_conn_error(name: &str, peer: SocketAddr, err: &hyper::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
+    use hyper::service::Service;
+
+    type Empty = http_body_util::Empty<bytes::Bytes>;
+
+    /// A role that answers what `f` makes (or panics where `f` does).
+    struct Fixed<F>(F);
+
+    impl<F: Fn() -> Response<GuardedBody>> Service<Request<Empty>> for Fixed<F> {
+        type Response = Response<GuardedBody>;
+        type Error = BoxError;
+        type Future = std::future::Ready<Result<Self::Response, BoxError>>;
+
+        fn call(&self, _req: Request<Empty>) -> Self::Future {
+            std::future::ready(Ok((self.0)()))
+        }
+    }
+
+    fn guard<F: Fn() -> Response<GuardedBody>>(f: F) -> PanicGuard<Fixed<F>> {
+        PanicGuard { inner: Fixed(f), server: "test", peer: "127.0.0.1:1".parse().unwrap() }
+    }
+
+    fn request() -> Request<Empty> {
+        Request::builder().header("host", "x").body(Empty::new()).unwrap()
+    }
+
+    fn ok_body() -> Response<GuardedBody> {
+        Response::new(
+            http_body_util::Full::new(bytes::Bytes::from_static(b"ok")).map_err(|e| match e {}).boxed_unsync(),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_response_answers_500_and_the_service_goes_on() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let service = guard(move || {
+            if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                panic!("boom in the handler");
+            }
+            ok_body()
+        });
+        let first = service.call(request()).await.expect("answered");
+        assert_eq!(first.status(), 500);
+        let second = service.call(request()).await.expect("answered");
+        assert_eq!(second.status(), 200);
+        assert_eq!(second.into_body().collect().await.unwrap().to_bytes(), "ok");
+    }
+
+    #[tokio::test]
+    async fn a_panic_while_the_body_is_made_ends_that_body_with_an_error() {
+        struct Exploding;
+        impl http_body::Body for Exploding {
+            type Data = bytes::Bytes;
+            type Error = BoxError;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+                panic!("boom in the body")
+            }
+        }
+        let service = guard(|| Response::new(Exploding.boxed_unsync()));
+        let response = service.call(request()).await.expect("answered");
+        assert_eq!(response.status(), 200, "the head was already made");
+        let err = response.into_body().collect().await.expect_err("the body must fail");
+        assert!(err.to_string().contains("panicked"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn requests_no_http_1_1_server_takes_never_reach_the_role() {
+        let service = guard(|| panic!("the role must not see this request"));
+        let cases = [
+            (Request::builder().body(Empty::new()).unwrap(), 400),
+            (Request::builder().header("host", "a").header("host", "b").body(Empty::new()).unwrap(), 400),
+            (
+                Request::builder()
+                    .header("host", "a")
+                    .header("transfer-encoding", "gzip, chunked")
+                    .body(Empty::new())
+                    .unwrap(),
+                501,
+            ),
+        ];
+        for (req, want) in cases {
+            let response = service.call(req).await.expect("answered");
+            assert_eq!(response.status(), want);
+        }
+        let http10 = Request::builder().version(http::Version::HTTP_10).body(Empty::new()).unwrap();
+        let service = guard(ok_body);
+        assert_eq!(service.call(http10).await.unwrap().status(), 200, "HTTP/1.0 needs no Host");
+    }
 
     #[test]
     fn a_thread_defers_only_while_another_has_two_fewer_connections() {

@@ -629,22 +629,21 @@ fn assert_capped(name: &str, addr: std::net::SocketAddr, cap: usize, request: &s
     assert!(head.starts_with("HTTP/1.1 "), "{name}: once a connection closed, the waiting one is served: {head:?}");
 }
 
-#[test]
-fn every_listener_has_a_connection_cap() {
-    let dir = TempDir::new("hostile-conncap");
+/// Every role in one process, each listener capped at `cap` connections.
+fn all_roles(dir: &TempDir, cap: usize) -> Proc {
     std::fs::create_dir_all(dir.join("root")).unwrap();
     std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
         format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = 2\n\
-             [webdav]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nhtpasswd = \"{pw}\"\nmax_connections = 2\nmax_uploads = 2\n\
-             [excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/excp\"\nrecording_processor_url = \"http://127.0.0.1:9\"\nmax_connections = 2\n\
-             [exrp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/exrp\"\ninstance = \"cap\"\nmax_connections = 2\n\
+            "[admin]\nlisten = \"127.0.0.1:0\"\nmax_connections = {cap}\n\
+             [webdav]\nlisten = \"127.0.0.1:0\"\nroot = \"{root}\"\nhtpasswd = \"{pw}\"\nmax_connections = {cap}\nmax_uploads = {cap}\n\
+             [excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/excp\"\nrecording_processor_url = \"http://127.0.0.1:9\"\nmax_connections = {cap}\n\
+             [exrp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{dir}/exrp\"\ninstance = \"cap\"\nmax_connections = {cap}\n\
              [exrp.transient_storage]\nurl = \"http://127.0.0.1:9/recordings\"\nusername = \"u\"\npassword = \"p\"\n\
              [exrp.local_sink]\ndir = \"{dir}/sink\"\n\
-             [lb]\nworkers = 1\nworker_connections = 2\n\
+             [lb]\nworkers = 1\nworker_connections = {cap}\n\
              [lb.pools.one]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:9\"]\n",
             root = dir.join("root").display(),
             pw = dir.join("htpasswd").display(),
@@ -652,7 +651,13 @@ fn every_listener_has_a_connection_cap() {
         ),
     )
     .unwrap();
-    let p = Proc::start(&["--role", "all", "--config", config.to_str().unwrap()]);
+    Proc::start(&["--role", "all", "--config", config.to_str().unwrap()])
+}
+
+#[test]
+fn every_listener_has_a_connection_cap() {
+    let dir = TempDir::new("hostile-conncap");
+    let p = all_roles(&dir, 2);
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\r\n", basic());
     for (name, path) in
         [("webdav", "/recordings/"), ("admin", "/health"), ("excp", "/health"), ("exrp", "/health"), ("lb.one", "/")]
@@ -818,4 +823,23 @@ fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     assert!(got < size, "the whole file arrived although the client stopped reading");
     // Its connection is free again: the store still serves.
     assert_eq!(get(&c, &p, "/recordings/big.opus").1.len(), size);
+}
+
+// ------------------------------------------------------------- 10. requests no role should see
+
+#[test]
+fn every_listener_refuses_what_no_http_1_1_server_takes() {
+    let dir = TempDir::new("hostile-hostless");
+    let p = all_roles(&dir, 64);
+    let cases = [
+        ("GET /health HTTP/1.1\r\n\r\n", 400),
+        ("GET /health HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+        ("POST /health HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+    ];
+    for name in ["webdav", "admin", "excp", "exrp", "lb.one"] {
+        for (request, want) in cases {
+            let (status, _, _) = raw_request(p.addr(name), request, b"");
+            assert_eq!(status, want, "{name}: {request:?}");
+        }
+    }
 }
