@@ -65,6 +65,8 @@ pub enum Sink {
     /// `[exrp.genesys_cloud]`: the default org and one per tenant that has its own.
     Cloud {
         default: GenesysCloudConfig,
+        /// The tenant the top-level org serves once any tenant has its own org.
+        default_tenant: String,
         tenants: BTreeMap<String, GenesysCloudConfig>,
         sidecar: bool,
         signed_url_timeout: Duration,
@@ -233,6 +235,7 @@ fn parse_cloud(table: &toml::Table, problems: &mut Vec<String>) -> Option<Sink> 
     if !(Duration::from_secs(60)..=Duration::from_secs(604_800)).contains(&signed_url_timeout) {
         s.problem_at("signed_url_timeout", "must be from 60s to 7d (the API's signedUrlTimeoutSeconds range)");
     }
+    let default_tenant = s.string("default_tenant").unwrap_or_else(|| "Environment".to_string());
     let default = org(&mut s, table, None);
     s.finish();
     let mut tenants = BTreeMap::new();
@@ -242,13 +245,32 @@ fn parse_cloud(table: &toml::Table, problems: &mut Vec<String>) -> Option<Sink> 
             continue;
         };
         let mut s = Section::new(format!("exrp.genesys_cloud.tenants.{name}"), t, problems);
+        // An EX Org is never shared between tenants: a tenant's table names its own OAuth
+        // client; region and URLs may come from the top-level org.
+        let own = |keys: &[&str]| keys.iter().any(|k| t.contains_key(*k));
+        if !own(&["client_id"]) {
+            s.problem_at("client_id", "a tenant needs its own (one EX Org per tenant; it is not inherited)");
+        }
+        if !own(&[
+            "client_secret",
+            "client_secret_file",
+            "client_secret_env",
+            "password",
+            "password_file",
+            "password_env",
+        ]) {
+            s.problem_at("client_secret", "a tenant needs its own (one EX Org per tenant; it is not inherited)");
+        }
+        if name == &default_tenant {
+            s.problem_at("client_id", format!("{name:?} is the default_tenant, served by the top-level org"));
+        }
         let org = org(&mut s, t, default.as_ref());
         s.finish();
         if let Some(org) = org {
             tenants.insert(name.clone(), org);
         }
     }
-    Some(Sink::Cloud { default: default?, tenants, sidecar, signed_url_timeout })
+    Some(Sink::Cloud { default: default?, default_tenant, tenants, sidecar, signed_url_timeout })
 }
 
 /// One org's keys; a tenant table inherits what it does not set from the default org.

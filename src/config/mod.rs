@@ -881,6 +881,24 @@ mod tests {
         for needle in ["not both", "region domain", "client_secret"] {
             assert!(p.iter().any(|m| m.contains(needle)), "{needle} missing in {p:?}");
         }
+        // One EX Org per tenant: a tenant table that would inherit the OAuth client is refused,
+        // and so is one for the tenant the top-level org serves.
+        let org = "[exrp.genesys_cloud]\nregion = \"mypurecloud.com\"\nclient_id = \"id\"\nclient_secret = \"s\"\n";
+        let p = problems(&format!("{base}{org}[exrp.genesys_cloud.tenants.T2]\nregion = \"mypurecloud.com\"\n"));
+        assert!(p.iter().any(|m| m.contains("tenants.T2.client_id") && m.contains("its own")), "{p:?}");
+        assert!(p.iter().any(|m| m.contains("tenants.T2.client_secret") && m.contains("its own")), "{p:?}");
+        let p = problems(&format!(
+            "{base}{org}[exrp.genesys_cloud.tenants.Environment]\nclient_id = \"e\"\nclient_secret_env = \"PATH\"\n"
+        ));
+        assert!(p.iter().any(|m| m.contains("default_tenant")), "{p:?}");
+        let c = Config::from_toml_str_env(
+            &format!("{base}{org}default_tenant = \"Main\"\n[exrp.genesys_cloud.tenants.Environment]\nclient_id = \"e\"\nclient_secret = \"t\"\n"),
+            Role::Exrp,
+            &|_| None,
+        )
+        .unwrap();
+        let crate::config::Sink::Cloud { default_tenant, .. } = c.exrp.unwrap().sink else { panic!("cloud sink") };
+        assert_eq!(default_tenant, "Main");
     }
 
     #[test]

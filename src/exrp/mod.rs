@@ -58,7 +58,12 @@ pub struct Exrp {
     wake: tokio::sync::Notify,
     /// The last finished jobs, newest last, for the status page.
     recent: std::sync::Mutex<std::collections::VecDeque<Finished>>,
+    /// Jobs waiting for their tenant's EX Org to be configured: id → tenant.
+    waiting_for_org: std::sync::Mutex<std::collections::BTreeMap<i64, String>>,
 }
+
+/// How often a job whose tenant has no EX Org is looked at again.
+const WAITING_RECHECK: Duration = Duration::from_secs(60);
 
 /// How many finished jobs the status page can show.
 const RECENT_FINISHED: usize = 25;
@@ -111,6 +116,8 @@ impl Exrp {
         }
         let queue = Queue::open(&config.state_dir, config.fsync)?;
         let recovered = queue.recover()?;
+        // Jobs that waited for a tenant's org look again now: this start may have brought it.
+        queue.wake_waiting(work::NO_ORG)?;
         let counts = queue.counts()?;
         let http = HttpClient::for_urls(&[&config.storage.url])?;
         let dav = DavClient::new(
@@ -150,6 +157,7 @@ impl Exrp {
             orphans: scan::OrphanStats::default(),
             wake: tokio::sync::Notify::new(),
             recent: Default::default(),
+            waiting_for_org: Default::default(),
         }))
     }
 
@@ -282,7 +290,22 @@ async fn schedule(exrp: Arc<Exrp>, shutdown: CancellationToken) {
 
 async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
     let id = job.id;
+    {
+        let mut waiting = exrp.waiting_for_org.lock().unwrap_or_else(|p| p.into_inner());
+        match &outcome {
+            Outcome::Waiting(_) => {
+                waiting.insert(id, job.tenant.clone());
+            }
+            _ => {
+                waiting.remove(&id);
+            }
+        }
+    }
     let result = match outcome {
+        Outcome::Waiting(reason) => {
+            tracing::warn!(file = %job.file, tenant = %job.tenant, "waiting: {reason}");
+            exrp.queue.run(move |q| q.retry_later(id, WAITING_RECHECK, &reason)).await
+        }
         Outcome::Done(how) => {
             exrp.metrics.outcomes.inc(&[how]);
             exrp.finished(job, how, None);
@@ -399,7 +422,7 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
             return reply(StatusCode::BAD_REQUEST, 40003, &format!("cannot read the body: {err}"), &corr_id, json!({}));
         }
     };
-    let jobs = match job::parse(&bytes, "Environment") {
+    let jobs = match job::parse(&bytes, exrp.default_tenant()) {
         Ok(jobs) => jobs,
         Err(err) => {
             exrp.metrics.requests.inc(&["400"]);
@@ -463,6 +486,21 @@ async fn not_found() -> Response {
 }
 
 impl Exrp {
+    /// The tenant of a recording whose interaction-end names none.
+    pub(crate) fn default_tenant(&self) -> &str {
+        match &self.config.sink {
+            crate::config::Sink::Cloud { default_tenant, .. } => default_tenant,
+            crate::config::Sink::Local { .. } => "Environment",
+        }
+    }
+
+    /// Jobs waiting for their tenant's EX Org: how many, and which tenants.
+    fn waiting_json(&self) -> serde_json::Value {
+        let waiting = self.waiting_for_org.lock().unwrap_or_else(|p| p.into_inner());
+        let tenants: std::collections::BTreeSet<&String> = waiting.values().collect();
+        json!({ "jobs": waiting.len(), "tenants": tenants })
+    }
+
     /// `{"status":"UP","dependencies":{"webdav":"UP","genesysCloud":"UP"},"queue":{…}}`.
     fn health_body(&self) -> (bool, serde_json::Value) {
         let status = |b: bool| if b { "UP" } else { "DOWN" };
@@ -484,6 +522,7 @@ impl Exrp {
             "dependencies": deps,
             "queue": { "pending": pending, "working": working, "done": done, "dead": dead },
             "stateError": state.err(),
+            "waitingForTenantOrg": self.waiting_json(),
             "orphans": self.orphans.to_json(),
             "instance": self.config.instance,
             "lockSupported": !self.lock_unsupported.load(Ordering::Relaxed),
@@ -518,6 +557,11 @@ impl RoleStatus for Exrp {
             "exrp_jobs_duplicate_total",
             "Recordings sent again for a known job (ignored).",
             m.jobs_duplicate.get(),
+        );
+        enc.gauge(
+            "exrp_jobs_waiting_for_org",
+            "Pending jobs whose tenant has no EX Org configured (they wait; never uploaded elsewhere).",
+            self.waiting_for_org.lock().unwrap_or_else(|p| p.into_inner()).len() as f64,
         );
         enc.family("exrp_jobs", "Jobs in the queue by state.", "gauge");
         for (state, n) in JobState::ALL.iter().zip(&self.counts) {

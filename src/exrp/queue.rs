@@ -271,6 +271,18 @@ impl Queue {
         })
     }
 
+    /// Makes pending jobs whose last reason contains `marker` due now (jobs that waited for a
+    /// configuration change, at a start that may bring it).
+    pub fn wake_waiting(&self, marker: &str) -> Result<usize, QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET next_at = ?1 WHERE state = 'pending' AND instr(reason, ?2) > 0",
+                params![now, marker],
+            )
+        })
+    }
+
     /// Takes up to `limit` due pending jobs and marks them working.
     pub fn take_due(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
         let now = now_ms() as i64;

@@ -24,6 +24,7 @@ pub struct LocalSink {
 
 pub struct CloudSink {
     default: CloudClient,
+    default_tenant: String,
     tenants: BTreeMap<String, CloudClient>,
     pub sidecar: bool,
     pub signed_url_timeout: Duration,
@@ -38,7 +39,7 @@ impl Sink {
                     .with_context(|| format!("cannot create the local sink {}", dir.display()))?;
                 Sink::Local(LocalSink { dir: dir.clone(), fsync })
             }
-            SinkConfig::Cloud { default, tenants, sidecar, signed_url_timeout } => {
+            SinkConfig::Cloud { default, default_tenant, tenants, sidecar, signed_url_timeout } => {
                 let http = client_for(default)?;
                 let mut by_tenant = BTreeMap::new();
                 for (name, org) in tenants {
@@ -46,6 +47,7 @@ impl Sink {
                 }
                 Sink::Cloud(Box::new(CloudSink {
                     default: CloudClient::new(default, http, request_timeout),
+                    default_tenant: default_tenant.clone(),
                     tenants: by_tenant,
                     sidecar: *sidecar,
                     signed_url_timeout: *signed_url_timeout,
@@ -67,9 +69,15 @@ fn client_for(org: &GenesysCloudConfig) -> anyhow::Result<HttpClient> {
 }
 
 impl CloudSink {
-    /// The client of the tenant's EX Org, else the default org's.
-    pub fn client(&self, tenant: &str) -> &CloudClient {
-        self.tenants.get(tenant).unwrap_or(&self.default)
+    /// The client of the tenant's EX Org. With no tenant table the one org serves every
+    /// tenant; once any tenant has its own org, the top-level org serves `default_tenant` only
+    /// and a tenant without an org has none (its recordings wait: never uploaded elsewhere,
+    /// which would put them into another tenant's organization).
+    pub fn client(&self, tenant: &str) -> Option<&CloudClient> {
+        if self.tenants.is_empty() || tenant == self.default_tenant {
+            return Some(&self.default);
+        }
+        self.tenants.get(tenant)
     }
 
     pub fn clients(&self) -> impl Iterator<Item = (&str, &CloudClient)> {

@@ -36,6 +36,22 @@ pub enum Outcome {
         reason: String,
     },
     Dead(String),
+    /// Cannot go anywhere until the configuration changes (a tenant without an EX Org): asked
+    /// again later, never dead, never uploaded elsewhere.
+    Waiting(String),
+}
+
+/// In the reason of every job waiting for its tenant's org (`Queue::wake_waiting` finds them).
+pub const NO_ORG: &str = "has no EX Org";
+
+/// Why a job of `tenant` cannot be uploaded with this configuration, if it cannot.
+pub fn no_org(exrp: &Exrp, tenant: &str) -> Option<Outcome> {
+    match &exrp.sink {
+        Sink::Cloud(cloud) if cloud.client(tenant).is_none() => Some(Outcome::Waiting(format!(
+            "tenant {tenant:?} {NO_ORG}: add [exrp.genesys_cloud.tenants.{tenant}] and restart exrp"
+        ))),
+        _ => None,
+    }
 }
 
 fn retry(reason: impl Into<String>) -> Outcome {
@@ -88,6 +104,10 @@ impl Drop for BusyFile<'_> {
 }
 
 pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
+    // Before the claim and the fetch: nothing to do until the tenant has an org.
+    if let Some(waiting) = no_org(exrp, &job.tenant) {
+        return waiting;
+    }
     let dav = &exrp.dav;
     // Two jobs can name one file (two mediaIds, one uri); they take turns, and `adopt` can
     // trust that a lock with our name that no job here holds is an earlier run's.
@@ -490,7 +510,9 @@ async fn upload_cloud(
 ) -> Result<String, Outcome> {
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
-    let client = cloud.client(&job.tenant);
+    let Some(client) = cloud.client(&job.tenant) else {
+        return Err(no_org(exrp, &job.tenant).unwrap_or_else(|| retry("no EX Org for the tenant")));
+    };
     let name = clean_file_name(&job.file);
     let md5_b64 = b64(md5);
     let mut record: UploadRecord = props

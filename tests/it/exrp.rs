@@ -65,7 +65,7 @@ impl Store {
 /// One exrp process with its state directory; restartable, killable.
 pub struct Exrp {
     pub dir: TempDir,
-    config: PathBuf,
+    pub config: PathBuf,
     pub proc: Option<Proc>,
 }
 
@@ -667,6 +667,45 @@ fn each_tenant_uploads_into_its_own_org() {
     exrp.wait_idle(2, 0);
     assert_eq!((main_org.uploads_of("TA_1.opus"), main_org.uploads_of("TB_1.opus")), (1, 0));
     assert_eq!((other.uploads_of("TA_1.opus"), other.uploads_of("TB_1.opus")), (0, 1));
+}
+
+#[test]
+fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
+    let store = Store::start("exrp-tenant-waits");
+    let (main_org, sink) = cloud_sink();
+    let other = FakeCloud::start("client-2", "secret-2");
+    let tenant2 = format!(
+        "[exrp.genesys_cloud.tenants.Tenant2]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-2\"\nclient_secret = \"secret-2\"\n",
+        other.base_url()
+    );
+    let mut exrp = Exrp::start("exrp-tenant-waits", &store.url(), &format!("{sink}{tenant2}"), "");
+    store.put("TC_1.opus", SAMPLE);
+    let mut body = end_body("TC", &[("1", "TC_1.opus", SAMPLE.len())]);
+    body["tenant"] = json!("Tenant3");
+    assert_eq!(exrp.post(&body).status, 202, "accepted: it waits durably");
+    let health = exrp.wait_health("the job waiting for its org", |_, b| b["waitingForTenantOrg"]["jobs"] == 1);
+    assert_eq!(health["waitingForTenantOrg"]["tenants"], json!(["Tenant3"]));
+    assert_eq!((health["queue"]["pending"].as_u64(), health["queue"]["dead"].as_u64()), (Some(1), Some(0)));
+    let metrics = exrp.proc().logs();
+    assert!(metrics.contains("tenant \"Tenant3\" has no EX Org"), "the reason is logged");
+    assert_eq!((main_org.uploads_of("TC_1.opus"), other.uploads_of("TC_1.opus")), (0, 0), "never elsewhere");
+    assert!(store.has("TC_1.opus"), "the recording stays in the store");
+
+    // Configured (and exrp restarted): it goes out to its own org, and only there.
+    let third = FakeCloud::start("client-3", "secret-3");
+    let tenant3 = format!(
+        "[exrp.genesys_cloud.tenants.Tenant3]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-3\"\nclient_secret = \"secret-3\"\n",
+        third.base_url()
+    );
+    let text = std::fs::read_to_string(&exrp.config).unwrap() + &tenant3;
+    std::fs::write(&exrp.config, text).unwrap();
+    exrp.proc = None;
+    exrp.restart();
+    exrp.wait_idle(1, 0);
+    assert_eq!(
+        (main_org.uploads_of("TC_1.opus"), other.uploads_of("TC_1.opus"), third.uploads_of("TC_1.opus")),
+        (0, 0, 1)
+    );
 }
 
 #[test]
