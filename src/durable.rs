@@ -229,3 +229,50 @@ fn probe(dir: &Path) -> io::Result<()> {
     let _ = fs::remove_file(&path);
     result
 }
+
+/// State on disk written by a newer exec-allinone than this one. It is refused before
+/// anything reads or writes it (exit 78), so rolling back a release never damages state the
+/// newer one wrote.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{what} is in format {found}; this exec-allinone knows formats up to {known}, so a newer release wrote it. \
+     Nothing was changed: run that release again, or restore the state saved before the upgrade"
+)]
+pub struct NewerState {
+    pub what: String,
+    pub found: u32,
+    pub known: u32,
+}
+
+/// The format version of a state directory, kept in `<dir>/FORMAT` ("<n>\n"). Checked before
+/// anything else touches the directory; a directory without the file is format 1 (what every
+/// release before versioning wrote) and gets the file.
+pub fn check_format(dir: &Path, what: &str, known: u32) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let file = dir.join("FORMAT");
+    let found = match fs::read_to_string(&file) {
+        Ok(text) => text
+            .trim()
+            .parse::<u32>()
+            .with_context(|| format!("{} does not hold a format number: {:?}", file.display(), text.trim()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 1,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", file.display())),
+    };
+    if found > known {
+        return Err(NewerState { what: what.to_string(), found, known }.into());
+    }
+    if found < known || !file.exists() {
+        // Migrations from `found` to `known` go here when a format changes; format 1 is the
+        // only one so far.
+        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let tmp = dir.join(format!("{TEMP_PREFIX}FORMAT"));
+        let mut f = File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        writeln!(f, "{known}")?;
+        f.sync_all()?;
+        fs::rename(&tmp, &file)?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
+}

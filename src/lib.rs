@@ -98,7 +98,11 @@ pub fn main(cli: Cli) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     eprintln!("queue: {err:#}");
-                    ExitCode::FAILURE
+                    if err.downcast_ref::<durable::NewerState>().is_some() {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }
@@ -169,6 +173,10 @@ fn run(role: Role, path: Option<&std::path::Path>) -> ExitCode {
     };
     match runtime.block_on(app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<durable::NewerState>().is_some() => {
+            tracing::error!("{err:#}");
+            ExitCode::from(EXIT_CONFIG)
+        }
         Err(err) if lb::is_resolve_error(&err) => {
             tracing::error!("{err:#} (exiting with {EXIT_UNAVAILABLE} so that systemd retries)");
             ExitCode::from(EXIT_UNAVAILABLE)

@@ -73,10 +73,14 @@ fn reply(status: StatusCode, code: u32, message: &str, corr_id: &str) -> Respons
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// The format of excp's state directory (`durable::check_format`).
+const STATE_FORMAT: u32 = 1;
+
 impl Excp {
     /// Opens the state directory and loads every call it holds; nothing is bound yet.
     pub fn prepare(config: &ExcpConfig) -> anyhow::Result<Arc<Excp>> {
         use anyhow::Context;
+        crate::durable::check_format(&config.state_dir, "the excp state", STATE_FORMAT)?;
         let records = RecordDir::open(&config.state_dir.join("calls"), config.fsync)
             .with_context(|| format!("cannot open the excp state in {}", config.state_dir.display()))?;
         let book = CallBook::open(records, config.max_open_calls, config.max_recordings_per_call)?;

@@ -25,7 +25,10 @@ pub fn queue(config: Option<&Path>, state_dir: Option<&Path>, action: QueueActio
         "no job queue in {} (queue.db is made when exrp first starts)",
         dir.display()
     );
-    let q = Queue::open(&dir, true)?;
+    let q = Queue::open(&dir, true).map_err(|e| match e {
+        super::queue::OpenError::Newer(newer) => anyhow::Error::new(newer),
+        super::queue::OpenError::Queue(e) => e.into(),
+    })?;
     match action {
         QueueAction::List { state, call_uuid, limit, json } => {
             let state = state.as_deref().and_then(State::parse);

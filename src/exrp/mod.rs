@@ -114,7 +114,10 @@ impl Exrp {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        let queue = Queue::open(&config.state_dir, config.fsync)?;
+        let queue = Queue::open(&config.state_dir, config.fsync).map_err(|e| match e {
+            queue::OpenError::Newer(newer) => anyhow::Error::new(newer),
+            queue::OpenError::Queue(e) => e.into(),
+        })?;
         let recovered = queue.recover()?;
         // Jobs that waited for a tenant's org look again now: this start may have brought it.
         queue.wake_waiting(work::NO_ORG)?;

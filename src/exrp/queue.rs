@@ -91,6 +91,15 @@ pub struct Job {
     pub lock_token: Option<String>,
 }
 
+/// Why the queue could not be opened: a newer release's queue is told apart (exit 78).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Newer(#[from] crate::durable::NewerState),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("job queue {}: {message}", path.display())]
 pub struct QueueError {
@@ -172,17 +181,33 @@ pub struct Added {
     pub duplicate: usize,
 }
 
+/// The format of `queue.db`, kept in SQLite's `user_version`.
+pub const QUEUE_FORMAT: u32 = 1;
+
 impl Queue {
     /// Opens (or creates) `dir/queue.db`. `fsync` false trades crash safety for speed (tests,
     /// benchmarks): a power cut may then lose the last commits, a process kill still does not.
-    pub fn open(dir: &Path, fsync: bool) -> Result<Queue, QueueError> {
+    pub fn open(dir: &Path, fsync: bool) -> Result<Queue, OpenError> {
         let path = dir.join("queue.db");
         let err = |e: rusqlite::Error| QueueError { path: path.clone(), message: e.to_string() };
         let conn = Connection::open(&path).map_err(err)?;
+        // Before anything writes: a queue a newer release made is left exactly as it is.
+        let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
+        if found > QUEUE_FORMAT {
+            return Err(OpenError::Newer(crate::durable::NewerState {
+                what: path.display().to_string(),
+                found,
+                known: QUEUE_FORMAT,
+            }));
+        }
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        if found < QUEUE_FORMAT {
+            // 0: made before the format was versioned, the same tables as format 1.
+            conn.pragma_update(None, "user_version", QUEUE_FORMAT).map_err(err)?;
+        }
         Ok(Queue { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
     }
 

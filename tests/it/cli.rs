@@ -326,3 +326,65 @@ fn import_env_turns_a_genesys_env_into_a_config_check_config_accepts() {
     let bad = Command::new(BIN).args(["import-env", dir.join("none").to_str().unwrap()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(78));
 }
+
+/// Runs the binary to its exit (it must not start serving): (exit code, stderr).
+fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = std::process::Command::new(BIN)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_timeout(&mut child, std::time::Duration::from_secs(20)).expect("it exits on its own");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status.code(), err)
+}
+
+#[test]
+fn state_from_before_versioning_is_taken_and_state_from_a_newer_release_is_refused_untouched() {
+    let dir = TempDir::new("state-format");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{d}/excp\"\nrecording_processor_url = \"http://127.0.0.1:9\"\n\
+             [exrp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{d}/exrp\"\ninstance = \"fmt\"\n\
+             [exrp.transient_storage]\nurl = \"http://127.0.0.1:9/recordings\"\nusername = \"u\"\npassword = \"p\"\n\
+             [exrp.local_sink]\ndir = \"{d}/sink\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    // State as releases before versioning left it: a queue.db with user_version 0, an excp
+    // state directory without FORMAT. Taken, and marked format 1.
+    std::fs::create_dir_all(dir.join("exrp")).unwrap();
+    std::fs::create_dir_all(dir.join("excp/calls")).unwrap();
+    rusqlite::Connection::open(dir.join("exrp/queue.db")).unwrap().execute_batch("CREATE TABLE old(x);").unwrap();
+    let p = Proc::start(&["--role", "all", "--config", config.to_str().unwrap()]);
+    drop(p);
+    assert_eq!(std::fs::read_to_string(dir.join("excp/FORMAT")).unwrap(), "1\n");
+    let version: u32 = rusqlite::Connection::open(dir.join("exrp/queue.db"))
+        .unwrap()
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+
+    // A newer release's state: exit 78, the file named, nothing changed.
+    rusqlite::Connection::open(dir.join("exrp/queue.db")).unwrap().pragma_update(None, "user_version", 2).unwrap();
+    let before = std::fs::read(dir.join("exrp/queue.db")).unwrap();
+    let (code, err) = run_to_exit(&["--role", "exrp", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("queue.db") && err.contains("format 2") && err.contains("up to 1"), "{err}");
+    assert_eq!(std::fs::read(dir.join("exrp/queue.db")).unwrap(), before, "the newer queue was touched");
+    let exrp_state = dir.join("exrp");
+    let (code, err) = run_to_exit(&["queue", "list", "--state-dir", exrp_state.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{err}");
+
+    std::fs::write(dir.join("excp/FORMAT"), "2\n").unwrap();
+    let (code, err) = run_to_exit(&["--role", "excp", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{err}");
+    assert!(err.contains("excp state") && err.contains("format 2"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("excp/FORMAT")).unwrap(), "2\n");
+}
