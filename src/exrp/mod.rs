@@ -114,6 +114,7 @@ impl Exrp {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        crate::clock::warn_if_unsynchronized();
         let queue = Queue::open(&config.state_dir, config.fsync).map_err(|e| match e {
             queue::OpenError::Newer(newer) => anyhow::Error::new(newer),
             queue::OpenError::Queue(e) => e.into(),
@@ -526,6 +527,8 @@ impl Exrp {
             "queue": { "pending": pending, "working": working, "done": done, "dead": dead },
             "stateError": state.err(),
             "waitingForTenantOrg": self.waiting_json(),
+            // Tokens and presigned URLs depend on it: said, not counted as DOWN.
+            "clockSynchronized": crate::clock::synchronized(),
             "orphans": self.orphans.to_json(),
             "instance": self.config.instance,
             "lockSupported": !self.lock_unsupported.load(Ordering::Relaxed),

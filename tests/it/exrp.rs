@@ -685,6 +685,7 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
     assert_eq!(exrp.post(&body).status, 202, "accepted: it waits durably");
     let health = exrp.wait_health("the job waiting for its org", |_, b| b["waitingForTenantOrg"]["jobs"] == 1);
     assert_eq!(health["waitingForTenantOrg"]["tenants"], json!(["Tenant3"]));
+    assert!(health["clockSynchronized"].is_boolean(), "the clock's state is reported: {health}");
     assert_eq!((health["queue"]["pending"].as_u64(), health["queue"]["dead"].as_u64()), (Some(1), Some(0)));
     let metrics = exrp.proc().logs();
     assert!(metrics.contains("tenant \"Tenant3\" has no EX Org"), "the reason is logged");
