@@ -13,6 +13,8 @@ pub struct ExcpConfig {
     pub tls: Option<TlsConfig>,
     /// Where interaction-ends go: the lb's exrp pool (or one exrp), without a path.
     pub recording_processor_url: String,
+    /// Basic credentials for exrp's API (`recording_processor_username` / `_password`).
+    pub recording_processor_auth: Option<(String, super::Secret)>,
     pub state_dir: PathBuf,
     /// A call with no new metadata for this long is ended (when no end event comes).
     pub quiet_period: Duration,
@@ -81,6 +83,19 @@ impl ExcpConfig {
         let provider_table = s.table("conversation_provider");
         let store_table = s.table("transient_storage");
         let url = s.string("recording_processor_url");
+        let rp_user = s.string("recording_processor_username");
+        let rp_password = s.secret("recording_processor_password");
+        let recording_processor_auth = match (rp_user, rp_password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            _ => {
+                s.problem_at(
+                    "recording_processor_username",
+                    "give both recording_processor_username and recording_processor_password, or neither",
+                );
+                None
+            }
+        };
         let state_dir = s.path("state_dir");
         let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
         let max_body_size = s.size("max_body_size", 1 << 20);
@@ -160,6 +175,7 @@ impl ExcpConfig {
             listen,
             tls,
             recording_processor_url,
+            recording_processor_auth,
             state_dir: state_dir.unwrap_or_default(),
             quiet_period,
             max_body_size,

@@ -16,6 +16,9 @@ pub struct ExrpConfig {
     pub state_dir: PathBuf,
     pub max_body_size: u64,
     pub header_timeout: Duration,
+    /// When set, `POST /api/v1/interaction-end` needs Basic auth from this password file
+    /// (`/health` stays open).
+    pub htpasswd: Option<PathBuf>,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
     pub body_timeout: Duration,
@@ -104,6 +107,7 @@ impl ExrpConfig {
         let state_dir = s.path("state_dir");
         let max_body_size = s.size("max_body_size", 4 << 20);
         let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
+        let htpasswd = s.path("htpasswd");
         let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
         let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let workers = s.count("workers", 8, 1..=1024);
@@ -190,6 +194,7 @@ impl ExrpConfig {
             state_dir: state_dir.unwrap_or_default(),
             max_body_size,
             header_timeout,
+            htpasswd,
             max_connections,
             body_timeout,
             workers,

@@ -99,17 +99,16 @@ async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
     let url = format!("{}/api/v1/interaction-end", excp.config.recording_processor_url);
     let corr_id = body["corrId"].as_str().unwrap_or_default().to_string();
     let bytes = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-    let result = excp
-        .client
-        .send(
-            Method::POST,
-            &url,
-            &[("content-type", "application/json"), ("x-correlation-id", &corr_id)],
-            bytes,
-            excp.config.request_timeout,
-            64 << 10,
-        )
-        .await;
+    let auth = excp.config.recording_processor_auth.as_ref().map(|(user, password)| {
+        use base64::Engine;
+        let pair = format!("{user}:{}", password.expose());
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(pair))
+    });
+    let mut headers = vec![("content-type", "application/json"), ("x-correlation-id", corr_id.as_str())];
+    if let Some(auth) = &auth {
+        headers.push(("authorization", auth.as_str()));
+    }
+    let result = excp.client.send(Method::POST, &url, &headers, bytes, excp.config.request_timeout, 64 << 10).await;
     excp.last_delivery_ms.store(now_ms(), Ordering::Relaxed);
     match result {
         Ok(reply) if reply.status.is_success() => {

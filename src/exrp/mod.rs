@@ -58,6 +58,8 @@ pub struct Exrp {
     wake: tokio::sync::Notify,
     /// The last finished jobs, newest last, for the status page.
     recent: std::sync::Mutex<std::collections::VecDeque<Finished>>,
+    /// Basic auth on `POST /api/v1/interaction-end` (`[exrp] htpasswd`).
+    auth: Option<Arc<crate::auth::basic::BasicAuth>>,
     /// Jobs waiting for their tenant's EX Org to be configured: id → tenant.
     waiting_for_org: std::sync::Mutex<std::collections::BTreeMap<i64, String>>,
 }
@@ -115,6 +117,10 @@ impl Exrp {
             }
         }
         crate::clock::warn_if_unsynchronized();
+        let auth = match &config.htpasswd {
+            Some(path) => Some(crate::auth::basic::BasicAuth::open(path.clone(), "exrp".into())?),
+            None => None,
+        };
         let queue = Queue::open(&config.state_dir, config.fsync).map_err(|e| match e {
             queue::OpenError::Newer(newer) => anyhow::Error::new(newer),
             queue::OpenError::Queue(e) => e.into(),
@@ -162,6 +168,7 @@ impl Exrp {
             wake: tokio::sync::Notify::new(),
             recent: Default::default(),
             waiting_for_org: Default::default(),
+            auth,
         }))
     }
 
@@ -393,8 +400,23 @@ fn reply(status: StatusCode, code: u32, message: &str, corr_id: &str, extra: ser
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-async fn interaction_end(State(exrp): State<Arc<Exrp>>, headers: HeaderMap, body: Body) -> Response {
+async fn interaction_end(
+    State(exrp): State<Arc<Exrp>>,
+    axum::Extension(conn): axum::Extension<crate::http::ConnInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     use tracing::Instrument;
+    if let Some(auth) = &exrp.auth
+        && let Err(failure) = auth.check(headers.get(header::AUTHORIZATION), conn.peer.ip()).await
+    {
+        exrp.metrics.requests.inc(&["401"]);
+        tracing::warn!(client = %conn.peer.ip(), reason = failure.reason(), "interaction-end refused: authentication");
+        let corr_id = uuid::Uuid::new_v4().to_string();
+        let mut response = reply(StatusCode::UNAUTHORIZED, 40100, "authentication required", &corr_id, json!({}));
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, auth.challenge());
+        return response;
+    }
     let corr_id = headers
         .get("x-correlation-id")
         .and_then(|v| v.to_str().ok())

@@ -148,7 +148,11 @@ pub async fn serve_router(
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let make = move |_conn| hyper_util::service::TowerToHyperService::new(router.clone());
+    // Handlers that need the client's address (authentication's slow-down) take it as an
+    // `Extension<ConnInfo>`.
+    let make = move |conn: ConnInfo| {
+        hyper_util::service::TowerToHyperService::new(router.clone().layer(axum::Extension(conn)))
+    };
     serve(listener, opts, make, shutdown).await
 }
 

@@ -735,3 +735,55 @@ fn the_genesys_env_variables_set_the_port_and_the_log_level() {
     assert_eq!(proc.addr("exrp").port(), port);
     wait_until("a debug line", SOON, || proc.logs().contains(" DEBUG "));
 }
+
+#[test]
+fn the_provider_hop_can_require_basic_auth_and_excp_sends_it() {
+    let store = Store::start("exrp-auth");
+    let pw = TempDir::new("exrp-auth-pw");
+    std::fs::write(pw.join("htpasswd"), crate::support::HTPASSWD_LINE).unwrap();
+    let exrp =
+        Exrp::start("exrp-auth", &store.url(), "", &format!("htpasswd = \"{}\"\n", pw.join("htpasswd").display()));
+    store.put("AU_1.opus", SAMPLE);
+    let body = end_body("AU", &[("1", "AU_1.opus", SAMPLE.len())]);
+    let c = client();
+    let url = format!("http://{}/api/v1/interaction-end", exrp.addr());
+    let r = c.post(&url).header("content-type", "application/json").body(body.to_string()).send().unwrap();
+    assert_eq!(r.status().as_u16(), 401, "no credentials");
+    assert!(r.headers().contains_key("www-authenticate"));
+    let r = c
+        .post(&url)
+        .basic_auth(USER, Some("wrong"))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401, "wrong password");
+    assert_eq!(exrp.health().0, 200, "/health stays open");
+
+    // excp with the credentials delivers through the closed hop.
+    let dir = TempDir::new("excp-auth");
+    let config = dir.join("excp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\
+             recording_processor_url = \"http://{}\"\nrecording_processor_username = \"{USER}\"\n\
+             recording_processor_password = \"{PASSWORD}\"\n",
+            dir.join("state").display(),
+            exrp.addr()
+        ),
+    )
+    .unwrap();
+    let excp = Proc::start(&["--role", "excp", "--config", config.to_str().unwrap()]);
+    let meta = json!({"id": "AU", "mediaFiles": [{"callUUID": "AU", "mediaId": "AU_1.opus"}]});
+    let r = c
+        .post(format!("http://{}/api/v1/recording", excp.addr("excp")))
+        .header("content-type", "application/json")
+        .body(meta.to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = c.post(format!("http://{}/api/v1/interactions/AU/end", excp.addr("excp"))).send().unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    exrp.wait_idle(1, 0);
+}
