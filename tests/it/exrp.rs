@@ -683,7 +683,10 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
     let mut body = end_body("TC", &[("1", "TC_1.opus", SAMPLE.len())]);
     body["tenant"] = json!("Tenant3");
     assert_eq!(exrp.post(&body).status, 202, "accepted: it waits durably");
-    let health = exrp.wait_health("the job waiting for its org", |_, b| b["waitingForTenantOrg"]["jobs"] == 1);
+    // The queue's counts are refreshed by the scheduler: wait for both to say so.
+    let health = exrp.wait_health("the job waiting for its org", |_, b| {
+        b["waitingForTenantOrg"]["jobs"] == 1 && b["queue"]["pending"] == 1
+    });
     assert_eq!(health["waitingForTenantOrg"]["tenants"], json!(["Tenant3"]));
     assert!(health["clockSynchronized"].is_boolean(), "the clock's state is reported: {health}");
     assert_eq!((health["queue"]["pending"].as_u64(), health["queue"]["dead"].as_u64()), (Some(1), Some(0)));
