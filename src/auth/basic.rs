@@ -12,7 +12,6 @@ use std::io::Read;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,6 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
 use super::htpasswd::{self, PasswordFile, Scheme};
+use crate::metrics::Counter;
 
 /// An HTTP Basic authenticator backed by an `htpasswd` file.
 pub struct BasicAuth {
@@ -52,11 +52,11 @@ pub struct BasicAuth {
 #[derive(Debug, Default)]
 pub struct AuthCounters {
     /// Expensive hashes (bcrypt, sha-crypt) computed.
-    pub hashes: AtomicU64,
+    pub hashes: Counter,
     /// Checks that waited for a verification another request of the same credential ran.
-    pub shared: AtomicU64,
+    pub shared: Counter,
     /// Checks delayed before hashing because their address failed recently.
-    pub slowed: AtomicU64,
+    pub slowed: Counter,
 }
 
 /// Why a request was not authenticated.
@@ -128,7 +128,7 @@ impl BasicAuth {
         };
         let delay = self.failure_table().pending_delay(throttle_key(client), now, &self.settings);
         if let Some(delay) = delay {
-            self.counters.slowed.fetch_add(1, Ordering::Relaxed);
+            self.counters.slowed.inc();
             tokio::time::sleep(delay).await;
         }
         let ok = self.verify_shared(key, hash, password, client, known.then_some(generation)).await && known;
@@ -398,7 +398,7 @@ impl BasicAuth {
             })
             .await;
         if !ran {
-            self.counters.shared.fetch_add(1, Ordering::Relaxed);
+            self.counters.shared.inc();
         }
         if let (true, Some(generation)) = (ok, generation) {
             self.remember(key, generation, Instant::now());
@@ -415,7 +415,7 @@ impl BasicAuth {
         let Ok(permit) = self.verifiers.clone().acquire_owned().await else {
             return false;
         };
-        self.counters.hashes.fetch_add(1, Ordering::Relaxed);
+        self.counters.hashes.inc();
         let task = tokio::task::spawn_blocking(move || {
             // Held until the hash is done even if the request is dropped meanwhile.
             let _permit = permit;
@@ -934,19 +934,19 @@ user:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00
         for _ in 0..5 {
             assert!(auth.check(Some(&bad), CLIENT).await.is_err());
         }
-        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 0, "five failures are free");
+        assert_eq!(auth.counters.slowed.get(), 0, "five failures are free");
         assert!(auth.check(Some(&bad), CLIENT).await.is_err());
-        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 1, "the sixth waits before hashing");
-        let hashes = auth.counters.hashes.load(Ordering::Relaxed);
+        assert_eq!(auth.counters.slowed.get(), 1, "the sixth waits before hashing");
+        let hashes = auth.counters.hashes.get();
         assert!(auth.check(Some(&good), CLIENT).await.is_ok());
-        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 1, "a cached login is never slowed");
-        assert_eq!(auth.counters.hashes.load(Ordering::Relaxed), hashes, "nor hashed");
+        assert_eq!(auth.counters.slowed.get(), 1, "a cached login is never slowed");
+        assert_eq!(auth.counters.hashes.get(), hashes, "nor hashed");
         // An uncached login from the failing address waits too; another address does not.
         assert!(auth.check(Some(&header("sha512user", "secret5")), CLIENT).await.is_ok());
-        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 2);
+        assert_eq!(auth.counters.slowed.get(), 2);
         let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 3));
         assert!(auth.check(Some(&bad), other).await.is_err());
-        assert_eq!(auth.counters.slowed.load(Ordering::Relaxed), 2);
+        assert_eq!(auth.counters.slowed.get(), 2);
         // Missing credentials (a browser's first request) are not failures.
         for _ in 0..10 {
             assert_eq!(auth.check(None, other).await, Err(AuthFailure::Missing));
@@ -969,7 +969,7 @@ user:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00
         for t in tasks {
             assert_eq!(t.await.unwrap().as_deref(), Ok("bcryptuser"));
         }
-        assert_eq!(auth.counters.hashes.load(Ordering::Relaxed), 1, "one bcrypt for 100 logins");
+        assert_eq!(auth.counters.hashes.get(), 1, "one bcrypt for 100 logins");
         assert!(auth.inflight.lock().unwrap().is_empty(), "nothing left in flight");
     }
 
@@ -990,7 +990,7 @@ user:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00
         assert_eq!(legit.as_deref(), Ok("bcryptuser"));
         // When the legitimate login was answered, the flood had been let into the pool at
         // most a few at a time: its waiters sat behind one turn, not in the pool's queue.
-        let hashed_by_then = auth.counters.hashes.load(Ordering::Relaxed);
+        let hashed_by_then = auth.counters.hashes.get();
         assert!(hashed_by_then <= 4, "the flood hashed {hashed_by_then} times before the login");
         for t in flood {
             assert!(t.await.unwrap().is_err());

@@ -44,7 +44,7 @@ pub struct IdleTimeoutBody<B> {
 /// ended (a client that stops half way is not a server error).
 #[derive(Debug, Default)]
 pub struct BodyProgress {
-    pub bytes: std::sync::atomic::AtomicU64,
+    pub bytes: crate::metrics::Counter,
     /// 0: no failure; `ABORTED`; `TIMED_OUT`.
     pub failure: std::sync::atomic::AtomicU8,
 }
@@ -54,7 +54,7 @@ impl BodyProgress {
     pub const TIMED_OUT: u8 = 2;
 
     pub fn bytes(&self) -> u64 {
-        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
+        self.bytes.get()
     }
 
     pub fn failure(&self) -> u8 {
@@ -96,7 +96,7 @@ where
                     match &frame {
                         Some(Ok(f)) => {
                             if let Some(data) = f.data_ref() {
-                                p.bytes.fetch_add(data.remaining() as u64, Relaxed);
+                                p.bytes.add(data.remaining() as u64);
                             }
                         }
                         Some(Err(_)) => p.failure.store(BodyProgress::ABORTED, Relaxed),

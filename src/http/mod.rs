@@ -173,7 +173,7 @@ where
 {
     let builder_opts = opts.clone();
     let handle = move |stream: Stream, conn: Accepted| {
-        let service = PanicGuard { inner: make_service(conn.info), server: builder_opts.name, peer: conn.info.peer };
+        let service = RequestGuard { inner: make_service(conn.info), server: builder_opts.name, peer: conn.info.peer };
         let conn_builder = builder(&builder_opts, conn.open);
         let name = builder_opts.name;
         async move {
@@ -202,7 +202,7 @@ where
 /// stay inside one request: one before the response answers 500, one while its body is
 /// produced ends that body with an error; both are logged with the request, and the process
 /// and every other request go on.
-struct PanicGuard<S> {
+struct RequestGuard<S> {
     inner: S,
     server: &'static str,
     peer: SocketAddr,
@@ -210,7 +210,7 @@ struct PanicGuard<S> {
 
 type GuardedBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
-impl<S, R, B> hyper::service::Service<Request<R>> for PanicGuard<S>
+impl<S, R, B> hyper::service::Service<Request<R>> for RequestGuard<S>
 where
     S: hyper::service::Service<Request<R>, Response = Response<B>>,
     S::Future: Send + 'static,
@@ -302,6 +302,15 @@ fn refused<R>(req: &Request<R>) -> Option<(http::StatusCode, &'static str)> {
     None
 }
 
+/// The text a panic was raised with, for its log line.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| String::from("(no message)"))
+}
+
 /// Which request a panic belongs to, for its log line.
 struct RequestLabel {
     server: &'static str,
@@ -312,11 +321,7 @@ struct RequestLabel {
 
 impl RequestLabel {
     fn log(&self, panic: &(dyn std::any::Any + Send), during: &'static str) {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| String::from("(no message)"));
+        let message = panic_message(panic);
         tracing::error!(
             server = self.server,
             client = %self.peer.ip(),
@@ -531,8 +536,8 @@ mod tests {
         }
     }
 
-    fn guard<F: Fn() -> Response<GuardedBody>>(f: F) -> PanicGuard<Fixed<F>> {
-        PanicGuard { inner: Fixed(f), server: "test", peer: "127.0.0.1:1".parse().unwrap() }
+    fn guard<F: Fn() -> Response<GuardedBody>>(f: F) -> RequestGuard<Fixed<F>> {
+        RequestGuard { inner: Fixed(f), server: "test", peer: "127.0.0.1:1".parse().unwrap() }
     }
 
     fn request() -> Request<Empty> {

@@ -137,11 +137,7 @@ impl Conn {
                 // The client went away (499 logged), or a stalled body (408 logged).
                 Ok((None, _)) => return Ok(()),
                 Err(panic) => {
-                    let message = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| (*s).to_owned())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_default();
+                    let message = crate::http::panic_message(&*panic);
                     tracing::error!(
                         server = "lb",
                         client = %peer.ip(),

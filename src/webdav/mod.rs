@@ -350,17 +350,17 @@ impl crate::http::admin::RoleStatus for Webdav {
         enc.counter(
             "webdav_auth_hashes_total",
             "Expensive password hashes (bcrypt, sha-crypt) computed.",
-            a.hashes.load(std::sync::atomic::Ordering::Relaxed),
+            a.hashes.get(),
         );
         enc.counter(
             "webdav_auth_shared_total",
             "Checks answered by a hash another request of the same credential computed.",
-            a.shared.load(std::sync::atomic::Ordering::Relaxed),
+            a.shared.get(),
         );
         enc.counter(
             "webdav_auth_slowed_total",
             "Checks delayed before hashing because their address failed recently.",
-            a.slowed.load(std::sync::atomic::Ordering::Relaxed),
+            a.slowed.get(),
         );
         enc.counter_vec(
             "webdav_rejected_total",
