@@ -66,7 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let exrp = match &config.exrp {
         Some(e) => {
-            let role = Exrp::prepare(e)?;
+            let role = Exrp::prepare(e, config.source.clone())?;
             statuses.push(role.clone());
             let tls = e.tls.as_ref().map(tls::load).transpose()?;
             Some((role, e.listen, tls))
@@ -139,9 +139,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     if let Some((role, listener, tls)) = exrp {
-        let (token, failed) = (shutdown.clone(), failed_tx.clone());
+        let (token, failed, reload) = (shutdown.clone(), failed_tx.clone(), reload_tx.subscribe());
         tracker.spawn(async move {
-            if let Err(err) = role.run(listener, tls, grace, token).await {
+            if let Err(err) = role.run(listener, tls, grace, reload, token).await {
                 let _ = failed.send(err.context("exrp role failed")).await;
             }
         });

@@ -164,7 +164,16 @@ function exrpCard(json) {
       figure(json, 'done', p + 'queue.done'),
       figure(json, 'dead', p + 'queue.dead'),
       figure(json, 'orphans in store', p + 'orphans.count')),
-    el('p', { class: 'note' }, ...deps, '· instance ', val(json, p + 'instance', 'text')));
+    el('p', { class: 'note' }, ...deps, '· instance ', val(json, p + 'instance', 'text')),
+    ...(d.orgsFailing || []).map((o, i) => el('p', { class: 'note alert', 'data-alert': 'org' }, dot('DOWN'),
+      ' Genesys Cloud refuses org ', val(json, `${p}orgsFailing.${i}.org`, 'text'), ' since ',
+      val(json, `${p}orgsFailing.${i}.since`, 'ago'), ': ', val(json, `${p}orgsFailing.${i}.reason`, 'text'),
+      '. Its recordings wait; fix the credentials and reload exrp.')),
+    d.waitingForTenantOrg && d.waitingForTenantOrg.jobs > 0
+      ? el('p', { class: 'note alert', 'data-alert': 'tenant' }, dot('DOWN'), ' ', val(json, p + 'waitingForTenantOrg.jobs'),
+        ' recording(s) wait for an EX Org of tenant(s) ', d.waitingForTenantOrg.tenants.join(', '),
+        ': add [exrp.genesys_cloud.tenants.<name>] and reload exrp.')
+      : null);
 }
 
 function injectionsCard(json) {

@@ -45,6 +45,11 @@ pub enum CloudError {
     /// The presigned URL is no longer accepted: presign anew.
     #[error("the presigned upload URL has expired")]
     UrlExpired,
+    /// The org's credentials or permissions are refused (token 400/401/403; presign 401 after
+    /// one refresh, or 403): an operator fixes it in configuration. The org is paused until
+    /// `retry_in` has passed (see [`CloudClient::fault`]); its jobs wait, they never die of it.
+    #[error("Genesys Cloud refuses this org's credentials or permissions: {reason}")]
+    Credentials { reason: String, retry_in: Duration },
     /// Any other 4xx (after the one 401 refresh): retrying the same request cannot help.
     #[error("Genesys Cloud rejected the request: {status} {body}{}", correlation_id.as_deref().map(|c| format!(" (correlation id {c})")).unwrap_or_default())]
     Rejected { status: u16, body: String, correlation_id: Option<String> },
@@ -86,6 +91,24 @@ struct Token {
     refresh_at: Instant,
 }
 
+/// Why and since when an org's credentials are refused; cleared by the first call that works.
+#[derive(Debug, Clone)]
+pub struct OrgFault {
+    pub reason: String,
+    /// Unix milliseconds of the first refusal.
+    pub since_ms: u64,
+    /// Refusals in a row.
+    pub failures: u32,
+    /// Nothing is sent to the org before this (one call then tries again).
+    next_try: Instant,
+    /// A refused presign (a missing permission) is not cured by a token that works.
+    on_presign: bool,
+}
+
+/// First wait after a credential refusal; doubled per refusal up to [`FAULT_BACKOFF_MAX`].
+const FAULT_BACKOFF: Duration = Duration::from_secs(10);
+const FAULT_BACKOFF_MAX: Duration = Duration::from_secs(300);
+
 #[derive(Default)]
 struct TokenSlot {
     current: Option<Token>,
@@ -108,6 +131,8 @@ pub struct CloudClient {
     fetches_done: AtomicU64,
     /// After a 429 nothing is sent before this instant.
     not_before: Mutex<Option<Instant>>,
+    /// Set while the org's credentials or permissions are refused.
+    fault: Mutex<Option<OrgFault>>,
     stats: CloudStats,
 }
 
@@ -129,7 +154,58 @@ impl CloudClient {
             token: tokio::sync::Mutex::new(TokenSlot::default()),
             fetches_done: AtomicU64::new(0),
             not_before: Mutex::new(None),
+            fault: Mutex::new(None),
             stats: CloudStats::default(),
+        }
+    }
+
+    /// The credential fault the org is paused for, if any.
+    pub fn fault(&self) -> Option<OrgFault> {
+        self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// While the org is paused, answers its fault without sending anything; once the wait is
+    /// over, lets one call through (the next ones wait for its outcome's new wait).
+    fn gate(&self) -> Result<(), CloudError> {
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(f) = fault.as_mut() else { return Ok(()) };
+        let now = Instant::now();
+        if now < f.next_try {
+            return Err(CloudError::Credentials { reason: f.reason.clone(), retry_in: f.next_try - now });
+        }
+        // This call is the try; the others wait as long as a refusal would make them.
+        f.next_try = now + fault_backoff(f.failures + 1);
+        Ok(())
+    }
+
+    /// Records a refusal of the org's credentials (token) or permissions (presign).
+    fn refused(&self, reason: String, on_presign: bool) -> CloudError {
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = fault.as_ref().map_or(0, |f| f.failures) + 1;
+        let wait = fault_backoff(failures);
+        if fault.is_none() {
+            tracing::error!(
+                login_url = %self.login_url,
+                retry_in_s = wait.as_secs(),
+                "Genesys Cloud refuses this org: {reason}; its recordings wait (fix client_id/client_secret or the OAuth client's permissions, then reload exrp with SIGHUP)"
+            );
+        }
+        *fault = Some(OrgFault {
+            since_ms: fault.as_ref().map_or_else(unix_now_ms, |f| f.since_ms),
+            reason: reason.clone(),
+            failures,
+            next_try: Instant::now() + wait,
+            on_presign,
+        });
+        CloudError::Credentials { reason, retry_in: wait }
+    }
+
+    /// A call worked: a token clears a token fault, a presign clears any.
+    fn accepted(&self, presign: bool) {
+        let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        if fault.as_ref().is_some_and(|f| presign || !f.on_presign) {
+            *fault = None;
+            tracing::info!(login_url = %self.login_url, "Genesys Cloud accepts this org's credentials again; its recordings resume");
         }
     }
 
@@ -158,6 +234,10 @@ impl CloudClient {
         if let Some(err) = slot.last_error.as_ref().filter(|_| self.fetches_done.load(Ordering::Acquire) != seen) {
             return Err(err.clone());
         }
+        // A refused token waits out its backoff; a refused permission does not stop tokens.
+        if self.fault().is_some_and(|f| !f.on_presign) {
+            self.gate()?;
+        }
         let outcome = self.fetch_token().await;
         self.fetches_done.fetch_add(1, Ordering::AcqRel);
         match outcome {
@@ -165,6 +245,7 @@ impl CloudClient {
                 let value = token.value.clone();
                 slot.current = Some(token);
                 slot.last_error = None;
+                self.accepted(false);
                 Ok(value)
             }
             Err(err) => {
@@ -198,6 +279,10 @@ impl CloudClient {
             .send(Method::POST, &url, &headers, body, self.request_timeout, MAX_API_RESPONSE)
             .await
             .map_err(|e| transport("token", e))?;
+        if matches!(reply.status.as_u16(), 400 | 401 | 403) {
+            let why = describe("token", reply.status, &reply.headers, &reply.body);
+            return Err(self.refused(why, false));
+        }
         if !reply.status.is_success() {
             return Err(self.failure("token", reply.status, &reply.headers, &reply.body));
         }
@@ -233,13 +318,32 @@ impl CloudClient {
             "signedUrlTimeoutSeconds": timeout_secs,
         });
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+        // A paused org sends nothing until its wait is over, not even with a cached token.
+        if self.fault().is_some_and(|f| f.on_presign) {
+            self.gate()?;
+        }
         let token = self.token().await?;
-        match self.presign_once(&token, body.clone(), timeout_secs).await {
+        let outcome = match self.presign_once(&token, body.clone(), timeout_secs).await {
             Err(CloudError::Rejected { status: 401, .. }) => {
                 self.stats.token_refreshes_on_401.fetch_add(1, Ordering::Relaxed);
                 self.drop_token(&token).await;
                 let token = self.token().await?;
                 self.presign_once(&token, body, timeout_secs).await
+            }
+            other => other,
+        };
+        match outcome {
+            // After the refresh, or a missing permission: configuration, not this recording.
+            Err(CloudError::Rejected { status: status @ (401 | 403), body, correlation_id }) => {
+                let why = format!(
+                    "presign: HTTP {status} {body}{}",
+                    correlation_id.map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
+                );
+                Err(self.refused(why, true))
+            }
+            Ok(presigned) => {
+                self.accepted(true);
+                Ok(presigned)
             }
             other => other,
         }
@@ -414,6 +518,26 @@ impl CloudClient {
             },
         }
     }
+}
+
+/// A refusal as a reason an operator can act on: what, status, the body's start, the
+/// correlation id Genesys support asks for.
+fn describe(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) -> String {
+    format!(
+        "{what}: HTTP {} {}{}",
+        status.as_u16(),
+        truncate(body, 256),
+        correlation_id(headers).map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
+    )
+}
+
+/// 10 s, 20 s, 40 s … up to 5 min.
+fn fault_backoff(failures: u32) -> Duration {
+    FAULT_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(FAULT_BACKOFF_MAX)
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 fn transport(what: &str, err: ClientError) -> CloudError {

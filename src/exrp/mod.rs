@@ -38,12 +38,14 @@ use sink::Sink;
 use work::Outcome;
 
 pub struct Exrp {
+    /// As started; what SIGHUP can change is in `live`.
     config: ExrpConfig,
+    /// The file SIGHUP re-reads (None: the sandbox, nothing to re-read).
+    source: Option<PathBuf>,
     queue: Queue,
     /// DOWN while `queue.db` cannot be written (full disk, read-only, permissions).
     state: crate::durable::WriteHealth,
-    dav: DavClient,
-    sink: Sink,
+    live: std::sync::RwLock<Arc<Live>>,
     spool_dir: PathBuf,
     metrics: Metrics,
     /// Job counts by state (pending, working, done, dead), refreshed by the scheduler.
@@ -62,6 +64,54 @@ pub struct Exrp {
     auth: Option<Arc<crate::auth::basic::BasicAuth>>,
     /// Jobs waiting for their tenant's EX Org to be configured: id → tenant.
     waiting_for_org: std::sync::Mutex<std::collections::BTreeMap<i64, String>>,
+}
+
+/// What SIGHUP replaces without a restart: the store's credentials, the sink with its orgs and
+/// secrets, and the retry settings. A job in flight finishes with the generation it took.
+pub(crate) struct Live {
+    dav: DavClient,
+    sink: Sink,
+    retry: Retry,
+}
+
+/// The retry settings of `[exrp]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Retry {
+    initial: Duration,
+    max: Duration,
+    /// A job that has not succeeded this long after it was accepted (time spent paused for a
+    /// configuration fault not counted) goes dead.
+    window: Duration,
+    missing_timeout: Duration,
+}
+
+impl Live {
+    fn build(config: &ExrpConfig) -> anyhow::Result<Live> {
+        let http = HttpClient::for_urls(&[&config.storage.url])?;
+        let dav = DavClient::new(
+            &config.storage.url,
+            &config.storage.username,
+            &config.storage.password,
+            http,
+            config.request_timeout,
+        );
+        let sink = Sink::new(&config.sink, config.request_timeout, config.fsync)?;
+        let retry = Retry {
+            initial: config.retry_initial,
+            max: config.retry_max,
+            window: config.retry_window,
+            missing_timeout: config.missing_timeout,
+        };
+        Ok(Live { dav, sink, retry })
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let step = self.retry.initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let step = step.min(self.retry.max);
+        // Between half and all of the step, so instances and jobs do not retry in lockstep.
+        let half = step / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
 }
 
 /// How often a job whose tenant has no EX Org is looked at again.
@@ -100,11 +150,12 @@ struct Metrics {
     upload_seconds: Histogram,
     takeovers: Counter,
     orphans_removed: Counter,
+    sidecars_given_up: Counter,
 }
 
 impl Exrp {
     /// Opens the queue and builds the clients; nothing is bound yet.
-    pub fn prepare(config: &ExrpConfig) -> anyhow::Result<Arc<Exrp>> {
+    pub fn prepare(config: &ExrpConfig, source: Option<PathBuf>) -> anyhow::Result<Arc<Exrp>> {
         use anyhow::Context;
         std::fs::create_dir_all(&config.state_dir)
             .with_context(|| format!("cannot create the exrp state_dir {}", config.state_dir.display()))?;
@@ -129,15 +180,7 @@ impl Exrp {
         // Jobs that waited for a tenant's org look again now: this start may have brought it.
         queue.wake_waiting(work::NO_ORG)?;
         let counts = queue.counts()?;
-        let http = HttpClient::for_urls(&[&config.storage.url])?;
-        let dav = DavClient::new(
-            &config.storage.url,
-            &config.storage.username,
-            &config.storage.password,
-            http,
-            config.request_timeout,
-        );
-        let sink = Sink::new(&config.sink, config.request_timeout, config.fsync)?;
+        let live = Live::build(config)?;
         // Secrets print as Secret(***).
         tracing::debug!(?config, "exrp configuration");
         tracing::info!(
@@ -147,16 +190,16 @@ impl Exrp {
             done = counts[2],
             dead = counts[3],
             store = %config.storage.url,
-            sink = %sink.describe(),
+            sink = %live.sink.describe(),
             instance = %config.instance,
             "exrp queue loaded"
         );
         Ok(Arc::new(Exrp {
             state: crate::durable::WriteHealth::new(&config.state_dir),
             config: config.clone(),
+            source,
             queue,
-            dav,
-            sink,
+            live: std::sync::RwLock::new(Arc::new(live)),
             spool_dir,
             metrics: Metrics::default(),
             counts: counts.map(AtomicU64::new),
@@ -186,9 +229,24 @@ impl Exrp {
         listener: TcpListener,
         tls: Option<Arc<rustls::ServerConfig>>,
         grace: Duration,
+        mut reload: tokio::sync::broadcast::Receiver<()>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(schedule(self.clone(), shutdown.clone()));
+        let reloader = tokio::spawn({
+            let (exrp, shutdown) = (self.clone(), shutdown.clone());
+            async move {
+                loop {
+                    tokio::select! {
+                        signal = reload.recv() => match signal {
+                            Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => exrp.reload().await,
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        },
+                        _ = shutdown.cancelled() => return,
+                    }
+                }
+            }
+        });
         let scanner = tokio::spawn(scan::run(self.clone(), shutdown.clone()));
         let prober = tokio::spawn(probe(self.clone(), shutdown.clone()));
         let opts = ServerOptions {
@@ -200,16 +258,84 @@ impl Exrp {
             ..ServerOptions::DEFAULT_LIMITS
         };
         let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;
-        let _ = tokio::join!(scheduler, scanner, prober);
+        let _ = tokio::join!(scheduler, scanner, prober, reloader);
         served
     }
 
-    fn backoff(&self, attempts: u32) -> Duration {
-        let step = self.config.retry_initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-        let step = step.min(self.config.retry_max);
-        // Between half and all of the step, so instances and jobs do not retry in lockstep.
-        let half = step / 2;
-        half + half.mul_f64(rand::random::<f64>())
+    /// The current generation of what SIGHUP can replace.
+    pub(crate) fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// SIGHUP: re-reads `[exrp]` from the config file and swaps in new clients and retry
+    /// settings. A file that does not parse, or whose clients cannot be built, is refused
+    /// and the running configuration kept. Settings that need a restart are named.
+    async fn reload(&self) {
+        let Some(path) = &self.source else {
+            tracing::warn!("SIGHUP: no config file to re-read (sandbox); exrp keeps its configuration");
+            return;
+        };
+        let parsed =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(
+                |text| crate::config::Config::from_toml_str(&text, crate::cli::Role::Exrp).map_err(|e| e.to_string()),
+            );
+        let new = match parsed.map(|c| c.exrp) {
+            Ok(Some(new)) => new,
+            Ok(None) => {
+                tracing::error!("SIGHUP: the file has no [exrp] section; exrp keeps its configuration");
+                return;
+            }
+            Err(err) => {
+                tracing::error!("SIGHUP: configuration refused, exrp keeps the running one: {err}");
+                return;
+            }
+        };
+        let old = &self.config;
+        let mut kept = Vec::new();
+        if new.storage.url != old.storage.url {
+            kept.push("transient_storage.url");
+        }
+        for (changed, key) in [
+            (new.listen != old.listen, "listen"),
+            (new.state_dir != old.state_dir, "state_dir"),
+            (new.workers != old.workers, "workers"),
+            (new.instance != old.instance, "instance"),
+            (new.htpasswd != old.htpasswd, "htpasswd"),
+            (
+                matches!(new.sink, crate::config::Sink::Local { .. })
+                    != matches!(old.sink, crate::config::Sink::Local { .. }),
+                "the sink kind (local_sink / genesys_cloud)",
+            ),
+        ] {
+            if changed {
+                kept.push(key);
+            }
+        }
+        let mut effective = new.clone();
+        effective.storage.url = old.storage.url.clone();
+        if matches!(new.sink, crate::config::Sink::Local { .. })
+            != matches!(old.sink, crate::config::Sink::Local { .. })
+        {
+            effective.sink = old.sink.clone();
+        }
+        let live = match Live::build(&effective) {
+            Ok(live) => live,
+            Err(err) => {
+                tracing::error!("SIGHUP: {err:#}; exrp keeps the running configuration");
+                return;
+            }
+        };
+        let described = live.sink.describe();
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        if !kept.is_empty() {
+            tracing::warn!(keys = %kept.join(", "), "SIGHUP: changed settings that only a restart applies");
+        }
+        // Jobs that waited for an org or for credentials look again now.
+        let woken = self.queue.run(|q| Ok(q.wake_waiting(work::NO_ORG)? + q.wake_waiting(work::PAUSED)?)).await;
+        self.waiting_for_org.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cloud_up.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        tracing::info!(sink = %described, woken = woken.unwrap_or(0), "SIGHUP: exrp configuration reloaded");
     }
 
     fn finished(&self, job: &queue::Job, outcome: &'static str, reason: Option<String>) {
@@ -315,40 +441,37 @@ async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
     let result = match outcome {
         Outcome::Waiting(reason) => {
             tracing::warn!(file = %job.file, tenant = %job.tenant, "waiting: {reason}");
-            exrp.queue.run(move |q| q.retry_later(id, WAITING_RECHECK, &reason)).await
+            exrp.queue.run(move |q| q.pause(id, WAITING_RECHECK, &reason)).await
+        }
+        Outcome::Paused { delay, reason } => {
+            exrp.metrics.retries.inc(&["paused"]);
+            tracing::warn!(file = %job.file, tenant = %job.tenant, retry_in = ?delay, "{reason}");
+            exrp.queue.run(move |q| q.pause(id, delay, &reason)).await
         }
         Outcome::Done(how) => {
             exrp.metrics.outcomes.inc(&[how]);
             exrp.finished(job, how, None);
             exrp.queue.run(move |q| q.finish(id, JobState::Done, how, None)).await
         }
-        Outcome::Dead(reason) => {
+        Outcome::Dead { reason, expired } => {
             exrp.metrics.outcomes.inc(&["dead"]);
             tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
             exrp.finished(job, "dead", Some(reason.clone()));
-            exrp.queue.run(move |q| q.finish(id, JobState::Dead, "dead", Some(&reason))).await
+            let how = if expired { "expired" } else { "dead" };
+            exrp.queue.run(move |q| q.finish(id, JobState::Dead, how, Some(&reason))).await
         }
         Outcome::Retry { delay, reason } => {
-            let age = Duration::from_millis(queue::now_ms().saturating_sub(job.accepted_at_ms));
-            if age >= exrp.config.retry_window {
-                exrp.metrics.outcomes.inc(&["dead"]);
-                let reason = format!("gave up after {}s (retry_window): {reason}", age.as_secs());
-                tracing::error!(file = %job.file, attempts = job.attempts, "job dead: {reason}");
-                exrp.finished(job, "dead", Some(reason.clone()));
-                exrp.queue.run(move |q| q.finish(id, JobState::Dead, "expired", Some(&reason))).await
+            let kind = if reason.starts_with("Genesys Cloud") || reason.starts_with("presigned") {
+                "cloud"
+            } else if reason.starts_with("claimed") {
+                "claimed"
             } else {
-                let kind = if reason.starts_with("Genesys Cloud") || reason.starts_with("presigned") {
-                    "cloud"
-                } else if reason.starts_with("claimed") {
-                    "claimed"
-                } else {
-                    "store"
-                };
-                exrp.metrics.retries.inc(&[kind]);
-                let delay = delay.unwrap_or_else(|| exrp.backoff(job.attempts));
-                tracing::warn!(file = %job.file, attempts = job.attempts, retry_in = ?delay, "not done yet: {reason}");
-                exrp.queue.run(move |q| q.retry_later(id, delay, &reason)).await
-            }
+                "store"
+            };
+            exrp.metrics.retries.inc(&[kind]);
+            let delay = delay.unwrap_or_else(|| exrp.live().backoff(job.attempts));
+            tracing::warn!(file = %job.file, attempts = job.attempts, retry_in = ?delay, "not done yet: {reason}");
+            exrp.queue.run(move |q| q.retry_later(id, delay, &reason)).await
         }
     };
     if let Err(e) = result {
@@ -359,14 +482,15 @@ async fn settle(exrp: &Arc<Exrp>, job: &queue::Job, outcome: Outcome) {
 /// Keeps the dependency status of /health fresh without a request paying for it.
 async fn probe(exrp: Arc<Exrp>, shutdown: CancellationToken) {
     loop {
-        let webdav = exrp.dav.ping().await;
+        let live = exrp.live();
+        let webdav = live.dav.ping().await;
         if webdav.is_ok() != exrp.webdav_up.swap(webdav.is_ok(), Ordering::Relaxed) {
             match &webdav {
                 Ok(()) => tracing::info!(store = %exrp.config.storage.url, "WebDAV store reachable again"),
                 Err(e) => tracing::warn!(store = %exrp.config.storage.url, "WebDAV store not usable: {e}"),
             }
         }
-        let cloud_ok = match &exrp.sink {
+        let cloud_ok = match &live.sink {
             Sink::Local(l) => l.writable(),
             Sink::Cloud(c) => {
                 let mut ok = true;
@@ -534,9 +658,12 @@ impl Exrp {
         let sink = self.cloud_up.load(Ordering::Relaxed);
         let state = self.state.check();
         let state_ok = state.is_ok();
+        let live = self.live();
+        let failing = failing_orgs(&live);
+        let sink = sink && failing.is_empty();
         let mut deps = serde_json::Map::new();
         deps.insert("webdav".into(), json!(status(webdav)));
-        match &self.sink {
+        match &live.sink {
             Sink::Cloud(_) => deps.insert("genesysCloud".into(), json!(status(sink))),
             Sink::Local(_) => deps.insert("localSink".into(), json!(status(sink))),
         };
@@ -549,6 +676,8 @@ impl Exrp {
             "queue": { "pending": pending, "working": working, "done": done, "dead": dead },
             "stateError": state.err(),
             "waitingForTenantOrg": self.waiting_json(),
+            // Orgs whose credentials or permissions Genesys Cloud refuses: their jobs wait.
+            "orgsFailing": failing,
             // Tokens and presigned URLs depend on it: said, not counted as DOWN.
             "clockSynchronized": crate::clock::synchronized(),
             "orphans": self.orphans.to_json(),
@@ -557,6 +686,19 @@ impl Exrp {
         });
         (up, body)
     }
+}
+
+/// `[{"org": …, "reason": …, "since": unix ms, "failures": n}]` for every org paused for a
+/// credential or permission fault.
+fn failing_orgs(live: &Live) -> Vec<serde_json::Value> {
+    let Sink::Cloud(cloud) = &live.sink else { return Vec::new() };
+    cloud
+        .clients()
+        .filter_map(|(org, client)| {
+            let f = client.fault()?;
+            Some(json!({ "org": org, "reason": f.reason, "since": f.since_ms, "failures": f.failures }))
+        })
+        .collect()
 }
 
 impl RoleStatus for Exrp {
@@ -612,7 +754,21 @@ impl RoleStatus for Exrp {
             m.orphans_removed.get(),
         );
         self.orphans.metrics(enc);
-        if let Sink::Cloud(c) = &self.sink {
+        let live = self.live();
+        if let Sink::Cloud(c) = &live.sink {
+            enc.family(
+                "exrp_cloud_org_refused",
+                "1 while Genesys Cloud refuses the org's credentials or permissions (its jobs wait).",
+                "gauge",
+            );
+            for (org, client) in c.clients() {
+                enc.sample("exrp_cloud_org_refused", &[("org", org)], client.fault().is_some() as u8 as f64);
+            }
+            enc.counter(
+                "exrp_sidecars_given_up_total",
+                "Recordings delivered without their metadata sidecar (it was refused or kept failing).",
+                m.sidecars_given_up.get(),
+            );
             let mut fetches = 0;
             let mut refreshes = 0;
             let mut limited = 0;

@@ -89,6 +89,9 @@ pub struct Job {
     /// The WebDAV lock this instance holds on the file, kept so a restart can resume its claim.
     #[serde(skip)]
     pub lock_token: Option<String>,
+    /// Time spent paused or waiting for configuration (not counted toward retry_window).
+    #[serde(rename = "pausedMs")]
+    pub paused_ms: u64,
 }
 
 /// Why the queue could not be opened: a newer release's queue is told apart (exit 78).
@@ -137,6 +140,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     lock_token TEXT,
     outcome TEXT,
     reason TEXT,
+    paused_ms INTEGER NOT NULL DEFAULT 0,
     UNIQUE (call_uuid, media_id)
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
@@ -144,7 +148,7 @@ CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);
 ";
 
 const COLUMNS: &str = "id, call_uuid, media_id, file, tenant, state, origin, attempts, accepted_at, next_at, \
-                       updated_at, seen, upload_key, outcome, reason, spec, lock_token";
+                       updated_at, seen, upload_key, outcome, reason, spec, lock_token, paused_ms";
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -171,6 +175,7 @@ fn row_to_job(row: &rusqlite::Row<'_>) -> rusqlite::Result<Job> {
         reason: row.get(14)?,
         spec: row.get(15)?,
         lock_token: row.get(16)?,
+        paused_ms: row.get::<_, i64>(17)? as u64,
     })
 }
 
@@ -181,8 +186,30 @@ pub struct Added {
     pub duplicate: usize,
 }
 
-/// The format of `queue.db`, kept in SQLite's `user_version`.
-pub const QUEUE_FORMAT: u32 = 1;
+/// The format of `queue.db`, kept in SQLite's `user_version`. 2 added `jobs.paused_ms`.
+pub const QUEUE_FORMAT: u32 = 2;
+
+/// Creates the tables, or brings an older format's up to date, in one transaction: a crash
+/// leaves the old format or the new one, never half of it.
+fn migrate(conn: &mut Connection, found: u32) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    let had_jobs: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs')", [], |r| {
+            r.get(0)
+        })?;
+    // 0 (made before the format was versioned) and 1 have the tables of format 1.
+    if had_jobs && found < 2 {
+        tx.execute_batch("ALTER TABLE jobs ADD COLUMN paused_ms INTEGER NOT NULL DEFAULT 0")?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    if found < QUEUE_FORMAT {
+        tx.pragma_update(None, "user_version", QUEUE_FORMAT)?;
+        if had_jobs {
+            tracing::info!(from = found, to = QUEUE_FORMAT, "queue.db brought to the current format");
+        }
+    }
+    tx.commit()
+}
 
 impl Queue {
     /// Opens (or creates) `dir/queue.db`. `fsync` false trades crash safety for speed (tests,
@@ -190,7 +217,7 @@ impl Queue {
     pub fn open(dir: &Path, fsync: bool) -> Result<Queue, OpenError> {
         let path = dir.join("queue.db");
         let err = |e: rusqlite::Error| QueueError { path: path.clone(), message: e.to_string() };
-        let conn = Connection::open(&path).map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
         // Before anything writes: a queue a newer release made is left exactly as it is.
         let found: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(err)?;
         if found > QUEUE_FORMAT {
@@ -203,11 +230,7 @@ impl Queue {
         conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        if found < QUEUE_FORMAT {
-            // 0: made before the format was versioned, the same tables as format 1.
-            conn.pragma_update(None, "user_version", QUEUE_FORMAT).map_err(err)?;
-        }
+        migrate(&mut conn, found).map_err(err)?;
         Ok(Queue { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
     }
 
@@ -396,6 +419,21 @@ impl Queue {
         })
     }
 
+    /// Back to pending after a configuration fault, due after `delay`, which is added to the
+    /// job's paused time (not counted toward retry_window).
+    pub fn pause(&self, id: i64, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        let now = now_ms();
+        let ms = delay.as_millis() as u64;
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4, lock_token = NULL,
+                 paused_ms = paused_ms + ?5 WHERE id = ?1",
+                params![id, (now + ms) as i64, now as i64, reason, ms as i64],
+            )
+            .map(drop)
+        })
+    }
+
     /// Ends the attempt (and forgets its lock token): done or dead.
     pub fn finish(&self, id: i64, state: State, outcome: &str, reason: Option<&str>) -> Result<(), QueueError> {
         let now = now_ms() as i64;
@@ -508,6 +546,38 @@ mod tests {
             spec: "{}".into(),
             accepted_at_ms: now_ms(),
         }
+    }
+
+    /// `jobs` as format 1 made it (before `paused_ms`).
+    const FORMAT_1: &str = "
+        CREATE TABLE jobs (id INTEGER PRIMARY KEY, call_uuid TEXT NOT NULL, media_id TEXT NOT NULL,
+            file TEXT NOT NULL, tenant TEXT NOT NULL, state TEXT NOT NULL, origin TEXT NOT NULL,
+            spec TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, accepted_at INTEGER NOT NULL,
+            next_at INTEGER NOT NULL, updated_at INTEGER NOT NULL, seen INTEGER NOT NULL DEFAULT 0,
+            upload_key TEXT, lock_token TEXT, outcome TEXT, reason TEXT, UNIQUE (call_uuid, media_id));
+        INSERT INTO jobs (call_uuid, media_id, file, tenant, state, origin, spec, accepted_at, next_at, updated_at, reason)
+            VALUES ('OLD', 'm1', 'OLD_m1.opus', 't', 'pending', 'post', '{}', 1, 1, 1, 'waiting');
+        PRAGMA user_version = 1;";
+
+    #[test]
+    fn a_format_1_queue_is_migrated_in_place_and_keeps_its_jobs() {
+        let dir = std::env::temp_dir().join(format!("eaio-queue-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Connection::open(dir.join("queue.db")).unwrap().execute_batch(FORMAT_1).unwrap();
+        let q = Queue::open(&dir, true).unwrap();
+        let version: u32 = q.with(|c| c.pragma_query_value(None, "user_version", |r| r.get(0))).unwrap();
+        assert_eq!(version, QUEUE_FORMAT);
+        let job = q.get("OLD", "m1").unwrap().expect("the old job is kept");
+        assert_eq!((job.paused_ms, job.reason.as_deref(), job.state), (0, Some("waiting"), State::Pending));
+        q.pause(job.id, Duration::from_secs(30), "paused: x").unwrap();
+        q.pause(job.id, Duration::from_secs(30), "paused: x").unwrap();
+        assert_eq!(q.get("OLD", "m1").unwrap().unwrap().paused_ms, 60_000);
+        drop(q);
+        // Opening again changes nothing.
+        let q = Queue::open(&dir, true).unwrap();
+        assert_eq!(q.get("OLD", "m1").unwrap().unwrap().paused_ms, 60_000);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub async fn run(exrp: Arc<Exrp>, shutdown: CancellationToken) {
 }
 
 async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
-    let files = exrp.dav.list().await.map_err(|e| e.to_string())?;
+    let live = exrp.live();
+    let files = live.dav.list().await.map_err(|e| e.to_string())?;
     // Which files without a job record our queue knows (accepted, not yet published): one
     // blocking task for the whole listing, not one per file.
     let unrecorded: Vec<String> =
@@ -118,7 +119,7 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
             && age >= ttl
             && !file.locked
         {
-            match exrp.dav.delete(&file.name, None).await {
+            match live.dav.delete(&file.name, None).await {
                 Ok(_) => {
                     exrp.metrics.orphans_removed.inc();
                     count -= 1;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::Exrp;
 use super::queue::{Job, now_ms};
 use super::sink::{CloudSink, Sink};
+use super::{Exrp, Live};
 use crate::cloud::{CloudError, Presigned, clean_file_name};
 use crate::dav_client::{DavError, Deleted, Lock};
 
@@ -31,24 +31,32 @@ pub enum Outcome {
     /// Finished: `uploaded`, `deleted` (an earlier upload's file removed now) or `elsewhere`.
     Done(&'static str),
     /// Not now: after `delay` (None: the job's backoff), for `reason`.
-    Retry {
-        delay: Option<Duration>,
-        reason: String,
-    },
-    Dead(String),
+    Retry { delay: Option<Duration>, reason: String },
+    /// Failed for good; `expired` when retry_window ran out. Marked on the file too.
+    Dead { reason: String, expired: bool },
     /// Cannot go anywhere until the configuration changes (a tenant without an EX Org): asked
     /// again later, never dead, never uploaded elsewhere.
     Waiting(String),
+    /// A fault an operator fixes in configuration (credentials or permissions refused, by the
+    /// org or by the store): asked again after `delay`, never dead of it; the time does not
+    /// count toward retry_window.
+    Paused { delay: Duration, reason: String },
 }
 
 /// In the reason of every job waiting for its tenant's org (`Queue::wake_waiting` finds them).
 pub const NO_ORG: &str = "has no EX Org";
+/// In the reason of every job paused for a credential fault.
+pub const PAUSED: &str = "paused:";
+
+fn dead(reason: impl Into<String>) -> Outcome {
+    Outcome::Dead { reason: reason.into(), expired: false }
+}
 
 /// Why a job of `tenant` cannot be uploaded with this configuration, if it cannot.
-pub fn no_org(exrp: &Exrp, tenant: &str) -> Option<Outcome> {
-    match &exrp.sink {
+pub fn no_org(live: &Live, tenant: &str) -> Option<Outcome> {
+    match &live.sink {
         Sink::Cloud(cloud) if cloud.client(tenant).is_none() => Some(Outcome::Waiting(format!(
-            "tenant {tenant:?} {NO_ORG}: add [exrp.genesys_cloud.tenants.{tenant}] and restart exrp"
+            "tenant {tenant:?} {NO_ORG}: add [exrp.genesys_cloud.tenants.{tenant}] and reload exrp (SIGHUP)"
         ))),
         _ => None,
     }
@@ -67,6 +75,11 @@ struct UploadRecord {
     audio: Option<Presigned>,
     #[serde(skip_serializing_if = "Option::is_none")]
     meta: Option<Presigned>,
+    /// The audio's PUT was accepted: a retry for the sidecar does not send it again.
+    #[serde(default, rename = "audioDone", skip_serializing_if = "std::ops::Not::not")]
+    audio_done: bool,
+    #[serde(default, rename = "metaDone", skip_serializing_if = "std::ops::Not::not")]
+    meta_done: bool,
 }
 
 /// Removes the spool file and stops the lock refresher however the job ends.
@@ -104,11 +117,12 @@ impl Drop for BusyFile<'_> {
 }
 
 pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
+    let live = exrp.live();
     // Before the claim and the fetch: nothing to do until the tenant has an org.
-    if let Some(waiting) = no_org(exrp, &job.tenant) {
+    if let Some(waiting) = no_org(&live, &job.tenant) {
         return waiting;
     }
-    let dav = &exrp.dav;
+    let dav = &live.dav;
     // Two jobs can name one file (two mediaIds, one uri); they take turns, and `adopt` can
     // trust that a lock with our name that no job here holds is an earlier run's.
     let Some(_busy) = BusyFile::take(exrp, &job.file) else {
@@ -117,7 +131,7 @@ pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
             reason: "claimed by another job of this instance (same file)".into(),
         };
     };
-    let token = match claim(exrp, job).await {
+    let token = match claim(exrp, &live, job).await {
         Ok(token) => token,
         Err(outcome) => return outcome,
     };
@@ -126,8 +140,12 @@ pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
     if let Some(t) = &token {
         cleanup.refresher = Some(spawn_refresher(exrp.clone(), job.file.clone(), t.clone(), lost.clone()));
     }
-    let outcome = work(exrp, job, token.as_deref(), &lost, &cleanup.spool).await;
+    let outcome = work(exrp, &live, job, token.as_deref(), &lost, &cleanup.spool).await;
     drop(cleanup);
+    let outcome = expire(&live, job, outcome);
+    if let Outcome::Dead { reason, .. } = &outcome {
+        mark_dead(exrp, &live, job, token.as_deref(), reason).await;
+    }
     match (&outcome, &token) {
         // DELETE removed the lock with the file.
         (Outcome::Done(_), _) | (_, None) => {}
@@ -142,8 +160,8 @@ pub async fn process(exrp: &Arc<Exrp>, job: &Job) -> Outcome {
 }
 
 /// Takes the recording's WebDAV lock, or resumes the one this instance held before a restart.
-async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
-    let dav = &exrp.dav;
+async fn claim(exrp: &Arc<Exrp>, live: &Arc<Live>, job: &Job) -> Result<Option<String>, Outcome> {
+    let dav = &live.dav;
     let timeout = exrp.config.claim_timeout;
     if let Some(old) = &job.lock_token
         && dav.refresh(&job.file, old, timeout).await.is_ok()
@@ -151,10 +169,10 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
         return Ok(Some(old.clone()));
     }
     match dav.lock(&job.file, timeout, &exrp.config.instance).await {
-        Ok(Lock::Held { token }) => keep_token(exrp, job, token).await.map(Some),
+        Ok(Lock::Held { token }) => keep_token(exrp, live, job, token).await.map(Some),
         Ok(Lock::Busy) => {
-            if let Some(token) = adopt(exrp, job).await {
-                return keep_token(exrp, job, token).await.map(Some);
+            if let Some(token) = adopt(exrp, live, job).await {
+                return keep_token(exrp, live, job, token).await.map(Some);
             }
             // Locked means it is there: if it is gone later, the lock holder finished it.
             let id = job.id;
@@ -174,14 +192,14 @@ async fn claim(exrp: &Arc<Exrp>, job: &Job) -> Result<Option<String>, Outcome> {
             }
             Ok(None)
         }
-        Ok(Lock::Missing) => Err(missing(exrp, job)),
+        Ok(Lock::Missing) => Err(missing(exrp, live, job)),
         Err(e) => Err(store_error(e)),
     }
 }
 
 /// Records the claim's token in the queue, so that a restart refreshes it instead of waiting
 /// for it to expire; a claim that cannot be recorded is given back.
-async fn keep_token(exrp: &Exrp, job: &Job, token: String) -> Result<String, Outcome> {
+async fn keep_token(exrp: &Exrp, live: &Live, job: &Job, token: String) -> Result<String, Outcome> {
     let saved = exrp
         .queue
         .run({
@@ -190,7 +208,7 @@ async fn keep_token(exrp: &Exrp, job: &Job, token: String) -> Result<String, Out
         })
         .await;
     if let Err(e) = saved {
-        let _ = exrp.dav.unlock(&job.file, &token).await;
+        let _ = live.dav.unlock(&job.file, &token).await;
         return Err(retry(e.to_string()));
     }
     Ok(token)
@@ -202,15 +220,15 @@ async fn keep_token(exrp: &Exrp, job: &Job, token: String) -> Result<String, Out
 /// the recording for `claim_timeout` as if another instance had it, so the lock is taken
 /// over from lockdiscovery and refreshed. Sound only while every exrp has its own
 /// `instance` name.
-async fn adopt(exrp: &Exrp, job: &Job) -> Option<String> {
-    let token = match exrp.dav.lock_owned_by(&job.file, &exrp.config.instance).await {
+async fn adopt(exrp: &Exrp, live: &Live, job: &Job) -> Option<String> {
+    let token = match live.dav.lock_owned_by(&job.file, &exrp.config.instance).await {
         Ok(token) => token?,
         Err(e) => {
             tracing::debug!(file = %job.file, "cannot read the lock on a busy file: {e}");
             return None;
         }
     };
-    if let Err(e) = exrp.dav.refresh(&job.file, &token, exrp.config.claim_timeout).await {
+    if let Err(e) = live.dav.refresh(&job.file, &token, exrp.config.claim_timeout).await {
         tracing::debug!(file = %job.file, "the lock an earlier run left could not be refreshed: {e}");
         return None;
     }
@@ -225,9 +243,10 @@ async fn adopt(exrp: &Exrp, job: &Job) -> Option<String> {
 fn spawn_refresher(exrp: Arc<Exrp>, file: String, token: String, lost: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = exrp.config.claim_timeout / 3;
+        let live = exrp.live();
         loop {
             tokio::time::sleep(every).await;
-            match exrp.dav.refresh(&file, &token, exrp.config.claim_timeout).await {
+            match live.dav.refresh(&file, &token, exrp.config.claim_timeout).await {
                 Ok(()) => {}
                 Err(DavError::Unavailable(_)) => {}
                 Err(e) => {
@@ -242,13 +261,13 @@ fn spawn_refresher(exrp: Arc<Exrp>, file: String, token: String, lost: Arc<Atomi
 
 /// The file is not in the store. If we (or the store scan) saw it there, someone finished it;
 /// if we never did, it may still come (or never will).
-fn missing(exrp: &Exrp, job: &Job) -> Outcome {
+fn missing(exrp: &Exrp, live: &Live, job: &Job) -> Outcome {
     if job.seen || job.origin == "scan" {
         return Outcome::Done("elsewhere");
     }
     let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms));
-    if age >= exrp.config.missing_timeout {
-        return Outcome::Dead(format!(
+    if age >= live.retry.missing_timeout {
+        return dead(format!(
             "{} is not in the WebDAV store {} (looked for {}s; never stored, or injected by another exrp instance)",
             job.file,
             exrp.config.storage.url,
@@ -259,7 +278,48 @@ fn missing(exrp: &Exrp, job: &Job) -> Outcome {
 }
 
 fn store_error(e: DavError) -> Outcome {
-    retry(store_reason(e))
+    match e {
+        // exrp's transient_storage credentials: configuration, not this recording.
+        DavError::Refused { status: status @ (401 | 403), detail } => {
+            tracing::error!(
+                status,
+                "the WebDAV store refuses exrp's credentials: {detail} (fix [exrp.transient_storage] username/password, then reload exrp with SIGHUP)"
+            );
+            Outcome::Paused {
+                delay: STORE_REFUSED_RECHECK,
+                reason: format!("{PAUSED} the WebDAV store refuses exrp's credentials: HTTP {status} {detail}"),
+            }
+        }
+        e => retry(store_reason(e)),
+    }
+}
+
+/// How often a job the store refused exrp's credentials for is tried again.
+const STORE_REFUSED_RECHECK: Duration = Duration::from_secs(30);
+
+/// Turns a retry into a dead job once retry_window has passed (time spent paused or waiting
+/// for configuration not counted).
+fn expire(live: &Live, job: &Job, outcome: Outcome) -> Outcome {
+    expire_after(live.retry.window, job, outcome)
+}
+
+fn expire_after(window: Duration, job: &Job, outcome: Outcome) -> Outcome {
+    let Outcome::Retry { reason, .. } = &outcome else { return outcome };
+    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms).saturating_sub(job.paused_ms));
+    if age < window {
+        return outcome;
+    }
+    Outcome::Dead { reason: format!("gave up after {}s (retry_window): {reason}", age.as_secs()), expired: true }
+}
+
+/// A dead job keeps its file in the store (for the operator) and says so on it, so no other
+/// instance's scan takes it over and fails it again.
+async fn mark_dead(exrp: &Exrp, live: &Live, job: &Job, token: Option<&str>, reason: &str) {
+    let record = json!({ "at": now_ms(), "by": exrp.config.instance, "reason": reason }).to_string();
+    match live.dav.set_props(&job.file, token, &[(PROP_DEAD, &record)], &[]).await {
+        Ok(()) | Err(DavError::Missing) => {}
+        Err(e) => tracing::warn!(file = %job.file, "cannot mark the dead job on its file: {e}"),
+    }
 }
 
 /// Why a store request failed, for the job's reason; a refusal is also logged as an error.
@@ -274,6 +334,12 @@ fn store_reason(e: DavError) -> String {
 }
 
 fn cloud_outcome(e: CloudError) -> Outcome {
+    if let CloudError::Credentials { reason, retry_in } = e {
+        return Outcome::Paused {
+            delay: retry_in.max(Duration::from_secs(1)),
+            reason: format!("{PAUSED} Genesys Cloud refuses the org's credentials or permissions: {reason}"),
+        };
+    }
     match e {
         CloudError::RateLimited(wait) => Outcome::Retry {
             delay: Some(wait),
@@ -283,18 +349,26 @@ fn cloud_outcome(e: CloudError) -> Outcome {
         CloudError::UrlExpired => {
             Outcome::Retry { delay: Some(Duration::ZERO), reason: "presigned URL expired".into() }
         }
-        CloudError::Rejected { status, body, correlation_id } => Outcome::Dead(format!(
+        CloudError::Rejected { status, body, correlation_id } => dead(format!(
             "Genesys Cloud refused the upload: HTTP {status} {body}{}",
             correlation_id.map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
         )),
+        CloudError::Credentials { .. } => unreachable!("handled above"),
     }
 }
 
-async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBool, spool: &std::path::Path) -> Outcome {
-    let dav = &exrp.dav;
+async fn work(
+    exrp: &Arc<Exrp>,
+    live: &Arc<Live>,
+    job: &Job,
+    token: Option<&str>,
+    lost: &AtomicBool,
+    spool: &std::path::Path,
+) -> Outcome {
+    let dav = &live.dav;
     let info = match dav.stat(&job.file).await {
         Ok(Some(info)) => info,
-        Ok(None) => return missing(exrp, job),
+        Ok(None) => return missing(exrp, live, job),
         Err(e) => return store_error(e),
     };
     if !job.seen {
@@ -320,23 +394,16 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
             .await
         {
             Ok(f) => f,
-            Err(DavError::Missing) => return missing(exrp, job),
+            Err(DavError::Missing) => return missing(exrp, live, job),
             Err(DavError::TooLarge(max)) => {
-                return dead(exrp, job, token, format!("the file in WebDAV is larger than {}", max.saturating_sub(1)))
-                    .await;
+                return dead(format!("the file in WebDAV is larger than {}", max.saturating_sub(1)));
             }
             Err(e) => return store_error(e),
         };
         if let Some(size) = expected
             && size != fetched.len
         {
-            return dead(
-                exrp,
-                job,
-                token,
-                format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len),
-            )
-            .await;
+            return dead(format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len));
         }
         let check = {
             let path = spool.to_path_buf();
@@ -344,19 +411,19 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
         };
         match check {
             Ok(Ok(_)) => {}
-            Ok(Err(why)) => return dead(exrp, job, token, format!("not a whole Ogg/Opus recording: {why}")).await,
+            Ok(Err(why)) => return dead(format!("not a whole Ogg/Opus recording: {why}")),
             Err(e) => return retry(format!("check failed: {e}")),
         }
         if lost.load(Ordering::Relaxed) {
             return retry("the claim was lost before the upload");
         }
         let metadata = metadata_json(exrp, job, &spec);
-        let key = match &exrp.sink {
+        let key = match &live.sink {
             Sink::Local(local) => {
                 let (tenant, file, path, local_dir) =
                     (job.tenant.clone(), job.file.clone(), spool.to_path_buf(), local.dir.clone());
                 let meta = metadata.clone();
-                let owner = exrp.clone();
+                let owner = live.clone();
                 let written = tokio::task::spawn_blocking(move || match &owner.sink {
                     Sink::Local(l) => l.deliver(&tenant, &file, &path, &meta),
                     Sink::Cloud(_) => Err(std::io::Error::other("not a local sink")),
@@ -369,8 +436,19 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
                 }
             }
             Sink::Cloud(cloud) => {
-                match upload_cloud(exrp, cloud, job, token, &info.props, spool, fetched.len, &fetched.md5, &metadata)
-                    .await
+                match upload_cloud(
+                    exrp,
+                    live,
+                    cloud,
+                    job,
+                    token,
+                    &info.props,
+                    spool,
+                    fetched.len,
+                    &fetched.md5,
+                    &metadata,
+                )
+                .await
                 {
                     Ok(key) => key,
                     Err(outcome) => return outcome,
@@ -409,16 +487,6 @@ async fn work(exrp: &Arc<Exrp>, job: &Job, token: Option<&str>, lost: &AtomicBoo
     }
 }
 
-/// A dead job keeps its file in the store (for the operator) and says so on it, so other
-/// instances' scans leave it alone.
-async fn dead(exrp: &Exrp, job: &Job, token: Option<&str>, reason: String) -> Outcome {
-    let record = json!({ "at": now_ms(), "by": exrp.config.instance, "reason": reason }).to_string();
-    if let Err(e) = exrp.dav.set_props(&job.file, token, &[(PROP_DEAD, &record)], &[]).await {
-        tracing::debug!(file = %job.file, "cannot mark the dead job on the file: {e}");
-    }
-    Outcome::Dead(reason)
-}
-
 /// The `job` property: the job's spec plus when and where it was accepted.
 pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
     let mut spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_else(|_| json!({}));
@@ -444,7 +512,8 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
         async move {
             let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
             let props = [(PROP_JOB, record.as_str())];
-            let set = exrp.dav.set_props(&job.file, None, &props, &[]);
+            let live = exrp.live();
+            let set = live.dav.set_props(&job.file, None, &props, &[]);
             match tokio::time::timeout_at(deadline, set).await {
                 Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
                 // Locked: another instance is working on the file, so it is there.
@@ -499,6 +568,7 @@ fn metadata_json(exrp: &Exrp, job: &Job, spec: &serde_json::Value) -> Vec<u8> {
 #[allow(clippy::too_many_arguments)]
 async fn upload_cloud(
     exrp: &Arc<Exrp>,
+    live: &Live,
     cloud: &CloudSink,
     job: &Job,
     token: Option<&str>,
@@ -511,7 +581,7 @@ async fn upload_cloud(
     use base64::Engine;
     let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
     let Some(client) = cloud.client(&job.tenant) else {
-        return Err(no_org(exrp, &job.tenant).unwrap_or_else(|| retry("no EX Org for the tenant")));
+        return Err(no_org(live, &job.tenant).unwrap_or_else(|| retry("no EX Org for the tenant")));
     };
     let name = clean_file_name(&job.file);
     let md5_b64 = b64(md5);
@@ -524,61 +594,224 @@ async fn upload_cloud(
         use ::md5::Digest;
         b64(&::md5::Md5::digest(metadata))
     };
-    let parts: &[bool] = if cloud.sidecar { &[true, false] } else { &[true] };
     let mut audio_key = String::new();
+    let parts: &[bool] = if cloud.sidecar { &[true, false] } else { &[true] };
     for &is_audio in parts {
-        let mut fresh_urls = 0;
-        loop {
-            let slot = if is_audio { &mut record.audio } else { &mut record.meta };
-            let now_s = now_ms() / 1000;
-            let reusable = slot.as_ref().filter(|p| p.expires_at > now_s + 30).cloned();
-            let presigned = match reusable {
-                Some(p) => p,
-                None => {
-                    fresh_urls += 1;
-                    if fresh_urls > 3 {
-                        return Err(retry("presigned URLs keep expiring before the upload"));
-                    }
-                    let (file_name, content_md5, content_type) = if is_audio {
-                        (name.clone(), md5_b64.as_str(), "audio/opus")
-                    } else {
-                        (format!("{name}.json"), meta_md5.as_str(), "application/json")
-                    };
-                    let p = client
-                        .presign(&file_name, content_md5, content_type, cloud.signed_url_timeout)
-                        .await
-                        .map_err(cloud_outcome)?;
-                    *slot = Some(p.clone());
-                    let text = serde_json::to_string(&record).unwrap_or_default();
-                    exrp.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await.map_err(store_error)?;
-                    if is_audio {
-                        let (id, key) = (job.id, p.upload_key.clone());
-                        exrp.queue.run(move |q| q.set_upload_key(id, &key)).await.map_err(|e| retry(e.to_string()))?;
-                    }
-                    p
-                }
-            };
-            let sent = if is_audio {
-                client.upload_file(&presigned, spool, len, exrp.config.transfer_timeout).await
-            } else {
-                client
-                    .upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout)
-                    .await
-            };
-            match sent {
-                Ok(()) => {
-                    if is_audio {
-                        audio_key = presigned.upload_key.clone();
-                    }
-                    break;
-                }
-                Err(CloudError::UrlExpired) => {
-                    let slot = if is_audio { &mut record.audio } else { &mut record.meta };
-                    *slot = None;
-                }
-                Err(e) => return Err(cloud_outcome(e)),
-            }
+        let sent = upload_part(
+            exrp,
+            live,
+            cloud,
+            client,
+            job,
+            token,
+            &mut record,
+            is_audio,
+            &name,
+            spool,
+            len,
+            metadata,
+            &md5_b64,
+            &meta_md5,
+        )
+        .await;
+        match sent {
+            Ok(key) if is_audio => audio_key = key,
+            Ok(_) => {}
+            Err(outcome) if is_audio => return Err(outcome),
+            // The audio is in Genesys Cloud: the sidecar can delay the job, never kill it.
+            Err(outcome) => sidecar_failed(exrp, job, outcome).await?,
         }
     }
     Ok(audio_key)
+}
+
+/// How often a sidecar that fails for a passing reason is tried within one attempt.
+const SIDECAR_TRIES: u32 = 3;
+
+/// The metadata sidecar failed after the audio was accepted. A refusal (any 4xx) gives the
+/// sidecar up: the recording is delivered without it, logged and counted. A passing fault
+/// (5xx, 429, network) is retried by the job (which then PUTs only the sidecar) until
+/// retry_window, after which the sidecar is given up too; a job never dies of its sidecar.
+async fn sidecar_failed(exrp: &Exrp, job: &Job, outcome: Outcome) -> Result<(), Outcome> {
+    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms).saturating_sub(job.paused_ms));
+    let window = exrp.live().retry.window;
+    match outcome {
+        // Configuration faults do not count toward retry_window: waiting costs nothing.
+        Outcome::Paused { .. } | Outcome::Waiting(_) => return Err(outcome),
+        // A minute of margin: the retry must not be the one that crosses retry_window.
+        Outcome::Retry { .. } if age + Duration::from_secs(60) < window => return Err(outcome),
+        _ => {}
+    }
+    let why = match outcome {
+        Outcome::Retry { reason, .. } | Outcome::Paused { reason, .. } | Outcome::Waiting(reason) => reason,
+        Outcome::Dead { reason, .. } => reason,
+        Outcome::Done(how) => how.to_string(),
+    };
+    exrp.metrics.sidecars_given_up.inc();
+    tracing::error!(
+        file = %job.file,
+        call_uuid = %job.call_uuid,
+        "the recording is in Genesys Cloud, its metadata sidecar is not and will not be: {why}"
+    );
+    Ok(())
+}
+
+/// Presigns (or reuses the recorded URL) and PUTs one part, the audio or its sidecar; a URL
+/// that expires is presigned anew (at most three times).
+#[allow(clippy::too_many_arguments)]
+async fn upload_part(
+    exrp: &Exrp,
+    live: &Live,
+    cloud: &CloudSink,
+    client: &crate::cloud::CloudClient,
+    job: &Job,
+    token: Option<&str>,
+    record: &mut UploadRecord,
+    is_audio: bool,
+    name: &str,
+    spool: &std::path::Path,
+    len: u64,
+    metadata: &[u8],
+    md5_b64: &str,
+    meta_md5: &str,
+) -> Result<String, Outcome> {
+    if is_audio && record.audio_done {
+        return Ok(record.audio.as_ref().map(|p| p.upload_key.clone()).unwrap_or_default());
+    }
+    if !is_audio && record.meta_done {
+        return Ok(String::new());
+    }
+    let mut fresh_urls = 0;
+    let mut passing_faults = 0;
+    loop {
+        let slot = if is_audio { &mut record.audio } else { &mut record.meta };
+        let now_s = now_ms() / 1000;
+        let reusable = slot.as_ref().filter(|p| p.expires_at > now_s + 30).cloned();
+        let presigned = match reusable {
+            Some(p) => p,
+            None => {
+                fresh_urls += 1;
+                if fresh_urls > 3 {
+                    return Err(retry("presigned URLs keep expiring before the upload"));
+                }
+                let (file_name, content_md5, content_type) = if is_audio {
+                    (name.to_string(), md5_b64, "audio/opus")
+                } else {
+                    (format!("{name}.json"), meta_md5, "application/json")
+                };
+                let p = client
+                    .presign(&file_name, content_md5, content_type, cloud.signed_url_timeout)
+                    .await
+                    .map_err(cloud_outcome)?;
+                *slot = Some(p.clone());
+                let text = serde_json::to_string(&record).unwrap_or_default();
+                live.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await.map_err(store_error)?;
+                if is_audio {
+                    let (id, key) = (job.id, p.upload_key.clone());
+                    exrp.queue.run(move |q| q.set_upload_key(id, &key)).await.map_err(|e| retry(e.to_string()))?;
+                }
+                p
+            }
+        };
+        let sent = if is_audio {
+            client.upload_file(&presigned, spool, len, exrp.config.transfer_timeout).await
+        } else {
+            client.upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout).await
+        };
+        match sent {
+            Ok(()) => {
+                if is_audio {
+                    // A retry for the sidecar's sake does not PUT the audio again.
+                    record.audio_done = true;
+                } else {
+                    record.meta_done = true;
+                }
+                let text = serde_json::to_string(&record).unwrap_or_default();
+                if let Err(e) = live.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await {
+                    tracing::debug!(file = %job.file, "cannot record the finished part on the file: {e}");
+                }
+                return Ok(presigned.upload_key);
+            }
+            Err(CloudError::UrlExpired) => {
+                let slot = if is_audio { &mut record.audio } else { &mut record.meta };
+                *slot = None;
+            }
+            // The sidecar is small: a passing fault is worth a second try at once (a 429's
+            // wait is kept by the client).
+            Err(CloudError::Transient(_) | CloudError::RateLimited(_))
+                if !is_audio && passing_faults + 1 < SIDECAR_TRIES =>
+            {
+                passing_faults += 1;
+                tokio::time::sleep(Duration::from_secs(passing_faults as u64)).await;
+            }
+            Err(e) => return Err(cloud_outcome(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(age: Duration, paused: Duration) -> Job {
+        Job {
+            id: 1,
+            call_uuid: "C".into(),
+            media_id: "m".into(),
+            file: "C_m.opus".into(),
+            tenant: "t".into(),
+            state: super::super::queue::State::Working,
+            origin: "post",
+            attempts: 3,
+            accepted_at_ms: now_ms() - age.as_millis() as u64,
+            next_at_ms: 0,
+            updated_at_ms: 0,
+            seen: true,
+            upload_key: None,
+            outcome: None,
+            reason: None,
+            spec: "{}".into(),
+            lock_token: None,
+            paused_ms: paused.as_millis() as u64,
+        }
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn retry_window_does_not_count_time_paused_for_configuration() {
+        let window = 72 * HOUR;
+        // Four days old, two of them paused for a refused secret: still retried.
+        let outcome = expire_after(window, &job(96 * HOUR, 48 * HOUR), retry("Genesys Cloud: 503"));
+        assert!(matches!(outcome, Outcome::Retry { .. }), "{outcome:?}");
+        // Four days of passing faults: dead, and said to be expired.
+        match expire_after(window, &job(96 * HOUR, Duration::ZERO), retry("Genesys Cloud: 503")) {
+            Outcome::Dead { reason, expired: true } => assert!(reason.contains("retry_window"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        // Pauses and waits themselves never expire.
+        let paused = Outcome::Paused { delay: HOUR, reason: "paused: x".into() };
+        assert!(matches!(expire_after(window, &job(999 * HOUR, Duration::ZERO), paused), Outcome::Paused { .. }));
+        let waiting = Outcome::Waiting("no org".into());
+        assert!(matches!(expire_after(window, &job(999 * HOUR, Duration::ZERO), waiting), Outcome::Waiting(_)));
+    }
+
+    #[test]
+    fn a_refused_credential_pauses_and_any_other_refusal_kills() {
+        let paused =
+            cloud_outcome(CloudError::Credentials { reason: "token: HTTP 401".into(), retry_in: Duration::ZERO });
+        match paused {
+            Outcome::Paused { delay, reason } => {
+                assert_eq!(delay, Duration::from_secs(1));
+                assert!(reason.starts_with(PAUSED), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let refused = cloud_outcome(CloudError::Rejected { status: 400, body: "bad".into(), correlation_id: None });
+        assert!(matches!(refused, Outcome::Dead { expired: false, .. }));
+        let store = store_error(DavError::Refused { status: 403, detail: "Forbidden".into() });
+        assert!(matches!(store, Outcome::Paused { .. }), "{store:?}");
+        let store = store_error(DavError::Refused { status: 405, detail: "Method Not Allowed".into() });
+        assert!(matches!(store, Outcome::Retry { .. }), "{store:?}");
+    }
 }

@@ -99,16 +99,55 @@ fn cloud_refreshes_the_token_once_on_401() {
         assert_eq!(client.stats().token_refreshes_on_401.load(Ordering::Relaxed), 1);
         assert_eq!(fake.token_grants(), 2);
 
-        // A second 401 right after the refresh is final.
+        // A second 401 right after the refresh is the org's credentials: the org pauses.
         fake.fail_next(Endpoint::Presign, 2, Fault::Status(401));
         match presign(&client, "c.opus", b"c").await {
-            Err(CloudError::Rejected { status: 401, correlation_id: Some(_), .. }) => {}
-            other => panic!("expected Rejected 401, got {other:?}"),
+            Err(CloudError::Credentials { reason, retry_in }) => {
+                assert!(reason.contains("presign: HTTP 401") && reason.contains("ININ-Correlation-Id"), "{reason}");
+                assert_eq!(retry_in, Duration::from_secs(10));
+            }
+            other => panic!("expected Credentials, got {other:?}"),
         }
+        assert!(client.fault().is_some_and(|f| f.failures == 1));
+        // While paused nothing is sent: the answer is the fault's.
+        assert!(matches!(presign(&client, "d.opus", b"d").await, Err(CloudError::Credentials { .. })));
     });
     assert_eq!(fake.token_grants(), 3);
     let statuses: Vec<u16> = fake.requests_to(Endpoint::Presign).iter().map(|r| r.status).collect();
     assert_eq!(statuses, [200, 401, 200, 401, 401]);
+}
+
+#[test]
+fn cloud_token_refusals_pause_the_org_with_backoff_and_a_success_clears_it() {
+    let fake = FakeCloud::start(ID, SECRET);
+    let wrong = CloudClient::new(
+        &GenesysCloudConfig {
+            api_url: fake.base_url(),
+            login_url: fake.base_url(),
+            client_id: ID.into(),
+            client_secret: Secret::new("not-the-secret"),
+        },
+        HttpClient::plain(),
+        Duration::from_secs(5),
+    );
+    run(Duration::from_secs(20), async {
+        for _ in 0..5 {
+            match wrong.token().await {
+                Err(CloudError::Credentials { reason, .. }) => assert!(reason.contains("token: HTTP 401"), "{reason}"),
+                other => panic!("expected Credentials, got {other:?}"),
+            }
+        }
+        // 400 (a malformed or unsupported grant) and 403 count as credential faults too.
+        for status in [400, 403] {
+            let client = client(&fake);
+            fake.fail_next(Endpoint::Token, 1, Fault::Status(status));
+            assert!(matches!(client.token().await, Err(CloudError::Credentials { .. })), "{status}");
+            assert!(client.fault().is_some());
+        }
+    });
+    // Five callers, one request: the others got the fault without asking.
+    assert_eq!(fake.requests_to(Endpoint::Token).len(), 3);
+    assert!(wrong.fault().is_some_and(|f| f.failures == 1 && f.reason.contains("invalid_client")));
 }
 
 #[test]
@@ -294,11 +333,11 @@ fn cloud_wrong_client_secret_is_rejected() {
     let client = client_with(&fake, "not-the-secret", Duration::from_secs(5));
     run(Duration::from_secs(10), async {
         match client.token().await {
-            Err(CloudError::Rejected { status: 401, body, .. }) => assert!(body.contains("invalid_client"), "{body}"),
-            other => panic!("expected Rejected 401, got {other:?}"),
+            Err(CloudError::Credentials { reason, .. }) => assert!(reason.contains("invalid_client"), "{reason}"),
+            other => panic!("expected Credentials, got {other:?}"),
         }
         let err = presign(&client, "a.opus", b"a").await.unwrap_err();
-        assert!(matches!(err, CloudError::Rejected { status: 401, .. }), "{err:?}");
+        assert!(matches!(err, CloudError::Credentials { .. }), "{err:?}");
         assert!(!err.to_string().contains("not-the-secret"));
     });
     assert_eq!(fake.requests_to(Endpoint::Presign).len(), 0);

@@ -176,6 +176,15 @@ impl Exrp {
         }
     }
 
+    /// Rewrites nothing: sends SIGHUP and waits for the reload's log line.
+    pub fn reload(&self) {
+        let before = self.proc().logs().matches("SIGHUP: exrp configuration reloaded").count();
+        self.proc().signal("HUP");
+        wait_until("the SIGHUP reload", SOON, || {
+            self.proc().logs().matches("SIGHUP: exrp configuration reloaded").count() > before
+        });
+    }
+
     /// Waits until the queue holds `done` finished and nothing pending or working.
     pub fn wait_idle(&self, done: u64, dead: u64) -> Value {
         self.wait_health("queue idle", |_, b| {
@@ -591,7 +600,8 @@ fn orphans_are_reported_by_age_and_removed_after_their_ttl() {
     exrp.wait_health("orphans counted", |_, b| b["orphans"]["count"] == 2);
     assert_eq!(exrp.metric("exrp_orphans", &[("older_than", "0")]), 2.0);
     wait_until("orphans removed", SOON, || store.files().is_empty());
-    assert_eq!(exrp.metric("exrp_orphans_removed_total", &[]), 2.0);
+    // Counted once exrp has the store's answer, which can be a moment after the files go.
+    wait_until("both removals counted", SOON, || exrp.metric("exrp_orphans_removed_total", &[]) == 2.0);
 }
 
 #[test]
@@ -678,7 +688,7 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
         "[exrp.genesys_cloud.tenants.Tenant2]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-2\"\nclient_secret = \"secret-2\"\n",
         other.base_url()
     );
-    let mut exrp = Exrp::start("exrp-tenant-waits", &store.url(), &format!("{sink}{tenant2}"), "");
+    let exrp = Exrp::start("exrp-tenant-waits", &store.url(), &format!("{sink}{tenant2}"), "");
     store.put("TC_1.opus", SAMPLE);
     let mut body = end_body("TC", &[("1", "TC_1.opus", SAMPLE.len())]);
     body["tenant"] = json!("Tenant3");
@@ -695,7 +705,7 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
     assert_eq!((main_org.uploads_of("TC_1.opus"), other.uploads_of("TC_1.opus")), (0, 0), "never elsewhere");
     assert!(store.has("TC_1.opus"), "the recording stays in the store");
 
-    // Configured (and exrp restarted): it goes out to its own org, and only there.
+    // Configured (and exrp reloaded): it goes out to its own org, and only there.
     let third = FakeCloud::start("client-3", "secret-3");
     let tenant3 = format!(
         "[exrp.genesys_cloud.tenants.Tenant3]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-3\"\nclient_secret = \"secret-3\"\n",
@@ -703,8 +713,7 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
     );
     let text = std::fs::read_to_string(&exrp.config).unwrap() + &tenant3;
     std::fs::write(&exrp.config, text).unwrap();
-    exrp.proc = None;
-    exrp.restart();
+    exrp.reload();
     exrp.wait_idle(1, 0);
     assert_eq!(
         (main_org.uploads_of("TC_1.opus"), other.uploads_of("TC_1.opus"), third.uploads_of("TC_1.opus")),
@@ -789,4 +798,117 @@ fn the_provider_hop_can_require_basic_auth_and_excp_sends_it() {
     let r = c.post(format!("http://{}/api/v1/interactions/AU/end", excp.addr("excp"))).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     exrp.wait_idle(1, 0);
+}
+
+/// The `[exrp.genesys_cloud]` table of `cloud` with the secret read from `secret_file`.
+fn cloud_sink_with_secret_file(cloud: &FakeCloud, secret_file: &std::path::Path) -> String {
+    format!(
+        "[exrp.genesys_cloud]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-1\"\nclient_secret_file = \"{1}\"\n",
+        cloud.base_url(),
+        secret_file.display()
+    )
+}
+
+#[test]
+fn a_refused_secret_pauses_its_org_and_a_reloaded_secret_resumes_at_once() {
+    use crate::support::cloud::Endpoint;
+    let store = Store::start("exrp-secret");
+    let cloud = FakeCloud::start("client-1", "secret-1");
+    let secrets = TempDir::new("exrp-secret-file");
+    let secret_file = secrets.join("secret");
+    std::fs::write(&secret_file, "a-wrong-secret\n").unwrap();
+    let exrp = Exrp::start("exrp-secret", &store.url(), &cloud_sink_with_secret_file(&cloud, &secret_file), "");
+    let started = Instant::now();
+    store.put("S1_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("S1", &[("1", "S1_1.opus", SAMPLE.len())])).status, 202);
+
+    // The org is refused: health DOWN naming it, the job pending with its reason, never dead.
+    let health = exrp.wait_health("the org marked failing", |status, b| {
+        status == 503 && b["orgsFailing"][0]["org"] == "default" && b["queue"]["pending"] == 1
+    });
+    assert_eq!(health["dependencies"]["genesysCloud"], "DOWN", "{health}");
+    let reason = health["orgsFailing"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("token: HTTP 401") && reason.contains("invalid_client"), "{reason}");
+    assert_eq!(health["queue"]["dead"], 0);
+    assert_eq!(exrp.metric("exrp_cloud_org_refused", &[("org", "default")]), 1.0);
+    wait_until("the job's reason in the queue", SOON, || exrp.queue(&["list", "--json"]).contains("paused:"));
+    assert!(store.has("S1_1.opus"));
+    // Backed off: not one token request per worker or per probe (5 s), but 10 s, 20 s, …
+    let asked = cloud.requests_to(Endpoint::Token).len() as u64;
+    assert!(asked <= 2 + started.elapsed().as_secs() / 10, "{asked} token requests");
+
+    // The operator fixes the secret and reloads: the job goes out without waiting the backoff.
+    std::fs::write(&secret_file, "secret-1\n").unwrap();
+    exrp.reload();
+    exrp.wait_idle(1, 0);
+    assert_eq!(cloud.uploads_of("S1_1.opus"), 1);
+    let health = exrp.wait_health("the org accepted again", |status, _| status == 200);
+    assert_eq!(health["orgsFailing"], json!([]));
+
+    // The secret is rotated in Genesys Cloud: the cached token stops working, the refresh is
+    // refused, the job pauses; the new secret and a reload deliver it.
+    cloud.set_secret("secret-2");
+    store.put("S2_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("S2", &[("1", "S2_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_health("the rotated secret refused", |status, b| {
+        status == 503 && b["orgsFailing"][0]["org"] == "default" && b["queue"]["pending"] == 1
+    });
+    std::fs::write(&secret_file, "secret-2\n").unwrap();
+    exrp.reload();
+    exrp.wait_idle(2, 0);
+    assert_eq!(cloud.uploads_of("S2_1.opus"), 1);
+
+    // A file that does not parse is refused, and the running configuration kept.
+    let good = std::fs::read_to_string(&exrp.config).unwrap();
+    std::fs::write(&exrp.config, good.replace("[exrp.genesys_cloud]", "[exrp.genesys_cloud]\nbogus = 1")).unwrap();
+    exrp.proc().signal("HUP");
+    wait_until("the refused reload", SOON, || {
+        exrp.proc().logs().contains("configuration refused, exrp keeps the running one")
+    });
+    store.put("S3_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("S3", &[("1", "S3_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(3, 0);
+}
+
+#[test]
+fn a_missing_permission_pauses_a_refused_sidecar_never_kills_and_a_dead_job_is_marked_on_its_file() {
+    use crate::support::cloud::{Endpoint, Fault};
+    let store = Store::start("exrp-perm");
+    let (cloud, sink) = cloud_sink();
+    // The audio's presign: 403 (a missing permission), then fine; the sidecar's: 400.
+    cloud.fail_next(Endpoint::Presign, 1, Fault::Status(403));
+    cloud.fail_next(Endpoint::Presign, 1, Fault::Pass);
+    cloud.fail_next(Endpoint::Presign, 1, Fault::Status(400));
+    let exrp = Exrp::start("exrp-perm", &store.url(), &sink, "");
+    store.put("P1_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("P1", &[("1", "P1_1.opus", SAMPLE.len())])).status, 202);
+    let health = exrp.wait_health("the org paused for a permission", |status, b| {
+        status == 503 && b["orgsFailing"][0]["reason"].as_str().is_some_and(|r| r.contains("presign: HTTP 403"))
+    });
+    assert_eq!((health["queue"]["dead"].as_u64(), store.has("P1_1.opus")), (Some(0), true), "{health}");
+    // The permission granted, a reload resumes at once; the sidecar is refused after the
+    // audio was accepted: delivered without it, counted, not dead.
+    exrp.reload();
+    exrp.wait_idle(1, 0);
+    assert_eq!(cloud.uploads_of("P1_1.opus"), 1);
+    assert_eq!(cloud.uploads_of("P1_1.opus.json"), 0);
+    assert_eq!(exrp.metric("exrp_sidecars_given_up_total", &[]), 1.0);
+    assert!(!store.has("P1_1.opus"));
+    assert_eq!(exrp.wait_health("UP again", |s, _| s == 200)["orgsFailing"], json!([]));
+
+    // Any other 4xx on the audio is this recording's fault: dead, and said on the file so no
+    // other instance takes it over.
+    cloud.fail_next(Endpoint::Presign, 1, Fault::Status(400));
+    store.put("P2_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("P2", &[("1", "P2_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(1, 1);
+    let propfind = client()
+        .request(crate::support::method("PROPFIND"), format!("{}/P2_1.opus", store.url()))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("Depth", "0")
+        .body(r#"<?xml version="1.0"?><D:propfind xmlns:D="DAV:"><D:allprop/></D:propfind>"#)
+        .send()
+        .unwrap();
+    let text = propfind.text().unwrap();
+    assert!(text.contains("dead") && text.contains("Genesys Cloud refused the upload"), "{text}");
 }

@@ -57,6 +57,8 @@ pub enum Fault {
     Hang,
     /// Waits, then answers as usual.
     Delay(Duration),
+    /// Answers as usual (to script a fault for a later call).
+    Pass,
 }
 
 /// One request as the fake saw it.
@@ -124,7 +126,8 @@ struct Inner {
 
 struct State {
     client_id: String,
-    secret: String,
+    /// The client secret the org accepts; rotated by `set_secret`.
+    secret: Mutex<String>,
     org: String,
     addr: SocketAddr,
     keep_bytes: AtomicBool,
@@ -156,7 +159,7 @@ impl FakeCloud {
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             client_id: client_id.to_string(),
-            secret: secret.to_string(),
+            secret: Mutex::new(secret.to_string()),
             org: uuid::Uuid::new_v4().to_string(),
             addr,
             keep_bytes: AtomicBool::new(true),
@@ -212,6 +215,13 @@ impl FakeCloud {
         let mut inner = self.state.lock();
         let queue = inner.faults.entry(endpoint).or_default();
         queue.extend(std::iter::repeat_n(fault, n));
+    }
+
+    /// The org's secret is rotated: tokens granted so far stop working, and only `secret`
+    /// gets new ones (as when an admin regenerates the OAuth client's secret).
+    pub fn set_secret(&self, secret: &str) {
+        *self.state.secret.lock().unwrap_or_else(|e| e.into_inner()) = secret.to_string();
+        self.state.lock().tokens.clear();
     }
 
     /// Drops every fault still queued.
@@ -488,7 +498,7 @@ fn serve(state: &State, mut stream: TcpStream) {
                 gc_error(status, &format!("scripted failure {status}"))
             }
         }
-        None => dispatch(state, &head, endpoint, body),
+        Some(Fault::Pass) | None => dispatch(state, &head, endpoint, body),
     };
     log(state, reply.status);
     let _ = send(&mut stream, &reply);
@@ -514,7 +524,8 @@ fn dispatch(state: &State, head: &Head, endpoint: Option<Endpoint>, body: Body) 
 }
 
 fn token(state: &State, head: &Head, body: &[u8]) -> Reply {
-    let expected = format!("Basic {}", B64.encode(format!("{}:{}", state.client_id, state.secret)));
+    let secret = state.secret.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let expected = format!("Basic {}", B64.encode(format!("{}:{}", state.client_id, secret)));
     if head.header("authorization") != Some(expected.as_str()) {
         return Reply::json(
             401,
