@@ -110,10 +110,17 @@ pub fn translate(text: &str) -> Result<Imported, String> {
                 let _ = write!(
                     out,
                     "\n[excp.conversation_provider]    # the CME annex folder of the same name\ngir_host = {}\n\
-                     gir_orgId = \"FILL-IN\"          # from CME, as the rest of this folder\ngir_user = \"FILL-IN\"\ngir_password = \"FILL-IN\"\n",
+                     gir_orgId = \"FILL-IN\"          # from CME, as the rest of this folder\ngir_user = \"FILL-IN\"\ngir_password = \"FILL-IN\"\n\
+                     \n[excp.transient_storage]        # GIR mode: calls and their file names come from the store\n\
+                     type = \"WebDAV\"\nurl = \"http://FILL-IN/recordings\"   # as [exrp.transient_storage]\n\
+                     username = \"FILL-IN\"\npassword = \"FILL-IN\"\n",
                     quote(gir)
                 );
-                notes.push("GIR mode: fill in gir_orgId, gir_user and gir_password from CME".into());
+                notes.push(
+                    "GIR mode: fill in gir_orgId, gir_user and gir_password from CME, and [excp.transient_storage] \
+                     (the store MCP records into: excp learns calls and their file names from it)"
+                        .into(),
+                );
             }
         }
         None => notes.push("EXCP_RECORDING_PROCESSOR_PROXY_HOST is not set: [excp] is left out".into()),
@@ -171,11 +178,30 @@ mod tests {
         assert!(t.toml.contains("servers = [\"10.0.0.21:8080\", \"10.0.0.22:8080\"]"), "{}", t.toml);
         assert!(t.toml.contains("recording_processor_url = \"http://10.0.0.5:8080\""));
         assert!(t.toml.contains("gir_host = \"rws.example.com\""));
+        // As written it is refused, each placeholder named; filled in, it parses.
+        let mut problems = Vec::new();
+        for role in [crate::cli::Role::Excp, crate::cli::Role::Exrp] {
+            let err = crate::config::Config::from_toml_str_env(&t.toml, role, &|_| None).unwrap_err();
+            assert!(err.problems.iter().all(|p| p.contains("from import-env")), "{err}");
+            problems.extend(err.problems);
+        }
+        let err = crate::config::ConfigError { problems };
+        for key in [
+            "excp.conversation_provider.gir_orgId",
+            "excp.transient_storage.url",
+            "excp.transient_storage.password",
+            "exrp.genesys_cloud.client_secret",
+        ] {
+            assert!(err.problems.iter().any(|p| p.starts_with(&format!("{key}:"))), "{key} in {err}");
+        }
+        let filled = t.toml.replace("FILL-IN", "filled");
         for role in [crate::cli::Role::Lb, crate::cli::Role::Excp, crate::cli::Role::Exrp] {
-            if let Err(e) = crate::config::Config::from_toml_str_env(&t.toml, role, &|_| None) {
-                panic!("{role:?}: {e}\n{}", t.toml);
+            if let Err(e) = crate::config::Config::from_toml_str_env(&filled, role, &|_| None) {
+                panic!("{role:?}: {e}\n{filled}");
             }
         }
+        let excp = crate::config::Config::from_toml_str_env(&filled, crate::cli::Role::Excp, &|_| None).unwrap();
+        assert!(excp.excp.unwrap().store.is_some(), "GIR mode comes with its store watch");
         let notes = t.notes.join("\n");
         for needle in ["EXCP_VM_HOST_LIST", "EXRP_TAG", "EXRP_CONFIG_SERVER_USER", "FILL", "transient_storage"] {
             assert!(notes.contains(needle) || t.toml.contains(needle), "{needle} in {notes}");

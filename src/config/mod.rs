@@ -159,6 +159,19 @@ impl Config {
             problems: vec![format!("not valid TOML: {}", err.to_string().trim_end())],
         })?;
         let mut problems = Vec::new();
+        // Only the sections this process runs: a shared site file may hold another VM's blanks.
+        for (key, value) in &table {
+            let wanted = match key.as_str() {
+                "webdav" => matches!(role, Role::Webdav | Role::All),
+                "lb" => matches!(role, Role::Lb | Role::All),
+                "excp" => matches!(role, Role::Excp | Role::All),
+                "exrp" => matches!(role, Role::Exrp | Role::All),
+                _ => true,
+            };
+            if wanted {
+                placeholders(&toml::Table::from_iter([(key.clone(), value.clone())]), "", &mut problems);
+            }
+        }
         let mut top = Section::new("", &table, &mut problems);
         let shutdown_grace = top.duration("shutdown_grace", Duration::from_secs(30));
         let admin_table = top.table("admin");
@@ -658,6 +671,35 @@ impl<'a, 'p> Section<'a, 'p> {
                 let name = self.key_name(key);
                 self.problems.push(format!("{name}: unknown key"));
             }
+        }
+    }
+}
+
+/// What `import-env` writes where only the operator knows the value.
+pub const PLACEHOLDER: &str = "FILL-IN";
+
+/// Every string still holding [`PLACEHOLDER`] is a problem: a file fresh from `import-env`
+/// must not start as if it were complete.
+fn placeholders(table: &toml::Table, prefix: &str, problems: &mut Vec<String>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+        match value {
+            toml::Value::String(s) if s.contains(PLACEHOLDER) => {
+                problems.push(format!("{name}: still {s:?} from import-env; fill in the real value"))
+            }
+            toml::Value::Table(t) => placeholders(t, &name, problems),
+            toml::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(s) if s.contains(PLACEHOLDER) => {
+                            problems.push(format!("{name}[{i}]: still {s:?} from import-env; fill in the real value"))
+                        }
+                        toml::Value::Table(t) => placeholders(t, &format!("{name}[{i}]"), problems),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }

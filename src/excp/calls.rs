@@ -27,6 +27,10 @@ pub struct Call {
     pub recordings: Vec<Recording>,
     #[serde(default)]
     pub gir: Option<GirFetch>,
+    /// GIR mode: the call's files as the store watch saw them (`<CallUUID>_…`), to name each
+    /// RWS media file as the store holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub store_files: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -66,6 +70,7 @@ impl Call {
             ended: None,
             recordings: Vec::new(),
             gir: None,
+            store_files: Vec::new(),
         }
     }
 
@@ -266,15 +271,23 @@ impl CallBook {
 
     /// A recording of the call was seen in the store (GIR mode): the call is known from now
     /// on and its quiet period starts again. Returns true when the call is new.
-    pub async fn touch(&self, call_uuid: &str) -> Result<bool, BookError> {
+    pub async fn touch(&self, call_uuid: &str, file: &str) -> Result<bool, BookError> {
         let entry = self.entry_or_new(call_uuid)?;
         let mut guard = entry.lock().await;
-        if guard.call.ended.is_some() {
+        let known = guard.call.store_files.iter().any(|f| f == file);
+        let room = guard.call.store_files.len() < self.max_recordings;
+        if guard.call.ended.is_some() && (known || !room) {
             return Ok(false);
         }
         let new = guard.call.recordings.is_empty() && guard.call.first_seen_ms == guard.call.last_update_ms;
         let mut call = guard.call.clone();
-        call.last_update_ms = now_ms();
+        if !known && room {
+            call.store_files.push(file.to_string());
+        }
+        // A file that comes after the end is remembered, and does not reopen the call.
+        if call.ended.is_none() {
+            call.last_update_ms = now_ms();
+        }
         if let Err(e) = self.persist(&call).await {
             self.forget_unwritten(call_uuid, &guard);
             return Err(e);

@@ -180,7 +180,8 @@ pub fn interaction_end(excp: &Excp, call: &Call) -> Value {
             let m = &r.metadata;
             let mut rec = json!({
                 "mediaId": r.media_id,
-                "uri": field(m, "mediaUri").or_else(|| field(m, "mediaPath")),
+                // In GIR mode mediaUri is RWS's play URL, not the store's: exrp goes by mediaId.
+                "uri": if p.gir.is_some() { None } else { field(m, "mediaUri").or_else(|| field(m, "mediaPath")) },
                 "contentType": field(m, "type").unwrap_or_else(|| "audio/opus".into()),
                 "startTime": field(m, "startTime"),
                 "stopTime": field(m, "stopTime"),
@@ -269,6 +270,14 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
                 if files.is_empty() {
                     Err("RWS answered without media files for this call".to_string())
                 } else {
+                    let store = entry.lock().await.call.store_files.clone();
+                    let (files, paired) = super::gir::pair(files, &store);
+                    if paired.unmatched > 0 && !store.is_empty() {
+                        tracing::warn!(%call_uuid, unmatched = paired.unmatched, store_files = store.len(),
+                            "RWS names media files the store watch has not seen; their RWS mediaId is sent as the file name");
+                    }
+                    tracing::info!(%call_uuid, by_name = paired.by_name, by_order = paired.by_order,
+                        unmatched = paired.unmatched, store_only = paired.store_only, "RWS media files named as the store holds them");
                     match excp.book.add(call_uuid, &files).await {
                         Ok(added) => {
                             excp.metrics.gir_fetches.inc(&["ok"]);

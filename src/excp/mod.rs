@@ -4,6 +4,7 @@
 
 mod calls;
 mod deliver;
+mod gir;
 pub mod ingest;
 mod watch;
 
@@ -128,6 +129,13 @@ impl Excp {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(deliver::run(self.clone(), shutdown.clone()));
+        if self.config.provider.gir.is_some() && self.config.store.is_none() {
+            tracing::warn!(
+                "GIR mode without [excp.transient_storage]: calls are known only from end events, and each RWS \
+                 mediaId is taken as the file's name in the store (RWS often names an .mp3 the store does not \
+                 hold). Add [excp.transient_storage] with the store MCP records into"
+            );
+        }
         if let (Some(store), Some(_)) = (self.config.store.clone(), &self.config.provider.gir) {
             tracing::info!(store = %store.url, every = ?store.poll_interval, "GIR mode: watching the recording store for new calls");
             tokio::spawn(watch::run(self.clone(), store, shutdown.clone()));

@@ -60,7 +60,7 @@ pub async fn run(excp: Arc<Excp>, store: StoreWatch, shutdown: CancellationToken
                 seen.insert(name);
                 continue;
             };
-            match excp.book.touch(call_uuid).await {
+            match excp.book.touch(call_uuid, &name).await {
                 Ok(new) => {
                     if new {
                         tracing::info!(%call_uuid, file = %name, "call known from its recording in the store");

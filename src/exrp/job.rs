@@ -1,6 +1,6 @@
 //! The interaction-end body (DESIGN.md §2) read into one job per recording. The store name of
-//! a recording is the last path segment of its `uri`, else its `mediaId`: never a host from
-//! the body.
+//! a recording is its `mediaId`, else the last path segment of its `uri` (when the mediaId is
+//! absent): never a host from the body. In GIR mode `uri` is RWS's play URL, not a store path.
 
 use serde_json::{Map, Value, json};
 
@@ -40,15 +40,18 @@ pub fn valid_file_name(name: &str) -> bool {
         && !name.chars().any(char::is_control)
 }
 
-/// The store name from `uri` (its last path segment, percent-decoded) or the mediaId.
-pub fn file_name(uri: Option<&str>, media_id: &str) -> Option<String> {
-    let from_uri = uri.and_then(|u| {
-        let path = u.split(['?', '#']).next().unwrap_or(u);
-        let segment = path.rsplit('/').next()?;
-        let decoded = percent_encoding::percent_decode_str(segment).decode_utf8().ok()?.into_owned();
-        Some(decoded)
-    });
-    let name = from_uri.filter(|n| !n.is_empty()).unwrap_or_else(|| media_id.to_string());
+/// The store name: the mediaId when there is one, else the last path segment of `uri`
+/// (percent-decoded).
+pub fn file_name(uri: Option<&str>, media_id: Option<&str>) -> Option<String> {
+    let name = match media_id {
+        Some(id) => id.to_string(),
+        None => {
+            let u = uri?;
+            let path = u.split(['?', '#']).next().unwrap_or(u);
+            let segment = path.rsplit('/').next()?;
+            percent_encoding::percent_decode_str(segment).decode_utf8().ok()?.into_owned()
+        }
+    };
     valid_file_name(&name).then_some(name)
 }
 
@@ -90,19 +93,17 @@ pub fn parse(body: &[u8], default_tenant: &str) -> Result<Vec<NewJob>, BodyError
             Some(Value::String(u)) => Some(u.as_str()),
             Some(_) => return Err(BodyError::Shape(format!("recordings[{i}].uri is not a string"))),
         };
-        let uri_name = uri.and_then(|u| file_name(Some(u), ""));
-        let media_id = match text(rec, "mediaId") {
-            Some(m) => m.to_string(),
-            None => uri_name.clone().ok_or_else(|| {
-                BodyError::Shape(format!("recordings[{i}] has neither mediaId nor a uri naming a file"))
-            })?,
-        };
-        check_id(&format!("recordings[{i}].mediaId"), &media_id)?;
-        let file = file_name(uri, &media_id).ok_or_else(|| {
-            BodyError::Shape(format!(
-                "recordings[{i}]: no usable file name (the uri's last segment or the mediaId must be one path segment)"
-            ))
+        let given = text(rec, "mediaId");
+        let file = file_name(uri, given).ok_or_else(|| {
+            BodyError::Shape(match given {
+                Some(_) => {
+                    format!("recordings[{i}].mediaId must be the recording's file name in the store (one path segment)")
+                }
+                None => format!("recordings[{i}] has neither mediaId nor a uri whose last segment names a file"),
+            })
         })?;
+        let media_id = given.map_or_else(|| file.clone(), str::to_string);
+        check_id(&format!("recordings[{i}].mediaId"), &media_id)?;
         match rec.get("size") {
             None | Some(Value::Null) => {}
             Some(v) if v.as_u64().is_some() => {}
@@ -137,21 +138,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_come_from_the_uri_path_never_its_host() {
-        assert_eq!(file_name(Some("http://evil.example/x/a%20b.opus?q=1"), "m").as_deref(), Some("a b.opus"));
-        assert_eq!(file_name(None, "m1.opus").as_deref(), Some("m1.opus"));
-        assert_eq!(file_name(Some("http://h/recordings/"), "m1").as_deref(), Some("m1"));
-        assert_eq!(file_name(Some("http://h/..%2Fetc"), "m1"), None);
-        assert_eq!(file_name(Some("http://h/%2E%2E"), "x"), None);
-        assert_eq!(file_name(None, "../x"), None);
+    fn names_come_from_the_media_id_else_the_uri_path_never_its_host() {
+        // RWS's play URL names an .mp3 on RWS: the mediaId is the store's name.
+        let play = "http://rws.example/api/v2/recordings/C1/play/5f0c6a1e-aaaa.mp3";
+        assert_eq!(
+            file_name(Some(play), Some("C1_2015-09-10_16-58-22.opus")).as_deref(),
+            Some("C1_2015-09-10_16-58-22.opus")
+        );
+        assert_eq!(file_name(Some("http://evil.example/x/a%20b.opus?q=1"), None).as_deref(), Some("a b.opus"));
+        assert_eq!(file_name(None, Some("m1.opus")).as_deref(), Some("m1.opus"));
+        assert_eq!(file_name(Some("http://h/recordings/"), None), None);
+        assert_eq!(file_name(Some("http://h/..%2Fetc"), None), None);
+        assert_eq!(file_name(Some("http://h/%2E%2E"), None), None);
+        assert_eq!(file_name(None, Some("../x")), None);
+        assert_eq!(file_name(Some("http://h/ok.opus"), Some("a/b")), None, "a bad mediaId is not replaced by the uri");
     }
 
     #[test]
     fn bodies_are_checked() {
-        let ok = br#"{"callUUID":"C1","tenant":"T","recordings":[{"mediaId":"m1","uri":"http://w/recordings/C1_m1.opus","size":10},{"mediaId":"m1"}]}"#;
+        let ok = br#"{"callUUID":"C1","tenant":"T","recordings":[{"mediaId":"C1_m1.opus","uri":"http://rws/play/x.mp3","size":10},{"mediaId":"C1_m1.opus"},{"uri":"http://w/recordings/C1_m2.opus"}]}"#;
         let jobs = parse(ok, "Environment").unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert_eq!(jobs[0].file, "C1_m1.opus");
+        assert_eq!(jobs.len(), 2);
+        assert_eq!((jobs[0].file.as_str(), jobs[0].media_id.as_str()), ("C1_m1.opus", "C1_m1.opus"));
+        assert_eq!((jobs[1].file.as_str(), jobs[1].media_id.as_str()), ("C1_m2.opus", "C1_m2.opus"));
         assert_eq!(jobs[0].tenant, "T");
         for (body, needle) in [
             (&b"{"[..], "not JSON"),
@@ -160,6 +169,7 @@ mod tests {
             (br#"{"callUUID":"C","recordings":[]}"#, "empty"),
             (br#"{"callUUID":"C","recordings":[1]}"#, "not an object"),
             (br#"{"callUUID":"C","recordings":[{"uri":"http://h/"}]}"#, "neither mediaId"),
+            (br#"{"callUUID":"C","recordings":[{"mediaId":"../x","uri":"http://h/x"}]}"#, "file name in the store"),
             (br#"{"callUUID":"C","recordings":[{"mediaId":"a","size":"x"}]}"#, "size"),
             (br#"{"callUUID":"C","tenant":5,"recordings":[{"mediaId":"a"}]}"#, "tenant"),
         ] {

@@ -200,6 +200,31 @@ fn migrate(conn: &mut Connection, found: u32) -> rusqlite::Result<()> {
     // 0 (made before the format was versioned) and 1 have the tables of format 1.
     if had_jobs && found < 2 {
         tx.execute_batch("ALTER TABLE jobs ADD COLUMN paused_ms INTEGER NOT NULL DEFAULT 0")?;
+        // Format 1 took a recording's store name from its uri before its mediaId; the mediaId
+        // comes first now (in GIR mode the uri is RWS's play URL). Unfinished jobs follow.
+        let renamed: Vec<(i64, String)> = {
+            let mut stmt = tx.prepare("SELECT id, file, spec FROM jobs WHERE state IN ('pending', 'working')")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+            let mut renamed = Vec::new();
+            for row in rows {
+                let (id, file, spec) = row?;
+                let spec: serde_json::Value = serde_json::from_str(&spec).unwrap_or_default();
+                if let Some(name) = spec.pointer("/recording/mediaId").and_then(serde_json::Value::as_str)
+                    && super::job::valid_file_name(name)
+                    && name != file
+                {
+                    renamed.push((id, name.to_string()));
+                }
+            }
+            renamed
+        };
+        for (id, name) in &renamed {
+            tx.execute("UPDATE jobs SET file = ?2 WHERE id = ?1", params![id, name])?;
+        }
+        if !renamed.is_empty() {
+            tracing::info!(jobs = renamed.len(), "queued jobs now name their file by mediaId");
+        }
     }
     tx.execute_batch(SCHEMA)?;
     if found < QUEUE_FORMAT {
@@ -549,7 +574,7 @@ mod tests {
     }
 
     /// `jobs` as format 1 made it (before `paused_ms`).
-    const FORMAT_1: &str = "
+    const FORMAT_1: &str = r#"
         CREATE TABLE jobs (id INTEGER PRIMARY KEY, call_uuid TEXT NOT NULL, media_id TEXT NOT NULL,
             file TEXT NOT NULL, tenant TEXT NOT NULL, state TEXT NOT NULL, origin TEXT NOT NULL,
             spec TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, accepted_at INTEGER NOT NULL,
@@ -557,7 +582,11 @@ mod tests {
             upload_key TEXT, lock_token TEXT, outcome TEXT, reason TEXT, UNIQUE (call_uuid, media_id));
         INSERT INTO jobs (call_uuid, media_id, file, tenant, state, origin, spec, accepted_at, next_at, updated_at, reason)
             VALUES ('OLD', 'm1', 'OLD_m1.opus', 't', 'pending', 'post', '{}', 1, 1, 1, 'waiting');
-        PRAGMA user_version = 1;";
+        INSERT INTO jobs (call_uuid, media_id, file, tenant, state, origin, spec, accepted_at, next_at, updated_at)
+            VALUES ('GIR', 'GIR_1.opus', 'x.mp3', 't', 'pending', 'post',
+                    '{"recording":{"mediaId":"GIR_1.opus","uri":"http://rws/play/x.mp3"}}', 1, 1, 1),
+                   ('DONE', 'DONE_1.opus', 'y.mp3', 't', 'done', 'post', '{"recording":{"mediaId":"DONE_1.opus"}}', 1, 1, 1);
+        PRAGMA user_version = 1;"#;
 
     #[test]
     fn a_format_1_queue_is_migrated_in_place_and_keeps_its_jobs() {
@@ -570,6 +599,9 @@ mod tests {
         assert_eq!(version, QUEUE_FORMAT);
         let job = q.get("OLD", "m1").unwrap().expect("the old job is kept");
         assert_eq!((job.paused_ms, job.reason.as_deref(), job.state), (0, Some("waiting"), State::Pending));
+        // An unfinished job takes its store name from the mediaId now; a finished one is left.
+        assert_eq!(q.get("GIR", "GIR_1.opus").unwrap().unwrap().file, "GIR_1.opus");
+        assert_eq!(q.get("DONE", "DONE_1.opus").unwrap().unwrap().file, "y.mp3");
         q.pause(job.id, Duration::from_secs(30), "paused: x").unwrap();
         q.pause(job.id, Duration::from_secs(30), "paused: x").unwrap();
         assert_eq!(q.get("OLD", "m1").unwrap().unwrap().paused_ms, 60_000);

@@ -316,13 +316,23 @@ fn import_env_turns_a_genesys_env_into_a_config_check_config_accepts() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("EXRP_TAG"));
     let config = dir.join("site.toml");
     std::fs::write(&config, &out.stdout).unwrap();
-    for role in ["lb", "excp", "exrp"] {
-        let check = Command::new(BIN)
-            .args(["check-config", "--config", config.to_str().unwrap(), "--role", role])
-            .output()
-            .unwrap();
-        assert!(check.status.success(), "--role {role}: {}", String::from_utf8_lossy(&check.stderr));
+    let check = |role: &str| {
+        Command::new(BIN).args(["check-config", "--config", config.to_str().unwrap(), "--role", role]).output().unwrap()
+    };
+    for role in ["lb", "excp"] {
+        let out = check(role);
+        assert!(out.status.success(), "--role {role}: {}", String::from_utf8_lossy(&out.stderr));
     }
+    // What only CME knows is left as placeholders, which check-config refuses by name.
+    let refused = check("exrp");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(78), "{stderr}");
+    for key in ["exrp.transient_storage.url", "exrp.genesys_cloud.client_id", "exrp.genesys_cloud.client_secret"] {
+        assert!(stderr.contains(&format!("{key}: still")), "{key} in {stderr}");
+    }
+    std::fs::write(&config, String::from_utf8_lossy(&out.stdout).replace("FILL-IN", "filled")).unwrap();
+    let out = check("exrp");
+    assert!(out.status.success(), "filled in: {}", String::from_utf8_lossy(&out.stderr));
     let bad = Command::new(BIN).args(["import-env", dir.join("none").to_str().unwrap()]).output().unwrap();
     assert_eq!(bad.status.code(), Some(78));
 }

@@ -307,8 +307,14 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 
 /// Checks one interaction-end recording against the media-file object it came from.
 fn check_recording(rec: &Value, posted: &Value) {
+    check_recording_as(rec, posted, &posted["mediaUri"]);
+}
+
+/// As `check_recording`, with the `uri` expected (none in GIR mode: RWS's play URL is not the
+/// store's).
+fn check_recording_as(rec: &Value, posted: &Value, uri: &Value) {
     assert_eq!(rec["mediaId"], posted["mediaId"], "{rec}");
-    assert_eq!(rec["uri"], posted["mediaUri"], "{rec}");
+    assert_eq!(rec["uri"], *uri, "{rec}");
     assert_eq!(rec["contentType"], posted["type"], "{rec}");
     assert_eq!(rec["startTime"], posted["startTime"], "{rec}");
     assert_eq!(rec["stopTime"], posted["stopTime"], "{rec}");
@@ -988,7 +994,7 @@ fn gir_mode_fetches_rws_after_the_delay_with_basic_auth_until_it_has_the_recordi
     assert_eq!(sorted(received[0].media_ids()), sorted(vec![format!("{call}_a.opus"), format!("{call}_b.opus")]));
     for posted in &files {
         let rec = body["recordings"].as_array().unwrap().iter().find(|r| r["mediaId"] == posted["mediaId"]).unwrap();
-        check_recording(rec, posted);
+        check_recording_as(rec, posted, &Value::Null);
     }
     check_rws_requests(&rws, &call);
     let fetches = rws.requests_for(&call).len();
@@ -1066,6 +1072,74 @@ fn gir_mode_learns_of_a_call_from_its_recording_in_the_store() {
     assert_eq!(other.status(), 201);
     settle(Duration::from_millis(1500));
     assert_eq!(exrp.received().len(), 1);
+}
+
+/// RWS as it answers: play URLs on RWS, `.mp3` media ids (one the store file's stem, one a
+/// uuid), `+0000` offsets, numbers as strings. The interaction-end names each file as the
+/// store holds it, keeps RWS's answer as the metadata, and sends a store file RWS does not
+/// name too.
+#[test]
+fn gir_mode_names_each_rws_media_file_as_the_store_holds_it() {
+    let site = crate::support::Site::new("girnames");
+    let webdav = site.start();
+    let exrp = FakeExrp::start(Mode::Accept);
+    let rws = FakeRws::start("cc-org-4", "girops", "pw");
+    let cfg = gir_cfg(&exrp, &rws)
+        .set("quiet_period", &q("1s"))
+        .store("type", &q("WebDAV"))
+        .store("url", &q(&webdav.url("/recordings")))
+        .store("username", &q(crate::support::USER))
+        .store("password", &q(crate::support::PASSWORD))
+        .store("poll_interval", &q("200ms"));
+    let excp = Excp::start("girnames", &cfg);
+    let call = call_id("girnames");
+    let stored = [
+        format!("{call}_2026-11-28_01-00-00-006B015F-1000427D-00000001.opus"),
+        format!("{call}_2026-11-28_01-05-00-006B015F-1000427D-00000002.opus"),
+    ];
+    let rws_host = "rws.example.com";
+    let files = vec![
+        json!({"mediaUri": format!("http://{rws_host}/api/v2/recordings/{call}/play/0c8e3d5a-1b2c-4d3e-9f00-aaaaaaaaaaaa.mp3"),
+               "mediaPath": format!("/recordings/{call}/play/0c8e3d5a-1b2c-4d3e-9f00-aaaaaaaaaaaa.mp3"),
+               "callUUID": call, "mediaId": format!("{call}_2026-11-28_01-00-00-006B015F-1000427D-00000001.mp3"),
+               "type": "audio/mp3", "startTime": "2026-11-28T01:00:00.000+0000", "stopTime": "2026-11-28T01:04:00.000+0000",
+               "duration": "240000", "size": "199296", "tenant": "Environment", "ivrprofile": "CallRecProfile",
+               "parameters": {"dnis": "5550000", "connId": "006a0269722cd93f", "ani": "8522001"}}),
+        json!({"mediaUri": format!("http://{rws_host}/api/v2/recordings/{call}/play/7d1f0e2a-0000-4000-8000-bbbbbbbbbbbb.mp3"),
+               "callUUID": call, "mediaId": "7d1f0e2a-0000-4000-8000-bbbbbbbbbbbb.mp3",
+               "type": "audio/mp3", "startTime": "2026-11-28T01:05:00.000+0000", "stopTime": "2026-11-28T01:06:00.000+0000",
+               "duration": "60000", "size": "1000", "tenant": "Environment"}),
+    ];
+    rws.process(
+        &call,
+        json!({"id": call, "callerPhoneNumber": "8522001", "dialedPhoneNumber": "+14160000001",
+        "startTime": "2026-11-28T01:00:00.000+0000", "stopTime": "2026-11-28T01:06:00.000+0000",
+        "region": "eu", "mediaFiles": files, "eventHistory": []}),
+    );
+    for file in &stored {
+        let put = crate::support::client()
+            .put(webdav.url(&format!("/recordings/{file}")))
+            .basic_auth(crate::support::USER, Some(crate::support::PASSWORD))
+            .body(b"OggS fake opus".to_vec())
+            .send()
+            .unwrap();
+        assert_eq!(put.status(), 201);
+    }
+    let received = exrp.wait(SOON, "the GIR interaction-end", |r| !r.is_empty());
+    let body = &received[0].body;
+    assert_eq!(sorted(received[0].media_ids()), sorted(stored.to_vec()), "{body}");
+    let recs = body["recordings"].as_array().unwrap();
+    for (file, posted) in stored.iter().zip(&files) {
+        let rec = recs.iter().find(|r| r["mediaId"] == file.as_str()).unwrap();
+        assert_eq!(rec["uri"], Value::Null, "RWS's play URL is not passed as the file: {rec}");
+        assert_eq!(rec["metadata"], *posted, "RWS's answer travels as it came: {rec}");
+        assert_eq!(rec["size"], json!(posted["size"].as_str().unwrap().parse::<u64>().unwrap()));
+        assert_eq!(rec["startTime"], posted["startTime"]);
+    }
+    assert!(!body.to_string().contains(&format!("\"uri\":\"http://{rws_host}")), "{body}");
+    check_rws_requests(&rws, &call);
+    let log = excp.tail();
+    assert!(log.contains("named as the store holds them") && log.contains("by_order=1"), "{log}");
 }
 
 #[test]

@@ -194,15 +194,16 @@ impl Exrp {
     }
 }
 
-/// An interaction-end for `call` with one recording per (mediaId, file name, size).
+/// An interaction-end for `call` with one recording per (RWS media uuid, file name, size): the
+/// mediaId is the store's file name, the uri an RWS play URL (as in GIR mode) that names
+/// something else on another host, which exrp must not use.
 pub fn end_body(call: &str, recordings: &[(&str, &str, usize)]) -> Value {
     let recs: Vec<Value> = recordings
         .iter()
         .map(|(media, file, size)| {
             json!({
-                "mediaId": media,
-                // A URI: the name's `%` and `:` are percent-encoded, as any HTTP client must.
-                "uri": format!("http://mcp-says-elsewhere.invalid/recordings/{}", segment(file)),
+                "mediaId": file,
+                "uri": format!("http://rws.invalid/api/v2/recordings/{call}/play/{}.mp3", segment(media)),
                 "contentType": "audio/opus",
                 "startTime": "2026-11-28T10:00:00.000Z",
                 "stopTime": "2026-11-28T10:00:03.000Z",
@@ -280,11 +281,8 @@ fn bad_bodies_get_4xx_with_a_reason_and_change_nothing() {
         (b"[]", 400, "JSON object"),
         (br#"{"recordings":[{"mediaId":"a"}]}"#, 400, "callUUID"),
         (br#"{"callUUID":"C","recordings":[]}"#, 400, "empty"),
-        (
-            br#"{"callUUID":"C","recordings":[{"mediaId":"m","uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#,
-            400,
-            "file name",
-        ),
+        (br#"{"callUUID":"C","recordings":[{"uri":"http://h/a/..%2F..%2Fetc%2Fpasswd"}]}"#, 400, "names a file"),
+        (br#"{"callUUID":"C","recordings":[{"mediaId":"../../etc/passwd"}]}"#, 400, "file name in the store"),
     ] {
         let r = exrp.post_bytes(body);
         assert_eq!(r.status, status, "{}: {r:?}", String::from_utf8_lossy(body));
@@ -314,13 +312,13 @@ fn a_truncated_or_foreign_file_goes_dead_with_its_reason_and_stays_in_webdav() {
         assert!(dead.contains(needle), "{needle} in {dead}");
     }
     assert!(std::fs::read_dir(exrp.dir.join("state").join("injected")).map_or(0, |d| d.count()) == 0);
-    let shown: Value = serde_json::from_str(&exrp.queue(&["show", "C2", "wav"])).unwrap();
+    let shown: Value = serde_json::from_str(&exrp.queue(&["show", "C2", "C2_wav.opus"])).unwrap();
     assert_eq!(shown["state"], "dead");
-    assert_eq!(shown["spec"]["recording"]["mediaId"], "wav");
+    assert_eq!(shown["spec"]["recording"]["mediaId"], "C2_wav.opus");
     assert!(shown["reason"].as_str().unwrap().contains("not an Ogg file"), "{shown}");
     // The operator fixes the file and re-drives the job.
     store.put("C2_cut.opus", SAMPLE);
-    exrp.queue(&["retry", "C2", "cut"]);
+    exrp.queue(&["retry", "C2", "C2_cut.opus"]);
     exrp.wait_idle(1, 2);
     assert!(!store.has("C2_cut.opus"));
     exrp.queue(&["purge", "--state", "dead"]);
