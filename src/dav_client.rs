@@ -480,10 +480,10 @@ const ALLPROP: &str =
 
 fn client_error(err: ClientError) -> DavError {
     match err {
-        ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Http(_) | ClientError::Tls { .. } => {
+        ClientError::Connect { .. } | ClientError::Timeout(_) | ClientError::Http(_) => {
             DavError::Unavailable(err.to_string())
         }
-        ClientError::TooLarge(_) | ClientError::Url(_) | ClientError::NoTls => refused(0, err.to_string()),
+        ClientError::TooLarge(_) | ClientError::Url(_) => refused(0, err.to_string()),
     }
 }
 

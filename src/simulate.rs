@@ -118,7 +118,8 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
     let excp = args.excp.clone().unwrap_or_else(|| "http://127.0.0.1:3650".into());
     let excp = excp.trim_end_matches('/').to_string();
     let sink_dir = args.sink_dir.clone().or_else(|| sandbox.then(|| PathBuf::from(SANDBOX_DIR).join("injected")));
-    let http = HttpClient::for_urls(&[&webdav, &excp])?;
+    // Direct: a site's HTTP_PROXY must not carry the simulator's calls to its own recorders' path.
+    let http = HttpClient::new(&crate::config::Outbound { proxy: crate::config::Proxy::Direct, ca_file: None })?;
     let timeout = Duration::from_secs(30);
     let auth = {
         use base64::Engine;

@@ -213,6 +213,11 @@ impl CloudClient {
         &self.stats
     }
 
+    /// TCP connections opened to Genesys Cloud and its upload targets so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.http.connections_opened()
+    }
+
     /// How long calls are still held after a 429 (None: not held). A health check can report
     /// this instead of waiting.
     pub fn held_for(&self) -> Option<Duration> {
@@ -699,6 +704,7 @@ mod tests {
             login_url: "http://127.0.0.1:1/".into(),
             client_id: "id".into(),
             client_secret: crate::config::Secret::new("s3cr3t"),
+            outbound: Default::default(),
         };
         let client = CloudClient::new(&config, HttpClient::plain(), Duration::from_secs(1));
         assert_eq!(client.login_url, "http://127.0.0.1:1");

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Secret, Section, TlsConfig, parse_duration};
+use super::{Outbound, Secret, Section, TlsConfig, parse_duration};
 
 #[derive(Debug, Clone)]
 pub struct ExcpConfig {
@@ -15,6 +15,8 @@ pub struct ExcpConfig {
     pub recording_processor_url: String,
     /// Basic credentials for exrp's API (`recording_processor_username` / `_password`).
     pub recording_processor_auth: Option<(String, super::Secret)>,
+    /// `recording_processor_ca_file`, `recording_processor_proxy`.
+    pub recording_processor_outbound: Outbound,
     pub state_dir: PathBuf,
     /// A call with no new metadata for this long is ended (when no end event comes).
     pub quiet_period: Duration,
@@ -48,6 +50,8 @@ pub struct StoreWatch {
     pub username: String,
     pub password: Secret,
     pub poll_interval: Duration,
+    /// `ca_file`, `proxy`.
+    pub outbound: Outbound,
 }
 
 /// CME annex folder `conversation_provider`.
@@ -70,6 +74,8 @@ pub struct GirConfig {
     pub fetch_delay: Duration,
     pub fetch_interval: Duration,
     pub fetch_duration: Duration,
+    /// `gir_ca_file`, `gir_proxy`.
+    pub outbound: Outbound,
 }
 
 /// Reads the Genesys `.env` overrides (EXCP_RECORDING_PROCESSOR_PROXY_HOST/PORT, EXCP_GIR_HOST).
@@ -85,6 +91,7 @@ impl ExcpConfig {
         let url = s.string("recording_processor_url");
         let rp_user = s.string("recording_processor_username");
         let rp_password = s.secret("recording_processor_password");
+        let recording_processor_outbound = s.outbound("recording_processor_");
         let recording_processor_auth = match (rp_user, rp_password) {
             (Some(u), Some(p)) => Some((u, p)),
             (None, None) => None,
@@ -175,6 +182,7 @@ impl ExcpConfig {
             listen,
             tls,
             recording_processor_url,
+            recording_processor_outbound,
             recording_processor_auth,
             state_dir: state_dir.unwrap_or_default(),
             quiet_period,
@@ -199,23 +207,24 @@ impl ExcpConfig {
 impl StoreWatch {
     fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<StoreWatch> {
         let mut s = Section::new("excp.transient_storage", table, problems);
-        let access = s.store_access(false);
+        let access = s.store_access(true);
         let poll_interval = s.duration("poll_interval", Duration::from_secs(10));
         if poll_interval < Duration::from_millis(100) {
             s.problem_at("poll_interval", "must be at least 100ms");
         }
+        let outbound = s.outbound("");
         s.finish();
         let (url, username, password) = access?;
-        Some(StoreWatch { url, username, password, poll_interval })
+        Some(StoreWatch { url, username, password, poll_interval, outbound })
     }
 }
 
-/// "http://host:port" (a trailing slash is dropped); https is not offered yet.
+/// "http(s)://host:port" (a trailing slash is dropped).
 fn check_http_base(url: &str) -> Result<String, String> {
     let trimmed = url.trim_end_matches('/');
     let uri: http::Uri = trimmed.parse().map_err(|_| format!("{url:?} is not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{url:?}: only http:// URLs are supported here"));
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        return Err(format!("{url:?}: only http:// and https:// URLs are supported here"));
     }
     if uri.authority().is_none() {
         return Err(format!("{url:?} has no host"));
@@ -259,6 +268,7 @@ impl ConversationProvider {
         let fetch_interval = minutes(&mut s, "gir_metadata_fetch_interval", 1380);
         let fetch_duration = minutes(&mut s, "gir_metadata_fetch_duration", 1440);
         let password = s.secret("gir_password");
+        let outbound = s.outbound("gir_");
         if !sta_default_language.is_empty() && !valid_language(&sta_default_language) {
             s.problem_at("sta_default_language", format!("{sta_default_language:?} is not like \"en-US\""));
         }
@@ -295,6 +305,7 @@ impl ConversationProvider {
                         fetch_delay,
                         fetch_interval,
                         fetch_duration,
+                        outbound,
                     })
                 }
             }

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Secret, Section, TlsConfig};
+use super::{Outbound, Secret, Section, TlsConfig};
 
 #[derive(Debug, Clone)]
 pub struct ExrpConfig {
@@ -59,6 +59,8 @@ pub struct TransientStorage {
     pub url: String,
     pub username: String,
     pub password: Secret,
+    /// `ca_file`, `proxy`.
+    pub outbound: Outbound,
 }
 
 #[derive(Debug, Clone)]
@@ -85,6 +87,8 @@ pub struct GenesysCloudConfig {
     pub login_url: String,
     pub client_id: String,
     pub client_secret: Secret,
+    /// `ca_file`, `proxy` (a tenant table inherits the top-level org's unless it sets them).
+    pub outbound: Outbound,
 }
 
 /// The `.env` lookup (EXRP_PORT).
@@ -186,8 +190,12 @@ impl ExrpConfig {
             (None, Some(_)) => local,
             (None, None) => state_dir.as_ref().map(|d| Sink::Local { dir: d.join("injected") }),
         };
-        let placeholder =
-            || TransientStorage { url: String::new(), username: String::new(), password: Secret::new("") };
+        let placeholder = || TransientStorage {
+            url: String::new(),
+            username: String::new(),
+            password: Secret::new(""),
+            outbound: Outbound::default(),
+        };
         ExrpConfig {
             listen,
             tls,
@@ -226,9 +234,10 @@ impl TransientStorage {
     fn parse(table: &toml::Table, problems: &mut Vec<String>) -> Option<TransientStorage> {
         let mut s = Section::new("exrp.transient_storage", table, problems);
         let access = s.store_access(true);
+        let outbound = s.outbound("");
         s.finish();
         let (url, username, password) = access?;
-        Some(TransientStorage { url, username, password })
+        Some(TransientStorage { url, username, password, outbound })
     }
 }
 
@@ -297,6 +306,15 @@ fn org(
         secret_key = "password";
     }
     let client_secret = s.secret(secret_key);
+    let mut outbound = s.outbound("");
+    if let Some(parent) = inherit {
+        if !table.contains_key("ca_file") {
+            outbound.ca_file = parent.outbound.ca_file.clone();
+        }
+        if !table.contains_key("proxy") {
+            outbound.proxy = parent.outbound.proxy.clone();
+        }
+    }
     if let Some(r) = &region
         && (r.is_empty() || r.contains(['/', ':', ' ']) || r.starts_with("api.") || r.starts_with("login."))
     {
@@ -335,5 +353,6 @@ fn org(
         login_url: login_url?,
         client_id: client_id?,
         client_secret: client_secret?,
+        outbound,
     })
 }

@@ -48,6 +48,26 @@ pub struct AdminConfig {
     pub max_connections: usize,
 }
 
+/// How a client reaches one outside service: whom it trusts besides the system store, and
+/// through which proxy (`<prefix>ca_file`, `<prefix>proxy`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outbound {
+    /// PEM certificates trusted in addition to the operating system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    pub proxy: Proxy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Proxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`, minus `NO_PROXY` (the default).
+    #[default]
+    Env,
+    /// `proxy = "direct"`: never through a proxy, whatever the environment says.
+    Direct,
+    /// `proxy = "http://proxy:3128"`: this one (`NO_PROXY` still exempts hosts).
+    Url(String),
+}
+
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub cert: PathBuf,
@@ -538,6 +558,26 @@ impl<'a, 'p> Section<'a, 'p> {
             return None;
         }
         Some(PathBuf::from(s))
+    }
+
+    /// `<prefix>ca_file` and `<prefix>proxy`: how this service is reached.
+    fn outbound(&mut self, prefix: &str) -> Outbound {
+        let ca_file = self.path(&format!("{prefix}ca_file"));
+        let key = format!("{prefix}proxy");
+        let proxy = match self.string(&key) {
+            None => Proxy::Env,
+            Some(p) if p == "direct" => Proxy::Direct,
+            Some(p) => match p.parse::<http::Uri>() {
+                Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {
+                    Proxy::Url(p)
+                }
+                _ => {
+                    self.problem_at(&key, format!("{p:?} is not \"direct\" or a proxy URL like \"http://proxy:3128\""));
+                    Proxy::Env
+                }
+            },
+        };
+        Outbound { ca_file, proxy }
     }
 
     fn bool(&mut self, key: &str, default: bool) -> bool {

@@ -252,7 +252,7 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
         format!("Basic {token}")
     };
     let result = excp
-        .client
+        .gir_client
         .send(
             Method::GET,
             &url,

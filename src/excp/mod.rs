@@ -36,7 +36,11 @@ pub struct Excp {
     /// DOWN while the call records cannot be written (full disk, read-only, permissions).
     state: crate::durable::WriteHealth,
     metrics: Metrics,
+    /// To exrp (the lb's exrp pool).
     client: crate::http::client::HttpClient,
+    /// GIR mode: to RWS, and to the store it watches.
+    gir_client: crate::http::client::HttpClient,
+    store_client: crate::http::client::HttpClient,
     /// Whether the last delivery attempt reached an exrp that accepted it.
     exrp_ok: AtomicBool,
     last_delivery_ms: AtomicU64,
@@ -97,14 +101,24 @@ impl Excp {
             gir = config.provider.gir.is_some(),
             "excp state loaded"
         );
-        let gir_url = config.provider.gir.as_ref().map_or("", |g| g.base_url.as_str());
-        let client = crate::http::client::HttpClient::for_urls(&[gir_url])?;
+        use crate::http::client::HttpClient;
+        let client = HttpClient::new(&config.recording_processor_outbound)?;
+        let gir_client = match &config.provider.gir {
+            Some(gir) => HttpClient::new(&gir.outbound)?,
+            None => HttpClient::plain(),
+        };
+        let store_client = match &config.store {
+            Some(store) => HttpClient::new(&store.outbound)?,
+            None => HttpClient::plain(),
+        };
         Ok(Arc::new(Excp {
             state: crate::durable::WriteHealth::new(&config.state_dir.join("calls")),
             config: config.clone(),
             book,
             metrics: Metrics::default(),
             client,
+            gir_client,
+            store_client,
             exrp_ok: AtomicBool::new(true),
             last_delivery_ms: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),

@@ -85,7 +85,7 @@ async fn list(excp: &Excp, url: &str, auth: &str) -> Result<HashSet<String>, Str
         r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#;
     let method = Method::from_bytes(b"PROPFIND").map_err(|e| e.to_string())?;
     let reply = excp
-        .client
+        .store_client
         .send(
             method,
             url,

@@ -46,6 +46,8 @@ pub struct Exrp {
     /// DOWN while `queue.db` cannot be written (full disk, read-only, permissions).
     state: crate::durable::WriteHealth,
     live: std::sync::RwLock<Arc<Live>>,
+    /// Connections opened by generations SIGHUP replaced: (store, cloud).
+    retired_connections: [AtomicU64; 2],
     spool_dir: PathBuf,
     metrics: Metrics,
     /// Job counts by state (pending, working, done, dead), refreshed by the scheduler.
@@ -70,6 +72,8 @@ pub struct Exrp {
 /// secrets, and the retry settings. A job in flight finishes with the generation it took.
 pub(crate) struct Live {
     dav: DavClient,
+    /// The store client's pool (shared with `dav`), for its connection count.
+    store_http: HttpClient,
     sink: Sink,
     retry: Retry,
 }
@@ -87,7 +91,8 @@ struct Retry {
 
 impl Live {
     fn build(config: &ExrpConfig) -> anyhow::Result<Live> {
-        let http = HttpClient::for_urls(&[&config.storage.url])?;
+        let http = HttpClient::new(&config.storage.outbound)?;
+        let store_http = http.clone();
         let dav = DavClient::new(
             &config.storage.url,
             &config.storage.username,
@@ -102,7 +107,16 @@ impl Live {
             window: config.retry_window,
             missing_timeout: config.missing_timeout,
         };
-        Ok(Live { dav, sink, retry })
+        Ok(Live { dav, store_http, sink, retry })
+    }
+
+    /// Connections opened so far: (to the store, to Genesys Cloud).
+    fn connections(&self) -> (u64, u64) {
+        let cloud = match &self.sink {
+            Sink::Cloud(c) => c.clients().map(|(_, client)| client.connections_opened()).sum(),
+            Sink::Local(_) => 0,
+        };
+        (self.store_http.connections_opened(), cloud)
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
@@ -200,6 +214,7 @@ impl Exrp {
             source,
             queue,
             live: std::sync::RwLock::new(Arc::new(live)),
+            retired_connections: Default::default(),
             spool_dir,
             metrics: Metrics::default(),
             counts: counts.map(AtomicU64::new),
@@ -326,7 +341,12 @@ impl Exrp {
             }
         };
         let described = live.sink.describe();
-        *self.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+        let old = std::mem::replace(&mut *self.live.write().unwrap_or_else(|p| p.into_inner()), Arc::new(live));
+        // Jobs in flight may still open a connection on the old generation: a few are lost
+        // from the count, never counted twice.
+        let (store, cloud) = old.connections();
+        self.retired_connections[0].fetch_add(store, Ordering::Relaxed);
+        self.retired_connections[1].fetch_add(cloud, Ordering::Relaxed);
         if !kept.is_empty() {
             tracing::warn!(keys = %kept.join(", "), "SIGHUP: changed settings that only a restart applies");
         }
@@ -781,6 +801,17 @@ impl RoleStatus for Exrp {
             enc.counter("exrp_cloud_token_fetches_total", "OAuth tokens fetched.", fetches);
             enc.counter("exrp_cloud_token_refreshes_total", "Tokens fetched again after a 401.", refreshes);
             enc.counter("exrp_cloud_rate_limited_total", "429 answers from Genesys Cloud.", limited);
+        }
+        let (store, cloud) = live.connections();
+        enc.family(
+            "exrp_outbound_connections_total",
+            "TCP connections exrp opened, by peer (keep-alive pools reuse them).",
+            "counter",
+        );
+        for (to, n, retired) in
+            [("store", store, &self.retired_connections[0]), ("cloud", cloud, &self.retired_connections[1])]
+        {
+            enc.sample("exrp_outbound_connections_total", &[("to", to)], (n + retired.load(Ordering::Relaxed)) as f64);
         }
         enc.gauge(
             "exrp_webdav_up",

@@ -65,7 +65,7 @@ impl Sink {
 }
 
 fn client_for(org: &GenesysCloudConfig) -> anyhow::Result<HttpClient> {
-    HttpClient::for_urls(&[&org.api_url, &org.login_url])
+    HttpClient::new(&org.outbound)
 }
 
 impl CloudSink {

@@ -1,72 +1,117 @@
-//! A small HTTP/1.1 client for the calls the roles make (excp → exrp, excp → GIR RWS): one
-//! connection per request, http or https (rustls, system CA bundle or a given one), a timeout
-//! over the whole exchange, a bounded response body, and errors a caller can branch on.
+//! The outbound HTTP client every role uses (excp → exrp and RWS, exrp → the store and Genesys
+//! Cloud, `simulate`): reqwest over rustls with keep-alive pools, the operating system's trust
+//! store (Debian, Ubuntu, RHEL and its rebuilds, SUSE; `SSL_CERT_FILE` and `SSL_CERT_DIR`
+//! honoured) plus an optional private CA, `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY` or an explicit
+//! proxy, a timeout over each exchange, bounded response bodies, and errors a caller can branch
+//! on. Errors never carry a URL's query (a presigned URL's signature) or a header.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::rt::TokioIo;
+
+use crate::config::{Outbound, Proxy};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid URL {0:?}")]
     Url(String),
-    #[error("cannot connect to {addr}: {source}")]
-    Connect { addr: String, source: std::io::Error },
+    /// Connecting, the proxy or the TLS handshake failed.
+    #[error("cannot connect to {addr}: {detail}")]
+    Connect { addr: String, detail: String },
     #[error("no complete answer within {0:?}")]
     Timeout(Duration),
     #[error("{0}")]
-    Http(#[from] hyper::Error),
+    Http(String),
     #[error("response body larger than {0} bytes")]
     TooLarge(usize),
-    #[error("TLS with {addr}: {source}")]
-    Tls { addr: String, source: std::io::Error },
-    #[error("https is not configured for this client")]
-    NoTls,
 }
 
-/// Where the trusted CA certificates come from when none is configured (Debian, Ubuntu).
-pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Connections a client keeps open per host between requests.
+const MAX_IDLE_PER_HOST: usize = 32;
+/// An idle pooled connection is closed after this (below the 60 s of common servers and LBs,
+/// so we close first instead of writing into a connection the server just dropped).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Holds the TLS settings; cheap to clone.
-#[derive(Clone, Default)]
+/// A pooled client; cheap to clone (clones share the pool and the counter).
+#[derive(Clone)]
 pub struct HttpClient {
-    tls: Option<Arc<rustls::ClientConfig>>,
+    inner: reqwest::Client,
+    opened: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient").field("connections_opened", &self.connections_opened()).finish()
+    }
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        HttpClient::plain()
+    }
 }
 
 impl HttpClient {
-    /// http:// only.
-    pub fn plain() -> HttpClient {
-        HttpClient { tls: None }
-    }
-
-    /// What `urls` need: plain when all are http://, else https trusting the system CA bundle.
-    pub fn for_urls(urls: &[&str]) -> anyhow::Result<HttpClient> {
-        if urls.iter().any(|u| u.starts_with("https://")) {
-            HttpClient::with_roots(Path::new(SYSTEM_CA_BUNDLE))
-        } else {
-            Ok(HttpClient::plain())
-        }
-    }
-
-    /// http:// and https://, trusting the certificates of a PEM bundle.
-    pub fn with_roots(ca_file: &Path) -> anyhow::Result<HttpClient> {
-        use anyhow::Context;
+    /// Trusting the system store (and `outbound.ca_file`), through the configured proxy.
+    pub fn new(outbound: &Outbound) -> anyhow::Result<HttpClient> {
+        use anyhow::Context as _;
         crate::http::tls::install_provider();
-        let pem = std::fs::read(ca_file).with_context(|| format!("cannot read CA bundle {}", ca_file.display()))?;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            let cert = cert.with_context(|| format!("{} is not a PEM bundle", ca_file.display()))?;
-            roots.add(cert).with_context(|| format!("{}: unusable certificate", ca_file.display()))?;
+        let opened = Arc::new(AtomicU64::new(0));
+        let mut builder = reqwest::Client::builder()
+            .http1_only()
+            .user_agent(concat!("exec-allinone/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .tcp_nodelay(true)
+            // A redirect would carry our credentials elsewhere: a 3xx is an answer.
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_built_in_native_certs(true)
+            .connector_layer(CountLayer(opened.clone()));
+        if let Some(path) = &outbound.ca_file {
+            for cert in read_pem(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
         }
-        anyhow::ensure!(!roots.is_empty(), "{} holds no certificate", ca_file.display());
-        let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(HttpClient { tls: Some(Arc::new(config)) })
+        builder = match &outbound.proxy {
+            // reqwest reads HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and NO_PROXY (either case).
+            Proxy::Env => builder,
+            Proxy::Direct => builder.no_proxy(),
+            Proxy::Url(url) => builder.proxy(
+                reqwest::Proxy::all(url.as_str())
+                    .with_context(|| format!("proxy {url:?} is not a URL"))?
+                    .no_proxy(reqwest::NoProxy::from_env()),
+            ),
+        };
+        let inner = builder.build().context("cannot build the HTTP client (trust store or proxy)")?;
+        Ok(HttpClient { inner, opened })
+    }
+
+    /// System trust store, proxy from the environment (tests, tools).
+    pub fn plain() -> HttpClient {
+        HttpClient::new(&Outbound::default()).unwrap_or_else(|_| {
+            // Only a broken system trust store gets here; a client without it still does http.
+            let opened = Arc::new(AtomicU64::new(0));
+            let inner = reqwest::Client::builder()
+                .http1_only()
+                .tls_built_in_native_certs(false)
+                .connector_layer(CountLayer(opened.clone()))
+                .build()
+                .unwrap_or_default();
+            HttpClient { inner, opened }
+        })
+    }
+
+    /// TCP connections this client (and its clones) opened so far.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
 
     /// Sends one request and reads the whole answer within `timeout`.
@@ -79,17 +124,13 @@ impl HttpClient {
         timeout: Duration,
         max_response: usize,
     ) -> Result<Reply, ClientError> {
-        let len = body.len() as u64;
-        let body = Full::new(body).map_err(|never| match never {}).boxed();
         let exchange = async {
-            let response = self.open(method, url, headers, body, len).await?;
+            let response = self.open(method, url, headers, reqwest::Body::from(body)).await?;
             let (parts, body) = response.into_parts();
             match Limited::new(body, max_response).collect().await {
                 Ok(collected) => Ok(Reply { status: parts.status, headers: parts.headers, body: collected.to_bytes() }),
-                Err(err) => match err.downcast::<hyper::Error>() {
-                    Ok(e) => Err(ClientError::Http(*e)),
-                    Err(_) => Err(ClientError::TooLarge(max_response)),
-                },
+                Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ClientError::TooLarge(max_response)),
+                Err(err) => Err(ClientError::Http(format!("reading the answer from {}: {err}", origin(url)))),
             }
         };
         match tokio::time::timeout(timeout, exchange).await {
@@ -100,7 +141,7 @@ impl HttpClient {
 
     /// Sends one request with a streamed body of `len` bytes and returns once the response
     /// head is in (or `head_timeout` passed). The caller reads the body and bounds its time;
-    /// dropping the response closes the connection.
+    /// dropping the response before its end closes the connection.
     pub async fn stream(
         &self,
         method: Method,
@@ -109,8 +150,12 @@ impl HttpClient {
         body: StreamBody,
         len: u64,
         head_timeout: Duration,
-    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        match tokio::time::timeout(head_timeout, self.open(method, url, headers, body, len)).await {
+    ) -> Result<http::Response<reqwest::Body>, ClientError> {
+        let mut all: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        // Declared, so the body goes out with Content-Length, not chunked (S3 refuses chunked).
+        all.push(("content-length", len.to_string()));
+        let all: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        match tokio::time::timeout(head_timeout, self.open(method, url, &all, reqwest::Body::wrap(body))).await {
             Ok(result) => result,
             Err(_) => Err(ClientError::Timeout(head_timeout)),
         }
@@ -121,44 +166,93 @@ impl HttpClient {
         method: Method,
         url: &str,
         headers: &[(&str, &str)],
-        body: StreamBody,
-        len: u64,
-    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
-        let uri: Uri = url.parse().map_err(|_| ClientError::Url(url.to_string()))?;
-        let https = match uri.scheme_str() {
-            Some("http") => false,
-            Some("https") => true,
-            _ => return Err(ClientError::Url(url.to_string())),
-        };
-        let authority = uri.authority().ok_or_else(|| ClientError::Url(url.to_string()))?.clone();
-        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-        let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let mut request = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(http::header::HOST, authority.as_str())
-            .header(http::header::CONTENT_LENGTH, len)
-            .header(http::header::USER_AGENT, concat!("exec-allinone/", env!("CARGO_PKG_VERSION")));
-        for (k, v) in headers {
-            request = request.header(*k, *v);
+        body: reqwest::Body,
+    ) -> Result<http::Response<reqwest::Body>, ClientError> {
+        let parsed = reqwest::Url::parse(url).map_err(|_| ClientError::Url(origin(url)))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(ClientError::Url(origin(url)));
         }
-        let request = request.body(body).map_err(|_| ClientError::Url(url.to_string()))?;
-        let stream = tokio::net::TcpStream::connect((host.as_str(), port))
-            .await
-            .map_err(|source| ClientError::Connect { addr: authority.to_string(), source })?;
-        let _ = stream.set_nodelay(true);
-        if !https {
-            return exchange(stream, request).await;
+        let mut request = self.inner.request(method, parsed).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        let tls = self.tls.clone().ok_or(ClientError::NoTls)?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .map_err(|_| ClientError::Url(format!("{host} is not a TLS server name")))?;
-        let stream = tokio_rustls::TlsConnector::from(tls)
-            .connect(name, stream)
-            .await
-            .map_err(|source| ClientError::Tls { addr: authority.to_string(), source })?;
-        exchange(stream, request).await
+        let response = request.send().await.map_err(|e| classify(e, url))?;
+        Ok(response.into())
+    }
+}
+
+/// `scheme://host:port` of a URL: what an error may name (never the path's secrets or the query).
+fn origin(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => match (u.host_str(), u.port_or_known_default()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
+            _ => u.scheme().to_string(),
+        },
+        Err(_) => "an unparsable URL".to_string(),
+    }
+}
+
+fn classify(err: reqwest::Error, url: &str) -> ClientError {
+    let addr = origin(url);
+    let err = err.without_url();
+    // The whole chain: reqwest's own text is only "error sending request".
+    let mut detail = err.to_string();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        detail.push_str(": ");
+        detail.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if err.is_timeout() {
+        ClientError::Timeout(CONNECT_TIMEOUT)
+    } else if err.is_connect() {
+        ClientError::Connect { addr, detail }
+    } else if err.is_builder() {
+        ClientError::Url(addr)
+    } else {
+        ClientError::Http(format!("{addr}: {detail}"))
+    }
+}
+
+/// The certificates of a PEM bundle, as trust anchors.
+fn read_pem(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    use anyhow::Context as _;
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .with_context(|| format!("{} is not a PEM bundle of certificates", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+    Ok(certs)
+}
+
+/// Counts every connection the pool opens (each call of the connector is one).
+#[derive(Clone)]
+struct CountLayer(Arc<AtomicU64>);
+
+impl<S> tower::Layer<S> for CountLayer {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Counted<S> {
+        Counted { inner, opened: self.0.clone() }
+    }
+}
+
+#[derive(Clone)]
+struct Counted<S> {
+    inner: S,
+    opened: Arc<AtomicU64>,
+}
+
+impl<S: tower::Service<R>, R> tower::Service<R> for Counted<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(request)
     }
 }
 
@@ -178,12 +272,15 @@ pub struct Reply {
     pub body: Bytes,
 }
 
-async fn exchange<I>(io: I, request: Request<StreamBody>) -> Result<http::Response<hyper::body::Incoming>, ClientError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    // The connection task ends by itself once the response body is read or dropped.
-    tokio::spawn(conn);
-    Ok(sender.send_request(request).await?)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_origin_never_the_query_or_path() {
+        let url = "https://s3.example.com:8443/bucket/key.opus?X-Amz-Signature=secret";
+        assert_eq!(origin(url), "https://s3.example.com:8443");
+        assert_eq!(origin("http://h/x"), "http://h:80");
+        assert!(!origin("not a url").contains("not a url"));
+    }
 }

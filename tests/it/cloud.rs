@@ -27,6 +27,7 @@ fn client_with(fake: &FakeCloud, secret: &str, request_timeout: Duration) -> Arc
         login_url: fake.base_url(),
         client_id: ID.into(),
         client_secret: Secret::new(secret),
+        outbound: Default::default(),
     };
     Arc::new(CloudClient::new(&config, HttpClient::plain(), request_timeout))
 }
@@ -126,6 +127,7 @@ fn cloud_token_refusals_pause_the_org_with_backoff_and_a_success_clears_it() {
             login_url: fake.base_url(),
             client_id: ID.into(),
             client_secret: Secret::new("not-the-secret"),
+            outbound: Default::default(),
         },
         HttpClient::plain(),
         Duration::from_secs(5),

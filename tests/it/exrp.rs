@@ -67,6 +67,8 @@ pub struct Exrp {
     pub dir: TempDir,
     pub config: PathBuf,
     pub proc: Option<Proc>,
+    /// Environment variables the process starts with.
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -88,6 +90,10 @@ impl Exrp {
     /// `sink` is the TOML of a sink table (or "" for the local sink in the state dir);
     /// `extra` goes into `[exrp]`.
     pub fn start(name: &str, store_url: &str, sink: &str, extra: &str) -> Exrp {
+        Exrp::start_with_env(name, store_url, sink, extra, &[])
+    }
+
+    pub fn start_with_env(name: &str, store_url: &str, sink: &str, extra: &str, env: &[(&str, &str)]) -> Exrp {
         let dir = TempDir::new(name);
         let config = dir.join("exrp.toml");
         let text = format!(
@@ -96,13 +102,15 @@ impl Exrp {
             dir.join("state").display()
         );
         std::fs::write(&config, text).unwrap();
-        let mut e = Exrp { dir, config, proc: None };
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut e = Exrp { dir, config, proc: None, env };
         e.restart();
         e
     }
 
     pub fn restart(&mut self) {
-        let proc = Proc::start(&["--role", "exrp", "--config", self.config.to_str().unwrap()]);
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let proc = Proc::start_with_env(&["--role", "exrp", "--config", self.config.to_str().unwrap()], &env);
         self.proc = Some(proc);
     }
 
@@ -909,4 +917,138 @@ fn a_missing_permission_pauses_a_refused_sidecar_never_kills_and_a_dead_job_is_m
         .unwrap();
     let text = propfind.text().unwrap();
     assert!(text.contains("dead") && text.contains("Genesys Cloud refused the upload"), "{text}");
+}
+
+/// A private CA and a certificate for 127.0.0.1 it signed: (ca.pem, cert.pem, key.pem).
+fn private_ca(dir: &TempDir) -> Option<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| {
+        let out = crate::support::tool("openssl")?.args(args).output().unwrap();
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Some(())
+    };
+    let p = |name: &str| dir.join(name).to_str().unwrap().to_string();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=exec-allinone test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        "-keyout",
+        &p("ca.key"),
+        "-out",
+        &p("ca.pem"),
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p("key.pem"),
+        "-out",
+        &p("req.csr"),
+    ])?;
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &p("req.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &p("ext.cnf"),
+        "-out",
+        &p("cert.pem"),
+    ])?;
+    Some((dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem")))
+}
+
+/// Genesys Cloud behind https with a certificate of a private CA (our lb terminating TLS in
+/// front of the fake), reached through an outbound proxy: trusted through `ca_file` and
+/// through `SSL_CERT_FILE`, refused (with the reason) without either, and the proxy sees the
+/// cloud's traffic whether it comes from the `proxy` key or from `HTTPS_PROXY`.
+#[test]
+fn genesys_cloud_over_https_with_a_private_ca_and_through_a_proxy() {
+    use crate::support::proxy::Proxy;
+    let dir = TempDir::new("exrp-ca");
+    let Some((ca, cert, key)) = private_ca(&dir) else { return };
+    let store = Store::start("exrp-ca");
+    let cloud = FakeCloud::start("client-1", "secret-1");
+    let lb_config = dir.join("lb.toml");
+    std::fs::write(
+        &lb_config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[lb]\nworkers = 1\n[lb.pools.cloud]\nlisten = \"127.0.0.1:0\"\nservers = [\"{}\"]\n\
+             [lb.pools.cloud.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cloud.addr(),
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let lb = Proc::start(&["--role", "lb", "--config", lb_config.to_str().unwrap()]);
+    let https = format!("https://127.0.0.1:{}", lb.addr("lb.cloud").port());
+    let sink = |extra: &str| {
+        format!(
+            "[exrp.genesys_cloud]\napi_url = \"{https}\"\nlogin_url = \"{https}\"\nclient_id = \"client-1\"\nclient_secret = \"secret-1\"\n{extra}"
+        )
+    };
+
+    // 1. ca_file and the proxy key.
+    let proxy = Proxy::start();
+    let extra = format!("ca_file = \"{}\"\nproxy = \"{}\"\n", ca.display(), proxy.url());
+    let exrp = Exrp::start("exrp-ca-file", &store.url(), &sink(&extra), "");
+    store.put("CA1_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("CA1", &[("1", "CA1_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(1, 0);
+    assert_eq!(cloud.uploads_of("CA1_1.opus"), 1);
+    let seen = proxy.seen();
+    let tunnel = format!("CONNECT {} HTTP/1.1", https.trim_start_matches("https://"));
+    assert!(seen.iter().any(|l| *l == tunnel), "the token and presign go through the proxy: {seen:?}");
+    assert!(seen.iter().any(|l| l.starts_with("PUT http://")), "the upload too: {seen:?}");
+    assert!(!seen.iter().any(|l| l.contains(&store.url())), "the store is not the proxy's business: {seen:?}");
+    // Keep-alive: far fewer connections than requests (token, 2 presigns, 2 PUTs).
+    let opened = exrp.metric("exrp_outbound_connections_total", &[("to", "cloud")]);
+    assert!((1.0..=4.0).contains(&opened), "{opened} connections to the cloud");
+    drop(exrp);
+
+    // 2. SSL_CERT_FILE and HTTPS_PROXY, as on a host whose trust store holds the CA.
+    let proxy = Proxy::start();
+    let env = [("SSL_CERT_FILE", ca.to_str().unwrap()), ("HTTPS_PROXY", &proxy.url())];
+    let exrp = Exrp::start_with_env("exrp-ca-env", &store.url(), &sink(""), "", &env);
+    store.put("CA2_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("CA2", &[("1", "CA2_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(1, 0);
+    assert_eq!(cloud.uploads_of("CA2_1.opus"), 1);
+    assert!(proxy.seen().iter().any(|l| *l == tunnel), "{:?}", proxy.seen());
+    drop(exrp);
+
+    // 3. Neither: the private CA is not trusted, and the reason says so.
+    let exrp = Exrp::start("exrp-ca-none", &store.url(), &sink("proxy = \"direct\"\n"), "");
+    store.put("CA3_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("CA3", &[("1", "CA3_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_health("the untrusted cloud", |status, b| status == 503 && b["dependencies"]["genesysCloud"] == "DOWN");
+    wait_until("the reason in the log", SOON, || exrp.proc().logs().contains("UnknownIssuer"));
+    assert_eq!(cloud.uploads_of("CA3_1.opus"), 0);
+    assert!(store.has("CA3_1.opus"));
 }

@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cloud;
 pub mod fakes;
 pub mod nginx;
+pub mod proxy;
 pub mod webdriver;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");

@@ -1,0 +1,118 @@
+//! An HTTP proxy on loopback, as a contact centre's outbound proxy: `CONNECT host:port` opens a
+//! tunnel (https), an absolute-form request (`POST http://host:port/path`) is forwarded in
+//! origin form (http). Every request line it receives is kept for the test to inspect. A
+//! thread per connection, reads time out after 30 s; dropping the proxy stops accepting.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const MAX_HEAD: usize = 64 << 10;
+
+pub struct Proxy {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub fn start() -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let seen = seen2.clone();
+                std::thread::spawn(move || serve(stream, &seen));
+            }
+        });
+        Proxy { addr, seen, stop }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request line received, in order (`CONNECT 127.0.0.1:443 HTTP/1.1`, …).
+    pub fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = loop {
+        if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        if head.len() > MAX_HEAD {
+            return;
+        }
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    };
+    let text = String::from_utf8_lossy(&head[..end]).into_owned();
+    let line = text.lines().next().unwrap_or_default().to_string();
+    seen.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    if method == "CONNECT" {
+        let Ok(upstream) = TcpStream::connect(target) else {
+            let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+            return;
+        };
+        let _ = client.write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n");
+        let _ = upstream.set_read_timeout(Some(Duration::from_secs(30)));
+        pipe(client, upstream, &head[end..]);
+        return;
+    }
+    // Absolute form: http://host:port/path → connect, send in origin form.
+    let Some(rest) = target.strip_prefix("http://") else { return };
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let Ok(mut upstream) = TcpStream::connect(authority) else {
+        let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
+        return;
+    };
+    let _ = upstream.set_read_timeout(Some(Duration::from_secs(30)));
+    let version = parts.next().unwrap_or("HTTP/1.1");
+    let rewritten = text.replacen(&line, &format!("{method} {path} {version}"), 1);
+    if upstream.write_all(rewritten.as_bytes()).is_err() {
+        return;
+    }
+    pipe(client, upstream, &head[end..]);
+}
+
+/// Copies both ways until either side closes; `pending` is what the client already sent.
+fn pipe(client: TcpStream, mut upstream: TcpStream, pending: &[u8]) {
+    if !pending.is_empty() && upstream.write_all(pending).is_err() {
+        return;
+    }
+    let (Ok(mut client_r), Ok(mut upstream_w)) = (client.try_clone(), upstream.try_clone()) else { return };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut client_r, &mut upstream_w);
+        let _ = upstream_w.shutdown(Shutdown::Write);
+    });
+    let mut client_w = client;
+    let _ = std::io::copy(&mut upstream, &mut client_w);
+    let _ = client_w.shutdown(Shutdown::Write);
+    let _ = up.join();
+}
