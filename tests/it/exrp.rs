@@ -1024,7 +1024,7 @@ fn genesys_cloud_over_https_with_a_private_ca_and_through_a_proxy() {
     assert_eq!(cloud.uploads_of("CA1_1.opus"), 1);
     let seen = proxy.seen();
     let tunnel = format!("CONNECT {} HTTP/1.1", https.trim_start_matches("https://"));
-    assert!(seen.iter().any(|l| *l == tunnel), "the token and presign go through the proxy: {seen:?}");
+    assert!(seen.contains(&tunnel), "the token and presign go through the proxy: {seen:?}");
     assert!(seen.iter().any(|l| l.starts_with("PUT http://")), "the upload too: {seen:?}");
     assert!(!seen.iter().any(|l| l.contains(&store.url())), "the store is not the proxy's business: {seen:?}");
     // Keep-alive: far fewer connections than requests (token, 2 presigns, 2 PUTs).
@@ -1040,7 +1040,7 @@ fn genesys_cloud_over_https_with_a_private_ca_and_through_a_proxy() {
     assert_eq!(exrp.post(&end_body("CA2", &[("1", "CA2_1.opus", SAMPLE.len())])).status, 202);
     exrp.wait_idle(1, 0);
     assert_eq!(cloud.uploads_of("CA2_1.opus"), 1);
-    assert!(proxy.seen().iter().any(|l| *l == tunnel), "{:?}", proxy.seen());
+    assert!(proxy.seen().contains(&tunnel), "{:?}", proxy.seen());
     drop(exrp);
 
     // 3. Neither: the private CA is not trusted, and the reason says so.
