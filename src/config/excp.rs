@@ -11,6 +11,8 @@ use super::{Outbound, Secret, Section, TlsConfig, parse_duration};
 pub struct ExcpConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Client addresses served (`allow`); None: everyone.
+    pub allow: Option<crate::http::allow::AllowList>,
     /// Where interaction-ends go: the lb's exrp pool (or one exrp), without a path.
     pub recording_processor_url: String,
     /// Basic credentials for exrp's API (`recording_processor_username` / `_password`).
@@ -86,6 +88,7 @@ impl ExcpConfig {
         let mut s = Section::new("excp", table, problems);
         let listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 3650)));
         let tls = s.tls();
+        let allow = s.allow("allow");
         let provider_table = s.table("conversation_provider");
         let store_table = s.table("transient_storage");
         let url = s.string("recording_processor_url");
@@ -181,6 +184,7 @@ impl ExcpConfig {
         ExcpConfig {
             listen,
             tls,
+            allow,
             recording_processor_url,
             recording_processor_outbound,
             recording_processor_auth,

@@ -13,6 +13,8 @@ use super::{Outbound, Secret, Section, TlsConfig};
 pub struct ExrpConfig {
     pub listen: SocketAddr,
     pub tls: Option<TlsConfig>,
+    /// Client addresses served (`allow`); None: everyone.
+    pub allow: Option<crate::http::allow::AllowList>,
     pub state_dir: PathBuf,
     pub max_body_size: u64,
     pub header_timeout: Duration,
@@ -105,6 +107,7 @@ impl ExrpConfig {
             }
         }
         let tls = s.tls();
+        let allow = s.allow("allow");
         let storage_table = s.table("transient_storage");
         let cloud_table = s.table("genesys_cloud");
         let sink_table = s.table("local_sink");
@@ -199,6 +202,7 @@ impl ExrpConfig {
         ExrpConfig {
             listen,
             tls,
+            allow,
             state_dir: state_dir.unwrap_or_default(),
             max_body_size,
             header_timeout,

@@ -175,6 +175,8 @@ pub struct PoolSettings {
     pub x_forwarded_for: bool,
     pub x_real_ip: bool,
     pub set_headers: Vec<(String, String)>,
+    /// Client addresses served (nginx `allow …; deny all;`); empty: everyone.
+    pub allow: crate::http::allow::AllowList,
 }
 
 impl Default for PoolSettings {
@@ -209,6 +211,7 @@ impl Default for PoolSettings {
             x_forwarded_for: false,
             x_real_ip: false,
             set_headers: Vec::new(),
+            allow: crate::http::allow::AllowList::default(),
         }
     }
 }
@@ -460,6 +463,7 @@ impl PoolSettings {
             x_forwarded_for: s.bool("x_forwarded_for", d.x_forwarded_for),
             x_real_ip: s.bool("x_real_ip", d.x_real_ip),
             set_headers,
+            allow: s.allow("allow").unwrap_or_else(|| d.allow.clone()),
         };
         for (key, value) in [
             ("connect_timeout", out.connect_timeout),

@@ -560,6 +560,31 @@ impl<'a, 'p> Section<'a, 'p> {
         Some(PathBuf::from(s))
     }
 
+    /// `allow = ["10.0.0.0/8", "192.0.2.7"]`: the client addresses a listener serves.
+    fn allow(&mut self, key: &str) -> Option<crate::http::allow::AllowList> {
+        let value = self.get(key)?;
+        let Some(items) = value.as_array() else {
+            self.problem_at(key, "must be a list of addresses or CIDR networks, e.g. [\"10.0.0.0/8\"]");
+            return None;
+        };
+        let mut entries = Vec::new();
+        let mut bad = Vec::new();
+        for item in items {
+            match item.as_str().map(crate::http::allow::Cidr::parse) {
+                Some(Ok(c)) => entries.push(c),
+                Some(Err(e)) => bad.push(e),
+                None => bad.push(format!("{item} is not a string")),
+            }
+        }
+        for e in bad {
+            self.problem_at(key, e);
+        }
+        if items.is_empty() {
+            self.problem_at(key, "an empty list would refuse every client; leave the key out to serve everyone");
+        }
+        Some(crate::http::allow::AllowList::new(entries))
+    }
+
     /// `<prefix>ca_file` and `<prefix>proxy`: how this service is reached.
     fn outbound(&mut self, prefix: &str) -> Outbound {
         let ca_file = self.path(&format!("{prefix}ca_file"));

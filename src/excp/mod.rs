@@ -160,6 +160,7 @@ impl Excp {
             tls,
             grace,
             connections: ServerOptions::cap(self.config.max_connections),
+            allow: self.config.allow.clone().map(Arc::new),
             ..ServerOptions::DEFAULT_LIMITS
         };
         let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;

@@ -2,6 +2,7 @@
 //! idle timeouts, graceful drain, and the admin listener. Owns no business logic.
 
 pub mod admin;
+pub mod allow;
 pub mod body;
 pub mod client;
 pub mod tls;
@@ -49,6 +50,8 @@ pub struct ServerOptions {
     /// loop waits, so further clients wait in the listen backlog instead of costing memory.
     /// Shared by the lb's pools of one worker (nginx's `worker_connections`).
     pub connections: Option<Arc<tokio::sync::Semaphore>>,
+    /// Client addresses served (nginx `allow`); others get 403, logged. None: everyone.
+    pub allow: Option<Arc<allow::AllowList>>,
 }
 
 impl ServerOptions {
@@ -63,6 +66,7 @@ impl ServerOptions {
         send_timeout: Duration::from_secs(60),
         share: None,
         connections: None,
+        allow: None,
     };
 
     /// A cap of `n` connections for `..ServerOptions` (see `connections`).
@@ -173,7 +177,9 @@ where
 {
     let builder_opts = opts.clone();
     let handle = move |stream: Stream, conn: Accepted| {
-        let service = RequestGuard { inner: make_service(conn.info), server: builder_opts.name, peer: conn.info.peer };
+        let allowed = builder_opts.allow.as_ref().is_none_or(|list| list.allows(conn.info.peer.ip()));
+        let service =
+            RequestGuard { inner: make_service(conn.info), server: builder_opts.name, peer: conn.info.peer, allowed };
         let conn_builder = builder(&builder_opts, conn.open);
         let name = builder_opts.name;
         async move {
@@ -206,6 +212,8 @@ struct RequestGuard<S> {
     inner: S,
     server: &'static str,
     peer: SocketAddr,
+    /// The peer is in the listener's allow list (or there is none).
+    allowed: bool,
 }
 
 type GuardedBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
@@ -224,7 +232,19 @@ where
     fn call(&self, req: Request<R>) -> Self::Future {
         use futures_util::FutureExt;
         use http_body_util::BodyExt;
-        if let Some((status, why)) = refused(&req) {
+        let refusal = if self.allowed {
+            refused(&req)
+        } else {
+            tracing::warn!(
+                server = self.server,
+                client = %self.peer.ip(),
+                method = %req.method(),
+                path = %crate::telemetry::escape(req.uri().path()),
+                "access forbidden: the client address is not in the listener's allow list"
+            );
+            Some((http::StatusCode::FORBIDDEN, "forbidden"))
+        };
+        if let Some((status, why)) = refusal {
             tracing::debug!(server = self.server, client = %self.peer.ip(), why, "request refused");
             let mut response = Response::new(
                 http_body_util::Full::new(bytes::Bytes::from(format!("{why}\n")))
@@ -537,7 +557,7 @@ mod tests {
     }
 
     fn guard<F: Fn() -> Response<GuardedBody>>(f: F) -> RequestGuard<Fixed<F>> {
-        RequestGuard { inner: Fixed(f), server: "test", peer: "127.0.0.1:1".parse().unwrap() }
+        RequestGuard { inner: Fixed(f), server: "test", peer: "127.0.0.1:1".parse().unwrap(), allowed: true }
     }
 
     fn request() -> Request<Empty> {

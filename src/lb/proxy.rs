@@ -401,6 +401,15 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
             return Prepared::Answer(local(log, status, true));
         }
     };
+    // nginx's access phase: after the head is read and checked, before the body.
+    if !settings.allow.allows(client.ip()) {
+        tracing::warn!(
+            pool = %pool.name,
+            client = %client.ip(),
+            "access forbidden: the client address is not in the pool's allow list"
+        );
+        return Prepared::Answer(local(log, StatusCode::FORBIDDEN, true));
+    }
 
     let mut log = log;
     let buffering = Buffering { buffer: settings.client_body_buffer_size, temp_dir: &settings.client_body_temp_path };

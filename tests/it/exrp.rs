@@ -1052,3 +1052,59 @@ fn genesys_cloud_over_https_with_a_private_ca_and_through_a_proxy() {
     assert_eq!(cloud.uploads_of("CA3_1.opus"), 0);
     assert!(store.has("CA3_1.opus"));
 }
+
+/// The excp → exrp hop closed by address and encrypted: exrp serves only its allow list (403,
+/// logged, for others, /health included; the admin listener stays for monitoring) over TLS
+/// with a private CA's certificate; excp verifies it through `recording_processor_ca_file`, and
+/// without the CA it does not deliver and says why.
+#[test]
+fn the_provider_hop_over_tls_behind_an_allow_list() {
+    let dir = TempDir::new("hop-tls");
+    let Some((ca, cert, key)) = private_ca(&dir) else { return };
+    let store = Store::start("hop-tls");
+    let tls = format!("[exrp.tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display());
+    let exrp = Exrp::start("hop-tls", &store.url(), &tls, "allow = [\"127.0.0.0/8\", \"::1\"]\n");
+    let https = format!("https://127.0.0.1:{}", exrp.addr().port());
+    let excp = |name: &str, extra: &str| {
+        let d = TempDir::new(name);
+        let config = d.join("excp.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[excp]\nlisten = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\
+                 recording_processor_url = \"{https}\"\nretry_initial = \"200ms\"\nfsync = false\n{extra}",
+                d.join("state").display()
+            ),
+        )
+        .unwrap();
+        (Proc::start(&["--role", "excp", "--config", config.to_str().unwrap()]), d)
+    };
+    let end_call = |excp: &Proc, call: &str| {
+        let meta = json!({"id": call, "mediaFiles": [{"callUUID": call, "mediaId": format!("{call}_1.opus")}]});
+        let c = client();
+        let r = c.post(format!("http://{}/api/v1/recording", excp.addr("excp"))).body(meta.to_string()).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let r = c.post(format!("http://{}/api/v1/interactions/{call}/end", excp.addr("excp"))).send().unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+    };
+
+    store.put("TL1_1.opus", SAMPLE);
+    let (trusting, _d1) = excp("hop-tls-excp", &format!("recording_processor_ca_file = \"{}\"\n", ca.display()));
+    end_call(&trusting, "TL1");
+    wait_until("the recording delivered over TLS", SOON, || !store.has("TL1_1.opus"));
+    assert!(exrp.sink_dir("Environment").join("TL1_1.opus").exists());
+
+    store.put("TL2_1.opus", SAMPLE);
+    let (doubting, _d2) = excp("hop-tls-excp2", "");
+    end_call(&doubting, "TL2");
+    wait_until("the certificate refused", SOON, || doubting.logs().contains("UnknownIssuer"));
+    assert!(store.has("TL2_1.opus"));
+
+    // Another exrp that serves only 10.0.0.0/8: loopback gets 403, /health too, logged.
+    let closed = Exrp::start("hop-closed", &store.url(), "", "allow = [\"10.0.0.0/8\"]\n");
+    assert_eq!(closed.post(&end_body("TL3", &[("1", "TL3_1.opus", 1)])).status, 403);
+    assert_eq!(closed.health().0, 403);
+    assert!(closed.proc().logs().contains("access forbidden"), "{}", closed.proc().logs());
+    let admin = client().get(closed.proc().admin_url("/health")).send().unwrap();
+    assert!(admin.status().is_success() || admin.status().as_u16() == 503, "the admin listener answers");
+}

@@ -1154,3 +1154,26 @@ fn large_response_bodies_stream_through_whole() {
     assert!(head.contains("connection: close") && !head.contains("transfer-encoding"), "{head}");
     assert!(body == want, "close-delimited body differs: {} bytes", body.len());
 }
+
+/// `allow` on a pool (nginx's `allow …; deny all;`): a client outside it gets nginx's 403 page
+/// before its body is read, nothing reaches a peer, and the access log says 403; one inside
+/// is proxied. A SIGHUP can open the pool.
+#[test]
+fn a_pool_allow_list_answers_403_to_other_addresses() {
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let closed = config(&[pool("excp", &[a], &["allow = [\"10.0.0.0/8\", \"192.0.2.7\"]"])]);
+    let lb = Lb::start("allow", &closed);
+    let r = lb.get("excp", "/api/v1/recording");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("403 Forbidden"), "{r:?}");
+    assert!(backends.seen().is_empty(), "nothing reaches a peer");
+    assert_eq!(lb.wait_access(1)[0].status, 403);
+    assert!(lb.proc.logs().contains("access forbidden"), "logged");
+    lb.reload(
+        &config(&[pool("excp", &[a], &["allow = [\"10.0.0.0/8\", \"127.0.0.1\"]"])]),
+        "SIGHUP: configuration reloaded",
+    );
+    let r = lb.get("excp", "/api/v1/recording");
+    assert_eq!((r.status, r.body.as_str()), (200, "A"));
+}
