@@ -247,3 +247,50 @@ fn to_fixed_2_rounds_as_javascript_does() {
         assert_eq!(to_fixed_2(x), js, "{x}");
     }
 }
+
+/// An exrp whose org refuses its secret, with a recording of a tenant that has no org: the
+/// page says both, naming the org and the tenant, in figures bound to the JSON, and still fits
+/// a phone.
+#[test]
+fn the_status_page_names_a_refused_org_and_a_tenant_waiting_for_one() {
+    use crate::exrp::{Exrp, SAMPLE, Store, end_body};
+    use crate::support::cloud::FakeCloud;
+    let store = Store::start("status-org");
+    let cloud = FakeCloud::start("client-1", "secret-1");
+    let other = FakeCloud::start("client-2", "secret-2");
+    let sink = format!(
+        "[exrp.genesys_cloud]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-1\"\nclient_secret = \"not-it\"\n\
+         [exrp.genesys_cloud.tenants.Tenant2]\napi_url = \"{1}\"\nlogin_url = \"{1}\"\nclient_id = \"client-2\"\nclient_secret = \"secret-2\"\n",
+        cloud.base_url(),
+        other.base_url()
+    );
+    let exrp = Exrp::start("status-org", &store.url(), &sink, "");
+    store.put("SO1_1.opus", SAMPLE);
+    store.put("SO2_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("SO1", &[("1", "SO1_1.opus", SAMPLE.len())])).status, 202);
+    let mut body = end_body("SO2", &[("1", "SO2_1.opus", SAMPLE.len())]);
+    body["tenant"] = json!("Tenant3");
+    assert_eq!(exrp.post(&body).status, 202);
+    exrp.wait_health("the org refused and the tenant waiting", |_, b| {
+        b["orgsFailing"][0]["org"] == "default" && b["waitingForTenantOrg"]["jobs"] == 1
+    });
+
+    let browser = Browser::start();
+    browser.resize(390, 844);
+    browser.goto(&exrp.proc().admin_url("/"));
+    browser.wait_for(
+        "both alerts drawn",
+        "return document.querySelector('[data-alert=org]') && document.querySelector('[data-alert=tenant]') ? true : false;",
+        Duration::from_secs(20),
+    );
+    let texts = browser
+        .run("return ['org', 'tenant'].map(a => document.querySelector(`[data-alert=${a}]`).textContent);", json!([]));
+    let (org, tenant) = (texts[0].as_str().unwrap(), texts[1].as_str().unwrap());
+    assert!(org.contains("refuses org default") && org.contains("token: HTTP 401"), "{org}");
+    assert!(tenant.contains("1 recording(s) wait") && tenant.contains("Tenant3"), "{tenant}");
+    figures_match_page_json(&browser);
+    let width = browser.run("return [document.documentElement.scrollWidth, window.innerWidth];", json!([]));
+    assert!(width[0].as_u64() <= width[1].as_u64(), "the page scrolls sideways on a phone: {width}");
+    std::fs::create_dir_all(artifacts()).unwrap();
+    std::fs::write(artifacts().join("org-refused-phone.png"), browser.screenshot()).unwrap();
+}
