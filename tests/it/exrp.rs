@@ -137,7 +137,11 @@ impl Exrp {
             "POST /api/v1/interaction-end HTTP/1.1\r\nHost: exrp\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
-        let (status, _, text) = raw_request(self.addr(), &request, body);
+        let mut raw = crate::support::Raw::connect(self.addr());
+        raw.send(request.as_bytes());
+        raw.send(body);
+        let (status, _, text) = crate::support::try_read_response(&mut raw.stream)
+            .unwrap_or_else(|e| panic!("POST interaction-end: {e}\nexrp's log:\n{}", self.proc().logs()));
         Reply { status, text: String::from_utf8_lossy(&text).into_owned() }
     }
 

@@ -248,13 +248,29 @@ impl Raw {
     }
 }
 
-pub fn read_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec<u8>) {
+/// A response as (status, headers with lower-case names, body).
+pub type RawResponse = (u16, Vec<(String, String)>, Vec<u8>);
+
+pub fn read_response(stream: &mut TcpStream) -> RawResponse {
+    try_read_response(stream).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// As `read_response`, saying how it failed instead of panicking (a caller can add the
+/// server's log to the failure).
+pub fn try_read_response(stream: &mut TcpStream) -> Result<RawResponse, String> {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
+    let started = std::time::Instant::now();
     while !head.ends_with(b"\r\n\r\n") {
         match stream.read(&mut byte) {
             Ok(1) => head.push(byte[0]),
-            _ => panic!("connection ended inside a response head: {:?}", String::from_utf8_lossy(&head)),
+            other => {
+                return Err(format!(
+                    "connection ended inside a response head after {:?} ({other:?}): {:?}",
+                    started.elapsed(),
+                    String::from_utf8_lossy(&head)
+                ));
+            }
         }
     }
     let head = String::from_utf8_lossy(&head).to_string();
@@ -269,8 +285,8 @@ pub fn read_response(stream: &mut TcpStream) -> (u16, Vec<(String, String)>, Vec
         .collect();
     let len: usize = headers.iter().find(|(k, _)| k == "content-length").map_or(0, |(_, v)| v.parse().unwrap());
     let mut body = vec![0u8; len];
-    stream.read_exact(&mut body).expect("body");
-    (status, headers, body)
+    stream.read_exact(&mut body).map_err(|e| format!("reading the body: {e}"))?;
+    Ok((status, headers, body))
 }
 
 /// One request on a fresh connection; returns (status, headers, body).
