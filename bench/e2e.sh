@@ -10,7 +10,8 @@
 #
 #   --calls N        calls per run (default 2000; 2 recordings each)
 #   --concurrency C  calls in flight (default 64)
-#   --before REF     also build and run this git revision (in a worktree under $TMPDIR)
+#   --before REF     also build and run this git revision (in a worktree under $TMPDIR;
+#                    BEFORE_TARGET=DIR keeps its target directory between runs)
 #   --no-build       use the existing target/release files
 #   --out FILE       markdown report (default bench/results/e2e-<date>.md)
 #
@@ -54,8 +55,10 @@ if [[ -n $BEFORE ]]; then
     log "building $BEFORE (release, in a worktree)"
     git -C "$ROOT" worktree add --detach -q "$WORK/before-src" "$BEFORE"
     trap 'git -C "$ROOT" worktree remove --force "$WORK/before-src" 2>/dev/null || true; cleanup' EXIT
-    (cd "$WORK/before-src" && CARGO_TARGET_DIR="$WORK/before-target" cargo build --release --quiet --bin exec-allinone)
-    BEFORE_BIN=$WORK/before-target/release/exec-allinone
+    # BEFORE_TARGET keeps that build across runs (default: thrown away with $WORK).
+    target=${BEFORE_TARGET:-$WORK/before-target}
+    (cd "$WORK/before-src" && CARGO_TARGET_DIR="$target" cargo build --release --quiet --bin exec-allinone)
+    BEFORE_BIN=$target/release/exec-allinone
 fi
 
 for port in 8000 3650 8080 9650 13650 18080; do
@@ -80,16 +83,17 @@ ROWS=()
 run() {
     local label=$1 bin=$2 sink=$3 dir="$WORK/$1-$3"
     mkdir -p "$dir"
+    # `start` runs in the current directory: the sandbox's data dir is ./exec-allinone-data.
     pushd "$dir" >/dev/null
     if [[ $sink == local ]]; then
-        start_in "$label" "$bin" --role all
+        start "$label" "$bin" --role all
     else
         sed -e "s|{dir}|$dir/exec-allinone-data|g" "$ROOT/src/config/sandbox.toml" \
             | awk -v cloud="$CLOUD" '/^\[exrp.local_sink\]/ {print "[exrp.genesys_cloud]\napi_url = \"" cloud "\"\nlogin_url = \"" cloud "\"\nclient_id = \"bench\"\nclient_secret = \"bench-secret\""; skip=1; next} skip && /^dir/ {next} {print}' \
             >"$dir/site.toml"
         mkdir -p "$dir/exec-allinone-data/recordings"
         "$bin" htpasswd -c "$dir/exec-allinone-data/htpasswd" mcp mcp-sandbox 2>/dev/null
-        start_in "$label" "$bin" --role all --config "$dir/site.toml"
+        start "$label" "$bin" --role all --config "$dir/site.toml"
     fi
     popd >/dev/null
     log "$label / $sink: simulate --calls $CALLS --concurrency $CONC"
@@ -111,19 +115,6 @@ run() {
     log "${ROWS[-1]}"
     kill "$LAST_PID"
     wait "$LAST_PID" 2>/dev/null || true
-}
-
-# start_in NAME CMD...: `start` in the current directory (the sandbox's data dir is ./).
-start_in() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.ready" 2>"$WORK/$name.log" </dev/null &
-    LAST_PID=$!
-    PIDS+=("$LAST_PID")
-    for _ in $(seq 1 300); do grep -q READY "$WORK/$name.ready" 2>/dev/null && return 0; sleep 0.1; done
-    log "$name did not start:"
-    cat "$WORK/$name.log" >&2
-    exit 1
 }
 
 for sink in local cloud; do

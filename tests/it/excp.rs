@@ -946,6 +946,17 @@ fn gir_cfg(exrp: &FakeExrp, rws: &FakeRws) -> Cfg {
         .provider("gir_metadata_fetch_duration", &q("2s"))
 }
 
+/// GIR mode watching the real webdav role's store, with a 1 s quiet period.
+fn gir_store_cfg(exrp: &FakeExrp, rws: &FakeRws, webdav: &crate::support::Proc) -> Cfg {
+    gir_cfg(exrp, rws)
+        .set("quiet_period", &q("1s"))
+        .store("type", &q("WebDAV"))
+        .store("url", &q(&webdav.url("/recordings")))
+        .store("username", &q(crate::support::USER))
+        .store("password", &q(crate::support::PASSWORD))
+        .store("poll_interval", &q("200ms"))
+}
+
 fn check_rws_requests(rws: &FakeRws, call: &str) {
     let auth = {
         use base64::Engine;
@@ -1038,13 +1049,7 @@ fn gir_mode_learns_of_a_call_from_its_recording_in_the_store() {
     let webdav = site.start();
     let exrp = FakeExrp::start(Mode::Accept);
     let rws = FakeRws::start("cc-org-3", "girops", "pw");
-    let cfg = gir_cfg(&exrp, &rws)
-        .set("quiet_period", &q("1s"))
-        .store("type", &q("WebDAV"))
-        .store("url", &q(&webdav.url("/recordings")))
-        .store("username", &q(crate::support::USER))
-        .store("password", &q(crate::support::PASSWORD))
-        .store("poll_interval", &q("200ms"));
+    let cfg = gir_store_cfg(&exrp, &rws, &webdav);
     let excp = Excp::start("girstore", &cfg);
     let call = call_id("girstore");
     let file = format!("{call}_2026-11-28_01-00-00-0001.opus");
@@ -1084,13 +1089,7 @@ fn gir_mode_names_each_rws_media_file_as_the_store_holds_it() {
     let webdav = site.start();
     let exrp = FakeExrp::start(Mode::Accept);
     let rws = FakeRws::start("cc-org-4", "girops", "pw");
-    let cfg = gir_cfg(&exrp, &rws)
-        .set("quiet_period", &q("1s"))
-        .store("type", &q("WebDAV"))
-        .store("url", &q(&webdav.url("/recordings")))
-        .store("username", &q(crate::support::USER))
-        .store("password", &q(crate::support::PASSWORD))
-        .store("poll_interval", &q("200ms"));
+    let cfg = gir_store_cfg(&exrp, &rws, &webdav);
     let excp = Excp::start("girnames", &cfg);
     let call = call_id("girnames");
     let stored = [
