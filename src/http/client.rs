@@ -34,9 +34,10 @@ pub enum ClientError {
 
 /// Connections a client keeps open per host between requests.
 const MAX_IDLE_PER_HOST: usize = 32;
-/// An idle pooled connection is closed after this (below the 60 s of common servers and LBs,
-/// so we close first instead of writing into a connection the server just dropped).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// An idle pooled connection is closed after this: below the idle limits of the servers we
+/// talk to (our webdav role and nginx: 30 s and more, S3 about 20 s), so we close first
+/// instead of writing into a connection the server just dropped.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A pooled client; cheap to clone (clones share the pool and the counter).

@@ -453,7 +453,7 @@ impl Store {
         let sidecar = entry_size(dir.as_fd(), &props_name(&name));
         rustix::fs::unlinkat(&dir, &name, AtFlags::empty()).map_err(fs_error)?;
         let _ = rustix::fs::unlinkat(&dir, props_name(&name), AtFlags::empty());
-        self.index_forget(&path.key());
+        self.index_forget_file(&path.key());
         self.shrink(st.st_size.max(0) as u64 + sidecar);
         self.files.fetch_sub(1, Ordering::Relaxed);
         self.sync_dir(dir.as_fd())
@@ -567,7 +567,7 @@ impl Store {
         rustix::fs::renameat(&to_dir, &tmp_name, &to_dir, &to_name).map_err(fs_error).map_err(cleanup)?;
         self.shrink(entry_size(to_dir.as_fd(), &props_name(&to_name)));
         let _ = rustix::fs::unlinkat(&to_dir, props_name(&to_name), AtFlags::empty());
-        self.index_forget(&to.key());
+        self.index_forget_file(&to.key());
         if self.has_props(from) {
             let (from_dir, from_name) = self.parent(from)?;
             if let Ok(props) = read_small(&from_dir, &props_name(&from_name))
@@ -720,6 +720,12 @@ impl Store {
     /// Drops a resource and everything below it from the index.
     fn index_forget(&self, key: &Path) {
         self.index().retain(|k| !k.starts_with(key));
+    }
+
+    /// Drops a file from the index: nothing is below it, so no scan of the whole index (a
+    /// store holding thousands of recordings with properties deletes them at that rate).
+    fn index_forget_file(&self, key: &Path) {
+        self.index().remove(key);
     }
 
     /// Re-keys a moved resource and everything below it; what the destination held is gone.

@@ -5,9 +5,10 @@
 //! `GET /_fake/report` show the same from outside the process (benchmark and soak scripts).
 //!
 //! Self-contained (std threads and std::net, crates of Cargo.toml only) so that
-//! `examples/fakecloud.rs` can include it by path. One request per connection, answered with
-//! `Connection: close`; a thread per connection; reads time out after 10 s, a held connection is
-//! kept at most 30 s; dropping the fake stops its threads.
+//! `examples/fakecloud.rs` can include it by path. Connections are kept alive as the real API's
+//! are (closed after 60 s idle, on `Connection: close`, or after a fault); a thread per
+//! connection; reads within a request time out after 10 s, a held connection is kept at most
+//! 30 s; dropping the fake stops its threads.
 
 #![allow(dead_code)]
 
@@ -25,6 +26,8 @@ use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle kept-alive connection is closed after this.
+const KEEP_ALIVE: Duration = Duration::from_secs(60);
 const MAX_HOLD: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 64 << 10;
 /// Token and presign bodies.
@@ -404,13 +407,24 @@ impl Reply {
 }
 
 fn serve(state: &State, mut stream: TcpStream) {
-    if state.stop.load(Ordering::SeqCst) {
-        return;
-    }
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let Some((head, rest)) = read_head(&mut stream) else { return };
+    // Keep-alive, as Genesys Cloud and S3 answer: the next request may come on this connection
+    // until it idles for KEEP_ALIVE (longer than exec-allinone's pool keeps an idle one).
+    let mut first = true;
+    loop {
+        let _ = stream.set_read_timeout(Some(if first { READ_TIMEOUT } else { KEEP_ALIVE }));
+        first = false;
+        if state.stop.load(Ordering::SeqCst) || !serve_one(state, &mut stream) {
+            return;
+        }
+    }
+}
+
+/// One request; true when the connection stays open for the next one.
+fn serve_one(state: &State, stream: &mut TcpStream) -> bool {
+    let Some((head, rest)) = read_head(stream) else { return false };
+    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     let path = head.target.split('?').next().unwrap_or_default().to_string();
     if head.method == "GET" && path.starts_with("/_fake/") {
         // Inspection from outside: not Genesys Cloud's API, so neither logged nor scriptable.
@@ -419,8 +433,8 @@ fn serve(state: &State, mut stream: TcpStream) {
             "/_fake/report" => Reply::json(200, report(state)),
             _ => Reply::json(404, json!({"message": "GET /_fake/counts or /_fake/report"})),
         };
-        let _ = send(&mut stream, &reply);
-        return;
+        let _ = send(stream, &reply);
+        return false;
     }
     let endpoint = match (head.method.as_str(), path.as_str()) {
         ("POST", "/oauth/token") => Some(Endpoint::Token),
@@ -452,40 +466,42 @@ fn serve(state: &State, mut stream: TcpStream) {
             dispatch(state, &head, endpoint, Body::Small(vec![]))
         };
         log(state, reply.status);
-        let _ = send(&mut stream, &reply);
-        return;
+        let _ = send(stream, &reply);
+        return false;
     };
     let Ok(len) = len else {
         log(state, 400);
-        let _ = send(&mut stream, &Reply::json(400, json!({"message": "bad Content-Length"})));
-        return;
+        let _ = send(stream, &Reply::json(400, json!({"message": "bad Content-Length"})));
+        return false;
     };
     let limit = if endpoint == Some(Endpoint::Put) { MAX_OBJECT } else { MAX_API_BODY as u64 };
     if len > limit {
         log(state, 413);
         let _ = send(
-            &mut stream,
+            stream,
             &Reply::xml(413, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"),
         );
-        return;
+        return false;
     }
+    // Bytes beyond the body would be a pipelined request: not served, the connection closes.
+    let body_overrun = rest.len() as u64 > len;
     let body = if endpoint == Some(Endpoint::Put) {
-        read_object(&mut stream, rest, len, state.keep_bytes.load(Ordering::SeqCst))
+        read_object(stream, rest, len, state.keep_bytes.load(Ordering::SeqCst))
     } else {
-        read_small(&mut stream, rest, len as usize)
+        read_small(stream, rest, len as usize)
     };
-    let Some(body) = body else { return };
+    let Some(body) = body else { return false };
     let fault = endpoint.and_then(|e| state.lock().faults.get_mut(&e).and_then(VecDeque::pop_front));
     let reply = match fault {
         Some(Fault::Hang) => {
-            hold(&mut stream, &state.stop, MAX_HOLD);
+            hold(stream, &state.stop, MAX_HOLD);
             log(state, 0);
-            return;
+            return false;
         }
         Some(Fault::Delay(delay)) => {
-            if hold(&mut stream, &state.stop, delay) {
+            if hold(stream, &state.stop, delay) {
                 log(state, 0);
-                return;
+                return false;
             }
             dispatch(state, &head, endpoint, body)
         }
@@ -501,7 +517,12 @@ fn serve(state: &State, mut stream: TcpStream) {
         Some(Fault::Pass) | None => dispatch(state, &head, endpoint, body),
     };
     log(state, reply.status);
-    let _ = send(&mut stream, &reply);
+    let close = head.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || body_overrun;
+    if close {
+        let _ = send(stream, &reply);
+        return false;
+    }
+    send_keep(stream, &reply).is_ok()
 }
 
 /// A request body: whole (token, presign) or digested as it came (PUT).
@@ -860,6 +881,24 @@ fn read_object(stream: &mut TcpStream, first: Vec<u8>, len: u64, keep: bool) -> 
         }
     }
     Some(Body::Object { len, md5: md5.finalize().into(), bytes: kept })
+}
+
+/// Answers and keeps the connection open for the next request.
+fn send_keep(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
+        reply.status,
+        reason(reply.status),
+        reply.content_type,
+        reply.body.len()
+    );
+    for (name, value) in &reply.headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(&reply.body)?;
+    stream.flush()
 }
 
 fn send(stream: &mut TcpStream, reply: &Reply) -> std::io::Result<()> {

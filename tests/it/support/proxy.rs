@@ -94,7 +94,16 @@ fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
     };
     let _ = upstream.set_read_timeout(Some(Duration::from_secs(30)));
     let version = parts.next().unwrap_or("HTTP/1.1");
-    let rewritten = text.replacen(&line, &format!("{method} {path} {version}"), 1);
+    // One request per forwarded connection: the next one comes in absolute form again.
+    let mut rewritten = format!("{method} {path} {version}\r\n");
+    for header in text.split("\r\n").skip(1).filter(|l| !l.is_empty()) {
+        let name = header.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if name != "connection" && name != "proxy-connection" && name != "keep-alive" {
+            rewritten.push_str(header);
+            rewritten.push_str("\r\n");
+        }
+    }
+    rewritten.push_str("Connection: close\r\n\r\n");
     if upstream.write_all(rewritten.as_bytes()).is_err() {
         return;
     }
