@@ -477,10 +477,8 @@ fn serve_one(state: &State, stream: &mut TcpStream) -> bool {
     let limit = if endpoint == Some(Endpoint::Put) { MAX_OBJECT } else { MAX_API_BODY as u64 };
     if len > limit {
         log(state, 413);
-        let _ = send(
-            stream,
-            &Reply::xml(413, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"),
-        );
+        let _ =
+            send(stream, &Reply::xml(413, "EntityTooLarge", "Your proposed upload exceeds the maximum allowed size"));
         return false;
     }
     // Bytes beyond the body would be a pipelined request: not served, the connection closes.
