@@ -702,7 +702,7 @@ fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>, name: &str) -> Seen {
         if buf.len() > MAX_REQUEST {
             return partial(&std::mem::take(buf), name);
         }
-        match stream.read(&mut chunk) {
+        match crate::support::read_some(stream, &mut chunk) {
             Ok(0) | Err(_) => return partial(&std::mem::take(buf), name),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }

@@ -838,7 +838,7 @@ fn read_head(stream: &mut TcpStream) -> Option<(Head, Vec<u8>)> {
         if buf.len() > MAX_HEAD {
             return None;
         }
-        match stream.read(&mut chunk) {
+        match read_some(stream, &mut chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
@@ -848,7 +848,7 @@ fn read_head(stream: &mut TcpStream) -> Option<(Head, Vec<u8>)> {
 fn read_small(stream: &mut TcpStream, mut have: Vec<u8>, len: usize) -> Option<Body> {
     let mut chunk = [0u8; 8192];
     while have.len() < len {
-        match stream.read(&mut chunk) {
+        match read_some(stream, &mut chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => have.extend_from_slice(&chunk[..n]),
         }
@@ -873,7 +873,7 @@ fn read_object(stream: &mut TcpStream, first: Vec<u8>, len: u64, keep: bool) -> 
     take(&first, &mut got);
     let mut chunk = vec![0u8; 64 << 10];
     while got < len {
-        match stream.read(&mut chunk) {
+        match read_some(stream, &mut chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => take(&chunk[..n], &mut got),
         }
@@ -1008,4 +1008,15 @@ fn decode_path(path: &str) -> Option<String> {
 fn short_id() -> String {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{nanos:08X}")
+}
+
+/// `read`, again when a signal interrupted it: a signal to the test process interrupts a read
+/// with a timeout even under SA_RESTART (signal(7)), which says nothing about the peer.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }

@@ -234,7 +234,7 @@ fn read_request(stream: &mut TcpStream) -> Option<Request> {
         if buf.len() > MAX_REQUEST {
             return None;
         }
-        match stream.read(&mut chunk) {
+        match crate::support::read_some(stream, &mut chunk) {
             Ok(0) | Err(_) => return None,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }

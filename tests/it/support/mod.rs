@@ -248,6 +248,17 @@ impl Raw {
     }
 }
 
+/// `read`, again when a signal interrupted it: a signal to the test process interrupts a read
+/// with a timeout even under SA_RESTART (signal(7)), which says nothing about the peer.
+pub fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
 /// A response as (status, headers with lower-case names, body).
 pub type RawResponse = (u16, Vec<(String, String)>, Vec<u8>);
 
@@ -262,7 +273,7 @@ pub fn try_read_response(stream: &mut TcpStream) -> Result<RawResponse, String> 
     let mut byte = [0u8; 1];
     let started = std::time::Instant::now();
     while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
+        match read_some(stream, &mut byte) {
             Ok(1) => head.push(byte[0]),
             other => {
                 return Err(format!(

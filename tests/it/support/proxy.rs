@@ -3,7 +3,7 @@
 //! origin form (http). Every request line it receives is kept for the test to inspect. A
 //! thread per connection, reads time out after 30 s; dropping the proxy stops accepting.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,7 +65,7 @@ fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
         if head.len() > MAX_HEAD {
             return;
         }
-        match client.read(&mut buf) {
+        match crate::support::read_some(&mut client, &mut buf) {
             Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
