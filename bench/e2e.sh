@@ -98,7 +98,15 @@ run() {
     popd >/dev/null
     log "$label / $sink: simulate --calls $CALLS --concurrency $CONC"
     local sim_args=(simulate --calls "$CALLS" --concurrency "$CONC" --timeout 600 --report "$dir/report.json")
-    [[ $sink == local ]] && sim_args+=(--sink-dir "$dir/exec-allinone-data/injected")
+    local uploads_before=0
+    if [[ $sink == local ]]; then
+        sim_args+=(--sink-dir "$dir/exec-allinone-data/injected")
+    else
+        # Named explicitly, simulate does not look for the sandbox's local sink; the fake
+        # cloud's count says what arrived.
+        sim_args+=(--webdav http://127.0.0.1:8000/recordings --excp http://127.0.0.1:3650)
+        uploads_before=$(curl -s "$CLOUD/_fake/counts" | jq -r '.uploads')
+    fi
     if ! (cd "$dir" && "$AFTER_BIN" "${sim_args[@]}" >"$dir/simulate.out" 2>"$dir/simulate.err"); then
         log "$label / $sink: simulate reported a failure:"
         tail -5 "$dir/simulate.err" >&2
@@ -108,6 +116,11 @@ run() {
     p50=$(jq -r '.seconds_end_to_delivered.p50 | . * 1000 | round' "$dir/report.json")
     p99=$(jq -r '.seconds_end_to_delivered.p99 | . * 1000 | round' "$dir/report.json")
     delivered=$(jq -r '.delivered' "$dir/report.json")
+    if [[ $sink == cloud ]]; then
+        local arrived=$(( $(curl -s "$CLOUD/_fake/counts" | jq -r '.uploads') - uploads_before ))
+        # Each recording and its metadata sidecar are two objects.
+        [[ $arrived == $((delivered * 2)) ]] || log "$label / $sink: $arrived objects in the fake cloud for $delivered recordings"
+    fi
     store=$(metric exrp_outbound_connections_total '{to="store"}')
     cloud=$(metric exrp_outbound_connections_total '{to="cloud"}')
     per() { [[ $1 == n/a || $delivered == 0 ]] && echo "n/a" || awk -v a="$1" -v b="$delivered" 'BEGIN {printf "%.3f", a / b}'; }
