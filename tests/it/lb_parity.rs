@@ -20,18 +20,16 @@
 //! exec-allinone knowingly deviates, the step carries a `Deviation` and our documented behaviour
 //! is asserted instead.
 //!
-//! Until the lb role exists (it exits "not built yet"), or with `LB_PARITY_NGINX_ONLY=1`, only
-//! step 1 runs. `LB_PARITY_SHOW=1` (with `--nocapture`) prints every response and nginx's errors.
+//! `LB_PARITY_SHOW=1` (with `--nocapture`) prints every response and nginx's errors. Without
+//! nginx every scenario fails, naming the package: none passes without having run it.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::support::backend::{Backends, Behaviour, Seen, find};
 use crate::support::nginx::{self, AccessLine, Nginx};
-use crate::support::{BIN, Proc, TempDir};
+use crate::support::{Proc, TempDir};
 
 // ---------------------------------------------------------------------------------------------
 // Scenarios as data
@@ -185,7 +183,7 @@ impl Scenario {
 
     /// Runs the scenario against nginx, checks nginx, then compares exec-allinone with it.
     fn run(self) {
-        let Some(binary) = nginx::binary() else { return };
+        let binary = nginx::binary();
         let mut backends = Backends::new();
         for (name, behaviour, _) in &self.peers {
             backends.add(name, behaviour.clone());
@@ -212,10 +210,6 @@ impl Scenario {
             self.name,
             problems.join("\n")
         );
-        if !lb_available() {
-            eprintln!("scenario {}: nginx checked; exec-allinone lb not available, comparison skipped", self.name);
-            return;
-        }
         backends.take();
         let dir = TempDir::new(&format!("lb-{}", self.name));
         let config = dir.join("lb.toml");
@@ -944,54 +938,6 @@ fn our_access_log(proc: &Proc) -> Vec<AccessLine> {
             request: format!("{} {}", v["method"].as_str().unwrap_or(""), v["uri"].as_str().unwrap_or("")),
         })
         .collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Is our lb there yet?
-
-fn lb_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        if std::env::var_os("LB_PARITY_NGINX_ONLY").is_some_and(|v| v == "1") {
-            return false;
-        }
-        let dir = TempDir::new("lb-probe");
-        let config = dir.join("probe.toml");
-        let toml = "[admin]\nlisten = \"127.0.0.1:0\"\n[lb.pools.probe]\nlisten = \"127.0.0.1:0\"\nservers = [\"127.0.0.1:9\"]\n";
-        std::fs::write(&config, toml).unwrap();
-        let mut child = Command::new(BIN)
-            .args(["--role", "lb", "--config", config.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn exec-allinone");
-        // READY on stdout means it is there; an exit before that means it is not (yet).
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(10));
-        if !line.as_ref().is_ok_and(|l| l.is_empty()) {
-            // READY, something else, or nothing for 10 s: the real start will tell.
-            let _ = child.kill();
-            let _ = child.wait();
-            return true;
-        }
-        // stdout closed without a line: the process is exiting.
-        let _ = crate::support::wait_timeout(&mut child, Duration::from_secs(10));
-        let mut stderr = String::new();
-        let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-        // Anything but "not built yet" counts as available, so a broken start fails loudly.
-        let built = !stderr.contains("not built yet");
-        if !built {
-            eprintln!("exec-allinone --role lb is not built yet: lb parity runs against nginx only");
-        }
-        built
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1920,7 +1866,7 @@ fn documented_difference(head: &str, body: &[u8], nginx: u16, ours: u16) -> bool
 
 #[test]
 fn differential_fuzz_against_nginx() {
-    let Some(binary) = nginx::binary() else { return };
+    let binary = nginx::binary();
     let mut backends = Backends::new();
     let scenario = Scenario::excp("fuzz", ok(), ok());
     for (name, behaviour, _) in &scenario.peers {

@@ -330,12 +330,9 @@ pub fn ports_free(ports: &[u16]) -> bool {
 /// Whether a sandbox test can have its fixed ports. On a developer's machine a running sandbox
 /// may hold them and the test steps aside; in CI (`CI` set) that would hide the test, so it fails.
 pub fn sandbox_ports_or_skip(ports: &[u16]) -> bool {
-    if ports_free(ports) {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "sandbox ports {ports:?} are busy in CI: is a sandbox left running?");
-    eprintln!("sandbox ports {ports:?} busy; this test cannot run here");
-    false
+    // Never a silent skip: a test that cannot run says so by failing.
+    assert!(ports_free(ports), "sandbox ports {ports:?} are busy: is a sandbox (or a bench) left running?");
+    true
 }
 
 /// `exec-allinone --role all` with no config in `dir`, once its READY line is out: the line
@@ -429,14 +426,26 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     found
 }
 
-/// Runs a tool the tests need; missing outside CI means "install it", inside CI it fails.
-pub fn tool(name: &str) -> Option<Command> {
+/// The Debian package that provides a peer the tests run.
+pub fn package_of(tool: &str) -> &'static str {
+    match tool {
+        "htpasswd" => "apache2-utils",
+        "apache2" => "apache2",
+        "chromedriver" => "chromium-driver",
+        "chromium" => "chromium",
+        "litmus" => "litmus",
+        "curl" => "curl",
+        "openssl" => "openssl",
+        "nginx" => "nginx",
+        _ => "(unknown package)",
+    }
+}
+
+/// A peer the tests run. Missing, the test fails naming the package: no test passes without
+/// having exercised its peer (`./test.sh` installs them).
+pub fn tool(name: &str) -> Command {
     let found =
         Command::new("sh").args(["-c", &format!("command -v {name}")]).output().is_ok_and(|o| o.status.success());
-    if found {
-        return Some(Command::new(name));
-    }
-    assert!(std::env::var_os("CI").is_none(), "{name} is required in CI (.ci/run installs it)");
-    eprintln!("{name} not installed; this test needs it (see .ci/run for the packages)");
-    None
+    assert!(found, "{name} is not installed: apt-get install {} (or run ./test.sh, which does)", package_of(name));
+    Command::new(name)
 }
