@@ -1,6 +1,7 @@
 //! The crash-safe storage layer under the WebDAV engine: every file-system operation on the
-//! store, done beneath one root directory fd with `openat2(RESOLVE_BENEATH|NO_SYMLINKS)` so
-//! no path, symlink or `..` can reach outside it. PUT writes a hidden temp file, verifies its
+//! store, done beneath one root directory fd with `openat2(RESOLVE_BENEATH|NO_SYMLINKS)`, or
+//! on kernels without it one `O_NOFOLLOW` component at a time (`Resolver`), so no path,
+//! symlink or `..` can reach outside it. PUT writes a hidden temp file, verifies its
 //! length, makes its bytes durable (`settle`), renames and fsyncs the directory. All
 //! functions here block: callers run them on the bounded blocking pool.
 
@@ -76,6 +77,8 @@ pub struct Store {
     /// sidecars that do not exist.
     props_index: Mutex<HashSet<PathBuf>>,
     pub stats: StoreStats,
+    /// `openat2` or the component walk, chosen at start.
+    resolver: Resolver,
 }
 
 /// A request path checked for use under the root: segments, none empty, `.`, `..`,
@@ -173,6 +176,50 @@ fn resolve() -> ResolveFlags {
     ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS
 }
 
+/// How names are opened beneath the root: `openat2` where the kernel has it (5.6+) and the
+/// runtime lets it through, else one component at a time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolver {
+    Openat2,
+    /// Each component opened with `O_NOFOLLOW` relative to the directory fd before it, as
+    /// the capability crates (cap-std) do on kernels without `openat2`. The names are checked
+    /// segments (never `..`, `.` or empty), so the walk cannot leave the root, and no
+    /// symlink is followed, not even through a directory.
+    Walk,
+}
+
+/// Opens `segs` (checked segments; none means `dir` itself) beneath `dir` with `flags`.
+fn open_beneath(resolver: Resolver, dir: BorrowedFd<'_>, segs: &[OsString], flags: OFlags) -> Result<OwnedFd, Errno> {
+    match resolver {
+        Resolver::Openat2 => {
+            let path = if segs.is_empty() { PathBuf::from(".") } else { RelPath::join(segs) };
+            rustix::fs::openat2(dir, &path, flags, Mode::empty(), resolve())
+        }
+        Resolver::Walk => {
+            let Some((last, parents)) = segs.split_last() else {
+                return rustix::fs::openat(dir, ".", flags, Mode::empty());
+            };
+            let step = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let mut held: Option<OwnedFd> = None;
+            for seg in parents {
+                let next = rustix::fs::openat(held.as_ref().map_or(dir, |d| d.as_fd()), seg, step, Mode::empty())?;
+                held = Some(next);
+            }
+            rustix::fs::openat(held.as_ref().map_or(dir, |d| d.as_fd()), last, flags | OFlags::NOFOLLOW, Mode::empty())
+        }
+    }
+}
+
+/// Which resolver this kernel and runtime allow: `openat2` unless it is missing (ENOSYS,
+/// Linux before 5.6) or refused (EPERM, a seccomp profile that does not know it).
+fn pick_resolver(root: BorrowedFd<'_>) -> Result<Resolver, Errno> {
+    match rustix::fs::openat2(root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), resolve()) {
+        Ok(_) => Ok(Resolver::Openat2),
+        Err(Errno::NOSYS | Errno::PERM) => Ok(Resolver::Walk),
+        Err(err) => Err(err),
+    }
+}
+
 fn props_name(name: &OsStr) -> OsString {
     let mut n = OsString::from(PROPS_PREFIX);
     n.push(name);
@@ -202,15 +249,17 @@ impl Store {
             Mode::empty(),
         )
         .with_context(|| format!("cannot open the store root {} (it must be a real directory)", root_path.display()))?;
-        // Fail at start, not on the first request, on kernels without openat2 (before 5.6).
-        match rustix::fs::openat2(&root, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), resolve()) {
-            Err(Errno::NOSYS) => anyhow::bail!("this kernel has no openat2 (Linux 5.6 or later is needed)"),
-            Err(err) => return Err(err).context("cannot open the store root beneath itself"),
-            Ok(_) => {}
+        let resolver = pick_resolver(root.as_fd()).context("cannot open the store root beneath itself")?;
+        if resolver == Resolver::Walk {
+            tracing::info!(
+                "openat2 is not available (Linux before 5.6, or refused by a seccomp profile): names are opened \
+                 one component at a time beneath the store root, no symlink followed"
+            );
         }
         let write_out_dev = if fsync { super::writeout::journaled_ext4(root.as_fd()) } else { None };
         let store = Store {
             root,
+            resolver,
             root_path: root_path.to_path_buf(),
             fsync,
             write_out_dev,
@@ -292,12 +341,11 @@ impl Store {
                 tracing::warn!(dir = %rel.join(name).display(), "store tree deeper than {MAX_SWEEP_DEPTH} levels; not counted");
             } else if *ft == FileType::Directory {
                 used += entry_size(dir, name);
-                let sub = rustix::fs::openat2(
+                let sub = open_beneath(
+                    self.resolver,
                     dir,
-                    name,
+                    std::slice::from_ref(name),
                     OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    resolve(),
                 )?;
                 let (u, f) = self.sweep_dir(sub.as_fd(), &rel.join(name))?;
                 used += u;
@@ -313,15 +361,13 @@ impl Store {
     }
 
     fn open_dir(&self, segs: &[OsString]) -> FsResult<OwnedFd> {
-        let path = if segs.is_empty() { PathBuf::from(".") } else { RelPath::join(segs) };
-        rustix::fs::openat2(
-            &self.root,
-            &path,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve(),
-        )
-        .map_err(fs_error)
+        open_beneath(self.resolver, self.root.as_fd(), segs, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC)
+            .map_err(fs_error)
+    }
+
+    /// Which way names are opened beneath the root (for the start-up log and tests).
+    pub fn resolver(&self) -> Resolver {
+        self.resolver
     }
 
     /// The parent directory of `path` and the last segment; the root has no parent.
@@ -379,12 +425,11 @@ impl Store {
         if path.is_root() {
             return Err(FsError::Forbidden);
         }
-        let fd = rustix::fs::openat2(
-            &self.root,
-            RelPath::join(&path.segs),
+        let fd = open_beneath(
+            self.resolver,
+            self.root.as_fd(),
+            &path.segs,
             OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-            Mode::empty(),
-            resolve(),
         )
         .map_err(fs_error)?;
         let st = rustix::fs::fstat(&fd).map_err(fs_error)?;

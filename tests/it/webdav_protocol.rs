@@ -287,10 +287,20 @@ fn body_longer_than_content_length_stores_exactly_content_length_bytes() {
 
 #[test]
 fn traversal_corpus_is_refused_and_creates_nothing() {
+    traversal_corpus(Site::start);
+}
+
+/// The same corpus where the kernel has no `openat2` (RHEL 8's 4.18, some container runtimes).
+#[test]
+fn traversal_corpus_is_refused_without_openat2() {
+    traversal_corpus(Site::start_without_openat2);
+}
+
+fn traversal_corpus(start: fn(&Site) -> Proc) {
     let site = Site::new("traversal");
     let sibling = site.dir.join("etc");
     std::fs::create_dir_all(&sibling).unwrap();
-    let p = site.start();
+    let p = start(&site);
     let addr = p.addr("webdav");
     let c = http();
     assert_eq!(put(&c, &p, "/recordings/src.txt", b"source"), 201);
@@ -337,6 +347,16 @@ fn traversal_corpus_is_refused_and_creates_nothing() {
 
 #[test]
 fn symlinks_in_the_root_are_never_followed() {
+    symlinks_never_followed(Site::start);
+}
+
+/// The same where the kernel has no `openat2`: the component walk follows no link either.
+#[test]
+fn symlinks_are_never_followed_without_openat2() {
+    symlinks_never_followed(Site::start_without_openat2);
+}
+
+fn symlinks_never_followed(start: fn(&Site) -> Proc) {
     let site = Site::new("symlinks");
     let outside = TempDir::new("symlinks-outside");
     std::fs::write(outside.join("secret.txt"), b"top secret").unwrap();
@@ -345,7 +365,7 @@ fn symlinks_in_the_root_are_never_followed() {
     std::os::unix::fs::symlink(outside.join("secret.txt"), root.join("linkfile")).unwrap();
     std::fs::create_dir(root.join("real")).unwrap();
     std::os::unix::fs::symlink(outside.path(), root.join("real").join("inner")).unwrap();
-    let p = site.start();
+    let p = start(&site);
     let c = http();
 
     for path in ["/recordings/linkdir/secret.txt", "/recordings/linkfile", "/recordings/real/inner/secret.txt"] {

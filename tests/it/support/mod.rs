@@ -16,6 +16,7 @@ pub mod cloud;
 pub mod fakes;
 pub mod nginx;
 pub mod proxy;
+pub mod seccomp;
 pub mod webdriver;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
@@ -87,6 +88,15 @@ impl Site {
         std::fs::write(&path, self.config()).unwrap();
         Proc::start(&["--role", "webdav", "--config", path.to_str().unwrap()])
     }
+
+    /// As `start`, on a "kernel" without `openat2`: the store's component walk answers.
+    pub fn start_without_openat2(&self) -> Proc {
+        let path = self.dir.join("config.toml");
+        std::fs::write(&path, self.config()).unwrap();
+        let p = Proc::start_without_openat2(&["--role", "webdav", "--config", path.to_str().unwrap()]);
+        wait_until("the fallback's log line", Duration::from_secs(5), || p.logs().contains("openat2 is not available"));
+        p
+    }
 }
 
 /// The running binary; SIGTERM then SIGKILL on drop.
@@ -102,9 +112,21 @@ impl Proc {
     }
 
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .envs(env.iter().copied())
+        let mut command = Command::new(BIN);
+        command.args(args).envs(env.iter().copied());
+        Proc::spawn(command)
+    }
+
+    /// As `start`, with `openat2` failing ENOSYS in the process (`seccomp`).
+    pub fn start_without_openat2(args: &[&str]) -> Proc {
+        let mut command = Command::new(BIN);
+        command.args(args);
+        seccomp::without_openat2(&mut command);
+        Proc::spawn(command)
+    }
+
+    fn spawn(mut command: Command) -> Proc {
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
