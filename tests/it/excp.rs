@@ -1137,8 +1137,11 @@ fn gir_mode_names_each_rws_media_file_as_the_store_holds_it() {
     }
     assert!(!body.to_string().contains(&format!("\"uri\":\"http://{rws_host}")), "{body}");
     check_rws_requests(&rws, &call);
-    let log = excp.tail();
-    assert!(log.contains("named as the store holds them") && log.contains("by_order=1"), "{log}");
+    // The log is read from the process's stderr as it comes: wait for the line.
+    crate::support::wait_until("the naming logged", SOON, || {
+        let log = excp.proc.as_ref().map(|p| p.logs()).unwrap_or_default();
+        log.contains("named as the store holds them") && log.contains("by_order=1")
+    });
 }
 
 #[test]

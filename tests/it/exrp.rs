@@ -710,8 +710,7 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
     assert_eq!(health["waitingForTenantOrg"]["tenants"], json!(["Tenant3"]));
     assert!(health["clockSynchronized"].is_boolean(), "the clock's state is reported: {health}");
     assert_eq!((health["queue"]["pending"].as_u64(), health["queue"]["dead"].as_u64()), (Some(1), Some(0)));
-    let metrics = exrp.proc().logs();
-    assert!(metrics.contains("tenant \"Tenant3\" has no EX Org"), "the reason is logged");
+    wait_until("the reason logged", SOON, || exrp.proc().logs().contains("tenant \"Tenant3\" has no EX Org"));
     assert_eq!((main_org.uploads_of("TC_1.opus"), other.uploads_of("TC_1.opus")), (0, 0), "never elsewhere");
     assert!(store.has("TC_1.opus"), "the recording stays in the store");
 
@@ -1110,7 +1109,8 @@ fn the_provider_hop_over_tls_behind_an_allow_list() {
     let closed = Exrp::start("hop-closed", &store.url(), "", "allow = [\"10.0.0.0/8\"]\n");
     assert_eq!(closed.post(&end_body("TL3", &[("1", "TL3_1.opus", 1)])).status, 403);
     assert_eq!(closed.health().0, 403);
-    assert!(closed.proc().logs().contains("access forbidden"), "{}", closed.proc().logs());
+    // The log is read from the process's stderr as it comes: wait for the line.
+    wait_until("the refusal logged", SOON, || closed.proc().logs().contains("access forbidden"));
     let admin = client().get(closed.proc().admin_url("/health")).send().unwrap();
     assert!(admin.status().is_success() || admin.status().as_u16() == 503, "the admin listener answers");
 }

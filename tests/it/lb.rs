@@ -1169,7 +1169,9 @@ fn a_pool_allow_list_answers_403_to_other_addresses() {
     assert!(r.body.contains("403 Forbidden"), "{r:?}");
     assert!(backends.seen().is_empty(), "nothing reaches a peer");
     assert_eq!(lb.wait_access(1)[0].status, 403);
-    assert!(lb.proc.logs().contains("access forbidden"), "logged");
+    crate::support::wait_until("the refusal logged", Duration::from_secs(10), || {
+        lb.proc.logs().contains("access forbidden")
+    });
     lb.reload(
         &config(&[pool("excp", &[a], &["allow = [\"10.0.0.0/8\", \"127.0.0.1\"]"])]),
         "SIGHUP: configuration reloaded",
