@@ -164,11 +164,12 @@ impl CloudClient {
         self.fault.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// While the org is paused, answers its fault without sending anything; once the wait is
-    /// over, lets one call through (the next ones wait for its outcome's new wait).
-    fn gate(&self) -> Result<(), CloudError> {
+    /// While the org is paused for a fault of this kind (a refused token holds token fetches;
+    /// a refused permission holds presigns), answers the fault without sending anything; once
+    /// the wait is over, lets one call through (the next ones wait for its outcome's new wait).
+    fn gate(&self, presign: bool) -> Result<(), CloudError> {
         let mut fault = self.fault.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(f) = fault.as_mut() else { return Ok(()) };
+        let Some(f) = fault.as_mut().filter(|f| f.on_presign == presign) else { return Ok(()) };
         let now = Instant::now();
         if now < f.next_try {
             return Err(CloudError::Credentials { reason: f.reason.clone(), retry_in: f.next_try - now });
@@ -240,9 +241,7 @@ impl CloudClient {
             return Err(err.clone());
         }
         // A refused token waits out its backoff; a refused permission does not stop tokens.
-        if self.fault().is_some_and(|f| !f.on_presign) {
-            self.gate()?;
-        }
+        self.gate(false)?;
         let outcome = self.fetch_token().await;
         self.fetches_done.fetch_add(1, Ordering::AcqRel);
         match outcome {
@@ -324,9 +323,7 @@ impl CloudClient {
         });
         let body = Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
         // A paused org sends nothing until its wait is over, not even with a cached token.
-        if self.fault().is_some_and(|f| f.on_presign) {
-            self.gate()?;
-        }
+        self.gate(true)?;
         let token = self.token().await?;
         let outcome = match self.presign_once(&token, body.clone(), timeout_secs).await {
             Err(CloudError::Rejected { status: 401, .. }) => {

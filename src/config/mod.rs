@@ -168,6 +168,13 @@ impl Config {
         }
     }
 
+    /// SIGHUP: reads `path` again and parses the sections of `role`, the error as one line for
+    /// the log (the running configuration is kept on error).
+    pub fn reread(path: &Path, role: Role) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        Config::from_toml_str(&text, role).map_err(|e| e.to_string())
+    }
+
     /// Parses and validates without touching the file system.
     pub fn from_toml_str(text: &str, role: Role) -> Result<Config, ConfigError> {
         Config::from_toml_str_env(text, role, &|name| std::env::var(name).ok())

@@ -235,7 +235,7 @@ async fn schedule_gir_if_empty(excp: &Arc<Excp>, call_uuid: &str) {
 }
 
 async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
-    let Some(gir) = excp.config.provider.gir.clone() else {
+    let (Some(gir), Some(client)) = (excp.config.provider.gir.clone(), excp.gir_client.as_ref()) else {
         excp.book.release(call_uuid).await;
         return;
     };
@@ -251,8 +251,7 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", gir.user, gir.password.expose()));
         format!("Basic {token}")
     };
-    let result = excp
-        .gir_client
+    let result = client
         .send(
             Method::GET,
             &url,

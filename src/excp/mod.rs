@@ -38,9 +38,9 @@ pub struct Excp {
     metrics: Metrics,
     /// To exrp (the lb's exrp pool).
     client: crate::http::client::HttpClient,
-    /// GIR mode: to RWS, and to the store it watches.
-    gir_client: crate::http::client::HttpClient,
-    store_client: crate::http::client::HttpClient,
+    /// GIR mode: to RWS, and to the store it watches (None: not configured).
+    gir_client: Option<crate::http::client::HttpClient>,
+    store_client: Option<crate::http::client::HttpClient>,
     /// Whether the last delivery attempt reached an exrp that accepted it.
     exrp_ok: AtomicBool,
     last_delivery_ms: AtomicU64,
@@ -103,14 +103,8 @@ impl Excp {
         );
         use crate::http::client::HttpClient;
         let client = HttpClient::new(&config.recording_processor_outbound)?;
-        let gir_client = match &config.provider.gir {
-            Some(gir) => HttpClient::new(&gir.outbound)?,
-            None => HttpClient::plain(),
-        };
-        let store_client = match &config.store {
-            Some(store) => HttpClient::new(&store.outbound)?,
-            None => HttpClient::plain(),
-        };
+        let gir_client = config.provider.gir.as_ref().map(|gir| HttpClient::new(&gir.outbound)).transpose()?;
+        let store_client = config.store.as_ref().map(|store| HttpClient::new(&store.outbound)).transpose()?;
         Ok(Arc::new(Excp {
             state: crate::durable::WriteHealth::new(&config.state_dir.join("calls")),
             config: config.clone(),

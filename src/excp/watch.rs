@@ -13,11 +13,13 @@ use tokio_util::sync::CancellationToken;
 use super::Excp;
 use super::ingest::valid_call_uuid;
 use crate::config::StoreWatch;
+use crate::http::client::HttpClient;
 
 /// A listing larger than this is refused (about 100,000 entries).
 const MAX_LISTING: usize = 64 << 20;
 
 pub async fn run(excp: Arc<Excp>, store: StoreWatch, shutdown: CancellationToken) {
+    let Some(client) = excp.store_client.clone() else { return };
     let mut seen: HashSet<String> = HashSet::new();
     let auth = {
         use base64::Engine;
@@ -34,7 +36,7 @@ pub async fn run(excp: Arc<Excp>, store: StoreWatch, shutdown: CancellationToken
             _ = interval.tick() => {}
             _ = shutdown.cancelled() => return,
         }
-        let names = match list(&excp, &url, &auth).await {
+        let names = match list(&excp, &client, &url, &auth).await {
             Ok(names) => {
                 if failing {
                     tracing::info!(store = %store.url, "recording store listing works again");
@@ -80,12 +82,11 @@ pub fn call_of(name: &str) -> Option<&str> {
     valid_call_uuid(prefix).then_some(prefix)
 }
 
-async fn list(excp: &Excp, url: &str, auth: &str) -> Result<HashSet<String>, String> {
+async fn list(excp: &Excp, client: &HttpClient, url: &str, auth: &str) -> Result<HashSet<String>, String> {
     const BODY: &str =
         r#"<?xml version="1.0" encoding="utf-8"?><propfind xmlns="DAV:"><prop><resourcetype/></prop></propfind>"#;
     let method = Method::from_bytes(b"PROPFIND").map_err(|e| e.to_string())?;
-    let reply = excp
-        .store_client
+    let reply = client
         .send(
             method,
             url,

@@ -291,11 +291,7 @@ impl Exrp {
             tracing::warn!("SIGHUP: no config file to re-read (sandbox); exrp keeps its configuration");
             return;
         };
-        let parsed =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(
-                |text| crate::config::Config::from_toml_str(&text, crate::cli::Role::Exrp).map_err(|e| e.to_string()),
-            );
-        let new = match parsed.map(|c| c.exrp) {
+        let new = match crate::config::Config::reread(path, crate::cli::Role::Exrp).map(|c| c.exrp) {
             Ok(Some(new)) => new,
             Ok(None) => {
                 tracing::error!("SIGHUP: the file has no [exrp] section; exrp keeps its configuration");
@@ -307,31 +303,23 @@ impl Exrp {
             }
         };
         let old = &self.config;
-        let mut kept = Vec::new();
-        if new.storage.url != old.storage.url {
-            kept.push("transient_storage.url");
-        }
-        for (changed, key) in [
+        let is_local = |c: &ExrpConfig| matches!(c.sink, crate::config::Sink::Local { .. });
+        let sink_kind_changed = is_local(&new) != is_local(old);
+        let kept: Vec<&str> = [
+            (new.storage.url != old.storage.url, "transient_storage.url"),
             (new.listen != old.listen, "listen"),
             (new.state_dir != old.state_dir, "state_dir"),
             (new.workers != old.workers, "workers"),
             (new.instance != old.instance, "instance"),
             (new.htpasswd != old.htpasswd, "htpasswd"),
-            (
-                matches!(new.sink, crate::config::Sink::Local { .. })
-                    != matches!(old.sink, crate::config::Sink::Local { .. }),
-                "the sink kind (local_sink / genesys_cloud)",
-            ),
-        ] {
-            if changed {
-                kept.push(key);
-            }
-        }
+            (sink_kind_changed, "the sink kind (local_sink / genesys_cloud)"),
+        ]
+        .into_iter()
+        .filter_map(|(changed, key)| changed.then_some(key))
+        .collect();
         let mut effective = new.clone();
         effective.storage.url = old.storage.url.clone();
-        if matches!(new.sink, crate::config::Sink::Local { .. })
-            != matches!(old.sink, crate::config::Sink::Local { .. })
-        {
+        if sink_kind_changed {
             effective.sink = old.sink.clone();
         }
         let live = match Live::build(&effective) {

@@ -303,9 +303,15 @@ fn expire(live: &Live, job: &Job, outcome: Outcome) -> Outcome {
     expire_after(live.retry.window, job, outcome)
 }
 
+/// How long the job has been trying: since it was accepted, without the time it spent paused
+/// or waiting for configuration (what retry_window is measured against).
+fn active_age(job: &Job) -> Duration {
+    Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms).saturating_sub(job.paused_ms))
+}
+
 fn expire_after(window: Duration, job: &Job, outcome: Outcome) -> Outcome {
     let Outcome::Retry { reason, .. } = &outcome else { return outcome };
-    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms).saturating_sub(job.paused_ms));
+    let age = active_age(job);
     if age < window {
         return outcome;
     }
@@ -334,13 +340,11 @@ fn store_reason(e: DavError) -> String {
 }
 
 fn cloud_outcome(e: CloudError) -> Outcome {
-    if let CloudError::Credentials { reason, retry_in } = e {
-        return Outcome::Paused {
+    match e {
+        CloudError::Credentials { reason, retry_in } => Outcome::Paused {
             delay: retry_in.max(Duration::from_secs(1)),
             reason: format!("{PAUSED} Genesys Cloud refuses the org's credentials or permissions: {reason}"),
-        };
-    }
-    match e {
+        },
         CloudError::RateLimited(wait) => Outcome::Retry {
             delay: Some(wait),
             reason: format!("Genesys Cloud rate limit (429), retry after {}s", wait.as_secs()),
@@ -353,7 +357,6 @@ fn cloud_outcome(e: CloudError) -> Outcome {
             "Genesys Cloud refused the upload: HTTP {status} {body}{}",
             correlation_id.map(|c| format!(" (ININ-Correlation-Id {c})")).unwrap_or_default()
         )),
-        CloudError::Credentials { .. } => unreachable!("handled above"),
     }
 }
 
@@ -619,7 +622,7 @@ async fn upload_cloud(
             Ok(_) => {}
             Err(outcome) if is_audio => return Err(outcome),
             // The audio is in Genesys Cloud: the sidecar can delay the job, never kill it.
-            Err(outcome) => sidecar_failed(exrp, job, outcome).await?,
+            Err(outcome) => sidecar_failed(exrp, live, job, outcome)?,
         }
     }
     Ok(audio_key)
@@ -632,14 +635,12 @@ const SIDECAR_TRIES: u32 = 3;
 /// sidecar up: the recording is delivered without it, logged and counted. A passing fault
 /// (5xx, 429, network) is retried by the job (which then PUTs only the sidecar) until
 /// retry_window, after which the sidecar is given up too; a job never dies of its sidecar.
-async fn sidecar_failed(exrp: &Exrp, job: &Job, outcome: Outcome) -> Result<(), Outcome> {
-    let age = Duration::from_millis(now_ms().saturating_sub(job.accepted_at_ms).saturating_sub(job.paused_ms));
-    let window = exrp.live().retry.window;
+fn sidecar_failed(exrp: &Exrp, live: &Live, job: &Job, outcome: Outcome) -> Result<(), Outcome> {
     match outcome {
         // Configuration faults do not count toward retry_window: waiting costs nothing.
         Outcome::Paused { .. } | Outcome::Waiting(_) => return Err(outcome),
         // A minute of margin: the retry must not be the one that crosses retry_window.
-        Outcome::Retry { .. } if age + Duration::from_secs(60) < window => return Err(outcome),
+        Outcome::Retry { .. } if active_age(job) + Duration::from_secs(60) < live.retry.window => return Err(outcome),
         _ => {}
     }
     let why = match outcome {

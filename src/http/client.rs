@@ -53,12 +53,6 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
-impl Default for HttpClient {
-    fn default() -> Self {
-        HttpClient::plain()
-    }
-}
-
 impl HttpClient {
     /// Trusting the system store (and `outbound.ca_file`), through the configured proxy.
     pub fn new(outbound: &Outbound) -> anyhow::Result<HttpClient> {
@@ -95,19 +89,9 @@ impl HttpClient {
         Ok(HttpClient { inner, opened })
     }
 
-    /// System trust store, proxy from the environment (tests, tools).
+    /// System trust store, proxy from the environment (tests).
     pub fn plain() -> HttpClient {
-        HttpClient::new(&Outbound::default()).unwrap_or_else(|_| {
-            // Only a broken system trust store gets here; a client without it still does http.
-            let opened = Arc::new(AtomicU64::new(0));
-            let inner = reqwest::Client::builder()
-                .http1_only()
-                .tls_built_in_native_certs(false)
-                .connector_layer(CountLayer(opened.clone()))
-                .build()
-                .unwrap_or_default();
-            HttpClient { inner, opened }
-        })
+        HttpClient::new(&Outbound::default()).expect("an HTTP client with the system trust store")
     }
 
     /// TCP connections this client (and its clones) opened so far.

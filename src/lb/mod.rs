@@ -204,11 +204,7 @@ impl Lb {
             tracing::warn!("SIGHUP: no config file to re-read (sandbox)");
             return;
         };
-        let config =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display())).and_then(
-                |text| crate::config::Config::from_toml_str(&text, crate::cli::Role::Lb).map_err(|e| e.to_string()),
-            );
-        let lb = match config {
+        let lb = match crate::config::Config::reread(path, crate::cli::Role::Lb) {
             Ok(c) => c.lb,
             Err(err) => {
                 tracing::error!("SIGHUP: configuration refused, keeping the running one: {err}");
