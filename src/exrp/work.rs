@@ -510,12 +510,12 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
     let limit = exrp.config.request_timeout.min(Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + limit;
     let total = jobs.len();
+    let live = exrp.live();
     let mut results = futures_util::stream::iter(jobs.into_iter().map(|job| {
-        let exrp = exrp.clone();
+        let (exrp, live) = (exrp.clone(), live.clone());
         async move {
             let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
             let props = [(PROP_JOB, record.as_str())];
-            let live = exrp.live();
             let set = live.dav.set_props(&job.file, None, &props, &[]);
             match tokio::time::timeout_at(deadline, set).await {
                 Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
