@@ -1,6 +1,8 @@
 //! The durable job queue: one SQLite database (WAL, synchronous=FULL) in `state_dir`, one row
 //! per recording keyed on (callUUID, mediaId). A job is pending, working, done or dead; a
 //! commit returns only once the row is on disk, so a 202 or a state change survives kill -9.
+//! The few changes whose loss a restart repairs by itself are committed without waiting for
+//! the disk (`Queue::lazily`): they become durable with the next commit that does.
 //! The operator's `queue` subcommand opens the same file; the scheduler re-reads it, so a
 //! retried job is picked up without a restart.
 
@@ -119,6 +121,7 @@ pub struct Queue {
 struct Inner {
     path: PathBuf,
     conn: Mutex<Connection>,
+    fsync: bool,
 }
 
 const SCHEMA: &str = "
@@ -256,7 +259,7 @@ impl Queue {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(err)?;
         migrate(&mut conn, found).map_err(err)?;
-        Ok(Queue { inner: Arc::new(Inner { path, conn: Mutex::new(conn) }) })
+        Ok(Queue { inner: Arc::new(Inner { path, conn: Mutex::new(conn), fsync }) })
     }
 
     pub fn path(&self) -> &Path {
@@ -266,6 +269,23 @@ impl Queue {
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, QueueError> {
         let mut conn = self.inner.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn).map_err(|e| QueueError { path: self.inner.path.clone(), message: e.to_string() })
+    }
+
+    /// Like `with`, but the commit does not wait for the disk (synchronous=NORMAL): after a
+    /// power cut it may be undone, until the next fully synchronous commit (a WAL is written
+    /// in order, so that one's fsync carries it). Only for changes whose loss a restart
+    /// repairs: a job left `working` is made pending again by `recover` and resumed, and a
+    /// claim's forgotten token is found again by its owner name (`work::adopt`).
+    fn lazily<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, QueueError> {
+        if !self.inner.fsync {
+            return self.with(f);
+        }
+        self.with(|conn| {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            let result = f(conn);
+            conn.pragma_update(None, "synchronous", "FULL")?;
+            result
+        })
     }
 
     /// Runs `f` on the blocking pool (SQLite calls block on disk).
@@ -359,7 +379,8 @@ impl Queue {
     /// Takes up to `limit` due pending jobs and marks them working.
     pub fn take_due(&self, limit: usize) -> Result<Vec<Job>, QueueError> {
         let now = now_ms() as i64;
-        self.with(|conn| {
+        // Lazily: a job whose `working` is lost is simply still pending.
+        self.lazily(|conn| {
             let tx = conn.transaction()?;
             let jobs = {
                 let mut select = tx.prepare_cached(&format!(
@@ -418,8 +439,9 @@ impl Queue {
         self.with(|conn| conn.execute("UPDATE jobs SET upload_key = ?2 WHERE id = ?1", params![id, key]).map(drop))
     }
 
+    /// Lazily: a token lost to a power cut is found again by the lock's owner name.
     pub fn set_lock_token(&self, id: i64, token: Option<&str>) -> Result<(), QueueError> {
-        self.with(|conn| conn.execute("UPDATE jobs SET lock_token = ?2 WHERE id = ?1", params![id, token]).map(drop))
+        self.lazily(|conn| conn.execute("UPDATE jobs SET lock_token = ?2 WHERE id = ?1", params![id, token]).map(drop))
     }
 
     /// The sink confirmed the upload: a resumed job only deletes.
@@ -460,15 +482,18 @@ impl Queue {
     }
 
     /// Ends the attempt (and forgets its lock token): done or dead.
+    /// A job done is finished lazily: undone by a power cut, it is resumed, finds its file gone
+    /// (it was seen, durably) and is done again. A dead one is committed fully.
     pub fn finish(&self, id: i64, state: State, outcome: &str, reason: Option<&str>) -> Result<(), QueueError> {
         let now = now_ms() as i64;
-        self.with(|conn| {
+        let commit = |conn: &mut Connection| {
             conn.execute(
                 "UPDATE jobs SET state = ?2, outcome = ?3, reason = ?4, updated_at = ?5, lock_token = NULL WHERE id = ?1",
                 params![id, state.as_str(), outcome, reason, now],
             )
             .map(drop)
-        })
+        };
+        if state == State::Done { self.lazily(commit) } else { self.with(commit) }
     }
 
     pub fn counts(&self) -> Result<[u64; 4], QueueError> {

@@ -381,6 +381,7 @@ async fn work(
         }
     }
     let already_uploaded = info.props.contains_key(PROP_DONE) || job.outcome.as_deref() == Some("uploaded");
+    let mut upload_key = job.upload_key.clone();
     if !already_uploaded {
         if !info.props.contains_key(PROP_JOB) {
             // Recorded on the file, the job is visible to every instance's scan.
@@ -460,16 +461,11 @@ async fn work(
         };
         exrp.metrics.upload_seconds.observe(started.elapsed());
         exrp.metrics.bytes.add(fetched.len);
-        // Locally first (a restart of this instance skips the upload), then on the file (any
-        // instance skips it).
+        // A restart of this instance skips the upload.
         let id = job.id;
         let key_for_queue = key.clone();
         if let Err(e) = exrp.queue.run(move |q| q.mark_uploaded(id, &key_for_queue)).await {
             tracing::error!(file = %job.file, "uploaded, but the queue cannot record it: {e}");
-        }
-        let done = json!({ "at": now_ms(), "by": exrp.config.instance, "uploadKey": key }).to_string();
-        if let Err(e) = dav.set_props(&job.file, token, &[(PROP_DONE, &done)], &[]).await {
-            tracing::warn!(file = %job.file, "uploaded; cannot mark it done in the store yet: {e}");
         }
         tracing::info!(
             call_uuid = %job.call_uuid,
@@ -480,13 +476,27 @@ async fn work(
             ms = started.elapsed().as_millis() as u64,
             "recording injected"
         );
+        upload_key = Some(key);
     }
+    // The upload is recorded locally; the DELETE follows at once. Only when it fails is the
+    // upload also recorded on the file (`done`), for another instance that takes the job over
+    // if this one never comes back: marking it first would close no window the DELETE leaves
+    // open (each is one request after the upload), and costs a write per recording.
     match dav.delete(&job.file, token).await {
         Ok(Deleted::Deleted) | Ok(Deleted::Absent) => {
             Outcome::Done(if already_uploaded { "deleted" } else { "uploaded" })
         }
-        // The upload is recorded: the retry only deletes.
-        Err(e) => retry(format!("uploaded; delete pending: {}", store_reason(e))),
+        Err(e) => {
+            let reason = format!("uploaded; delete pending: {}", store_reason(e));
+            if !info.props.contains_key(PROP_DONE) {
+                let done = json!({ "at": now_ms(), "by": exrp.config.instance, "uploadKey": upload_key }).to_string();
+                if let Err(e) = dav.set_props(&job.file, token, &[(PROP_DONE, &done)], &[]).await {
+                    tracing::warn!(file = %job.file, "uploaded; cannot mark it done in the store yet: {e}");
+                }
+            }
+            // The upload is recorded: the retry only deletes.
+            retry(reason)
+        }
     }
 }
 
@@ -727,8 +737,10 @@ async fn upload_part(
                 } else {
                     record.meta_done = true;
                 }
+                // The last part needs no record: the DELETE follows (and `done` if it fails).
+                let last = !is_audio || !cloud.sidecar;
                 let text = serde_json::to_string(&record).unwrap_or_default();
-                if let Err(e) = live.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await {
+                if !last && let Err(e) = live.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await {
                     tracing::debug!(file = %job.file, "cannot record the finished part on the file: {e}");
                 }
                 return Ok(presigned.upload_key);

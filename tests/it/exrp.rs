@@ -546,6 +546,33 @@ fn an_instance_killed_for_good_leaves_its_jobs_to_the_other() {
 }
 
 #[test]
+fn an_upload_whose_delete_fails_is_marked_done_on_its_file_and_never_uploaded_again() {
+    use crate::support::proxy::Proxy;
+    let store = Store::start("exrp-undeleted");
+    // A reaches the store through a proxy that refuses its DELETEs; B reaches it directly.
+    let proxy = Proxy::reverse(store.proc.addr("webdav"));
+    proxy.refuse("DELETE", 503);
+    let (cloud, sink) = cloud_sink();
+    let mut a = Exrp::start("exrp-undel-a", &format!("{}/recordings", proxy.url()), &sink, "");
+    let (names, bodies) = recordings(&store, "U", 2);
+    assert_eq!(a.post(&bodies[0]).status, 202);
+    // The upload is done; only the DELETE fails, so the file says so for whoever comes next.
+    let sidecar = |name: &str| std::fs::read_to_string(store.site.root().join(format!(".exec-allinone-props-{name}")));
+    wait_until("both files marked done", SOON, || {
+        names.iter().all(|n| sidecar(n).is_ok_and(|props| props.contains("done") && props.contains("uploadKey")))
+    });
+    assert!(a.proc().logs().contains("delete pending"), "{}", a.proc().logs());
+    assert_eq!(store.files(), names);
+    // A dies with its uploads done and its files still in the store: B takes them over,
+    // deletes them and uploads nothing again.
+    a.kill9();
+    let b = Exrp::start("exrp-undel-b", &store.url(), &sink, "takeover_after = \"2s\"\n");
+    wait_until("B to delete A's uploaded files", Duration::from_secs(60), || store.files().is_empty());
+    assert_each_uploaded_once(&cloud, &names);
+    assert!(b.metric("exrp_takeovers_total", &[]) >= 2.0, "{}", b.metrics());
+}
+
+#[test]
 fn cloud_429_5xx_and_expired_tokens_delay_but_lose_nothing() {
     use crate::support::cloud::{Endpoint, Fault};
     let store = Store::start("exrp-storm");

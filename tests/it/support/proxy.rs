@@ -1,7 +1,9 @@
 //! An HTTP proxy on loopback, as a contact centre's outbound proxy: `CONNECT host:port` opens a
 //! tunnel (https), an absolute-form request (`POST http://host:port/path`) is forwarded in
-//! origin form (http). Every request line it receives is kept for the test to inspect. A
-//! thread per connection, reads time out after 30 s; dropping the proxy stops accepting.
+//! origin form (http). As a reverse proxy (`Proxy::reverse`) it forwards origin-form requests
+//! to one server and can refuse a method, for a peer that fails one kind of request. Every
+//! request line it receives is kept for the test to inspect. A thread per connection, reads
+//! time out after 30 s; dropping the proxy stops accepting.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -13,37 +15,65 @@ const MAX_HEAD: usize = 64 << 10;
 
 pub struct Proxy {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<String>>>,
+    shared: Arc<Shared>,
     stop: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Shared {
+    seen: Mutex<Vec<String>>,
+    /// Where origin-form requests go (a reverse proxy).
+    upstream: Option<SocketAddr>,
+    /// Methods answered with this status instead of being forwarded.
+    refused: Mutex<Vec<(String, u16)>>,
 }
 
 impl Proxy {
     pub fn start() -> Proxy {
+        Proxy::spawn(Shared::default())
+    }
+
+    /// Forwards every origin-form request to `upstream`, one request per connection.
+    pub fn reverse(upstream: SocketAddr) -> Proxy {
+        Proxy::spawn(Shared { upstream: Some(upstream), ..Shared::default() })
+    }
+
+    fn spawn(shared: Shared) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
+        let shared = Arc::new(shared);
         let stop = Arc::new(AtomicBool::new(false));
-        let (seen2, stop2) = (seen.clone(), stop.clone());
+        let (shared2, stop2) = (shared.clone(), stop.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stop2.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
-                let seen = seen2.clone();
-                std::thread::spawn(move || serve(stream, &seen));
+                let shared = shared2.clone();
+                std::thread::spawn(move || serve(stream, &shared));
             }
         });
-        Proxy { addr, seen, stop }
+        Proxy { addr, shared, stop }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Answers `method` with `status` (and an empty body) from now on, without forwarding it.
+    pub fn refuse(&self, method: &str, status: u16) {
+        self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()).push((method.to_string(), status));
+    }
+
+    /// Forwards every method again.
+    pub fn refuse_none(&self) {
+        self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Every request line received, in order (`CONNECT 127.0.0.1:443 HTTP/1.1`, …).
     pub fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -54,7 +84,7 @@ impl Drop for Proxy {
     }
 }
 
-fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
+fn serve(mut client: TcpStream, shared: &Shared) {
     let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
@@ -72,9 +102,17 @@ fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
     };
     let text = String::from_utf8_lossy(&head[..end]).into_owned();
     let line = text.lines().next().unwrap_or_default().to_string();
-    seen.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
+    shared.seen.lock().unwrap_or_else(|e| e.into_inner()).push(line.clone());
     let mut parts = line.split(' ');
     let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let refused =
+        shared.refused.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(m, _)| m == method).map(|r| r.1);
+    if let Some(status) = refused {
+        let _ = client.write_all(
+            format!("HTTP/1.1 {status} Refused\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        return;
+    }
     if method == "CONNECT" {
         let Ok(upstream) = TcpStream::connect(target) else {
             let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
@@ -85,10 +123,16 @@ fn serve(mut client: TcpStream, seen: &Mutex<Vec<String>>) {
         pipe(client, upstream, &head[end..]);
         return;
     }
-    // Absolute form: http://host:port/path → connect, send in origin form.
-    let Some(rest) = target.strip_prefix("http://") else { return };
-    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
-    let Ok(mut upstream) = TcpStream::connect(authority) else {
+    // Absolute form: http://host:port/path → connect, send in origin form; origin form goes to
+    // the reverse proxy's server.
+    let (authority, path) = match (target.strip_prefix("http://"), shared.upstream) {
+        (Some(rest), _) => {
+            rest.split_once('/').map_or((rest.to_string(), "/".to_string()), |(a, p)| (a.to_string(), format!("/{p}")))
+        }
+        (None, Some(upstream)) if target.starts_with('/') => (upstream.to_string(), target.to_string()),
+        _ => return,
+    };
+    let Ok(mut upstream) = TcpStream::connect(&authority) else {
         let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n");
         return;
     };
