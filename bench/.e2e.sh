@@ -6,10 +6,12 @@
 # recording. With --before REF the same run is made with the binary built from REF first, so
 # both sit in one report on one machine.
 #
-#   bench/e2e.sh [--calls N] [--concurrency C] [--before REF] [--no-build] [--out FILE]
+#   bench/e2e.sh [--calls N] [--concurrency C] [--runs R] [--before REF] [--no-build] [--out FILE]
 #
 #   --calls N        calls per run (default 2000; 2 recordings each)
 #   --concurrency C  calls in flight (default 64)
+#   --runs R         runs of each binary and sink, before and after alternating (default 3);
+#                    the summary gives medians and the after/before ratio
 #   --before REF     also build and run this git revision (in a worktree under $TMPDIR;
 #                    BEFORE_TARGET=DIR keeps its target directory between runs)
 #   --no-build       use the existing target/release files
@@ -23,6 +25,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CALLS=2000
 CONC=64
+RUNS=3
 BEFORE=""
 BUILD=1
 OUT=""
@@ -30,6 +33,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --calls) CALLS=$2; shift ;;
         --concurrency) CONC=$2; shift ;;
+        --runs) RUNS=$2; shift ;;
         --before) BEFORE=$2; shift ;;
         --no-build) BUILD=0 ;;
         --out) OUT=$2; shift ;;
@@ -78,10 +82,11 @@ metric() { # metric NAME LABELS: the value on the sandbox's admin /metrics, or "
     curl -s http://127.0.0.1:9650/metrics | awk -v m="$1$2" '$1 == m {print $2; found=1} END {if (!found) print "n/a"}'
 }
 
-# run LABEL BIN SINK(local|cloud): one sandbox, one simulate; appends a row to $ROWS.
+# run LABEL BIN SINK(local|cloud) N: one sandbox, one simulate; appends a row to $ROWS and
+# the figures to $WORK/runs.tsv.
 ROWS=()
 run() {
-    local label=$1 bin=$2 sink=$3 dir="$WORK/$1-$3"
+    local label=$1 bin=$2 sink=$3 dir="$WORK/$1-$3-$4"
     mkdir -p "$dir"
     # `start` runs in the current directory: the sandbox's data dir is ./exec-allinone-data.
     pushd "$dir" >/dev/null
@@ -124,15 +129,32 @@ run() {
     store=$(metric exrp_outbound_connections_total '{to="store"}')
     cloud=$(metric exrp_outbound_connections_total '{to="cloud"}')
     per() { [[ $1 == n/a || $delivered == 0 ]] && echo "n/a" || awk -v a="$1" -v b="$delivered" 'BEGIN {printf "%.3f", a / b}'; }
-    ROWS+=("| $label | $sink | $delivered / $((CALLS * 2)) | $rps | $p50 | $p99 | $(per "$store") | $(per "$cloud") |")
+    ROWS+=("| $label | $sink | $4 | $delivered / $((CALLS * 2)) | $rps | $p50 | $p99 | $(per "$store") | $(per "$cloud") |")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$label" "$sink" "$rps" "$p50" "$p99" "$(per "$store")" "$(per "$cloud")" >>"$WORK/runs.tsv"
     log "${ROWS[-1]}"
     kill "$LAST_PID"
     wait "$LAST_PID" 2>/dev/null || true
 }
 
+for n in $(seq 1 "$RUNS"); do
+    for sink in local cloud; do
+        [[ -n $BEFORE_BIN ]] && run before "$BEFORE_BIN" "$sink" "$n"
+        run after "$AFTER_BIN" "$sink" "$n"
+    done
+done
+
+# Medians per binary and sink (column 3 onwards of runs.tsv), and after/before.
+median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+col() { awk -F'\t' -v l="$1" -v s="$2" -v c="$3" '$1 == l && $2 == s {print $c}' "$WORK/runs.tsv" | median; }
+SUMMARY=()
 for sink in local cloud; do
-    [[ -n $BEFORE_BIN ]] && run before "$BEFORE_BIN" "$sink"
-    run after "$AFTER_BIN" "$sink"
+    for label in before after; do
+        [[ $label == before && -z $BEFORE_BIN ]] && continue
+        SUMMARY+=("| $label | $sink | $(col "$label" "$sink" 3) | $(col "$label" "$sink" 4) | $(col "$label" "$sink" 5) | $(col "$label" "$sink" 6) | $(col "$label" "$sink" 7) |")
+    done
+    if [[ -n $BEFORE_BIN ]]; then
+        SUMMARY+=("| after/before | $sink | $(awk -v a="$(col after "$sink" 3)" -v b="$(col before "$sink" 3)" 'BEGIN {printf "%.2f", a / b}') | $(awk -v a="$(col after "$sink" 4)" -v b="$(col before "$sink" 4)" 'BEGIN {printf "%.2f", a / b}') | $(awk -v a="$(col after "$sink" 5)" -v b="$(col before "$sink" 5)" 'BEGIN {printf "%.2f", a / b}') | | |")
+    fi
 done
 
 {
@@ -140,12 +162,20 @@ done
     echo
     echo "\`bench/e2e.sh --calls $CALLS --concurrency $CONC${BEFORE:+ --before $BEFORE}\` on $(nproc) cores,"
     echo "$(uname -r); after = $(git -C "$ROOT" rev-parse --short HEAD)${BEFORE:+, before = $BEFORE}. 2 recordings per call"
-    echo "(assets/sample.opus, 7,220 bytes), fsync on, one run each; p50/p99 from call end to the"
-    echo "recording leaving the store. Connections per recording: opened by exrp (n/a: the binary"
-    echo "has no such counter)."
+    echo "(assets/sample.opus, 7,220 bytes), fsync on, $RUNS run(s) of each, alternating; p50/p99 from"
+    echo "call end to the recording leaving the store. Connections per recording: opened by exrp"
+    echo "(n/a: the binary has no such counter)."
     echo
-    echo "| binary | sink | delivered | recordings/s | p50 ms | p99 ms | store conns/rec | cloud conns/rec |"
-    echo "|---|---|---|---|---|---|---|---|"
+    echo "Medians of the runs:"
+    echo
+    echo "| binary | sink | recordings/s | p50 ms | p99 ms | store conns/rec | cloud conns/rec |"
+    echo "|---|---|---|---|---|---|---|"
+    printf '%s\n' "${SUMMARY[@]}"
+    echo
+    echo "Each run:"
+    echo
+    echo "| binary | sink | run | delivered | recordings/s | p50 ms | p99 ms | store conns/rec | cloud conns/rec |"
+    echo "|---|---|---|---|---|---|---|---|---|"
     printf '%s\n' "${ROWS[@]}"
 } | tee "$OUT"
 log "written to $OUT"

@@ -38,17 +38,18 @@ printf '%s\n[lb.pools.excp]\nlisten = "127.0.0.1:23650"\nservers = ["127.0.0.1:3
 printf '%s\n[excp]\nlisten = "127.0.0.1:33650"\nrecording_processor_url = "http://127.0.0.1:28080"\nstate_dir = "%s"\nquiet_period = "30s"\n' "$admin" "$D/excp" >"$WORK/excp.toml"
 printf '%s\n[exrp]\nlisten = "127.0.0.1:38080"\nstate_dir = "%s"\nscan_interval = "10s"\ninstance = "roles-cpu"\n[exrp.transient_storage]\ntype = "WebDAV"\nurl = "http://127.0.0.1:28000/recordings"\nusername = "mcp"\npassword = "mcp-sandbox"\n[exrp.local_sink]\ndir = "%s"\n' \
     "$admin" "$D/exrp" "$D/injected" >"$WORK/exrp.toml"
+[[ -n "${EXRP_EXTRA:-}" ]] && sed -i "s/^instance = \"roles-cpu\"$/&\n${EXRP_EXTRA}/" "$WORK/exrp.toml" && grep -A1 "^instance" "$WORK/exrp.toml" >&2
 declare -A PID PP
 for role in webdav lb excp exrp; do
     start "$role" "$BIN" --role "$role" --config "$WORK/$role.toml"
     PID[$role]=$LAST_PID
 done
 log "simulate --calls $CALLS --concurrency 64"
-for role in webdav exrp excp; do perf record -F 499 -g -o /tmp/perf-$role.data -p ${PID[$role]} >/dev/null 2>&1 & PP[$role]=$!; done
+if [[ -n "${PERF:-}" ]]; then for role in webdav exrp excp; do perf record -F 499 -g -o /tmp/perf-$role.data -p ${PID[$role]} >/dev/null 2>&1 & PP[$role]=$!; done; fi
 /usr/bin/time -f "%U %S" -o "$WORK/simulate.time" "$BIN" simulate --calls "$CALLS" --concurrency 64 --timeout 600 \
     --webdav http://127.0.0.1:28000/recordings --excp http://127.0.0.1:23650 --sink-dir "$D/injected" \
     --report "$WORK/report.json" >"$WORK/simulate.out" 2>"$WORK/simulate.err" || log "simulate reported a failure"
-for role in webdav exrp excp; do kill -INT ${PP[$role]}; done; wait ${PP[webdav]} ${PP[exrp]} ${PP[excp]} 2>/dev/null || true
+if [[ -n "${PERF:-}" ]]; then for role in webdav exrp excp; do kill -INT ${PP[$role]}; done; wait ${PP[webdav]} ${PP[exrp]} ${PP[excp]} 2>/dev/null || true; fi
 n=$(jq -r '.delivered' "$WORK/report.json")
 hz=$(getconf CLK_TCK)
 echo "recordings: $n delivered, $(jq -r '.recordings_per_second | . * 10 | round / 10' "$WORK/report.json")/s, $(nproc) cores"

@@ -119,7 +119,9 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<bool> {
     let excp = excp.trim_end_matches('/').to_string();
     let sink_dir = args.sink_dir.clone().or_else(|| sandbox.then(|| PathBuf::from(SANDBOX_DIR).join("injected")));
     // Direct: a site's HTTP_PROXY must not carry the simulator's calls to its own recorders' path.
-    let http = HttpClient::new(&crate::config::Outbound { proxy: crate::config::Proxy::Direct, ca_file: None })?;
+    // Every call in flight holds a connection.
+    let direct = crate::config::Outbound { proxy: crate::config::Proxy::Direct, ca_file: None };
+    let http = HttpClient::with_idle(&direct, args.concurrency.max(1) + 8)?;
     let timeout = Duration::from_secs(30);
     let auth = {
         use base64::Engine;

@@ -117,7 +117,7 @@ impl ExrpConfig {
         let htpasswd = s.path("htpasswd");
         let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
         let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
-        let workers = s.count("workers", 8, 1..=1024);
+        let workers = s.count("workers", 32, 1..=1024);
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
         let transfer_timeout = s.duration("transfer_timeout", Duration::from_secs(600));
         let retry_initial = s.duration("retry_initial", Duration::from_secs(1));

@@ -91,7 +91,8 @@ struct Retry {
 
 impl Live {
     fn build(config: &ExrpConfig) -> anyhow::Result<Live> {
-        let http = HttpClient::new(&config.storage.outbound)?;
+        // Each worker, and each of the interaction-end's publications at once, holds one.
+        let http = HttpClient::with_idle(&config.storage.outbound, config.workers + work::PUBLISH_AT_ONCE)?;
         let store_http = http.clone();
         let dav = DavClient::new(
             &config.storage.url,
@@ -100,7 +101,7 @@ impl Live {
             http,
             config.request_timeout,
         );
-        let sink = Sink::new(&config.sink, config.request_timeout, config.fsync)?;
+        let sink = Sink::new(&config.sink, config.request_timeout, config.fsync, config.workers)?;
         let retry = Retry {
             initial: config.retry_initial,
             max: config.retry_max,

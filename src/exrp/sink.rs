@@ -31,7 +31,8 @@ pub struct CloudSink {
 }
 
 impl Sink {
-    pub fn new(config: &SinkConfig, request_timeout: Duration, fsync: bool) -> anyhow::Result<Sink> {
+    /// `workers`: uploads at once, the connections kept per org.
+    pub fn new(config: &SinkConfig, request_timeout: Duration, fsync: bool, workers: usize) -> anyhow::Result<Sink> {
         use anyhow::Context;
         Ok(match config {
             SinkConfig::Local { dir } => {
@@ -40,10 +41,10 @@ impl Sink {
                 Sink::Local(LocalSink { dir: dir.clone(), fsync })
             }
             SinkConfig::Cloud { default, default_tenant, tenants, sidecar, signed_url_timeout } => {
-                let http = client_for(default)?;
+                let http = client_for(default, workers)?;
                 let mut by_tenant = BTreeMap::new();
                 for (name, org) in tenants {
-                    by_tenant.insert(name.clone(), CloudClient::new(org, client_for(org)?, request_timeout));
+                    by_tenant.insert(name.clone(), CloudClient::new(org, client_for(org, workers)?, request_timeout));
                 }
                 Sink::Cloud(Box::new(CloudSink {
                     default: CloudClient::new(default, http, request_timeout),
@@ -64,8 +65,8 @@ impl Sink {
     }
 }
 
-fn client_for(org: &GenesysCloudConfig) -> anyhow::Result<HttpClient> {
-    HttpClient::new(&org.outbound)
+fn client_for(org: &GenesysCloudConfig, workers: usize) -> anyhow::Result<HttpClient> {
+    HttpClient::with_idle(&org.outbound, workers)
 }
 
 impl CloudSink {

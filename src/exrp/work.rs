@@ -500,6 +500,9 @@ async fn work(
     }
 }
 
+/// Store requests `publish` makes at once.
+pub const PUBLISH_AT_ONCE: usize = 16;
+
 /// The `job` property: the job's spec plus when and where it was accepted.
 pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
     let mut spec: serde_json::Value = serde_json::from_str(spec).unwrap_or_else(|_| json!({}));
@@ -515,7 +518,7 @@ pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
 /// by its first attempt.
 pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
     use futures_util::StreamExt;
-    // Bounded both ways: at most 16 requests at once, and the 202 waits at most `limit` for
+    // Bounded both ways: at most PUBLISH_AT_ONCE requests at once, and the 202 waits at most `limit` for
     // all of them (a huge interaction-end or a slow store must not hold the reply).
     let limit = exrp.config.request_timeout.min(Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + limit;
@@ -539,7 +542,7 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
             }
         }
     }))
-    .buffer_unordered(16);
+    .buffer_unordered(PUBLISH_AT_ONCE);
     let mut seen: Vec<(String, String)> = Vec::new();
     while let Ok(Some(result)) = tokio::time::timeout_at(deadline, results.next()).await {
         seen.extend(result);

@@ -32,7 +32,10 @@ pub enum ClientError {
     TooLarge(usize),
 }
 
-/// Connections a client keeps open per host between requests.
+/// Connections a client keeps open per host between requests, unless its owner says how many
+/// requests it runs at once (`HttpClient::with_idle`). Fewer than that, and every burst
+/// closes and reopens connections: with 32 workers and 32 idle, exrp opened one store
+/// connection per two recordings (bench/e2e.sh).
 const MAX_IDLE_PER_HOST: usize = 32;
 /// An idle pooled connection is closed after this: below the idle limits of the servers we
 /// talk to (our webdav role and nginx: 30 s and more, S3 about 20 s), so we close first
@@ -56,6 +59,12 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// Trusting the system store (and `outbound.ca_file`), through the configured proxy.
     pub fn new(outbound: &Outbound) -> anyhow::Result<HttpClient> {
+        HttpClient::with_idle(outbound, MAX_IDLE_PER_HOST)
+    }
+
+    /// Like `new`, keeping up to `idle` connections per host: as many as the owner runs
+    /// requests at once.
+    pub fn with_idle(outbound: &Outbound, idle: usize) -> anyhow::Result<HttpClient> {
         use anyhow::Context as _;
         crate::http::tls::install_provider();
         let opened = Arc::new(AtomicU64::new(0));
@@ -64,7 +73,7 @@ impl HttpClient {
             .user_agent(concat!("exec-allinone/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(IDLE_TIMEOUT)
-            .pool_max_idle_per_host(MAX_IDLE_PER_HOST)
+            .pool_max_idle_per_host(idle)
             .tcp_nodelay(true)
             // A redirect would carry our credentials elsewhere: a 3xx is an answer.
             .redirect(reqwest::redirect::Policy::none())

@@ -271,10 +271,44 @@ impl Store {
             props_index: Mutex::default(),
             stats: StoreStats::default(),
         };
+        store.check_writable()?;
         let (used, files) = store.sweep_dir(store.root.as_fd(), Path::new(""))?;
         store.used.store(used, Ordering::Relaxed);
         store.files.store(files, Ordering::Relaxed);
         Ok(store)
+    }
+
+    /// A store that cannot be written would answer every PUT 403 and look healthy: a root on
+    /// a read-only mount (systemd's ProtectSystem=strict without ReadWritePaths=), or owned
+    /// by another user (Apache's www-data), is refused at start, saying which.
+    fn check_writable(&self) -> anyhow::Result<()> {
+        let name = random_tmp_name();
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+        match rustix::fs::openat(&self.root, &name, flags, Mode::from_raw_mode(FILE_MODE)) {
+            Ok(fd) => {
+                drop(fd);
+                rustix::fs::unlinkat(&self.root, &name, AtFlags::empty()).map_err(|e| {
+                    anyhow::anyhow!("cannot remove a file in the store root {}: {e}", self.root_path.display())
+                })
+            }
+            Err(e) => {
+                let hint = match e {
+                    Errno::ROFS => {
+                        "it is on a read-only file system: under systemd's ProtectSystem=strict a store outside \
+                         /var/lib/exec-allinone needs ReadWritePaths= (systemd/recordings-outside-var-lib.conf)"
+                    }
+                    Errno::ACCESS | Errno::PERM => {
+                        "this user may not write there: give the directory to the service's user (chown -R)"
+                    }
+                    _ => "",
+                };
+                anyhow::bail!(
+                    "cannot write in the store root {}: {e}{}{hint}",
+                    self.root_path.display(),
+                    if hint.is_empty() { "" } else { "; " }
+                )
+            }
+        }
     }
 
     /// Uploads in progress (begun and not yet dropped).
