@@ -155,10 +155,22 @@ ok "installing started nothing (no process runs /usr/bin/exec-allinone or as exe
 # The drop-in for a store outside /var/lib/exec-allinone, with the package installed.
 dist/test-dropin.sh || fail "dist/test-dropin.sh"
 
-# Remove: the binary and the unit go; data, config and the user stay.
+# Installing again (as an upgrade does) keeps the operator's edits: the edited conffile and the
+# mode given to /etc/exec-allinone; the postinst copes with the user being there.
 echo "# edited by test-packages.sh" >>/etc/exec-allinone/example.toml
+chmod 0710 /etc/exec-allinone
 mkdir -p /var/lib/exec-allinone/recordings
 echo recording >/var/lib/exec-allinone/recordings/C1_a.opus
+dpkg -i "$deb" >"$tmp/dpkg-i2.log" 2>&1 || { cat "$tmp/dpkg-i2.log" >&2; fail "dpkg -i $deb over itself"; }
+grep -q '^# edited by test-packages.sh$' /etc/exec-allinone/example.toml ||
+  fail "installing again replaced the edited /etc/exec-allinone/example.toml"
+has_stat 710 root:exec-allinone /etc/exec-allinone
+has_stat 750 exec-allinone:exec-allinone /var/lib/exec-allinone
+[ -f /var/lib/exec-allinone/recordings/C1_a.opus ] || fail "installing again removed a recording"
+chmod 0750 /etc/exec-allinone
+ok "dpkg -i over the installed package keeps the edited example.toml, the mode of /etc/exec-allinone and the recordings"
+
+# Remove: the binary and the unit go; data, config and the user stay.
 dpkg -r exec-allinone >"$tmp/dpkg-r.log" 2>&1 || { cat "$tmp/dpkg-r.log" >&2; fail "dpkg -r exec-allinone"; }
 installed config-files || fail "after dpkg -r exec-allinone is not in state config-files"
 [ ! -e /usr/bin/exec-allinone ] || fail "dpkg -r left /usr/bin/exec-allinone"
