@@ -60,6 +60,7 @@ for p in /usr/bin/exec-allinone /etc/exec-allinone /var/lib/exec-allinone; do
   [ ! -e "$p" ] || fail "$p exists already; this test installs the package and removes it again: run it on a machine without exec-allinone"
 done
 ! getent passwd exec-allinone >/dev/null || fail "the user exec-allinone exists already; run this on a machine without exec-allinone"
+! getent group exec-allinone >/dev/null || fail "the group exec-allinone exists already; run this on a machine without exec-allinone"
 
 tmp=$(mktemp -d)
 cleanup() {
