@@ -14,9 +14,9 @@
 #     with the drop-in. /mnt/recordings is a temp directory bound there inside the namespace (a
 #     tmpfs over /mnt, so the host's /mnt is untouched). The webdav role runs in it as
 #     exec-allinone (setpriv: no new privileges, UMask=0027) with root = "/mnt/recordings".
-#     With the drop-in a PUT answers 201 and the file lands on disk. Without it the role starts
-#     all the same and /health answers 200, but every PUT into the read-only store answers 403
-#     and nothing reaches the disk (the test accepts 403 or a 5xx).
+#     With the drop-in a PUT answers 201 and the file lands on disk. Without it the role refuses
+#     to start (exit status not 0, no READY line) and says the store root is on a read-only file
+#     system and names ReadWritePaths= and the drop-in.
 set -euo pipefail
 
 self=$(readlink -f "$0")
@@ -165,16 +165,16 @@ owner=$(stat -c %U:%G "$tmp/store/C1_a.opus")
 stop_server
 echo "ok: with the drop-in a PUT into /mnt/recordings answers 201 and lands on disk ($owner)"
 
-start_webdav none
-code=$(put C2_a.opus) || fail "PUT without the drop-in: curl failed"
-case "$code" in
-  403 | 5??) ;;
-  *) cat "$tmp/none.err" >&2; fail "PUT without the drop-in answered $code, not 403 or 5xx" ;;
-esac
-[ ! -e "$tmp/store/C2_a.opus" ] || fail "PUT without the drop-in left C2_a.opus on disk"
-admin=$(sed -n 's/^READY .*admin=\([^ ]*\).*/\1/p' "$tmp/none.out")
-health=$(curl -sS -o /dev/null -w '%{http_code}' --max-time 10 "http://$admin/health") || health="no answer"
-stop_server
-echo "ok: without the drop-in a PUT into the read-only /mnt/recordings answers $code and leaves nothing" \
-  "on disk (the role starts all the same; /health answered $health)"
+# Without the drop-in the store root is read-only: the role must refuse to start and say why
+# (a role that started would answer every PUT 403 while /health said UP).
+rm -rf "$tmp/store" && mkdir "$tmp/store" && chown exec-allinone:exec-allinone "$tmp/store"
+status=0
+timeout 30 unshare --mount --propagation private -- "$self" --inside none "$tmp/store" \
+  >"$tmp/none.out" 2>"$tmp/none.err" || status=$?
+[ "$status" != 0 ] || fail "webdav without the drop-in started and exited 0: $(cat "$tmp/none.err")"
+[ "$status" != 124 ] || fail "webdav without the drop-in still ran after 30 s (it should refuse to start)"
+! grep -q '^READY' "$tmp/none.out" || fail "webdav without the drop-in printed READY"
+grep -q 'read-only file system.*ReadWritePaths=.*recordings-outside-var-lib.conf' "$tmp/none.err" ||
+  fail "webdav without the drop-in did not say why (read-only, ReadWritePaths=, the drop-in): $(cat "$tmp/none.err")"
+echo "ok: without the drop-in webdav refuses to start (exit $status): $(grep -o 'cannot write in the store root.*' "$tmp/none.err" | head -1 | cut -c1-160)"
 echo "test-dropin.sh: all checks passed"

@@ -117,10 +117,20 @@ pub struct ActiveLock {
     pub owner: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
     pub len: u64,
     pub md5: [u8; 16],
+    /// Where the bytes are: in memory up to the caller's bound, else in the spool file.
+    pub body: FetchedBody,
+}
+
+/// Where a fetched file's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchedBody {
+    Memory(Bytes),
+    /// In the `dest` given to `fetch`.
+    Spooled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -352,15 +362,18 @@ impl DavClient {
             .collect())
     }
 
-    /// GET streamed into `dest` (created/truncated), at most `max` bytes, within
-    /// `transfer_timeout`; returns the length and MD5 of what was written (not fsynced).
-    /// A larger file is `TooLarge` (with the announced length when there is one) and leaves
-    /// at most `max` bytes in `dest`: on any error the caller removes `dest`.
+    /// GET of at most `max` bytes within `transfer_timeout`, kept in memory while it is no
+    /// larger than `in_memory`, else streamed into `dest` (created/truncated, not fsynced);
+    /// returns the length and MD5 and where the bytes are. A small file thus costs no file of
+    /// its own: most recordings are short, and every file created and removed is work for the
+    /// file system. A larger file is `TooLarge` (with the announced length when there is one)
+    /// and leaves at most `max` bytes in `dest`: on any error the caller removes `dest`.
     pub async fn fetch(
         &self,
         name: &str,
         dest: &Path,
         max: u64,
+        in_memory: u64,
         transfer_timeout: Duration,
     ) -> Result<Fetched, DavError> {
         let url = self.file_url(name)?;
@@ -388,11 +401,16 @@ impl DavClient {
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok());
-            let file = tokio::fs::File::create(dest).await.map_err(DavError::Local)?;
             if let Some(len) = announced.filter(|len| *len > max) {
+                if len > in_memory {
+                    // What the caller removes on error exists, as for any other failure.
+                    tokio::fs::File::create(dest).await.map_err(DavError::Local)?;
+                }
                 return Err(DavError::TooLarge(len));
             }
-            let mut out = tokio::io::BufWriter::with_capacity(256 << 10, file);
+            let in_memory = in_memory.min(max);
+            let mut held = bytes::BytesMut::with_capacity(announced.unwrap_or(0).min(in_memory) as usize);
+            let mut out: Option<tokio::io::BufWriter<tokio::fs::File>> = None;
             let mut body = response.into_body();
             let mut md5 = Md5::new();
             let mut len: u64 = 0;
@@ -400,15 +418,33 @@ impl DavClient {
                 let frame = frame.map_err(|e| DavError::Unavailable(format!("GET {url}: {e}")))?;
                 let Ok(data) = frame.into_data() else { continue };
                 len += data.len() as u64;
+                if out.is_none() && len > in_memory {
+                    let file = tokio::fs::File::create(dest).await.map_err(DavError::Local)?;
+                    let mut w = tokio::io::BufWriter::with_capacity(256 << 10, file);
+                    w.write_all(&held).await.map_err(DavError::Local)?;
+                    held = bytes::BytesMut::new();
+                    out = Some(w);
+                }
                 if len > max {
-                    out.flush().await.map_err(DavError::Local)?;
+                    if let Some(w) = &mut out {
+                        w.flush().await.map_err(DavError::Local)?;
+                    }
                     return Err(DavError::TooLarge(announced.unwrap_or(len)));
                 }
                 md5.update(&data);
-                out.write_all(&data).await.map_err(DavError::Local)?;
+                match &mut out {
+                    Some(w) => w.write_all(&data).await.map_err(DavError::Local)?,
+                    None => held.extend_from_slice(&data),
+                }
             }
-            out.flush().await.map_err(DavError::Local)?;
-            Ok(Fetched { len, md5: md5.finalize().into() })
+            let body = match out {
+                Some(mut w) => {
+                    w.flush().await.map_err(DavError::Local)?;
+                    FetchedBody::Spooled
+                }
+                None => FetchedBody::Memory(held.freeze()),
+            };
+            Ok(Fetched { len, md5: md5.finalize().into(), body })
         };
         match tokio::time::timeout(transfer_timeout, transfer).await {
             Ok(result) => result,

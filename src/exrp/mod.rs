@@ -66,6 +66,9 @@ pub struct Exrp {
     auth: Option<Arc<crate::auth::basic::BasicAuth>>,
     /// Jobs waiting for their tenant's EX Org to be configured: id → tenant.
     waiting_for_org: std::sync::Mutex<std::collections::BTreeMap<i64, String>>,
+    /// Publications in flight, all interaction-ends together (`work::PUBLISH_AT_ONCE`): with
+    /// the workers, what bounds the store connections in use.
+    publishing: tokio::sync::Semaphore,
 }
 
 /// What SIGHUP replaces without a restart: the store's credentials, the sink with its orgs and
@@ -228,6 +231,7 @@ impl Exrp {
             recent: Default::default(),
             waiting_for_org: Default::default(),
             auth,
+            publishing: tokio::sync::Semaphore::new(work::PUBLISH_AT_ONCE),
         }))
     }
 

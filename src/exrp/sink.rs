@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cloud::CloudClient;
@@ -28,6 +28,13 @@ pub struct CloudSink {
     tenants: BTreeMap<String, CloudClient>,
     pub sidecar: bool,
     pub signed_url_timeout: Duration,
+}
+
+/// A fetched recording on its way to the sink: in memory when small, else in the spool.
+#[derive(Clone, Debug)]
+pub enum Audio {
+    Memory(bytes::Bytes),
+    File(PathBuf),
 }
 
 impl Sink {
@@ -88,15 +95,23 @@ impl CloudSink {
 
 impl LocalSink {
     /// Copies the fetched audio and writes its metadata; blocking (run on the blocking pool).
-    pub fn deliver(&self, tenant: &str, file: &str, audio: &Path, metadata: &[u8]) -> std::io::Result<PathBuf> {
+    pub fn deliver(&self, tenant: &str, file: &str, audio: &Audio, metadata: &[u8]) -> std::io::Result<PathBuf> {
         let tenant = if super::job::valid_file_name(tenant) && !tenant.starts_with('.') { tenant } else { "default" };
         let dir = self.dir.join(tenant);
         std::fs::create_dir_all(&dir)?;
         let target = dir.join(file);
         let tmp = dir.join(format!(".{file}.part"));
-        std::fs::copy(audio, &tmp)?;
-        if self.fsync {
-            std::fs::File::open(&tmp)?.sync_all()?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            match audio {
+                Audio::Memory(bytes) => f.write_all(bytes)?,
+                Audio::File(path) => {
+                    std::io::copy(&mut std::fs::File::open(path)?, &mut f)?;
+                }
+            }
+            if self.fsync {
+                f.sync_all()?;
+            }
         }
         let meta_tmp = dir.join(format!(".{file}.json.part"));
         {

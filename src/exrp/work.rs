@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::queue::{Job, now_ms};
-use super::sink::{CloudSink, Sink};
+use super::sink::{Audio, CloudSink, Sink};
 use super::{Exrp, Live};
 use crate::cloud::{CloudError, Presigned, clean_file_name};
-use crate::dav_client::{DavError, Deleted, Lock};
+use crate::dav_client::{DavError, Deleted, FetchedBody, Lock};
 
 /// The dead properties a job keeps on its recording (namespace `dav_client::NS`).
 pub const PROP_JOB: &str = "job";
@@ -25,6 +25,9 @@ pub const PROP_DEAD: &str = "dead";
 
 /// The largest recording fetched when the metadata gives no size.
 const MAX_RECORDING: u64 = 4 << 30;
+/// Recordings up to this size are held in memory between the fetch and the upload, larger
+/// ones in the spool directory: at most `workers` × 1 MiB (a minute of Opus is about 200 KB).
+const IN_MEMORY: u64 = 1 << 20;
 
 #[derive(Debug)]
 pub enum Outcome {
@@ -393,10 +396,8 @@ async fn work(
         let spec: serde_json::Value = serde_json::from_str(&job.spec).unwrap_or_default();
         let expected = spec.pointer("/recording/size").and_then(serde_json::Value::as_u64).filter(|&s| s > 0);
         let started = Instant::now();
-        let fetched = match dav
-            .fetch(&job.file, spool, expected.map_or(MAX_RECORDING, |s| s + 1), exrp.config.transfer_timeout)
-            .await
-        {
+        let max = expected.map_or(MAX_RECORDING, |s| s + 1);
+        let fetched = match dav.fetch(&job.file, spool, max, IN_MEMORY, exrp.config.transfer_timeout).await {
             Ok(f) => f,
             Err(DavError::Missing) => return missing(exrp, live, job),
             Err(DavError::TooLarge(max)) => {
@@ -409,27 +410,35 @@ async fn work(
         {
             return dead(format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len));
         }
-        let check = {
-            let path = spool.to_path_buf();
-            tokio::task::spawn_blocking(move || super::ogg::check_file(&path)).await
+        let check = match &fetched.body {
+            // At most IN_MEMORY bytes: a walk over the pages costs less than a trip to the pool.
+            FetchedBody::Memory(bytes) => Ok(super::ogg::check(&bytes[..])),
+            FetchedBody::Spooled => {
+                let path = spool.to_path_buf();
+                tokio::task::spawn_blocking(move || super::ogg::check_file(&path)).await
+            }
         };
         match check {
             Ok(Ok(_)) => {}
             Ok(Err(why)) => return dead(format!("not a whole Ogg/Opus recording: {why}")),
             Err(e) => return retry(format!("check failed: {e}")),
         }
+        let audio = match fetched.body {
+            FetchedBody::Memory(bytes) => Audio::Memory(bytes),
+            FetchedBody::Spooled => Audio::File(spool.to_path_buf()),
+        };
         if lost.load(Ordering::Relaxed) {
             return retry("the claim was lost before the upload");
         }
         let metadata = metadata_json(exrp, job, &spec);
         let key = match &live.sink {
             Sink::Local(local) => {
-                let (tenant, file, path, local_dir) =
-                    (job.tenant.clone(), job.file.clone(), spool.to_path_buf(), local.dir.clone());
+                let (tenant, file, audio, local_dir) =
+                    (job.tenant.clone(), job.file.clone(), audio.clone(), local.dir.clone());
                 let meta = metadata.clone();
                 let owner = live.clone();
                 let written = tokio::task::spawn_blocking(move || match &owner.sink {
-                    Sink::Local(l) => l.deliver(&tenant, &file, &path, &meta),
+                    Sink::Local(l) => l.deliver(&tenant, &file, &audio, &meta),
                     Sink::Cloud(_) => Err(std::io::Error::other("not a local sink")),
                 })
                 .await;
@@ -447,7 +456,7 @@ async fn work(
                     job,
                     token,
                     &info.props,
-                    spool,
+                    &audio,
                     fetched.len,
                     &fetched.md5,
                     &metadata,
@@ -500,7 +509,7 @@ async fn work(
     }
 }
 
-/// Store requests `publish` makes at once.
+/// Store requests `publish` makes at once, all interaction-ends together.
 pub const PUBLISH_AT_ONCE: usize = 16;
 
 /// The `job` property: the job's spec plus when and where it was accepted.
@@ -518,8 +527,9 @@ pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
 /// by its first attempt.
 pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
     use futures_util::StreamExt;
-    // Bounded both ways: at most PUBLISH_AT_ONCE requests at once, and the 202 waits at most `limit` for
-    // all of them (a huge interaction-end or a slow store must not hold the reply).
+    // Bounded both ways: at most PUBLISH_AT_ONCE requests at once (`Exrp::publishing`, shared
+    // by every interaction-end), and the 202 waits at most `limit` for all of them (a huge
+    // interaction-end or a slow store must not hold the reply).
     let limit = exrp.config.request_timeout.min(Duration::from_secs(5));
     let deadline = tokio::time::Instant::now() + limit;
     let total = jobs.len();
@@ -529,7 +539,10 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
         async move {
             let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
             let props = [(PROP_JOB, record.as_str())];
-            let set = live.dav.set_props(&job.file, None, &props, &[]);
+            let set = async {
+                let _permit = exrp.publishing.acquire().await;
+                live.dav.set_props(&job.file, None, &props, &[]).await
+            };
             match tokio::time::timeout_at(deadline, set).await {
                 Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
                 // Locked: another instance is working on the file, so it is there.
@@ -589,7 +602,7 @@ async fn upload_cloud(
     job: &Job,
     token: Option<&str>,
     props: &std::collections::BTreeMap<String, String>,
-    spool: &std::path::Path,
+    audio: &Audio,
     len: u64,
     md5: &[u8; 16],
     metadata: &[u8],
@@ -623,7 +636,7 @@ async fn upload_cloud(
             &mut record,
             is_audio,
             &name,
-            spool,
+            audio,
             len,
             metadata,
             &md5_b64,
@@ -683,7 +696,7 @@ async fn upload_part(
     record: &mut UploadRecord,
     is_audio: bool,
     name: &str,
-    spool: &std::path::Path,
+    audio: &Audio,
     len: u64,
     metadata: &[u8],
     md5_b64: &str,
@@ -728,7 +741,12 @@ async fn upload_part(
             }
         };
         let sent = if is_audio {
-            client.upload_file(&presigned, spool, len, exrp.config.transfer_timeout).await
+            match audio {
+                Audio::Memory(bytes) => {
+                    client.upload_bytes(&presigned, bytes.clone(), exrp.config.transfer_timeout).await
+                }
+                Audio::File(path) => client.upload_file(&presigned, path, len, exrp.config.transfer_timeout).await,
+            }
         } else {
             client.upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout).await
         };

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use exec_allinone::config::Secret;
-use exec_allinone::dav_client::{DavClient, DavError, Deleted, Fetched, Lock};
+use exec_allinone::dav_client::{DavClient, DavError, Deleted, Fetched, FetchedBody, Lock};
 use exec_allinone::http::client::HttpClient;
 use md5::{Digest, Md5};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
@@ -216,9 +216,15 @@ fn names_and_fetch(store: &Store) {
         assert_eq!((info.name.as_str(), info.size), (*name, body.len() as u64));
         store.run(c.set_props(name, None, &[("state", name)], &[])).unwrap();
         let dest = dir.join(&format!("{i}.part"));
-        let got = store.run(c.fetch(name, &dest, 1 << 20, 10 * SECOND)).unwrap();
-        assert_eq!(got, Fetched { len: body.len() as u64, md5: Md5::digest(&body).into() });
+        let md5: [u8; 16] = Md5::digest(&body).into();
+        // Spooled (nothing may be held in memory), then held in memory with no file made.
+        let got = store.run(c.fetch(name, &dest, 1 << 20, 0, 10 * SECOND)).unwrap();
+        assert_eq!(got, Fetched { len: body.len() as u64, md5, body: FetchedBody::Spooled });
         assert_eq!(std::fs::read(&dest).unwrap(), body);
+        std::fs::remove_file(&dest).unwrap();
+        let got = store.run(c.fetch(name, &dest, 1 << 20, 1 << 20, 10 * SECOND)).unwrap();
+        assert_eq!(got, Fetched { len: body.len() as u64, md5, body: FetchedBody::Memory(body.clone().into()) });
+        assert!(!dest.exists(), "a file held in memory makes no spool file");
     }
     let mut listed: Vec<(String, String)> = store
         .run(c.list())
@@ -239,14 +245,15 @@ fn names_and_fetch(store: &Store) {
     // Several MiB, streamed; one byte over the bound is refused and the part left behind.
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     store.put("big.opus", &big);
+    // Past the in-memory bound mid-body: what was held goes to the spool file first.
     let dest = dir.join("big.part");
-    let got = store.run(c.fetch("big.opus", &dest, big.len() as u64, 30 * SECOND)).unwrap();
-    assert_eq!(got, Fetched { len: big.len() as u64, md5: Md5::digest(&big).into() });
+    let got = store.run(c.fetch("big.opus", &dest, big.len() as u64, 1 << 20, 30 * SECOND)).unwrap();
+    assert_eq!(got, Fetched { len: big.len() as u64, md5: Md5::digest(&big).into(), body: FetchedBody::Spooled });
     assert!(std::fs::read(&dest).unwrap() == big);
-    let refused = store.run(c.fetch("big.opus", &dest, big.len() as u64 - 1, 30 * SECOND));
+    let refused = store.run(c.fetch("big.opus", &dest, big.len() as u64 - 1, 1 << 20, 30 * SECOND));
     assert!(matches!(refused, Err(DavError::TooLarge(n)) if n == big.len() as u64), "{refused:?}");
     assert!(std::fs::metadata(&dest).unwrap().len() < big.len() as u64, "the part is left for the caller");
-    assert!(matches!(store.run(c.fetch("gone.opus", &dest, 1 << 20, 10 * SECOND)), Err(DavError::Missing)));
+    assert!(matches!(store.run(c.fetch("gone.opus", &dest, 1 << 20, 1 << 20, 10 * SECOND)), Err(DavError::Missing)));
 }
 
 /// A scan of a collection of hundreds of files (sub-collections are not files).
