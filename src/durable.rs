@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex};
 
 /// Temp files start with this; they are never a record and are swept at open.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -18,6 +19,58 @@ pub struct RecordDir {
     handle: File,
     next_temp: AtomicU64,
     fsync: bool,
+    dir_sync: GroupSync,
+}
+
+/// Group commit for one directory's fsync. Renames and removals that finished before an fsync
+/// of their directory began are durable once it returns, so callers that arrive while one is
+/// running wait for the next and share it: under load, one fsync makes many changes durable
+/// instead of one each. Every caller still returns only once an fsync that began after its
+/// change has succeeded (or with the error of its own).
+#[derive(Debug, Default)]
+pub struct GroupSync {
+    state: Mutex<SyncState>,
+    turn: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// Callers so far; a caller's number is its place.
+    asked: u64,
+    /// Every caller up to this number is durable.
+    synced: u64,
+    running: bool,
+}
+
+impl GroupSync {
+    /// Makes the caller's finished changes to the directory durable: `fsync` is the directory's
+    /// fsync, run by whichever caller leads the next group.
+    pub fn sync(&self, fsync: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.asked += 1;
+        let mine = state.asked;
+        loop {
+            if state.synced >= mine {
+                return Ok(());
+            }
+            if !state.running {
+                // Lead: one fsync for everyone who asked so far.
+                state.running = true;
+                let upto = state.asked;
+                drop(state);
+                let result = fsync();
+                let mut after = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                after.running = false;
+                if result.is_ok() {
+                    after.synced = after.synced.max(upto);
+                }
+                // On failure the others lead in turn, each seeing its own error.
+                self.turn.notify_all();
+                return result;
+            }
+            state = self.turn.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
 }
 
 /// Keys are file names: short, printable, no separators, never hidden.
@@ -37,7 +90,8 @@ impl RecordDir {
     pub fn open(dir: &Path, fsync: bool) -> io::Result<RecordDir> {
         fs::create_dir_all(dir)?;
         let handle = File::open(dir)?;
-        let records = RecordDir { dir: dir.to_path_buf(), handle, next_temp: AtomicU64::new(0), fsync };
+        let records =
+            RecordDir { dir: dir.to_path_buf(), handle, next_temp: AtomicU64::new(0), fsync, dir_sync: GroupSync::default() };
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
@@ -112,7 +166,7 @@ impl RecordDir {
     }
 
     fn sync_dir(&self) -> io::Result<()> {
-        if self.fsync { self.handle.sync_all() } else { Ok(()) }
+        if self.fsync { self.dir_sync.sync(|| self.handle.sync_all()) } else { Ok(()) }
     }
 }
 
@@ -124,6 +178,51 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("eaio-durable-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn group_sync_shares_fsyncs_and_each_caller_waits_for_one_begun_after_its_change() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicBool;
+        let group = Arc::new(GroupSync::default());
+        // One clock for changes and fsync starts; `durable` is the latest start of a finished
+        // fsync, so a caller is covered once `durable` passed its change.
+        let clock = Arc::new(AtomicU64::new(1));
+        let durable = Arc::new(AtomicU64::new(0));
+        let fsyncs = Arc::new(AtomicU64::new(0));
+        let fail_once = Arc::new(AtomicBool::new(true));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (group, clock, durable, fsyncs, fail_once) =
+                    (group.clone(), clock.clone(), durable.clone(), fsyncs.clone(), fail_once.clone());
+                std::thread::spawn(move || {
+                    let mut errors = 0;
+                    for _ in 0..50 {
+                        let change = clock.fetch_add(1, Ordering::SeqCst);
+                        let result = group.sync(|| {
+                            let start = clock.fetch_add(1, Ordering::SeqCst);
+                            fsyncs.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_micros(200));
+                            if fail_once.swap(false, Ordering::SeqCst) {
+                                return Err(io::Error::other("EIO"));
+                            }
+                            durable.fetch_max(start, Ordering::SeqCst);
+                            Ok(())
+                        });
+                        match result {
+                            Ok(()) => assert!(durable.load(Ordering::SeqCst) > change, "returned before an fsync covered it"),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    errors
+                })
+            })
+            .collect();
+        let errors: u32 = callers.into_iter().map(|c| c.join().unwrap()).sum();
+        // The one failed fsync failed its leader only; the rest were covered by later ones.
+        assert_eq!(errors, 1);
+        let n = fsyncs.load(Ordering::SeqCst);
+        assert!(n < 16 * 50, "{n} fsyncs for 800 changes: nothing was shared");
     }
 
     #[test]

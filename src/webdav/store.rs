@@ -5,7 +5,7 @@
 //! length, makes its bytes durable (`settle`), renames and fsyncs the directory. All
 //! functions here block: callers run them on the bounded blocking pool.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::Write;
@@ -76,6 +76,9 @@ pub struct Store {
     /// without touching the disk: a PROPFIND of 1000 recordings would otherwise open 1000
     /// sidecars that do not exist.
     props_index: Mutex<HashSet<PathBuf>>,
+    /// One group commit per directory being synced, by (device, inode): concurrent uploads
+    /// into one directory share its fsyncs (`durable::GroupSync`).
+    dir_syncs: Mutex<HashMap<(u64, u64), Arc<crate::durable::GroupSync>>>,
     pub stats: StoreStats,
     /// `openat2` or the component walk, chosen at start.
     resolver: Resolver,
@@ -269,6 +272,7 @@ impl Store {
             files: AtomicU64::new(0),
             open_uploads: AtomicUsize::new(0),
             props_index: Mutex::default(),
+            dir_syncs: Mutex::default(),
             stats: StoreStats::default(),
         };
         store.check_writable()?;
@@ -434,10 +438,20 @@ impl Store {
     }
 
     fn sync_dir(&self, dir: BorrowedFd<'_>) -> FsResult<()> {
-        if self.fsync {
-            rustix::fs::fsync(dir).map_err(fs_error)?;
+        if !self.fsync {
+            return Ok(());
         }
-        Ok(())
+        let st = rustix::fs::fstat(dir).map_err(fs_error)?;
+        let group = {
+            let mut groups = self.dir_syncs.lock().unwrap_or_else(|p| p.into_inner());
+            if groups.len() >= 64 {
+                // Directories nobody syncs right now; a group dropped while one joins it only
+                // costs that caller the sharing.
+                groups.retain(|_, g| Arc::strong_count(g) > 1);
+            }
+            groups.entry((st.st_dev as u64, st.st_ino as u64)).or_default().clone()
+        };
+        group.sync(|| rustix::fs::fsync(dir).map_err(std::io::Error::from)).map_err(io_error)
     }
 
     /// Metadata of a file or directory; symlinks and special files do not exist for us.
