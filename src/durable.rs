@@ -90,8 +90,13 @@ impl RecordDir {
     pub fn open(dir: &Path, fsync: bool) -> io::Result<RecordDir> {
         fs::create_dir_all(dir)?;
         let handle = File::open(dir)?;
-        let records =
-            RecordDir { dir: dir.to_path_buf(), handle, next_temp: AtomicU64::new(0), fsync, dir_sync: GroupSync::default() };
+        let records = RecordDir {
+            dir: dir.to_path_buf(),
+            handle,
+            next_temp: AtomicU64::new(0),
+            fsync,
+            dir_sync: GroupSync::default(),
+        };
         for entry in fs::read_dir(dir)? {
             let entry = entry?;
             if entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
@@ -210,7 +215,9 @@ mod tests {
                             Ok(())
                         });
                         match result {
-                            Ok(()) => assert!(durable.load(Ordering::SeqCst) > change, "returned before an fsync covered it"),
+                            Ok(()) => {
+                                assert!(durable.load(Ordering::SeqCst) > change, "returned before an fsync covered it")
+                            }
                             Err(_) => errors += 1,
                         }
                     }
