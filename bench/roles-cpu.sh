@@ -5,7 +5,8 @@
 #
 #   bench/roles-cpu.sh [--calls N] [--no-build]
 #
-# Loopback, ports 28000, 23650, 28080, 33650, 38080; state under $TMPDIR.
+# Loopback, ports 28000, 23650, 28080, 24650, 24080 (all below Linux's ephemeral range,
+# 32768 and up, so no client connection's port can take one); state under $TMPDIR.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -34,9 +35,9 @@ mkdir -p "$D/recordings"
 admin='[admin]
 listen = "127.0.0.1:0"'
 printf '%s\n[webdav]\nlisten = "127.0.0.1:28000"\nroot = "%s"\nhtpasswd = "%s"\n' "$admin" "$D/recordings" "$D/htpasswd" >"$WORK/webdav.toml"
-printf '%s\n[lb.pools.excp]\nlisten = "127.0.0.1:23650"\nservers = ["127.0.0.1:33650"]\n[lb.pools.exrp]\nlisten = "127.0.0.1:28080"\nservers = ["127.0.0.1:38080"]\n' "$admin" >"$WORK/lb.toml"
-printf '%s\n[excp]\nlisten = "127.0.0.1:33650"\nrecording_processor_url = "http://127.0.0.1:28080"\nstate_dir = "%s"\nquiet_period = "30s"\n' "$admin" "$D/excp" >"$WORK/excp.toml"
-printf '%s\n[exrp]\nlisten = "127.0.0.1:38080"\nstate_dir = "%s"\nscan_interval = "10s"\ninstance = "roles-cpu"\n[exrp.transient_storage]\ntype = "WebDAV"\nurl = "http://127.0.0.1:28000/recordings"\nusername = "mcp"\npassword = "mcp-sandbox"\n[exrp.local_sink]\ndir = "%s"\n' \
+printf '%s\n[lb.pools.excp]\nlisten = "127.0.0.1:23650"\nservers = ["127.0.0.1:24650"]\n[lb.pools.exrp]\nlisten = "127.0.0.1:28080"\nservers = ["127.0.0.1:24080"]\n' "$admin" >"$WORK/lb.toml"
+printf '%s\n[excp]\nlisten = "127.0.0.1:24650"\nrecording_processor_url = "http://127.0.0.1:28080"\nstate_dir = "%s"\nquiet_period = "30s"\n' "$admin" "$D/excp" >"$WORK/excp.toml"
+printf '%s\n[exrp]\nlisten = "127.0.0.1:24080"\nstate_dir = "%s"\nscan_interval = "10s"\ninstance = "roles-cpu"\n[exrp.transient_storage]\ntype = "WebDAV"\nurl = "http://127.0.0.1:28000/recordings"\nusername = "mcp"\npassword = "mcp-sandbox"\n[exrp.local_sink]\ndir = "%s"\n' \
     "$admin" "$D/exrp" "$D/injected" >"$WORK/exrp.toml"
 declare -A PID
 for role in webdav lb excp exrp; do
