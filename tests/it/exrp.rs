@@ -599,28 +599,20 @@ fn cloud_429_5xx_and_expired_tokens_delay_but_lose_nothing() {
 
 #[test]
 fn webdav_down_makes_health_503_and_the_jobs_wait_for_it() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let site = Site::new("exrp-down");
-    let config = site
-        .config()
-        .replace("[webdav]\nlisten = \"127.0.0.1:0\"", &format!("[webdav]\nlisten = \"127.0.0.1:{port}\""));
-    let config_path = site.dir.join("fixed.toml");
-    std::fs::write(&config_path, config).unwrap();
-    let start_store = || Proc::start(&["--role", "webdav", "--config", config_path.to_str().unwrap()]);
-    let store = Store { proc: start_store(), site };
-    let exrp = Exrp::start("exrp-down", &store.url(), "", "");
+    use crate::support::proxy::Proxy;
+    let store = Store::start("exrp-down");
+    // exrp reaches the store through a proxy that can play a store that is down.
+    let proxy = Proxy::reverse(store.proc.addr("webdav"));
+    let exrp = Exrp::start("exrp-down", &format!("{}/recordings", proxy.url()), "", "");
     store.put("W1_a.opus", SAMPLE);
-    let Store { site, proc } = store;
-    proc.kill9();
+    proxy.set_down(true);
     let r = exrp.post(&end_body("W1", &[("a", "W1_a.opus", SAMPLE.len())]));
     assert_eq!(r.status, 202, "accepted while WebDAV is down: {r:?}");
     let h = exrp.wait_health("webdav DOWN", |status, b| status == 503 && b["dependencies"]["webdav"] == "DOWN");
     assert_eq!(h["status"], "DOWN");
     assert_eq!(h["queue"]["done"], 0);
-    let store = Store { proc: start_store(), site };
+    assert!(store.has("W1_a.opus"));
+    proxy.set_down(false);
     exrp.wait_idle(1, 0);
     exrp.wait_health("UP again", |status, b| status == 200 && b["status"] == "UP");
     assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("W1_a.opus")).unwrap(), SAMPLE);
@@ -761,10 +753,6 @@ fn a_tenant_without_an_org_waits_and_never_goes_to_another_tenants_org() {
 fn the_genesys_env_variables_set_the_port_and_the_log_level() {
     let store = Store::start("exrp-env");
     let dir = TempDir::new("exrp-env");
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
     let config = dir.join("exrp.toml");
     std::fs::write(
         &config,
@@ -778,9 +766,11 @@ fn the_genesys_env_variables_set_the_port_and_the_log_level() {
     .unwrap();
     let proc = Proc::start_with_env(
         &["--role", "exrp", "--config", config.to_str().unwrap()],
-        &[("EXRP_PORT", &port.to_string()), ("EXRP_LOG_LEVEL", "debug")],
+        &[("EXRP_PORT", "0"), ("EXRP_LOG_LEVEL", "debug")],
     );
-    assert_eq!(proc.addr("exrp").port(), port);
+    // The config says port 1; EXRP_PORT=0 asks for any free one instead (no port picked in
+    // advance, so none another process could take first).
+    assert_ne!(proc.addr("exrp").port(), 1, "EXRP_PORT overrides the config's port");
     wait_until("a debug line", SOON, || proc.logs().contains(" DEBUG "));
 }
 

@@ -237,10 +237,9 @@ fn run_bin(args: &[&str]) -> Output {
     Output { status, stdout, stderr }
 }
 
-/// A port nobody listens on right now (bound and released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+/// A listen address in a config that is never bound (the lb refuses to move a listener on
+/// reload; import-nginx only copies it): a port no test would use.
+const UNBOUND: &str = "127.0.0.1:1";
 
 /// Requests the backends received, health probes left out.
 fn client_requests(seen: &[Seen]) -> Vec<&Seen> {
@@ -294,7 +293,7 @@ fn sighup_reloads_servers_keeps_requests_in_flight_and_refuses_a_bad_file() {
     }
 
     // A new listen address needs a restart: said so, servers reloaded, the old listener serves.
-    let moved = format!("{ADMIN}\n[lb.pools.excp]\nlisten = \"127.0.0.1:{}\"\nservers = [\"{a}\"]\n", free_port());
+    let moved = format!("{ADMIN}\n[lb.pools.excp]\nlisten = \"{UNBOUND}\"\nservers = [\"{a}\"]\n");
     let before = lb.logged("listen changed").len();
     lb.reload(&moved, "SIGHUP: configuration reloaded");
     let warned = lb.wait_logged("listen changed", before);
@@ -360,7 +359,7 @@ fn import_nginx_output_runs_as_the_vendor_config_did() {
     let a = backends.add("A", Behaviour::ok());
     let b = backends.add("B", Behaviour::ok());
     let dir = TempDir::new("lb-import");
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = UNBOUND.to_string();
     let nginx = dir.join("nginx.conf");
     std::fs::write(
         &nginx,

@@ -26,6 +26,9 @@ struct Shared {
     upstream: Option<SocketAddr>,
     /// Methods answered with this status instead of being forwarded.
     refused: Mutex<Vec<(String, u16)>>,
+    /// A server that is down: every connection is closed unanswered, while the proxy keeps
+    /// its port (no other process can take it, as it could a port given up and bound again).
+    down: AtomicBool,
 }
 
 impl Proxy {
@@ -66,6 +69,11 @@ impl Proxy {
         self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()).push((method.to_string(), status));
     }
 
+    /// Closes every connection unanswered from now on (`false`: serves again).
+    pub fn set_down(&self, down: bool) {
+        self.shared.down.store(down, Ordering::SeqCst);
+    }
+
     /// Forwards every method again.
     pub fn refuse_none(&self) {
         self.shared.refused.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -85,6 +93,9 @@ impl Drop for Proxy {
 }
 
 fn serve(mut client: TcpStream, shared: &Shared) {
+    if shared.down.load(Ordering::SeqCst) {
+        return;
+    }
     let _ = client.set_read_timeout(Some(Duration::from_secs(30)));
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
