@@ -500,12 +500,14 @@ fn a_claim_an_earlier_run_of_the_same_instance_left_is_resumed_at_once_not_after
     lock_by_hand(&store, "L1_own.opus", "exrp-own-lock", 60);
     let foreign = lock_by_hand(&store, "L1_other.opus", "exrp-someone-else", 60);
     let exrp = Exrp::start("exrp-own-lock", &store.url(), "", "");
-    let started = Instant::now();
     let r =
         exrp.post(&end_body("L1", &[("own", "L1_own.opus", SAMPLE.len()), ("other", "L1_other.opus", SAMPLE.len())]));
     assert_eq!(r.status, 202, "{r:?}");
-    wait_until("the own claim to be resumed", Duration::from_secs(10), || !store.has("L1_own.opus"));
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Resumed from lockdiscovery, said so, long before the 60 s lock could have expired.
+    wait_until("the own claim to be resumed", Duration::from_secs(45), || !store.has("L1_own.opus"));
+    wait_until("the resumption logged", SOON, || {
+        exrp.proc().logs().contains("resuming the claim an earlier run of this instance left")
+    });
     assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("L1_own.opus")).unwrap(), SAMPLE);
     // Another instance's claim is respected: that file waits.
     std::thread::sleep(Duration::from_secs(1));

@@ -460,10 +460,9 @@ fn xml_bombs_are_refused_and_the_server_stays_healthy() {
     );
     assert!(laughs.len() < 1024, "the bomb is {} bytes", laughs.len());
 
-    let started = Instant::now();
+    // Refused, not expanded (a billion `lol`s would be 3 GB); the process stays healthy.
     let (status, body) = propfind(&c, &p, "/recordings/f.txt", "0", &laughs);
     assert!((400..500).contains(&status), "billion laughs: {status} {body}");
-    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     let health = http().get(p.admin_url("/health")).send().unwrap();
     assert_eq!(health.status().as_u16(), 200, "health after the bomb");
     assert_eq!(propfind(&c, &p, "/recordings/f.txt", "0", ALLPROP).0, 207, "still serving");
