@@ -352,17 +352,15 @@ fn cloud_slow_answers_time_out_as_transient() {
     let client = client_with(&fake, SECRET, Duration::from_millis(300));
     run(Duration::from_secs(20), async {
         client.token().await.unwrap();
+        // The fake answers after 5 s: only the client's 300 ms timeout makes this an error.
         fake.fail_next(Endpoint::Presign, 1, Fault::Delay(Duration::from_secs(5)));
-        let started = Instant::now();
         assert!(matches!(presign(&client, "a.opus", b"a").await, Err(CloudError::Transient(_))));
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 
         let presigned = presign(&client, "a.opus", b"a").await.unwrap();
+        // Never answered: only the transfer timeout ends it, within `run`'s 20 s.
         fake.fail_next(Endpoint::Put, 1, Fault::Hang);
-        let started = Instant::now();
         let put = client.upload_bytes(&presigned, Bytes::from_static(b"a"), Duration::from_millis(500)).await;
         assert!(matches!(put, Err(CloudError::Transient(_))), "{put:?}");
-        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
     });
     // The fake saw the client give up.
     fake.wait(Duration::from_secs(5), "abandoned PUT logged", |f| {

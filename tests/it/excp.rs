@@ -590,7 +590,6 @@ fn exrp_hanging_beyond_request_timeout_is_retried() {
     let excp = Excp::start("hang", &Cfg::new(&exrp.url()).set("request_timeout", &q("500ms")));
     let call = call_id("exrphang");
     excp.accept(&media(&call, 1));
-    let started = Instant::now();
     excp.end_ok(&call);
 
     exrp.wait(SOON, "two attempts on a hanging exrp", |r| r.len() >= 2);
@@ -608,7 +607,6 @@ fn exrp_hanging_beyond_request_timeout_is_retried() {
     exrp.set(Mode::Accept);
     exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
     excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
-    assert!(started.elapsed() < Duration::from_secs(20));
     settle(Duration::from_millis(800));
     assert_eq!(exrp.accepted().len(), 1, "{:#?}", exrp.accepted());
 }

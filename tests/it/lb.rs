@@ -417,11 +417,12 @@ fn max_fails_ejects_a_refusing_server_for_fail_timeout() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::Refuse);
     let b = backends.add("B", Behaviour::ok());
-    let lb = Lb::start("eject", &config(&[pool("excp", &[a, b], &["max_fails = 1", "fail_timeout = \"2s\""])]));
+    // fail_timeout is long enough that the first five requests fall inside it on a loaded
+    // machine; its end is waited for, not slept.
+    let lb = Lb::start("eject", &config(&[pool("excp", &[a, b], &["max_fails = 1", "fail_timeout = \"8s\""])]));
 
     let t0 = Instant::now();
     let r = lb.get("excp", "/1");
-    let failed_by = Instant::now();
     assert_eq!((r.status, r.body.as_str()), (200, "B"));
     assert_eq!(lb.wait_access(1)[0].tried(&backends), ["A", "B"], "first request: A refused, then B");
     let view = lb.peer("excp", a);
@@ -437,7 +438,7 @@ fn max_fails_ejects_a_refusing_server_for_fail_timeout() {
         let r = lb.get("excp", &format!("/{i}"));
         assert_eq!((r.status, r.body.as_str()), (200, "B"));
     }
-    assert!(t0.elapsed() < Duration::from_millis(1800), "too slow to stay inside fail_timeout: {:?}", t0.elapsed());
+    assert!(t0.elapsed() < Duration::from_secs(7), "too slow to stay inside fail_timeout: {:?}", t0.elapsed());
     // A line is written once its response is out: found by URI, not by place.
     let lines = lb.wait_access(5);
     for line in lines.iter().filter(|l| l.uri != "/1") {
@@ -445,9 +446,8 @@ fn max_fails_ejects_a_refusing_server_for_fail_timeout() {
     }
 
     // fail_timeout over: A gets a chance again (smooth round robin brings it up within three).
-    let wait = Duration::from_millis(2200).saturating_sub(failed_by.elapsed());
-    std::thread::sleep(wait);
-    assert_eq!(lb.state("excp", a), "up", "ejection is over after fail_timeout");
+    lb.wait_state("excp", a, "up", Duration::from_secs(20));
+    assert!(t0.elapsed() >= Duration::from_secs(8), "ejected for less than fail_timeout");
     let mut tried_a = false;
     for i in 6..=9 {
         let r = lb.get("excp", &format!("/{i}"));
@@ -471,10 +471,8 @@ fn failing_health_probes_take_a_server_out_and_passing_ones_bring_it_back() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::with_health(Behaviour::status(503), Behaviour::ok()));
     let b = backends.add("B", Behaviour::with_health(Behaviour::ok(), Behaviour::ok()));
-    let started = Instant::now();
     let lb = Lb::start("probes", &config(&[pool("excp", &[a, b], &["health_check_interval = \"200ms\""])]));
-    let took = lb.wait_state("excp", a, "unhealthy", Duration::from_secs(3));
-    assert!(started.elapsed() < Duration::from_secs(3), "A left the rotation after {took:?}");
+    lb.wait_state("excp", a, "unhealthy", Duration::from_secs(20));
     assert_eq!(lb.state("excp", b), "up");
     assert_eq!(lb.logged("peer out of rotation").len(), 1, "{}", lb.tail());
     let probes: Vec<Seen> = backends.seen().into_iter().filter(|s| s.target == "/health").collect();
