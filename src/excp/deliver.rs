@@ -55,21 +55,26 @@ pub async fn run(excp: Arc<Excp>, shutdown: CancellationToken) {
                 Due::Deliver(call_uuid) => {
                     let Ok(permit) = limit.clone().acquire_owned().await else { break };
                     let excp = excp.clone();
+                    excp.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
                         deliver(&excp, &call_uuid).await;
+                        excp.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
                 }
                 Due::GirFetch(call_uuid) => {
                     let Ok(permit) = limit.clone().acquire_owned().await else { break };
                     let excp = excp.clone();
+                    excp.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
                     tasks.spawn(async move {
                         gir_fetch(&excp, &call_uuid).await;
+                        excp.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
                 }
             }
         }
+        excp.metrics.passes.inc();
     }
     // In-flight deliveries finish or time out on their own (request_timeout); their outcome
     // is durable either way, as a retry after restart is harmless.

@@ -56,6 +56,11 @@ struct Metrics {
     retried: Counter,
     recordings_delivered: Counter,
     gir_fetches: CounterVec,
+    /// Passes of the delivery scheduler over the calls, and its deliveries and GIR fetches in
+    /// flight: together they say when nothing more is underway (for tests and operators
+    /// alike: a pass count that stops moving is a stuck scheduler).
+    passes: Counter,
+    in_flight: AtomicU64,
 }
 
 /// The reply body every excp endpoint uses (field order as documented:
@@ -359,6 +364,12 @@ impl RoleStatus for Excp {
         );
         enc.counter("excp_recordings_delivered_total", "Recordings exrp accepted.", m.recordings_delivered.get());
         enc.counter_vec("excp_gir_fetches_total", "GIR RWS metadata fetches by outcome.", &["outcome"], &m.gir_fetches);
+        enc.counter("excp_delivery_passes_total", "Passes of the delivery scheduler over the calls.", m.passes.get());
+        enc.gauge(
+            "excp_deliveries_in_flight",
+            "Interaction-ends and GIR fetches underway.",
+            m.in_flight.load(Ordering::Relaxed) as f64,
+        );
         let (open, waiting, recordings) = self.book.backlog();
         enc.gauge("excp_calls", "Calls held (open, ending or remembered after delivery).", self.book.len() as f64);
         enc.gauge("excp_calls_open", "Calls not ended yet.", open as f64);

@@ -221,6 +221,33 @@ impl Excp {
         metric(&self.metrics(), name, labels).unwrap_or(0.0)
     }
 
+    /// Waits until the delivery scheduler has made two more passes over the calls and nothing
+    /// it started is still underway: whatever it was going to send by then has been sent, so
+    /// a test can then assert that something did not happen.
+    fn settle(&self) {
+        self.settle_passes(2);
+    }
+
+    /// `settle` over `n` passes (four a second when idle): for what runs on its own clock, as
+    /// GIR fetches and the store watch do.
+    fn settle_passes(&self, n: u32) {
+        let start = self.metric("excp_delivery_passes_total", &[]);
+        let deadline = Instant::now() + SOON;
+        loop {
+            let m = self.metrics();
+            let passes = metric(&m, "excp_delivery_passes_total", &[]).unwrap_or(0.0);
+            let busy = metric(&m, "excp_deliveries_in_flight", &[]).unwrap_or(0.0);
+            if passes >= start + f64::from(n) && busy == 0.0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the scheduler did not settle: {passes} passes since {start}, {busy} in flight"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until the metric reaches `at_least`.
     fn wait_metric(&self, name: &str, labels: &[(&str, &str)], at_least: f64, limit: Duration) -> f64 {
         let deadline = Instant::now() + limit;
@@ -333,11 +360,6 @@ fn is_uuid_v4(s: &str) -> bool {
     })
 }
 
-/// How long to watch for something that must not happen.
-fn settle(d: Duration) {
-    std::thread::sleep(d);
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. The documented reply to an empty POST
 
@@ -428,7 +450,7 @@ fn three_recordings_out_of_order_and_one_twice_make_one_interaction_end() {
     let corr_id = excp.end_ok(&call);
     let received = exrp.wait(SOON, "one interaction-end", |r| !r.is_empty());
     excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
-    settle(Duration::from_millis(1500));
+    excp.settle();
     let received_after = exrp.received();
     assert_eq!(received_after.len(), 1, "exactly one interaction-end: {received_after:#?}");
     let body = &received[0].body;
@@ -511,7 +533,7 @@ fn an_end_event_sends_at_once_the_quiet_period_later_and_an_unknown_call_is_4040
         assert_eq!(reply.json()["status"]["message"], "CallUUID not found");
         assert!(is_uuid_v4(&reply.corr_id()));
     }
-    settle(Duration::from_millis(800));
+    excp.settle();
     assert_eq!(exrp.received().len(), 2, "{:#?}", exrp.received());
     assert_eq!(excp.details()["calls"], 2);
 }
@@ -526,7 +548,7 @@ fn a_repeated_end_event_counts_the_call_as_ended_once() {
     exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
     let again = excp.end(&call);
     assert_eq!((again.status, again.code()), (200, 0), "{again:?}");
-    settle(Duration::from_millis(500));
+    excp.settle();
     assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
     assert_eq!(exrp.received()[0].body["corrId"], corr_id.as_str());
     let logs = excp.proc().logs();
@@ -568,7 +590,7 @@ fn exrp_refusing_then_failing_gets_the_interaction_end_once_it_is_back_with_retr
     exrp.set(Mode::Accept);
     exrp.wait_jobs(&call, &[&media_id(&call, 1), &media_id(&call, 2)], SOON);
     excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
-    settle(Duration::from_millis(1000));
+    excp.settle();
     let accepted = exrp.accepted();
     assert_eq!(accepted.len(), 1, "accepted once, then no more sends: {accepted:#?}");
     assert_eq!(accepted[0].body["corrId"], corr_id.as_str(), "every attempt carries the end's corrId");
@@ -607,7 +629,7 @@ fn exrp_hanging_beyond_request_timeout_is_retried() {
     exrp.set(Mode::Accept);
     exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
     excp.wait_metric("excp_interaction_ends_sent_total", &[], 1.0, SOON);
-    settle(Duration::from_millis(800));
+    excp.settle();
     assert_eq!(exrp.accepted().len(), 1, "{:#?}", exrp.accepted());
 }
 
@@ -712,7 +734,7 @@ fn late_metadata_for_a_delivered_call_goes_out_as_a_follow_up_with_only_the_new_
 
     // A repeat of a delivered recording changes nothing and sends nothing.
     excp.accept(&media(&call, 1));
-    settle(Duration::from_millis(800));
+    excp.settle();
     assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
 
     let late = media(&call, 3);
@@ -723,7 +745,7 @@ fn late_metadata_for_a_delivered_call_goes_out_as_a_follow_up_with_only_the_new_
     assert_eq!(received[1].media_ids(), vec![media_id(&call, 3)], "only the new recording: {follow_up}");
     check_recording(&follow_up["recordings"][0], &late);
     assert_eq!(follow_up["source"], "third-party");
-    settle(Duration::from_millis(800));
+    excp.settle();
     assert_eq!(exrp.received().len(), 2, "{:#?}", exrp.received());
     assert_eq!(exrp.jobs_of(&call).len(), 3);
     assert_eq!(excp.metric("excp_interaction_ends_sent_total", &[]), 2.0);
@@ -776,7 +798,7 @@ fn concurrent_posts_for_one_call_all_reach_one_interaction_end() {
     let received = exrp.wait(SOON, "the interaction-end", |r| !r.is_empty());
     let want = sorted((0..40).map(|n| media_id(&call, n)).collect());
     assert_eq!(sorted(received[0].media_ids()), want);
-    settle(Duration::from_millis(500));
+    excp.settle();
     assert_eq!(exrp.received().len(), 1);
     assert_eq!(excp.metric("excp_recordings_accepted_total", &[]), 40.0);
 }
@@ -798,7 +820,7 @@ fn recording_disabled_accepts_with_200_and_sends_nothing() {
     // An empty POST still gets the documented answer.
     assert_eq!(excp.post_bytes(b"").status, 404);
 
-    settle(Duration::from_millis(2500));
+    excp.settle();
     assert!(exrp.received().is_empty(), "{:#?}", exrp.received());
     assert!(exrp.other().is_empty());
     let d = excp.details();
@@ -1002,7 +1024,7 @@ fn gir_mode_fetches_rws_after_the_delay_with_basic_auth_until_it_has_the_recordi
     }
     check_rws_requests(&rws, &call);
     let fetches = rws.requests_for(&call).len();
-    settle(Duration::from_millis(1000));
+    excp.settle_passes(5);
     assert_eq!(rws.requests_for(&call).len(), fetches, "no fetch after RWS answered");
     assert_eq!(exrp.received().len(), 1, "{:#?}", exrp.received());
     assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 0.0);
@@ -1068,7 +1090,7 @@ fn gir_mode_learns_of_a_call_from_its_recording_in_the_store() {
         .send()
         .unwrap();
     assert_eq!(other.status(), 201);
-    settle(Duration::from_millis(1500));
+    excp.settle_passes(5);
     assert_eq!(exrp.received().len(), 1);
 }
 
@@ -1158,7 +1180,7 @@ fn gir_mode_gives_up_after_the_fetch_duration_and_removes_the_call() {
     assert!(asked.len() >= 3, "RWS asked {} times in 2 s at 300 ms intervals", asked.len());
     check_rws_requests(&rws, &call);
     let n = asked.len();
-    settle(Duration::from_millis(1000));
+    excp.settle_passes(5);
     assert_eq!(rws.requests_for(&call).len(), n, "no fetch after giving up");
     assert!(exrp.received().is_empty());
     assert_eq!(excp.metric("excp_gir_fetches_total", &[("outcome", "gave_up")]), 1.0);
