@@ -509,8 +509,10 @@ fn a_claim_an_earlier_run_of_the_same_instance_left_is_resumed_at_once_not_after
         exrp.proc().logs().contains("resuming the claim an earlier run of this instance left")
     });
     assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("L1_own.opus")).unwrap(), SAMPLE);
-    // Another instance's claim is respected: that file waits.
-    std::thread::sleep(Duration::from_secs(1));
+    // Another instance's claim is respected: that file was tried, found locked, and waits.
+    wait_until("the other file found locked", SOON, || {
+        exrp.queue(&["list", "--state", "pending"]).contains("claimed by another instance")
+    });
     assert!(store.has("L1_other.opus"));
     assert!(!exrp.sink_dir("Environment").join("L1_other.opus").exists());
     let h = exrp.health().1;
@@ -587,7 +589,8 @@ fn cloud_429_5xx_and_expired_tokens_delay_but_lose_nothing() {
     for body in &bodies {
         assert_eq!(exrp.post(body).status, 202);
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // Once uploads have begun with the tokens and URLs handed out so far, they all go stale.
+    wait_until("a first upload", SOON, || !cloud.requests_to(Endpoint::Put).is_empty());
     cloud.expire_tokens();
     // URLs handed out so far stop working: their PUTs get S3's 403 and are presigned anew.
     cloud.expire_urls();
