@@ -606,7 +606,10 @@ fn a_stale_pooled_connection_never_loses_or_repeats_a_post() {
     let n = 8;
     for i in 0..n {
         if i > 0 {
-            std::thread::sleep(Duration::from_millis(300));
+            // Every connection used so far has been closed by its backend, idle.
+            wait_until("the backends to close their idle connections", Duration::from_secs(10), || {
+                backends.idle_closed.lock().unwrap().len() >= i
+            });
         }
         let body = format!("{{\"id\":\"{i}\"}}");
         let r = request(lb.addr("excp"), "POST", "/api/v1/recording", &[], body.as_bytes());

@@ -224,6 +224,9 @@ pub struct Backends {
     /// Names of backends whose held connection (`Hang`, `RawNoClose`) or idle kept-alive
     /// connection (`KeepAlive`) the proxy closed, once per connection.
     pub closed: Arc<Mutex<Vec<String>>>,
+    /// Names of backends that closed an idle kept-alive connection themselves (`idle_close`),
+    /// once per connection, after the close.
+    pub idle_closed: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     list: Vec<Backend>,
 }
@@ -239,6 +242,7 @@ impl Backends {
         Backends {
             log: Arc::new(Mutex::new(Vec::new())),
             closed: Arc::new(Mutex::new(Vec::new())),
+            idle_closed: Arc::new(Mutex::new(Vec::new())),
             stop: Arc::new(AtomicBool::new(false)),
             list: Vec::new(),
         }
@@ -268,6 +272,7 @@ impl Backends {
                 connections: connections.clone(),
                 seen: self.log.clone(),
                 closed: self.closed.clone(),
+                idle_closed: self.idle_closed.clone(),
                 stop: self.stop.clone(),
             };
             Some(std::thread::spawn(move || accept_loop(listener, shared)))
@@ -350,6 +355,7 @@ struct Shared {
     connections: Arc<AtomicU64>,
     seen: Log,
     closed: Arc<Mutex<Vec<String>>>,
+    idle_closed: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -411,7 +417,13 @@ fn serve(mut stream: TcpStream, number: u64, shared: &Shared) {
                     return;
                 }
                 // Dropping the idle connection closes it (FIN: nothing is left unread).
-                Idle::Over => return,
+                Idle::Over => {
+                    drop(stream);
+                    if idle_close.is_some() && !stop.load(Ordering::SeqCst) {
+                        shared.idle_closed.lock().unwrap().push(name.to_string());
+                    }
+                    return;
+                }
             }
         }
     };
