@@ -125,12 +125,12 @@ pub struct Fetched {
     pub body: FetchedBody,
 }
 
-/// Where a fetched file's bytes are.
+/// Where a fetched file's bytes are (exrp hands them on to its sink as they are).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FetchedBody {
     Memory(Bytes),
-    /// In the `dest` given to `fetch`.
-    Spooled,
+    /// The `dest` given to `fetch`.
+    File(std::path::PathBuf),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -440,7 +440,7 @@ impl DavClient {
             let body = match out {
                 Some(mut w) => {
                     w.flush().await.map_err(DavError::Local)?;
-                    FetchedBody::Spooled
+                    FetchedBody::File(dest.to_path_buf())
                 }
                 None => FetchedBody::Memory(held.freeze()),
             };

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::cloud::CloudClient;
 use crate::config::{GenesysCloudConfig, Sink as SinkConfig};
+use crate::dav_client::FetchedBody;
 use crate::http::client::HttpClient;
 
 pub enum Sink {
@@ -28,13 +29,6 @@ pub struct CloudSink {
     tenants: BTreeMap<String, CloudClient>,
     pub sidecar: bool,
     pub signed_url_timeout: Duration,
-}
-
-/// A fetched recording on its way to the sink: in memory when small, else in the spool.
-#[derive(Clone, Debug)]
-pub enum Audio {
-    Memory(bytes::Bytes),
-    File(PathBuf),
 }
 
 impl Sink {
@@ -95,7 +89,7 @@ impl CloudSink {
 
 impl LocalSink {
     /// Copies the fetched audio and writes its metadata; blocking (run on the blocking pool).
-    pub fn deliver(&self, tenant: &str, file: &str, audio: &Audio, metadata: &[u8]) -> std::io::Result<PathBuf> {
+    pub fn deliver(&self, tenant: &str, file: &str, audio: &FetchedBody, metadata: &[u8]) -> std::io::Result<PathBuf> {
         let tenant = if super::job::valid_file_name(tenant) && !tenant.starts_with('.') { tenant } else { "default" };
         let dir = self.dir.join(tenant);
         std::fs::create_dir_all(&dir)?;
@@ -104,8 +98,8 @@ impl LocalSink {
         {
             let mut f = std::fs::File::create(&tmp)?;
             match audio {
-                Audio::Memory(bytes) => f.write_all(bytes)?,
-                Audio::File(path) => {
+                FetchedBody::Memory(bytes) => f.write_all(bytes)?,
+                FetchedBody::File(path) => {
                     std::io::copy(&mut std::fs::File::open(path)?, &mut f)?;
                 }
             }

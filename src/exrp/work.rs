@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::queue::{Job, now_ms};
-use super::sink::{Audio, CloudSink, Sink};
+use super::sink::{CloudSink, Sink};
 use super::{Exrp, Live};
 use crate::cloud::{CloudError, Presigned, clean_file_name};
 use crate::dav_client::{DavError, Deleted, FetchedBody, Lock};
@@ -413,8 +413,8 @@ async fn work(
         let check = match &fetched.body {
             // At most IN_MEMORY bytes: a walk over the pages costs less than a trip to the pool.
             FetchedBody::Memory(bytes) => Ok(super::ogg::check(&bytes[..])),
-            FetchedBody::Spooled => {
-                let path = spool.to_path_buf();
+            FetchedBody::File(path) => {
+                let path = path.clone();
                 tokio::task::spawn_blocking(move || super::ogg::check_file(&path)).await
             }
         };
@@ -423,10 +423,7 @@ async fn work(
             Ok(Err(why)) => return dead(format!("not a whole Ogg/Opus recording: {why}")),
             Err(e) => return retry(format!("check failed: {e}")),
         }
-        let audio = match fetched.body {
-            FetchedBody::Memory(bytes) => Audio::Memory(bytes),
-            FetchedBody::Spooled => Audio::File(spool.to_path_buf()),
-        };
+        let audio = &fetched.body;
         if lost.load(Ordering::Relaxed) {
             return retry("the claim was lost before the upload");
         }
@@ -456,7 +453,7 @@ async fn work(
                     job,
                     token,
                     &info.props,
-                    &audio,
+                    audio,
                     fetched.len,
                     &fetched.md5,
                     &metadata,
@@ -602,7 +599,7 @@ async fn upload_cloud(
     job: &Job,
     token: Option<&str>,
     props: &std::collections::BTreeMap<String, String>,
-    audio: &Audio,
+    audio: &FetchedBody,
     len: u64,
     md5: &[u8; 16],
     metadata: &[u8],
@@ -696,7 +693,7 @@ async fn upload_part(
     record: &mut UploadRecord,
     is_audio: bool,
     name: &str,
-    audio: &Audio,
+    audio: &FetchedBody,
     len: u64,
     metadata: &[u8],
     md5_b64: &str,
@@ -742,10 +739,12 @@ async fn upload_part(
         };
         let sent = if is_audio {
             match audio {
-                Audio::Memory(bytes) => {
+                FetchedBody::Memory(bytes) => {
                     client.upload_bytes(&presigned, bytes.clone(), exrp.config.transfer_timeout).await
                 }
-                Audio::File(path) => client.upload_file(&presigned, path, len, exrp.config.transfer_timeout).await,
+                FetchedBody::File(path) => {
+                    client.upload_file(&presigned, path, len, exrp.config.transfer_timeout).await
+                }
             }
         } else {
             client.upload_bytes(&presigned, bytes::Bytes::copy_from_slice(metadata), exrp.config.transfer_timeout).await

@@ -219,7 +219,7 @@ fn names_and_fetch(store: &Store) {
         let md5: [u8; 16] = Md5::digest(&body).into();
         // Spooled (nothing may be held in memory), then held in memory with no file made.
         let got = store.run(c.fetch(name, &dest, 1 << 20, 0, 10 * SECOND)).unwrap();
-        assert_eq!(got, Fetched { len: body.len() as u64, md5, body: FetchedBody::Spooled });
+        assert_eq!(got, Fetched { len: body.len() as u64, md5, body: FetchedBody::File(dest.clone()) });
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         std::fs::remove_file(&dest).unwrap();
         let got = store.run(c.fetch(name, &dest, 1 << 20, 1 << 20, 10 * SECOND)).unwrap();
@@ -248,7 +248,10 @@ fn names_and_fetch(store: &Store) {
     // Past the in-memory bound mid-body: what was held goes to the spool file first.
     let dest = dir.join("big.part");
     let got = store.run(c.fetch("big.opus", &dest, big.len() as u64, 1 << 20, 30 * SECOND)).unwrap();
-    assert_eq!(got, Fetched { len: big.len() as u64, md5: Md5::digest(&big).into(), body: FetchedBody::Spooled });
+    assert_eq!(
+        got,
+        Fetched { len: big.len() as u64, md5: Md5::digest(&big).into(), body: FetchedBody::File(dest.clone()) }
+    );
     assert!(std::fs::read(&dest).unwrap() == big);
     let refused = store.run(c.fetch("big.opus", &dest, big.len() as u64 - 1, 1 << 20, 30 * SECOND));
     assert!(matches!(refused, Err(DavError::TooLarge(n)) if n == big.len() as u64), "{refused:?}");
