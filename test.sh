@@ -10,6 +10,7 @@
 #   curl, openssl    a real HTTP client, and certificates for the TLS tests
 #   nginx            the load balancer's parity target (Debian's 1.22.1)
 #   chromium, chromium-driver   the status page in a real browser, headless
+#   util-linux       unshare: the sandbox tests' own network namespace (their fixed ports)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -22,6 +23,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
+command -v unshare >/dev/null || need+=(util-linux)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "the tests need these packages, not installed here: ${need[*]} (as root: apt-get install ${need[*]})" >&2

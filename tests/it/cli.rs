@@ -90,9 +90,16 @@ fn sigterm_lets_an_upload_in_flight_finish() {
         )
         .as_bytes(),
     );
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let c = client();
+    let in_flight = || {
+        let text = c.get(proc.admin_url("/metrics")).send().unwrap().text().unwrap();
+        metric(&text, "webdav_uploads_in_flight", &[]) == Some(1.0)
+    };
+    wait_until("the PUT being received", std::time::Duration::from_secs(10), in_flight);
     proc.signal("TERM");
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    wait_until("the drain to begin", std::time::Duration::from_secs(10), || {
+        proc.logs().contains("shutting down: draining in-flight requests")
+    });
     raw.send(b"67890");
     let (status, _, _) = raw.response();
     assert_eq!(status, 201);
@@ -104,12 +111,8 @@ fn sigterm_lets_an_upload_in_flight_finish() {
 
 #[test]
 fn sandbox_default_runs_without_a_config() {
-    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_ports) = sandbox_ports("cli::sandbox_default_runs_without_a_config", &[8000, 9651]) else { return };
     let dir = TempDir::new("sandbox");
-    // The sandbox uses fixed loopback ports; skip cleanly only if another sandbox holds them.
-    if !sandbox_ports_or_skip(&[8000, 9651]) {
-        return;
-    }
     let mut child = KillOnDrop(
         Command::new(BIN)
             .args(["--role", "webdav"])
@@ -173,10 +176,8 @@ fn json_logs_and_systemd_readiness() {
 
 #[test]
 fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_local_sink() {
-    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    if !sandbox_ports_or_skip(&SANDBOX_ALL_PORTS) {
-        return;
-    }
+    let test = "cli::sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_local_sink";
+    let Some(_ports) = sandbox_ports(test, &SANDBOX_ALL_PORTS) else { return };
     let dir = TempDir::new("sandbox-all");
     let (line, mut child) = start_sandbox_all(dir.path());
     assert_eq!(
@@ -234,11 +235,8 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
 
 #[test]
 fn simulate_retries_while_the_deployment_is_down_and_reports_what_stayed_failed() {
-    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    if !ports_free(&SANDBOX_ALL_PORTS) {
-        eprintln!("sandbox ports busy; this test cannot run here");
-        return;
-    }
+    let test = "cli::simulate_retries_while_the_deployment_is_down_and_reports_what_stayed_failed";
+    let Some(_ports) = sandbox_ports(test, &SANDBOX_ALL_PORTS) else { return };
     let dir = TempDir::new("simulate-retry");
     let simulate = |retry_for: &str, report: &str| {
         Command::new(BIN)
@@ -265,9 +263,20 @@ fn simulate_retries_while_the_deployment_is_down_and_reports_what_stayed_failed(
     assert_eq!(failed[0]["recordings"].as_array().unwrap().len(), 2);
     assert!(down["retried_requests"].as_u64().unwrap() >= 3);
 
-    // The deployment comes up while the recorders retry: everything is delivered.
+    // The deployment comes up while the recorders retry: everything is delivered. Until then
+    // the store's port closes each of the three calls' first PUT unanswered: every call has
+    // failed once before anything serves.
+    let store = std::net::TcpListener::bind("127.0.0.1:8000").unwrap();
     let sim = simulate("30", "late.json");
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    store.set_nonblocking(true).unwrap();
+    let turned_away = std::cell::Cell::new(0);
+    wait_until("the three calls' first PUTs", std::time::Duration::from_secs(30), || {
+        while store.accept().is_ok() {
+            turned_away.set(turned_away.get() + 1);
+        }
+        turned_away.get() >= 3
+    });
+    drop(store);
     let mut all = Command::new(BIN)
         .args(["--role", "all"])
         .current_dir(dir.path())

@@ -4,7 +4,7 @@
 //! servers; where they differ the test names the difference (see the module doc of dav_client).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use exec_allinone::config::Secret;
 use exec_allinone::dav_client::{DavClient, DavError, Deleted, Fetched, FetchedBody, Lock};
@@ -119,7 +119,8 @@ fn claims_and_props(store: &Store) {
     assert!(age < Duration::from_secs(300), "{age:?}");
 
     // A claims it; B finds it busy; nobody writes without A's token.
-    let ta = held(store.run(a.lock("job.opus", 2 * SECOND, "exrp-a <1> & co")));
+    let claimed = Instant::now();
+    let ta = held(store.run(a.lock("job.opus", 4 * SECOND, "exrp-a <1> & co")));
     assert!(ta.starts_with(store.token_prefix()), "{ta}");
     assert!(store.run(a.stat("job.opus")).unwrap().unwrap().locked);
     assert_eq!(store.run(b.lock("job.opus", 30 * SECOND, "exrp-b")).unwrap(), Lock::Busy);
@@ -141,10 +142,10 @@ fn claims_and_props(store: &Store) {
     assert_eq!(info.props, props(&[("job", job), ("state", "fetching"), ("empty", "")]));
     assert!(info.locked);
 
-    // A refresh outlives the first timeout: 2.5 s later B still finds it busy.
-    store.run(a.refresh("job.opus", &ta, 6 * SECOND)).expect("refresh");
-    assert!(matches!(store.run(b.refresh("job.opus", BOGUS, 6 * SECOND)), Err(DavError::LockLost)));
-    std::thread::sleep(Duration::from_millis(2500));
+    // A refresh outlives the first timeout: past those 4 s B still finds it busy.
+    store.run(a.refresh("job.opus", &ta, 60 * SECOND)).expect("refresh");
+    assert!(matches!(store.run(b.refresh("job.opus", BOGUS, 60 * SECOND)), Err(DavError::LockLost)));
+    std::thread::sleep((claimed + Duration::from_millis(4500)).saturating_duration_since(Instant::now()));
     assert_eq!(store.run(b.lock("job.opus", 30 * SECOND, "exrp-b")).unwrap(), Lock::Busy);
     store.run(a.set_props("job.opus", Some(&ta), &[("state", "uploaded")], &["empty"])).expect("PROPPATCH remove");
     store.run(a.unlock("job.opus", &ta)).expect("unlock");
@@ -160,10 +161,14 @@ fn claims_and_props(store: &Store) {
     store.run(a.set_props("job.opus", None, &[("state", "uploaded")], &[])).expect("unlocked write");
 
     // A dies holding a 2-s claim; B takes over once it has expired, without an operator.
+    let claimed = Instant::now();
     let ta = held(store.run(a.lock("job.opus", 2 * SECOND, "exrp-a")));
     assert_eq!(store.run(b.lock("job.opus", 2 * SECOND, "exrp-b")).unwrap(), Lock::Busy);
-    std::thread::sleep(Duration::from_millis(3200));
-    assert!(!store.run(b.stat("job.opus")).unwrap().unwrap().locked, "an expired lock is not listed");
+    wait_until("A's claim to expire", Duration::from_secs(20), || {
+        !store.run(b.stat("job.opus")).unwrap().unwrap().locked
+    });
+    // Apache counts in whole seconds: its 2-s claim ends within the second second.
+    assert!(claimed.elapsed() >= Duration::from_secs(1), "an expired lock is not listed, and only once expired");
     let tb = held(store.run(b.lock("job.opus", 30 * SECOND, "exrp-b")));
     assert_ne!(ta, tb);
     let listed = store.run(b.list()).unwrap();

@@ -499,12 +499,11 @@ fn an_end_event_sends_at_once_the_quiet_period_later_and_an_unknown_call_is_4040
     let posted_quiet = Instant::now();
     excp.accept(&media(&by_quiet, 1));
     excp.accept(&media(&by_event, 1));
-    let ended = Instant::now();
     let corr_id = excp.end_ok(&by_event);
     let first = exrp.wait(SOON, "the ended call's interaction-end", |r| !r.is_empty());
     assert_eq!(first[0].call_uuid(), by_event, "{first:#?}");
-    let took = first[0].at - ended;
-    assert!(took < quiet - Duration::from_millis(500), "the end event must send at once, took {took:?}");
+    // Sent by the event, not by a quiet period: that would have sent the other call first, its
+    // metadata being the older (the order is checked again below, with both received).
     assert_eq!(first[0].body["corrId"], corr_id.as_str());
 
     // An end again for the same call is fine and sends nothing more.
@@ -513,7 +512,7 @@ fn an_end_event_sends_at_once_the_quiet_period_later_and_an_unknown_call_is_4040
 
     let all = exrp.wait(quiet + SOON, "the quiet call's interaction-end", |r| r.len() >= 2);
     assert_eq!(all.len(), 2, "{all:#?}");
-    assert_eq!(all[1].call_uuid(), by_quiet);
+    assert_eq!((all[0].call_uuid(), all[1].call_uuid()), (by_event.as_str(), by_quiet.as_str()));
     let waited = all[1].at - posted_quiet;
     assert!(waited >= quiet, "sent {waited:?} after the last metadata, before the quiet period {quiet:?}");
     let quiet_corr = all[1].body["corrId"].as_str().unwrap_or_default();
@@ -641,11 +640,10 @@ fn sigterm_while_exrp_hangs_exits_zero_and_the_call_goes_out_after_restart() {
     excp.accept(&media(&call, 1));
     excp.end_ok(&call);
     exrp.wait(SOON, "an attempt in flight", |r| !r.is_empty());
-    let asked = Instant::now();
     let (status, logs) = excp.stop();
-    let took = asked.elapsed();
     assert!(status.success(), "{status:?}\n{logs}");
-    assert!(took < Duration::from_secs(8), "exit took {took:?} with request_timeout 2 s\n{logs}");
+    // The hung delivery did not hold the exit until the grace period (30 s) ran out.
+    assert!(!logs.contains("did not stop within the grace period"), "{logs}");
     assert!(logs.contains("stopped cleanly"), "{logs}");
     assert!(exrp.jobs().is_empty());
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::backend::{Backends, Behaviour, Seen};
+use crate::support::backend::{Backends, Behaviour, Gate, Seen};
 use crate::support::{BIN, Proc, Raw, TempDir, metric, raw_request, tool, wait_timeout, wait_until};
 
 const ADMIN: &str = "[admin]\nlisten = \"127.0.0.1:0\"\n";
@@ -262,7 +262,8 @@ fn sighup_reloads_servers_keeps_requests_in_flight_and_refuses_a_bad_file() {
     }
 
     // A request in flight on A while the file switches the pool to B.
-    backends.set("A", Behaviour::Delay { delay: Duration::from_millis(1500), status: 200 });
+    let gate = Gate::default();
+    backends.set("A", Behaviour::Held { gate: gate.clone() });
     let addr = lb.addr("excp");
     let in_flight = std::thread::spawn(move || request(addr, "GET", "/in-flight", &[], b""));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -271,11 +272,12 @@ fn sighup_reloads_servers_keeps_requests_in_flight_and_refuses_a_bad_file() {
         std::thread::sleep(Duration::from_millis(10));
     }
     lb.reload(&config(&[pool("excp", &[b], &[])]), "SIGHUP: configuration reloaded");
-    assert!(!in_flight.is_finished(), "the in-flight request ended before the reload was done");
     for _ in 0..3 {
         let r = lb.get("excp", "/after");
         assert_eq!((r.status, r.body.as_str()), (200, "B"), "after the reload the pool is [B]");
     }
+    assert!(!in_flight.is_finished(), "the in-flight request ended before A answered");
+    gate.open();
     let r = in_flight.join().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "A"), "the request in flight finished on A");
     backends.set("A", Behaviour::ok());
@@ -438,7 +440,8 @@ fn max_fails_ejects_a_refusing_server_for_fail_timeout() {
         let r = lb.get("excp", &format!("/{i}"));
         assert_eq!((r.status, r.body.as_str()), (200, "B"));
     }
-    assert!(t0.elapsed() < Duration::from_secs(7), "too slow to stay inside fail_timeout: {:?}", t0.elapsed());
+    // Still ejected after the fifth: all four fell inside fail_timeout.
+    assert_eq!(lb.state("excp", a), "ejected", "fail_timeout ran out during requests 2 to 5");
     // A line is written once its response is out: found by URI, not by place.
     let lines = lb.wait_access(5);
     for line in lines.iter().filter(|l| l.uri != "/1") {
@@ -653,11 +656,12 @@ fn keepalive_requests_bounds_the_requests_per_connection() {
     assert!(used_up >= 1, "{seen:?}");
     // The lb closes a connection once it has carried its third request (and only those: the
     // others wait in the pool).
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while backends.closed.lock().unwrap().len() < used_up && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    let idle = connections - used_up as u64;
+    wait_until("the used-up connections to close and the rest to wait in the pool", Duration::from_secs(10), || {
+        let (_, health) = lb.health();
+        backends.closed.lock().unwrap().len() >= used_up
+            && health["roles"]["lb"]["details"]["pools"]["excp"]["idleConnections"].as_u64() == Some(idle)
+    });
     assert_eq!(backends.take_closed().len(), used_up, "the used-up connections were closed by the lb: {seen:?}");
 }
 
@@ -695,11 +699,10 @@ fn workers_serve_the_pools_and_share_idle_connections() {
     };
     // The listeners are bound before READY; the threads that accept on them start just after.
     wait_until("3 threads named lb-worker-*", Duration::from_secs(5), || workers() == 3);
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(workers(), 3, "threads named lb-worker-* in {task_dir}");
     for _ in 0..12 {
         assert_eq!(lb.get("excp", "/").body, "A");
     }
+    assert_eq!(workers(), 3, "threads named lb-worker-* in {task_dir}, after serving");
     assert_eq!(backends.connections("A"), 1, "{:?}", backends.seen());
 }
 
@@ -893,7 +896,8 @@ fn dollar_host_is_the_host_name_without_port_as_in_nginx() {
 #[test]
 fn sigterm_lets_a_proxied_request_finish_then_exits_zero() {
     let mut backends = Backends::new();
-    let a = backends.add("A", Behaviour::Delay { delay: Duration::from_secs(1), status: 200 });
+    let gate = Gate::default();
+    let a = backends.add("A", Behaviour::Held { gate: gate.clone() });
     let mut lb = Lb::start("drain", &config(&[pool("excp", &[a], &[])]));
     let addr = lb.addr("excp");
     let in_flight = std::thread::spawn(move || request(addr, "POST", "/api/v1/recording", &[], b"{\"id\":\"1\"}"));
@@ -903,6 +907,11 @@ fn sigterm_lets_a_proxied_request_finish_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(10));
     }
     lb.proc.signal("TERM");
+    // Still in flight once the drain has begun and nothing listens any more.
+    wait_until("the drain to begin", Duration::from_secs(10), || !lb.logged("draining in-flight").is_empty());
+    wait_until("the listener to close", Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_err());
+    assert!(!in_flight.is_finished());
+    gate.open();
     let r = in_flight.join().unwrap();
     assert_eq!((r.status, r.body.as_str()), (200, "A"), "the request in flight when SIGTERM came finished");
     let status = wait_timeout(&mut lb.proc.child, Duration::from_secs(10)).expect("exit after the drain");
@@ -1054,21 +1063,20 @@ fn header_timeout_closes_idle_and_slow_client_connections() {
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::ok());
     let lb = Lb::start("idle", &config(&[pool("excp", &[a], &["header_timeout = \"1s\""])]));
-    let closed_within = |raw: &mut Raw, limit: Duration| {
-        let started = Instant::now();
+    // Raw's reads give up after 20 s; the lb's other client timeouts are 60 s: reaching the end
+    // of the stream means header_timeout closed it.
+    let closed_unanswered = |raw: &mut Raw| {
         let mut rest = Vec::new();
-        raw.stream.read_to_end(&mut rest).unwrap();
-        let took = started.elapsed();
+        raw.stream.read_to_end(&mut rest).expect("closed by the lb");
         assert!(rest.is_empty(), "no answer: {rest:?}");
-        assert!(took < limit, "closed after {took:?}");
     };
     let mut idle = Raw::connect(lb.addr("excp"));
     idle.send(b"GET / HTTP/1.1\r\nHost: lbtest\r\n\r\n");
     assert_eq!(idle.response().0, 200);
     let mut slow = Raw::connect(lb.addr("excp"));
     slow.send(b"GET / HTTP/1.1\r\nHost: lb");
-    closed_within(&mut idle, Duration::from_secs(5));
-    closed_within(&mut slow, Duration::from_secs(5));
+    closed_unanswered(&mut idle);
+    closed_unanswered(&mut slow);
     assert_eq!(backends.seen().len(), 1, "the partial head never reached a backend");
 }
 

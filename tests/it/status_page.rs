@@ -97,10 +97,8 @@ fn refreshes(browser: &Browser) -> u64 {
 
 #[test]
 fn status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_phone() {
-    let _one = SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
-    if !sandbox_ports_or_skip(&SANDBOX_ALL_PORTS) {
-        return;
-    }
+    let test = "status_page::status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_phone";
+    let Some(_ports) = sandbox_ports(test, &SANDBOX_ALL_PORTS) else { return };
     let dir = TempDir::new("status-page");
     let (line, mut sandbox) = start_sandbox_all(dir.path());
     assert!(line.starts_with("READY "), "{line}");
@@ -200,7 +198,7 @@ fn status_page_shows_the_pipeline_during_a_simulation_on_a_wall_screen_and_a_pho
 
     std::fs::create_dir_all(artifacts()).unwrap();
     browser.resize(1920, 1080);
-    std::thread::sleep(Duration::from_millis(300));
+    browser.wait_for("the wall-screen size", "return window.innerWidth >= 1900;", Duration::from_secs(10));
     std::fs::write(artifacts().join("wall.png"), browser.screenshot()).unwrap();
 
     // A phone: nothing may need sideways scrolling, and the figures are still the JSON's.

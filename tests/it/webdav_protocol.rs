@@ -635,15 +635,26 @@ fn lock_blocks_other_writers_until_it_expires() {
     let p = site.start();
     let c = http();
     assert_eq!(put(&c, &p, "/recordings/f", b"v1"), 201);
-    let (status, token, body) = lock(&c, &p, "/recordings/f", Some("Second-1"));
+    let asked = Instant::now();
+    let (status, token, body) = lock(&c, &p, "/recordings/f", Some("Second-2"));
     assert_eq!(status, 200, "LOCK: {body}");
     assert!(!token.is_empty(), "no Lock-Token header");
-    assert!(body.contains("Second-1"), "{body}");
+    assert!(body.contains("Second-2"), "{body}");
 
     assert_eq!(put(&c, &p, "/recordings/f", b"v2"), 423, "PUT without the token while locked");
     assert_eq!(get(&c, &p, "/recordings/f").1, b"v1");
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(put(&c, &p, "/recordings/f", b"v3"), 204, "the lock has expired");
+    // Refused (and changing nothing) until the lock expires, then accepted.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = put(&c, &p, "/recordings/f", b"v3");
+        if status != 423 || Instant::now() > deadline {
+            break status;
+        }
+        assert_eq!(get(&c, &p, "/recordings/f").1, b"v1");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status, 204, "the lock has expired");
+    assert!(asked.elapsed() >= Duration::from_secs(2), "the lock ended before its 2 s");
     assert_eq!(get(&c, &p, "/recordings/f").1, b"v3");
 }
 

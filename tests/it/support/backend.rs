@@ -29,6 +29,20 @@ const MAX_HOLD: Duration = Duration::from_secs(30);
 /// Largest request a backend accepts (the suite's bodies are a few KiB).
 const MAX_REQUEST: usize = 4 << 20;
 
+/// Holds `Behaviour::Held` answers until opened; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<AtomicBool>);
+
+impl Gate {
+    pub fn open(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// What a backend does with each request.
 #[derive(Clone, Debug)]
 pub enum Behaviour {
@@ -54,6 +68,9 @@ pub enum Behaviour {
     Hang,
     /// Like `Answer` with the default body, after a delay.
     Delay { delay: Duration, status: u16 },
+    /// Like `Answer` with the default body, once the test opens `gate` (or after `MAX_HOLD`):
+    /// a request kept in flight for exactly as long as the test needs, however slow the machine.
+    Held { gate: Gate },
     /// Sends the head (with Content-Length) at once, then the body in `pieces` parts with
     /// `delay` before each.
     SlowBody { body: Vec<u8>, pieces: usize, delay: Duration },
@@ -445,6 +462,13 @@ fn serve(mut stream: TcpStream, number: u64, shared: &Shared) {
             if hold(&mut stream, stop) {
                 shared.closed.lock().unwrap().push(name.to_string());
             }
+        }
+        Behaviour::Held { gate } => {
+            let deadline = Instant::now() + MAX_HOLD;
+            while !gate.is_open() && Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let _ = stream.write_all(&answer(name, 200, name.as_bytes(), &[], head_only));
         }
         Behaviour::Delay { delay, status } => {
             let deadline = Instant::now() + *delay;

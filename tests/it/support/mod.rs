@@ -14,6 +14,7 @@ pub mod apache;
 pub mod backend;
 pub mod cloud;
 pub mod fakes;
+pub mod netns;
 pub mod nginx;
 pub mod proxy;
 pub mod seccomp;
@@ -330,9 +331,6 @@ pub fn raw_request(addr: SocketAddr, request: &str, body: &[u8]) -> (u16, Vec<(S
     raw.response()
 }
 
-/// The sandboxes (`--role all` or `--role webdav` with no config) use fixed ports: one at a time.
-pub static SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// The ports of the `--role all` sandbox (src/config/sandbox.toml).
 pub const SANDBOX_ALL_PORTS: [u16; 6] = [8000, 9650, 3650, 8080, 13650, 18080];
 
@@ -345,16 +343,54 @@ pub fn wait_until(what: &str, limit: Duration, cond: impl Fn() -> bool) {
     }
 }
 
-pub fn ports_free(ports: &[u16]) -> bool {
-    ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+/// Names the test `sandbox_ports` re-runs in a network namespace of its own.
+const OWN_NETWORK: &str = "EXEC_ALLINONE_TEST_OWN_NETWORK";
+
+/// Where a sandbox test runs its body: its own network namespace, or (where the kernel
+/// refuses one) the machine's loopback, held against the other sandbox tests.
+pub enum SandboxPorts {
+    OwnNetwork,
+    Host(std::sync::MutexGuard<'static, ()>),
 }
 
-/// Whether a sandbox test can have its fixed ports. On a developer's machine a running sandbox
-/// may hold them and the test steps aside; in CI (`CI` set) that would hide the test, so it fails.
-pub fn sandbox_ports_or_skip(ports: &[u16]) -> bool {
-    // Never a silent skip: a test that cannot run says so by failing.
-    assert!(ports_free(ports), "sandbox ports {ports:?} are busy: is a sandbox (or a bench) left running?");
-    true
+static HOST_SANDBOX_PORTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The sandboxes (`--role all`, `--role webdav` and `simulate` with no config) use fixed
+/// ports: that is what they promise (MCP is pointed at 127.0.0.1:8000). A test of them re-runs
+/// itself, `test` being its full name, in a network namespace of its own (`unshare --net
+/// --map-root-user`, then loopback up), so nothing on the machine — a sandbox left running, a
+/// bench, another of these tests — holds those ports or races for them. Returns `None` in the
+/// calling process once that run has passed (it panics with the run's output when it failed),
+/// `Some` where the body is to run. Where the kernel allows no user namespace (some container
+/// runtimes, Ubuntu's AppArmor restriction) the body runs here on the machine's loopback, one
+/// sandbox test at a time, and fails if another process holds a port.
+pub fn sandbox_ports(test: &str, ports: &[u16]) -> Option<SandboxPorts> {
+    if std::env::var(OWN_NETWORK).as_deref() == Ok(test) {
+        netns::loopback_up();
+        return Some(SandboxPorts::OwnNetwork);
+    }
+    let out = Command::new("unshare")
+        .args(["--net", "--map-root-user", "--"])
+        .arg(std::env::current_exe().expect("the test binary"))
+        .args([test, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(OWN_NETWORK, test)
+        .output()
+        .expect("run unshare (util-linux)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() && stdout.is_empty() && stderr.starts_with("unshare:") {
+        eprintln!("no network namespace here ({}); on the machine's loopback", stderr.trim());
+        let held = HOST_SANDBOX_PORTS.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(ports_free(ports), "sandbox ports {ports:?} are busy: is a sandbox (or a bench) left running?");
+        return Some(SandboxPorts::Host(held));
+    }
+    assert!(out.status.success(), "{test} in its own network namespace:\n{stdout}\n{stderr}");
+    // A filter that matched nothing would pass too: the run must have been this one test.
+    assert!(stdout.contains(&format!("test {test} ... ok")) && stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    None
+}
+
+pub fn ports_free(ports: &[u16]) -> bool {
+    ports.iter().all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
 }
 
 /// `exec-allinone --role all` with no config in `dir`, once its READY line is out: the line
