@@ -22,6 +22,40 @@ pub struct RecordDir {
     dir_sync: GroupSync,
 }
 
+/// The one way a file is replaced whole: `fill` writes a new file at `temp` (created with
+/// `mode` less the umask, never an existing file), which is fsynced when `fsync` and renamed
+/// over `target`. On any failure `temp` is removed and `target` is as it was. The rename's own
+/// durability (an fsync of the directory) is the caller's, so that several replacements can
+/// share one.
+pub fn replace_file(
+    temp: &Path,
+    target: &Path,
+    mode: u32,
+    fsync: bool,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = (|| {
+        let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(temp)?;
+        fill(&mut file)?;
+        if fsync {
+            file.sync_all()?;
+        }
+        drop(file);
+        fs::rename(temp, target)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(temp);
+    }
+    result
+}
+
+/// A temp-file name no other thread or process uses at the same moment: `.{name}.{pid}.{n}.tmp`.
+pub fn temp_name(name: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(".{name}.{}.{}.tmp", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Group commit for one directory's fsync. Renames and removals that finished before an fsync
 /// of their directory began are durable once it returns, so callers that arrive while one is
 /// running wait for the next and share it: under load, one fsync makes many changes durable
@@ -117,19 +151,8 @@ impl RecordDir {
         }
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-        let result = (|| {
-            let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            file.write_all(bytes)?;
-            if self.fsync {
-                file.sync_data()?;
-            }
-            fs::rename(&temp, self.dir.join(key))?;
-            self.sync_dir()
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&temp);
-        }
-        result
+        replace_file(&temp, &self.dir.join(key), 0o666, self.fsync, |file| file.write_all(bytes))?;
+        self.sync_dir()
     }
 
     pub fn get(&self, key: &str) -> io::Result<Option<Vec<u8>>> {

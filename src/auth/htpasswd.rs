@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -590,40 +590,25 @@ fn write_atomically(target: &Path, content: &[u8], old: Option<&fs::Metadata>) -
         _ => PathBuf::from("."),
     };
     let name = target.file_name().with_context(|| format!("{} does not name a file", target.display()))?;
-    let suffix: u64 = rand::random();
-    let tmp = dir.join(format!(".{}.{}.{suffix:016x}.tmp", name.to_string_lossy(), std::process::id()));
-
-    let result = (|| -> anyhow::Result<()> {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot create temp file {}", tmp.display()))?;
-        f.write_all(content).with_context(|| format!("cannot write {}", tmp.display()))?;
-        let mode = old.map_or(0o640, |m| m.permissions().mode() & 0o7777);
+    let tmp = dir.join(crate::durable::temp_name(&name.to_string_lossy()));
+    // Created 0600: the hashes are never readable by others, not even for a moment.
+    crate::durable::replace_file(&tmp, target, 0o600, true, |f| {
+        f.write_all(content)?;
         if let Some(m) = old {
             // Keep the group the web server reads the file through; a plain rewrite by
             // another user would otherwise lock the server out.
             let (uid, gid) = (m.uid(), m.gid());
             let mine = f.metadata()?;
             if mine.uid() != uid || mine.gid() != gid {
-                std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
-                    .with_context(|| format!("cannot give the new {} the old owner {uid}:{gid}", target.display()))?;
+                std::os::unix::fs::fchown(&*f, Some(uid), Some(gid)).map_err(|e| {
+                    io::Error::new(e.kind(), format!("cannot give the new file the old owner {uid}:{gid}: {e}"))
+                })?;
             }
         }
         // After fchown, which clears setuid/setgid bits.
-        f.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("cannot set mode of {}", tmp.display()))?;
-        f.sync_all().with_context(|| format!("cannot fsync {}", tmp.display()))?;
-        drop(f);
-        fs::rename(&tmp, target).with_context(|| format!("cannot rename {} to {}", tmp.display(), target.display()))?;
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-        return result;
-    }
+        f.set_permissions(fs::Permissions::from_mode(old.map_or(0o640, |m| m.permissions().mode() & 0o7777)))
+    })
+    .with_context(|| format!("cannot write {} (through {})", target.display(), tmp.display()))?;
     // Makes the rename itself durable; failing here leaves a correct file behind.
     if let Ok(d) = fs::File::open(&dir) {
         let _ = d.sync_all();

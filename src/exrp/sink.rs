@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::cloud::CloudClient;
 use crate::config::{GenesysCloudConfig, Sink as SinkConfig};
 use crate::dav_client::FetchedBody;
+use crate::durable::{replace_file, temp_name};
 use crate::http::client::HttpClient;
 
 pub enum Sink {
@@ -94,30 +95,15 @@ impl LocalSink {
         let dir = self.dir.join(tenant);
         std::fs::create_dir_all(&dir)?;
         let target = dir.join(file);
-        let tmp = dir.join(format!(".{file}.part"));
-        {
-            let mut f = std::fs::File::create(&tmp)?;
-            match audio {
-                FetchedBody::Memory(bytes) => f.write_all(bytes)?,
-                FetchedBody::File(path) => {
-                    std::io::copy(&mut std::fs::File::open(path)?, &mut f)?;
-                }
-            }
-            if self.fsync {
-                f.sync_all()?;
-            }
-        }
-        let meta_tmp = dir.join(format!(".{file}.json.part"));
-        {
-            let mut f = std::fs::File::create(&meta_tmp)?;
-            f.write_all(metadata)?;
-            if self.fsync {
-                f.sync_all()?;
-            }
-        }
+        let meta_name = format!("{file}.json");
         // Metadata first: whoever sees the audio finds its metadata beside it.
-        std::fs::rename(&meta_tmp, dir.join(format!("{file}.json")))?;
-        std::fs::rename(&tmp, &target)?;
+        replace_file(&dir.join(temp_name(&meta_name)), &dir.join(&meta_name), 0o666, self.fsync, |f| {
+            f.write_all(metadata)
+        })?;
+        replace_file(&dir.join(temp_name(file)), &target, 0o666, self.fsync, |f| match audio {
+            FetchedBody::Memory(bytes) => f.write_all(bytes),
+            FetchedBody::File(path) => std::io::copy(&mut std::fs::File::open(path)?, f).map(drop),
+        })?;
         if self.fsync {
             std::fs::File::open(&dir)?.sync_all()?;
         }
