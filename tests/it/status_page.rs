@@ -16,8 +16,10 @@ fn artifacts() -> std::path::PathBuf {
 }
 
 /// Every figure on the page: (JSON path, format, raw JSON value, text shown).
-const FIGURES: &str = "return [...document.querySelectorAll('[data-k]')]
-    .map(e => [e.dataset.k, e.dataset.fmt, e.dataset.raw, e.textContent]);";
+/// The figures and the JSON they were drawn from, read in one script run: the page cannot
+/// redraw between the two.
+const FIGURES: &str = "return [[...document.querySelectorAll('[data-k]')]
+    .map(e => [e.dataset.k, e.dataset.fmt, e.dataset.raw, e.textContent]), window.statusJson];";
 
 fn lookup<'a>(json: &'a Value, path: &str) -> &'a Value {
     path.split('.').fold(json, |v, k| match v {
@@ -77,8 +79,8 @@ fn to_fixed_2(x: f64) -> String {
 /// Every figure on the page shows its value in the JSON the page last drew. Returns the
 /// figures (path → raw value) and that JSON.
 fn figures_match_page_json(browser: &Browser) -> (Vec<(String, Value)>, Value) {
-    let figures = browser.run(FIGURES, json!([]));
-    let page_json = browser.run("return window.statusJson;", json!([]));
+    let both = browser.run(FIGURES, json!([]));
+    let (figures, page_json) = (both[0].clone(), both[1].clone());
     assert!(page_json.is_object(), "the page has drawn nothing: {page_json}");
     let mut out = Vec::new();
     for f in figures.as_array().unwrap() {
