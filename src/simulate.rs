@@ -78,7 +78,7 @@ impl Sender {
     /// excp treats repeated metadata and a repeated end event as what they are.
     async fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: Bytes) -> anyhow::Result<Reply> {
         let first = Instant::now();
-        let mut backoff = Duration::from_millis(200);
+        let mut failures = 0;
         loop {
             let why = match self.http.send(method.clone(), url, headers, body.clone(), self.timeout, 64 << 10).await {
                 Ok(reply) if !reply.status.is_server_error() => return Ok(reply),
@@ -95,11 +95,11 @@ impl Sender {
                 anyhow::bail!("{method} {url}: {why} (retried for {} s)", self.retry_for.as_secs());
             }
             self.retries.fetch_add(1, Ordering::Relaxed);
-            // Jitter: a thousand recorders that lost the same role must not all come back at
+            failures += 1;
+            // Jittered: a thousand recorders that lost the same role must not all come back at
             // the same instant.
-            let jittered = backoff.mul_f64(0.5 + rand::random::<f64>() / 2.0);
-            tokio::time::sleep(jittered.min(self.retry_for.saturating_sub(first.elapsed()))).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
+            let delay = crate::backoff::jittered(Duration::from_millis(200), Duration::from_secs(2), failures);
+            tokio::time::sleep(delay.min(self.retry_for.saturating_sub(first.elapsed()))).await;
         }
     }
 }

@@ -535,7 +535,7 @@ fn describe(what: &str, status: StatusCode, headers: &HeaderMap, body: &[u8]) ->
 
 /// 10 s, 20 s, 40 s … up to 5 min.
 fn fault_backoff(failures: u32) -> Duration {
-    FAULT_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(10)).min(FAULT_BACKOFF_MAX)
+    crate::backoff::step(FAULT_BACKOFF, FAULT_BACKOFF_MAX, failures)
 }
 
 fn unix_now_ms() -> u64 {

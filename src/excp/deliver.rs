@@ -82,14 +82,6 @@ pub async fn run(excp: Arc<Excp>, shutdown: CancellationToken) {
         tokio::time::timeout(excp.config.request_timeout, async { while tasks.join_next().await.is_some() {} }).await;
 }
 
-/// The delay before attempt `attempts + 1`: exponential from `initial`, capped, with jitter
-/// in [delay/2, delay] so that instances restarted together do not retry in step.
-pub fn backoff(initial: Duration, max: Duration, attempts: u32) -> Duration {
-    let exp = initial.saturating_mul(1u32 << attempts.min(20)).min(max);
-    let half = exp / 2;
-    half + half.mul_f64(rand::random::<f64>())
-}
-
 async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
     let Some(entry) = excp.book.entry(call_uuid) else { return };
     let (body, media_ids, attempts) = {
@@ -149,7 +141,7 @@ async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
             };
             excp.exrp_ok.store(false, Ordering::Relaxed);
             excp.metrics.retried.inc();
-            let delay = backoff(excp.config.retry_initial, excp.config.retry_max, attempts);
+            let delay = crate::backoff::jittered(excp.config.retry_initial, excp.config.retry_max, attempts + 1);
             tracing::warn!(%corr_id, %call_uuid, attempts = attempts + 1, retry_in = ?delay, "interaction-end not accepted: {why}");
             excp.book.failed(call_uuid, delay).await;
         }
@@ -319,20 +311,4 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
         tracing::error!(%call_uuid, "cannot reschedule the GIR fetch: {err}");
     }
     excp.book.release(call_uuid).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_caps_and_jitters() {
-        let (i, m) = (Duration::from_secs(1), Duration::from_secs(60));
-        for attempts in 0..30 {
-            let d = backoff(i, m, attempts);
-            let full = i.saturating_mul(1u32 << attempts.min(20)).min(m);
-            assert!(d >= full / 2 && d <= full, "{attempts}: {d:?}");
-        }
-        assert!(backoff(i, m, 30) <= m);
-    }
 }

@@ -124,11 +124,7 @@ impl Live {
     }
 
     fn backoff(&self, attempts: u32) -> Duration {
-        let step = self.retry.initial.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
-        let step = step.min(self.retry.max);
-        // Between half and all of the step, so instances and jobs do not retry in lockstep.
-        let half = step / 2;
-        half + half.mul_f64(rand::random::<f64>())
+        crate::backoff::jittered(self.retry.initial, self.retry.max, attempts)
     }
 }
 
