@@ -1,6 +1,7 @@
 //! Role `lb`: the retrying round-robin reverse proxy that replaces the vendor's nginx, one
 //! listener per pool, nginx 1.22's upstream semantics (lb.md LB-01..LB-31), SIGHUP reload.
 
+mod access_log;
 mod balancer;
 mod front;
 mod h1;
