@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER};
+use crate::config::{Config, SANDBOX_PASSWORD, SANDBOX_USER, TlsConfig};
 use crate::excp::Excp;
 use crate::exrp::Exrp;
 use crate::http::admin::RoleStatus;
@@ -26,7 +26,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     raise_fd_limit(&config);
     tls::install_provider();
-    let admin_tls = config.admin.tls.as_ref().map(tls::load).transpose()?;
+    let admin_tls = config.admin.tls.as_ref().map(TlsConfig::server).transpose()?;
 
     // Prepare every role before binding anything: a store that cannot open must not leave
     // half a process listening.
@@ -35,7 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(w) => {
             let role = Webdav::prepare(w, config.sandbox)?;
             statuses.push(role.clone());
-            let tls = w.tls.as_ref().map(tls::load).transpose()?;
+            let tls = w.tls.as_ref().map(TlsConfig::server).transpose()?;
             Some((role, w.listen, tls))
         }
         None => None,
@@ -47,7 +47,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             statuses.push(role.clone());
             let mut tls = Vec::new();
             for pool in &lb_config.pools {
-                tls.push(pool.tls.as_ref().map(tls::load).transpose()?);
+                tls.push(pool.tls.as_ref().map(TlsConfig::server).transpose()?);
             }
             Some((role, tls))
         }
@@ -58,7 +58,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(e) => {
             let role = Excp::prepare(e)?;
             statuses.push(role.clone());
-            let tls = e.tls.as_ref().map(tls::load).transpose()?;
+            let tls = e.tls.as_ref().map(TlsConfig::server).transpose()?;
             Some((role, e.listen, tls))
         }
         None => None,
@@ -68,7 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(e) => {
             let role = Exrp::prepare(e, config.source.clone())?;
             statuses.push(role.clone());
-            let tls = e.tls.as_ref().map(tls::load).transpose()?;
+            let tls = e.tls.as_ref().map(TlsConfig::server).transpose()?;
             Some((role, e.listen, tls))
         }
         None => None,

@@ -47,7 +47,7 @@ const EXIT_UNAVAILABLE: u8 = 69;
 
 /// Everything `main` does: dispatch the subcommand, map the outcome to an exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    telemetry::init(cli.log_format);
+    telemetry::init(cli.log_format == cli::LogFormat::Json);
     match cli.command {
         Some(Command::CheckConfig { config, role }) => check_config(config.as_deref(), role),
         Some(Command::Htpasswd { create, stdin, md5, cost, file, user, password }) => {

@@ -11,19 +11,19 @@ use tracing_subscriber::field::{RecordFields, VisitOutput};
 use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultVisitor, Writer};
 
-use crate::cli::LogFormat;
-
-pub fn init(format: LogFormat) {
+/// Installs the subscriber: one JSON object per line when `json`, else text.
+pub fn init(json: bool) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level()));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests calling into the library twice) is harmless; ignore it.
-    let installed = match format {
-        LogFormat::Text => builder.with_ansi(false).fmt_fields(PlainFields).finish().with(RecentProblems).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).finish().with(RecentProblems).try_init(),
+    let installed = if json {
+        builder.json().flatten_event(true).finish().with(RecentProblems).try_init()
+    } else {
+        builder.with_ansi(false).fmt_fields(PlainFields).finish().with(RecentProblems).try_init()
     };
-    if installed.is_ok() && matches!(format, LogFormat::Text) {
+    if installed.is_ok() && !json {
         TEXT_ACCESS.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -48,30 +48,25 @@ pub struct AdminConfig {
     pub max_connections: usize,
 }
 
-/// How a client reaches one outside service: whom it trusts besides the system store, and
-/// through which proxy (`<prefix>ca_file`, `<prefix>proxy`).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Outbound {
-    /// PEM certificates trusted in addition to the operating system's (a private CA).
-    pub ca_file: Option<PathBuf>,
-    pub proxy: Proxy,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub enum Proxy {
-    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`, minus `NO_PROXY` (the default).
-    #[default]
-    Env,
-    /// `proxy = "direct"`: never through a proxy, whatever the environment says.
-    Direct,
-    /// `proxy = "http://proxy:3128"`: this one (`NO_PROXY` still exempts hosts).
-    Url(String),
-}
+pub use crate::http::client::{Outbound, Proxy};
 
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Loaded by the file checks before any port is bound, and then only handed out.
+    server: std::sync::OnceLock<std::sync::Arc<rustls::ServerConfig>>,
+}
+
+impl TlsConfig {
+    /// The server config from the two files, loaded on first use (the file checks).
+    pub fn server(&self) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+        if let Some(server) = self.server.get() {
+            return Ok(server.clone());
+        }
+        let server = crate::http::tls::load(&self.cert, &self.key)?;
+        Ok(self.server.get_or_init(|| server).clone())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -364,7 +359,7 @@ impl Config {
         }
         for (name, tls) in tls_configs {
             if let Some(tls) = tls
-                && let Err(err) = crate::http::tls::load(tls)
+                && let Err(err) = tls.server()
             {
                 problems.push(format!("{name}.tls: {err:#}"));
             }
@@ -687,7 +682,7 @@ impl<'a, 'p> Section<'a, 'p> {
             inner.push(format!("{name}.tls.key is required"));
         }
         self.problems.extend(inner);
-        Some(TlsConfig { cert: cert?, key: key? })
+        Some(TlsConfig { cert: cert?, key: key?, server: Default::default() })
     }
 
     /// Reads `key`, `key_file` or `key_env` (see `read_secret`).

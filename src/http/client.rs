@@ -15,8 +15,6 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::config::{Outbound, Proxy};
-
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("invalid URL {0:?}")]
@@ -30,6 +28,26 @@ pub enum ClientError {
     Http(String),
     #[error("response body larger than {0} bytes")]
     TooLarge(usize),
+}
+
+/// How a client reaches one outside service: whom it trusts besides the system store, and
+/// through which proxy (`<prefix>ca_file`, `<prefix>proxy`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outbound {
+    /// PEM certificates trusted in addition to the operating system's (a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
+    pub proxy: Proxy,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Proxy {
+    /// `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`, minus `NO_PROXY` (the default).
+    #[default]
+    Env,
+    /// `proxy = "direct"`: never through a proxy, whatever the environment says.
+    Direct,
+    /// `proxy = "http://proxy:3128"`: this one (`NO_PROXY` still exempts hosts).
+    Url(String),
 }
 
 /// Connections a client keeps open per host between requests, unless its owner says how many
