@@ -305,7 +305,7 @@ impl ConversationProvider {
                         base_url,
                         org_id: org_id.unwrap_or_default(),
                         user: user.unwrap_or_default(),
-                        password: password.unwrap_or_else(|| Secret(String::new())),
+                        password: password.unwrap_or_else(|| Secret::new("")),
                         fetch_delay,
                         fetch_interval,
                         fetch_duration,
