@@ -30,88 +30,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Prepare every role before binding anything: a store that cannot open must not leave
     // half a process listening.
-    let mut statuses: Vec<Arc<dyn RoleStatus>> = Vec::new();
-    let webdav = match &config.webdav {
-        Some(w) => {
-            let role = Webdav::prepare(w, config.sandbox)?;
-            statuses.push(role.clone());
-            let tls = w.tls.as_ref().map(TlsConfig::server).transpose()?;
-            Some((role, w.listen, tls))
-        }
-        None => None,
-    };
+    let mut roles = Vec::new();
+    if let Some(w) = &config.webdav {
+        roles.push(Prepared::Webdav(Webdav::prepare(w, config.sandbox)?));
+    }
+    if let Some(lb) = &config.lb {
+        roles.push(Prepared::Lb(Lb::prepare(lb, config.source.clone()).await?));
+    }
+    if let Some(e) = &config.excp {
+        roles.push(Prepared::Excp(Excp::prepare(e)?));
+    }
+    if let Some(e) = &config.exrp {
+        roles.push(Prepared::Exrp(Exrp::prepare(e, config.source.clone())?));
+    }
+    let statuses: Vec<Arc<dyn RoleStatus>> = roles.iter().map(Prepared::status).collect();
 
-    let lb = match &config.lb {
-        Some(lb_config) => {
-            let role = Lb::prepare(lb_config, config.source.clone()).await?;
-            statuses.push(role.clone());
-            let mut tls = Vec::new();
-            for pool in &lb_config.pools {
-                tls.push(pool.tls.as_ref().map(TlsConfig::server).transpose()?);
-            }
-            Some((role, tls))
-        }
-        None => None,
-    };
-
-    let excp = match &config.excp {
-        Some(e) => {
-            let role = Excp::prepare(e)?;
-            statuses.push(role.clone());
-            let tls = e.tls.as_ref().map(TlsConfig::server).transpose()?;
-            Some((role, e.listen, tls))
-        }
-        None => None,
-    };
-
-    let exrp = match &config.exrp {
-        Some(e) => {
-            let role = Exrp::prepare(e, config.source.clone())?;
-            statuses.push(role.clone());
-            let tls = e.tls.as_ref().map(TlsConfig::server).transpose()?;
-            Some((role, e.listen, tls))
-        }
-        None => None,
-    };
-
+    // Bound in the READY line's order: the store, the admin listener, then the services.
+    roles.sort_by_key(Prepared::rank);
     let mut ready = String::from("READY");
-    let webdav = match webdav {
-        Some((role, addr, tls)) => {
-            let listener = bind("webdav", addr).await?;
-            let _ = write!(ready, " webdav={}", listener.local_addr()?);
-            Some((role, listener, tls))
+    let mut admin_listener = None;
+    let mut serving = Vec::new();
+    for role in roles {
+        if role.rank() > 0 && admin_listener.is_none() {
+            admin_listener = Some(bind_named("admin", config.admin.listen, &mut ready).await?);
         }
-        None => None,
-    };
-    let admin_listener = bind("admin", config.admin.listen).await?;
-    let _ = write!(ready, " admin={}", admin_listener.local_addr()?);
-    let excp = match excp {
-        Some((role, addr, tls)) => {
-            let listener = bind("excp", addr).await?;
-            let _ = write!(ready, " excp={}", listener.local_addr()?);
-            Some((role, listener, tls))
+        let mut listeners = Vec::new();
+        for (name, addr, tls) in role.listeners(&config) {
+            let listener = bind_named(&name, addr, &mut ready).await?;
+            listeners.push((listener, tls.map(TlsConfig::server).transpose()?));
         }
-        None => None,
-    };
-    let exrp = match exrp {
-        Some((role, addr, tls)) => {
-            let listener = bind("exrp", addr).await?;
-            let _ = write!(ready, " exrp={}", listener.local_addr()?);
-            Some((role, listener, tls))
-        }
-        None => None,
-    };
-    let lb = match lb {
-        Some((role, tls)) => {
-            let mut listeners = Vec::new();
-            for ((name, addr), tls) in role.listeners().into_iter().zip(tls) {
-                let listener = bind(&format!("lb.{name}"), addr).await?;
-                let _ = write!(ready, " lb.{name}={}", listener.local_addr()?);
-                listeners.push((listener, tls));
-            }
-            Some((role, listeners))
-        }
-        None => None,
+        serving.push((role, listeners));
+    }
+    let admin_listener = match admin_listener {
+        Some(l) => l,
+        None => bind_named("admin", config.admin.listen, &mut ready).await?,
     };
 
     let shutdown = CancellationToken::new();
@@ -122,35 +74,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (failed_tx, mut failed_rx) = tokio::sync::mpsc::channel::<anyhow::Error>(4);
     let grace = config.shutdown_grace;
 
-    if let Some((role, listener, tls)) = webdav {
-        let (token, failed) = (shutdown.clone(), failed_tx.clone());
-        tracker.spawn(async move {
-            if let Err(err) = role.run(listener, tls, grace, token).await {
-                let _ = failed.send(err.context("webdav role failed")).await;
-            }
-        });
-    }
-    if let Some((role, listener, tls)) = excp {
-        let (token, failed) = (shutdown.clone(), failed_tx.clone());
-        tracker.spawn(async move {
-            if let Err(err) = role.run(listener, tls, grace, token).await {
-                let _ = failed.send(err.context("excp role failed")).await;
-            }
-        });
-    }
-    if let Some((role, listener, tls)) = exrp {
+    for (role, listeners) in serving {
         let (token, failed, reload) = (shutdown.clone(), failed_tx.clone(), reload_tx.subscribe());
         tracker.spawn(async move {
-            if let Err(err) = role.run(listener, tls, grace, reload, token).await {
-                let _ = failed.send(err.context("exrp role failed")).await;
-            }
-        });
-    }
-    if let Some((role, listeners)) = lb {
-        let (token, failed, reload) = (shutdown.clone(), failed_tx.clone(), reload_tx.subscribe());
-        tracker.spawn(async move {
+            let name = role.name();
             if let Err(err) = role.run(listeners, grace, reload, token).await {
-                let _ = failed.send(err.context("lb role failed")).await;
+                let _ = failed.send(err.context(format!("{name} role failed"))).await;
             }
         });
     }
@@ -196,6 +125,88 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 }
 
+/// A role ready to serve: the one place that knows each role's listeners and how it runs.
+enum Prepared {
+    Webdav(Arc<Webdav>),
+    Lb(Arc<Lb>),
+    Excp(Arc<Excp>),
+    Exrp(Arc<Exrp>),
+}
+
+/// A bound listener and the TLS it serves, if any.
+type Listener = (TcpListener, Option<Arc<rustls::ServerConfig>>);
+
+impl Prepared {
+    fn name(&self) -> &'static str {
+        match self {
+            Prepared::Webdav(_) => "webdav",
+            Prepared::Lb(_) => "lb",
+            Prepared::Excp(_) => "excp",
+            Prepared::Exrp(_) => "exrp",
+        }
+    }
+
+    /// Place in the READY line; the admin listener comes after rank 0.
+    fn rank(&self) -> u8 {
+        match self {
+            Prepared::Webdav(_) => 0,
+            Prepared::Excp(_) => 1,
+            Prepared::Exrp(_) => 2,
+            Prepared::Lb(_) => 3,
+        }
+    }
+
+    fn status(&self) -> Arc<dyn RoleStatus> {
+        match self {
+            Prepared::Webdav(r) => r.clone(),
+            Prepared::Lb(r) => r.clone(),
+            Prepared::Excp(r) => r.clone(),
+            Prepared::Exrp(r) => r.clone(),
+        }
+    }
+
+    /// (READY name, address, TLS) of each listener, in the order `run` takes them.
+    fn listeners<'c>(&self, config: &'c Config) -> Vec<(String, SocketAddr, Option<&'c TlsConfig>)> {
+        match (self, config) {
+            (Prepared::Webdav(_), Config { webdav: Some(w), .. }) => vec![("webdav".into(), w.listen, w.tls.as_ref())],
+            (Prepared::Excp(_), Config { excp: Some(e), .. }) => vec![("excp".into(), e.listen, e.tls.as_ref())],
+            (Prepared::Exrp(_), Config { exrp: Some(e), .. }) => vec![("exrp".into(), e.listen, e.tls.as_ref())],
+            (Prepared::Lb(lb), Config { lb: Some(c), .. }) => lb
+                .listeners()
+                .into_iter()
+                .zip(&c.pools)
+                .map(|((name, addr), pool)| (format!("lb.{name}"), addr, pool.tls.as_ref()))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    async fn run(
+        self,
+        mut listeners: Vec<Listener>,
+        grace: std::time::Duration,
+        reload: tokio::sync::broadcast::Receiver<()>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut one = || listeners.pop().context("the role's listener was not bound");
+        match self {
+            Prepared::Webdav(r) => {
+                let (listener, tls) = one()?;
+                r.run(listener, tls, grace, shutdown).await
+            }
+            Prepared::Excp(r) => {
+                let (listener, tls) = one()?;
+                r.run(listener, tls, grace, shutdown).await
+            }
+            Prepared::Exrp(r) => {
+                let (listener, tls) = one()?;
+                r.run(listener, tls, grace, reload, shutdown).await
+            }
+            Prepared::Lb(r) => r.run(listeners, grace, reload, shutdown).await,
+        }
+    }
+}
+
 /// Each upload in flight holds a socket, a temp file and its directory: lift the soft limit on
 /// open files to the hard one, as nginx's `worker_rlimit_nofile` would, and say when even
 /// that is too low for `max_uploads`.
@@ -236,6 +247,13 @@ async fn bind(name: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
         socket.listen(LISTEN_BACKLOG)
     };
     bind().with_context(|| format!("cannot listen on {addr} for {name}"))
+}
+
+/// Binds `addr` and adds `name=<bound address>` to the READY line.
+async fn bind_named(name: &str, addr: SocketAddr, ready: &mut String) -> anyhow::Result<TcpListener> {
+    let listener = bind(name, addr).await?;
+    let _ = write!(ready, " {name}={}", listener.local_addr()?);
+    Ok(listener)
 }
 
 /// The one line on stdout: tests and scripts wait for it to learn the bound ports.
