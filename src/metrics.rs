@@ -72,29 +72,17 @@ impl StatusCounts {
 /// Latency buckets in seconds, from 1 ms to 60 s.
 const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 60.0];
 
-#[derive(Debug, Default, Clone)]
-struct HistogramData {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
-}
-
-/// Latency histograms keyed by label values.
+/// Latency histograms keyed by label values, each a `Histogram`.
 #[derive(Debug, Default)]
-pub struct HistogramVec(Mutex<BTreeMap<Vec<String>, HistogramData>>);
+pub struct HistogramVec(Mutex<BTreeMap<Vec<String>, std::sync::Arc<Histogram>>>);
 
 impl HistogramVec {
     pub fn observe(&self, labels: &[&str], elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let h = map.entry(labels.iter().map(|s| s.to_string()).collect()).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        let h = {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(labels.iter().map(|s| s.to_string()).collect()).or_default().clone()
+        };
+        h.observe(elapsed);
     }
 }
 
@@ -128,6 +116,7 @@ impl<'a> Encoder<'a> {
     }
 
     fn header(&mut self, name: &str, help: &str, kind: &str) {
+        let help = help.replace('\\', "\\\\").replace('\n', "\\n");
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
 
@@ -138,7 +127,7 @@ impl<'a> Encoder<'a> {
 
     pub fn gauge(&mut self, name: &str, help: &str, value: f64) {
         self.header(name, help, "gauge");
-        let _ = writeln!(self.out, "{name} {value}");
+        let _ = writeln!(self.out, "{name} {}", Value(value));
     }
 
     pub fn counter_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &CounterVec) {
@@ -157,39 +146,51 @@ impl<'a> Encoder<'a> {
     pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         let (names, values): (Vec<&str>, Vec<String>) = labels.iter().map(|(n, v)| (*n, v.to_string())).unzip();
         let labels = labels_text(&names, &values, None);
-        let _ = writeln!(self.out, "{name}{{{labels}}} {value}");
+        let _ = writeln!(self.out, "{name}{{{labels}}} {}", Value(value));
     }
 
     /// The samples of one labelled `Histogram` (the family header is written by `family`).
     pub fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
         let (names, values): (Vec<&str>, Vec<String>) = labels.iter().map(|(n, v)| (*n, v.to_string())).unzip();
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += h.counts[i].load(Ordering::Relaxed);
-            let l = labels_text(&names, &values, Some(&bound.to_string()));
-            let _ = writeln!(self.out, "{name}_bucket{{{l}}} {cumulative}");
-        }
-        let count = h.count.load(Ordering::Relaxed);
-        let inf = labels_text(&names, &values, Some("+Inf"));
-        let plain = labels_text(&names, &values, None);
-        let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {count}");
-        let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(self.out, "{name}_count{{{plain}}} {count}");
+        self.histogram_samples(name, &names, &values, h);
     }
 
     pub fn histogram_vec(&mut self, name: &str, help: &str, label_names: &[&str], vec: &HistogramVec) {
         self.header(name, help, "histogram");
         let map = vec.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (values, h) in map {
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let labels = labels_text(label_names, &values, Some(&bound.to_string()));
-                let _ = writeln!(self.out, "{name}_bucket{{{labels}}} {}", h.counts[i]);
-            }
-            let inf = labels_text(label_names, &values, Some("+Inf"));
-            let plain = labels_text(label_names, &values, None);
-            let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {}", h.count);
-            let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum);
-            let _ = writeln!(self.out, "{name}_count{{{plain}}} {}", h.count);
+            self.histogram_samples(name, label_names, &values, &h);
+        }
+    }
+
+    /// Cumulative buckets up to `+Inf` (= the count), the sum and the count.
+    fn histogram_samples(&mut self, name: &str, names: &[&str], values: &[String], h: &Histogram) {
+        let count = h.count.load(Ordering::Relaxed);
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            // Never above the count, which a concurrent observe may not have raised yet.
+            cumulative = (cumulative + h.counts[i].load(Ordering::Relaxed)).min(count);
+            let l = labels_text(names, values, Some(&bound.to_string()));
+            let _ = writeln!(self.out, "{name}_bucket{{{l}}} {cumulative}");
+        }
+        let inf = labels_text(names, values, Some("+Inf"));
+        let plain = labels_text(names, values, None);
+        let _ = writeln!(self.out, "{name}_bucket{{{inf}}} {count}");
+        let _ = writeln!(self.out, "{name}_sum{{{plain}}} {}", h.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(self.out, "{name}_count{{{plain}}} {count}");
+    }
+}
+
+/// A sample value as the text format spells it: Rust writes `inf` and `NaN` its own way.
+struct Value(f64);
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            v if v.is_nan() => f.write_str("NaN"),
+            v if v == f64::INFINITY => f.write_str("+Inf"),
+            v if v == f64::NEG_INFINITY => f.write_str("-Inf"),
+            v => write!(f, "{v}"),
         }
     }
 }
@@ -231,5 +232,36 @@ mod tests {
         assert!(out.contains("x_seconds_bucket{method=\"GET\",le=\"0.0025\"} 0\n"), "{out}");
         assert!(out.contains("x_seconds_bucket{method=\"GET\",le=\"0.005\"} 1\n"), "{out}");
         assert!(out.contains("x_seconds_count{method=\"GET\"} 1\n"), "{out}");
+    }
+
+    #[test]
+    fn both_histograms_write_the_same_cumulative_buckets_and_values_are_spelt_as_the_format_wants() {
+        let one = Histogram::default();
+        let vec = HistogramVec::default();
+        for ms in [3, 3, 40, 70_000] {
+            one.observe(Duration::from_millis(ms));
+            vec.observe(&["p"], Duration::from_millis(ms));
+        }
+        let (mut a, mut b) = (String::new(), String::new());
+        let mut enc = Encoder::new(&mut a);
+        enc.family("h", "Latency.", "histogram");
+        enc.histogram("h", &[("l", "p")], &one);
+        Encoder::new(&mut b).histogram_vec("h", "Latency.", &["l"], &vec);
+        assert_eq!(a, b);
+        assert!(a.contains("h_bucket{l=\"p\",le=\"0.005\"} 2\n"), "{a}");
+        assert!(a.contains("h_bucket{l=\"p\",le=\"0.05\"} 3\n"), "{a}");
+        assert!(a.contains("h_bucket{l=\"p\",le=\"60\"} 3\n"), "{a}");
+        assert!(a.contains("h_bucket{l=\"p\",le=\"+Inf\"} 4\n"), "{a}");
+        assert!(a.contains("h_sum{l=\"p\"} 70.046\n"), "{a}");
+
+        let mut out = String::new();
+        let mut enc = Encoder::new(&mut out);
+        enc.gauge("g", "A \\ and a\nnewline.", f64::INFINITY);
+        enc.family("s", "S.", "gauge");
+        enc.sample("s", &[("k", "a\"b\\c\nd")], f64::NAN);
+        assert_eq!(
+            out,
+            "# HELP g A \\\\ and a\\nnewline.\n# TYPE g gauge\ng +Inf\n# HELP s S.\n# TYPE s gauge\ns{k=\"a\\\"b\\\\c\\nd\"} NaN\n"
+        );
     }
 }

@@ -228,6 +228,9 @@ fn sandbox_all_carries_a_recording_from_webdav_through_excp_and_exrp_to_the_loca
     assert!(sim.status.success(), "{report}\n{}", String::from_utf8_lossy(&sim.stderr));
     assert_eq!((report["recordings"].as_u64(), report["delivered"].as_u64()), (Some(10), Some(10)), "{report}");
     assert_eq!((report["missing"].as_u64(), report["byte_exact_in_sink"].as_u64()), (Some(0), Some(10)), "{report}");
+    // Every role has served: /metrics holds each family with samples.
+    let text = c.get("http://127.0.0.1:9650/metrics").send().unwrap().text().unwrap();
+    check_exposition(&text);
     let _ = Command::new("kill").args(["-s", "TERM", &child.id().to_string()]).status();
     let status = wait_timeout(&mut child, std::time::Duration::from_secs(30)).unwrap();
     assert_eq!(status.code(), Some(0));
@@ -406,4 +409,60 @@ fn state_from_before_versioning_is_taken_and_state_from_a_newer_release_is_refus
     assert_eq!(code, Some(78), "{err}");
     assert!(err.contains("excp state") && err.contains("format 2"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.join("excp/FORMAT")).unwrap(), "2\n");
+}
+
+/// `/metrics` read by Prometheus's own Python client parser (`prometheus_client.parser`):
+/// every sample line parses, every family is typed, histogram buckets are cumulative up to
+/// `+Inf` = `_count`, and counters end in `_total`.
+/// (family, type, samples as (name, labels, value)) as the parser gives them.
+type Families = Vec<(String, String, Vec<(String, std::collections::BTreeMap<String, String>, Option<f64>)>)>;
+
+fn check_exposition(text: &str) {
+    const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = [[f.name, f.type, [[s.name, s.labels, s.value] for s in f.samples]]
+       for f in text_string_to_metric_families(sys.stdin.read())]
+print(json.dumps(out, allow_nan=True))
+"#;
+    let found = Command::new("/usr/bin/python3").args(["-c", "import prometheus_client"]).output();
+    assert!(
+        found.is_ok_and(|o| o.status.success()),
+        "Prometheus's Python parser is not installed: apt-get install python3-prometheus-client (or run ./test.sh, which does)"
+    );
+    let out = output_with_stdin(Command::new("/usr/bin/python3").args(["-c", PARSE]), text.as_bytes());
+    assert!(out.status.success(), "not Prometheus text format: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).replace("NaN", "null").replace("Infinity", "1e999");
+    let families: Families = serde_json::from_str(&stdout).unwrap();
+    let lines = text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).count();
+    assert_eq!(families.iter().map(|f| f.2.len()).sum::<usize>(), lines, "every sample line parsed");
+    assert!(families.len() > 40, "{} families", families.len());
+    for (name, kind, samples) in &families {
+        assert_ne!(kind, "unknown", "{name} has no TYPE");
+        if kind == "counter" {
+            assert!(samples.iter().all(|s| s.0.ends_with("_total")), "counter {name}: {samples:?}");
+        }
+        if kind != "histogram" {
+            continue;
+        }
+        type Buckets = (Vec<(f64, f64)>, Option<f64>);
+        let mut series: std::collections::BTreeMap<String, Buckets> = Default::default();
+        for (sample, labels, value) in samples {
+            let mut key = labels.clone();
+            let le = key.remove("le");
+            let entry = series.entry(format!("{key:?}")).or_default();
+            match (sample.strip_prefix(name.as_str()), le) {
+                (Some("_bucket"), Some(le)) => {
+                    let le = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap() };
+                    entry.0.push((le, value.unwrap()));
+                }
+                (Some("_count"), None) => entry.1 = *value,
+                _ => {}
+            }
+        }
+        for (labels, (buckets, count)) in series {
+            assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1), "{name}{labels}: {buckets:?}");
+            assert_eq!(buckets.last().map(|b| (b.0, b.1)), count.map(|c| (f64::INFINITY, c)), "{name}{labels}");
+        }
+    }
 }
