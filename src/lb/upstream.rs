@@ -732,3 +732,186 @@ impl AsyncWrite for TimedIo {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    /// A loopback peer: each connection reads request heads and answers each with `answer`
+    /// (`None`: reads and stays silent), closing after it when `close`; it counts connections,
+    /// requests, connections the other side closed and those it closed itself.
+    struct Peer {
+        addr: SocketAddr,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<AtomicUsize>,
+        closed_by_us: Arc<AtomicUsize>,
+        closed_by_peer: Arc<AtomicUsize>,
+    }
+
+    fn peer(answer: Option<&'static [u8]>, close: bool) -> Peer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let closed_by_us = Arc::new(AtomicUsize::new(0));
+        let closed_by_peer = Arc::new(AtomicUsize::new(0));
+        let counts = (connections.clone(), requests.clone(), closed_by_us.clone(), closed_by_peer.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counts.0.fetch_add(1, Ordering::SeqCst);
+                let (requests, closed, closing) = (counts.1.clone(), counts.2.clone(), counts.3.clone());
+                std::thread::spawn(move || {
+                    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut seen = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        match stream.read(&mut buf) {
+                            Ok(0) => return closed.fetch_add(1, Ordering::SeqCst),
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                            Err(_) => return 0,
+                        };
+                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                            seen.drain(..end + 4);
+                            requests.fetch_add(1, Ordering::SeqCst);
+                            let Some(answer) = answer else { continue };
+                            if stream.write_all(answer).is_err() {
+                                return 0;
+                            }
+                            if close {
+                                drop(stream);
+                                return closing.fetch_add(1, Ordering::SeqCst);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Peer { addr, connections, requests, closed_by_us, closed_by_peer }
+    }
+
+    fn get() -> UpstreamRequest {
+        UpstreamRequest {
+            head: b"GET / HTTP/1.1\r\nHost: peer\r\n\r\n".to_vec(),
+            body: Held::Memory(Bytes::new()),
+            head_only: false,
+        }
+    }
+
+    fn connector(keepalive: Option<KeepAlive>) -> Connector {
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(5),
+            send: Duration::from_secs(5),
+            read: Duration::from_millis(300),
+        };
+        Connector::new(timeouts, keepalive, 1, |_| true)
+    }
+
+    fn keepalive(max_requests: u64) -> Option<KeepAlive> {
+        Some(KeepAlive {
+            max_idle: 8,
+            idle_timeout: Duration::from_secs(60),
+            max_requests,
+            max_age: Duration::from_secs(3600),
+        })
+    }
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+    async fn wait_for(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_is_an_error_before_anything_was_sent() {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let err = connector(None).send(0, addr, &get()).await.err().expect("refused");
+        assert_eq!((err.failure, err.sent, err.reused, err.connect_time), (Failure::Error, false, false, None));
+        assert!(err.detail.starts_with("connect failed"), "{}", err.detail);
+    }
+
+    #[tokio::test]
+    async fn a_kept_alive_connection_is_pooled_once_its_body_is_read_and_then_reused() {
+        let p = peer(Some(OK), false);
+        let c = connector(keepalive(100));
+        for round in 1..=3 {
+            let ex = c.send(0, p.addr, &get()).await.expect("answered");
+            assert_eq!(ex.status, 200);
+            assert_eq!(c.idle_connections(), 0, "in use until its body is read");
+            assert_eq!(&ex.body.collect().await.unwrap().to_bytes()[..], b"ok");
+            assert_eq!(c.idle_connections(), 1, "round {round}: back in the pool");
+        }
+        assert_eq!((p.connections.load(Ordering::SeqCst), p.requests.load(Ordering::SeqCst)), (1, 3));
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_unread_closes_its_connection_instead_of_pooling_it() {
+        let p = peer(Some(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nok"), false);
+        let c = connector(keepalive(100));
+        drop(c.send(0, p.addr, &get()).await.expect("answered"));
+        assert_eq!(c.idle_connections(), 0);
+        wait_for("the peer to see the close", || p.closed_by_us.load(Ordering::SeqCst) == 1).await;
+    }
+
+    #[tokio::test]
+    async fn without_keepalive_and_past_max_requests_the_connection_is_closed() {
+        let p = peer(Some(OK), false);
+        let c = connector(None);
+        c.send(0, p.addr, &get()).await.unwrap().body.collect().await.unwrap();
+        assert_eq!(c.idle_connections(), 0);
+        wait_for("the close without keep-alive", || p.closed_by_us.load(Ordering::SeqCst) == 1).await;
+
+        let p = peer(Some(OK), false);
+        let c = connector(keepalive(2));
+        for _ in 0..2 {
+            c.send(0, p.addr, &get()).await.unwrap().body.collect().await.unwrap();
+        }
+        assert_eq!(c.idle_connections(), 0, "used up after max_requests");
+        wait_for("the used-up connection's close", || p.closed_by_us.load(Ordering::SeqCst) == 1).await;
+        c.send(0, p.addr, &get()).await.unwrap().body.collect().await.unwrap();
+        assert_eq!(p.connections.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_pooled_connection_the_peer_closed_is_passed_over_for_a_new_one() {
+        let p = peer(Some(OK), true);
+        let c = connector(keepalive(100));
+        for round in 1..=2 {
+            let ex = c.send(0, p.addr, &get()).await.expect("answered on a live connection");
+            assert_eq!(&ex.body.collect().await.unwrap().to_bytes()[..], b"ok");
+            // Closed while idle, and seen so by the pool (a close racing the next request is
+            // the proxy's retry to handle, not the pool's).
+            wait_for("the pool to see the peer's close", || {
+                p.closed_by_peer.load(Ordering::SeqCst) == round && c.idle_connections() == 0
+            })
+            .await;
+        }
+        assert_eq!((p.connections.load(Ordering::SeqCst), p.requests.load(Ordering::SeqCst)), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_is_a_timeout_after_the_request_went_out() {
+        let p = peer(None, false);
+        let err = connector(None).send(0, p.addr, &get()).await.err().expect("timed out");
+        assert_eq!((err.failure, err.sent, err.reused), (Failure::Timeout, true, false));
+        assert_eq!(p.requests.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_is_not_http_is_an_invalid_header() {
+        let p = peer(Some(b"HTTP/1.1 2x0 Nope\r\n\r\n"), true);
+        let err = connector(None).send(0, p.addr, &get()).await.err().expect("refused head");
+        assert_eq!((err.failure, err.sent), (Failure::InvalidHeader, true));
+    }
+}
