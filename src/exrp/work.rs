@@ -847,4 +847,56 @@ mod tests {
         let store = store_error(DavError::Refused { status: 405, detail: "Method Not Allowed".into() });
         assert!(matches!(store, Outcome::Retry { .. }), "{store:?}");
     }
+
+    #[test]
+    fn a_rate_limit_waits_its_retry_after_an_expired_url_presigns_at_once_and_a_5xx_backs_off() {
+        match cloud_outcome(CloudError::RateLimited(Duration::from_secs(7))) {
+            Outcome::Retry { delay: Some(d), reason } => {
+                assert_eq!(d, Duration::from_secs(7));
+                assert!(reason.contains("429"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(cloud_outcome(CloudError::UrlExpired), Outcome::Retry { delay: Some(Duration::ZERO), .. }));
+        assert!(matches!(cloud_outcome(CloudError::Transient("502".into())), Outcome::Retry { delay: None, .. }));
+        let dead = cloud_outcome(CloudError::Rejected {
+            status: 413,
+            body: "too big".into(),
+            correlation_id: Some("abc".into()),
+        });
+        assert!(matches!(&dead, Outcome::Dead { reason, .. } if reason.contains("ININ-Correlation-Id abc")), "{dead:?}");
+    }
+
+    /// The `upload` property is read back by another instance, maybe of another release: its
+    /// names are fixed and the done flags are left out until set.
+    #[test]
+    fn the_upload_record_keeps_its_property_names_and_round_trips() {
+        let presigned = Presigned {
+            url: "https://s3.example/x?sig=1".into(),
+            upload_key: "k1".into(),
+            headers: [("Content-Type".to_string(), "audio/ogg".to_string())].into(),
+            expires_at: 1_900_000_000,
+        };
+        let fresh = UploadRecord { md5: "abc".into(), audio: Some(presigned), ..Default::default() };
+        let text = serde_json::to_string(&fresh).unwrap();
+        assert!(!text.contains("audioDone") && !text.contains("meta"), "{text}");
+        assert!(text.contains("\"uploadKey\":\"k1\"") && text.contains("\"expiresAt\":1900000000"), "{text}");
+        let done = UploadRecord { audio_done: true, meta_done: true, ..fresh };
+        let text = serde_json::to_string(&done).unwrap();
+        assert!(text.contains("\"audioDone\":true") && text.contains("\"metaDone\":true"), "{text}");
+        let back: UploadRecord = serde_json::from_str(&text).unwrap();
+        assert!(back.audio_done && back.meta_done && back.audio.is_some_and(|a| a.upload_key == "k1"));
+        // An older record without the flags reads as not done.
+        let old: UploadRecord = serde_json::from_str("{\"md5\":\"abc\"}").unwrap();
+        assert!(!old.audio_done && !old.meta_done && old.audio.is_none());
+    }
+
+    #[test]
+    fn the_job_record_adds_when_and_where_it_was_accepted() {
+        let record: serde_json::Value =
+            serde_json::from_str(&job_record("exrp-a", r#"{"callUUID":"C","mediaId":"m"}"#, 42)).unwrap();
+        assert_eq!(record, json!({ "callUUID": "C", "mediaId": "m", "acceptedAt": 42, "acceptedBy": "exrp-a" }));
+        // A spec that does not parse still says when and where.
+        assert_eq!(job_record("exrp-a", "not json", 42), r#"{"acceptedAt":42,"acceptedBy":"exrp-a"}"#);
+    }
 }
