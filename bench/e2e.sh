@@ -144,8 +144,8 @@ for n in $(seq 1 "$RUNS"); do
 done
 
 # Medians per binary and sink (column 3 onwards of runs.tsv), and after/before.
-median() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
-col() { awk -F'\t' -v l="$1" -v s="$2" -v c="$3" '$1 == l && $2 == s {print $c}' "$WORK/runs.tsv" | median; }
+median_in() { sort -g | awk '{v[NR] = $1} END {if (NR == 0) print "n/a"; else if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
+col() { awk -F'\t' -v l="$1" -v s="$2" -v c="$3" '$1 == l && $2 == s {print $c}' "$WORK/runs.tsv" | median_in; }
 SUMMARY=()
 for sink in local cloud; do
     for label in before after; do

@@ -32,3 +32,65 @@ start() {
 
 # addr NAME LISTENER: the address LISTENER=... on NAME's READY line.
 addr() { grep -o "$2=[^ ]*" "$WORK/$1.ready" | cut -d= -f2; }
+
+# Side-by-side runs (lb.sh, webdav.sh): servers on ports below the ephemeral range, their
+# process trees sampled, results in $RAW as server<TAB>repetition<TAB>metric<TAB>value.
+
+wait_port() { # port pid
+    for _ in $(seq 200); do
+        port_busy "$1" && return 0
+        kill -0 "$2" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+
+free_port() {
+    local p
+    for _ in $(seq 200); do
+        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
+        port_busy "$p" || { echo "$p"; return; }
+    done
+    die "no free port"
+}
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# ---------------------------------------------------------------- sampling
+# PIDs of a process and all its descendants.
+tree_pids() {
+    ps -e -o pid=,ppid= | awk -v root="$1" '
+        { par[$1] = $2 }
+        END {
+            keep[root] = 1; changed = 1
+            while (changed) { changed = 0
+                for (p in par) if (!(p in keep) && (par[p] in keep)) { keep[p] = 1; changed = 1 } }
+            for (p in keep) print p
+        }'
+}
+
+# "rss_kib hwm_kib threads nprocs" summed over a process tree.
+sample_tree() {
+    local files=() p
+    for p in $(tree_pids "$1"); do files+=("/proc/$p/status"); done
+    cat "${files[@]}" 2>/dev/null |
+        awk '/^VmRSS:/{r+=$2} /^VmHWM:/{h+=$2} /^Threads:/{t+=$2; n++} END{print r+0, h+0, t+0, n+0}'
+}
+
+# ---------------------------------------------------------------- report
+median() { # server metric -> median over reps, or NA
+    awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4!="NA" && $4!="null" {print $4}' "$RAW" | sort -g |
+        awk '{a[NR]=$1} END { if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+fmt() { # value scale -> rounded
+    [[ $1 == NA ]] && { echo NA; return; }
+    awk -v v="$1" -v d="${2:-1}" 'BEGIN { x = v / d; if (x >= 100 || x == int(x)) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else printf "%.2f", x }'
+}
+
+ratio() {
+    [[ $1 == NA || $2 == NA ]] && { echo "–"; return; }
+    awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "–"; else printf "%.2f", a / b }'
+}
+
+total() { awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4 ~ /^[0-9]+$/ {t+=$4} END {print t+0}' "$RAW"; }

@@ -39,6 +39,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 CALLS=${CALLS:-1000}
 BUILD=1
 OUT=""
@@ -68,7 +69,6 @@ EXPECTED_OBJECTS=$((RECORDINGS * 2))
 STEPS=$((RECORDINGS * 2))
 PORT_WEBDAV=24100 PORT_LB_EXCP=24101 PORT_LB_EXRP=24102 PORT_EXCP=24103 PORT_EXRP=24104 PORT_CLOUD=24105
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 # Reset when simulate starts: kill moments and the global bound count from there.
 T0=$(date +%s)
 elapsed() { echo $(($(date +%s) - T0)); }

@@ -23,6 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 QUICK=0
 REPS=3
 SERVERS="apache,nginx,exec,exec-nofsync"
@@ -58,7 +59,6 @@ fi
 BENCH_USER=bench
 BENCH_PASS=bench-pw-$$
 
-log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 want() { [[ ",$SERVERS," == *",$1,"* ]]; }
 want_exec() { want exec || want exec-nofsync; }
@@ -132,27 +132,10 @@ RUN_GROUP=$( [[ -n $RUN_AS ]] && id -gn "$RUN_AS" || true )
 htpasswd -cbm "$WORK/htpasswd" "$BENCH_USER" "$BENCH_PASS" 2>/dev/null
 chmod 644 "$WORK/htpasswd"
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 # Listen ports below the ephemeral range: a port the client or a server is using for an
 # outgoing connection (or that sits in TIME_WAIT) cannot be bound, and davload makes many.
 EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 [[ $EPHEMERAL_LOW -gt 12000 ]] || die "ip_local_port_range starts at $EPHEMERAL_LOW; need room below it for listeners"
-free_port() {
-    local p
-    for _ in $(seq 200); do
-        p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
-        port_busy "$p" || { echo "$p"; return; }
-    done
-    die "no free port"
-}
-wait_port() { # port pid
-    for _ in $(seq 200); do
-        port_busy "$1" && return 0
-        kill -0 "$2" 2>/dev/null || return 1
-        sleep 0.05
-    done
-    return 1
-}
 
 # Fresh data dir for one server start: $SDIR/{data/recordings,run}
 MOUNTED=""
@@ -329,24 +312,6 @@ stop_server() {
     unmount_dir
 }
 
-# PIDs of a process and all its descendants.
-tree_pids() {
-    ps -e -o pid=,ppid= | awk -v root="$1" '
-        { par[$1] = $2 }
-        END {
-            keep[root] = 1; changed = 1
-            while (changed) { changed = 0
-                for (p in par) if (!(p in keep) && (par[p] in keep)) { keep[p] = 1; changed = 1 } }
-            for (p in keep) print p
-        }'
-}
-# "rss_kib hwm_kib threads nprocs" summed over the server's process tree.
-sample_tree() {
-    local files=() p
-    for p in $(tree_pids "$1"); do files+=("/proc/$p/status"); done
-    cat "${files[@]}" 2>/dev/null |
-        awk '/^VmRSS:/{r+=$2} /^VmHWM:/{h+=$2} /^Threads:/{t+=$2; n++} END{print r+0, h+0, t+0, n+0}'
-}
 
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RAW"; }
 
@@ -447,20 +412,6 @@ for REP in $(seq "$REPS"); do
     done
 done
 
-# ---------------------------------------------------------------- report
-median() { # server metric -> median over reps, or NA
-    awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4!="NA" && $4!="null" {print $4}' "$RAW" | sort -g |
-        awk '{a[NR]=$1} END { if (NR==0) print "NA"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'
-}
-total() { awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4 ~ /^[0-9]+$/ {t+=$4} END {print t+0}' "$RAW"; }
-fmt() { # value scale -> rounded
-    [[ $1 == NA ]] && { echo NA; return; }
-    awk -v v="$1" -v d="${2:-1}" 'BEGIN { x = v / d; if (x >= 100 || x == int(x)) printf "%.0f", x; else if (x >= 10) printf "%.1f", x; else printf "%.2f", x }'
-}
-ratio() {
-    [[ $1 == NA || $2 == NA ]] && { echo "–"; return; }
-    awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "–"; else printf "%.2f", a / b }'
-}
 label() {
     case "$1" in
         apache) echo "Apache mod_dav" ;; nginx) echo "nginx dav" ;;
