@@ -864,7 +864,10 @@ mod tests {
             body: "too big".into(),
             correlation_id: Some("abc".into()),
         });
-        assert!(matches!(&dead, Outcome::Dead { reason, .. } if reason.contains("ININ-Correlation-Id abc")), "{dead:?}");
+        assert!(
+            matches!(&dead, Outcome::Dead { reason, .. } if reason.contains("ININ-Correlation-Id abc")),
+            "{dead:?}"
+        );
     }
 
     /// The `upload` property is read back by another instance, maybe of another release: its

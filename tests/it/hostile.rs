@@ -604,14 +604,14 @@ fn excp_and_exrp_report_down_while_their_state_cannot_be_written_and_up_after() 
 /// With `cap` idle connections open, a further client's request is not served (it waits in
 /// the listen backlog); once one of them closes, it is.
 fn assert_capped(name: &str, addr: std::net::SocketAddr, cap: usize, request: &str) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let idle: Vec<std::net::TcpStream> = (0..cap).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
     // The backlog is served in order: the idle ones take every place, this one waits.
     let mut waiting = std::net::TcpStream::connect(addr).unwrap();
     waiting.write_all(request.as_bytes()).unwrap();
     waiting.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     let mut buf = [0u8; 512];
-    match waiting.read(&mut buf) {
+    match read_some(&mut waiting, &mut buf) {
         Ok(n) => {
             panic!("{name}: a connection past the cap of {cap} was served: {:?}", String::from_utf8_lossy(&buf[..n]))
         }
@@ -621,7 +621,7 @@ fn assert_capped(name: &str, addr: std::net::SocketAddr, cap: usize, request: &s
     }
     drop(idle);
     waiting.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    let n = waiting.read(&mut buf).unwrap();
+    let n = read_some(&mut waiting, &mut buf).unwrap();
     let head = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(head.starts_with("HTTP/1.1 "), "{name}: once a connection closed, the waiting one is served: {head:?}");
 }
@@ -792,7 +792,7 @@ fn a_body_that_stops_half_way_is_answered_and_logged_as_the_clients_doing() {
 
 #[test]
 fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let site = Site::with("hostile-slowreader", "send_timeout = \"1s\"\nmax_connections = 4\nmax_uploads = 4");
     let p = site.start();
     let c = http();
@@ -812,7 +812,7 @@ fn a_client_that_stops_reading_is_cut_off_after_send_timeout() {
     let mut buf = vec![0u8; 1 << 20];
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     loop {
-        match s.read(&mut buf) {
+        match read_some(&mut s, &mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => got += n,
         }

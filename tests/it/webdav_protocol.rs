@@ -2,7 +2,7 @@
 //! symlink containment, request limits, locks, dead properties and the admin endpoints. Every
 //! test runs the real binary on loopback (port 0) against its own store directory.
 
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::net::{Shutdown, SocketAddr};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,7 +106,7 @@ fn read_until_closed(raw: &mut Raw, limit: Duration) -> (Vec<u8>, bool) {
             return (out, false);
         }
         raw.stream.set_read_timeout(Some(left)).unwrap();
-        match raw.stream.read(&mut buf) {
+        match read_some(&mut raw.stream, &mut buf) {
             Ok(0) => return (out, true),
             Ok(n) => out.extend_from_slice(&buf[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted) => {
