@@ -17,6 +17,9 @@
 
 #[path = "../tests/it/support/cloud.rs"]
 mod cloud;
+#[allow(dead_code)]
+#[path = "../tests/it/support/wire.rs"]
+mod wire;
 
 use std::io::{Read, Write};
 

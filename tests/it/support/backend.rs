@@ -22,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+pub use super::wire::reason;
+use super::wire::{MAX_HOLD, hold};
+
 /// Longest a backend waits for the rest of a request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest a `Hang` or `Delay` backend keeps a connection, and a `KeepAlive` one an idle one.
-const MAX_HOLD: Duration = Duration::from_secs(30);
 /// Largest request a backend accepts (the suite's bodies are a few KiB).
 const MAX_REQUEST: usize = 4 << 20;
 
@@ -459,7 +460,7 @@ fn serve(mut stream: TcpStream, number: u64, shared: &Shared) {
             let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nX-Backend: ");
         }
         Behaviour::Hang => {
-            if hold(&mut stream, stop) {
+            if hold(&mut stream, stop, MAX_HOLD) {
                 shared.closed.lock().unwrap().push(name.to_string());
             }
         }
@@ -493,7 +494,7 @@ fn serve(mut stream: TcpStream, number: u64, shared: &Shared) {
             let _ = stream.write_all(bytes);
         }
         Behaviour::RawNoClose(bytes) => {
-            if stream.write_all(bytes).is_ok() && hold(&mut stream, stop) {
+            if stream.write_all(bytes).is_ok() && hold(&mut stream, stop, MAX_HOLD) {
                 shared.closed.lock().unwrap().push(name.to_string());
             }
         }
@@ -519,23 +520,6 @@ fn fill_backlog(addr: SocketAddr) -> Vec<TcpStream> {
         assert!(held.len() < 8192, "the backlog of {addr} does not fill up");
     }
     held
-}
-
-/// Keeps the connection until the peer closes it (true), the set is dropped, or `MAX_HOLD`
-/// passes.
-fn hold(stream: &mut TcpStream, stop: &AtomicBool) -> bool {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
-    let deadline = Instant::now() + MAX_HOLD;
-    let mut sink = [0u8; 1024];
-    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-        match stream.read(&mut sink) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 /// The response an `Answer` backend sends.
@@ -606,26 +590,6 @@ fn wait_next(stream: &TcpStream, idle_close: Option<Duration>, stop: &AtomicBool
     };
     let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
     outcome
-}
-
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        201 => "Created",
-        204 => "No Content",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        403 => "Forbidden",
-        404 => "Not Found",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Whatever",
-    }
 }
 
 /// The outcome of parsing the bytes received so far.

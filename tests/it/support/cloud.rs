@@ -25,10 +25,12 @@ use base64::engine::general_purpose::STANDARD as B64;
 use md5::{Digest, Md5};
 use serde_json::{Value, json};
 
+// `support::wire` in the tests; examples/fakecloud.rs includes the same file beside this one.
+use super::wire::{MAX_HOLD, hold, reason};
+
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// An idle kept-alive connection is closed after this.
 const KEEP_ALIVE: Duration = Duration::from_secs(60);
-const MAX_HOLD: Duration = Duration::from_secs(30);
 const MAX_HEAD: usize = 64 << 10;
 /// Token and presign bodies.
 const MAX_API_BODY: usize = 1 << 20;
@@ -933,46 +935,6 @@ fn respond(
         }
     }
     Ok(())
-}
-
-/// Waits `limit` (or until the fake stops); true when the client closed the connection first.
-fn hold(stream: &mut TcpStream, stop: &AtomicBool, limit: Duration) -> bool {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
-    let deadline = Instant::now() + limit.min(MAX_HOLD);
-    let mut sink = [0u8; 1024];
-    let closed = loop {
-        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            break false;
-        }
-        match stream.read(&mut sink) {
-            Ok(0) => break true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-            Err(_) => break true,
-        }
-    };
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    closed
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Payload Too Large",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        504 => "Gateway Timeout",
-        _ => "Status",
-    }
 }
 
 /// Percent-encodes a key for a URL path, keeping '/' and the unreserved characters.

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::backend::{dechunk, find, reason};
+use super::backend::{dechunk, find};
+use super::wire::{MAX_HOLD, hold, reason};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_HOLD: Duration = Duration::from_secs(30);
 const MAX_REQUEST: usize = 8 << 20;
 
 /// One request as a fake received it.
@@ -178,26 +178,6 @@ fn serve(mut stream: TcpStream, handler: &Handler, stop: &AtomicBool, abandoned:
             break;
         }
     }
-}
-
-/// Waits `limit` (or until the fake stops); true when the client closed the connection first.
-fn hold(stream: &mut TcpStream, stop: &AtomicBool, limit: Duration) -> bool {
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(20)));
-    let deadline = Instant::now() + limit.min(MAX_HOLD);
-    let mut sink = [0u8; 1024];
-    let closed = loop {
-        if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
-            break false;
-        }
-        match stream.read(&mut sink) {
-            Ok(0) => break true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
-            Err(_) => break true,
-        }
-    };
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    closed
 }
 
 /// Reads one request (body by Content-Length or chunked); None when it never completes.

@@ -19,6 +19,7 @@ pub mod nginx;
 pub mod proxy;
 pub mod seccomp;
 pub mod webdriver;
+pub mod wire;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
 pub const USER: &str = "mcp";
