@@ -27,6 +27,7 @@ pub mod durable;
 pub mod excp;
 pub mod exrp;
 pub mod http;
+pub mod import;
 pub mod lb;
 pub mod metrics;
 pub mod shutdown;
@@ -80,7 +81,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Some(Command::ImportEnv { file }) => {
             let translated = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
-                .and_then(|text| config::import_env::translate(&text));
+                .and_then(|text| import::env::translate(&text));
             match translated {
                 Ok(t) => {
                     for note in &t.notes {
@@ -132,7 +133,7 @@ fn check_config(path: Option<&std::path::Path>, role: Role) -> ExitCode {
 }
 
 fn import_nginx(file: &std::path::Path) -> ExitCode {
-    match lb::import_nginx::translate(file) {
+    match import::nginx::translate(file) {
         Ok(t) => {
             for note in &t.notes {
                 eprintln!("note: {note}");

@@ -9,7 +9,6 @@ use crate::cli::Role;
 mod admin;
 mod excp;
 mod exrp;
-pub mod import_env;
 mod lb;
 mod secret;
 mod section;

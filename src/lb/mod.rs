@@ -6,7 +6,6 @@ mod balancer;
 mod front;
 mod h1;
 mod health;
-pub mod import_nginx;
 mod proxy;
 mod retry;
 mod spool;
