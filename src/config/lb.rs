@@ -6,6 +6,65 @@ use std::time::Duration;
 
 use super::{Section, TlsConfig};
 
+/// The `[lb]` keys `import-nginx` writes: the one place they are spelt, for this parser and for
+/// the importer.
+pub mod key {
+    pub const CONNECT_TIMEOUT: &str = "connect_timeout";
+    pub const SEND_TIMEOUT: &str = "send_timeout";
+    pub const READ_TIMEOUT: &str = "read_timeout";
+    pub const NEXT_UPSTREAM: &str = "next_upstream";
+    pub const NEXT_UPSTREAM_TRIES: &str = "next_upstream_tries";
+    pub const NEXT_UPSTREAM_TIMEOUT: &str = "next_upstream_timeout";
+    pub const MAX_BODY_SIZE: &str = "max_body_size";
+    pub const CLIENT_BODY_BUFFER_SIZE: &str = "client_body_buffer_size";
+    pub const BODY_TIMEOUT: &str = "body_timeout";
+    pub const HEADER_TIMEOUT: &str = "header_timeout";
+    pub const KEEPALIVE: &str = "keepalive";
+    pub const KEEPALIVE_CONNECTIONS: &str = "keepalive_connections";
+    pub const KEEPALIVE_TIMEOUT: &str = "keepalive_timeout";
+    pub const KEEPALIVE_REQUESTS: &str = "keepalive_requests";
+    pub const HOST: &str = "host";
+    pub const URI: &str = "uri";
+    pub const X_FORWARDED_FOR: &str = "x_forwarded_for";
+    pub const X_REAL_IP: &str = "x_real_ip";
+    pub const SET_HEADERS: &str = "set_headers";
+    pub const MAX_FAILS: &str = "max_fails";
+    pub const FAIL_TIMEOUT: &str = "fail_timeout";
+
+    pub const WORKER_CONNECTIONS: &str = "worker_connections";
+    pub const POOLS: &str = "pools";
+    pub const LISTEN: &str = "listen";
+    pub const SERVERS: &str = "servers";
+    pub const ADDRESS: &str = "address";
+    pub const WEIGHT: &str = "weight";
+    pub const DOWN: &str = "down";
+
+    /// The settings, in the order `import-nginx` writes them.
+    pub const POOL: [&str; 21] = [
+        CONNECT_TIMEOUT,
+        SEND_TIMEOUT,
+        READ_TIMEOUT,
+        NEXT_UPSTREAM,
+        NEXT_UPSTREAM_TRIES,
+        NEXT_UPSTREAM_TIMEOUT,
+        MAX_BODY_SIZE,
+        CLIENT_BODY_BUFFER_SIZE,
+        BODY_TIMEOUT,
+        HEADER_TIMEOUT,
+        KEEPALIVE,
+        KEEPALIVE_CONNECTIONS,
+        KEEPALIVE_TIMEOUT,
+        KEEPALIVE_REQUESTS,
+        HOST,
+        URI,
+        X_FORWARDED_FOR,
+        X_REAL_IP,
+        SET_HEADERS,
+        MAX_FAILS,
+        FAIL_TIMEOUT,
+    ];
+}
+
 #[derive(Debug, Clone)]
 pub struct LbConfig {
     /// In the order of the file's pool names (TOML tables are sorted by name).
@@ -219,9 +278,9 @@ impl Default for PoolSettings {
 impl LbConfig {
     pub(super) fn parse(table: &toml::Table, problems: &mut Vec<String>) -> LbConfig {
         let mut s = Section::new("lb", table, problems);
-        let pools_table = s.table("pools");
+        let pools_table = s.table(key::POOLS);
         let workers = s.count("workers", 0, 0..=1024);
-        let worker_connections = s.count("worker_connections", 1024, 1..=1_000_000);
+        let worker_connections = s.count(key::WORKER_CONNECTIONS, 1024, 1..=1_000_000);
         let defaults = PoolSettings::parse(&mut s, &PoolSettings::default());
         s.finish();
         let mut pools = Vec::new();
@@ -265,10 +324,10 @@ impl PoolConfig {
     ) -> Option<PoolConfig> {
         let before = problems.len();
         let mut s = Section::new(format!("lb.pools.{name}"), table, problems);
-        let listen = match s.get("listen") {
-            Some(_) => Some(s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 0)))),
+        let listen = match s.get(key::LISTEN) {
+            Some(_) => Some(s.addr(key::LISTEN, SocketAddr::from(([0, 0, 0, 0], 0)))),
             None => {
-                s.problem_at("listen", "is required (for example \"0.0.0.0:3650\")");
+                s.problem_at(key::LISTEN, "is required (for example \"0.0.0.0:3650\")");
                 None
             }
         };
@@ -284,16 +343,16 @@ impl PoolConfig {
 }
 
 fn parse_servers(s: &mut Section<'_, '_>, settings: &PoolSettings) -> Vec<ServerConfig> {
-    let Some(value) = s.get("servers") else {
-        s.problem_at("servers", "is required: a list like [\"10.0.0.11:3650\", \"10.0.0.12:3650\"]");
+    let Some(value) = s.get(key::SERVERS) else {
+        s.problem_at(key::SERVERS, "is required: a list like [\"10.0.0.11:3650\", \"10.0.0.12:3650\"]");
         return Vec::new();
     };
     let Some(list) = value.as_array() else {
-        s.problem_at("servers", "must be a list of \"host:port\" strings or { address = ..., weight = ... } tables");
+        s.problem_at(key::SERVERS, "must be a list of \"host:port\" strings or { address = ..., weight = ... } tables");
         return Vec::new();
     };
     if list.is_empty() {
-        s.problem_at("servers", "must name at least one server");
+        s.problem_at(key::SERVERS, "must name at least one server");
     }
     let mut servers = Vec::new();
     for (i, entry) in list.iter().enumerate() {
@@ -310,14 +369,14 @@ fn parse_servers(s: &mut Section<'_, '_>, settings: &PoolSettings) -> Vec<Server
                 let key = format!("servers[{i}]");
                 let mut inner = Vec::new();
                 let mut ts = Section::new(format!("{}.{key}", s.name), t, &mut inner);
-                match ts.string("address") {
+                match ts.string(key::ADDRESS) {
                     Some(a) => server.address = a,
-                    None => ts.problem_at("address", "is required (\"host:port\")"),
+                    None => ts.problem_at(key::ADDRESS, "is required (\"host:port\")"),
                 }
-                server.weight = ts.count("weight", 1, 1..=1000) as u32;
-                server.max_fails = ts.count("max_fails", settings.max_fails as usize, 0..=1000) as u32;
-                server.fail_timeout = ts.duration("fail_timeout", settings.fail_timeout);
-                server.down = ts.bool("down", false);
+                server.weight = ts.count(key::WEIGHT, 1, 1..=1000) as u32;
+                server.max_fails = ts.count(key::MAX_FAILS, settings.max_fails as usize, 0..=1000) as u32;
+                server.fail_timeout = ts.duration(key::FAIL_TIMEOUT, settings.fail_timeout);
+                server.down = ts.bool(key::DOWN, false);
                 ts.finish();
                 s.problems.extend(inner);
             }
@@ -339,7 +398,7 @@ fn parse_servers(s: &mut Section<'_, '_>, settings: &PoolSettings) -> Vec<Server
         servers.push(server);
     }
     if !servers.is_empty() && servers.iter().all(|s| s.down) {
-        s.problem_at("servers", "every server is marked down");
+        s.problem_at(key::SERVERS, "every server is marked down");
     }
     servers
 }
@@ -365,7 +424,7 @@ pub fn split_host_port(address: &str) -> Result<(String, u16), String> {
 
 impl PoolSettings {
     fn parse(s: &mut Section<'_, '_>, d: &PoolSettings) -> PoolSettings {
-        let next_upstream = match s.get("next_upstream") {
+        let next_upstream = match s.get(key::NEXT_UPSTREAM) {
             None => d.next_upstream,
             Some(v) => {
                 let words: Option<Vec<String>> =
@@ -373,37 +432,37 @@ impl PoolSettings {
                 match words.map(|w| NextUpstream::parse(&w)) {
                     Some(Ok(n)) => n,
                     Some(Err(e)) => {
-                        s.problem_at("next_upstream", e);
+                        s.problem_at(key::NEXT_UPSTREAM, e);
                         d.next_upstream
                     }
                     None => {
-                        s.problem_at("next_upstream", "must be a list of strings like [\"error\", \"timeout\"]");
+                        s.problem_at(key::NEXT_UPSTREAM, "must be a list of strings like [\"error\", \"timeout\"]");
                         d.next_upstream
                     }
                 }
             }
         };
-        let host = match s.string("host") {
+        let host = match s.string(key::HOST) {
             None => d.host.clone(),
             Some(h) if h == "$host" => HostHeader::ClientName,
             Some(h) if h == "$http_host" => HostHeader::Client,
             Some(h) if h == "$proxy_host" => HostHeader::PoolName,
             Some(h) if http::HeaderValue::from_str(&h).is_ok() && !h.is_empty() => HostHeader::Literal(h),
             Some(h) => {
-                s.problem_at("host", format!("{h:?} is not a valid Host header value"));
+                s.problem_at(key::HOST, format!("{h:?} is not a valid Host header value"));
                 d.host.clone()
             }
         };
-        let uri = match s.string("uri").as_deref() {
+        let uri = match s.string(key::URI).as_deref() {
             None => d.uri,
             Some("normalized") => UriMode::Normalized,
             Some("raw") => UriMode::Raw,
             Some(other) => {
-                s.problem_at("uri", format!("{other:?}: use \"normalized\" (proxy_pass http://pool/) or \"raw\""));
+                s.problem_at(key::URI, format!("{other:?}: use \"normalized\" (proxy_pass http://pool/) or \"raw\""));
                 d.uri
             }
         };
-        let set_headers = match s.table("set_headers") {
+        let set_headers = match s.table(key::SET_HEADERS) {
             None => d.set_headers.clone(),
             Some(t) => {
                 let mut headers = Vec::new();
@@ -433,45 +492,45 @@ impl PoolSettings {
             }
         };
         let out = PoolSettings {
-            connect_timeout: s.duration("connect_timeout", d.connect_timeout),
-            send_timeout: s.duration("send_timeout", d.send_timeout),
-            read_timeout: s.duration("read_timeout", d.read_timeout),
+            connect_timeout: s.duration(key::CONNECT_TIMEOUT, d.connect_timeout),
+            send_timeout: s.duration(key::SEND_TIMEOUT, d.send_timeout),
+            read_timeout: s.duration(key::READ_TIMEOUT, d.read_timeout),
             next_upstream,
-            next_upstream_tries: s.count("next_upstream_tries", d.next_upstream_tries, 0..=1000),
-            next_upstream_timeout: s.duration("next_upstream_timeout", d.next_upstream_timeout),
-            max_body_size: s.size("max_body_size", d.max_body_size),
+            next_upstream_tries: s.count(key::NEXT_UPSTREAM_TRIES, d.next_upstream_tries, 0..=1000),
+            next_upstream_timeout: s.duration(key::NEXT_UPSTREAM_TIMEOUT, d.next_upstream_timeout),
+            max_body_size: s.size(key::MAX_BODY_SIZE, d.max_body_size),
             client_body_buffer_size: usize::try_from(
-                s.size("client_body_buffer_size", d.client_body_buffer_size as u64),
+                s.size(key::CLIENT_BODY_BUFFER_SIZE, d.client_body_buffer_size as u64),
             )
             .unwrap_or(usize::MAX),
             client_body_temp_path: s.path("client_body_temp_path").unwrap_or_else(|| d.client_body_temp_path.clone()),
-            body_timeout: s.duration("body_timeout", d.body_timeout),
-            header_timeout: s.duration("header_timeout", d.header_timeout),
-            keepalive: s.bool("keepalive", d.keepalive),
-            keepalive_connections: s.count("keepalive_connections", d.keepalive_connections, 1..=10_000),
-            keepalive_timeout: s.duration("keepalive_timeout", d.keepalive_timeout),
-            keepalive_requests: s.count("keepalive_requests", d.keepalive_requests as usize, 1..=1_000_000) as u64,
+            body_timeout: s.duration(key::BODY_TIMEOUT, d.body_timeout),
+            header_timeout: s.duration(key::HEADER_TIMEOUT, d.header_timeout),
+            keepalive: s.bool(key::KEEPALIVE, d.keepalive),
+            keepalive_connections: s.count(key::KEEPALIVE_CONNECTIONS, d.keepalive_connections, 1..=10_000),
+            keepalive_timeout: s.duration(key::KEEPALIVE_TIMEOUT, d.keepalive_timeout),
+            keepalive_requests: s.count(key::KEEPALIVE_REQUESTS, d.keepalive_requests as usize, 1..=1_000_000) as u64,
             host,
             uri,
-            max_fails: s.count("max_fails", d.max_fails as usize, 0..=1000) as u32,
-            fail_timeout: s.duration("fail_timeout", d.fail_timeout),
+            max_fails: s.count(key::MAX_FAILS, d.max_fails as usize, 0..=1000) as u32,
+            fail_timeout: s.duration(key::FAIL_TIMEOUT, d.fail_timeout),
             health_check_path,
             health_check_interval: s.duration("health_check_interval", d.health_check_interval),
             health_check_timeout: s.duration("health_check_timeout", d.health_check_timeout),
             health_check_fails: s.count("health_check_fails", d.health_check_fails as usize, 1..=100) as u32,
             health_check_passes: s.count("health_check_passes", d.health_check_passes as usize, 1..=100) as u32,
-            x_forwarded_for: s.bool("x_forwarded_for", d.x_forwarded_for),
-            x_real_ip: s.bool("x_real_ip", d.x_real_ip),
+            x_forwarded_for: s.bool(key::X_FORWARDED_FOR, d.x_forwarded_for),
+            x_real_ip: s.bool(key::X_REAL_IP, d.x_real_ip),
             set_headers,
             allow: s.allow("allow").unwrap_or_else(|| d.allow.clone()),
         };
         for (key, value) in [
-            ("connect_timeout", out.connect_timeout),
-            ("send_timeout", out.send_timeout),
-            ("read_timeout", out.read_timeout),
-            ("body_timeout", out.body_timeout),
-            ("header_timeout", out.header_timeout),
-            ("keepalive_timeout", out.keepalive_timeout),
+            (key::CONNECT_TIMEOUT, out.connect_timeout),
+            (key::SEND_TIMEOUT, out.send_timeout),
+            (key::READ_TIMEOUT, out.read_timeout),
+            (key::BODY_TIMEOUT, out.body_timeout),
+            (key::HEADER_TIMEOUT, out.header_timeout),
+            (key::KEEPALIVE_TIMEOUT, out.keepalive_timeout),
             ("health_check_timeout", out.health_check_timeout),
         ] {
             if value.is_zero() {
@@ -480,7 +539,7 @@ impl PoolSettings {
         }
         if out.max_body_size == 0 {
             s.problem_at(
-                "max_body_size",
+                key::MAX_BODY_SIZE,
                 "0 (nginx: no limit) is not supported: bodies are held (in memory or a temp file) to be \
                  replayed on the next server; give a size like \"16MiB\"",
             );
@@ -495,7 +554,7 @@ impl PoolSettings {
 /// Headers the proxy writes itself; configuration may not set them.
 pub fn is_managed_header(name: &str) -> bool {
     const MANAGED: [&str; 10] = [
-        "host",
+        key::HOST,
         "connection",
         "content-length",
         "transfer-encoding",

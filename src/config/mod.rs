@@ -17,6 +17,7 @@ mod webdav;
 pub use admin::AdminConfig;
 pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
 pub use exrp::{ExrpConfig, GenesysCloudConfig, Sink, TransientStorage};
+pub use lb::key as lb_key;
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};
 pub use secret::{Secret, read_secret};
 pub use section::{PLACEHOLDER, parse_duration, parse_size};

@@ -48,40 +48,26 @@ pub(super) fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
-pub(super) fn fmt_duration(ms: u64) -> String {
-    if ms % SEC == 0 { q(&format!("{}s", ms / SEC)) } else { q(&format!("{ms}ms")) }
+pub(super) fn fmt_duration(ms: u64) -> Value {
+    Value::String(if ms % SEC == 0 { format!("{}s", ms / SEC) } else { format!("{ms}ms") })
 }
 
-pub(super) fn fmt_size(b: u64) -> String {
-    let s = match b {
+pub(super) fn fmt_size(b: u64) -> Value {
+    Value::String(match b {
         0 => "0".to_string(),
         b if b % (1 << 30) == 0 => format!("{}GiB", b >> 30),
         b if b % (1 << 20) == 0 => format!("{}MiB", b >> 20),
         b if b % (1 << 10) == 0 => format!("{}KiB", b >> 10),
         b => b.to_string(),
-    };
-    q(&s)
+    })
 }
 
-/// A TOML basic string.
-pub(super) fn q(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out + "\""
+fn int(n: impl TryInto<i64>) -> Value {
+    Value::Integer(n.try_into().unwrap_or(i64::MAX))
 }
 
-pub(super) fn key(s: &str) -> String {
-    let bare = !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if bare { s.to_string() } else { q(s) }
+fn string(s: &str) -> Value {
+    Value::String(s.to_string())
 }
 
 /// Upstream address as "host:port" (port 80 when absent, as nginx), and whether the host is an IP literal.
@@ -232,12 +218,12 @@ pub(super) struct Settings {
 
 /// nginx directive, our key, our default; `client_header_timeout` (last) is not valid in a location.
 pub(super) const DURATIONS: [(&str, &str, u64); 6] = [
-    ("proxy_connect_timeout", "connect_timeout", DEFAULT_TIMEOUT),
-    ("proxy_send_timeout", "send_timeout", DEFAULT_TIMEOUT),
-    ("proxy_read_timeout", "read_timeout", DEFAULT_TIMEOUT),
-    ("proxy_next_upstream_timeout", "next_upstream_timeout", 0),
-    ("client_body_timeout", "body_timeout", DEFAULT_TIMEOUT),
-    ("client_header_timeout", "header_timeout", DEFAULT_TIMEOUT),
+    ("proxy_connect_timeout", key::CONNECT_TIMEOUT, DEFAULT_TIMEOUT),
+    ("proxy_send_timeout", key::SEND_TIMEOUT, DEFAULT_TIMEOUT),
+    ("proxy_read_timeout", key::READ_TIMEOUT, DEFAULT_TIMEOUT),
+    ("proxy_next_upstream_timeout", key::NEXT_UPSTREAM_TIMEOUT, 0),
+    ("client_body_timeout", key::BODY_TIMEOUT, DEFAULT_TIMEOUT),
+    ("client_header_timeout", key::HEADER_TIMEOUT, DEFAULT_TIMEOUT),
 ];
 
 impl Settings {
@@ -603,13 +589,14 @@ pub(super) struct Pool<'a> {
     pub(super) name: String,
     pub(super) listen: SocketAddr,
     pub(super) at: &'a Loc,
-    pub(super) servers: Vec<String>,
-    /// Rendered TOML values of the keys that differ from exec-allinone's defaults.
-    pub(super) vals: HashMap<&'static str, String>,
+    /// Each a string ("host:port") or a table with the server's own settings.
+    pub(super) servers: Vec<Value>,
+    /// The settings (`key::POOL`) that differ from exec-allinone's defaults.
+    pub(super) vals: HashMap<&'static str, Value>,
 }
 
-pub(super) fn put(vals: &mut HashMap<&'static str, String>, key: &'static str, value: Option<String>) {
-    debug_assert!(KEYS.contains(&key));
+pub(super) fn put(vals: &mut HashMap<&'static str, Value>, key: &'static str, value: Option<Value>) {
+    debug_assert!(key::POOL.contains(&key));
     if let Some(v) = value {
         vals.insert(key, v);
     }
@@ -693,7 +680,10 @@ pub(super) fn analyze(items: &[Directive], file: &Rc<str>, rep: &mut Report) -> 
     if srvs.is_empty() {
         rep.refuse(&http.at, "no `server` block proxies anywhere; nothing to translate");
     }
-    render(file, &pools, worker_connections)
+    render(file, &pools, worker_connections).unwrap_or_else(|e| {
+        rep.refuse(&http.at, e);
+        String::new()
+    })
 }
 
 pub(super) fn pool<'a>(
@@ -746,15 +736,15 @@ pub(super) fn pool<'a>(
             }
             up.used_by = Some(srv.at);
             let (mf, ft, servers) = servers_toml(up, rep);
-            put(&mut vals, "max_fails", mf);
-            put(&mut vals, "fail_timeout", ft);
+            put(&mut vals, key::MAX_FAILS, mf);
+            put(&mut vals, key::FAIL_TIMEOUT, ft);
             match up.keepalive {
                 Some(n) if http11.is_some() && fold.conn_empty => {
-                    put(&mut vals, "keepalive", Some("true".into()));
-                    put(&mut vals, "keepalive_connections", Some(n).filter(|&n| n != 32).map(|n| n.to_string()));
+                    put(&mut vals, key::KEEPALIVE, Some(Value::Boolean(true)));
+                    put(&mut vals, key::KEEPALIVE_CONNECTIONS, Some(n).filter(|&n| n != 32).map(int));
                     let timeout = up.ka_timeout.filter(|&v| v != DEFAULT_TIMEOUT).map(fmt_duration);
-                    put(&mut vals, "keepalive_timeout", timeout);
-                    put(&mut vals, "keepalive_requests", up.ka_requests.filter(|&v| v != 1000).map(|n| n.to_string()));
+                    put(&mut vals, key::KEEPALIVE_TIMEOUT, timeout);
+                    put(&mut vals, key::KEEPALIVE_REQUESTS, up.ka_requests.filter(|&v| v != 1000).map(int));
                 }
                 Some(n) => {
                     let needs = "`proxy_http_version 1.1` and `proxy_set_header Connection \"\"`";
@@ -774,7 +764,7 @@ pub(super) fn pool<'a>(
             let name = format!("p{}", listen.port());
             let why = format!("no upstream block of that name; pool `{name}` with that single server");
             rep.note(loc_at, format!("`proxy_pass` to {}: {why}", t.auth));
-            (name, vec![q(&t.addr)])
+            (name, vec![string(&t.addr)])
         }
     };
     // nginx does not merge header lists: the innermost block that sets any drops all outer ones, a common surprise.
@@ -788,7 +778,7 @@ pub(super) fn pool<'a>(
             );
         }
     }
-    if let (Some(at), false) = (&http11, vals.contains_key("keepalive")) {
+    if let (Some(at), false) = (&http11, vals.contains_key(key::KEEPALIVE)) {
         let why = "without upstream keepalive exec-allinone speaks HTTP/1.0 to upstreams";
         rep.note(at, format!("pool `{name}`: `proxy_http_version 1.1` has no effect: {why}"));
     }
@@ -796,22 +786,18 @@ pub(super) fn pool<'a>(
         put(&mut vals, key, v.filter(|&v| v != default).map(fmt_duration));
     }
     let next = eff.next_upstream.filter(|f| f[..] != ["error", "timeout"]);
-    put(
-        &mut vals,
-        "next_upstream",
-        next.map(|f| format!("[{}]", f.iter().map(|s| q(s)).collect::<Vec<_>>().join(", "))),
-    );
-    put(&mut vals, "next_upstream_tries", eff.tries.filter(|&n| n != 0).map(|n| n.to_string()));
-    put(&mut vals, "max_body_size", eff.max_body.filter(|&n| n != 1 << 20).map(fmt_size));
-    put(&mut vals, "client_body_buffer_size", eff.body_buffer.filter(|&n| n != 16 << 10).map(fmt_size));
+    put(&mut vals, key::NEXT_UPSTREAM, next.map(|f| Value::Array(f.iter().map(|s| string(s)).collect())));
+    put(&mut vals, key::NEXT_UPSTREAM_TRIES, eff.tries.filter(|&n| n != 0).map(int));
+    put(&mut vals, key::MAX_BODY_SIZE, eff.max_body.filter(|&n| n != 1 << 20).map(fmt_size));
+    put(&mut vals, key::CLIENT_BODY_BUFFER_SIZE, eff.body_buffer.filter(|&n| n != 16 << 10).map(fmt_size));
     // exec-allinone's default Host is the pool name, which is `$proxy_host` only when the pool is the upstream.
     let host = fold.host.or_else(|| (t.proxy_host != name).then(|| t.proxy_host.clone()));
-    put(&mut vals, "host", host.as_deref().map(q));
-    put(&mut vals, "uri", t.raw.then(|| q("raw")));
-    put(&mut vals, "x_forwarded_for", fold.xff.then(|| "true".into()));
-    put(&mut vals, "x_real_ip", fold.xri.then(|| "true".into()));
-    let set: Vec<String> = fold.set.iter().map(|(k, v)| format!("{} = {}", q(k), q(v))).collect();
-    put(&mut vals, "set_headers", (!set.is_empty()).then(|| format!("{{ {} }}", set.join(", "))));
+    put(&mut vals, key::HOST, host.as_deref().map(string));
+    put(&mut vals, key::URI, t.raw.then(|| string("raw")));
+    put(&mut vals, key::X_FORWARDED_FOR, fold.xff.then_some(Value::Boolean(true)));
+    put(&mut vals, key::X_REAL_IP, fold.xri.then_some(Value::Boolean(true)));
+    let set: toml::Table = fold.set.iter().map(|(k, v)| (k.clone(), string(v))).collect();
+    put(&mut vals, key::SET_HEADERS, (!set.is_empty()).then_some(Value::Table(set)));
     Some(Pool { name, listen, at: srv.at, servers, vals })
 }
 
@@ -839,7 +825,7 @@ impl Fold {
 }
 
 /// Returns the pool-level max_fails and fail_timeout (when every server agrees) and the server entries.
-pub(super) fn servers_toml(up: &Upstream, rep: &mut Report) -> (Option<String>, Option<String>, Vec<String>) {
+pub(super) fn servers_toml(up: &Upstream, rep: &mut Report) -> (Option<Value>, Option<Value>, Vec<Value>) {
     // nginx counts failures only when there are several peers, so a lone server is never marked failed.
     let single = matches!(up.servers.as_slice(), [s] if s.ip);
     let mf = |s: &UpServer| if single { 0 } else { s.max_fails.unwrap_or(1) };
@@ -858,22 +844,26 @@ pub(super) fn servers_toml(up: &Upstream, rep: &mut Report) -> (Option<String>, 
     let same_mf = first.filter(|f| up.servers.iter().all(|s| mf(s) == mf(f))).map(mf);
     let same_ft = first.filter(|f| up.servers.iter().all(|s| ft(s) == ft(f))).map(ft);
     let entries = up.servers.iter().map(|s| {
-        let mut parts = Vec::new();
+        let mut own = toml::Table::new();
         if s.weight != 1 {
-            parts.push(format!("weight = {}", s.weight));
+            own.insert(key::WEIGHT.into(), int(s.weight));
         }
         if same_mf.is_none() && mf(s) != 0 {
-            parts.push(format!("max_fails = {}", mf(s)));
+            own.insert(key::MAX_FAILS.into(), int(mf(s)));
         }
         if same_ft.is_none() && ft(s) != NGINX_FAIL_TIMEOUT {
-            parts.push(format!("fail_timeout = {}", fmt_duration(ft(s))));
+            own.insert(key::FAIL_TIMEOUT.into(), fmt_duration(ft(s)));
         }
         if s.down {
-            parts.push("down = true".into());
+            own.insert(key::DOWN.into(), Value::Boolean(true));
         }
-        if parts.is_empty() { q(&s.addr) } else { format!("{{ address = {}, {} }}", q(&s.addr), parts.join(", ")) }
+        if own.is_empty() {
+            return string(&s.addr);
+        }
+        own.insert(key::ADDRESS.into(), string(&s.addr));
+        Value::Table(own)
     });
     let entries = entries.collect();
-    let pool_mf = same_mf.filter(|&v| v != 0).map(|v| v.to_string());
+    let pool_mf = same_mf.filter(|&v| v != 0).map(int);
     (pool_mf, same_ft.filter(|&v| v != NGINX_FAIL_TIMEOUT).map(fmt_duration), entries)
 }

@@ -9,6 +9,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use toml::Value;
+
+use crate::config::lb_key as key;
+
 mod analyze;
 mod emit;
 mod lexer;
@@ -33,12 +37,6 @@ const NGINX_FAIL_TIMEOUT: u64 = 10 * SEC;
 const FLAGS: [&str; 11] = [
     "error", "timeout", "invalid_header", "http_500", "http_502", "http_503", "http_504", "http_403", "http_404",
     "http_429", "non_idempotent",
-];
-#[rustfmt::skip]
-const KEYS: [&str; 21] = [
-    "connect_timeout", "send_timeout", "read_timeout", "next_upstream", "next_upstream_tries", "next_upstream_timeout",
-    "max_body_size", "client_body_buffer_size", "body_timeout", "header_timeout", "keepalive", "keepalive_connections", "keepalive_timeout",
-    "keepalive_requests", "host", "uri", "x_forwarded_for", "x_real_ip", "set_headers", "max_fails", "fail_timeout",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +180,17 @@ http {
     }
 
     const TWO: &str = "server 10.0.0.1:80 max_fails=0; server 10.0.0.2:80 max_fails=0;";
+
+    /// Pool `name` of the translation, as values.
+    fn pool(t: &Translation, name: &str) -> toml::Table {
+        let doc: toml::Table = t.toml.parse().unwrap();
+        doc["lb"]["pools"][name].as_table().unwrap_or_else(|| panic!("no pool {name}:\n{}", t.toml)).clone()
+    }
+
+    /// What a pool should hold, written as TOML, as values.
+    fn values(text: &str) -> toml::Table {
+        text.parse().unwrap()
+    }
 
     fn body(t: &Translation) -> String {
         t.toml.lines().skip(2).collect::<Vec<_>>().join("\n")
@@ -336,8 +345,11 @@ servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
             "server 10.0.0.1 max_fails=0; server 10.0.0.2; server 10.0.0.3 max_fails=3 fail_timeout=30s;",
             "proxy_pass http://u/;",
         ));
-        let want = "servers = [\n    \"10.0.0.1:80\",\n    { address = \"10.0.0.2:80\", max_fails = 1 },\n    { address = \"10.0.0.3:80\", max_fails = 3, fail_timeout = \"30s\" },\n]\n";
-        assert!(t.toml.contains(want), "{}", t.toml);
+        let want = values(
+            "servers = [\"10.0.0.1:80\", { address = \"10.0.0.2:80\", max_fails = 1 }, \
+             { address = \"10.0.0.3:80\", max_fails = 3, fail_timeout = \"30s\" }]",
+        );
+        assert_eq!(pool(&t, "u")["servers"], want["servers"], "{}", t.toml);
         // Same fail_timeout everywhere goes on the pool.
         let t = ok(&conf(
             "server 10.0.0.1 max_fails=2 fail_timeout=1m; server 10.0.0.2 max_fails=2 fail_timeout=60;",
@@ -356,8 +368,11 @@ servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
             "server 10.0.0.1 weight=5 max_fails=0; server [::1]:8080 max_fails=0 down; server app.example max_fails=0;",
             "proxy_pass http://u/;",
         ));
-        let want = "servers = [\n    { address = \"10.0.0.1:80\", weight = 5 },\n    { address = \"[::1]:8080\", down = true },\n    \"app.example:80\",\n]\n";
-        assert!(t.toml.contains(want), "{}", t.toml);
+        let want = values(
+            "servers = [{ address = \"10.0.0.1:80\", weight = 5 }, { address = \"[::1]:8080\", down = true }, \
+             \"app.example:80\"]",
+        );
+        assert_eq!(pool(&t, "u")["servers"], want["servers"], "{}", t.toml);
         let p = refused(&conf(
             "server 10.0.0.1 weight=0; server unix:/x.sock; server 10.0.0.3 max_conns=4;",
             "proxy_pass http://u/;",
@@ -461,17 +476,21 @@ host = "10.0.0.9:8080""#;
         assert_eq!(parse_duration("1s1m"), None);
         assert_eq!(parse_duration("5x"), None);
         assert_eq!(parse_size("2g"), Some(2 << 30));
-        assert_eq!(fmt_size(1536), "\"1536\"");
-        assert_eq!(fmt_size(3 << 10), "\"3KiB\"");
+        assert_eq!(fmt_size(1536), Value::from("1536"));
+        assert_eq!(fmt_size(3 << 10), Value::from("3KiB"));
     }
 
     #[test]
     fn headers() {
         let loc = "proxy_pass http://u/; proxy_set_header Host $host; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Env \"prod\";";
         let t = ok(&conf(TWO, loc));
-        let want =
-            "host = \"$host\"\nx_forwarded_for = true\nx_real_ip = true\nset_headers = { \"X-Env\" = \"prod\" }\n";
-        assert!(t.toml.ends_with(want), "{}", t.toml);
+        let want = values(
+            "host = \"$host\"\nx_forwarded_for = true\nx_real_ip = true\nset_headers = { \"X-Env\" = \"prod\" }\n",
+        );
+        let got = pool(&t, "u");
+        for k in ["host", "x_forwarded_for", "x_real_ip", "set_headers"] {
+            assert_eq!(got.get(k), want.get(k), "{k}:\n{}", t.toml);
+        }
         // A block that sets any header replaces everything inherited, as in nginx.
         let text = "http {\n proxy_set_header X-Real-IP $remote_addr;\n upstream u { server 10.0.0.1; }\n server { listen 80; proxy_set_header Host backend.local; location / { proxy_pass http://u/; } }\n}\n";
         let t = ok(text);
