@@ -824,7 +824,7 @@ fn recording_disabled_accepts_with_200_and_sends_nothing() {
     let d = excp.details();
     assert_eq!((d["calls"].as_u64(), d["recordingEnabled"].as_bool()), (Some(0), Some(false)), "{d}");
     assert!(excp.state_files().is_empty(), "{:?}", excp.state_files());
-    assert!(excp.proc().logs().contains("recording_enabled is false"), "{}", excp.tail());
+    wait_until("the recording_enabled log line", SOON, || excp.proc().logs().contains("recording_enabled is false"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1079,7 +1079,9 @@ fn gir_mode_learns_of_a_call_from_its_recording_in_the_store() {
     assert_eq!(received[0].media_ids(), vec![file.clone()]);
     assert_eq!(received[0].body["source"], "gir");
     check_rws_requests(&rws, &call);
-    assert!(excp.tail().contains("call known from its recording in the store"), "{}", excp.tail());
+    wait_until("the call-from-the-store log line", SOON, || {
+        excp.tail().contains("call known from its recording in the store")
+    });
     // A file not named after a call is ignored.
     let other = crate::support::client()
         .put(webdav.url("/recordings/notes.txt"))

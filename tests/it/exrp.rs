@@ -565,7 +565,7 @@ fn an_upload_whose_delete_fails_is_marked_done_on_its_file_and_never_uploaded_ag
     wait_until("both files marked done", SOON, || {
         names.iter().all(|n| sidecar(n).is_ok_and(|props| props.contains("done") && props.contains("uploadKey")))
     });
-    assert!(a.proc().logs().contains("delete pending"), "{}", a.proc().logs());
+    wait_until("A to log the pending delete", SOON, || a.proc().logs().contains("delete pending"));
     assert_eq!(store.files(), names);
     // A dies with its uploads done and its files still in the store: B takes them over,
     // deletes them and uploads nothing again.

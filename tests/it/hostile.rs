@@ -661,7 +661,7 @@ fn every_listener_has_a_connection_cap() {
     {
         assert_capped(name, p.addr(name), 2, &get(path));
     }
-    assert!(p.logs().contains("connection cap reached"), "the cap is logged");
+    wait_until("the cap to be logged", Duration::from_secs(10), || p.logs().contains("connection cap reached"));
 }
 
 // ------------------------------------------------------------- 7. slow clients and the quota
