@@ -835,7 +835,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_connect_is_an_error_before_anything_was_sent() {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        // Bound, never listening: refused, and no other test's socket can take the port.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = held.local_addr().unwrap();
         let err = connector(None).send(0, addr, &get()).await.err().expect("refused");
         assert_eq!((err.failure, err.sent, err.reused, err.connect_time), (Failure::Error, false, false, None));
         assert!(err.detail.starts_with("connect failed"), "{}", err.detail);

@@ -234,6 +234,9 @@ pub struct Backend {
     accept: Option<JoinHandle<()>>,
     /// A `Blackhole`'s listener and the connections that fill its backlog.
     blackhole: Option<(TcpListener, Vec<TcpStream>)>,
+    /// A `Refuse`'s port: bound and never listening, so connecting is refused and no other
+    /// socket (another `Refuse` among them) can take the port meanwhile.
+    refuse: Option<tokio::net::TcpSocket>,
 }
 
 /// A set of backends sharing one arrival log; stops them all when dropped.
@@ -270,16 +273,29 @@ impl Backends {
     pub fn add(&mut self, name: &str, behaviour: Behaviour) -> SocketAddr {
         assert!(self.list.iter().all(|b| b.name != name), "backend {name} twice");
         behaviour.check_routes();
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let addr = listener.local_addr().unwrap();
         let current = Arc::new(Mutex::new(behaviour.clone()));
         let connections = Arc::new(AtomicU64::new(0));
+        if let Behaviour::Refuse = behaviour {
+            let socket = refusing_port();
+            let addr = socket.local_addr().unwrap();
+            let refuse = Some(socket);
+            let (accept, blackhole) = (None, None);
+            self.list.push(Backend {
+                name: name.to_string(),
+                addr,
+                behaviour,
+                current,
+                connections,
+                accept,
+                blackhole,
+                refuse,
+            });
+            return addr;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+        let addr = listener.local_addr().unwrap();
         let mut blackhole = None;
-        let accept = if let Behaviour::Refuse = behaviour {
-            // Released at once: connecting to the port is refused from now on.
-            drop(listener);
-            None
-        } else if let Behaviour::Blackhole = behaviour {
+        let accept = if let Behaviour::Blackhole = behaviour {
             blackhole = Some((listener, fill_backlog(addr)));
             None
         } else {
@@ -295,7 +311,17 @@ impl Backends {
             };
             Some(std::thread::spawn(move || accept_loop(listener, shared)))
         };
-        self.list.push(Backend { name: name.to_string(), addr, behaviour, current, connections, accept, blackhole });
+        let refuse = None;
+        self.list.push(Backend {
+            name: name.to_string(),
+            addr,
+            behaviour,
+            current,
+            connections,
+            accept,
+            blackhole,
+            refuse,
+        });
         addr
     }
 
@@ -748,4 +774,12 @@ fn partial(buf: &[u8], name: &str) -> Seen {
         connection: 0,
         on_connection: 0,
     }
+}
+
+/// A loopback port held by a socket that is bound and never listens: connecting to it is
+/// refused (RST), and nothing else can bind it while the socket lives.
+pub fn refusing_port() -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind a refusing port");
+    socket
 }

@@ -18,19 +18,32 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts chromedriver on a free loopback port and a headless chromium session.
+    /// Starts chromedriver on a loopback port of its choosing and a headless chromium session.
     pub fn start() -> Browser {
         assert!(
             std::path::Path::new(CHROMEDRIVER).exists() && std::path::Path::new(CHROMIUM).exists(),
             "the browser test needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let driver = Command::new(CHROMEDRIVER)
-            .args([format!("--port={port}"), "--allowed-ips=127.0.0.1".into()])
-            .stdout(Stdio::null())
+        // Port 0: chromedriver binds a free one itself and says which on stdout.
+        let mut driver = Command::new(CHROMEDRIVER)
+            .args(["--port=0", "--allowed-ips=127.0.0.1"])
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start chromedriver");
+        let mut out = std::io::BufReader::new(driver.stdout.take().expect("piped"));
+        let mut said = String::new();
+        let port = loop {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut out, &mut line).expect("chromedriver's stdout");
+            assert!(n > 0, "chromedriver ended without saying its port: {said}");
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                break rest.trim().trim_end_matches('.').parse::<u16>().expect("a port number");
+            }
+            said.push_str(&line);
+        };
+        // The rest of what it says is read and dropped, so it never blocks on a full pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
