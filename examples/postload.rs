@@ -77,18 +77,9 @@ struct Cli {
     expect_prefix: bool,
 }
 
+/// The library's size parser ("64KiB", "1MiB", "1000"), the one the config uses.
 fn parse_size(s: &str) -> Result<usize, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: usize = num.parse().map_err(|e| format!("bad size {s:?}: {e}"))?;
-    let mult = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "ki" | "kib" => 1024,
-        u => return Err(format!("bad size unit {u:?}")),
-    };
-    Ok(n * mult)
+    exec_allinone::config::parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
 }
 
 /// A GIR recording metadata object (research/domain.md §2.2) serialized to exactly `size`
