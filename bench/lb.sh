@@ -71,7 +71,6 @@ NCPU=$(nproc)
 MAXC=$(printf '%s\n' "${CONC_LIST[@]}" | sort -n | tail -n1)
 BACKEND_BODY='{"status":{"code":0,"message":"OK"}}'
 
-die() { log "ERROR: $*"; exit 1; }
 want() { [[ ",$SERVERS," == *",$1,"* ]]; }
 want_exec() { want exec || want exec-ka || want exec-ka32; }
 for s in "${SERVER_LIST[@]}"; do
@@ -146,8 +145,6 @@ pin() { # cpus command... : runs command (exec'd, same PID) under taskset when c
 
 # Listening ports come from below the ephemeral range: the proxies without upstream keep-alive
 # open (and leave in TIME_WAIT) tens of thousands of connections from that range.
-EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
-[[ $EPHEMERAL_LOW -gt 12000 ]] || die "ip_local_port_range starts at $EPHEMERAL_LOW; need room below it for listeners"
 stop_pid() {
     kill -TERM "$1" 2>/dev/null || true
     for _ in $(seq 100); do

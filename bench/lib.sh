@@ -45,7 +45,12 @@ wait_port() { # port pid
     return 1
 }
 
+die() { log "ERROR: $*"; exit 1; }
+
+# A port below the ephemeral range, free now.
+EPHEMERAL_LOW=$(awk '{print $1}' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
 free_port() {
+    [[ $EPHEMERAL_LOW -gt 12000 ]] || die "ip_local_port_range starts at $EPHEMERAL_LOW; need room below it for listeners"
     local p
     for _ in $(seq 200); do
         p=$((10000 + RANDOM % (EPHEMERAL_LOW - 10000)))
