@@ -275,43 +275,32 @@ impl Backends {
         behaviour.check_routes();
         let current = Arc::new(Mutex::new(behaviour.clone()));
         let connections = Arc::new(AtomicU64::new(0));
-        if let Behaviour::Refuse = behaviour {
-            let socket = refusing_port();
-            let addr = socket.local_addr().unwrap();
-            let refuse = Some(socket);
-            let (accept, blackhole) = (None, None);
-            self.list.push(Backend {
-                name: name.to_string(),
-                addr,
-                behaviour,
-                current,
-                connections,
-                accept,
-                blackhole,
-                refuse,
-            });
-            return addr;
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
-        let addr = listener.local_addr().unwrap();
-        let mut blackhole = None;
-        let accept = if let Behaviour::Blackhole = behaviour {
-            blackhole = Some((listener, fill_backlog(addr)));
-            None
-        } else {
-            listener.set_nonblocking(true).unwrap();
-            let shared = Shared {
-                name: name.to_string(),
-                current: current.clone(),
-                connections: connections.clone(),
-                seen: self.log.clone(),
-                closed: self.closed.clone(),
-                idle_closed: self.idle_closed.clone(),
-                stop: self.stop.clone(),
-            };
-            Some(std::thread::spawn(move || accept_loop(listener, shared)))
+        let (addr, accept, blackhole, refuse) = match behaviour {
+            Behaviour::Refuse => {
+                let socket = refusing_port();
+                (socket.local_addr().unwrap(), None, None, Some(socket))
+            }
+            Behaviour::Blackhole => {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+                let addr = listener.local_addr().unwrap();
+                (addr, None, Some((listener, fill_backlog(addr))), None)
+            }
+            _ => {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind backend");
+                let addr = listener.local_addr().unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let shared = Shared {
+                    name: name.to_string(),
+                    current: current.clone(),
+                    connections: connections.clone(),
+                    seen: self.log.clone(),
+                    closed: self.closed.clone(),
+                    idle_closed: self.idle_closed.clone(),
+                    stop: self.stop.clone(),
+                };
+                (addr, Some(std::thread::spawn(move || accept_loop(listener, shared))), None, None)
+            }
         };
-        let refuse = None;
         self.list.push(Backend {
             name: name.to_string(),
             addr,
