@@ -22,24 +22,38 @@ pub struct RecordDir {
     dir_sync: GroupSync,
 }
 
+/// What a replaced file is made durable with before its rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing (`fsync = false`).
+    No,
+    /// `fdatasync`: the bytes and what reading them needs (the records: nothing else of the
+    /// inode matters, and it spares a journal commit per record).
+    Data,
+    /// `fsync`: the inode too (a mode or owner the file must keep).
+    All,
+}
+
 /// The one way a file is replaced whole: `fill` writes a new file at `temp` (created with
-/// `mode` less the umask, never an existing file), which is fsynced when `fsync` and renamed
-/// over `target`. On any failure `temp` is removed and `target` is as it was. The rename's own
-/// durability (an fsync of the directory) is the caller's, so that several replacements can
-/// share one.
+/// `mode` less the umask, never an existing file), which is flushed as `flush` says and
+/// renamed over `target`. On any failure `temp` is removed and `target` is as it was. The
+/// rename's own durability (an fsync of the directory) is the caller's, so that several
+/// replacements can share one.
 pub fn replace_file(
     temp: &Path,
     target: &Path,
     mode: u32,
-    fsync: bool,
+    flush: Flush,
     fill: impl FnOnce(&mut File) -> io::Result<()>,
 ) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let result = (|| {
         let mut file = OpenOptions::new().write(true).create_new(true).mode(mode).open(temp)?;
         fill(&mut file)?;
-        if fsync {
-            file.sync_all()?;
+        match flush {
+            Flush::No => {}
+            Flush::Data => file.sync_data()?,
+            Flush::All => file.sync_all()?,
         }
         drop(file);
         fs::rename(temp, target)
@@ -151,7 +165,8 @@ impl RecordDir {
         }
         let n = self.next_temp.fetch_add(1, Ordering::Relaxed);
         let temp = self.dir.join(format!("{TEMP_PREFIX}{}-{n}", std::process::id()));
-        replace_file(&temp, &self.dir.join(key), 0o666, self.fsync, |file| file.write_all(bytes))?;
+        let flush = if self.fsync { Flush::Data } else { Flush::No };
+        replace_file(&temp, &self.dir.join(key), 0o666, flush, |file| file.write_all(bytes))?;
         self.sync_dir()
     }
 

@@ -592,7 +592,7 @@ fn write_atomically(target: &Path, content: &[u8], old: Option<&fs::Metadata>) -
     let name = target.file_name().with_context(|| format!("{} does not name a file", target.display()))?;
     let tmp = dir.join(crate::durable::temp_name(&name.to_string_lossy()));
     // Created 0600: the hashes are never readable by others, not even for a moment.
-    crate::durable::replace_file(&tmp, target, 0o600, true, |f| {
+    crate::durable::replace_file(&tmp, target, 0o600, crate::durable::Flush::All, |f| {
         f.write_all(content)?;
         if let Some(m) = old {
             // Keep the group the web server reads the file through; a plain rewrite by

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::cloud::CloudClient;
 use crate::config::{GenesysCloudConfig, Sink as SinkConfig};
 use crate::dav_client::FetchedBody;
-use crate::durable::{replace_file, temp_name};
+use crate::durable::{Flush, replace_file, temp_name};
 use crate::http::client::HttpClient;
 
 pub enum Sink {
@@ -97,10 +97,9 @@ impl LocalSink {
         let target = dir.join(file);
         let meta_name = format!("{file}.json");
         // Metadata first: whoever sees the audio finds its metadata beside it.
-        replace_file(&dir.join(temp_name(&meta_name)), &dir.join(&meta_name), 0o666, self.fsync, |f| {
-            f.write_all(metadata)
-        })?;
-        replace_file(&dir.join(temp_name(file)), &target, 0o666, self.fsync, |f| match audio {
+        let flush = if self.fsync { Flush::All } else { Flush::No };
+        replace_file(&dir.join(temp_name(&meta_name)), &dir.join(&meta_name), 0o666, flush, |f| f.write_all(metadata))?;
+        replace_file(&dir.join(temp_name(file)), &target, 0o666, flush, |f| match audio {
             FetchedBody::Memory(bytes) => f.write_all(bytes),
             FetchedBody::File(path) => std::io::copy(&mut std::fs::File::open(path)?, f).map(drop),
         })?;
