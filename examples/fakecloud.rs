@@ -18,8 +18,8 @@
 #[path = "../tests/it/support/cloud.rs"]
 mod cloud;
 #[allow(dead_code)]
-#[path = "../tests/it/support/wire.rs"]
-mod wire;
+#[path = "../tests/it/support/fake_server.rs"]
+mod fake_server;
 
 use std::io::{Read, Write};
 

@@ -1,28 +1,26 @@
 //! In-process fakes of the services excp talks to: exrp (`POST /api/v1/interaction-end`) and
-//! GIR RWS (`GET /api/v2/ops/contact-centers/<orgId>/recordings/<callUUID>`). std threads and
-//! std::net only, 127.0.0.1 port 0.
+//! GIR RWS (`GET /api/v2/ops/contact-centers/<orgId>/recordings/<callUUID>`), on a
+//! [`FakeServer`] (axum, 127.0.0.1 port 0).
 //!
-//! Both sit on a [`Server`]: one request per connection, answered by a handler, with a switch
-//! that takes the listener away (connecting is refused) and brings it back on the same port.
-//! Everything is bounded: reads time out after 5 s, a held (hanging) connection is kept until the
-//! client closes it, 30 s pass, or the fake is dropped; dropping a fake stops its threads.
+//! Both sit on a [`Server`]: every request is answered by a handler and the connection closed
+//! after it (so a fake taken down is down for a client with a pool too). A held (hanging)
+//! request is kept until the client closes it or the fake is dropped; bodies beyond 8 MiB are
+//! refused.
 
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use axum::response::{IntoResponse, Response};
+use http::{StatusCode, header};
 use serde_json::{Value, json};
 
-use super::backend::{dechunk, find};
-use super::wire::{MAX_HOLD, hold, reason};
+use super::fake_server::{FakeServer, hold};
 
-const READ_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUEST: usize = 8 << 20;
 
 /// One request as a fake received it.
@@ -44,9 +42,9 @@ impl Request {
 
 /// What a handler does with a request.
 pub enum Answer {
-    /// Status and JSON body, then close.
+    /// Status and JSON body.
     Json(u16, Value),
-    /// Holds the connection without answering until the client gives up (or 30 s pass).
+    /// Holds the request without answering until the client gives up.
     Hang,
     /// Waits, then answers (unless the client went away meanwhile).
     Delayed(Duration, u16, Value),
@@ -54,171 +52,90 @@ pub enum Answer {
 
 type Handler = Arc<dyn Fn(&Request) -> Answer + Send + Sync>;
 
-/// An HTTP/1.1 listener on 127.0.0.1 that can be taken down and brought back on its port.
+/// A fake that can be taken down and brought back on its port.
 pub struct Server {
     pub addr: SocketAddr,
-    handler: Handler,
-    /// Stops every thread (drop).
-    stop: Arc<AtomicBool>,
-    /// The accept loop in force and its own stop switch; None while down.
-    listening: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
-    /// Connections the client closed while held (`Answer::Hang`).
-    pub abandoned: Arc<Mutex<u32>>,
+    server: FakeServer,
+    /// Requests the client gave up on while they were held (`Answer::Hang`, `Delayed`).
+    abandoned: Arc<AtomicU32>,
 }
 
 impl Server {
     pub fn start(handler: Handler) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake");
-        let addr = listener.local_addr().unwrap();
-        let server = Server {
-            addr,
-            handler,
-            stop: Arc::new(AtomicBool::new(false)),
-            listening: Mutex::new(None),
-            abandoned: Arc::new(Mutex::new(0)),
-        };
-        server.listen(listener);
-        server
-    }
-
-    fn listen(&self, listener: TcpListener) {
-        listener.set_nonblocking(true).unwrap();
-        let own = Arc::new(AtomicBool::new(false));
-        let (stop, handler, abandoned, own2) =
-            (self.stop.clone(), self.handler.clone(), self.abandoned.clone(), own.clone());
-        let handle = std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) && !own2.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => {
-                        let (stop, handler, abandoned) = (stop.clone(), handler.clone(), abandoned.clone());
-                        std::thread::spawn(move || serve(stream, &handler, &stop, &abandoned));
+        let abandoned = Arc::new(AtomicU32::new(0));
+        let held = abandoned.clone();
+        let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+            let (handler, held) = (handler.clone(), held.clone());
+            async move {
+                let Some(request) = read_request(req).await else {
+                    return (StatusCode::PAYLOAD_TOO_LARGE, [(header::CONNECTION, "close")]).into_response();
+                };
+                let (status, body) = match handler(&request) {
+                    Answer::Json(status, body) => (status, body),
+                    Answer::Hang => {
+                        hold(None, || {
+                            held.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .await;
+                        unreachable!("a hold without a limit ends only when its request is dropped")
                     }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
+                    Answer::Delayed(delay, status, body) => {
+                        hold(Some(delay), || {
+                            held.fetch_add(1, Ordering::SeqCst);
+                        })
+                        .await;
+                        (status, body)
+                    }
+                };
+                json_close(status, &body)
             }
-            // The listener is dropped here: connecting is refused from now on.
         });
-        *self.listening.lock().unwrap() = Some((own, handle));
+        let server = FakeServer::start(app);
+        Server { addr: server.addr, server, abandoned }
     }
 
     /// Closes the listener: connections are refused until `up`.
     pub fn down(&self) {
-        if let Some((own, handle)) = self.listening.lock().unwrap().take() {
-            own.store(true, Ordering::SeqCst);
-            let _ = handle.join();
-        }
+        self.server.down();
     }
 
-    /// Listens again on the same port (std sets SO_REUSEADDR, so TIME_WAIT is no obstacle).
+    /// Listens again on the same port.
     pub fn up(&self) {
-        if self.listening.lock().unwrap().is_some() {
-            return;
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let listener = loop {
-            match TcpListener::bind(self.addr) {
-                Ok(l) => break l,
-                Err(e) => {
-                    assert!(Instant::now() < deadline, "cannot listen on {} again: {e}", self.addr);
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        };
-        self.listen(listener);
+        self.server.up();
     }
 
     pub fn is_up(&self) -> bool {
-        self.listening.lock().unwrap().is_some()
+        self.server.is_up()
+    }
+
+    pub fn abandoned(&self) -> u32 {
+        self.abandoned.load(Ordering::SeqCst)
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        self.down();
-    }
+/// A JSON answer after which the connection closes.
+fn json_close(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).expect("a fake's status");
+    (status, [(header::CONTENT_TYPE, "application/json"), (header::CONNECTION, "close")], body.to_string())
+        .into_response()
 }
 
-fn serve(mut stream: TcpStream, handler: &Handler, stop: &AtomicBool, abandoned: &Mutex<u32>) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(READ_TIMEOUT));
-    let Some(request) = read_request(&mut stream) else { return };
-    let (status, body) = match handler(&request) {
-        Answer::Json(status, body) => (status, body),
-        Answer::Hang => {
-            if hold(&mut stream, stop, MAX_HOLD) {
-                *abandoned.lock().unwrap() += 1;
-            }
-            return;
-        }
-        Answer::Delayed(delay, status, body) => {
-            if hold(&mut stream, stop, delay) {
-                *abandoned.lock().unwrap() += 1;
-                return;
-            }
-            (status, body)
-        }
-    };
-    let body = serde_json::to_vec(&body).unwrap();
-    let head = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        reason(status),
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes());
-    let _ = stream.write_all(&body);
-    let _ = stream.flush();
-    let _ = stream.shutdown(Shutdown::Write);
-    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut sink = [0u8; 1024];
-    while let Ok(n) = stream.read(&mut sink) {
-        if n == 0 {
-            break;
-        }
-    }
-}
-
-/// Reads one request (body by Content-Length or chunked); None when it never completes.
-fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
-    loop {
-        if let Some(head_end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-            let mut lines = head.split("\r\n");
-            let mut parts = lines.next().unwrap_or_default().split(' ');
-            let method = parts.next().unwrap_or_default().to_string();
-            let target = parts.next().unwrap_or_default().to_string();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                .collect();
-            let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-            let rest = &buf[head_end + 4..];
-            let body = if get("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
-                match dechunk(rest) {
-                    Some(Some(body)) => Some(body),
-                    Some(None) => None,
-                    None => return None,
-                }
-            } else {
-                let len: usize = get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                (rest.len() >= len).then(|| rest[..len].to_vec())
-            };
-            if let Some(body) = body {
-                return Some(Request { method, target, headers, body, at: Instant::now() });
-            }
-        }
-        if buf.len() > MAX_REQUEST {
-            return None;
-        }
-        match crate::support::read_some(stream, &mut chunk) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-    }
+/// The request whole; None when its body is beyond MAX_REQUEST (or never completes).
+async fn read_request(req: axum::extract::Request) -> Option<Request> {
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, MAX_REQUEST).await.ok()?;
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    Some(Request {
+        method: parts.method.to_string(),
+        target: parts.uri.path_and_query().map_or_else(|| parts.uri.to_string(), |p| p.to_string()),
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,7 +267,7 @@ impl FakeExrp {
 
     /// Connections excp closed while the fake held them (`Hang`, `AcceptSlow`).
     pub fn abandoned(&self) -> u32 {
-        *self.server.abandoned.lock().unwrap()
+        self.server.abandoned()
     }
 
     /// Waits until `cond` holds on the received list; panics after `limit`.

@@ -13,13 +13,13 @@ use std::time::{Duration, Instant};
 pub mod apache;
 pub mod backend;
 pub mod cloud;
+pub mod fake_server;
 pub mod fakes;
 pub mod netns;
 pub mod nginx;
 pub mod proxy;
 pub mod seccomp;
 pub mod webdriver;
-pub mod wire;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_exec-allinone");
 pub const USER: &str = "mcp";
