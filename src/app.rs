@@ -169,8 +169,12 @@ impl Prepared {
     fn listeners<'c>(&self, config: &'c Config) -> Vec<(String, SocketAddr, Option<&'c TlsConfig>)> {
         match (self, config) {
             (Prepared::Webdav(_), Config { webdav: Some(w), .. }) => vec![("webdav".into(), w.listen, w.tls.as_ref())],
-            (Prepared::Excp(_), Config { excp: Some(e), .. }) => vec![("excp".into(), e.listen, e.tls.as_ref())],
-            (Prepared::Exrp(_), Config { exrp: Some(e), .. }) => vec![("exrp".into(), e.listen, e.tls.as_ref())],
+            (Prepared::Excp(_), Config { excp: Some(e), .. }) => {
+                vec![("excp".into(), e.api.listen, e.api.tls.as_ref())]
+            }
+            (Prepared::Exrp(_), Config { exrp: Some(e), .. }) => {
+                vec![("exrp".into(), e.api.listen, e.api.tls.as_ref())]
+            }
             (Prepared::Lb(lb), Config { lb: Some(c), .. }) => lb
                 .listeners()
                 .into_iter()
@@ -286,10 +290,10 @@ fn prepare_sandbox(config: &Config) -> anyhow::Result<()> {
              excp hands each ended call to exrp through http://{} (lb → exrp on {}); \
              exrp takes the audio from the WebDAV store (as {SANDBOX_USER}) and writes it with its metadata to {}/<tenant>/",
             pool("excp").unwrap_or_default(),
-            excp.listen,
+            excp.api.listen,
             pool("excp").unwrap_or_default(),
             pool("exrp").unwrap_or_default(),
-            exrp.listen,
+            exrp.api.listen,
             match &exrp.sink {
                 crate::config::Sink::Local { dir } => dir.display().to_string(),
                 crate::config::Sink::Cloud { .. } => "Genesys Cloud".into(),

@@ -1,18 +1,15 @@
 //! The `[excp]` section and its `[excp.conversation_provider]` table, named as in CME so an
 //! operator can copy values over; the Genesys `.env` variables override them.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Outbound, Secret, Section, TlsConfig, parse_duration};
+use super::{ApiListener, Outbound, Secret, Section, parse_duration};
 
 #[derive(Debug, Clone)]
 pub struct ExcpConfig {
-    pub listen: SocketAddr,
-    pub tls: Option<TlsConfig>,
-    /// Client addresses served (`allow`); None: everyone.
-    pub allow: Option<crate::http::allow::AllowList>,
+    /// The ingest API's listener.
+    pub api: ApiListener,
     /// Where interaction-ends go: the lb's exrp pool (or one exrp), without a path.
     pub recording_processor_url: String,
     /// Basic credentials for exrp's API (`recording_processor_username` / `_password`).
@@ -22,12 +19,6 @@ pub struct ExcpConfig {
     pub state_dir: PathBuf,
     /// A call with no new metadata for this long is ended (when no end event comes).
     pub quiet_period: Duration,
-    pub max_body_size: u64,
-    pub header_timeout: Duration,
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    /// A request body that sends nothing for this long is cut off.
-    pub body_timeout: Duration,
     /// Backoff of interaction-end deliveries: first delay and cap.
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -86,9 +77,7 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl ExcpConfig {
     pub(super) fn parse(table: &toml::Table, env: EnvLookup<'_>, problems: &mut Vec<String>) -> ExcpConfig {
         let mut s = Section::new("excp", table, problems);
-        let listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 3650)));
-        let tls = s.tls();
-        let allow = s.allow("allow");
+        let api = ApiListener::parse(&mut s, 3650, 1 << 20);
         let provider_table = s.table("conversation_provider");
         let store_table = s.table("transient_storage");
         let url = s.string("recording_processor_url");
@@ -108,10 +97,6 @@ impl ExcpConfig {
         };
         let state_dir = s.path("state_dir");
         let quiet_period = s.duration("quiet_period", Duration::from_secs(120));
-        let max_body_size = s.size("max_body_size", 1 << 20);
-        let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
-        let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
-        let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let retry_initial = s.duration("retry_initial", Duration::from_secs(1));
         let retry_max = s.duration("retry_max", Duration::from_secs(300));
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
@@ -158,8 +143,6 @@ impl ExcpConfig {
             ("retry_initial", retry_initial),
             ("retry_max", retry_max),
             ("request_timeout", request_timeout),
-            ("header_timeout", header_timeout),
-            ("body_timeout", body_timeout),
         ] {
             if value.is_zero() {
                 s.problem_at(key, "must be more than zero");
@@ -167,9 +150,6 @@ impl ExcpConfig {
         }
         if retry_max < retry_initial {
             s.problem_at("retry_max", "must not be below retry_initial");
-        }
-        if max_body_size == 0 {
-            s.problem_at("max_body_size", "must be more than zero");
         }
         s.finish();
 
@@ -182,18 +162,12 @@ impl ExcpConfig {
             );
         }
         ExcpConfig {
-            listen,
-            tls,
-            allow,
+            api,
             recording_processor_url,
             recording_processor_outbound,
             recording_processor_auth,
             state_dir: state_dir.unwrap_or_default(),
             quiet_period,
-            max_body_size,
-            header_timeout,
-            max_connections,
-            body_timeout,
             retry_initial,
             retry_max,
             request_timeout,

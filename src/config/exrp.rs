@@ -7,23 +7,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Outbound, Secret, Section, TlsConfig};
+use super::{ApiListener, Outbound, Secret, Section};
 
 #[derive(Debug, Clone)]
 pub struct ExrpConfig {
-    pub listen: SocketAddr,
-    pub tls: Option<TlsConfig>,
-    /// Client addresses served (`allow`); None: everyone.
-    pub allow: Option<crate::http::allow::AllowList>,
+    /// The interaction-end API's listener.
+    pub api: ApiListener,
     pub state_dir: PathBuf,
-    pub max_body_size: u64,
-    pub header_timeout: Duration,
     /// When set, `POST /api/v1/interaction-end` needs Basic auth from this password file
     /// (`/health` stays open).
     pub htpasswd: Option<PathBuf>,
-    /// Connections served at once; more wait in the listen backlog.
-    pub max_connections: usize,
-    pub body_timeout: Duration,
     /// Recordings worked on at once.
     pub workers: usize,
     /// One request to WebDAV or the cloud, up to its response head (and small bodies).
@@ -99,24 +92,18 @@ type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 impl ExrpConfig {
     pub(super) fn parse(table: &toml::Table, env: EnvLookup<'_>, problems: &mut Vec<String>) -> ExrpConfig {
         let mut s = Section::new("exrp", table, problems);
-        let mut listen = s.addr("listen", SocketAddr::from(([0, 0, 0, 0], 8080)));
+        let mut api = ApiListener::parse(&mut s, 8080, 4 << 20);
         if let Some(port) = env("EXRP_PORT") {
             match port.trim().parse::<u16>() {
-                Ok(p) => listen.set_port(p),
+                Ok(p) => api.listen.set_port(p),
                 Err(_) => s.problem_at("listen", format!("EXRP_PORT={port:?} is not a port number")),
             }
         }
-        let tls = s.tls();
-        let allow = s.allow("allow");
         let storage_table = s.table("transient_storage");
         let cloud_table = s.table("genesys_cloud");
         let sink_table = s.table("local_sink");
         let state_dir = s.path("state_dir");
-        let max_body_size = s.size("max_body_size", 4 << 20);
-        let header_timeout = s.duration("header_timeout", Duration::from_secs(30));
         let htpasswd = s.path("htpasswd");
-        let max_connections = s.count("max_connections", 1024, 1..=1_000_000);
-        let body_timeout = s.duration("body_timeout", Duration::from_secs(30));
         let workers = s.count("workers", 32, 1..=1024);
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
         let transfer_timeout = s.duration("transfer_timeout", Duration::from_secs(600));
@@ -129,14 +116,12 @@ impl ExrpConfig {
         let takeover_after = s.duration("takeover_after", Duration::from_secs(120));
         let orphan_ttl = s.duration("orphan_ttl", Duration::ZERO);
         let done_retention = s.duration("done_retention", Duration::from_secs(7 * 24 * 3600));
-        let instance = s.string("instance").unwrap_or_else(|| default_instance(listen));
+        let instance = s.string("instance").unwrap_or_else(|| default_instance(api.listen));
         let fsync = s.bool("fsync", true);
         if state_dir.is_none() {
             s.problem_at("state_dir", "is required: where the job queue (queue.db) is kept");
         }
         for (key, value) in [
-            ("header_timeout", header_timeout),
-            ("body_timeout", body_timeout),
             ("request_timeout", request_timeout),
             ("transfer_timeout", transfer_timeout),
             ("retry_initial", retry_initial),
@@ -155,9 +140,6 @@ impl ExrpConfig {
         }
         if claim_timeout < Duration::from_secs(2) {
             s.problem_at("claim_timeout", "must be at least 2s (it is the WebDAV LOCK timeout, refreshed at a third)");
-        }
-        if max_body_size == 0 {
-            s.problem_at("max_body_size", "must be more than zero");
         }
         if instance.is_empty() || instance.chars().any(|c| c.is_control()) {
             s.problem_at("instance", "must be a printable name");
@@ -200,15 +182,9 @@ impl ExrpConfig {
             outbound: Outbound::default(),
         };
         ExrpConfig {
-            listen,
-            tls,
-            allow,
+            api,
             state_dir: state_dir.unwrap_or_default(),
-            max_body_size,
-            header_timeout,
             htpasswd,
-            max_connections,
-            body_timeout,
             workers,
             request_timeout,
             transfer_timeout,

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::cli::Role;
 
 mod admin;
+mod api;
 mod excp;
 mod exrp;
 mod lb;
@@ -15,6 +16,7 @@ mod section;
 mod tls;
 mod webdav;
 pub use admin::AdminConfig;
+pub use api::ApiListener;
 pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
 pub use exrp::{ExrpConfig, GenesysCloudConfig, Sink, TransientStorage};
 pub use lb::key as lb_key;
@@ -260,10 +262,10 @@ impl Config {
             tls_configs.push((format!("lb.pools.{}", pool.name), &pool.tls));
         }
         if let Some(e) = &self.excp {
-            tls_configs.push(("excp".to_string(), &e.tls));
+            tls_configs.push(("excp".to_string(), &e.api.tls));
         }
         if let Some(e) = &self.exrp {
-            tls_configs.push(("exrp".to_string(), &e.tls));
+            tls_configs.push(("exrp".to_string(), &e.api.tls));
         }
         if let Some(w) = &self.webdav {
             tls_configs.push(("webdav".to_string(), &w.tls));
@@ -288,10 +290,10 @@ impl Config {
             listeners.push((format!("lb.pools.{}", pool.name), pool.listen));
         }
         if let Some(e) = &self.excp {
-            listeners.push(("excp".to_string(), e.listen));
+            listeners.push(("excp".to_string(), e.api.listen));
         }
         if let Some(e) = &self.exrp {
-            listeners.push(("exrp".to_string(), e.listen));
+            listeners.push(("exrp".to_string(), e.api.listen));
         }
         for (i, (a_name, a)) in listeners.iter().enumerate() {
             for (b_name, b) in &listeners[i + 1..] {
@@ -400,7 +402,7 @@ mod tests {
                     [exrp.transient_storage]\nurl = \"http://w/recordings/\"\nusername = \"u\"\npassword = \"p\"\n";
         let c = Config::from_toml_str_env(base, Role::Exrp, &|k| (k == "EXRP_PORT").then(|| "9099".into())).unwrap();
         let e = c.exrp.unwrap();
-        assert_eq!(e.listen.port(), 9099);
+        assert_eq!(e.api.listen.port(), 9099);
         assert_eq!(e.storage.url, "http://w/recordings");
         assert!(matches!(&e.sink, crate::config::Sink::Local { dir } if dir.ends_with("injected")));
         let cloud = format!(

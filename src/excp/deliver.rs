@@ -255,7 +255,7 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
             &[("authorization", &auth), ("accept", "application/json")],
             Bytes::new(),
             excp.config.request_timeout,
-            excp.config.max_body_size as usize,
+            excp.config.api.max_body_size as usize,
         )
         .await;
     schedule.attempts += 1;

@@ -24,8 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExcpConfig;
 use crate::durable::RecordDir;
-use crate::http::ServerOptions;
 use crate::http::admin::RoleStatus;
+use crate::http::body::ReadError;
 use crate::metrics::{Counter, CounterVec, Encoder};
 use calls::{BookError, CallBook};
 use ingest::IngestError;
@@ -153,36 +153,10 @@ impl Excp {
             tracing::info!(store = %store.url, every = ?store.poll_interval, "GIR mode: watching the recording store for new calls");
             tokio::spawn(watch::run(self.clone(), store, shutdown.clone()));
         }
-        let opts = ServerOptions {
-            name: "excp",
-            header_timeout: self.config.header_timeout,
-            tls,
-            grace,
-            connections: ServerOptions::cap(self.config.max_connections),
-            allow: self.config.allow.clone().map(Arc::new),
-            ..ServerOptions::DEFAULT_LIMITS
-        };
+        let opts = self.config.api.server_options("excp", tls, grace);
         let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;
         let _ = scheduler.await;
         served
-    }
-}
-
-/// Reads the whole body: 413 from the declared length before reading anything, or once the
-/// bytes pass the limit; cut off when the client stalls for `body_timeout`.
-async fn read_body(excp: &Excp, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, (StatusCode, u32, String)> {
-    use http_body_util::BodyExt;
-    let max = excp.config.max_body_size;
-    let too_large = || (StatusCode::PAYLOAD_TOO_LARGE, 41300, format!("body larger than {max} bytes"));
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max) {
-        return Err(too_large());
-    }
-    let body = crate::http::body::IdleTimeoutBody::new(body, excp.config.body_timeout);
-    match http_body_util::Limited::new(body, max as usize).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(err) => Err((StatusCode::BAD_REQUEST, 40003, format!("cannot read the body: {err}"))),
     }
 }
 
@@ -196,12 +170,17 @@ async fn recording(State(excp): State<Arc<Excp>>, headers: HeaderMap, body: Body
 }
 
 async fn ingest_request(excp: Arc<Excp>, headers: HeaderMap, body: Body, corr_id: String) -> Response {
-    let bytes = match read_body(&excp, &headers, body).await {
+    let api = &excp.config.api;
+    let bytes = match crate::http::body::read_limited(&headers, body, api.max_body_size, api.body_timeout).await {
         Ok(b) => b,
-        Err((status, code, message)) => {
+        Err(err) => {
+            let (status, code) = match err {
+                ReadError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 41300),
+                ReadError::Broken(_) => (StatusCode::BAD_REQUEST, 40003),
+            };
             excp.metrics.metadata.inc(&[&code.to_string()]);
-            tracing::warn!(code, "{message}");
-            return reply(status, code, &message, &corr_id);
+            tracing::warn!(code, "{err}");
+            return reply(status, code, &err.to_string(), &corr_id);
         }
     };
     let files = match ingest::parse(&bytes) {

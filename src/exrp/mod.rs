@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::ExrpConfig;
 use crate::dav_client::DavClient;
-use crate::http::ServerOptions;
 use crate::http::admin::RoleStatus;
+use crate::http::body::ReadError;
 use crate::http::client::HttpClient;
 use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
 use queue::{Origin, Queue, State as JobState};
@@ -265,15 +265,7 @@ impl Exrp {
         });
         let scanner = tokio::spawn(scan::run(self.clone(), shutdown.clone()));
         let prober = tokio::spawn(probe(self.clone(), shutdown.clone()));
-        let opts = ServerOptions {
-            name: "exrp",
-            header_timeout: self.config.header_timeout,
-            tls,
-            grace,
-            connections: ServerOptions::cap(self.config.max_connections),
-            allow: self.config.allow.clone().map(Arc::new),
-            ..ServerOptions::DEFAULT_LIMITS
-        };
+        let opts = self.config.api.server_options("exrp", tls, grace);
         let served = crate::http::serve_router(listener, opts, self.router(), shutdown).await;
         let _ = tokio::join!(scheduler, scanner, prober, reloader);
         served
@@ -308,7 +300,7 @@ impl Exrp {
         let sink_kind_changed = is_local(&new) != is_local(old);
         let kept: Vec<&str> = [
             (new.storage.url != old.storage.url, "transient_storage.url"),
-            (new.listen != old.listen, "listen"),
+            (new.api.listen != old.api.listen, "listen"),
             (new.state_dir != old.state_dir, "state_dir"),
             (new.workers != old.workers, "workers"),
             (new.instance != old.instance, "instance"),
@@ -562,24 +554,17 @@ async fn interaction_end(
 }
 
 async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String) -> Response {
-    use http_body_util::BodyExt;
-    let max = exrp.config.max_body_size;
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    let too_large = |exrp: &Exrp| {
-        exrp.metrics.requests.inc(&["413"]);
-        tracing::warn!(max, "interaction-end body too large");
-        reply(StatusCode::PAYLOAD_TOO_LARGE, 41300, &format!("body larger than {max} bytes"), &corr_id, json!({}))
-    };
-    if declared.is_some_and(|n| n > max) {
-        return too_large(&exrp);
-    }
-    let body = crate::http::body::IdleTimeoutBody::new(body, exrp.config.body_timeout);
-    let bytes = match http_body_util::Limited::new(body, max as usize).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => return too_large(&exrp),
-        Err(err) => {
+    let api = &exrp.config.api;
+    let bytes = match crate::http::body::read_limited(&headers, body, api.max_body_size, api.body_timeout).await {
+        Ok(bytes) => bytes,
+        Err(err @ ReadError::TooLarge(max)) => {
+            exrp.metrics.requests.inc(&["413"]);
+            tracing::warn!(max, "interaction-end body too large");
+            return reply(StatusCode::PAYLOAD_TOO_LARGE, 41300, &err.to_string(), &corr_id, json!({}));
+        }
+        Err(err @ ReadError::Broken(_)) => {
             exrp.metrics.requests.inc(&["400"]);
-            return reply(StatusCode::BAD_REQUEST, 40003, &format!("cannot read the body: {err}"), &corr_id, json!({}));
+            return reply(StatusCode::BAD_REQUEST, 40003, &err.to_string(), &corr_id, json!({}));
         }
     };
     let jobs = match job::parse(&bytes, exrp.default_tenant()) {

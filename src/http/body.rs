@@ -1,5 +1,6 @@
 //! Body wrappers: an idle timeout for request bodies (slow senders cannot pin an upload slot
-//! forever) and a byte-counting response body that reports when the response is done.
+//! forever) and a byte-counting response body that reports when the response is done; and
+//! reading a small request body whole within a bound.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -25,6 +26,39 @@ impl std::fmt::Display for BodyError {
 }
 
 impl std::error::Error for BodyError {}
+
+/// Why a bounded request body could not be read whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// Declared, or found while reading, beyond the bound: 413.
+    #[error("body larger than {0} bytes")]
+    TooLarge(u64),
+    /// Cut off, stalled beyond the idle timeout, or malformed: 400.
+    #[error("cannot read the body: {0}")]
+    Broken(crate::http::BoxError),
+}
+
+/// Reads a request body whole, up to `max` bytes: refused from the declared Content-Length
+/// before a byte is read, or as soon as the bytes pass `max`; cut off when the sender keeps
+/// it waiting for `idle`.
+pub async fn read_limited(
+    headers: &http::HeaderMap,
+    body: axum::body::Body,
+    max: u64,
+    idle: Duration,
+) -> Result<bytes::Bytes, ReadError> {
+    use http_body_util::BodyExt;
+    let declared = headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return Err(ReadError::TooLarge(max));
+    }
+    let body = IdleTimeoutBody::new(body, idle);
+    match http_body_util::Limited::new(body, usize::try_from(max).unwrap_or(usize::MAX)).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge(max)),
+        Err(err) => Err(ReadError::Broken(err)),
+    }
+}
 
 /// Fails the body when no frame arrives within `idle` of being asked for one.
 pub struct IdleTimeoutBody<B> {
