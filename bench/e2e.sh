@@ -23,6 +23,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 CALLS=2000
 CONC=64
 RUNS=3
@@ -35,15 +36,11 @@ while [[ $# -gt 0 ]]; do
         --concurrency) CONC=$2; shift ;;
         --runs) RUNS=$2; shift ;;
         --before) BEFORE=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
 OUT=${OUT:-$ROOT/bench/results/e2e-$(date +%Y-%m-%d).md}
-. "$ROOT/bench/lib.sh"
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 command -v curl >/dev/null || { log "curl is needed (apt-get install curl)"; exit 1; }
 if [[ $BUILD == 1 ]]; then

@@ -19,6 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 DURATION=10
 CONC="1,16,64"
 BUILD=1
@@ -29,16 +30,12 @@ while [[ $# -gt 0 ]]; do
         --quick) DURATION=2; CALLS=2000 ;;
         --duration) DURATION=$2; shift ;;
         --conc) CONC=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
 OUT=${OUT:-$ROOT/bench/results/excp-$(date +%Y-%m-%d).md}
 
-. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 && -z "${EXEC_BIN:-}${POSTLOAD:-}" ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example postload)

@@ -24,6 +24,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 K=4
 N=2000
 W=8
@@ -38,14 +39,10 @@ while [[ $# -gt 0 ]]; do
         --workers) W=$2; shift ;;
         --sink) SINK=$2; shift ;;
         --bin) EXRP_BIN=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
-. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example fakecloud --example exrpload)

@@ -19,6 +19,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 N=2000
 WORKERS="8,32"
 BUILD=1
@@ -29,15 +30,11 @@ while [[ $# -gt 0 ]]; do
         --quick) N=300; QUEUED=2000 ;;
         --recordings) N=$2; shift ;;
         --workers) WORKERS=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
 OUT=${OUT:-$ROOT/bench/results/exrp-$(date +%Y-%m-%d).md}
-. "$ROOT/bench/lib.sh"
 if [[ $BUILD == 1 ]]; then
     log "building (release)"
     (cd "$ROOT" && cargo build --release --quiet --bin exec-allinone --example fakecloud --example exrpload)

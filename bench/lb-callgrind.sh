@@ -21,9 +21,7 @@ while [[ $# -gt 0 ]]; do
         --before) BEFORE=$2; shift ;;
         --seconds) SECONDS_LOAD=$2; shift ;;
         --keepalive) KEEPALIVE=true ;;
-        --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done

@@ -49,10 +49,7 @@ while [[ $# -gt 0 ]]; do
         --conc) CONCS=$2; shift ;;
         --servers) SERVERS=$2; shift ;;
         --no-access-log) ACCESS_LOG=0 ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done

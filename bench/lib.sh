@@ -1,6 +1,17 @@
 # Helpers shared by bench scripts that start their processes in a work dir of their own.
 # Sourced (`. "$ROOT/bench/lib.sh"`), not run.
 
+# bench_arg ARGS...: the arguments every bench script takes (--no-build, --out FILE,
+# -h/--help); sets SHIFT to the words it used; anything else is an error.
+bench_arg() {
+    case "$1" in
+        --no-build) BUILD=0; SHIFT=1 ;;
+        --out) OUT=$2; SHIFT=2 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "unknown argument: $1" >&2; exit 1 ;;
+    esac
+}
+
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 # work_dir NAME: a new $WORK under $TMPDIR; on exit every process in $PIDS is stopped and

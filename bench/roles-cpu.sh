@@ -10,18 +10,16 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 CALLS=1500
 BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --calls) CALLS=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
-. "$ROOT/bench/lib.sh"
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 if [[ $BUILD == 1 ]]; then
     log "building (release)"

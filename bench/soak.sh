@@ -47,11 +47,8 @@ KEEP=${KEEP_WORK:-}
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --calls) CALLS=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done

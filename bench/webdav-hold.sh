@@ -16,6 +16,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$ROOT/bench/lib.sh"
 REPS=3
 COUNT=1000
 BUILD=1
@@ -26,10 +27,7 @@ while [[ $# -gt 0 ]]; do
         --reps) REPS=$2; shift ;;
         --bin) SRV_BIN=$2; shift ;;
         --count) COUNT=$2; shift ;;
-        --no-build) BUILD=0 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done

@@ -35,11 +35,8 @@ while [[ $# -gt 0 ]]; do
         --quick) QUICK=1 ;;
         --reps) REPS=$2; shift ;;
         --servers) SERVERS=$2; shift ;;
-        --no-build) BUILD=0 ;;
         --fresh-fs) FRESH_FS=1 ;;
-        --out) OUT=$2; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "unknown argument: $1" >&2; exit 1 ;;
+        *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
 done
