@@ -69,11 +69,7 @@ for port in 8000 3650 8080 9650 13650 18080; do
     fi
 done
 
-# The fake cloud runs until its stdin closes: give it a FIFO this script holds open.
-mkfifo "$WORK/cloud.in"
-exec 9<>"$WORK/cloud.in"
-STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --client-id bench --secret bench-secret
-CLOUD="http://$(addr cloud cloud)"
+start_cloud --client-id bench --secret bench-secret
 
 metric() { # metric NAME LABELS: the value on the sandbox's admin /metrics, or "n/a"
     curl -s http://127.0.0.1:9650/metrics | awk -v m="$1$2" '$1 == m {print $2; found=1} END {if (!found) print "n/a"}'

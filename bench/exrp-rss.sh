@@ -59,16 +59,8 @@ work_dir exrp-rss
 status() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.0f", k / 1024}'; }
 
-mkdir -p "$WORK/store/root"
-"$BIN" htpasswd -c "$WORK/store/htpasswd" mcp secret1 2>/dev/null
-printf '[admin]\nlisten = "127.0.0.1:0"\n[webdav]\nlisten = "127.0.0.1:0"\nroot = "%s"\nhtpasswd = "%s"\n' \
-    "$WORK/store/root" "$WORK/store/htpasswd" >"$WORK/store.toml"
-start store "$BIN" --role webdav --config "$WORK/store.toml"
-STORE="http://$(addr store webdav)/recordings"
-mkfifo "$WORK/cloud.in"
-exec 9<>"$WORK/cloud.in"
-STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --client-id bench --secret bench-secret
-CLOUD="http://$(addr cloud cloud)"
+start_store
+start_cloud --client-id bench --secret bench-secret
 
 dir="$WORK/exrp"
 mkdir -p "$dir"

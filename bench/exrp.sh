@@ -49,18 +49,8 @@ work_dir exrp-bench
 rss_kib() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 threads() { awk '/Threads/ {print $2}' "/proc/$1/status"; }
 
-# The store: our webdav role (fsync on, as deployed).
-mkdir -p "$WORK/store/root"
-"$BIN" htpasswd -c "$WORK/store/htpasswd" mcp secret1 2>/dev/null
-printf '[admin]\nlisten = "127.0.0.1:0"\n[webdav]\nlisten = "127.0.0.1:0"\nroot = "%s"\nhtpasswd = "%s"\n' \
-    "$WORK/store/root" "$WORK/store/htpasswd" >"$WORK/store.toml"
-start store "$BIN" --role webdav --config "$WORK/store.toml"
-STORE="http://$(addr store webdav)/recordings"
-# The fake cloud runs until its stdin closes: give it a FIFO this script holds open.
-mkfifo "$WORK/cloud.in"
-exec 9<>"$WORK/cloud.in"
-STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --client-id bench --secret bench-secret
-CLOUD="http://$(addr cloud cloud)"
+start_store
+start_cloud --client-id bench --secret bench-secret
 
 # exrp_config NAME WORKERS SINK(cloud|local) STORE_URL: writes the config, prints its path.
 exrp_config() {

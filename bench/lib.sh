@@ -41,6 +41,26 @@ start() {
     exit 1
 }
 
+# start_store: our webdav role (fsync on, as deployed) in $WORK/store, user mcp with
+# password secret1; sets STORE to its collection's URL. Needs $BIN.
+start_store() {
+    mkdir -p "$WORK/store/root"
+    "$BIN" htpasswd -c "$WORK/store/htpasswd" mcp secret1 2>/dev/null
+    printf '[admin]\nlisten = "127.0.0.1:0"\n[webdav]\nlisten = "127.0.0.1:0"\nroot = "%s"\nhtpasswd = "%s"\n' \
+        "$WORK/store/root" "$WORK/store/htpasswd" >"$WORK/store.toml"
+    start store "$BIN" --role webdav --config "$WORK/store.toml"
+    STORE="http://$(addr store webdav)/recordings"
+}
+
+# start_cloud ARGS...: the fake Genesys Cloud (examples/fakecloud, $FAKECLOUD) with ARGS; it
+# runs until its stdin closes, so it gets a FIFO this script holds open. Sets CLOUD.
+start_cloud() {
+    mkfifo "$WORK/cloud.in"
+    exec 9<>"$WORK/cloud.in"
+    STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" "$@"
+    CLOUD="http://$(addr cloud cloud)"
+}
+
 # addr NAME LISTENER: the address LISTENER=... on NAME's READY line.
 addr() { grep -o "$2=[^ ]*" "$WORK/$1.ready" | cut -d= -f2; }
 

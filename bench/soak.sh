@@ -191,10 +191,7 @@ sample_rss() {
     if [[ -z "${PEAK[$name]:-}" || $hwm -gt ${PEAK[$name]} ]]; then PEAK[$name]=$hwm; fi
 }
 
-# The fake cloud stops at EOF on stdin: give it a FIFO this script holds open.
-mkfifo "$WORK/cloud.in"
-exec 9<>"$WORK/cloud.in"
-STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --port "$PORT_CLOUD" --client-id soak --secret soak-secret
+start_cloud --port "$PORT_CLOUD" --client-id soak --secret soak-secret
 for role in webdav excp exrp lb; do start_role "$role"; done
 log "all roles READY; seed $SEED; $CALLS calls x $PER_CALL recordings, $CONCURRENCY at once"
 
