@@ -12,7 +12,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,22 +36,19 @@ impl Apache {
             Path::new(BINARY).is_file(),
             "{BINARY} is not installed: these tests run against Apache mod_dav (apt-get install apache2; .ci/run does)"
         );
-        let mut dir = TempDir::new(&format!("apache-{name}"));
-        std::fs::create_dir_all(dir.join("run")).unwrap();
-        std::fs::create_dir_all(dir.join("data/recordings")).unwrap();
-        std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
         let run_as = run_as();
-        if let Some((user, group)) = &run_as {
-            let spec = format!("{user}:{group}");
-            for sub in ["run", "data"] {
-                let ok = Command::new("chown").args(["-R", &spec]).arg(dir.join(sub)).status().unwrap();
-                assert!(ok.success(), "chown {spec} {}", dir.join(sub).display());
+        super::start_on_picked_port("apache2", |addr| {
+            let dir = TempDir::new(&format!("apache-{name}"));
+            std::fs::create_dir_all(dir.join("run")).unwrap();
+            std::fs::create_dir_all(dir.join("data/recordings")).unwrap();
+            std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
+            if let Some((user, group)) = &run_as {
+                let spec = format!("{user}:{group}");
+                for sub in ["run", "data"] {
+                    let ok = Command::new("chown").args(["-R", &spec]).arg(dir.join(sub)).status().unwrap();
+                    assert!(ok.success(), "chown {spec} {}", dir.join(sub).display());
+                }
             }
-        }
-        let mut last_error = String::new();
-        for _ in 0..8 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
             let d = dir.path().display();
             let user = run_as.as_ref().map_or(String::new(), |(u, g)| format!("User {u}\nGroup {g}\n"));
             let conf = format!(
@@ -84,8 +81,6 @@ impl Apache {
             );
             let conf_path = dir.join("apache2.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let _ = std::fs::remove_file(dir.join("run/httpd.pid"));
-            let _ = std::fs::remove_file(dir.join("run/error.log"));
             let stderr = File::create(dir.join("stderr.log")).unwrap();
             let child = Command::new(BINARY)
                 .arg("-f")
@@ -96,20 +91,10 @@ impl Apache {
                 .stderr(stderr)
                 .spawn()
                 .expect("spawn apache2");
+            // Dropped on an error: stopped with SIGTERM.
             let mut apache = Apache { dir, addr, child };
-            match apache.wait_ready() {
-                Ok(()) => return apache,
-                Err(e) => {
-                    apache.terminate();
-                    last_error = e;
-                    if !last_error.contains("Address already in use") {
-                        break;
-                    }
-                    dir = std::mem::replace(&mut apache.dir, TempDir(PathBuf::new()));
-                }
-            }
-        }
-        panic!("apache2 did not start: {last_error}");
+            apache.wait_ready().map(|()| apache)
+        })
     }
 
     /// Ready once the pid file exists (written after binding) and the port accepts.

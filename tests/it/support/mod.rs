@@ -232,6 +232,28 @@ impl Drop for Proc {
     }
 }
 
+/// Starts a peer that has to be told its port (nginx and Apache cannot bind port 0 and report
+/// it): `launch` starts one on 127.0.0.1 on a port picked just before and waits until it is
+/// ready. When another process took the port meanwhile (the error says "Address already in
+/// use"), another is picked, 8 times at most; any other error fails at once.
+pub fn start_on_picked_port<T>(what: &str, mut launch: impl FnMut(SocketAddr) -> Result<T, String>) -> T {
+    let mut last_error = String::new();
+    for _ in 0..8 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        match launch(SocketAddr::from(([127, 0, 0, 1], port))) {
+            Ok(peer) => return peer,
+            Err(e) => {
+                let taken = e.contains("Address already in use");
+                last_error = e;
+                if !taken {
+                    break;
+                }
+            }
+        }
+    }
+    panic!("{what} did not start: {last_error}");
+}
+
 pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
     loop {

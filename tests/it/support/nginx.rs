@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -51,11 +51,8 @@ impl Nginx {
     /// Starts nginx with `http` as the body of its `http {}` block; `{listen}` in it is replaced by
     /// the address nginx listens on. The access log and temp paths are added here.
     pub fn start(name: &str, binary: &std::path::Path, http: &str) -> Nginx {
-        let mut dir = TempDir::new(&format!("nginx-{name}"));
-        let mut last_error = String::new();
-        for _ in 0..8 {
-            let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        super::start_on_picked_port("nginx", |addr| {
+            let dir = TempDir::new(&format!("nginx-{name}"));
             let d = dir.path().display();
             let conf = format!(
                 "worker_processes 1;\n\
@@ -75,7 +72,6 @@ impl Nginx {
             );
             let conf_path = dir.join("nginx.conf");
             std::fs::write(&conf_path, conf).unwrap();
-            let _ = std::fs::remove_file(dir.join("nginx.pid"));
             let stderr = File::create(dir.join("stderr.log")).unwrap();
             let child = Command::new(binary)
                 .arg("-p")
@@ -88,21 +84,10 @@ impl Nginx {
                 .stderr(stderr)
                 .spawn()
                 .expect("spawn nginx");
+            // Dropped on an error: killed.
             let mut nginx = Nginx { dir, addr, child };
-            match nginx.wait_ready() {
-                Ok(()) => return nginx,
-                Err(e) => {
-                    let _ = nginx.child.kill();
-                    let _ = nginx.child.wait();
-                    last_error = e;
-                    if !last_error.contains("Address already in use") {
-                        break;
-                    }
-                    dir = std::mem::replace(&mut nginx.dir, TempDir(PathBuf::new()));
-                }
-            }
-        }
-        panic!("nginx did not start: {last_error}");
+            nginx.wait_ready().map(|()| nginx)
+        })
     }
 
     /// Ready once the pid file exists (nginx writes it only after binding) and the port accepts.
