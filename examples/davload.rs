@@ -25,6 +25,10 @@
 //! Prints exactly one JSON line on stdout; diagnostics go to stderr. Exit status
 //! is 0 when every request succeeded, 2 when some failed, 1 on a usage/setup error.
 
+#[path = "common/load.rs"]
+mod load;
+use load::{chain, parse_size, percentile, round3};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -89,11 +93,6 @@ enum Mode {
         #[arg(long, default_value_t = 50)]
         steps: usize,
     },
-}
-
-/// The library's size parser ("64KiB", "1MiB", "1000"), the one the config uses.
-fn parse_size(s: &str) -> Result<usize, String> {
-    exec_allinone::config::parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
 }
 
 /// Deterministic content: file i is a `size`-byte window into a pseudo-random
@@ -189,18 +188,6 @@ where
         }
     }
     RunResult { seconds: start.elapsed().as_secs_f64(), lat_ms, outcomes }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 /// Print the JSON line and return the process exit code.
@@ -316,18 +303,6 @@ impl Ctx {
             }
         }
     }
-}
-
-/// An error with its whole source chain (reqwest's top-level text hides the cause).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn method(m: &str) -> Method {

@@ -23,6 +23,10 @@
 //! Prints exactly one JSON line on stdout; diagnostics go to stderr. Exit status is 0 when
 //! every request succeeded, 2 when some failed, 1 on a usage/setup error.
 
+#[path = "common/load.rs"]
+mod load;
+use load::{chain, parse_size, percentile, round3};
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,11 +79,6 @@ struct Cli {
     /// ends with a per-request corrId).
     #[arg(long)]
     expect_prefix: bool,
-}
-
-/// The library's size parser ("64KiB", "1MiB", "1000"), the one the config uses.
-fn parse_size(s: &str) -> Result<usize, String> {
-    exec_allinone::config::parse_size(s).and_then(|n| usize::try_from(n).map_err(|e| e.to_string()))
 }
 
 /// A GIR recording metadata object (research/domain.md §2.2) serialized to exactly `size`
@@ -199,18 +198,6 @@ impl ConnStats {
             self.error_texts.push(text);
         }
     }
-}
-
-/// An error with its whole source chain.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 async fn connect(t: &Target) -> Result<SendRequest<Full<Bytes>>, String> {
@@ -353,18 +340,6 @@ fn cpu_seconds() -> Option<f64> {
     // Fields 14 and 15 of proc(5); `rest` starts at field 3. USER_HZ is 100 on Linux.
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
     Some(ticks as f64 / 100.0)
-}
-
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1000.0).round() / 1000.0
 }
 
 async fn run(cli: &Cli, targets: Vec<Target>, body: Bytes) -> Result<i32, String> {
@@ -512,14 +487,5 @@ mod tests {
         assert_eq!(t.uri, "/recordings?x=1");
         assert_eq!(parse_target("http://h/").unwrap().addr, "h:80");
         assert!(parse_target("https://h/").is_err());
-    }
-
-    #[test]
-    fn percentiles() {
-        let v: Vec<u32> = (1..=1000).collect();
-        assert_eq!(percentile(&v, 50.0), 500);
-        assert_eq!(percentile(&v, 99.0), 990);
-        assert_eq!(percentile(&v, 100.0), 1000);
-        assert_eq!(percentile(&[], 50.0), 0);
     }
 }

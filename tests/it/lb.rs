@@ -1084,17 +1084,9 @@ fn header_timeout_closes_idle_and_slow_client_connections() {
 /// over one TLS connection; plain HTTP there gets no answer from a backend.
 #[test]
 fn a_tls_pool_listener_proxies_https_requests() {
-    let mut openssl = tool("openssl");
     tool("curl");
     let dir = TempDir::new("lb-tls");
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = openssl
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = crate::support::self_signed(dir.path());
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::ok());
     let b = backends.add("B", Behaviour::ok());

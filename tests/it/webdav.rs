@@ -185,31 +185,9 @@ fn a_thousand_concurrent_one_mib_puts_are_all_stored_byte_exact() {
 
 #[test]
 fn tls_listener_serves_webdav_over_https() {
-    let mut openssl = tool("openssl");
     tool("curl");
     let site = Site::with("tls", "");
-    let (cert, key) = (site.dir.join("cert.pem"), site.dir.join("key.pem"));
-    let out = openssl
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            key.to_str().unwrap(),
-            "-out",
-            cert.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (cert, key) = crate::support::self_signed(site.dir.path());
     let site =
         Site { extra: format!("[webdav.tls]\ncert = \"{}\"\nkey = \"{}\"\n", cert.display(), key.display()), ..site };
     let proc = site.start();

@@ -530,3 +530,16 @@ pub fn tool(name: &str) -> Command {
     assert!(found, "{name} is not installed: apt-get install {} (or run ./test.sh, which does)", package_of(name));
     Command::new(name)
 }
+
+/// A self-signed certificate for localhost and 127.0.0.1 in `dir`: (cert.pem, key.pem).
+pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = tool("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
