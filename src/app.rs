@@ -84,7 +84,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         });
     }
     {
-        let router = crate::http::admin::router(statuses);
+        let statuses = Arc::new(statuses);
+        let trends = Arc::new(crate::trends::Trends::new(config.admin.trend_interval, crate::trends::RING));
+        tracker.spawn(crate::trends::run(trends.clone(), statuses.clone(), shutdown.clone()));
+        let router = crate::http::admin::router(statuses, trends);
         let opts = ServerOptions {
             name: "admin",
             header_timeout: std::time::Duration::from_secs(10),

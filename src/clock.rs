@@ -1,7 +1,13 @@
-//! Whether the kernel considers the system clock synchronized (NTP, chrony, timesyncd): exrp's
+//! The wall clock in Unix milliseconds (what records, queues and the status page stamp), and
+//! whether the kernel considers the system clock synchronized (NTP, chrony, timesyncd): exrp's
 //! OAuth tokens and presigned upload URLs are only as good as the clock, and the vendor's
 //! guide asks for time sync. Read with `adjtimex(2)` in read-only mode (no safe wrapper
 //! exists in the crates in use; this is the one call it makes).
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// `Some(false)` when the kernel reports the clock unsynchronized (`TIME_ERROR`, or
 /// `STA_UNSYNC` set), `Some(true)` when synchronized, `None` when it cannot be read.

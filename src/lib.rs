@@ -33,6 +33,8 @@ pub mod metrics;
 pub mod shutdown;
 pub mod simulate;
 pub mod telemetry;
+pub mod trace;
+pub mod trends;
 pub mod webdav;
 
 use std::process::ExitCode;

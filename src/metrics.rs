@@ -36,6 +36,12 @@ impl CounterVec {
         }
         map.insert(labels.iter().map(|s| s.to_string()).collect(), 1);
     }
+    /// The count of one label set (0 when never counted).
+    pub fn get(&self, labels: &[&str]) -> u64 {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().find(|(k, _)| k.iter().map(String::as_str).eq(labels.iter().copied())).map_or(0, |(_, n)| *n)
+    }
+
     pub fn snapshot(&self) -> Vec<(Vec<String>, u64)> {
         let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.iter().map(|(k, v)| (k.clone(), *v)).collect()

@@ -197,7 +197,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for RecentProblems {
         let target = event.metadata().target();
         let source = target.strip_prefix("exec_allinone::").unwrap_or(target);
         let source = source.split("::").next().unwrap_or(source).to_string();
-        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let at = crate::clock::unix_ms();
         let problem =
             Problem { at, level: if level == tracing::Level::ERROR { "error" } else { "warn" }, source, text };
         let mut problems = PROBLEMS.lock().unwrap_or_else(|p| p.into_inner());

@@ -538,9 +538,7 @@ fn fault_backoff(failures: u32) -> Duration {
     crate::backoff::step(FAULT_BACKOFF, FAULT_BACKOFF_MAX, failures)
 }
 
-fn unix_now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::clock::unix_ms as unix_now_ms;
 
 fn transport(what: &str, err: ClientError) -> CloudError {
     // ClientError names the URL and the cause, never a header: no token can leak through it.

@@ -27,6 +27,7 @@ use crate::durable::RecordDir;
 use crate::http::admin::RoleStatus;
 use crate::http::body::ReadError;
 use crate::metrics::{Counter, CounterVec, Encoder};
+use crate::trends::Sample;
 use calls::{BookError, CallBook};
 use ingest::IngestError;
 
@@ -328,6 +329,14 @@ impl RoleStatus for Excp {
             "gir": self.config.provider.gir.is_some(),
         });
         (writable, details)
+    }
+
+    fn trends(&self, out: &mut Vec<Sample>) {
+        out.push(Sample::counter("recordings", "accepted", self.metrics.recordings_accepted.get()));
+        let (open, waiting, recordings) = self.book.backlog();
+        out.push(Sample::gauge("backlog", "open calls", open as f64));
+        out.push(Sample::gauge("backlog", "calls awaiting exrp", waiting as f64));
+        out.push(Sample::gauge("backlog", "recordings awaiting exrp", recordings as f64));
     }
 
     fn metrics(&self, enc: &mut Encoder<'_>) {

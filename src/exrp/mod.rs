@@ -33,6 +33,7 @@ use crate::http::admin::RoleStatus;
 use crate::http::body::ReadError;
 use crate::http::client::HttpClient;
 use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
+use crate::trends::Sample;
 use queue::{Origin, Queue, State as JobState};
 use sink::Sink;
 use work::Outcome;
@@ -712,6 +713,20 @@ impl RoleStatus for Exrp {
         body["recent"] = json!(recent);
         body["workers"] = json!(self.config.workers);
         (up, body)
+    }
+
+    fn trends(&self, out: &mut Vec<Sample>) {
+        let outcomes = &self.metrics.outcomes;
+        let injected = ["uploaded", "deleted", "elsewhere"].iter().map(|o| outcomes.get(&[o])).sum();
+        out.push(Sample::counter("recordings", "injected", injected));
+        out.push(Sample::counter("recordings", "failed", outcomes.get(&["dead"])));
+        for (state, n) in JobState::ALL.iter().zip(&self.counts) {
+            if *state != JobState::Done {
+                out.push(Sample::gauge("queue", state.as_str(), n.load(Ordering::Relaxed) as f64));
+            }
+        }
+        let waiting = self.waiting_for_org.lock().unwrap_or_else(|p| p.into_inner()).len();
+        out.push(Sample::gauge("queue", "waiting for org", waiting as f64));
     }
 
     fn metrics(&self, enc: &mut Encoder<'_>) {

@@ -1,6 +1,7 @@
 //! The admin listener: `/health` (JSON) and `/metrics` (Prometheus) for every role in this
 //! process, and the status page (`/`, from `static/`, embedded) with the JSON it draws
-//! (`/api/status`). Roles plug in through `RoleStatus`; the admin knows nothing of their insides.
+//! (`/api/status`, `/api/trends`, `/api/trace`). Roles plug in through `RoleStatus`; the admin
+//! knows nothing of their insides.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,7 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use futures_util::future::BoxFuture;
+
 use crate::metrics::Encoder;
+use crate::trace;
+use crate::trends::{Sample, Trends};
 
 /// What a running role tells the admin listener.
 pub trait RoleStatus: Send + Sync {
@@ -25,6 +30,12 @@ pub trait RoleStatus: Send + Sync {
         self.health()
     }
     fn metrics(&self, enc: &mut Encoder<'_>);
+    /// The figures the status page keeps a history of (`trends`).
+    fn trends(&self, _out: &mut Vec<Sample>) {}
+    /// What the role knows of one recording or call (`trace`).
+    fn trace<'a>(&'a self, _query: &'a trace::Query) -> BoxFuture<'a, Vec<trace::Event>> {
+        Box::pin(async { Vec::new() })
+    }
 }
 
 /// The status page: one HTML file, its style and its script, built into the binary.
@@ -35,20 +46,27 @@ const PAGE_JS: &str = include_str!("../../static/status.js");
 #[derive(Clone)]
 pub struct AdminState {
     roles: Arc<Vec<Arc<dyn RoleStatus>>>,
+    trends: Arc<Trends>,
     started: Instant,
 }
 
-pub fn router(roles: Vec<Arc<dyn RoleStatus>>) -> Router {
-    let state = AdminState { roles: Arc::new(roles), started: Instant::now() };
+/// The admin app over the roles of this process and the trends sampled from them.
+pub fn router(roles: Arc<Vec<Arc<dyn RoleStatus>>>, trends: Arc<Trends>) -> Router {
+    let state = AdminState { roles, trends, started: Instant::now() };
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/status", get(status))
+        .route("/api/trends", get(trends_json))
+        .route("/api/trace", get(trace_json))
         .route("/", get(|| async { asset("text/html; charset=utf-8", PAGE_HTML) }))
         .route("/status.css", get(|| async { asset("text/css; charset=utf-8", PAGE_CSS) }))
         .route("/status.js", get(|| async { asset("text/javascript; charset=utf-8", PAGE_JS) }))
         .fallback(|| async {
-            (StatusCode::NOT_FOUND, "not found: try / (status page), /health, /metrics or /api/status\n")
+            (
+                StatusCode::NOT_FOUND,
+                "not found: try / (status page), /health, /metrics, /api/status, /api/trends or /api/trace?id=\n",
+            )
         })
         .with_state(state)
 }
@@ -82,7 +100,7 @@ async fn status(State(state): State<AdminState>) -> Response {
         all_up &= up;
         roles.insert(role.name().into(), json!({ "status": if up { "UP" } else { "DOWN" }, "details": details }));
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = crate::clock::unix_ms();
     let body = json!({
         "status": if all_up { "UP" } else { "DOWN" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -90,6 +108,59 @@ async fn status(State(state): State<AdminState>) -> Response {
         "now": now,
         "roles": roles,
         "problems": crate::telemetry::recent_problems(),
+    });
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
+}
+
+async fn trends_json(State(state): State<AdminState>) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], axum::Json(state.trends.json())).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct TraceParams {
+    id: Option<String>,
+    /// Comma-separated correlation ids already known (from other VMs' answers).
+    corr: Option<String>,
+}
+
+/// Every role's events for one CallUUID or file name, in time order. Asked twice when the
+/// first answers name correlation ids the query did not have: the lb finds its requests by
+/// them.
+async fn trace_json(
+    State(state): State<AdminState>,
+    params: Result<axum::extract::Query<TraceParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let refuse = |message: String| {
+        (StatusCode::BAD_REQUEST, [(header::CACHE_CONTROL, "no-store")], axum::Json(json!({ "error": message })))
+            .into_response()
+    };
+    let Ok(axum::extract::Query(params)) = params else {
+        return refuse("give ?id=<CallUUID or file name>".into());
+    };
+    let corr = params.corr.unwrap_or_default();
+    let corr_ids = corr.split(',').map(str::trim).filter(|c| !c.is_empty()).map(str::to_owned);
+    let mut query = match trace::Query::new(params.id.as_deref().unwrap_or_default(), corr_ids) {
+        Ok(query) => query,
+        Err(message) => return refuse(message),
+    };
+    let mut events = Vec::new();
+    for round in 0..2 {
+        events.clear();
+        for role in state.roles.iter() {
+            events.extend(role.trace(&query).await);
+        }
+        let named = trace::corr_ids(&events);
+        if round == 1 || named.is_subset(&query.corr_ids) {
+            break;
+        }
+        query.corr_ids.extend(named);
+        query.corr_ids = std::mem::take(&mut query.corr_ids).into_iter().take(trace::MAX_CORR).collect();
+    }
+    let body = json!({
+        "id": query.id,
+        "roles": state.roles.iter().map(|r| r.name()).collect::<Vec<_>>(),
+        "now": crate::clock::unix_ms(),
+        "events": trace::settle(events),
     });
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }

@@ -449,6 +449,17 @@ impl RoleStatus for Lb {
         (up, body)
     }
 
+    fn trends(&self, out: &mut Vec<crate::trends::Sample>) {
+        use crate::trends::Sample;
+        for slot in &self.slots {
+            let counts = slot.pool().metrics.requests.snapshot();
+            let all = counts.iter().map(|(_, n)| n).sum();
+            let errors = counts.iter().filter(|(status, _)| *status >= 500).map(|(_, n)| n).sum();
+            out.push(Sample::counter("lb_requests", slot.name.clone(), all));
+            out.push(Sample::counter("lb_5xx", slot.name.clone(), errors));
+        }
+    }
+
     fn metrics(&self, enc: &mut Encoder<'_>) {
         let pools: Vec<Arc<Pool>> = self.slots.iter().map(|s| s.pool()).collect();
         enc.family("lb_requests_total", "Client requests by pool and final status.", "counter");

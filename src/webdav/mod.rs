@@ -335,6 +335,14 @@ impl crate::http::admin::RoleStatus for Webdav {
         (root_ok && disk_ok && quota_ok, details)
     }
 
+    fn trends(&self, out: &mut Vec<crate::trends::Sample>) {
+        use crate::trends::Sample;
+        out.push(Sample::gauge("store", "used", self.store.used_bytes() as f64));
+        if let Some(quota) = self.config.quota {
+            out.push(Sample::gauge("store", "quota", quota as f64));
+        }
+    }
+
     fn metrics(&self, enc: &mut Encoder<'_>) {
         let m = &self.metrics;
         let s = &self.store.stats;
