@@ -75,6 +75,13 @@ fn write_line(mut line: &[u8]) {
     }
 }
 
+/// Unix ms as `2026-12-01T23:40:21.483312Z` (the log's format), for texts that name a time.
+pub fn rfc3339_ms(unix_ms: u64) -> String {
+    let mut out = String::with_capacity(27);
+    push_timestamp(&mut out, std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms));
+    out
+}
+
 /// `2026-12-01T23:40:21.483312Z`, as tracing-subscriber's `SystemTime` timer writes it.
 fn push_timestamp(out: &mut String, now: std::time::SystemTime) {
     let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();

@@ -66,6 +66,9 @@ pub struct Presigned {
     /// minus a safety margin).
     #[serde(rename = "expiresAt")]
     pub expires_at: u64,
+    /// The ININ-Correlation-Id of the answer that gave it (what Genesys support asks for).
+    #[serde(default, rename = "correlationId", skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
 }
 
 impl Presigned {
@@ -394,6 +397,7 @@ impl CloudClient {
             upload_key: answer.upload_key,
             headers: answer.headers,
             expires_at: asked_at + (lifetime - safety_margin(lifetime)).as_secs(),
+            correlation_id: correlation_id(&reply.headers),
         })
     }
 
@@ -684,6 +688,7 @@ mod tests {
             upload_key: "org/k/f".into(),
             headers: BTreeMap::from([("Content-MD5".to_string(), "abc".to_string())]),
             expires_at: 5,
+            correlation_id: None,
         };
         let json = serde_json::to_value(&p).unwrap();
         assert_eq!(json["uploadKey"], "org/k/f");

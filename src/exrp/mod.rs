@@ -33,6 +33,7 @@ use crate::http::admin::RoleStatus;
 use crate::http::body::ReadError;
 use crate::http::client::HttpClient;
 use crate::metrics::{Counter, CounterVec, Encoder, Histogram};
+use crate::trace::Event;
 use crate::trends::Sample;
 use queue::{Origin, Queue, State as JobState};
 use sink::Sink;
@@ -580,7 +581,8 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
     let call_uuid = jobs[0].call_uuid.clone();
     let media: Vec<String> = jobs.iter().map(|j| j.media_id.clone()).collect();
     let to_publish = jobs.clone();
-    match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false)).await {
+    let corr = corr_id.clone();
+    match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false, Some(&corr))).await {
         Ok(added) => {
             exrp.state.ok();
             if added.new > 0 {
@@ -684,6 +686,63 @@ impl Exrp {
     }
 }
 
+impl Exrp {
+    /// What the queue knows of the jobs a trace names: each job's steps, where it stands now
+    /// when it is not done, and the orphans of the last store scan that match.
+    async fn trace_jobs(&self, query: &crate::trace::Query) -> Vec<Event> {
+        const ROLE: &str = "exrp";
+        let id = query.id.clone();
+        let found = self
+            .queue
+            .run(move |q| {
+                let jobs = q.find(&id, 100)?;
+                jobs.into_iter().map(|job| Ok((q.steps(job.id)?, job))).collect::<Result<Vec<_>, _>>()
+            })
+            .await;
+        let mut events = Vec::new();
+        let jobs = match found {
+            Ok(jobs) => jobs,
+            Err(e) => return vec![Event::new(crate::clock::unix_ms(), ROLE, "error", e.to_string()).stopped()],
+        };
+        for (steps, job) in jobs {
+            let file = || job.file.clone();
+            if steps.is_empty() {
+                events.push(Event::new(job.accepted_at_ms, ROLE, "accepted", "interaction-end").file(file()));
+            }
+            for step in steps {
+                let corr = step.detail.strip_prefix("interaction-end ").map(str::to_owned);
+                let detail = match step.count {
+                    1 => step.detail,
+                    n => {
+                        format!("{} ({n} times since {})", step.detail, crate::telemetry::rfc3339_ms(step.first_at_ms))
+                    }
+                };
+                let mut event = Event::new(step.at_ms, ROLE, &step.step, detail).file(file()).corr(corr);
+                event.stopped = step.step == "dead";
+                events.push(event);
+            }
+            if job.state == JobState::Pending {
+                let why = job.reason.clone().unwrap_or_else(|| "not tried yet".into());
+                let detail = format!(
+                    "pending, attempt {} next at {}: {why}",
+                    job.attempts + 1,
+                    crate::telemetry::rfc3339_ms(job.next_at_ms)
+                );
+                events.push(Event::new(job.updated_at_ms, ROLE, "now", detail).file(file()).stopped());
+            }
+        }
+        for (name, age) in self.orphans.matching(&query.id) {
+            let at = crate::clock::unix_ms().saturating_sub(age * 1000);
+            events.push(
+                Event::new(at, ROLE, "orphan", "in the store with no job naming it (no interaction-end came)")
+                    .file(name)
+                    .stopped(),
+            );
+        }
+        events
+    }
+}
+
 /// `[{"org": …, "reason": …, "since": unix ms, "failures": n}]` for every org paused for a
 /// credential or permission fault.
 fn failing_orgs(live: &Live) -> Vec<serde_json::Value> {
@@ -713,6 +772,10 @@ impl RoleStatus for Exrp {
         body["recent"] = json!(recent);
         body["workers"] = json!(self.config.workers);
         (up, body)
+    }
+
+    fn trace<'a>(&'a self, query: &'a crate::trace::Query) -> futures_util::future::BoxFuture<'a, Vec<Event>> {
+        Box::pin(self.trace_jobs(query))
     }
 
     fn trends(&self, out: &mut Vec<Sample>) {

@@ -148,7 +148,31 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (state, next_at);
 CREATE INDEX IF NOT EXISTS jobs_file ON jobs (file);
+CREATE TABLE IF NOT EXISTS steps (
+    job_id INTEGER NOT NULL,
+    step TEXT NOT NULL,
+    first_at INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    count INTEGER NOT NULL DEFAULT 1,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (job_id, step)
+) WITHOUT ROWID;
 ";
+
+/// Records a step of a job's way (`trace`): one row per kind of step, so a job retried for
+/// days keeps a few rows (the first and last time, how often, the last detail).
+const STEP: &str = "INSERT INTO steps (job_id, step, first_at, at, count, detail) VALUES (?1, ?2, ?3, ?3, 1, ?4)
+     ON CONFLICT (job_id, step) DO UPDATE SET at = excluded.at, count = count + 1, detail = excluded.detail";
+
+/// One kind of step of a job, as `trace` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    pub step: String,
+    pub first_at_ms: u64,
+    pub at_ms: u64,
+    pub count: u64,
+    pub detail: String,
+}
 
 const COLUMNS: &str = "id, call_uuid, media_id, file, tenant, state, origin, attempts, accepted_at, next_at, \
                        updated_at, seen, upload_key, outcome, reason, spec, lock_token, paused_ms";
@@ -187,8 +211,9 @@ pub struct Added {
     pub duplicate: usize,
 }
 
-/// The format of `queue.db`, kept in SQLite's `user_version`. 2 added `jobs.paused_ms`.
-pub const QUEUE_FORMAT: u32 = 2;
+/// The format of `queue.db`, kept in SQLite's `user_version`. 2 added `jobs.paused_ms`, 3 the
+/// `steps` table (made by the schema; jobs from before have no steps).
+pub const QUEUE_FORMAT: u32 = 3;
 
 /// Creates the tables, or brings an older format's up to date, in one transaction: a crash
 /// leaves the old format or the new one, never half of it.
@@ -302,8 +327,13 @@ impl Queue {
 
     /// Adds a batch in one transaction; a job whose key is already known (in any state) is a
     /// duplicate and changes nothing.
-    pub fn add(&self, jobs: &[NewJob], origin: Origin, seen: bool) -> Result<Added, QueueError> {
+    pub fn add(&self, jobs: &[NewJob], origin: Origin, seen: bool, corr_id: Option<&str>) -> Result<Added, QueueError> {
         let now = now_ms() as i64;
+        let how = match (origin, corr_id) {
+            (Origin::Scan, _) => "found in the store by the scan".to_string(),
+            (Origin::Post, Some(corr)) => format!("interaction-end {corr}"),
+            (Origin::Post, None) => "interaction-end".to_string(),
+        };
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut added = Added::default();
@@ -328,6 +358,7 @@ impl Queue {
                     ])?;
                     if n == 1 {
                         added.new += 1;
+                        tx.prepare_cached(STEP)?.execute(params![tx.last_insert_rowid(), "accepted", now, how])?;
                     } else {
                         added.duplicate += 1;
                     }
@@ -390,8 +421,10 @@ impl Queue {
                 let mut update = tx.prepare_cached(
                     "UPDATE jobs SET state = 'working', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
                 )?;
+                let mut step = tx.prepare_cached(STEP)?;
                 for job in &jobs {
                     update.execute(params![job.id, now])?;
+                    step.execute(params![job.id, "attempt", now, format!("attempt {}", job.attempts + 1)])?;
                 }
             }
             tx.commit()?;
@@ -433,8 +466,52 @@ impl Queue {
         })
     }
 
-    pub fn set_upload_key(&self, id: i64, key: &str) -> Result<(), QueueError> {
-        self.with(|conn| conn.execute("UPDATE jobs SET upload_key = ?2 WHERE id = ?1", params![id, key]).map(drop))
+    /// The sink's upload key, and how it was had (the cloud's correlation id).
+    pub fn set_upload_key(&self, id: i64, key: &str, detail: &str) -> Result<(), QueueError> {
+        let now = now_ms() as i64;
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("UPDATE jobs SET upload_key = ?2 WHERE id = ?1", params![id, key])?;
+            tx.prepare_cached(STEP)?.execute(params![id, "presigned", now, detail])?;
+            tx.commit()
+        })
+    }
+
+    /// Records a step that changes nothing else (claimed, fetched), lazily: a step lost to a
+    /// power cut is only missing from `trace`.
+    pub fn note(&self, id: i64, step: &str, detail: &str) -> Result<(), QueueError> {
+        let now = now_ms() as i64;
+        self.lazily(|conn| conn.prepare_cached(STEP)?.execute(params![id, step, now, detail]).map(drop))
+    }
+
+    /// A job's steps, in the order first taken.
+    pub fn steps(&self, id: i64) -> Result<Vec<Step>, QueueError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT step, first_at, at, count, detail FROM steps WHERE job_id = ?1 ORDER BY first_at, at",
+            )?;
+            let rows = stmt.query_map(params![id], |r| {
+                Ok(Step {
+                    step: r.get(0)?,
+                    first_at_ms: r.get::<_, i64>(1)? as u64,
+                    at_ms: r.get::<_, i64>(2)? as u64,
+                    count: r.get::<_, i64>(3)? as u64,
+                    detail: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Jobs whose call is `id` or whose file or mediaId contains it (`trace`), at most `limit`.
+    pub fn find(&self, id: &str, limit: usize) -> Result<Vec<Job>, QueueError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM jobs WHERE call_uuid = ?1 OR instr(file, ?1) > 0 OR instr(media_id, ?1) > 0
+                 ORDER BY accepted_at, id LIMIT ?2"
+            ))?;
+            stmt.query_map(params![id, limit as i64], row_to_job)?.collect()
+        })
     }
 
     /// Lazily: a token lost to a power cut is found again by the lock's owner name.
@@ -444,9 +521,12 @@ impl Queue {
 
     /// The sink confirmed the upload: a resumed job only deletes.
     pub fn mark_uploaded(&self, id: i64, key: &str) -> Result<(), QueueError> {
+        let now = now_ms() as i64;
         self.with(|conn| {
-            conn.execute("UPDATE jobs SET upload_key = ?2, outcome = 'uploaded' WHERE id = ?1", params![id, key])
-                .map(drop)
+            let tx = conn.transaction()?;
+            tx.execute("UPDATE jobs SET upload_key = ?2, outcome = 'uploaded' WHERE id = ?1", params![id, key])?;
+            tx.prepare_cached(STEP)?.execute(params![id, "uploaded", now, key])?;
+            tx.commit()
         })
     }
 
@@ -455,12 +535,14 @@ impl Queue {
         let now = now_ms();
         let next = now + delay.as_millis() as u64;
         self.with(|conn| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4, lock_token = NULL
                  WHERE id = ?1",
                 params![id, next as i64, now as i64, reason],
-            )
-            .map(drop)
+            )?;
+            tx.prepare_cached(STEP)?.execute(params![id, "retry", now as i64, reason])?;
+            tx.commit()
         })
     }
 
@@ -470,12 +552,14 @@ impl Queue {
         let now = now_ms();
         let ms = delay.as_millis() as u64;
         self.with(|conn| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "UPDATE jobs SET state = 'pending', next_at = ?2, updated_at = ?3, reason = ?4, lock_token = NULL,
                  paused_ms = paused_ms + ?5 WHERE id = ?1",
                 params![id, (now + ms) as i64, now as i64, reason, ms as i64],
-            )
-            .map(drop)
+            )?;
+            tx.prepare_cached(STEP)?.execute(params![id, "waiting", now as i64, reason])?;
+            tx.commit()
         })
     }
 
@@ -485,11 +569,14 @@ impl Queue {
     pub fn finish(&self, id: i64, state: State, outcome: &str, reason: Option<&str>) -> Result<(), QueueError> {
         let now = now_ms() as i64;
         let commit = |conn: &mut Connection| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
                 "UPDATE jobs SET state = ?2, outcome = ?3, reason = ?4, updated_at = ?5, lock_token = NULL WHERE id = ?1",
                 params![id, state.as_str(), outcome, reason, now],
-            )
-            .map(drop)
+            )?;
+            let step = if state == State::Dead { "dead" } else { "done" };
+            tx.prepare_cached(STEP)?.execute(params![id, step, now, reason.unwrap_or(outcome)])?;
+            tx.commit()
         };
         if state == State::Done { self.lazily(commit) } else { self.with(commit) }
     }
@@ -561,10 +648,17 @@ impl Queue {
     /// Removes finished jobs of `state` (done or dead) last updated before `before_ms`.
     pub fn purge(&self, state: State, before_ms: u64) -> Result<usize, QueueError> {
         self.with(|conn| {
-            conn.execute(
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM steps WHERE job_id IN (SELECT id FROM jobs WHERE state = ?1 AND updated_at < ?2)",
+                params![state.as_str(), before_ms as i64],
+            )?;
+            let n = tx.execute(
                 "DELETE FROM jobs WHERE state = ?1 AND updated_at < ?2",
                 params![state.as_str(), before_ms as i64],
-            )
+            )?;
+            tx.commit()?;
+            Ok(n)
         })
     }
 
@@ -642,11 +736,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let q = Queue::open(&dir, true).unwrap();
         assert_eq!(
-            q.add(&[job("C1", "a"), job("C1", "b")], Origin::Post, false).unwrap(),
+            q.add(&[job("C1", "a"), job("C1", "b")], Origin::Post, false, None).unwrap(),
             Added { new: 2, duplicate: 0 }
         );
         assert_eq!(
-            q.add(&[job("C1", "b"), job("C1", "c")], Origin::Post, false).unwrap(),
+            q.add(&[job("C1", "b"), job("C1", "c")], Origin::Post, false, None).unwrap(),
             Added { new: 1, duplicate: 1 }
         );
         let taken = q.take_due(2).unwrap();
@@ -660,7 +754,10 @@ mod tests {
         assert_eq!(q.recover().unwrap(), 0);
         assert_eq!(q.counts().unwrap(), [1, 0, 1, 1]);
         // A done job is still a duplicate.
-        assert_eq!(q.add(&[job(&taken[0].call_uuid, &taken[0].media_id)], Origin::Scan, true).unwrap().duplicate, 1);
+        assert_eq!(
+            q.add(&[job(&taken[0].call_uuid, &taken[0].media_id)], Origin::Scan, true, None).unwrap().duplicate,
+            1
+        );
         assert_eq!(q.retry_dead(None, None).unwrap(), 1);
         assert_eq!(q.counts().unwrap(), [2, 0, 1, 0]);
         let working = q.take_due(10).unwrap();

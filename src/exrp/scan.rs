@@ -25,6 +25,20 @@ pub struct OrphanStats {
     over_day: AtomicU64,
     dead_in_store: AtomicU64,
     last_scan_ms: AtomicU64,
+    /// The orphans' names and ages in seconds, as of the last scan, for `trace` (at most
+    /// `MAX_NAMED`).
+    named: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+/// Orphans `trace` can name; beyond them it only counts.
+const MAX_NAMED: usize = 10_000;
+
+impl OrphanStats {
+    /// The orphans whose name contains `id`: (name, age in seconds).
+    pub fn matching(&self, id: &str) -> Vec<(String, u64)> {
+        let named = self.named.lock().unwrap_or_else(|p| p.into_inner());
+        named.iter().filter(|(name, _)| name.contains(id)).take(100).cloned().collect()
+    }
 }
 
 impl OrphanStats {
@@ -86,6 +100,7 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
     let mut takeovers = Vec::new();
     let (mut count, mut bytes, mut oldest, mut over_hour, mut over_day, mut dead) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut named = Vec::new();
     for file in files {
         if file.props.contains_key(PROP_DEAD) {
             dead += 1;
@@ -115,6 +130,9 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
         oldest = oldest.max(age.as_secs());
         over_hour += (age >= Duration::from_secs(3600)) as u64;
         over_day += (age >= Duration::from_secs(86_400)) as u64;
+        if named.len() < MAX_NAMED {
+            named.push((file.name.clone(), age.as_secs()));
+        }
         if let Some(ttl) = exrp.config.orphan_ttl
             && age >= ttl
             && !file.locked
@@ -124,6 +142,7 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
                     exrp.metrics.orphans_removed.inc();
                     count -= 1;
                     bytes -= file.size;
+                    named.retain(|(name, _)| *name != file.name);
                     tracing::warn!(
                         file = %file.name,
                         bytes = file.size,
@@ -143,9 +162,10 @@ async fn scan_once(exrp: &Arc<Exrp>) -> Result<(), String> {
     s.over_day.store(over_day, Ordering::Relaxed);
     s.dead_in_store.store(dead, Ordering::Relaxed);
     s.last_scan_ms.store(now, Ordering::Relaxed);
+    *s.named.lock().unwrap_or_else(|p| p.into_inner()) = named;
     if !takeovers.is_empty() {
         let jobs = takeovers.clone();
-        let added = exrp.queue.run(move |q| q.add(&jobs, Origin::Scan, true)).await.map_err(|e| e.to_string())?;
+        let added = exrp.queue.run(move |q| q.add(&jobs, Origin::Scan, true, None)).await.map_err(|e| e.to_string())?;
         if added.new > 0 {
             exrp.metrics.takeovers.add(added.new as u64);
             tracing::info!(jobs = added.new, "took over jobs other instances left in the store");

@@ -207,7 +207,11 @@ async fn keep_token(exrp: &Exrp, live: &Live, job: &Job, token: String) -> Resul
         .queue
         .run({
             let (id, token) = (job.id, token.clone());
-            move |q| q.set_lock_token(id, Some(&token))
+            let claimed = format!("WebDAV lock held by {}", exrp.config.instance);
+            move |q| {
+                q.set_lock_token(id, Some(&token))?;
+                q.note(id, "claimed", &claimed)
+            }
         })
         .await;
     if let Err(e) = saved {
@@ -410,6 +414,8 @@ async fn work(
         {
             return dead(format!("the file in WebDAV has {} bytes, the metadata says {size}", fetched.len));
         }
+        let (id, fetched_note) = (job.id, format!("{} bytes from the store", fetched.len));
+        let _ = exrp.queue.run(move |q| q.note(id, "fetched", &fetched_note)).await;
         let check = match &fetched.body {
             // At most IN_MEMORY bytes: a walk over the pages costs less than a trip to the pool.
             FetchedBody::Memory(bytes) => Ok(super::ogg::check(&bytes[..])),
@@ -732,7 +738,14 @@ async fn upload_part(
                 live.dav.set_props(&job.file, token, &[(PROP_UPLOAD, &text)], &[]).await.map_err(store_error)?;
                 if is_audio {
                     let (id, key) = (job.id, p.upload_key.clone());
-                    exrp.queue.run(move |q| q.set_upload_key(id, &key)).await.map_err(|e| retry(e.to_string()))?;
+                    let detail = match &p.correlation_id {
+                        Some(c) => format!("upload key {key}, ININ-Correlation-Id {c}"),
+                        None => format!("upload key {key}"),
+                    };
+                    exrp.queue
+                        .run(move |q| q.set_upload_key(id, &key, &detail))
+                        .await
+                        .map_err(|e| retry(e.to_string()))?;
                 }
                 p
             }
@@ -879,6 +892,7 @@ mod tests {
             upload_key: "k1".into(),
             headers: [("Content-Type".to_string(), "audio/ogg".to_string())].into(),
             expires_at: 1_900_000_000,
+            correlation_id: Some("c-1".into()),
         };
         let fresh = UploadRecord { md5: "abc".into(), audio: Some(presigned), ..Default::default() };
         let text = serde_json::to_string(&fresh).unwrap();

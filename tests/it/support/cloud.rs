@@ -606,7 +606,10 @@ fn presign(state: &State, head: &Head, body: &[u8]) -> Reply {
         },
     );
     *inner.presigns_by_name.entry(file_name.to_string()).or_default() += 1;
-    Reply::json(200, json!({"url": url, "uploadKey": upload_key, "headers": headers}))
+    // Genesys Cloud names every answer, a good one too.
+    let mut reply = Reply::json(200, json!({"url": url, "uploadKey": upload_key, "headers": headers}));
+    reply.headers.push(("ININ-Correlation-Id".into(), uuid::Uuid::new_v4().to_string()));
+    reply
 }
 
 /// What `GET /_fake/counts` serves and fakecloud prints at exit.
