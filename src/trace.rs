@@ -96,10 +96,43 @@ impl Event {
     }
 }
 
+/// The last `capacity` things a role saw (requests, store changes) for lookups; a push past
+/// it forgets the oldest, so memory stays fixed however busy the role is.
+pub struct Recent<T> {
+    capacity: usize,
+    items: std::sync::Mutex<std::collections::VecDeque<T>>,
+}
+
+impl<T: Clone> Recent<T> {
+    pub fn new(capacity: usize) -> Recent<T> {
+        Recent { capacity: capacity.max(1), items: std::sync::Mutex::new(std::collections::VecDeque::new()) }
+    }
+
+    pub fn push(&self, item: T) {
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if items.len() >= self.capacity {
+            items.pop_front();
+        }
+        items.push_back(item);
+    }
+
+    /// The newest `limit` items `keep` accepts, oldest first.
+    pub fn matching(&self, keep: impl Fn(&T) -> bool, limit: usize) -> Vec<T> {
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        let mut found: Vec<T> = items.iter().rev().filter(|t| keep(t)).take(limit).cloned().collect();
+        found.reverse();
+        found
+    }
+}
+
 /// Puts events in time order, drops repeats and keeps the last `MAX_EVENTS`.
 pub fn settle(mut events: Vec<Event>) -> Vec<Event> {
     events.sort();
-    events.dedup_by(|a, b| a.at == b.at && a.role == b.role && a.step == b.step && a.detail == b.detail);
+    // The same event from two answers (a second round, two admin URLs of one process).
+    events.dedup_by(|a, b| {
+        (a.at, &a.role, &a.step, &a.file, &a.detail, &a.corr_id)
+            == (b.at, &b.role, &b.step, &b.file, &b.detail, &b.corr_id)
+    });
     if events.len() > MAX_EVENTS {
         events.drain(..events.len() - MAX_EVENTS);
     }
@@ -130,10 +163,26 @@ mod tests {
     }
 
     #[test]
+    fn recent_keeps_the_newest_within_its_capacity() {
+        let recent = Recent::new(3);
+        for i in 0..10 {
+            recent.push(i);
+        }
+        assert_eq!(recent.matching(|_| true, 10), [7, 8, 9]);
+        assert_eq!(recent.matching(|i| i % 2 == 1, 10), [7, 9]);
+        assert_eq!(recent.matching(|_| true, 2), [8, 9]);
+    }
+
+    #[test]
     fn events_are_put_in_time_order_without_repeats_and_bounded() {
         let e = |at, step: &str| Event::new(at, "exrp", step, "d");
         let settled = settle(vec![e(3, "c"), e(1, "a"), e(2, "b"), e(1, "a")]);
         assert_eq!(settled.iter().map(|e| e.at).collect::<Vec<_>>(), [1, 2, 3]);
+        // Two files' events at one moment are two events; the same one from two answers is one.
+        let mut from = e(1, "a").file("x");
+        from.from = Some("http://other".into());
+        let settled = settle(vec![e(1, "a").file("x"), e(1, "a").file("y"), from]);
+        assert_eq!(settled.len(), 2);
         let many: Vec<Event> = (0..(MAX_EVENTS as u64 + 10)).map(|i| e(i, "s")).collect();
         let kept = settle(many);
         assert_eq!((kept.len(), kept[0].at), (MAX_EVENTS, 10));

@@ -49,6 +49,14 @@ pub struct Recording {
     pub received_ms: u64,
     #[serde(default)]
     pub delivered: bool,
+    /// The corrId of the metadata POST that brought it (none for GIR fetches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corr_id: Option<String>,
+    /// When exrp accepted it, and the interaction-end's corrId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_corr_id: Option<String>,
 }
 
 /// GIR mode: metadata is fetched from RWS on the `gir_metadata_fetch_*` schedule.
@@ -92,6 +100,8 @@ pub struct Entry {
     pub attempts: u32,
     pub next_attempt: Instant,
     pub in_flight: bool,
+    /// Why the last delivery attempt failed (for `trace`).
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,7 +159,7 @@ impl CallBook {
             let Some(bytes) = records.get(&k)? else { continue };
             match serde_json::from_slice::<Call>(&bytes) {
                 Ok(call) => {
-                    let entry = Entry { call, attempts: 0, next_attempt: now, in_flight: false };
+                    let entry = Entry { call, attempts: 0, next_attempt: now, in_flight: false, last_error: None };
                     calls.insert(entry.call.call_uuid.clone(), Arc::new(tokio::sync::Mutex::new(entry)));
                 }
                 Err(err) => {
@@ -182,8 +192,13 @@ impl CallBook {
                 return Err(BookError::Full(self.max_open));
             }
         }
-        let entry =
-            Entry { call: Call::new(call_uuid, now_ms()), attempts: 0, next_attempt: Instant::now(), in_flight: false };
+        let entry = Entry {
+            call: Call::new(call_uuid, now_ms()),
+            attempts: 0,
+            next_attempt: Instant::now(),
+            in_flight: false,
+            last_error: None,
+        };
         let entry = Arc::new(tokio::sync::Mutex::new(entry));
         calls.insert(call_uuid.to_string(), entry.clone());
         Ok(entry)
@@ -217,7 +232,7 @@ impl CallBook {
     }
 
     /// Adds or updates recordings (all of one call), durably.
-    pub async fn add(&self, call_uuid: &str, files: &[MediaFile]) -> Result<Added, BookError> {
+    pub async fn add(&self, call_uuid: &str, files: &[MediaFile], corr_id: Option<&str>) -> Result<Added, BookError> {
         let entry = self.entry_or_new(call_uuid)?;
         let mut guard = entry.lock().await;
         let mut call = guard.call.clone();
@@ -242,6 +257,9 @@ impl CallBook {
                         call: f.call.clone(),
                         received_ms: now,
                         delivered: false,
+                        corr_id: corr_id.map(str::to_owned),
+                        delivered_ms: None,
+                        delivered_corr_id: None,
                     });
                     added.new += 1;
                 }
@@ -333,13 +351,16 @@ impl CallBook {
         Ok(())
     }
 
-    /// Marks recordings delivered after exrp accepted them.
-    pub async fn delivered(&self, call_uuid: &str, media_ids: &[String]) -> Result<(), BookError> {
+    /// Marks recordings delivered after exrp accepted them (the interaction-end `corr_id`).
+    pub async fn delivered(&self, call_uuid: &str, media_ids: &[String], corr_id: &str) -> Result<(), BookError> {
         let Some(entry) = self.entry(call_uuid) else { return Ok(()) };
         let mut guard = entry.lock().await;
         let mut call = guard.call.clone();
+        let now = now_ms();
         for r in call.recordings.iter_mut().filter(|r| media_ids.contains(&r.media_id)) {
             r.delivered = true;
+            r.delivered_ms = Some(now);
+            r.delivered_corr_id = Some(corr_id.to_string());
             // What remains is only there to recognise a repeat: keep the memory small.
             r.metadata = Value::Null;
             r.call = None;
@@ -348,13 +369,37 @@ impl CallBook {
         guard.call = call;
         guard.attempts = 0;
         guard.in_flight = false;
+        guard.last_error = None;
         Ok(())
     }
 
+    /// The calls a trace names: the CallUUID itself, or a recording or store file whose name
+    /// contains the id. With each: delivery attempts so far, the last failure, and whether
+    /// the next attempt is under way.
+    pub async fn find(&self, id: &str) -> Vec<(Call, u32, Option<String>)> {
+        let entries: Vec<_> = self.calls.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect();
+        let mut found = Vec::new();
+        for entry in entries {
+            let e = entry.lock().await;
+            let c = &e.call;
+            let named = c.call_uuid == id
+                || c.recordings.iter().any(|r| r.media_id.contains(id))
+                || c.store_files.iter().any(|f| f.contains(id));
+            if named {
+                found.push((c.clone(), e.attempts, e.last_error.clone()));
+                if found.len() >= 20 {
+                    break;
+                }
+            }
+        }
+        found
+    }
+
     /// Schedules the next delivery attempt after a failure.
-    pub async fn failed(&self, call_uuid: &str, delay: Duration) {
+    pub async fn failed(&self, call_uuid: &str, delay: Duration, why: &str) {
         if let Some(entry) = self.entry(call_uuid) {
             let mut guard = entry.lock().await;
+            guard.last_error = Some(why.to_string());
             guard.attempts += 1;
             guard.next_attempt = Instant::now() + delay;
             guard.in_flight = false;

@@ -110,7 +110,7 @@ async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
     match result {
         Ok(reply) if reply.status.is_success() => {
             excp.exrp_ok.store(true, Ordering::Relaxed);
-            match excp.book.delivered(call_uuid, &media_ids).await {
+            match excp.book.delivered(call_uuid, &media_ids, &corr_id).await {
                 Ok(()) => {
                     excp.metrics.sent.inc();
                     excp.metrics.recordings_delivered.add(media_ids.len() as u64);
@@ -126,7 +126,9 @@ async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
                 Err(err) => {
                     // exrp has it; sending it again later is harmless (idempotent on mediaId).
                     tracing::error!(%corr_id, %call_uuid, "delivered, but cannot record it: {err}");
-                    excp.book.failed(call_uuid, excp.config.retry_initial).await;
+                    excp.book
+                        .failed(call_uuid, excp.config.retry_initial, &format!("accepted, but not recorded: {err}"))
+                        .await;
                 }
             }
         }
@@ -143,7 +145,7 @@ async fn deliver(excp: &Arc<Excp>, call_uuid: &str) {
             excp.metrics.retried.inc();
             let delay = crate::backoff::jittered(excp.config.retry_initial, excp.config.retry_max, attempts + 1);
             tracing::warn!(%corr_id, %call_uuid, attempts = attempts + 1, retry_in = ?delay, "interaction-end not accepted: {why}");
-            excp.book.failed(call_uuid, delay).await;
+            excp.book.failed(call_uuid, delay, &why).await;
         }
     }
 }
@@ -274,7 +276,7 @@ async fn gir_fetch(excp: &Arc<Excp>, call_uuid: &str) {
                     }
                     tracing::info!(%call_uuid, by_name = paired.by_name, by_order = paired.by_order,
                         unmatched = paired.unmatched, store_only = paired.store_only, "RWS media files named as the store holds them");
-                    match excp.book.add(call_uuid, &files).await {
+                    match excp.book.add(call_uuid, &files, None).await {
                         Ok(added) => {
                             excp.metrics.gir_fetches.inc(&["ok"]);
                             excp.metrics.recordings_accepted.add(added.new as u64);

@@ -27,6 +27,7 @@ use crate::durable::RecordDir;
 use crate::http::admin::RoleStatus;
 use crate::http::body::ReadError;
 use crate::metrics::{Counter, CounterVec, Encoder};
+use crate::trace::Event;
 use crate::trends::Sample;
 use calls::{BookError, CallBook};
 use ingest::IngestError;
@@ -215,7 +216,7 @@ async fn ingest_request(excp: Arc<Excp>, headers: HeaderMap, body: Body, corr_id
         }
     }
     for (call_uuid, files) in &by_call {
-        let added = excp.book.add(call_uuid, files).await;
+        let added = excp.book.add(call_uuid, files, Some(&corr_id)).await;
         match &added {
             Ok(_) => excp.state.ok(),
             Err(BookError::Io(e)) => excp.state.failed(e),
@@ -331,6 +332,16 @@ impl RoleStatus for Excp {
         (writable, details)
     }
 
+    fn trace<'a>(&'a self, query: &'a crate::trace::Query) -> futures_util::future::BoxFuture<'a, Vec<Event>> {
+        Box::pin(async move {
+            let mut events = Vec::new();
+            for (call, attempts, last_error) in self.book.find(&query.id).await {
+                trace_call(&call, attempts, last_error, &mut events);
+            }
+            events
+        })
+    }
+
     fn trends(&self, out: &mut Vec<Sample>) {
         out.push(Sample::counter("recordings", "accepted", self.metrics.recordings_accepted.get()));
         let (open, waiting, recordings) = self.book.backlog();
@@ -367,3 +378,48 @@ impl RoleStatus for Excp {
 }
 
 impl Excp {}
+
+/// What excp knows of one call: each recording's metadata POST, the call's end, the
+/// interaction-end exrp accepted, or where delivery stands.
+fn trace_call(call: &calls::Call, attempts: u32, last_error: Option<String>, events: &mut Vec<Event>) {
+    const ROLE: &str = "excp";
+    let id = &call.call_uuid;
+    for r in &call.recordings {
+        let how = if r.corr_id.is_some() { "metadata POST" } else { "metadata from GIR RWS" };
+        let detail = format!("{how} for call {id}, mediaId {}", r.media_id);
+        events.push(Event::new(r.received_ms, ROLE, "metadata", detail).file(&r.media_id).corr(r.corr_id.clone()));
+        if let Some(at) = r.delivered_ms {
+            let detail = format!("interaction-end accepted by exrp (202), mediaId {}", r.media_id);
+            let event = Event::new(at, ROLE, "interaction-end", detail).file(&r.media_id);
+            events.push(event.corr(r.delivered_corr_id.clone()));
+        }
+    }
+    match &call.ended {
+        Some(end) => {
+            let why = match end.reason.as_str() {
+                "event" => "end event received".to_string(),
+                "quiet" => "no metadata for the quiet period".to_string(),
+                other => other.to_string(),
+            };
+            let event = Event::new(end.at_ms, ROLE, "call-ended", why).corr(Some(end.corr_id.clone()));
+            events.push(event);
+            let pending = call.pending().count();
+            if pending > 0 {
+                let detail = match (&last_error, attempts) {
+                    (Some(why), n) => {
+                        format!("{pending} recording(s) not yet accepted by exrp after {n} attempt(s): {why}")
+                    }
+                    (None, _) => format!("{pending} recording(s) being sent to exrp"),
+                };
+                events.push(Event::new(crate::clock::unix_ms(), ROLE, "now", detail).stopped());
+            }
+        }
+        None => {
+            let detail = format!(
+                "call open: waiting for its end (last metadata at {})",
+                crate::telemetry::rfc3339_ms(call.last_update_ms)
+            );
+            events.push(Event::new(crate::clock::unix_ms(), ROLE, "now", detail).stopped());
+        }
+    }
+}

@@ -34,6 +34,46 @@ pub(super) struct RequestLog {
     pub(super) started: Instant,
     pub(super) attempts: Vec<AttemptRecord>,
     pub(super) written: bool,
+    /// The request's X-Correlation-Id (excp names its interaction-ends by it), for `trace`.
+    pub(super) corr_id: Option<String>,
+}
+
+/// A request as `trace` shows it.
+#[derive(Clone)]
+pub(super) struct Recent {
+    at_ms: u64,
+    method: Method,
+    pub(super) uri: String,
+    status: u16,
+    peers: Vec<(SocketAddr, Option<u16>)>,
+    client: std::net::IpAddr,
+    pub(super) corr_id: Option<String>,
+}
+
+impl Recent {
+    pub(super) fn event(&self, pool: &str) -> crate::trace::Event {
+        let peers: Vec<String> = self
+            .peers
+            .iter()
+            .map(|(addr, status)| format!("{addr} ({})", status.map_or("-".into(), |s| s.to_string())))
+            .collect();
+        let detail = format!(
+            "pool {pool}: {} {} from {} answered {}; tried {}",
+            self.method,
+            self.uri,
+            self.client,
+            self.status,
+            if peers.is_empty() { "no peer".to_string() } else { peers.join(", ") }
+        );
+        let step = if self.method == Method::POST && self.uri.contains("interaction-end") {
+            "interaction-end"
+        } else if self.uri.contains("/end") {
+            "call-end"
+        } else {
+            "request"
+        };
+        crate::trace::Event::new(self.at_ms, "lb", step, detail).corr(self.corr_id.clone())
+    }
 }
 
 impl RequestLog {
@@ -52,6 +92,15 @@ impl RequestLog {
             Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
             None => std::borrow::Cow::Owned(self.uri.to_string()),
         };
+        self.pool.recent.push(Recent {
+            at_ms: crate::clock::unix_ms(),
+            method: self.method.clone(),
+            uri: target.chars().take(512).collect(),
+            status,
+            peers: self.attempts.iter().map(|a| (a.addr, a.status)).collect(),
+            client: self.client.ip(),
+            corr_id: self.corr_id.take(),
+        });
         let line = AccessLine {
             pool: &self.pool.name,
             client: self.client.ip(),

@@ -52,7 +52,12 @@ pub struct Pool {
     metrics: PoolMetrics,
     /// Stops this generation's health probes when a reload replaces it.
     probes: CancellationToken,
+    /// The last requests, for `trace` (a reload starts a new generation with none).
+    recent: crate::trace::Recent<access_log::Recent>,
 }
+
+/// Requests a pool remembers for `trace`.
+const RECENT_REQUESTS: usize = 4096;
 
 #[derive(Default)]
 struct PoolMetrics {
@@ -385,6 +390,7 @@ async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
         connector: Connector::new(timeouts, keepalive, workers, proxy::passed_back),
         metrics,
         probes: CancellationToken::new(),
+        recent: crate::trace::Recent::new(RECENT_REQUESTS),
     })
 }
 
@@ -447,6 +453,25 @@ impl RoleStatus for Lb {
             }
         }
         (up, body)
+    }
+
+    fn trace<'a>(
+        &'a self,
+        query: &'a crate::trace::Query,
+    ) -> futures_util::future::BoxFuture<'a, Vec<crate::trace::Event>> {
+        Box::pin(async move {
+            let mut events = Vec::new();
+            for slot in &self.slots {
+                let pool = slot.pool();
+                let named = |r: &access_log::Recent| {
+                    query.names(&r.uri) || r.corr_id.as_ref().is_some_and(|c| query.corr_ids.contains(c))
+                };
+                for r in pool.recent.matching(named, 200) {
+                    events.push(r.event(&pool.name));
+                }
+            }
+            events
+        })
     }
 
     fn trends(&self, out: &mut Vec<crate::trends::Sample>) {

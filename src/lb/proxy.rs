@@ -114,6 +114,13 @@ pub struct Forward {
     version: Version,
 }
 
+/// The request's X-Correlation-Id, if it has a short printable one.
+fn correlation_id(req: &h1::Request) -> Option<String> {
+    let (_, value) = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(b"x-correlation-id"))?;
+    let value = std::str::from_utf8(value).ok()?.trim();
+    (!value.is_empty() && value.len() <= 64 && value.bytes().all(|b| b.is_ascii_graphic())).then(|| value.to_owned())
+}
+
 /// nginx's checks of a request and the read of its body: what is refused is answered (and
 /// logged) here, the rest is made into the request every peer tried gets.
 pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body: &mut RequestBody<'_>) -> Prepared {
@@ -125,6 +132,7 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         started: Instant::now(),
         attempts: Vec::new(),
         written: false,
+        corr_id: correlation_id(&req),
     };
     let settings = &pool.settings;
 

@@ -44,7 +44,24 @@ pub struct Webdav {
     /// One permit per PUT in flight; none left means 503, not an unbounded pile-up.
     uploads: Arc<Semaphore>,
     metrics: Metrics,
+    /// The last changes and reads of files, for `trace`.
+    recent: crate::trace::Recent<StoreEvent>,
 }
+
+/// A request that touched a file, as `trace` shows it.
+#[derive(Clone)]
+struct StoreEvent {
+    at_ms: u64,
+    method: Method,
+    path: String,
+    status: u16,
+    bytes: u64,
+    user: String,
+    client: IpAddr,
+}
+
+/// Requests `trace` remembers (PUT, GET, DELETE, MOVE, COPY, LOCK, UNLOCK, PROPPATCH).
+const RECENT_REQUESTS: usize = 8192;
 
 #[derive(Default)]
 struct Metrics {
@@ -92,6 +109,7 @@ impl Webdav {
             auth,
             uploads: Arc::new(Semaphore::new(config.max_uploads)),
             metrics: Metrics::default(),
+            recent: crate::trace::Recent::new(RECENT_REQUESTS),
         }))
     }
 
@@ -149,6 +167,21 @@ impl Webdav {
                 this.metrics.requests.inc(&[method.as_str(), status.as_str()]);
                 this.metrics.latency.observe(&[method.as_str()], elapsed);
                 this.metrics.bytes_out.add(bytes_out);
+                let touches_file = matches!(
+                    method.as_str(),
+                    "PUT" | "GET" | "DELETE" | "MOVE" | "COPY" | "LOCK" | "UNLOCK" | "PROPPATCH"
+                );
+                if touches_file && !path.ends_with('/') {
+                    this.recent.push(StoreEvent {
+                        at_ms: crate::clock::unix_ms(),
+                        method: method.clone(),
+                        path: path.clone(),
+                        status: status.as_u16(),
+                        bytes: if method == Method::PUT { bytes_in } else { bytes_out },
+                        user: user.clone(),
+                        client: conn.peer.ip(),
+                    });
+                }
                 tracing::info!(
                     target: "access",
                     client = %conn.peer.ip(),
@@ -333,6 +366,61 @@ impl crate::http::admin::RoleStatus for Webdav {
             "locks": self.locks.active(),
         });
         (root_ok && disk_ok && quota_ok, details)
+    }
+
+    fn trace<'a>(
+        &'a self,
+        query: &'a crate::trace::Query,
+    ) -> futures_util::future::BoxFuture<'a, Vec<crate::trace::Event>> {
+        Box::pin(async move {
+            use crate::trace::Event;
+            let mut events: Vec<Event> = self
+                .recent
+                .matching(|e| query.names(&e.path), 200)
+                .into_iter()
+                .map(|e| {
+                    let step = match (e.method.as_str(), e.status) {
+                        ("PUT", 200..=299) => "stored",
+                        ("DELETE", 200..=299) => "deleted",
+                        ("GET", 200..=299) => "read",
+                        ("LOCK", 200..=299) => "locked",
+                        ("UNLOCK", 200..=299) => "unlocked",
+                        (m, 200..=299) => m,
+                        _ => "refused",
+                    };
+                    let file = e.path.rsplit('/').next().unwrap_or_default().to_string();
+                    let detail = format!(
+                        "{} {} by {} from {}: {}, {} bytes",
+                        e.method, e.path, e.user, e.client, e.status, e.bytes
+                    );
+                    Event::new(e.at_ms, "webdav", step, detail).file(file)
+                })
+                .collect();
+            // What the store holds now: files whose name contains the id (a CallUUID names
+            // all of its call's recordings), read off the disk.
+            let (store, id) = (Arc::clone(&self.store), query.id.clone());
+            let listed = tokio::task::spawn_blocking(move || {
+                let root = RelPath::parse(b"/").expect("root");
+                store.read_dir(&root).map(|entries| {
+                    entries
+                        .into_iter()
+                        .filter(|(name, meta)| !meta.is_dir && String::from_utf8_lossy(name).contains(&id))
+                        .take(100)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .await;
+            if let Ok(Ok(files)) = listed {
+                for (name, meta) in files {
+                    let name = String::from_utf8_lossy(&name).into_owned();
+                    let at = meta.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    let detail =
+                        format!("{}/{name} is in the store: {} bytes, last written then", self.config.prefix, meta.len);
+                    events.push(Event::new(at, "webdav", "in store", detail).file(name));
+                }
+            }
+            events
+        })
     }
 
     fn trends(&self, out: &mut Vec<crate::trends::Sample>) {
