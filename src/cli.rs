@@ -64,6 +64,9 @@ pub enum Command {
     /// Behave like MCP against a deployment (default: the local `--role all` sandbox): record
     /// calls, post their metadata, end them, and report what reached the sink.
     Simulate(crate::simulate::SimulateArgs),
+    /// Show a recording's way through every role, by CallUUID or file name: what the admin
+    /// listener of this process (or of each --admin URL, one per VM) knows, in time order.
+    Trace(crate::trace::TraceArgs),
     /// Inspect and re-drive the exrp job queue (works while exrp runs).
     Queue {
         /// The config whose [exrp] state_dir holds the queue.

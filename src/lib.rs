@@ -80,6 +80,16 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
+        Some(Command::Trace(args)) => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("trace: cannot start the async runtime: {err}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(trace::command(args))
+        }
         Some(Command::ImportEnv { file }) => {
             let translated = std::fs::read_to_string(&file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))

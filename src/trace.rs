@@ -3,6 +3,9 @@
 //! subcommand, which asks one or more admin listeners (this VM's, other VMs') and merges.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +145,164 @@ pub fn settle(mut events: Vec<Event>) -> Vec<Event> {
 /// The correlation ids events name, beside those a query had.
 pub fn corr_ids(events: &[Event]) -> BTreeSet<String> {
     events.iter().filter_map(|e| e.corr_id.clone()).collect()
+}
+
+/// `exec-allinone trace`.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
+    /// A CallUUID, a file name, or part of one.
+    pub id: String,
+    /// An admin listener to ask, e.g. http://10.0.0.5:9653; repeat it for each VM (default:
+    /// the one of --config, else this machine's --role all at http://127.0.0.1:9650).
+    #[arg(long, value_name = "URL")]
+    pub admin: Vec<String>,
+    /// The config whose [admin] listen to ask.
+    #[arg(long, value_name = "FILE", conflicts_with = "admin")]
+    pub config: Option<PathBuf>,
+    /// Print the merged answer as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Asks every admin listener, again with the correlation ids the first answers named (another
+/// VM's lb finds the interaction-end by them), and prints the events in time order. Exit 0
+/// when some role knows the id, 1 when none does, 69 when a listener cannot be asked, 78 for
+/// a bad config or id.
+pub async fn command(args: TraceArgs) -> ExitCode {
+    const UNAVAILABLE: u8 = 69;
+    let admins = match admin_urls(&args) {
+        Ok(urls) => urls,
+        Err(err) => {
+            eprintln!("trace: {err}");
+            return ExitCode::from(crate::EXIT_CONFIG);
+        }
+    };
+    if let Err(err) = Query::new(&args.id, []) {
+        eprintln!("trace: {err}");
+        return ExitCode::from(crate::EXIT_CONFIG);
+    }
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(20)).build() {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("trace: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut known = BTreeSet::new();
+    let mut events = Vec::new();
+    let mut roles = BTreeSet::new();
+    let mut failed = false;
+    for round in 0..2 {
+        let mut found = Vec::new();
+        for admin in &admins {
+            match ask(&client, admin, &args.id, &known).await {
+                Ok((answer_roles, answer)) => {
+                    roles.extend(answer_roles);
+                    found.extend(answer);
+                }
+                Err(err) => {
+                    if round == 0 {
+                        eprintln!("trace: {admin}: {err}");
+                        failed = true;
+                    }
+                }
+            }
+        }
+        let named = corr_ids(&found);
+        events.extend(found);
+        if named.is_subset(&known) {
+            break;
+        }
+        known.extend(named);
+        known = std::mem::take(&mut known).into_iter().take(MAX_CORR).collect();
+    }
+    let events = settle(events);
+    if args.json {
+        let body = serde_json::json!({ "id": args.id, "admins": admins, "roles": roles, "events": events });
+        println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    } else {
+        print_table(&args.id, &admins, &roles, &events);
+    }
+    if failed {
+        ExitCode::from(UNAVAILABLE)
+    } else if events.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn admin_urls(args: &TraceArgs) -> Result<Vec<String>, String> {
+    if !args.admin.is_empty() {
+        for url in &args.admin {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("--admin {url:?} must be an http:// or https:// URL"));
+            }
+        }
+        return Ok(args.admin.iter().map(|u| u.trim_end_matches('/').to_string()).collect());
+    }
+    let Some(path) = &args.config else { return Ok(vec!["http://127.0.0.1:9650".into()]) };
+    let config = crate::config::Config::load(Some(path), crate::cli::Role::All)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    let scheme = if config.admin.tls.is_some() { "https" } else { "http" };
+    let addr = config.admin.listen;
+    let host = if addr.ip().is_unspecified() { "127.0.0.1".to_string() } else { addr.ip().to_string() };
+    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    Ok(vec![format!("{scheme}://{host}:{}", addr.port())])
+}
+
+async fn ask(
+    client: &reqwest::Client,
+    admin: &str,
+    id: &str,
+    corr: &BTreeSet<String>,
+) -> Result<(Vec<String>, Vec<Event>), String> {
+    let corr = corr.iter().cloned().collect::<Vec<_>>().join(",");
+    let response = client
+        .get(format!("{admin}/api/trace"))
+        .query(&[("id", id), ("corr", corr.as_str())])
+        .send()
+        .await
+        .map_err(|e| format!("cannot ask: {e}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| format!("answered {status}, then: {e}"))?;
+    let body: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("answered {status}, not JSON: {e}"))?;
+    if !status.is_success() {
+        return Err(format!("answered {status}: {}", body["error"].as_str().unwrap_or_default()));
+    }
+    let roles = body["roles"].as_array().into_iter().flatten().filter_map(|r| r.as_str().map(str::to_owned)).collect();
+    let mut events: Vec<Event> =
+        serde_json::from_value(body["events"].clone()).map_err(|e| format!("unreadable events: {e}"))?;
+    for event in &mut events {
+        event.from = Some(admin.to_string());
+    }
+    Ok((roles, events))
+}
+
+fn print_table(id: &str, admins: &[String], roles: &BTreeSet<String>, events: &[Event]) {
+    let roles: Vec<&str> = roles.iter().map(String::as_str).collect();
+    println!(
+        "{id}: {} event(s) from {} ({})",
+        events.len(),
+        admins.join(", "),
+        if roles.is_empty() { "no answer".to_string() } else { roles.join(", ") }
+    );
+    for e in events {
+        let mark = if e.stopped { "!" } else { " " };
+        let file = e.file.as_deref().unwrap_or("");
+        let corr = e.corr_id.as_deref().map(|c| format!(" [corrId {c}]")).unwrap_or_default();
+        println!(
+            "{mark} {}  {:<6} {:<15} {file}  {}{corr}",
+            crate::telemetry::rfc3339_ms(e.at),
+            e.role,
+            e.step,
+            crate::telemetry::escape(&e.detail)
+        );
+    }
+    if events.iter().any(|e| e.stopped) {
+        println!("(! marks where the recording's way stops for now, and why)");
+    }
 }
 
 #[cfg(test)]
