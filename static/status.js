@@ -239,6 +239,171 @@ async function refresh() {
   timer = setTimeout(refresh, REFRESH_MS);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Trends: small SVG charts of api/trends. Each line carries the values it was drawn from
+// (data-values) so a test can check the drawing against the JSON.
+
+const TRENDS_MS = 10000;
+const SVG = 'http://www.w3.org/2000/svg';
+/** The JSON the charts last drew (the browser test reads it). */
+window.trendsJson = null;
+let trendRange = 'hour';
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  return e;
+}
+
+/** The last `n` values of a series (all of them when it has fewer). */
+function lastValues(values, n) {
+  return values.slice(Math.max(0, values.length - n));
+}
+
+function fmtValue(unit, v) {
+  if (v == null) return '–';
+  if (unit === 'bytes') return FORMATS.bytes(v);
+  return Number.isInteger(v) ? String(v) : v.toFixed(1);
+}
+
+/** A series' colour class: red for failures, the others in turn. */
+function tone(name, i) {
+  if (/fail|dead|5xx/.test(name)) return 's2';
+  return 's' + [0, 1, 3, 4, 5][i % 5];
+}
+
+/** One chart: a line per series on a shared scale; gaps (null) break the line. */
+function trendChart(def, series, points) {
+  const W = 300, H = 90, PAD = 2;
+  const drawn = series.map((s) => lastValues(s.values, points));
+  const all = drawn.flat().filter((v) => v != null);
+  const max = Math.max(1, ...all);
+  const n = Math.max(2, ...drawn.map((v) => v.length));
+  const plot = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'plot', role: 'img',
+    'aria-label': `${def.title}: ${series.map((s, i) => `${s.name} ${fmtValue(def.unit, drawn[i][drawn[i].length - 1])}`).join(', ')}` });
+  plot.append(svg('line', { x1: 0, y1: H - PAD, x2: W, y2: H - PAD, class: 'axis' }));
+  series.forEach((s, i) => {
+    const values = drawn[i];
+    // Right-aligned: the newest value is at the right edge whatever the series' length.
+    const offset = n - values.length;
+    let d = '';
+    let pen = false;
+    values.forEach((v, j) => {
+      if (v == null) { pen = false; return; }
+      const x = ((offset + j) / (n - 1)) * W;
+      const y = H - PAD - (v / max) * (H - 2 * PAD);
+      d += `${pen ? 'L' : 'M'}${x.toFixed(1)},${y.toFixed(1)} `;
+      pen = true;
+    });
+    plot.append(svg('path', { d: d.trim() || 'M0,0', class: `line ${tone(s.name, i)}`, 'data-series': s.name, 'data-values': JSON.stringify(values) }));
+  });
+  const legend = el('ul', { class: 'legend' }, ...series.map((s, i) => el('li', null,
+    el('span', { class: `swatch ${tone(s.name, i)}` }), s.name, ' ',
+    el('b', null, fmtValue(def.unit, drawn[i][drawn[i].length - 1])))));
+  return el('figure', { class: 'chart', 'data-chart': def.id },
+    el('figcaption', null, def.title, el('small', { class: 'note' }, ` · max ${fmtValue(def.unit, max)}`)),
+    plot, legend);
+}
+
+function drawTrends(json) {
+  window.trendsJson = json;
+  const section = document.getElementById('trends');
+  section.hidden = false;
+  const perPoint = json.intervalSeconds;
+  const points = trendRange === 'hour' ? Math.max(2, Math.round(3600 / perPoint)) : json.capacity;
+  const span = (points * perPoint) / 60;
+  document.getElementById('trends-note').textContent =
+    `every ${FORMATS.duration(Math.round(perPoint))}, ${json.samples} sample(s) so far; window ${span >= 120 ? Math.round(span / 60) + ' h' : Math.round(span) + ' min'}`;
+  const charts = json.charts.map((def) => trendChart(def, json.series.filter((s) => s.chart === def.id), points));
+  document.getElementById('charts').replaceChildren(...charts);
+  section.dataset.points = String(points);
+  section.dataset.drawn = String(Number(section.dataset.drawn || 0) + 1);
+}
+
+let trendsTimer = null;
+async function refreshTrends() {
+  clearTimeout(trendsTimer);
+  try {
+    const res = await fetch('api/trends', { cache: 'no-store' });
+    if (res.ok) drawTrends(await res.json());
+  } catch (err) {
+    document.getElementById('trends-note').textContent = 'cannot refresh: ' + err.message;
+  }
+  trendsTimer = setTimeout(refreshTrends, TRENDS_MS);
+}
+
+for (const b of document.querySelectorAll('#trends [data-range]')) {
+  b.addEventListener('click', () => {
+    trendRange = b.dataset.range;
+    for (const other of document.querySelectorAll('#trends [data-range]')) {
+      other.setAttribute('aria-pressed', String(other === b));
+    }
+    if (window.trendsJson) drawTrends(window.trendsJson);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Trace: what every role of this process knows of one recording (api/trace).
+
+/** The JSON the trace table last drew (the browser test reads it). */
+window.traceJson = null;
+
+function clock(ms) {
+  const d = new Date(ms);
+  return d.toISOString().replace('T', ' ').replace('Z', '');
+}
+
+function drawTrace(json) {
+  window.traceJson = json;
+  const section = document.getElementById('trace');
+  const rows = json.events.map((e) => {
+    const cells = [el('td', null, clock(e.at)), el('td', null, e.role), el('td', { class: 'step' }, e.step),
+      el('td', null, e.file || '–'), el('td', null, e.detail), el('td', null, e.corrId || '–')];
+    return cells;
+  });
+  const t = table([{ label: 'when (UTC)' }, { label: 'role' }, { label: 'step' }, { label: 'file', text: true },
+    { label: 'what', text: true }, { label: 'corrId', text: true }], rows);
+  const tbody = t.querySelector('tbody');
+  if (tbody) {
+    json.events.forEach((e, i) => {
+      const tr = tbody.children[i];
+      tr.dataset.role = e.role;
+      tr.dataset.step = e.step;
+      if (e.stopped) tr.classList.add('stopped');
+    });
+  }
+  const stopped = json.events.filter((e) => e.stopped);
+  const summary = json.events.length
+    ? `${json.events.length} event(s) from ${json.roles.join(', ')}` + (stopped.length ? ` · stops: ${stopped.map((e) => e.step).join(', ')}` : '')
+    : `no role of this process (${json.roles.join(', ')}) knows it`;
+  section.replaceChildren(el('h2', null, 'Trace of ', el('code', null, json.id)), el('p', { class: 'note' }, summary), t);
+  section.hidden = false;
+}
+
+document.getElementById('trace-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const id = document.getElementById('trace-id').value.trim();
+  const section = document.getElementById('trace');
+  try {
+    const res = await fetch('api/trace?id=' + encodeURIComponent(id), { cache: 'no-store' });
+    const json = await res.json();
+    if (!res.ok) throw new Error(json.error || 'HTTP ' + res.status);
+    drawTrace(json);
+  } catch (err) {
+    section.replaceChildren(el('h2', null, 'Trace'), el('p', { class: 'note alert' }, 'cannot trace: ' + err.message));
+    section.hidden = false;
+  }
+});
+
 // A hidden tab stops polling and catches up when shown again.
-document.addEventListener('visibilitychange', () => { if (!document.hidden) refresh(); else clearTimeout(timer); });
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden) {
+    refresh();
+    refreshTrends();
+  } else {
+    clearTimeout(timer);
+    clearTimeout(trendsTimer);
+  }
+});
 refresh();
+refreshTrends();
