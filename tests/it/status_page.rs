@@ -294,3 +294,223 @@ fn the_status_page_names_a_refused_org_and_a_tenant_waiting_for_one() {
     std::fs::create_dir_all(artifacts()).unwrap();
     std::fs::write(artifacts().join("org-refused-phone.png"), browser.screenshot()).unwrap();
 }
+
+/// The sandbox's config with the trends sampled every second, in `dir`: the files the
+/// embedded default makes on first run (the password file, the store's root) made here.
+fn sandbox_config_with_fast_trends(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("exec-allinone-data");
+    std::fs::create_dir_all(data.join("recordings")).unwrap();
+    let made = Command::new(BIN)
+        .args(["htpasswd", "-c", "-C", "4"])
+        .arg(data.join("htpasswd"))
+        .args(["mcp", "mcp-sandbox"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = include_str!("../../src/config/sandbox.toml")
+        .replace("{dir}", &data.display().to_string())
+        .replace("[admin]\n", "[admin]\ntrend_interval = \"1s\"\n");
+    let path = dir.join("all.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The lines each chart drew and the JSON they were drawn from, read in one script run.
+const CHARTS: &str = "return [[...document.querySelectorAll('#charts path.line')].map(p => \
+    [p.closest('[data-chart]').dataset.chart, p.dataset.series, p.dataset.values, p.getAttribute('d')]), \
+    window.trendsJson, Number(document.getElementById('trends').dataset.points)];";
+
+/// Every line of every chart is the end of its series in the JSON the page last drew, and its
+/// path has a point for each value that is not a gap. Returns that JSON.
+fn charts_match_trends_json(browser: &Browser) -> Value {
+    let all = browser.run(CHARTS, json!([]));
+    let (lines, trends, points) = (all[0].as_array().unwrap().clone(), all[1].clone(), all[2].as_u64().unwrap());
+    let series = trends["series"].as_array().unwrap();
+    assert_eq!(lines.len(), series.len(), "a line per series: {lines:?}");
+    for line in &lines {
+        let (chart, name) = (line[0].as_str().unwrap(), line[1].as_str().unwrap());
+        let drawn: Vec<Value> = serde_json::from_str(line[2].as_str().unwrap()).unwrap();
+        let s = series.iter().find(|s| s["chart"] == chart && s["name"] == name).expect("the line's series");
+        let values = s["values"].as_array().unwrap();
+        let tail = &values[values.len().saturating_sub(points as usize)..];
+        assert_eq!(drawn, tail, "{chart}/{name}: the line is not its series' last {points} values");
+        let vertices = line[3].as_str().unwrap().matches(['M', 'L']).count();
+        let present = tail.iter().filter(|v| !v.is_null()).count();
+        assert_eq!(vertices, present.max(1), "{chart}/{name}: a vertex per value");
+    }
+    trends
+}
+
+fn series_sum(trends: &Value, chart: &str, name: &str) -> f64 {
+    let s = trends["series"].as_array().unwrap().iter().find(|s| s["chart"] == chart && s["name"] == name);
+    s.map_or(0.0, |s| s["values"].as_array().unwrap().iter().filter_map(Value::as_f64).sum())
+}
+
+/// Trends and trace in the browser: while `simulate` drives the sandbox (trends sampled every
+/// second), the charts draw exactly the JSON they were given and add up to what was sent; the
+/// search box finds a simulated call and shows every step of its way from the store back to
+/// the store's DELETE; and nothing scrolls sideways on a phone.
+#[test]
+fn the_status_page_charts_trends_and_traces_a_simulated_call() {
+    let test = "status_page::the_status_page_charts_trends_and_traces_a_simulated_call";
+    let Some(_ports) = sandbox_ports(test, &SANDBOX_ALL_PORTS) else { return };
+    let dir = TempDir::new("status-trends");
+    let config = sandbox_config_with_fast_trends(dir.path());
+    let mut sandbox = KillOnDrop(
+        Command::new(BIN)
+            .args(["--role", "all", "--config"])
+            .arg(&config)
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(sandbox.stdout.as_mut().unwrap()), &mut line).unwrap();
+    assert!(line.starts_with("READY "), "{line}");
+
+    let browser = Browser::start();
+    browser.resize(1920, 1080);
+    browser.goto("http://127.0.0.1:9650/");
+    browser.wait_for(
+        "the first charts",
+        "return Number(document.getElementById('trends').dataset.drawn || 0) >= 1;",
+        Duration::from_secs(20),
+    );
+
+    let (calls, per_call) = (6usize, 2usize);
+    let total = (calls * per_call) as f64;
+    let out = Command::new(BIN)
+        .args(["simulate", "--calls", &calls.to_string(), "--concurrency", "2", "--recordings-per-call"])
+        .arg(per_call.to_string())
+        .args(["--timeout", "90"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "simulate: {}", String::from_utf8_lossy(&out.stdout));
+
+    // Sampled every second: the rings add up to what was sent once a sample after the last
+    // injection is taken; the page then draws a JSON with at least that many samples.
+    let c = client();
+    let trends_now = || -> Value {
+        serde_json::from_str(&c.get("http://127.0.0.1:9650/api/trends").send().unwrap().text().unwrap()).unwrap()
+    };
+    wait_until("the trends count every recording", Duration::from_secs(30), || {
+        let t = trends_now();
+        series_sum(&t, "recordings", "injected") == total && series_sum(&t, "recordings", "accepted") == total
+    });
+    let samples = trends_now()["samples"].as_u64().unwrap();
+    browser.wait_for(
+        "a drawing with the recordings in it",
+        &format!("return window.trendsJson != null && window.trendsJson.samples >= {samples};"),
+        Duration::from_secs(30),
+    );
+    let drawn = charts_match_trends_json(&browser);
+    assert_eq!(series_sum(&drawn, "recordings", "injected"), total);
+    assert_eq!(series_sum(&drawn, "recordings", "failed"), 0.0);
+    assert!(series_sum(&drawn, "lb_requests", "excp") >= total, "{drawn}");
+    let charts: Vec<String> = browser
+        .run("return [...document.querySelectorAll('#charts [data-chart]')].map(c => c.dataset.chart);", json!([]))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(charts, ["recordings", "queue", "backlog", "store", "lb_requests", "lb_5xx"]);
+    // The day's range draws the same JSON over the whole ring.
+    browser.click("#trends [data-range=day]");
+    browser.wait_for(
+        "the day's range",
+        "return document.getElementById('trends').dataset.points == String(window.trendsJson.capacity);",
+        Duration::from_secs(10),
+    );
+    charts_match_trends_json(&browser);
+    std::fs::create_dir_all(artifacts()).unwrap();
+    std::fs::write(artifacts().join("trends-wall.png"), browser.screenshot()).unwrap();
+
+    // The search box: a simulated call, typed in, shows its whole way.
+    let sink = dir.path().join("exec-allinone-data/injected/Environment");
+    let file = std::fs::read_dir(&sink)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.ends_with("_0.opus"))
+        .expect("a recording in the sink");
+    let call = file.trim_end_matches("_0.opus").to_string();
+    browser.type_into("#trace-id", &call);
+    browser.click("#trace-form button");
+    browser.wait_for(
+        "the trace",
+        &format!("return window.traceJson != null && window.traceJson.id === {};", json!(call)),
+        Duration::from_secs(20),
+    );
+    let shown = browser.run(
+        "return [[...document.querySelectorAll('#trace tbody tr')].map(r => [r.dataset.role, r.dataset.step, \
+         [...r.children].map(td => td.textContent)]), window.traceJson];",
+        json!([]),
+    );
+    let (rows, trace) = (shown[0].as_array().unwrap(), &shown[1]);
+    let events = trace["events"].as_array().unwrap();
+    assert_eq!(rows.len(), events.len(), "a row per event");
+    for (row, event) in rows.iter().zip(events) {
+        assert_eq!((&row[0], &row[1]), (&event["role"], &event["step"]));
+        let cells = row[2].as_array().unwrap();
+        assert_eq!(cells[4], event["detail"], "the row shows the event's text");
+    }
+    let steps: Vec<(String, String)> =
+        rows.iter().map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_str().unwrap().to_string())).collect();
+    let has = |role: &str, step: &str| steps.iter().filter(|(r, s)| r == role && s == step).count();
+    for (role, step, n) in [
+        ("webdav", "stored", per_call),
+        ("excp", "metadata", per_call),
+        ("excp", "call-ended", 1),
+        ("lb", "call-end", 1),
+        ("excp", "interaction-end", per_call),
+        ("lb", "interaction-end", 1),
+        ("exrp", "accepted", per_call),
+        ("exrp", "claimed", per_call),
+        ("exrp", "fetched", per_call),
+        ("exrp", "uploaded", per_call),
+        ("webdav", "deleted", per_call),
+        ("exrp", "done", per_call),
+    ] {
+        assert!(has(role, step) >= n, "{role} {step} shown {} times, {n} expected: {steps:?}", has(role, step));
+    }
+    // In time order: the store took the audio before exrp was told, and deleted it last.
+    let first = |role: &str, step: &str| steps.iter().position(|(r, s)| r == role && s == step).unwrap();
+    assert!(first("webdav", "stored") < first("exrp", "accepted"));
+    assert!(first("exrp", "uploaded") < first("webdav", "deleted"));
+    assert!(rows.iter().all(|r| !r[2].as_array().unwrap().is_empty()));
+    std::fs::write(artifacts().join("trace-wall.png"), browser.screenshot()).unwrap();
+
+    // A phone: the trace table stacks and the charts shrink; nothing scrolls sideways.
+    browser.resize(390, 844);
+    browser.wait_for("the phone size", "return window.innerWidth <= 400;", Duration::from_secs(10));
+    let width = browser.run(
+        "return [document.documentElement.scrollWidth, window.innerWidth, \
+         [...document.querySelectorAll('#trace, #trends, svg.plot')].filter(s => s.getBoundingClientRect().right > window.innerWidth + 1).length];",
+        json!([]),
+    );
+    assert!(width[0].as_u64() <= width[1].as_u64(), "the page scrolls sideways on a phone: {width}");
+    assert_eq!(width[2].as_u64(), Some(0), "trace or charts wider than a phone: {width}");
+    std::fs::write(artifacts().join("trace-phone.png"), browser.screenshot()).unwrap();
+
+    // An id no role knows is said so; one too short is refused with the reason.
+    browser.run("document.getElementById('trace-id').value = '';", json!([]));
+    browser.type_into("#trace-id", "NO-SUCH-CALL");
+    browser.click("#trace-form button");
+    browser.wait_for(
+        "the empty trace",
+        "return window.traceJson != null && window.traceJson.id === 'NO-SUCH-CALL';",
+        Duration::from_secs(20),
+    );
+    let text = browser.run("return document.getElementById('trace').textContent;", json!([]));
+    assert!(text.as_str().unwrap().contains("no role of this process"), "{text}");
+    let r = c.get("http://127.0.0.1:9650/api/trace?id=ab").send().unwrap();
+    assert_eq!(r.status(), 400);
+
+    drop(browser);
+    let _ = Command::new("kill").args(["-s", "TERM", &sandbox.id().to_string()]).status();
+    let status = wait_timeout(&mut sandbox, Duration::from_secs(30)).unwrap();
+    assert_eq!(status.code(), Some(0));
+}

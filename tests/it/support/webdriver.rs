@@ -108,6 +108,25 @@ impl Browser {
         self.session_call("POST", "/execute/sync", json!({ "script": script, "args": args }))
     }
 
+    /// The element `css` selects (its WebDriver reference).
+    fn element(&self, css: &str) -> String {
+        let found = self.session_call("POST", "/element", json!({ "using": "css selector", "value": css }));
+        let id = found.as_object().and_then(|o| o.values().next()).and_then(Value::as_str);
+        id.unwrap_or_else(|| panic!("no element {css}: {found}")).to_string()
+    }
+
+    /// Types `text` into the element `css` selects, key by key, as a user would.
+    pub fn type_into(&self, css: &str, text: &str) {
+        let id = self.element(css);
+        self.session_call("POST", &format!("/element/{id}/value"), json!({ "text": text }));
+    }
+
+    /// Clicks the element `css` selects.
+    pub fn click(&self, css: &str) {
+        let id = self.element(css);
+        self.session_call("POST", &format!("/element/{id}/click"), json!({}));
+    }
+
     /// Waits until `script` returns true.
     pub fn wait_for(&self, what: &str, script: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
