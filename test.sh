@@ -12,6 +12,7 @@
 #   chromium, chromium-driver   the status page in a real browser, headless
 #   util-linux       unshare: the sandbox tests' own network namespace (their fixed ports)
 #   python3-prometheus-client   Prometheus's own text-format parser, reading /metrics
+#   prometheus       its promtool checks and evaluates the alerting rules (dist/prometheus/)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -26,6 +27,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 command -v unshare >/dev/null || need+=(util-linux)
 /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null || need+=(python3-prometheus-client)
+command -v promtool >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "the tests need these packages, not installed here: ${need[*]} (as root: apt-get install ${need[*]})" >&2

@@ -295,26 +295,6 @@ fn the_status_page_names_a_refused_org_and_a_tenant_waiting_for_one() {
     std::fs::write(artifacts().join("org-refused-phone.png"), browser.screenshot()).unwrap();
 }
 
-/// The sandbox's config with the trends sampled every second, in `dir`: the files the
-/// embedded default makes on first run (the password file, the store's root) made here.
-fn sandbox_config_with_fast_trends(dir: &std::path::Path) -> std::path::PathBuf {
-    let data = dir.join("exec-allinone-data");
-    std::fs::create_dir_all(data.join("recordings")).unwrap();
-    let made = Command::new(BIN)
-        .args(["htpasswd", "-c", "-C", "4"])
-        .arg(data.join("htpasswd"))
-        .args(["mcp", "mcp-sandbox"])
-        .output()
-        .unwrap();
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
-    let text = include_str!("../../src/config/sandbox.toml")
-        .replace("{dir}", &data.display().to_string())
-        .replace("[admin]\n", "[admin]\ntrend_interval = \"1s\"\n");
-    let path = dir.join("all.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// The lines each chart drew and the JSON they were drawn from, read in one script run.
 const CHARTS: &str = "return [[...document.querySelectorAll('#charts path.line')].map(p => \
     [p.closest('[data-chart]').dataset.chart, p.dataset.series, p.dataset.values, p.getAttribute('d')]), \
@@ -355,19 +335,8 @@ fn the_status_page_charts_trends_and_traces_a_simulated_call() {
     let test = "status_page::the_status_page_charts_trends_and_traces_a_simulated_call";
     let Some(_ports) = sandbox_ports(test, &SANDBOX_ALL_PORTS) else { return };
     let dir = TempDir::new("status-trends");
-    let config = sandbox_config_with_fast_trends(dir.path());
-    let mut sandbox = KillOnDrop(
-        Command::new(BIN)
-            .args(["--role", "all", "--config"])
-            .arg(&config)
-            .current_dir(dir.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(sandbox.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let config = sandbox_config(dir.path(), |text| text.replace("[admin]\n", "[admin]\ntrend_interval = \"1s\"\n"));
+    let (line, mut sandbox) = start_sandbox_config(dir.path(), &config);
     assert!(line.starts_with("READY "), "{line}");
 
     let browser = Browser::start();

@@ -434,6 +434,44 @@ pub fn start_sandbox_all(dir: &Path) -> (String, KillOnDrop) {
     (line.trim().to_string(), child)
 }
 
+/// The sandbox's embedded config as a file in `dir`, changed by `edit`, with the files the
+/// embedded default makes on its first run (the password file, the store's root) made here:
+/// `--role all --config` on it is the sandbox with a setting or two of a test's own.
+pub fn sandbox_config(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBuf {
+    let data = dir.join("exec-allinone-data");
+    std::fs::create_dir_all(data.join("recordings")).unwrap();
+    let made = Command::new(BIN)
+        .args(["htpasswd", "-c", "-C", "4"])
+        .arg(data.join("htpasswd"))
+        .args(["mcp", "mcp-sandbox"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = include_str!("../../../src/config/sandbox.toml").replace("{dir}", &data.display().to_string());
+    let path = dir.join("all.toml");
+    std::fs::write(&path, edit(text)).unwrap();
+    path
+}
+
+/// `--role all --config <config>` in `dir` (on the sandbox's fixed ports: the caller holds
+/// them through `sandbox_ports`), and its READY line.
+pub fn start_sandbox_config(dir: &Path, config: &Path) -> (String, KillOnDrop) {
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["--role", "all", "--config"])
+            .arg(config)
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start exec-allinone --role all --config"),
+    );
+    let mut line = String::new();
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("READY line");
+    (line.trim().to_string(), child)
+}
+
 /// A child process killed when the test ends, passing or panicking, so a failed test never
 /// leaves a sandbox holding the fixed ports.
 pub struct KillOnDrop(pub std::process::Child);
@@ -518,6 +556,7 @@ pub fn package_of(tool: &str) -> &'static str {
         "curl" => "curl",
         "openssl" => "openssl",
         "nginx" => "nginx",
+        "promtool" => "prometheus",
         _ => "(unknown package)",
     }
 }
