@@ -31,7 +31,9 @@ impl Query {
         if id.len() < 3 || id.len() > MAX_ID {
             return Err(format!("the id must be 3 to {MAX_ID} characters: a CallUUID or a file name"));
         }
-        if id.chars().any(|c| c.is_control() || c == '/') {
+        // Control and bidirectional-override characters would make the page show another id.
+        let hidden = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if id.chars().any(|c| c.is_control() || hidden(c) || c == '/') {
             return Err("the id must be printable, without '/'".into());
         }
         let corr_ids: BTreeSet<String> = corr_ids
@@ -316,6 +318,7 @@ mod tests {
         assert!(Query::new(&"x".repeat(MAX_ID + 1), []).is_err());
         assert!(Query::new("a/../b", []).is_err());
         assert!(Query::new("a\u{7}bc", []).is_err());
+        assert!(Query::new("\u{202E}abc", []).is_err());
         let q = Query::new(" call ", ["c1".to_string(), String::new(), "bad id".into(), "x".repeat(65)]).unwrap();
         assert_eq!(q.id, "call");
         assert_eq!(q.corr_ids.into_iter().collect::<Vec<_>>(), ["c1"]);

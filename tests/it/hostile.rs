@@ -840,3 +840,40 @@ fn every_listener_refuses_what_no_http_1_1_server_takes() {
         }
     }
 }
+
+// ------------------------------------------------------------- 11. the admin listener's lookups
+
+/// `/api/trace` takes its id from the network: what is not a plausible id is refused with the
+/// reason and asks no role; correlation ids beyond the bound are dropped; a flood of lookups
+/// is served one by one and the roles keep working; `/api/trends` stays its fixed size.
+#[test]
+fn trace_lookups_refuse_bad_ids_and_stay_bounded() {
+    let dir = TempDir::new("hostile-trace");
+    let p = all_roles(&dir, 64);
+    let c = http();
+    let trace = |query: &str| {
+        let r = c.get(format!("{}?{query}", p.admin_url("/api/trace"))).send().unwrap();
+        let status = r.status().as_u16();
+        (status, serde_json::from_str::<serde_json::Value>(&r.text().unwrap()).unwrap_or_default())
+    };
+    let long = "x".repeat(10_000);
+    for query in ["", "id=", "id=ab", "id=a%2F..%2Fb", "id=a%00bc", "id=%E2%80%AEabc", &format!("id={long}")] {
+        let (status, body) = trace(query);
+        assert_eq!(status, 400, "{query:.60}: {body}");
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{query:.60}: {body}");
+    }
+    let many: Vec<String> = (0..5000).map(|i| format!("c{i}")).collect();
+    let (status, body) = trace(&format!("id=SOMECALL&corr={}", many.join(",")));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["events"], serde_json::json!([]));
+    for i in 0..300 {
+        assert_eq!(trace(&format!("id=CALL{i:05}")).0, 200);
+    }
+    assert_eq!(put(&c, &p, "/recordings/after.opus", b"still serving"), 201);
+    let (status, body) = trace("id=after.opus");
+    assert_eq!(status, 200);
+    let steps: Vec<&str> = body["events"].as_array().unwrap().iter().filter_map(|e| e["step"].as_str()).collect();
+    assert!(steps.contains(&"stored") && steps.contains(&"in store"), "{body}");
+    let trends = c.get(p.admin_url("/api/trends")).send().unwrap().text().unwrap();
+    assert!(trends.len() < 64 << 10, "{} bytes", trends.len());
+}
