@@ -175,7 +175,8 @@ impl Webdav {
                     this.recent.push(StoreEvent {
                         at_ms: crate::clock::unix_ms(),
                         method: method.clone(),
-                        path: path.clone(),
+                        // As the file is named, for lookups by name (clients encode differently).
+                        path: percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned(),
                         status: status.as_u16(),
                         bytes: if method == Method::PUT { bytes_in } else { bytes_out },
                         user: user.clone(),

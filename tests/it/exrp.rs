@@ -1136,3 +1136,97 @@ fn the_provider_hop_over_tls_behind_an_allow_list() {
     let admin = client().get(closed.proc().admin_url("/health")).send().unwrap();
     assert!(admin.status().is_success() || admin.status().as_u16() == 503, "the admin listener answers");
 }
+
+// ---------------------------------------------------------------------------------------------
+// trace
+
+/// `exec-allinone trace` over two processes, as over two VMs (the store's, exrp's): one call's
+/// recording that went out is shown from its PUT to its DELETE in time order; one whose job is
+/// dead is shown stopped, with the cloud's reason; an unknown id exits 1, an admin listener
+/// that cannot be asked 69; `--json` is the same merged answer.
+#[test]
+fn trace_follows_a_call_across_the_admin_listeners_of_two_processes() {
+    use crate::support::cloud::{Endpoint, FakeCloud, Fault};
+    let store = Store::start("trace-store");
+    let cloud = FakeCloud::start("client-t", "secret-t");
+    let sink = format!(
+        "[exrp.genesys_cloud]\napi_url = \"{0}\"\nlogin_url = \"{0}\"\nclient_id = \"client-t\"\nclient_secret = \"secret-t\"\n",
+        cloud.base_url()
+    );
+    let exrp = Exrp::start("trace-exrp", &store.url(), &sink, "");
+    store.put("TR1_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("TR1", &[("1", "TR1_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(1, 0);
+    cloud.fail_next(Endpoint::Presign, 1, Fault::Status(400));
+    store.put("TR2_1.opus", SAMPLE);
+    assert_eq!(exrp.post(&end_body("TR2", &[("1", "TR2_1.opus", SAMPLE.len())])).status, 202);
+    exrp.wait_idle(1, 1);
+
+    let admins = [store.proc.admin_url(""), exrp.proc().admin_url("")];
+    let trace = |id: &str, extra: &[&str]| {
+        let mut cmd = std::process::Command::new(crate::support::BIN);
+        cmd.args(["trace", id]);
+        for admin in &admins {
+            cmd.args(["--admin", admin]);
+        }
+        let out = cmd.args(extra).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, text, err) = trace("TR1", &[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let order: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut w = l.split_whitespace().skip_while(|w| *w == "!").skip(1);
+            let role = w.next()?;
+            let step = w.next()?;
+            Some(match (role, step) {
+                ("webdav", "stored") => "put",
+                ("exrp", "accepted") => "accepted",
+                ("exrp", "claimed") => "claimed",
+                ("exrp", "fetched") => "fetched",
+                ("exrp", "presigned") => "presigned",
+                ("exrp", "uploaded") => "uploaded",
+                ("webdav", "deleted") => "delete",
+                ("exrp", "done") => "done",
+                _ => "",
+            })
+        })
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(order, ["put", "accepted", "claimed", "fetched", "presigned", "uploaded", "delete", "done"], "{text}");
+    assert!(text.contains("ININ-Correlation-Id"), "the presign names the cloud's correlation id: {text}");
+    let accepted = text.lines().find(|l| l.contains(" accepted ")).unwrap();
+    assert!(accepted.contains("[corrId "), "the interaction-end's corrId: {accepted}");
+    assert!(text.contains("webdav stored          TR1_1.opus"), "the store names the file as it is named: {text}");
+
+    let (code, text, err) = trace("TR2_1.opus", &[]);
+    assert_eq!(code, Some(0), "{text}{err}");
+    let dead = text.lines().find(|l| l.contains(" exrp ") && l.contains(" dead ")).unwrap_or_else(|| panic!("{text}"));
+    assert!(dead.starts_with('!') && dead.contains("Genesys Cloud refused the upload"), "{dead}");
+    assert!(text.contains("in store"), "a dead recording stays in the store: {text}");
+
+    let (code, json_text, _) = trace("TR2", &["--json"]);
+    assert_eq!(code, Some(0));
+    let json: Value = serde_json::from_str(&json_text).unwrap();
+    let events = json["events"].as_array().unwrap();
+    assert!(events.windows(2).all(|w| w[0]["at"].as_u64() <= w[1]["at"].as_u64()), "in time order");
+    let froms: std::collections::BTreeSet<&str> = events.iter().filter_map(|e| e["from"].as_str()).collect();
+    assert_eq!(froms.len(), 2, "both listeners answered: {froms:?}");
+    assert!(events.iter().any(|e| e["stopped"] == true && e["step"] == "dead"));
+
+    let (code, text, _) = trace("NOT-A-CALL", &[]);
+    assert_eq!(code, Some(1), "{text}");
+    let refusing = crate::support::backend::refusing_port();
+    let down = format!("http://{}", refusing.local_addr().unwrap());
+    let out =
+        std::process::Command::new(crate::support::BIN).args(["trace", "TR1", "--admin", &down]).output().unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot ask"));
+}
