@@ -64,12 +64,8 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Some(Command::ImportNginx { file }) => import_nginx(&file),
         Some(Command::Simulate(args)) => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("simulate: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime("simulate", tokio::runtime::Builder::new_multi_thread()) else {
+                return ExitCode::FAILURE;
             };
             match runtime.block_on(simulate::run(args)) {
                 Ok(true) => ExitCode::SUCCESS,
@@ -81,12 +77,8 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Some(Command::Trace(args)) => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(err) => {
-                    eprintln!("trace: cannot start the async runtime: {err}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = runtime("trace", tokio::runtime::Builder::new_current_thread()) else {
+                return ExitCode::FAILURE;
             };
             runtime.block_on(trace::command(args))
         }
@@ -127,6 +119,17 @@ pub fn main(cli: Cli) -> ExitCode {
                 return ExitCode::from(EXIT_USAGE);
             };
             run(role, cli.config.as_deref())
+        }
+    }
+}
+
+/// A runtime for a subcommand; None (said on stderr) when it cannot be made.
+fn runtime(what: &str, mut builder: tokio::runtime::Builder) -> Option<tokio::runtime::Runtime> {
+    match builder.enable_all().build() {
+        Ok(rt) => Some(rt),
+        Err(err) => {
+            eprintln!("{what}: cannot start the async runtime: {err}");
+            None
         }
     }
 }

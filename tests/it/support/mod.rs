@@ -419,9 +419,17 @@ pub fn ports_free(ports: &[u16]) -> bool {
 /// `exec-allinone --role all` with no config in `dir`, once its READY line is out: the line
 /// and the process (killed when dropped).
 pub fn start_sandbox_all(dir: &Path) -> (String, KillOnDrop) {
+    start_sandbox(dir, None)
+}
+
+fn start_sandbox(dir: &Path, config: Option<&Path>) -> (String, KillOnDrop) {
+    let mut command = Command::new(BIN);
+    command.args(["--role", "all"]);
+    if let Some(config) = config {
+        command.arg("--config").arg(config);
+    }
     let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["--role", "all"])
+        command
             .current_dir(dir)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())
@@ -456,20 +464,7 @@ pub fn sandbox_config(dir: &Path, edit: impl FnOnce(String) -> String) -> PathBu
 /// `--role all --config <config>` in `dir` (on the sandbox's fixed ports: the caller holds
 /// them through `sandbox_ports`), and its READY line.
 pub fn start_sandbox_config(dir: &Path, config: &Path) -> (String, KillOnDrop) {
-    let mut child = KillOnDrop(
-        Command::new(BIN)
-            .args(["--role", "all", "--config"])
-            .arg(config)
-            .current_dir(dir)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start exec-allinone --role all --config"),
-    );
-    let mut line = String::new();
-    let stdout = child.stdout.as_mut().expect("piped stdout");
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("READY line");
-    (line.trim().to_string(), child)
+    start_sandbox(dir, Some(config))
 }
 
 /// A child process killed when the test ends, passing or panicking, so a failed test never
