@@ -38,9 +38,11 @@ pub mod key {
     pub const ADDRESS: &str = "address";
     pub const WEIGHT: &str = "weight";
     pub const DOWN: &str = "down";
+    pub const HASH: &str = "hash";
 
     /// The settings, in the order `import-nginx` writes them.
-    pub const POOL: [&str; 21] = [
+    pub const POOL: [&str; 22] = [
+        HASH,
         CONNECT_TIMEOUT,
         SEND_TIMEOUT,
         READ_TIMEOUT,
@@ -199,6 +201,9 @@ pub enum UriMode {
 /// Settings of one pool; `[lb]` holds the defaults, a pool table may override any of them.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// `hash = "$request_uri consistent"`: each path to one server by nginx's consistent hash;
+    /// false: weighted round robin.
+    pub hash_request_uri: bool,
     pub connect_timeout: Duration,
     pub send_timeout: Duration,
     pub read_timeout: Duration,
@@ -242,6 +247,7 @@ impl Default for PoolSettings {
     /// nginx 1.22's defaults, with passive ejection and probes off.
     fn default() -> Self {
         PoolSettings {
+            hash_request_uri: false,
             connect_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
@@ -491,7 +497,23 @@ impl PoolSettings {
                 d.health_check_path.clone()
             }
         };
+        let hash_request_uri = match s.string(key::HASH).as_deref() {
+            None => d.hash_request_uri,
+            Some(h) if h.split_whitespace().eq(["$request_uri", "consistent"]) => true,
+            Some("") | Some("off") => false,
+            Some(other) => {
+                s.problem_at(
+                    key::HASH,
+                    format!(
+                        "{other:?}: only \"$request_uri consistent\" (nginx's `hash $request_uri consistent`) \
+                         is supported, or \"off\" for round robin"
+                    ),
+                );
+                d.hash_request_uri
+            }
+        };
         let out = PoolSettings {
+            hash_request_uri,
             connect_timeout: s.duration(key::CONNECT_TIMEOUT, d.connect_timeout),
             send_timeout: s.duration(key::SEND_TIMEOUT, d.send_timeout),
             read_timeout: s.duration(key::READ_TIMEOUT, d.read_timeout),

@@ -38,14 +38,15 @@ pub(super) struct RequestLog {
     pub(super) corr_id: Option<String>,
 }
 
-/// A request as `trace` shows it.
+/// A request as `trace` shows it: what the request log already held, moved in (no copy on
+/// the proxy's path).
 #[derive(Clone)]
 pub(super) struct Recent {
     at_ms: u64,
     method: Method,
-    pub(super) uri: String,
+    pub(super) uri: http::Uri,
     status: u16,
-    peers: Vec<(SocketAddr, Option<u16>)>,
+    attempts: Vec<AttemptRecord>,
     client: std::net::IpAddr,
     pub(super) corr_id: Option<String>,
 }
@@ -53,9 +54,9 @@ pub(super) struct Recent {
 impl Recent {
     pub(super) fn event(&self, pool: &str) -> crate::trace::Event {
         let peers: Vec<String> = self
-            .peers
+            .attempts
             .iter()
-            .map(|(addr, status)| format!("{addr} ({})", status.map_or("-".into(), |s| s.to_string())))
+            .map(|a| format!("{} ({})", a.addr, a.status.map_or("-".into(), |s| s.to_string())))
             .collect();
         let detail = format!(
             "pool {pool}: {} {} from {} answered {}; tried {}",
@@ -65,9 +66,10 @@ impl Recent {
             self.status,
             if peers.is_empty() { "no peer".to_string() } else { peers.join(", ") }
         );
-        let step = if self.method == Method::POST && self.uri.contains("interaction-end") {
+        let path = self.uri.path();
+        let step = if self.method == Method::POST && path.contains("interaction-end") {
             "interaction-end"
-        } else if self.uri.contains("/end") {
+        } else if path.contains("/end") {
             "call-end"
         } else {
             "request"
@@ -92,15 +94,7 @@ impl RequestLog {
             Some(pq) => std::borrow::Cow::Borrowed(pq.as_str()),
             None => std::borrow::Cow::Owned(self.uri.to_string()),
         };
-        self.pool.recent.push(Recent {
-            at_ms: crate::clock::unix_ms(),
-            method: self.method.clone(),
-            uri: target.chars().take(512).collect(),
-            status,
-            peers: self.attempts.iter().map(|a| (a.addr, a.status)).collect(),
-            client: self.client.ip(),
-            corr_id: self.corr_id.take(),
-        });
+
         let line = AccessLine {
             pool: &self.pool.name,
             client: self.client.ip(),
@@ -117,6 +111,16 @@ impl RequestLog {
         } else {
             line.trace();
         }
+        // The log line is written: what it was made of moves into the pool's ring for `trace`.
+        self.pool.recent.push(Recent {
+            at_ms: crate::clock::unix_ms(),
+            method: self.method.clone(),
+            uri: std::mem::take(&mut self.uri),
+            status,
+            attempts: std::mem::take(&mut self.attempts),
+            client: self.client.ip(),
+            corr_id: self.corr_id.take(),
+        });
     }
 }
 

@@ -1,6 +1,7 @@
-//! Peer selection: nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`) with the
-//! per-request set of tried peers, and the passive ejection of `max_fails`/`fail_timeout`.
-//! Selection state is shared by all requests of a pool, as in one nginx worker.
+//! Peer selection: nginx's smooth weighted round robin (`ngx_http_upstream_get_peer`), or its
+//! consistent hash of the request URI (`chash`), with the per-request set of tried peers, and
+//! the passive ejection of `max_fails`/`fail_timeout`. Selection state is shared by all
+//! requests of a pool, as in one nginx worker.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -54,18 +55,24 @@ pub struct Balancer {
     state: Mutex<Vec<PeerState>>,
     /// Set by active health probes; false = failing its probes.
     healthy: Vec<AtomicBool>,
+    /// `hash $request_uri consistent`: the ring; None for round robin.
+    ring: Option<super::chash::Ring>,
 }
 
-/// The peers one request has tried so far.
+/// The peers one request has tried so far, and with a hash ring where on it the request is.
 #[derive(Debug, Clone)]
-pub struct Tried(Vec<bool>);
+pub struct Tried {
+    peers: Vec<bool>,
+    /// The request's first point and how many points it has gone on from it.
+    cursor: Option<(usize, usize)>,
+}
 
 impl Tried {
     pub fn contains(&self, i: usize) -> bool {
-        self.0.get(i).copied().unwrap_or(false)
+        self.peers.get(i).copied().unwrap_or(false)
     }
     pub fn insert(&mut self, i: usize) {
-        if let Some(slot) = self.0.get_mut(i) {
+        if let Some(slot) = self.peers.get_mut(i) {
             *slot = true;
         }
     }
@@ -84,15 +91,23 @@ impl Balancer {
             })
             .collect();
         let healthy = peers.iter().map(|_| AtomicBool::new(true)).collect();
-        Balancer { peers, state: Mutex::new(state), healthy }
+        Balancer { peers, state: Mutex::new(state), healthy, ring: None }
+    }
+
+    /// Selection by the consistent hash of a key (the request URI) instead of round robin.
+    pub fn consistent_hash(mut self) -> Balancer {
+        self.ring = Some(super::chash::Ring::new(self.peers.iter().map(|p| (p.server.as_str(), p.weight))));
+        self
     }
 
     pub fn peers(&self) -> &[Peer] {
         &self.peers
     }
 
-    pub fn tried(&self) -> Tried {
-        Tried(vec![false; self.peers.len()])
+    /// A new request's state; `key` places it on the ring when the pool hashes.
+    pub fn tried(&self, key: &[u8]) -> Tried {
+        let cursor = self.ring.as_ref().map(|ring| (ring.start(key), 0));
+        Tried { peers: vec![false; self.peers.len()], cursor }
     }
 
     /// nginx's `peers->tries`: the attempts a request may make before the tries limit.
@@ -125,6 +140,9 @@ impl Balancer {
         // Probes exclude failing peers, unless every peer fails them: then the probes are
         // more likely wrong than every backend, and trying beats refusing everything.
         let use_probes = (0..self.peers.len()).any(|i| !self.peers[i].down && self.healthy[i].load(Ordering::Relaxed));
+        if let (Some(ring), Some(cursor)) = (&self.ring, tried.cursor.as_mut()) {
+            return self.select_on_ring(ring, cursor, &mut tried.peers, &mut state, use_probes, now);
+        }
         let mut best: Option<(usize, i64)> = None;
         let mut total: i64 = 0;
         for (i, peer) in self.peers.iter().enumerate() {
@@ -166,6 +184,44 @@ impl Balancer {
         }
         tried.insert(b);
         Some(b)
+    }
+
+    /// nginx's `ngx_http_upstream_get_chash_peer`: from the request's point on, the first
+    /// point whose peer is untried and available; None once every point was passed.
+    fn select_on_ring(
+        &self,
+        ring: &super::chash::Ring,
+        cursor: &mut (usize, usize),
+        tried: &mut [bool],
+        state: &mut [PeerState],
+        use_probes: bool,
+        now: Instant,
+    ) -> Option<usize> {
+        loop {
+            let (start, n) = *cursor;
+            if n >= ring.len() {
+                return None;
+            }
+            let i = ring.peer(start, n)?;
+            let peer = &self.peers[i];
+            let s = &mut state[i];
+            let ejected =
+                peer.max_fails > 0 && s.fails >= peer.max_fails && now.duration_since(s.checked) <= peer.fail_timeout;
+            let skip = tried[i] || peer.down || ejected || (use_probes && !self.healthy[i].load(Ordering::Relaxed));
+            if !skip {
+                // nginx weighs the one candidate as round robin would: its current weight
+                // comes back to where it was, its effective weight recovers by one.
+                if s.effective_weight < peer.weight as i64 {
+                    s.effective_weight += 1;
+                }
+                if now.duration_since(s.checked) > peer.fail_timeout {
+                    s.checked = now;
+                }
+                tried[i] = true;
+                return Some(i);
+            }
+            cursor.1 += 1;
+        }
     }
 
     /// Records the end of an attempt (nginx `ngx_http_upstream_free_round_robin_peer`).
@@ -261,7 +317,7 @@ mod tests {
         let now = Instant::now();
         let mut out = Vec::new();
         for _ in 0..requests {
-            let mut tried = b.tried();
+            let mut tried = b.tried(b"");
             let mut attempts = String::new();
             for _ in 0..tries.min(b.tries()) {
                 let Some(i) = b.select(&mut tried, now) else { break };
@@ -326,11 +382,11 @@ mod tests {
     fn max_fails_ejects_for_fail_timeout_then_recovers() {
         let b = Balancer::new(peers(&[1, 1], 1), Instant::now());
         let t0 = Instant::now();
-        let mut tried = b.tried();
+        let mut tried = b.tried(b"");
         assert_eq!(b.select(&mut tried, t0), Some(0));
         assert!(b.report(0, Outcome::Failed, t0), "first failure ejects with max_fails=1");
         for _ in 0..4 {
-            let mut tried = b.tried();
+            let mut tried = b.tried(b"");
             assert_eq!(b.select(&mut tried, t0 + Duration::from_secs(1)), Some(1));
             b.report(1, Outcome::Success, t0);
         }
@@ -339,7 +395,7 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         let mut seen = Vec::new();
         for _ in 0..4 {
-            let mut tried = b.tried();
+            let mut tried = b.tried(b"");
             let i = b.select(&mut tried, later).unwrap();
             b.report(i, Outcome::Success, later);
             seen.push(i);
@@ -352,14 +408,14 @@ mod tests {
     fn all_ejected_resets_failures_and_says_no_live_upstreams() {
         let b = Balancer::new(peers(&[1, 1], 1), Instant::now());
         let now = Instant::now();
-        let mut tried = b.tried();
+        let mut tried = b.tried(b"");
         let first = b.select(&mut tried, now).unwrap();
         b.report(first, Outcome::Failed, now);
         let second = b.select(&mut tried, now).unwrap();
         b.report(second, Outcome::Failed, now);
-        let mut fresh = b.tried();
+        let mut fresh = b.tried(b"");
         assert_eq!(b.select(&mut fresh, now), None, "both ejected");
-        let mut again = b.tried();
+        let mut again = b.tried(b"");
         assert!(b.select(&mut again, now).is_some(), "failures were forgotten");
     }
 
@@ -368,7 +424,7 @@ mod tests {
         let b = Balancer::new(peers(&[1], 1), Instant::now());
         let now = Instant::now();
         for _ in 0..3 {
-            let mut tried = b.tried();
+            let mut tried = b.tried(b"");
             assert_eq!(b.select(&mut tried, now), Some(0));
             b.report(0, Outcome::Failed, now);
             assert_eq!(b.select(&mut tried, now), None);

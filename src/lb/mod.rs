@@ -3,6 +3,7 @@
 
 mod access_log;
 mod balancer;
+mod chash;
 mod front;
 mod h1;
 mod health;
@@ -386,7 +387,11 @@ async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
         settings: pc.settings.clone(),
         host,
         set_headers,
-        balancer: Balancer::new(peers, Instant::now()),
+        balancer: if pc.settings.hash_request_uri {
+            Balancer::new(peers, Instant::now()).consistent_hash()
+        } else {
+            Balancer::new(peers, Instant::now())
+        },
         connector: Connector::new(timeouts, keepalive, workers, proxy::passed_back),
         metrics,
         probes: CancellationToken::new(),
@@ -464,7 +469,8 @@ impl RoleStatus for Lb {
             for slot in &self.slots {
                 let pool = slot.pool();
                 let named = |r: &access_log::Recent| {
-                    query.names(&r.uri) || r.corr_id.as_ref().is_some_and(|c| query.corr_ids.contains(c))
+                    let target = r.uri.path_and_query().map_or("", |pq| pq.as_str());
+                    query.names(target) || r.corr_id.as_ref().is_some_and(|c| query.corr_ids.contains(c))
                 };
                 for r in pool.recent.matching(named, 200) {
                     events.push(r.event(&pool.name));

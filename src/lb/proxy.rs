@@ -229,7 +229,9 @@ pub async fn forward(forward: Forward) -> Reply {
         settings.next_upstream,
         &method,
     );
-    let mut tried = balancer.tried();
+    // nginx's $request_uri: the target as the client sent it, arguments included.
+    let key = log.uri.path_and_query().map_or(&b""[..], |pq| pq.as_str().as_bytes());
+    let mut tried = balancer.tried(key);
     loop {
         let Some(i) = balancer.select(&mut tried, Instant::now()) else {
             tracing::error!(pool = %pool.name, "no live upstreams");

@@ -380,7 +380,7 @@ fn state_from_before_versioning_is_taken_and_state_from_a_newer_release_is_refus
     )
     .unwrap();
     // State as releases before versioning left it: a queue.db with user_version 0, an excp
-    // state directory without FORMAT. Taken, and marked as the current format (queue 2, excp 1).
+    // state directory without FORMAT. Taken, and marked as the current format (queue 3, excp 1).
     std::fs::create_dir_all(dir.join("exrp")).unwrap();
     std::fs::create_dir_all(dir.join("excp/calls")).unwrap();
     rusqlite::Connection::open(dir.join("exrp/queue.db")).unwrap().execute_batch("CREATE TABLE old(x);").unwrap();
@@ -391,14 +391,14 @@ fn state_from_before_versioning_is_taken_and_state_from_a_newer_release_is_refus
         .unwrap()
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 
     // A newer release's state: exit 78, the file named, nothing changed.
-    rusqlite::Connection::open(dir.join("exrp/queue.db")).unwrap().pragma_update(None, "user_version", 3).unwrap();
+    rusqlite::Connection::open(dir.join("exrp/queue.db")).unwrap().pragma_update(None, "user_version", 4).unwrap();
     let before = std::fs::read(dir.join("exrp/queue.db")).unwrap();
     let (code, err) = run_to_exit(&["--role", "exrp", "--config", config.to_str().unwrap()]);
     assert_eq!(code, Some(78), "{err}");
-    assert!(err.contains("queue.db") && err.contains("format 3") && err.contains("up to 2"), "{err}");
+    assert!(err.contains("queue.db") && err.contains("format 4") && err.contains("up to 3"), "{err}");
     assert_eq!(std::fs::read(dir.join("exrp/queue.db")).unwrap(), before, "the newer queue was touched");
     let exrp_state = dir.join("exrp");
     let (code, err) = run_to_exit(&["queue", "list", "--state-dir", exrp_state.to_str().unwrap()]);

@@ -1914,3 +1914,95 @@ fn differential_fuzz_against_nginx() {
         disagreements.join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Consistent hash (`hash $request_uri consistent`)
+
+/// Sends each URI in turn through `addr` and returns, per URI, the peers tried in order (from
+/// the proxy's access log) and the backend that answered.
+fn route_each(
+    addr: SocketAddr,
+    uris: &[String],
+    backends: &Backends,
+    access: &dyn Fn() -> Vec<AccessLine>,
+) -> Vec<(Vec<String>, String)> {
+    let c = crate::support::client();
+    let mut out = Vec::new();
+    for uri in uris {
+        let r = c.get(format!("http://{addr}{uri}")).send().unwrap();
+        assert_eq!(r.status(), 200, "{uri}");
+        let answered = r.text().unwrap();
+        out.push((Vec::new(), answered));
+    }
+    // The log lines come in request order, one per request (written at each request's end).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let lines = access();
+        if lines.len() >= uris.len() || Instant::now() > deadline {
+            break lines;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(lines.len(), uris.len(), "an access-log line per request");
+    let names: std::collections::HashMap<String, String> =
+        ["A", "B", "C"].iter().map(|n| (backends.addr(n).to_string(), n.to_string())).collect();
+    for ((tried, _), line) in out.iter_mut().zip(lines) {
+        *tried = line.upstream_addr.iter().map(|a| names.get(a).cloned().unwrap_or_else(|| a.clone())).collect();
+    }
+    out
+}
+
+/// nginx and exec-allinone send each of 80 recording paths to the same peer under
+/// `hash $request_uri consistent` (weights 1, 2, 1), and when one peer refuses, move each of
+/// its paths on to the same next peer: the lb can put one WebDAV front end in charge of each
+/// path, as nginx would.
+#[test]
+fn consistent_hash_sends_each_uri_where_nginx_does() {
+    let binary = nginx::binary();
+    let uris: Vec<String> =
+        (0..80).map(|i| format!("/recordings/SIM{:05}C{:05}_{}.opus", i * 7919 % 100_000, i, i % 3)).collect();
+    for refusing in [false, true] {
+        let mut backends = Backends::new();
+        backends.add("A", ok());
+        backends.add("B", if refusing { Behaviour::Refuse } else { ok() });
+        backends.add("C", ok());
+        let (a, b, c) = (backends.addr("A"), backends.addr("B"), backends.addr("C"));
+        let http = format!(
+            "upstream rec {{ hash $request_uri consistent; server {a} max_fails=0; server {b} weight=2 max_fails=0; \
+             server {c} max_fails=0; }}\n\
+             server {{ listen {{listen}}; location / {{ proxy_pass http://rec/; }} }}"
+        );
+        let nginx = Nginx::start(if refusing { "chash-refuse" } else { "chash" }, &binary, &http);
+        let theirs = route_each(nginx.addr, &uris, &backends, &|| nginx.access_log());
+        drop(nginx);
+        backends.take();
+        let dir = TempDir::new("lb-chash");
+        let config = dir.join("lb.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[admin]\nlisten = \"127.0.0.1:0\"\n[lb.pools.rec]\nlisten = \"127.0.0.1:0\"\nhash = \"$request_uri consistent\"\n\
+                 servers = [\"{a}\", {{ address = \"{b}\", weight = 2 }}, \"{c}\"]\n"
+            ),
+        )
+        .unwrap();
+        let proc = Proc::start(&["--role", "lb", "--log-format", "json", "--config", config.to_str().unwrap()]);
+        let ours = route_each(proc.addr("lb.rec"), &uris, &backends, &|| our_access_log(&proc));
+        for ((uri, t), o) in uris.iter().zip(&theirs).zip(&ours) {
+            assert_eq!(t.0, o.0, "{uri}: nginx tried {:?}, exec-allinone {:?} (refusing B: {refusing})", t.0, o.0);
+        }
+        // All three take a share, B about twice A's, and with B refusing its paths go on.
+        let first =
+            |name: &str| ours.iter().filter(|(tried, _)| tried.first().map(String::as_str) == Some(name)).count();
+        assert!(
+            first("A") > 5 && first("B") > 15 && first("C") > 5,
+            "A {} B {} C {}",
+            first("A"),
+            first("B"),
+            first("C")
+        );
+        if refusing {
+            assert!(ours.iter().all(|(tried, _)| tried.last().map(String::as_str) != Some("B")));
+        }
+    }
+}

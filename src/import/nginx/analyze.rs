@@ -368,6 +368,8 @@ pub(super) struct Upstream<'a> {
     pub(super) ka_timeout: Option<u64>,
     pub(super) ka_requests: Option<u64>,
     pub(super) used_by: Option<&'a Loc>,
+    /// `hash $request_uri consistent`.
+    pub(super) hash_uri: bool,
 }
 
 pub(super) fn count(d: &Directive, min: u64, rep: &mut Report) -> Option<u64> {
@@ -396,6 +398,7 @@ pub(super) fn upstream<'a>(d: &'a Directive, rep: &mut Report) -> Option<Upstrea
         ka_timeout: None,
         ka_requests: None,
         used_by: None,
+        hash_uri: false,
     };
     let (mut seen, mut any) = (HashSet::new(), false);
     for e in d.items() {
@@ -422,9 +425,11 @@ pub(super) fn upstream<'a>(d: &'a Directive, rep: &mut Report) -> Option<Upstrea
                 }
             }
             "keepalive" | "keepalive_timeout" | "keepalive_requests" => {}
-            "hash" | "ip_hash" | "least_conn" | "least_time" | "random" | "sticky" | "ntlm" | "queue" => {
-                rep.refuse(&e.at, format!("`{}`: only round-robin balancing is supported", e.show()))
-            }
+            "hash" if e.args.iter().map(String::as_str).eq(["$request_uri", "consistent"]) => up.hash_uri = true,
+            "hash" | "ip_hash" | "least_conn" | "least_time" | "random" | "sticky" | "ntlm" | "queue" => rep.refuse(
+                &e.at,
+                format!("`{}`: only round robin and `hash $request_uri consistent` balancing are supported", e.show()),
+            ),
             _ => ignore_or_refuse(e, Ctx::Upstream, rep),
         }
     }
@@ -738,6 +743,7 @@ pub(super) fn pool<'a>(
             let (mf, ft, servers) = servers_toml(up, rep);
             put(&mut vals, key::MAX_FAILS, mf);
             put(&mut vals, key::FAIL_TIMEOUT, ft);
+            put(&mut vals, key::HASH, up.hash_uri.then(|| string("$request_uri consistent")));
             match up.keepalive {
                 Some(n) if http11.is_some() && fold.conn_empty => {
                     put(&mut vals, key::KEEPALIVE, Some(Value::Boolean(true)));

@@ -309,7 +309,7 @@ servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
         let want = [
             "nginx.conf:1: `stream` is not supported",
             "nginx.conf:3: `map $a $b` is not supported",
-            "nginx.conf:4: `least_conn`: only round-robin",
+            "nginx.conf:4: `least_conn`: only round robin and `hash $request_uri consistent`",
             "nginx.conf:4: `server 10.0.0.1`: parameter `backup` is not supported",
             "nginx.conf:4: `server 10.0.0.2`: parameter `slow_start=3s` is not supported",
             "nginx.conf:4: `zone z 64k` is not supported",
