@@ -109,11 +109,20 @@ pub struct Recent<T> {
 }
 
 impl<T: Clone> Recent<T> {
+    /// A capacity of 0 keeps nothing (lookups find nothing here).
     pub fn new(capacity: usize) -> Recent<T> {
-        Recent { capacity: capacity.max(1), items: std::sync::Mutex::new(std::collections::VecDeque::new()) }
+        Recent { capacity, items: std::sync::Mutex::new(std::collections::VecDeque::new()) }
+    }
+
+    /// Whether it keeps anything: a caller can skip making an item.
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
     }
 
     pub fn push(&self, item: T) {
+        if self.capacity == 0 {
+            return;
+        }
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         if items.len() >= self.capacity {
             items.pop_front();
@@ -360,6 +369,9 @@ mod tests {
         assert_eq!(recent.matching(|_| true, 10), [7, 8, 9]);
         assert_eq!(recent.matching(|i| i % 2 == 1, 10), [7, 9]);
         assert_eq!(recent.matching(|_| true, 2), [8, 9]);
+        let off = Recent::new(0);
+        off.push(1);
+        assert!(!off.enabled() && off.matching(|_| true, 10).is_empty());
     }
 
     #[test]

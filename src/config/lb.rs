@@ -39,6 +39,8 @@ pub mod key {
     pub const WEIGHT: &str = "weight";
     pub const DOWN: &str = "down";
     pub const HASH: &str = "hash";
+    /// Not nginx's: the requests a pool keeps for `trace` (0: none).
+    pub const TRACE_REQUESTS: &str = "trace_requests";
 
     /// The settings, in the order `import-nginx` writes them.
     pub const POOL: [&str; 22] = [
@@ -241,6 +243,8 @@ pub struct PoolSettings {
     pub set_headers: Vec<(String, String)>,
     /// Client addresses served (nginx `allow …; deny all;`); empty: everyone.
     pub allow: crate::http::allow::AllowList,
+    /// The last requests kept for `trace` (0: none kept, no cost per request).
+    pub trace_requests: usize,
 }
 
 impl Default for PoolSettings {
@@ -277,6 +281,7 @@ impl Default for PoolSettings {
             x_real_ip: false,
             set_headers: Vec::new(),
             allow: crate::http::allow::AllowList::default(),
+            trace_requests: 4096,
         }
     }
 }
@@ -545,6 +550,7 @@ impl PoolSettings {
             x_real_ip: s.bool(key::X_REAL_IP, d.x_real_ip),
             set_headers,
             allow: s.allow("allow").unwrap_or_else(|| d.allow.clone()),
+            trace_requests: s.count(key::TRACE_REQUESTS, d.trace_requests, 0..=1_000_000),
         };
         for (key, value) in [
             (key::CONNECT_TIMEOUT, out.connect_timeout),
@@ -608,6 +614,30 @@ mod tests {
             Ok(_) => panic!("should be refused:\n{text}"),
             Err(e) => e.problems.join("\n"),
         }
+    }
+
+    #[test]
+    fn hash_takes_nginx_s_request_uri_consistent_only_and_trace_requests_a_count() {
+        let c = lb(r#"
+            [lb]
+            hash = "$request_uri  consistent"
+            trace_requests = 0
+            [lb.pools.rec]
+            listen = "0.0.0.0:80"
+            servers = ["10.0.0.1:80", "10.0.0.2:80"]
+            [lb.pools.excp]
+            listen = "0.0.0.0:3650"
+            servers = ["10.0.0.11:3650"]
+            hash = "off"
+        "#);
+        let pool = |n: &str| &c.pools.iter().find(|p| p.name == n).unwrap().settings;
+        assert!(pool("rec").hash_request_uri && !pool("excp").hash_request_uri);
+        assert_eq!(pool("rec").trace_requests, 0);
+        let p = problems(
+            "[lb.pools.a]\nlisten = \"0.0.0.0:1\"\nservers = [\"10.0.0.1:80\"]\nhash = \"$remote_addr\"\ntrace_requests = -1\n",
+        );
+        assert!(p.contains("lb.pools.a.hash: \"$remote_addr\": only \"$request_uri consistent\""), "{p}");
+        assert!(p.contains("trace_requests"), "{p}");
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub(super) struct RequestLog {
 pub(super) struct Recent {
     at_ms: u64,
     method: Method,
-    pub(super) uri: http::Uri,
+    /// The target as the client sent it (its first 512 bytes): a copy, since the request's
+    /// own shares the connection's read buffer, which the ring would otherwise keep alive.
+    pub(super) uri: Box<str>,
     status: u16,
     attempts: Vec<AttemptRecord>,
     client: std::net::IpAddr,
@@ -66,7 +68,7 @@ impl Recent {
             self.status,
             if peers.is_empty() { "no peer".to_string() } else { peers.join(", ") }
         );
-        let path = self.uri.path();
+        let path = self.uri.split('?').next().unwrap_or_default();
         let step = if self.method == Method::POST && path.contains("interaction-end") {
             "interaction-end"
         } else if path.contains("/end") {
@@ -111,16 +113,23 @@ impl RequestLog {
         } else {
             line.trace();
         }
-        // The log line is written: what it was made of moves into the pool's ring for `trace`.
-        self.pool.recent.push(Recent {
-            at_ms: crate::clock::unix_ms(),
-            method: self.method.clone(),
-            uri: std::mem::take(&mut self.uri),
-            status,
-            attempts: std::mem::take(&mut self.attempts),
-            client: self.client.ip(),
-            corr_id: self.corr_id.take(),
-        });
+        // The log line is written: what it was made of goes into the pool's ring for `trace`.
+        if self.pool.recent.enabled() {
+            let mut end = target.len().min(512);
+            while !target.is_char_boundary(end) {
+                end -= 1;
+            }
+            let uri = target[..end].into();
+            self.pool.recent.push(Recent {
+                at_ms: crate::clock::unix_ms(),
+                method: self.method.clone(),
+                uri,
+                status,
+                attempts: std::mem::take(&mut self.attempts),
+                client: self.client.ip(),
+                corr_id: self.corr_id.take(),
+            });
+        }
     }
 }
 

@@ -57,9 +57,6 @@ pub struct Pool {
     recent: crate::trace::Recent<access_log::Recent>,
 }
 
-/// Requests a pool remembers for `trace`.
-const RECENT_REQUESTS: usize = 4096;
-
 #[derive(Default)]
 struct PoolMetrics {
     requests: StatusCounts,
@@ -395,7 +392,7 @@ async fn build_pool(pc: &PoolConfig, workers: usize) -> anyhow::Result<Pool> {
         connector: Connector::new(timeouts, keepalive, workers, proxy::passed_back),
         metrics,
         probes: CancellationToken::new(),
-        recent: crate::trace::Recent::new(RECENT_REQUESTS),
+        recent: crate::trace::Recent::new(pc.settings.trace_requests),
     })
 }
 
@@ -469,8 +466,7 @@ impl RoleStatus for Lb {
             for slot in &self.slots {
                 let pool = slot.pool();
                 let named = |r: &access_log::Recent| {
-                    let target = r.uri.path_and_query().map_or("", |pq| pq.as_str());
-                    query.names(target) || r.corr_id.as_ref().is_some_and(|c| query.corr_ids.contains(c))
+                    query.names(&r.uri) || r.corr_id.as_ref().is_some_and(|c| query.corr_ids.contains(c))
                 };
                 for r in pool.recent.matching(named, 200) {
                     events.push(r.event(&pool.name));
