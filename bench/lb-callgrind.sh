@@ -5,7 +5,10 @@
 # count divided by the requests its /metrics counted. With --before REF, the same for that
 # revision built beside this tree, and the ratio.
 #
-#   bench/lb-callgrind.sh [--before REF] [--seconds S] [--keepalive] [--no-build]
+#   bench/lb-callgrind.sh [--before REF] [--seconds S] [--keepalive] [--after-set 'key = value'] [--no-build]
+#
+# --after-set adds a line to the pool table of this tree's lb only (a key the revision before
+# may not know), e.g. --after-set 'trace_requests = 0'.
 #
 # Loopback only; needs valgrind and nginx. Prints one markdown table.
 set -euo pipefail
@@ -15,12 +18,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BEFORE=""
 SECONDS_LOAD=5
 KEEPALIVE=false
+AFTER_SET=""
 BUILD=1
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --before) BEFORE=$2; shift ;;
         --seconds) SECONDS_LOAD=$2; shift ;;
         --keepalive) KEEPALIVE=true ;;
+        --after-set) AFTER_SET+="$2"$'\n'; shift ;;
         *) bench_arg "$@"; shift $((SHIFT - 1)) ;;
     esac
     shift
@@ -79,6 +84,7 @@ listen = "127.0.0.1:0"
 servers = ["127.0.0.1:$BACKEND_PORT"]
 keepalive = $KEEPALIVE
 CONF
+    [[ $1 == after ]] && printf '%s' "$AFTER_SET" >>"$dir/lb.toml"
     RUST_LOG=info valgrind --tool=callgrind --callgrind-out-file="$dir/callgrind.out" \
         "$2" --role lb --config "$dir/lb.toml" >"$dir/stdout" 2>"$dir/stderr" &
     local pid=$!
