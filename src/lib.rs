@@ -30,6 +30,7 @@ pub mod http;
 pub mod import;
 pub mod lb;
 pub mod metrics;
+pub mod s3;
 pub mod shutdown;
 pub mod simulate;
 pub mod telemetry;
