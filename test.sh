@@ -13,6 +13,9 @@
 #   util-linux       unshare: the sandbox tests' own network namespace (their fixed ports)
 #   python3-prometheus-client   Prometheus's own text-format parser, reading /metrics
 #   prometheus       its promtool checks and evaluates the alerting rules (dist/prometheus/)
+#   garage           the S3-compatible store the S3 client is tested against (a 3-node cluster
+#                    on loopback): not a Debian package, so `cargo install garage --locked`
+#                    (about 10 minutes the first time; AGPL, run as its own process, never linked)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,6 +39,10 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if ! [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ] && ! [ -x /usr/local/bin/garage ]; then
+  echo "installing garage (cargo install garage --locked; about 10 minutes)"
+  cargo install garage --locked --quiet
 fi
 # A thousand concurrent uploads need a thousand sockets on each side.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

@@ -11,6 +11,7 @@ mod exrp;
 mod hostile;
 mod lb;
 mod lb_parity;
+mod s3;
 mod status_page;
 mod webdav;
 mod webdav_protocol;

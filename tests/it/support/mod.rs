@@ -15,6 +15,7 @@ pub mod backend;
 pub mod cloud;
 pub mod fake_server;
 pub mod fakes;
+pub mod garage;
 pub mod netns;
 pub mod nginx;
 pub mod proxy;

@@ -1,0 +1,122 @@
+//! The S3 client against real Garage: a 3-node cluster on loopback (replication factor 3).
+//! Every call a recording store needs, through one node and read through another; a node
+//! SIGKILLed changes nothing the client sees; wrong credentials and the bucket's quota are
+//! told apart from transient faults.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use exec_allinone::config::Secret;
+use exec_allinone::s3::client::{S3Client, S3Error, Target};
+use exec_allinone::s3::sigv4::Credentials;
+
+use crate::support::garage::{Garage, REGION};
+
+fn client(g: &Garage, node: usize, secret: &str) -> S3Client {
+    let target = Target {
+        endpoint: g.endpoint(node),
+        bucket: g.bucket.clone(),
+        path_style: true,
+        credentials: Credentials {
+            access_key_id: g.key_id.clone(),
+            secret_access_key: Secret::new(secret),
+            region: REGION.into(),
+        },
+    };
+    S3Client::new(target, Duration::from_secs(10)).unwrap()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(120), f).await.expect("within 2 minutes") })
+}
+
+fn meta(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
+    let mut g = Garage::start("rec");
+    let (c0, c1, c2) = (client(&g, 0, &g.secret), client(&g, 1, &g.secret), client(&g, 2, &g.secret));
+    block_on(async {
+        // A new cluster may take a moment to serve: the first PUT is retried while transient.
+        let body = Bytes::from_static(b"OggS recording bytes 0123456789");
+        let md5_hex: String = <md5::Md5 as md5::Digest>::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+        let props = meta(&[("dav-props", "<x>1</x>"), ("accepted-at", "1796632513755")]);
+        let mut tries = 0;
+        let etag = loop {
+            match c0.put("recordings/SIM1_0.opus", body.clone(), &props).await {
+                Ok(etag) => break etag,
+                Err(e) if e.is_transient() && tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("put: {e}"),
+            }
+        };
+        assert_eq!(etag, md5_hex);
+
+        // Read through the other nodes: the head with its metadata, a range, the listing.
+        let head = c1.head("recordings/SIM1_0.opus").await.unwrap();
+        assert_eq!((head.len, head.etag.as_str()), (body.len() as u64, md5_hex.as_str()));
+        assert_eq!(head.metadata, props);
+        assert!(head.last_modified.is_some());
+        let (range_head, response) = c2.get("recordings/SIM1_0.opus", Some((5, 14))).await.unwrap();
+        assert_eq!(range_head.len, body.len() as u64, "the whole length, from Content-Range");
+        assert_eq!(&response.bytes().await.unwrap()[..], &body[5..=14]);
+        c0.put("recordings/sub/x.opus", Bytes::from_static(b"x"), &BTreeMap::new()).await.unwrap();
+        let page = c1.list("recordings/", Some("/"), None).await.unwrap();
+        let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["recordings/SIM1_0.opus"]);
+        assert_eq!(page.prefixes, ["recordings/sub/"]);
+
+        // A copy with other metadata (a MOVE, a PROPPATCH), then the source's delete.
+        let new_props = meta(&[("dav-props", "<x>2</x>")]);
+        c0.copy("recordings/SIM1_0.opus", "recordings/SIM1_0.moved", Some(&new_props)).await.unwrap();
+        assert_eq!(c2.head("recordings/SIM1_0.moved").await.unwrap().metadata, new_props);
+        c0.delete("recordings/SIM1_0.opus").await.unwrap();
+        assert!(matches!(c1.head("recordings/SIM1_0.opus").await, Err(S3Error::NotFound(_))));
+        assert!(matches!(c1.get("recordings/none.opus", None).await, Err(S3Error::NotFound(_))));
+
+        // Multipart: visible only when completed, whole; an aborted one never.
+        let part = Bytes::from(vec![7u8; 5 << 20]);
+        let last = Bytes::from_static(b"the end");
+        let id = c0.create_multipart("recordings/big.opus", &props).await.unwrap();
+        let e1 = c0.upload_part("recordings/big.opus", &id, 1, part.clone()).await.unwrap();
+        assert!(matches!(c1.head("recordings/big.opus").await, Err(S3Error::NotFound(_))), "not before completion");
+        let e2 = c0.upload_part("recordings/big.opus", &id, 2, last.clone()).await.unwrap();
+        c0.complete_multipart("recordings/big.opus", &id, &[e1, e2]).await.unwrap();
+        let (big, response) = c2.get("recordings/big.opus", None).await.unwrap();
+        assert_eq!(big.len, (5 << 20) + 7);
+        assert_eq!(big.metadata, props);
+        let got = response.bytes().await.unwrap();
+        assert!(got[..5 << 20].iter().all(|b| *b == 7) && &got[5 << 20..] == b"the end");
+        let id = c0.create_multipart("recordings/aborted.opus", &BTreeMap::new()).await.unwrap();
+        c0.upload_part("recordings/aborted.opus", &id, 1, last.clone()).await.unwrap();
+        c0.abort_multipart("recordings/aborted.opus", &id).await.unwrap();
+        assert!(matches!(c1.head("recordings/aborted.opus").await, Err(S3Error::NotFound(_))));
+
+        // Wrong credentials are refused, not retried.
+        let wrong = client(&g, 0, "not-the-secret");
+        let refused = wrong.put("recordings/w.opus", last.clone(), &BTreeMap::new()).await;
+        assert!(matches!(refused, Err(S3Error::Refused(_))), "{refused:?}");
+    });
+
+    // One node SIGKILLed: the other two still hold a quorum; nothing changes for the client.
+    g.kill(2);
+    block_on(async {
+        c0.put("recordings/after-kill.opus", Bytes::from_static(b"still"), &BTreeMap::new()).await.unwrap();
+        let (_, r) = c1.get("recordings/after-kill.opus", None).await.unwrap();
+        assert_eq!(&r.bytes().await.unwrap()[..], b"still");
+        assert_eq!(c1.head("recordings/big.opus").await.unwrap().len, (5 << 20) + 7);
+    });
+
+    // The bucket's quota, one figure for every front end: past it, Quota (the store's 507).
+    g.cli(0, &["bucket", "set-quotas", "rec", "--max-size", "6MiB"]);
+    block_on(async {
+        let over = c0.put("recordings/over.opus", Bytes::from(vec![1u8; 2 << 20]), &BTreeMap::new()).await;
+        assert!(matches!(over, Err(S3Error::Quota(_))), "{over:?}");
+    });
+}
