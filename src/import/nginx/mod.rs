@@ -201,6 +201,24 @@ http {
     }
 
     #[test]
+    fn the_consistent_uri_hash_is_carried_over_and_other_hashes_refused() {
+        let t = ok(&conf(&format!("hash $request_uri consistent; {TWO}"), "proxy_pass http://u/;"));
+        let p = pool(&t, "u");
+        assert_eq!(p["hash"].as_str(), Some("$request_uri consistent"), "{}", t.toml);
+        // What it wrote is what the lb reads: the pool hashes.
+        let config = crate::config::Config::from_toml_str(
+            &format!("[admin]\nlisten = \"127.0.0.1:0\"\n{}", t.toml),
+            crate::cli::Role::Lb,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{}", t.toml));
+        assert!(config.lb.unwrap().pools[0].settings.hash_request_uri);
+        for other in ["hash $request_uri;", "hash $remote_addr consistent;", "ip_hash;"] {
+            let problems = refused(&conf(&format!("{other} {TWO}"), "proxy_pass http://u/;"));
+            assert!(has(&problems, "only round robin and `hash $request_uri consistent`"), "{other}: {problems:?}");
+        }
+    }
+
+    #[test]
     fn body_buffer_size_is_carried_over() {
         let t = ok(&conf(TWO, "proxy_pass http://u/; client_body_buffer_size 128k;"));
         assert!(t.toml.contains("client_body_buffer_size = \"128KiB\""), "{}", t.toml);
