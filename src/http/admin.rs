@@ -47,12 +47,16 @@ const PAGE_JS: &str = include_str!("../../static/status.js");
 pub struct AdminState {
     roles: Arc<Vec<Arc<dyn RoleStatus>>>,
     trends: Arc<Trends>,
+    /// Lookups run one at a time: each reads the store's directory and the job queue, so a
+    /// flood of them queues (within the listener's connection cap) instead of taking the CPU.
+    tracing: Arc<tokio::sync::Semaphore>,
     started: Instant,
 }
 
 /// The admin app over the roles of this process and the trends sampled from them.
 pub fn router(roles: Arc<Vec<Arc<dyn RoleStatus>>>, trends: Arc<Trends>) -> Router {
-    let state = AdminState { roles, trends, started: Instant::now() };
+    let state =
+        AdminState { roles, trends, tracing: Arc::new(tokio::sync::Semaphore::new(1)), started: Instant::now() };
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -142,6 +146,9 @@ async fn trace_json(
     let mut query = match trace::Query::new(params.id.as_deref().unwrap_or_default(), corr_ids) {
         Ok(query) => query,
         Err(message) => return refuse(message),
+    };
+    let Ok(_turn) = state.tracing.acquire().await else {
+        return refuse("the admin listener is stopping".into());
     };
     let mut events = Vec::new();
     for round in 0..2 {
