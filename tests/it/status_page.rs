@@ -397,6 +397,21 @@ fn the_status_page_charts_trends_and_traces_a_simulated_call() {
     charts_match_trends_json(&browser);
     std::fs::create_dir_all(artifacts()).unwrap();
     std::fs::write(artifacts().join("trends-wall.png"), browser.screenshot()).unwrap();
+    // Dark: the page follows the system's scheme, charts included.
+    let colors = "return [getComputedStyle(document.body).backgroundColor, \
+        getComputedStyle(document.querySelector('#charts path.line.s0')).stroke];";
+    let light = browser.run(colors, json!([]));
+    browser.color_scheme(true);
+    browser.wait_for(
+        "the dark scheme",
+        "return matchMedia('(prefers-color-scheme: dark)').matches;",
+        Duration::from_secs(10),
+    );
+    let dark = browser.run(colors, json!([]));
+    assert_ne!(light[0], dark[0], "the background follows the scheme");
+    assert_ne!(light[1], dark[1], "the chart lines follow the scheme");
+    std::fs::write(artifacts().join("trends-dark.png"), browser.screenshot()).unwrap();
+    browser.color_scheme(false);
 
     // The search box: a simulated call, typed in, shows its whole way.
     let sink = dir.path().join("exec-allinone-data/injected/Environment");

@@ -108,6 +108,16 @@ impl Browser {
         self.session_call("POST", "/execute/sync", json!({ "script": script, "args": args }))
     }
 
+    /// Makes the page see `prefers-color-scheme: dark` (or light), through chromium's DevTools.
+    pub fn color_scheme(&self, dark: bool) {
+        let value = if dark { "dark" } else { "light" };
+        self.session_call(
+            "POST",
+            "/goog/cdp/execute",
+            json!({ "cmd": "Emulation.setEmulatedMedia", "params": { "features": [{ "name": "prefers-color-scheme", "value": value }] } }),
+        );
+    }
+
     /// The element `css` selects (its WebDriver reference).
     fn element(&self, css: &str) -> String {
         let found = self.session_call("POST", "/element", json!({ "using": "css selector", "value": css }));
