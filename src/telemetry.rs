@@ -75,6 +75,19 @@ fn write_line(mut line: &[u8]) {
     }
 }
 
+/// An error with its whole chain of causes, "a: b: c" (reqwest's own text is only "error
+/// sending request").
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 /// Unix ms as `2026-12-01T23:40:21.483312Z` (the log's format), for texts that name a time.
 pub fn rfc3339_ms(unix_ms: u64) -> String {
     let mut out = String::with_capacity(27);

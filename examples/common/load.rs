@@ -7,16 +7,7 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 /// An error with its whole source chain (reqwest's top-level text hides the cause).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use exec_allinone::telemetry::chain;
 
 /// The nearest-rank `p`th percentile of sorted values; the default of T for none.
 pub fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {

@@ -207,14 +207,7 @@ fn origin(url: &str) -> String {
 fn classify(err: reqwest::Error, url: &str) -> ClientError {
     let addr = origin(url);
     let err = err.without_url();
-    // The whole chain: reqwest's own text is only "error sending request".
-    let mut detail = err.to_string();
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let detail = crate::telemetry::chain(&err);
     if err.is_timeout() {
         ClientError::Timeout(CONNECT_TIMEOUT)
     } else if err.is_connect() {

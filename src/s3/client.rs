@@ -10,6 +10,7 @@ use bytes::Bytes;
 use reqwest::Method;
 
 use super::sigv4::{self, Credentials, EMPTY_SHA256, UNSIGNED_PAYLOAD};
+use crate::telemetry::chain;
 
 /// What a caller branches on.
 #[derive(Debug, thiserror::Error)]
@@ -301,17 +302,6 @@ impl S3Client {
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
         self.send(Method::DELETE, Some(key), &[("uploadId", upload_id)], &[], None).await.map(drop)
     }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn etag(headers: &reqwest::header::HeaderMap) -> String {
