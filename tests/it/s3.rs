@@ -120,3 +120,93 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         assert!(matches!(over, Err(S3Error::Quota(_))), "{over:?}");
     });
 }
+
+/// The store's promises on a bucket: an upload is visible only whole and only at its declared
+/// length (one PUT, or multipart past a part, aborted when short or dropped), a collection is
+/// listed one level deep, dead properties survive a MOVE, DELETE of a missing file says so.
+#[test]
+fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
+    use exec_allinone::s3::store::{PART, S3Store, UploadError};
+    let g = Garage::start("store");
+    let store = S3Store::new(client(&g, 0, &g.secret), "/recordings/");
+    let other = S3Store::new(client(&g, 1, &g.secret), "recordings");
+    block_on(async {
+        // The first write of a new cluster is retried while it settles.
+        let mut tries = 0;
+        loop {
+            let mut up = store.upload("warm.opus", 1);
+            up.write(b"w").await.unwrap();
+            match up.commit().await {
+                Ok(()) => break,
+                Err(UploadError::S3(e)) if e.is_transient() && tries < 50 => tries += 1,
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+
+        // Small: one PUT, visible only at commit.
+        let mut up = store.upload("SIM1_0.opus", 10);
+        up.write(b"01234").await.unwrap();
+        assert!(matches!(other.head("SIM1_0.opus").await, Err(S3Error::NotFound(_))), "nothing before commit");
+        up.write(b"56789").await.unwrap();
+        up.commit().await.unwrap();
+        assert_eq!(other.head("SIM1_0.opus").await.unwrap().len, 10);
+
+        // Large: multipart, written in odd pieces, whole at commit.
+        let total = 2 * PART + 12345;
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        let mut up = store.upload("big/SIM2_0.opus", total as u64);
+        for piece in data.chunks(777_777) {
+            up.write(piece).await.unwrap();
+        }
+        assert!(matches!(other.head("big/SIM2_0.opus").await, Err(S3Error::NotFound(_))));
+        up.commit().await.unwrap();
+        let (head, body) = other.get("big/SIM2_0.opus", None).await.unwrap();
+        assert_eq!(head.len, total as u64);
+        assert!(body.bytes().await.unwrap()[..] == data[..], "byte for byte");
+
+        // Short or long bodies never become objects; a dropped multipart leaves nothing.
+        let mut up = store.upload("short.opus", 10);
+        up.write(b"0123").await.unwrap();
+        assert!(matches!(up.commit().await, Err(UploadError::Length { got: 4, declared: 10 })));
+        let mut up = store.upload("long.opus", 3);
+        assert!(matches!(up.write(b"0123").await, Err(UploadError::Length { got: 4, declared: 3 })));
+        let mut up = store.upload("dropped.opus", (PART * 2) as u64);
+        up.write(&vec![1u8; PART + 1]).await.unwrap();
+        drop(up);
+        for name in ["short.opus", "long.opus", "dropped.opus"] {
+            assert!(matches!(other.head(name).await, Err(S3Error::NotFound(_))), "{name}");
+        }
+
+        // One level deep.
+        let root = other.list("").await.unwrap();
+        let files: Vec<&str> = root.files.iter().map(|f| f.key.as_str()).collect();
+        assert_eq!(files, ["SIM1_0.opus", "warm.opus"]);
+        assert_eq!(root.collections, ["big"]);
+        let big = other.list("big").await.unwrap();
+        assert_eq!((big.files.len(), big.files[0].key.as_str()), (1, "SIM2_0.opus"));
+
+        // Dead properties: set, read through another node, carried by a MOVE; past what
+        // metadata holds, through a sidecar the listing does not show.
+        assert_eq!(store.props("SIM1_0.opus").await.unwrap(), None);
+        let xml = "<D:prop xmlns:D=\"DAV:\"><x:job xmlns:x=\"urn:exec\">accepted é</x:job></D:prop>";
+        store.set_props("SIM1_0.opus", xml).await.unwrap();
+        assert_eq!(other.props("SIM1_0.opus").await.unwrap().as_deref(), Some(xml));
+        store.rename("SIM1_0.opus", "moved/SIM1_0.opus").await.unwrap();
+        assert!(matches!(other.head("SIM1_0.opus").await, Err(S3Error::NotFound(_))));
+        assert_eq!(other.props("moved/SIM1_0.opus").await.unwrap().as_deref(), Some(xml));
+        let big_xml =
+            format!("<D:prop xmlns:D=\"DAV:\"><x:job xmlns:x=\"urn:exec\">{}</x:job></D:prop>", "y".repeat(5000));
+        store.set_props("warm.opus", &big_xml).await.unwrap();
+        assert_eq!(other.props("warm.opus").await.unwrap().as_deref(), Some(big_xml.as_str()));
+        store.rename("warm.opus", "moved/warm.opus").await.unwrap();
+        assert_eq!(other.props("moved/warm.opus").await.unwrap().as_deref(), Some(big_xml.as_str()));
+        assert!(other.list("").await.unwrap().collections.iter().all(|c| !c.starts_with('.')), "sidecars hidden");
+        store.delete("moved/warm.opus").await.unwrap();
+        let (_, body) = other.get("moved/SIM1_0.opus", Some((2, 4))).await.unwrap();
+        assert_eq!(&body.bytes().await.unwrap()[..], b"234");
+
+        store.delete("moved/SIM1_0.opus").await.unwrap();
+        assert!(matches!(store.delete("moved/SIM1_0.opus").await, Err(S3Error::NotFound(_))));
+    });
+}

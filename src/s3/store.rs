@@ -1,0 +1,234 @@
+//! The recording store's promises kept on an S3 bucket (issue 22), the layer the webdav role
+//! will serve from when `[webdav.s3]` replaces `root`: an upload becomes visible only whole
+//! and only at its declared length (one PUT up to a part, multipart beyond, aborted on any
+//! failure or a short body), a collection is listed one level deep, dead properties travel as
+//! object metadata, a move is a copy then a delete. Keys live under `key_prefix`.
+
+use std::collections::BTreeMap;
+
+use bytes::{Bytes, BytesMut};
+
+use super::client::{Head, Listed, S3Client, S3Error};
+
+/// Parts of a multipart upload (S3's minimum, but for the last).
+pub const PART: usize = 8 << 20;
+/// The metadata key dead properties are kept under (the XML of the PROPPATCHes applied,
+/// percent-encoded: metadata is ASCII headers).
+pub const PROPS: &str = "dav-props";
+/// Properties past what metadata holds (S3 allows 2 KB of it in all) go to a sidecar object
+/// under this collection, and the metadata says so.
+const SIDECARS: &str = ".dav-props";
+const IN_SIDECAR: &str = "@sidecar";
+const MAX_INLINE: usize = 1536;
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: S3Client,
+    /// "recordings/" or "" (no leading '/').
+    prefix: String,
+}
+
+/// One level of a collection.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub files: Vec<Listed>,
+    /// Sub-collections, by name (without the trailing '/').
+    pub collections: Vec<String>,
+}
+
+impl S3Store {
+    pub fn new(client: S3Client, key_prefix: &str) -> S3Store {
+        let prefix = key_prefix.trim_matches('/');
+        let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}/") };
+        S3Store { client, prefix }
+    }
+
+    /// The object key of a store path ("a/b.opus").
+    fn key(&self, path: &str) -> String {
+        format!("{}{}", self.prefix, path.trim_start_matches('/'))
+    }
+
+    /// An upload of `len` bytes to `path`; nothing is visible until `commit`.
+    pub fn upload(&self, path: &str, len: u64) -> Upload {
+        Upload { store: self.clone(), key: self.key(path), len, buf: BytesMut::new(), sent: 0, multipart: None }
+    }
+
+    pub async fn head(&self, path: &str) -> Result<Head, S3Error> {
+        self.client.head(&self.key(path)).await
+    }
+
+    /// The object's bytes (or `range`, inclusive) as a response to stream from.
+    pub async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(Head, reqwest::Response), S3Error> {
+        self.client.get(&self.key(path), range).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Result<(), S3Error> {
+        // S3 answers 204 for a key that is not there: the store's callers want to know.
+        let head = self.client.head(&self.key(path)).await?;
+        self.client.delete(&self.key(path)).await?;
+        if head.metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR) {
+            self.client.delete(&self.sidecar(path)).await?;
+        }
+        Ok(())
+    }
+
+    /// One level of the collection at `path` ("" for the root), every page of it.
+    pub async fn list(&self, path: &str) -> Result<Listing, S3Error> {
+        let dir = path.trim_matches('/');
+        let prefix = if dir.is_empty() { self.prefix.clone() } else { format!("{}{dir}/", self.prefix) };
+        let mut listing = Listing::default();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.client.list(&prefix, Some("/"), after.as_deref()).await?;
+            for mut object in page.objects {
+                object.key = object.key[prefix.len()..].to_string();
+                if !object.key.is_empty() {
+                    listing.files.push(object);
+                }
+            }
+            let collections = page.prefixes.iter().map(|p| p[prefix.len()..].trim_end_matches('/').to_string());
+            listing.collections.extend(collections.filter(|c| !(dir.is_empty() && c == SIDECARS)));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(listing),
+            }
+        }
+    }
+
+    fn sidecar(&self, path: &str) -> String {
+        format!("{}{SIDECARS}/{}", self.prefix, path.trim_start_matches('/'))
+    }
+
+    /// The dead properties kept with the object (None: none set).
+    pub async fn props(&self, path: &str) -> Result<Option<String>, S3Error> {
+        let Some(value) = self.head(path).await?.metadata.get(PROPS).cloned() else { return Ok(None) };
+        if value == IN_SIDECAR {
+            let (_, body) = self.client.get(&self.sidecar(path), None).await?;
+            let bytes = body.bytes().await.map_err(|e| S3Error::Transient(crate::telemetry::chain(&e)))?;
+            return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
+        }
+        Ok(Some(percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()))
+    }
+
+    /// Replaces the object's dead properties: a copy onto itself with new metadata, S3's one
+    /// way to change metadata, atomic as any PUT. Past what metadata holds, the XML goes to
+    /// a sidecar object first, then the metadata points at it.
+    pub async fn set_props(&self, path: &str, xml: &str) -> Result<(), S3Error> {
+        let key = self.key(path);
+        let mut metadata = self.client.head(&key).await?.metadata;
+        let encoded = percent_encoding::utf8_percent_encode(xml, percent_encoding::NON_ALPHANUMERIC).to_string();
+        if encoded.len() <= MAX_INLINE {
+            metadata.insert(PROPS.into(), encoded);
+        } else {
+            self.client.put(&self.sidecar(path), Bytes::copy_from_slice(xml.as_bytes()), &BTreeMap::new()).await?;
+            metadata.insert(PROPS.into(), IN_SIDECAR.into());
+        }
+        self.client.copy(&key, &key, Some(&metadata)).await.map(drop)
+    }
+
+    /// COPY: the object and its properties (with their sidecar) at `to`.
+    pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
+        let head = self.head(from).await?;
+        if head.metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR) {
+            self.client.copy(&self.sidecar(from), &self.sidecar(to), None).await?;
+        }
+        self.client.copy(&self.key(from), &self.key(to), None).await.map(drop)
+    }
+
+    /// MOVE: a copy, then the source's delete (S3 has no rename). A crash between the two
+    /// leaves both, never neither.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), S3Error> {
+        self.copy(from, to).await?;
+        self.delete(from).await
+    }
+}
+
+/// An upload under way: bytes gather into parts; one PUT when the whole fits in a part,
+/// multipart beyond. Dropped without `commit`, a multipart upload is aborted in the
+/// background; nothing was ever visible.
+pub struct Upload {
+    store: S3Store,
+    key: String,
+    len: u64,
+    buf: BytesMut,
+    /// Bytes handed to `write` so far.
+    sent: u64,
+    /// The multipart upload's id and its parts' ETags.
+    multipart: Option<(String, Vec<String>)>,
+}
+
+/// Why an upload did not become an object.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("the body has {got} bytes, {declared} were declared")]
+    Length { got: u64, declared: u64 },
+    #[error(transparent)]
+    S3(#[from] S3Error),
+}
+
+impl Upload {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), UploadError> {
+        self.sent += bytes.len() as u64;
+        if self.sent > self.len {
+            return Err(UploadError::Length { got: self.sent, declared: self.len });
+        }
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= PART && (self.sent < self.len || self.buf.len() > PART) {
+            let part = self.buf.split_to(PART).freeze();
+            self.send_part(part).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self, part: Bytes) -> Result<(), UploadError> {
+        if self.multipart.is_none() {
+            let id = self.store.client.create_multipart(&self.key, &BTreeMap::new()).await?;
+            self.multipart = Some((id, Vec::new()));
+        }
+        let (id, etags) = self.multipart.as_mut().expect("made above");
+        let n = etags.len() as u32 + 1;
+        let etag = self.store.client.upload_part(&self.key, id, n, part).await?;
+        etags.push(etag);
+        Ok(())
+    }
+
+    /// Makes the object visible, whole, if exactly `len` bytes came.
+    pub async fn commit(mut self) -> Result<(), UploadError> {
+        if self.sent != self.len {
+            return Err(UploadError::Length { got: self.sent, declared: self.len });
+        }
+        let rest = std::mem::take(&mut self.buf).freeze();
+        match self.multipart.take() {
+            None => {
+                self.store.client.put(&self.key, rest, &BTreeMap::new()).await?;
+            }
+            Some(mp) => {
+                self.multipart = Some(mp);
+                if !rest.is_empty() {
+                    self.send_part(rest).await?;
+                }
+                let (id, etags) = self.multipart.take().expect("set above");
+                if let Err(e) = self.store.client.complete_multipart(&self.key, &id, &etags).await {
+                    let _ = self.store.client.abort_multipart(&self.key, &id).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.multipart.take() {
+            let (client, key) = (self.store.client.clone(), self.key.clone());
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if let Err(e) = client.abort_multipart(&key, &id).await {
+                        tracing::warn!(%key, "cannot abort an unfinished multipart upload: {e}");
+                    }
+                });
+            }
+        }
+    }
+}
