@@ -183,6 +183,12 @@ pub fn corr_ids(events: &[Event]) -> BTreeSet<String> {
     events.iter().filter_map(|e| e.corr_id.clone()).collect()
 }
 
+/// The ids for a second round: those just found first, then the ones asked with, `MAX_CORR`
+/// in all (the found ones are what the lb must be asked about).
+pub fn merge_corr(found: &BTreeSet<String>, asked: &BTreeSet<String>) -> BTreeSet<String> {
+    found.iter().chain(asked.iter()).take(MAX_CORR).cloned().collect()
+}
+
 /// `exec-allinone trace`.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
@@ -245,12 +251,13 @@ pub async fn command(args: TraceArgs) -> ExitCode {
             }
         }
         let named = corr_ids(&found);
-        events.extend(found);
+        // The second round's answers hold all of the first's: they replace them (the "now"
+        // of a stopped job would otherwise show twice, at two moments).
+        events = found;
         if named.is_subset(&known) {
             break;
         }
-        known.extend(named);
-        known = std::mem::take(&mut known).into_iter().take(MAX_CORR).collect();
+        known = merge_corr(&named, &known);
     }
     let events = settle(events);
     if args.json {
@@ -358,6 +365,15 @@ mod tests {
         assert_eq!(q.corr_ids.into_iter().collect::<Vec<_>>(), ["c1"]);
         let many = (0..100).map(|i| format!("c{i}"));
         assert_eq!(Query::new("call", many).unwrap().corr_ids.len(), MAX_CORR);
+    }
+
+    #[test]
+    fn ids_found_come_before_ids_asked_with() {
+        let asked: BTreeSet<String> = (0..MAX_CORR).map(|i| format!("a{i:02}")).collect();
+        let found: BTreeSet<String> = ["z-new".to_string()].into();
+        let merged = merge_corr(&found, &asked);
+        assert_eq!(merged.len(), MAX_CORR);
+        assert!(merged.contains("z-new"));
     }
 
     #[test]

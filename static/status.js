@@ -277,7 +277,8 @@ function trendChart(def, series, points) {
   const W = 300, H = 90, PAD = 2;
   const drawn = series.map((s) => lastValues(s.values, points));
   const all = drawn.flat().filter((v) => v != null);
-  const max = Math.max(1, ...all);
+  // A loop, not Math.max(...all): a day of many series passes some engines' argument limit.
+  const max = all.reduce((m, v) => (v > m ? v : m), 1);
   const n = Math.max(2, ...drawn.map((v) => v.length));
   const plot = svg('svg', { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: 'none', class: 'plot', role: 'img',
     'aria-label': `${def.title}: ${series.map((s, i) => `${s.name} ${fmtValue(def.unit, drawn[i][drawn[i].length - 1])}`).join(', ')}` });
@@ -350,6 +351,8 @@ window.traceJson = null;
 
 function clock(ms) {
   const d = new Date(ms);
+  // A time out of Date's range (a file's mtime far off) is shown as it came, not a failure.
+  if (!Number.isFinite(d.getTime())) return String(ms);
   return d.toISOString().replace('T', ' ').replace('Z', '');
 }
 

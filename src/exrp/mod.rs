@@ -718,7 +718,8 @@ impl Exrp {
                     }
                 };
                 let mut event = Event::new(step.at_ms, ROLE, &step.step, detail).file(file()).corr(corr);
-                event.stopped = step.step == "dead";
+                // A dead job retried since (`queue retry`) keeps its dead row, not its stop.
+                event.stopped = step.step == "dead" && job.state == JobState::Dead;
                 events.push(event);
             }
             if job.state == JobState::Pending {

@@ -160,8 +160,7 @@ async fn trace_json(
         if round == 1 || named.is_subset(&query.corr_ids) {
             break;
         }
-        query.corr_ids.extend(named);
-        query.corr_ids = std::mem::take(&mut query.corr_ids).into_iter().take(trace::MAX_CORR).collect();
+        query.corr_ids = trace::merge_corr(&named, &query.corr_ids);
     }
     let body = json!({
         "id": query.id,

@@ -141,7 +141,11 @@ impl Balancer {
         // more likely wrong than every backend, and trying beats refusing everything.
         let use_probes = (0..self.peers.len()).any(|i| !self.peers[i].down && self.healthy[i].load(Ordering::Relaxed));
         if let (Some(ring), Some(cursor)) = (&self.ring, tried.cursor.as_mut()) {
-            return self.select_on_ring(ring, cursor, &mut tried.peers, &mut state, use_probes, now);
+            match self.select_on_ring(ring, cursor, &mut tried.peers, &mut state, use_probes, now) {
+                Some(decided) => return decided,
+                // Too many points passed: round robin from here on, as nginx does.
+                None => tried.cursor = None,
+            }
         }
         let mut best: Option<(usize, i64)> = None;
         let mut total: i64 = 0;
@@ -187,7 +191,10 @@ impl Balancer {
     }
 
     /// nginx's `ngx_http_upstream_get_chash_peer`: from the request's point on, the first
-    /// point whose peer is untried and available; None once every point was passed.
+    /// point whose server has an untried, available peer (several addresses of one name are
+    /// weighed as round robin weighs them); Some(None) once every point was passed, None after
+    /// `MAX_SKIPS` points (the caller goes on by round robin, so a pool whose peers are all
+    /// out costs a bounded walk).
     fn select_on_ring(
         &self,
         ring: &super::chash::Ring,
@@ -196,29 +203,45 @@ impl Balancer {
         state: &mut [PeerState],
         use_probes: bool,
         now: Instant,
-    ) -> Option<usize> {
+    ) -> Option<Option<usize>> {
+        const MAX_SKIPS: usize = 20;
         loop {
             let (start, n) = *cursor;
             if n >= ring.len() {
+                return Some(None);
+            }
+            if n > MAX_SKIPS {
                 return None;
             }
-            let i = ring.peer(start, n)?;
-            let peer = &self.peers[i];
-            let s = &mut state[i];
-            let ejected =
-                peer.max_fails > 0 && s.fails >= peer.max_fails && now.duration_since(s.checked) <= peer.fail_timeout;
-            let skip = tried[i] || peer.down || ejected || (use_probes && !self.healthy[i].load(Ordering::Relaxed));
-            if !skip {
-                // nginx weighs the one candidate as round robin would: its current weight
-                // comes back to where it was, its effective weight recovers by one.
+            let first = ring.peer(start, n)?;
+            let server = &self.peers[first].server;
+            let mut best: Option<(usize, i64)> = None;
+            let mut total = 0;
+            for (i, peer) in self.peers.iter().enumerate().filter(|(_, p)| p.server == *server) {
+                let s = &mut state[i];
+                let ejected = peer.max_fails > 0
+                    && s.fails >= peer.max_fails
+                    && now.duration_since(s.checked) <= peer.fail_timeout;
+                if tried[i] || peer.down || ejected || (use_probes && !self.healthy[i].load(Ordering::Relaxed)) {
+                    continue;
+                }
+                s.current_weight += s.effective_weight;
+                total += s.effective_weight;
                 if s.effective_weight < peer.weight as i64 {
                     s.effective_weight += 1;
                 }
-                if now.duration_since(s.checked) > peer.fail_timeout {
+                if best.is_none_or(|(_, w)| s.current_weight > w) {
+                    best = Some((i, s.current_weight));
+                }
+            }
+            if let Some((b, _)) = best {
+                let s = &mut state[b];
+                s.current_weight -= total;
+                if now.duration_since(s.checked) > self.peers[b].fail_timeout {
                     s.checked = now;
                 }
-                tried[i] = true;
-                return Some(i);
+                tried[b] = true;
+                return Some(Some(b));
             }
             cursor.1 += 1;
         }
@@ -446,5 +469,42 @@ mod tests {
         }
         assert_eq!(simulate(&b, 3, &[], 3).len(), 3, "fail open when every probe fails");
         assert!(simulate(&b, 3, &[], 3).iter().all(|s| s.len() == 1));
+    }
+
+    #[test]
+    fn a_hashed_name_of_two_addresses_tries_both_before_the_next_server() {
+        let mut ps = peers(&[1, 1, 1], 0);
+        ps[1].server = "p0".into();
+        let b = Balancer::new(ps, Instant::now()).consistent_hash();
+        let now = Instant::now();
+        // A key whose first point is server p0 (peers 0 and 1).
+        let key = (0..1000)
+            .map(|i| format!("/k{i}"))
+            .find(|k| {
+                let mut t = b.tried(k.as_bytes());
+                matches!(b.select(&mut t, now), Some(0 | 1))
+            })
+            .unwrap();
+        let mut tried = b.tried(key.as_bytes());
+        let first = b.select(&mut tried, now).unwrap();
+        let second = b.select(&mut tried, now).unwrap();
+        assert_eq!([first.min(second), first.max(second)], [0, 1], "both addresses of p0 first");
+        assert_eq!(b.select(&mut tried, now), Some(2));
+        assert_eq!(b.select(&mut tried, now), None);
+    }
+
+    #[test]
+    fn a_hashed_pool_with_every_peer_out_gives_up_after_a_bounded_walk() {
+        let mut ps = peers(&[1, 1], 1);
+        for p in &mut ps {
+            p.down = true;
+        }
+        let b = Balancer::new(ps, Instant::now()).consistent_hash();
+        let mut tried = b.tried(b"/x");
+        assert_eq!(b.select(&mut tried, Instant::now()), None);
+        // The same key keeps its peer while it is up.
+        let b = Balancer::new(peers(&[1, 1, 1], 0), Instant::now()).consistent_hash();
+        let pick = |key: &[u8]| b.select(&mut b.tried(key), Instant::now());
+        assert_eq!(pick(b"/a/b.opus"), pick(b"/a/b.opus"));
     }
 }

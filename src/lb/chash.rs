@@ -43,10 +43,16 @@ pub struct Ring {
 }
 
 impl Ring {
-    /// `servers` are (the server as written in the config, its weight), in config order.
+    /// `servers` are (the server as written in the config, its weight) for each peer, in
+    /// config order. A name with several addresses gives several peers of one server: its
+    /// points are the server's, and name its first peer (the balancer picks among them).
     pub fn new<'a>(servers: impl IntoIterator<Item = (&'a str, u32)>) -> Ring {
         let mut points = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (i, (server, weight)) in servers.into_iter().enumerate() {
+            if !seen.insert(server) {
+                continue;
+            }
             // crc32(HOST \0 PORT PREV_HASH), as Cache::Memcached::Fast hashes: the port is
             // the digits after the last ':' (none for a name without one).
             let (host, port) = match server.rsplit_once(':') {
@@ -121,6 +127,13 @@ mod tests {
         assert_eq!(moved, 0, "a key only ever moves to the new server");
         let to_new = keys.iter().filter(|k| three.peer(three.start(k.as_bytes()), 0) == Some(2)).count();
         assert!((400..=950).contains(&to_new), "about a third moves: {to_new}");
+    }
+
+    #[test]
+    fn a_name_of_several_addresses_is_one_server_on_the_ring() {
+        let ring = Ring::new([("a:1", 1), ("b:1", 1), ("b:1", 1)]);
+        assert_eq!(ring.len(), 320);
+        assert!(ring.points.iter().all(|p| p.1 != 2), "points name the server's first peer");
     }
 
     #[test]

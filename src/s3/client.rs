@@ -100,6 +100,8 @@ impl S3Client {
             .connect_timeout(request_timeout)
             .read_timeout(request_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect would resend a signed request to another host: an error instead.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
         Ok(S3Client { target, http, host })
@@ -242,8 +244,12 @@ impl S3Client {
             }
         }
         let response = self.send(Method::PUT, Some(to), &[], &extra, None).await?;
+        // A copy may fail after S3 answered 200: the error is then in the body.
         let text = response.text().await.map_err(|e| S3Error::Transient(chain(&e)))?;
-        Ok(element(&text, "ETag").unwrap_or_default().trim_matches('"').to_string())
+        match element(&text, "ETag") {
+            Some(etag) if !text.contains("<Error>") => Ok(etag.trim_matches('"').to_string()),
+            _ => Err(S3Error::Transient(format!("copy to {to} failed: {text:.300}"))),
+        }
     }
 
     /// One page of ListObjectsV2 under `prefix`, split at `delimiter` when given.

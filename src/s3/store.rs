@@ -65,11 +65,11 @@ impl S3Store {
     pub async fn delete(&self, path: &str) -> Result<(), S3Error> {
         // S3 answers 204 for a key that is not there: the store's callers want to know.
         let head = self.client.head(&self.key(path)).await?;
-        self.client.delete(&self.key(path)).await?;
+        // The sidecar first: a failure then leaves the file with its properties.
         if head.metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR) {
             self.client.delete(&self.sidecar(path)).await?;
         }
-        Ok(())
+        self.client.delete(&self.key(path)).await
     }
 
     /// One level of the collection at `path` ("" for the root), every page of it.
@@ -80,14 +80,18 @@ impl S3Store {
         let mut after: Option<String> = None;
         loop {
             let page = self.client.list(&prefix, Some("/"), after.as_deref()).await?;
+            // A key not under the prefix (a misbehaving endpoint) is skipped, not trusted.
             for mut object in page.objects {
-                object.key = object.key[prefix.len()..].to_string();
-                if !object.key.is_empty() {
-                    listing.files.push(object);
-                }
+                let Some(name) = object.key.strip_prefix(prefix.as_str()).filter(|n| !n.is_empty()) else { continue };
+                object.key = name.to_string();
+                listing.files.push(object);
             }
-            let collections = page.prefixes.iter().map(|p| p[prefix.len()..].trim_end_matches('/').to_string());
-            listing.collections.extend(collections.filter(|c| !(dir.is_empty() && c == SIDECARS)));
+            let collections = page
+                .prefixes
+                .iter()
+                .filter_map(|p| Some(p.strip_prefix(prefix.as_str())?.trim_end_matches('/').to_string()));
+            let hidden = |c: &String| c.is_empty() || (dir.is_empty() && c == SIDECARS);
+            listing.collections.extend(collections.filter(|c| !hidden(c)));
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(listing),
@@ -116,14 +120,21 @@ impl S3Store {
     pub async fn set_props(&self, path: &str, xml: &str) -> Result<(), S3Error> {
         let key = self.key(path);
         let mut metadata = self.client.head(&key).await?.metadata;
+        let had_sidecar = metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR);
         let encoded = percent_encoding::utf8_percent_encode(xml, percent_encoding::NON_ALPHANUMERIC).to_string();
-        if encoded.len() <= MAX_INLINE {
+        let inline = encoded.len() <= MAX_INLINE;
+        if inline {
             metadata.insert(PROPS.into(), encoded);
         } else {
             self.client.put(&self.sidecar(path), Bytes::copy_from_slice(xml.as_bytes()), &BTreeMap::new()).await?;
             metadata.insert(PROPS.into(), IN_SIDECAR.into());
         }
-        self.client.copy(&key, &key, Some(&metadata)).await.map(drop)
+        self.client.copy(&key, &key, Some(&metadata)).await?;
+        if inline && had_sidecar {
+            // No longer named by the metadata: left, it would only take space.
+            self.client.delete(&self.sidecar(path)).await?;
+        }
+        Ok(())
     }
 
     /// COPY: the object and its properties (with their sidecar) at `to`.

@@ -60,6 +60,19 @@ struct StoreEvent {
     client: IpAddr,
 }
 
+/// The first `max` bytes of a percent-decoded path, cut at a character boundary.
+fn decoded_prefix(path: &str, max: usize) -> String {
+    let mut text = percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned();
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Requests `trace` remembers (PUT, GET, DELETE, MOVE, COPY, LOCK, UNLOCK, PROPPATCH).
 const RECENT_REQUESTS: usize = 8192;
 
@@ -175,8 +188,9 @@ impl Webdav {
                     this.recent.push(StoreEvent {
                         at_ms: crate::clock::unix_ms(),
                         method: method.clone(),
-                        // As the file is named, for lookups by name (clients encode differently).
-                        path: percent_encoding::percent_decode_str(&path).decode_utf8_lossy().into_owned(),
+                        // As the file is named, for lookups by name (clients encode differently),
+                        // and bounded: a request head may be 64 KiB.
+                        path: decoded_prefix(&path, 512),
                         status: status.as_u16(),
                         bytes: if method == Method::PUT { bytes_in } else { bytes_out },
                         user: user.clone(),
