@@ -86,7 +86,9 @@ pub struct S3Client {
 }
 
 impl S3Client {
-    pub fn new(target: Target, request_timeout: Duration) -> Result<S3Client, String> {
+    /// `request_timeout` bounds connecting and each wait for the server; `transfer_timeout`
+    /// bounds a whole call, an 8 MiB part to a server that stopped reading included.
+    pub fn new(target: Target, request_timeout: Duration, transfer_timeout: Duration) -> Result<S3Client, String> {
         let url = reqwest::Url::parse(&target.endpoint).map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!("endpoint {:?} must be an http:// or https:// URL", target.endpoint));
@@ -99,6 +101,7 @@ impl S3Client {
         let http = reqwest::Client::builder()
             .connect_timeout(request_timeout)
             .read_timeout(request_timeout)
+            .timeout(transfer_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             // A redirect would resend a signed request to another host: an error instead.
             .redirect(reqwest::redirect::Policy::none())

@@ -14,7 +14,11 @@ use exec_allinone::s3::sigv4::Credentials;
 use crate::support::garage::{Garage, REGION};
 
 fn client(g: &Garage, node: usize, secret: &str) -> S3Client {
-    let target = Target {
+    S3Client::new(target_of(g, node, secret), Duration::from_secs(10), Duration::from_secs(120)).unwrap()
+}
+
+fn target_of(g: &Garage, node: usize, secret: &str) -> Target {
+    Target {
         endpoint: g.endpoint(node),
         bucket: g.bucket.clone(),
         path_style: true,
@@ -23,8 +27,7 @@ fn client(g: &Garage, node: usize, secret: &str) -> S3Client {
             secret_access_key: Secret::new(secret),
             region: REGION.into(),
         },
-    };
-    S3Client::new(target, Duration::from_secs(10)).unwrap()
+    }
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -79,6 +82,13 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         c0.delete("recordings/SIM1_0.opus").await.unwrap();
         assert!(matches!(c1.head("recordings/SIM1_0.opus").await, Err(S3Error::NotFound(_))));
         assert!(matches!(c1.get("recordings/none.opus", None).await, Err(S3Error::NotFound(_))));
+        // A bucket that does not exist is not found; an endpoint that is not a URL is refused.
+        let no_bucket = Target { bucket: "no-such-bucket".into(), ..target_of(&g, 0, &g.secret) };
+        let elsewhere = S3Client::new(no_bucket, Duration::from_secs(10), Duration::from_secs(120)).unwrap();
+        let missing = elsewhere.head("x").await;
+        assert!(matches!(missing, Err(S3Error::NotFound(_) | S3Error::Refused(_))), "{missing:?}");
+        let ftp = Target { endpoint: "ftp://x".into(), ..target_of(&g, 0, &g.secret) };
+        assert!(S3Client::new(ftp, Duration::from_secs(1), Duration::from_secs(1)).is_err());
 
         // Multipart: visible only when completed, whole; an aborted one never.
         let part = Bytes::from(vec![7u8; 5 << 20]);
