@@ -39,12 +39,14 @@ pub mod key {
     pub const WEIGHT: &str = "weight";
     pub const DOWN: &str = "down";
     pub const HASH: &str = "hash";
+    pub const REQUEST_BUFFERING: &str = "request_buffering";
     /// Not nginx's: the requests a pool keeps for `trace` (0: none).
     pub const TRACE_REQUESTS: &str = "trace_requests";
 
     /// The settings, in the order `import-nginx` writes them.
-    pub const POOL: [&str; 22] = [
+    pub const POOL: [&str; 23] = [
         HASH,
+        REQUEST_BUFFERING,
         CONNECT_TIMEOUT,
         SEND_TIMEOUT,
         READ_TIMEOUT,
@@ -206,6 +208,9 @@ pub struct PoolSettings {
     /// `hash = "$request_uri consistent"`: each path to one server by nginx's consistent hash;
     /// false: weighted round robin.
     pub hash_request_uri: bool,
+    /// nginx's `proxy_request_buffering`: false streams a body of known length to the peer
+    /// as it arrives (no retry once it went out) instead of holding it whole.
+    pub request_buffering: bool,
     pub connect_timeout: Duration,
     pub send_timeout: Duration,
     pub read_timeout: Duration,
@@ -252,6 +257,7 @@ impl Default for PoolSettings {
     fn default() -> Self {
         PoolSettings {
             hash_request_uri: false,
+            request_buffering: true,
             connect_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             read_timeout: Duration::from_secs(60),
@@ -519,6 +525,7 @@ impl PoolSettings {
         };
         let out = PoolSettings {
             hash_request_uri,
+            request_buffering: s.bool(key::REQUEST_BUFFERING, d.request_buffering),
             connect_timeout: s.duration(key::CONNECT_TIMEOUT, d.connect_timeout),
             send_timeout: s.duration(key::SEND_TIMEOUT, d.send_timeout),
             read_timeout: s.duration(key::READ_TIMEOUT, d.read_timeout),

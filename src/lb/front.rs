@@ -124,11 +124,18 @@ impl Conn {
             let handled = std::panic::AssertUnwindSafe(async {
                 let mut body = RequestBody { conn: &mut *self, expect: expects_continue(&request), read: false };
                 let prepared = proxy::prepare(pool, peer, request, &mut body).await;
-                let body_read = body.read;
+                let mut body_read = body.read;
                 let response = match prepared {
                     Prepared::Answer(response) => Some(response),
                     Prepared::Hangup => None,
-                    Prepared::Forward(forward) => self.forward(forward).await,
+                    Prepared::Forward(mut forward) => match forward.take_feed() {
+                        None => self.forward(forward).await,
+                        Some(feed) => {
+                            let (response, fed) = self.forward_feeding(forward, feed).await;
+                            body_read = fed;
+                            response
+                        }
+                    },
                 };
                 (response, body_read)
             });
@@ -245,6 +252,66 @@ impl Conn {
                     // A pipelined request: kept for its turn.
                     Ok(_) => watching = buf.len() < WATCH_LIMIT,
                 },
+            }
+        }
+    }
+
+    /// `forward` for an unbuffered body: the client's bytes go to the attempt as they arrive
+    /// (after `100 Continue` when the client waits for it), `feed.len` of them, the rest of
+    /// the buffer staying for the next request. Also true when the body was read whole: the
+    /// connection can serve another request.
+    async fn forward_feeding(&mut self, forward: proxy::Forward, feed: proxy::Feed) -> (Option<Reply>, bool) {
+        let proxy::Feed { chunks, len, expect, idle } = feed;
+        if expect && (self.buf.len() as u64) < len {
+            self.out.clear();
+            self.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if self.write_out(&[]).await.is_err() {
+                return (None, false);
+            }
+        }
+        let attempts = proxy::forward(forward);
+        tokio::pin!(attempts);
+        let Conn { io, buf, .. } = self;
+        let mut left = len;
+        let mut pending: Option<Bytes> = None;
+        let take = |buf: &mut BytesMut, left: &mut u64| -> Option<Bytes> {
+            let n = (buf.len() as u64).min(*left) as usize;
+            *left -= n as u64;
+            (n > 0).then(|| buf.split_to(n).freeze())
+        };
+        pending = pending.or_else(|| take(buf, &mut left));
+        let stall = tokio::time::sleep(idle);
+        tokio::pin!(stall);
+        loop {
+            let reading = pending.is_none() && (left > 0 || buf.len() < WATCH_LIMIT);
+            let read = poll_fn(|cx| {
+                if buf.capacity() == buf.len() {
+                    buf.reserve(READ_CHUNK);
+                }
+                poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
+            });
+            tokio::select! {
+                biased;
+                response = attempts.as_mut() => return (Some(response), left == 0 && pending.is_none()),
+                permit = chunks.reserve(), if pending.is_some() => match permit {
+                    Ok(permit) => {
+                        permit.send(pending.take().unwrap_or_default());
+                        stall.as_mut().reset(tokio::time::Instant::now() + idle);
+                    }
+                    // The attempt stopped taking the body (it failed): its answer comes next.
+                    Err(_) => pending = None,
+                },
+                n = read, if reading => match n {
+                    // Gone, before or after its body: the attempt is dropped (499 logged).
+                    Ok(0) | Err(_) => return (None, false),
+                    Ok(_) if left > 0 => pending = take(buf, &mut left),
+                    // A pipelined request once the body is in: kept for its turn.
+                    Ok(_) => {}
+                },
+                () = stall.as_mut(), if left > 0 && pending.is_none() => {
+                    tracing::debug!(server = "lb", "client body timed out while streaming it upstream");
+                    return (None, false);
+                }
             }
         }
     }
@@ -459,6 +526,11 @@ pub struct RequestBody<'c> {
 }
 
 impl RequestBody<'_> {
+    /// Whether the client waits for `100 Continue` before its body.
+    pub fn expects_continue(&self) -> bool {
+        self.expect
+    }
+
     /// The whole body as `framing` (checked by the proxy) says: 413 above `max` as soon as
     /// that is known, `100 Continue` first when the client waits for it, `idle` at most between
     /// two reads.

@@ -17,7 +17,7 @@ use super::balancer::Outcome;
 use super::front::{BodyError, BodyFraming, Buffering, RequestBody};
 use super::h1::{self, HeaderLines, Name};
 use super::retry::{Attempts, Failure, Next};
-use super::spool::Held;
+use super::spool::{Held, Streamed};
 use super::upstream::{Exchange, UpstreamBody, UpstreamRequest};
 use super::uri;
 use crate::config::{HostHeader, UriMode};
@@ -105,13 +105,31 @@ pub enum Prepared {
     Forward(Forward),
 }
 
-/// A checked request with its whole body, for `forward`.
+/// A checked request with its whole body (or, unbuffered, the way to feed it), for `forward`.
 pub struct Forward {
     pool: Arc<Pool>,
     log: RequestLog,
     request: UpstreamRequest,
     method: Method,
     version: Version,
+    feed: Option<Feed>,
+}
+
+/// What the front feeds an unbuffered body through: `len` bytes of the client's, in order.
+pub struct Feed {
+    pub chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    pub len: u64,
+    /// The client waits for `100 Continue` before sending it.
+    pub expect: bool,
+    /// The longest the client may pause between two reads (`body_timeout`).
+    pub idle: std::time::Duration,
+}
+
+impl Forward {
+    /// The feed of an unbuffered body, for the front to run beside the attempts.
+    pub fn take_feed(&mut self) -> Option<Feed> {
+        self.feed.take()
+    }
 }
 
 /// The request's X-Correlation-Id, if it has a short printable one.
@@ -182,6 +200,28 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
     }
 
     let mut log = log;
+    // nginx's `proxy_request_buffering off`, for a body of known length: it goes to the peer
+    // as it arrives. (A chunked one is held, as nginx holds it for an HTTP/1.0 upstream.)
+    if let (false, BodyFraming::Length(len @ 1..)) = (settings.request_buffering, framing) {
+        if len > settings.max_body_size {
+            return Prepared::Answer(local(log, StatusCode::PAYLOAD_TOO_LARGE, true));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let request = UpstreamRequest {
+            head: request_head(&pool, &req.method, &target, &req.headers, client, Some(len)),
+            body: Held::Stream(Streamed { len, chunks: tokio::sync::Mutex::new(rx) }),
+            head_only: req.method == Method::HEAD,
+        };
+        let feed = Feed { chunks: tx, len, expect: body.expects_continue(), idle: settings.body_timeout };
+        return Prepared::Forward(Forward {
+            pool,
+            log,
+            request,
+            method: req.method,
+            version: req.version,
+            feed: Some(feed),
+        });
+    }
     let buffering = Buffering { buffer: settings.client_body_buffer_size, temp_dir: &settings.client_body_temp_path };
     let body = match body.read_all(framing, settings.max_body_size, settings.body_timeout, &buffering).await {
         Ok(b) => b,
@@ -213,13 +253,13 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         body,
         head_only: req.method == Method::HEAD,
     };
-    Prepared::Forward(Forward { pool, log, request, method: req.method, version: req.version })
+    Prepared::Forward(Forward { pool, log, request, method: req.method, version: req.version, feed: None })
 }
 
 /// Tries peers as nginx does until one answers or the tries are used up. Dropped before it
 /// returns (the client went away), it logs 499.
 pub async fn forward(forward: Forward) -> Reply {
-    let Forward { pool, mut log, request, method, version } = forward;
+    let Forward { pool, mut log, request, method, version, .. } = forward;
     let settings = &pool.settings;
     let balancer = &pool.balancer;
     let mut attempts = Attempts::new(
@@ -229,6 +269,9 @@ pub async fn forward(forward: Forward) -> Reply {
         settings.next_upstream,
         &method,
     );
+    if matches!(request.body, Held::Stream(_)) {
+        attempts = attempts.unbuffered();
+    }
     // nginx's $request_uri: the target as the client sent it, arguments included.
     let key = log.uri.path_and_query().map_or(&b""[..], |pq| pq.as_str().as_bytes());
     let mut tried = balancer.tried(key);

@@ -75,6 +75,9 @@ pub struct Attempts {
     timeout: Duration,
     next_upstream: NextUpstream,
     non_idempotent: bool,
+    /// The body passes through unbuffered: once the request went out, there is nothing to
+    /// send another peer (nginx: `u->request_sent && r->request_body_no_buffering`).
+    unbuffered: bool,
 }
 
 impl Attempts {
@@ -87,7 +90,14 @@ impl Attempts {
             timeout,
             next_upstream: next,
             non_idempotent: non_idempotent(method),
+            unbuffered: false,
         }
+    }
+
+    /// For a request whose body is streamed to the peer (`request_buffering = false`).
+    pub fn unbuffered(mut self) -> Self {
+        self.unbuffered = true;
+        self
     }
 
     #[cfg(test)]
@@ -107,7 +117,7 @@ impl Attempts {
             Failure::InvalidHeader => n.invalid_header,
             Failure::Status(s) => n.status(s),
         };
-        listed && !(sent && self.non_idempotent && !n.non_idempotent)
+        listed && !(sent && self.non_idempotent && !n.non_idempotent) && !(sent && self.unbuffered)
     }
 
     /// After a failure without a response to pass on. `sent`: the request had started going

@@ -11,12 +11,22 @@ use std::path::Path;
 
 use rustix::fs::{Mode, OFlags};
 
-/// A request body as the lb holds it for every peer it tries.
+/// A request body as the lb holds it for every peer it tries, or (`request_buffering =
+/// false`) passes through as it arrives, for one peer only.
 #[derive(Debug)]
 pub enum Held {
     Memory(bytes::Bytes),
     /// Past `client_body_buffer_size`.
     File(Spool),
+    /// nginx's `proxy_request_buffering off`: the client's bytes, `len` of them, handed over
+    /// by the front as they come.
+    Stream(Streamed),
+}
+
+#[derive(Debug)]
+pub struct Streamed {
+    pub len: u64,
+    pub chunks: tokio::sync::Mutex<tokio::sync::mpsc::Receiver<bytes::Bytes>>,
 }
 
 impl Held {
@@ -24,6 +34,7 @@ impl Held {
         match self {
             Held::Memory(b) => b.len() as u64,
             Held::File(s) => s.len(),
+            Held::Stream(s) => s.len,
         }
     }
 }

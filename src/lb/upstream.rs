@@ -169,6 +169,20 @@ impl Conn {
     /// them. On failure, tells whether any byte went out.
     async fn write_request(&mut self, req: &UpstreamRequest, done: usize) -> Result<(), (io::Error, bool)> {
         self.write_memory(req, done).await?;
+        if let Held::Stream(streamed) = &req.body {
+            // The client's bytes as they come; a client that leaves (the channel closes
+            // early) ends the attempt, which goes to no other peer.
+            let mut chunks = streamed.chunks.lock().await;
+            let mut left = streamed.len;
+            while left > 0 {
+                let Some(chunk) = chunks.recv().await else {
+                    return Err((io::ErrorKind::UnexpectedEof.into(), true));
+                };
+                left = left.saturating_sub(chunk.len() as u64);
+                tokio::io::AsyncWriteExt::write_all(&mut self.io, &chunk).await.map_err(|e| (e, true))?;
+            }
+            return Ok(());
+        }
         let Held::File(spool) = &req.body else { return Ok(()) };
         // A spooled body: after the head, from the temp file, from its start for every peer.
         let mut offset = (done.saturating_sub(req.head.len())) as u64;
@@ -188,7 +202,7 @@ impl Conn {
     async fn write_memory(&mut self, req: &UpstreamRequest, mut done: usize) -> Result<(), (io::Error, bool)> {
         let body: &[u8] = match &req.body {
             Held::Memory(b) => b,
-            Held::File(_) => &[],
+            Held::File(_) | Held::Stream(_) => &[],
         };
         let head = &req.head[..];
         let total = head.len() + body.len();
@@ -287,7 +301,7 @@ fn connect_and_write(addr: SocketAddr, req: &UpstreamRequest) -> io::Result<Star
     // back; nginx does not set TCP_NODELAY upstream either.
     let body: &[u8] = match &req.body {
         Held::Memory(b) => b,
-        Held::File(_) => &[],
+        Held::File(_) | Held::Stream(_) => &[],
     };
     let written = match rustix::io::writev(&fd, &[IoSlice::new(&req.head), IoSlice::new(body)]) {
         Ok(n) => Some(n),

@@ -1179,3 +1179,56 @@ fn a_pool_allow_list_answers_403_to_other_addresses() {
     let r = lb.get("excp", "/api/v1/recording");
     assert_eq!((r.status, r.body.as_str()), (200, "A"));
 }
+
+/// `request_buffering = false`: a 1 MiB body past `client_body_buffer_size` goes to the peer
+/// as it arrives, never to a temp file (the buffered pool beside it spools it), after the
+/// `100 Continue` the client waits for; a client that leaves mid-body leaves the peer a
+/// partial request and the access log a 499, and the pool serves on.
+#[test]
+fn an_unbuffered_pool_streams_bodies_without_spooling_them() {
+    use std::io::{Read, Write};
+    let mut backends = Backends::new();
+    let a = backends.add("A", Behaviour::ok());
+    let stream = pool("stream", &[a], &["request_buffering = false", "client_body_buffer_size = \"16KiB\""]);
+    let held = pool("held", &[a], &["client_body_buffer_size = \"16KiB\""]);
+    let lb = Lb::start("unbuffered", &config(&[stream, held]));
+    let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+
+    // Expect: 100-continue, answered by the lb before the body is sent.
+    let mut s = std::net::TcpStream::connect(lb.addr("stream")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "PUT /r.opus HTTP/1.1\r\nHost: lbtest\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&body).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = backends.take();
+    assert!(seen.len() == 1 && seen[0].body == body, "the whole body, byte for byte");
+    let r = request(lb.addr("held"), "PUT", "/r.opus", &[], &body);
+    assert_eq!(r.status, 200);
+    assert_eq!(backends.take()[0].body.len(), body.len());
+    let metrics = crate::support::client().get(lb.proc.admin_url("/metrics")).send().unwrap().text().unwrap();
+    let spooled = |p: &str| metric(&metrics, "lb_request_bodies_spooled_total", &[("pool", p)]);
+    assert_eq!((spooled("stream"), spooled("held")), (Some(0.0), Some(1.0)), "only the buffered pool spools");
+
+    // Half a body, then the client leaves.
+    let mut s = std::net::TcpStream::connect(lb.addr("stream")).unwrap();
+    write!(s, "PUT /half.opus HTTP/1.1\r\nHost: lbtest\r\nContent-Length: {}\r\n\r\n", body.len()).unwrap();
+    s.write_all(&body[..body.len() / 2]).unwrap();
+    drop(s);
+    wait_until("a 499 in the access log", Duration::from_secs(10), || {
+        lb.events().iter().any(|e| e["target"] == "access" && e["status"] == 499 && e["uri"] == "/half.opus")
+    });
+    wait_until("the peer's partial request", Duration::from_secs(10), || {
+        backends.seen().iter().any(|r| r.target == "/half.opus" && !r.complete)
+    });
+    assert_eq!(lb.get("stream", "/after").status, 200, "the pool serves on");
+}

@@ -2006,3 +2006,29 @@ fn consistent_hash_sends_each_uri_where_nginx_does() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Unbuffered request bodies (`proxy_request_buffering off`)
+
+/// With `proxy_request_buffering off` a body of known length goes to one peer as it arrives:
+/// once the request went out there is nothing to send another (nginx: `u->request_sent &&
+/// r->request_body_no_buffering`), so a PUT a peer drops is 502 where a buffered one moves on;
+/// a peer refusing the connection got nothing, so the next one gets the whole body.
+#[test]
+fn an_unbuffered_body_goes_to_one_peer_and_on_only_when_nothing_was_sent() {
+    let body: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let whole = body.clone();
+    Scenario::excp("unbuffered", Behaviour::CloseAfterRead, ok())
+        .set("proxy_request_buffering off;", "request_buffering = false")
+        .step(req("PUT", "/r.opus", Some(&body)).expect(502, "A"))
+        .step(req("PUT", "/r.opus", Some(&body)).expect(200, "B").check(move |c| {
+            assert_eq!(c.seen.len(), 1);
+            assert!(c.seen[0].body == whole, "the whole body, byte for byte");
+            assert_eq!(c.seen[0].header("content-length"), Some("300000"));
+        }))
+        .run();
+    Scenario::excp("unbuffered-refused", Behaviour::Refuse, ok())
+        .set("proxy_request_buffering off;", "request_buffering = false")
+        .step(req("PUT", "/r.opus", Some(&body)).expect(200, "A B"))
+        .run();
+}

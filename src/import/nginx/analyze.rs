@@ -163,9 +163,6 @@ pub(super) fn harmless(d: &Directive, ctx: Ctx) -> Option<&'static str> {
         | (Http | Server | Location, "proxy_busy_buffers_size") => {
             "buffering details do not change what upstreams or clients receive"
         }
-        (Http | Server | Location, "proxy_request_buffering") if arg == Some("on") => {
-            "exec-allinone always buffers request bodies"
-        }
         (Http | Server | Location, "proxy_intercept_errors") if arg == Some("off") => "that is the default",
         (Server, "server_name") => "exec-allinone serves one pool per listener whatever the Host header",
         _ => return None,
@@ -185,7 +182,6 @@ pub(super) fn ignore_or_refuse(d: &Directive, ctx: Ctx, rep: &mut Report) {
         "rewrite" | "return" | "if" | "map" | "geo" | "split_clients" | "stream" | "mail" | "zone" | "add_header"
     ) || ["proxy_cache", "ssl_", "auth_", "limit_", "proxy_ssl"].iter().any(|p| n.starts_with(p));
     match n {
-        "proxy_request_buffering" => rep.refuse(&d.at, format!("`{}`: exec-allinone always buffers", d.show())),
         _ if known || n.starts_with("proxy_") => {
             rep.refuse(&d.at, format!("`{}` is not supported by exec-allinone lb", d.show()))
         }
@@ -212,6 +208,8 @@ pub(super) struct Settings {
     pub(super) tries: Option<u64>,
     pub(super) max_body: Option<u64>,
     pub(super) body_buffer: Option<u64>,
+    /// `proxy_request_buffering`: Some(false) for `off`.
+    pub(super) request_buffering: Option<bool>,
     pub(super) http11: Option<(bool, Loc)>,
     pub(super) headers: Option<(Vec<Header>, Loc)>,
 }
@@ -238,6 +236,7 @@ impl Settings {
             tries: self.tries.or(parent.tries),
             max_body: self.max_body.or(parent.max_body),
             body_buffer: self.body_buffer.or(parent.body_buffer),
+            request_buffering: self.request_buffering.or(parent.request_buffering),
             http11: self.http11.clone().or_else(|| parent.http11.clone()),
             // nginx replaces the inherited header list wholesale when a block sets any header.
             headers: self.headers.clone().or_else(|| parent.headers.clone()),
@@ -254,6 +253,7 @@ pub(super) fn setting(d: &Directive, ctx: Ctx, s: &mut Settings, seen: &mut Hash
         "client_max_body_size",
         "client_body_buffer_size",
         "proxy_http_version",
+        "proxy_request_buffering",
     ];
     if dur.is_none() && !other.contains(&n) && n != "proxy_set_header" {
         return false;
@@ -296,6 +296,7 @@ pub(super) fn setting(d: &Directive, ctx: Ctx, s: &mut Settings, seen: &mut Hash
             _ => bad(rep),
         },
         ("proxy_http_version", Some(v @ ("1.0" | "1.1"))) => s.http11 = Some((v == "1.1", d.at.clone())),
+        ("proxy_request_buffering", Some(v @ ("on" | "off"))) => s.request_buffering = Some(v == "on"),
         ("proxy_next_upstream", _) => {
             let mut flags: Vec<&'static str> = Vec::new();
             for a in &d.args {
@@ -796,6 +797,7 @@ pub(super) fn pool<'a>(
     put(&mut vals, key::NEXT_UPSTREAM_TRIES, eff.tries.filter(|&n| n != 0).map(int));
     put(&mut vals, key::MAX_BODY_SIZE, eff.max_body.filter(|&n| n != 1 << 20).map(fmt_size));
     put(&mut vals, key::CLIENT_BODY_BUFFER_SIZE, eff.body_buffer.filter(|&n| n != 16 << 10).map(fmt_size));
+    put(&mut vals, key::REQUEST_BUFFERING, eff.request_buffering.filter(|on| !on).map(Value::Boolean));
     // exec-allinone's default Host is the pool name, which is `$proxy_host` only when the pool is the upstream.
     let host = fold.host.or_else(|| (t.proxy_host != name).then(|| t.proxy_host.clone()));
     put(&mut vals, key::HOST, host.as_deref().map(string));

@@ -219,6 +219,14 @@ http {
     }
 
     #[test]
+    fn request_buffering_off_is_carried_over() {
+        let t = ok(&conf(TWO, "proxy_pass http://u/; proxy_request_buffering off;"));
+        assert_eq!(pool(&t, "u")["request_buffering"].as_bool(), Some(false), "{}", t.toml);
+        let t = ok(&conf(TWO, "proxy_pass http://u/; proxy_request_buffering on;"));
+        assert!(!t.toml.contains("request_buffering"), "the default is not written: {}", t.toml);
+    }
+
+    #[test]
     fn body_buffer_size_is_carried_over() {
         let t = ok(&conf(TWO, "proxy_pass http://u/; client_body_buffer_size 128k;"));
         assert!(t.toml.contains("client_body_buffer_size = \"128KiB\""), "{}", t.toml);
@@ -322,7 +330,7 @@ servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
 
     #[test]
     fn every_refusal_at_once() {
-        let text = "stream { }\nhttp {\n map $a $b { }\n upstream u { least_conn; server 10.0.0.1 backup; server 10.0.0.2 slow_start=3s; zone z 64k; }\n server {\n  listen 80 ssl;\n  rewrite ^ /x;\n  location /health { return 200; }\n  location ~ \\.php$ { }\n  location / {\n   proxy_pass http://u/api/;\n   proxy_cache c;\n   proxy_request_buffering off;\n   proxy_set_header X-User $remote_user;\n   frobnicate on;\n   proxy_read_timeout 0;\n  }\n }\n server { listen 81; location / { proxy_pass https://10.0.0.9/; } }\n}\n";
+        let text = "stream { }\nhttp {\n map $a $b { }\n upstream u { least_conn; server 10.0.0.1 backup; server 10.0.0.2 slow_start=3s; zone z 64k; }\n server {\n  listen 80 ssl;\n  rewrite ^ /x;\n  location /health { return 200; }\n  location ~ \\.php$ { }\n  location / {\n   proxy_pass http://u/api/;\n   proxy_cache c;\n   proxy_request_buffering maybe;\n   proxy_set_header X-User $remote_user;\n   frobnicate on;\n   proxy_read_timeout 0;\n  }\n }\n server { listen 81; location / { proxy_pass https://10.0.0.9/; } }\n}\n";
         let p = refused(text);
         let want = [
             "nginx.conf:1: `stream` is not supported",
@@ -337,7 +345,7 @@ servers = ["10.0.0.21:8080", "10.0.0.22:8080", "10.0.0.23:8080"]
             "nginx.conf:9: `location ~ \\.php$`: only `location /`",
             "nginx.conf:11: `proxy_pass http://u/api/`: the URI `/api/`",
             "nginx.conf:12: `proxy_cache c` is not supported",
-            "nginx.conf:13: `proxy_request_buffering off`: exec-allinone always buffers",
+            "nginx.conf:13: `proxy_request_buffering maybe`: invalid value",
             "nginx.conf:14: `proxy_set_header X-User $remote_user` uses variables",
             "nginx.conf:15: `frobnicate` is unknown",
             "nginx.conf:16: `proxy_read_timeout 0`: a zero timeout is not supported",
