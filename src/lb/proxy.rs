@@ -112,7 +112,8 @@ pub struct Forward {
     request: UpstreamRequest,
     method: Method,
     version: Version,
-    feed: Option<Feed>,
+    /// Boxed, as `Held::Stream`: a buffered request carries only a null pointer for it.
+    feed: Option<Box<Feed>>,
 }
 
 /// What the front feeds an unbuffered body through: `len` bytes of the client's, in order.
@@ -128,7 +129,7 @@ pub struct Feed {
 impl Forward {
     /// The feed of an unbuffered body, for the front to run beside the attempts.
     pub fn take_feed(&mut self) -> Option<Feed> {
-        self.feed.take()
+        self.feed.take().map(|f| *f)
     }
 }
 
@@ -150,7 +151,8 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         started: Instant::now(),
         attempts: Vec::new(),
         written: false,
-        corr_id: correlation_id(&req),
+        // Only looked for when the pool keeps requests for `trace`.
+        corr_id: if pool.recent.enabled() { correlation_id(&req) } else { None },
     };
     let settings = &pool.settings;
 
@@ -209,7 +211,7 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let request = UpstreamRequest {
             head: request_head(&pool, &req.method, &target, &req.headers, client, Some(len)),
-            body: Held::Stream(Streamed { len, chunks: tokio::sync::Mutex::new(rx) }),
+            body: Held::Stream(Box::new(Streamed { len, chunks: tokio::sync::Mutex::new(rx) })),
             head_only: req.method == Method::HEAD,
         };
         let feed = Feed { chunks: tx, len, expect: body.expects_continue(), idle: settings.body_timeout };
@@ -219,7 +221,7 @@ pub async fn prepare(pool: Arc<Pool>, client: SocketAddr, req: h1::Request, body
             request,
             method: req.method,
             version: req.version,
-            feed: Some(feed),
+            feed: Some(Box::new(feed)),
         });
     }
     let buffering = Buffering { buffer: settings.client_body_buffer_size, temp_dir: &settings.client_body_temp_path };

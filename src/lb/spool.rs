@@ -20,7 +20,8 @@ pub enum Held {
     File(Spool),
     /// nginx's `proxy_request_buffering off`: the client's bytes, `len` of them, handed over
     /// by the front as they come.
-    Stream(Streamed),
+    /// Boxed: the buffered path, the common one, keeps a small `Held`.
+    Stream(Box<Streamed>),
 }
 
 #[derive(Debug)]
