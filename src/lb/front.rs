@@ -82,6 +82,19 @@ pub enum BodyError {
     Spool(io::Error),
 }
 
+/// Reads what the client sends next onto `buf` while a request is under way.
+async fn read_into(io: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
+    poll_fn(|cx| {
+        // The request's head still shares the buffer: what is left of it will do, as a
+        // reserve now would allocate anew.
+        if buf.capacity() == buf.len() {
+            buf.reserve(READ_CHUNK);
+        }
+        poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
+    })
+    .await
+}
+
 struct Conn {
     io: Stream,
     /// Bytes read from the client and not used yet (the start of the next request, when
@@ -236,14 +249,7 @@ impl Conn {
         let Conn { io, buf, .. } = self;
         let mut watching = true;
         loop {
-            let read = poll_fn(|cx| {
-                // The request's head still shares the buffer: what is left of it will do, as a
-                // reserve now would allocate anew.
-                if buf.capacity() == buf.len() {
-                    buf.reserve(READ_CHUNK);
-                }
-                poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
-            });
+            let read = read_into(io, buf);
             tokio::select! {
                 biased;
                 response = attempts.as_mut() => return Some(response),
@@ -284,12 +290,7 @@ impl Conn {
         tokio::pin!(stall);
         loop {
             let reading = pending.is_none() && (left > 0 || buf.len() < WATCH_LIMIT);
-            let read = poll_fn(|cx| {
-                if buf.capacity() == buf.len() {
-                    buf.reserve(READ_CHUNK);
-                }
-                poll_read_buf(Pin::new(&mut *io), cx, &mut *buf)
-            });
+            let read = read_into(io, buf);
             tokio::select! {
                 biased;
                 response = attempts.as_mut() => return (Some(response), left == 0 && pending.is_none()),
