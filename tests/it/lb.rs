@@ -1189,7 +1189,16 @@ fn an_unbuffered_pool_streams_bodies_without_spooling_them() {
     use std::io::{Read, Write};
     let mut backends = Backends::new();
     let a = backends.add("A", Behaviour::ok());
-    let stream = pool("stream", &[a], &["request_buffering = false", "client_body_buffer_size = \"16KiB\""]);
+    let stream = pool(
+        "stream",
+        &[a],
+        &[
+            "request_buffering = false",
+            "client_body_buffer_size = \"16KiB\"",
+            "max_body_size = \"2MiB\"",
+            "body_timeout = \"1s\"",
+        ],
+    );
     let held = pool("held", &[a], &["client_body_buffer_size = \"16KiB\""]);
     let lb = Lb::start("unbuffered", &config(&[stream, held]));
     let body: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
@@ -1231,4 +1240,20 @@ fn an_unbuffered_pool_streams_bodies_without_spooling_them() {
         backends.seen().iter().any(|r| r.target == "/half.opus" && !r.complete)
     });
     assert_eq!(lb.get("stream", "/after").status, 200, "the pool serves on");
+
+    // Hostile: a declared length past max_body_size is 413 before anything goes upstream; a
+    // client that trickles and stops is cut off after body_timeout.
+    backends.take();
+    let big = request(lb.addr("stream"), "PUT", "/big.opus", &[("Content-Length", "3145728")], b"");
+    assert_eq!(big.status, 413);
+    assert!(backends.seen().is_empty(), "nothing reached the peer");
+    let mut s = std::net::TcpStream::connect(lb.addr("stream")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(s, "PUT /slow.opus HTTP/1.1\r\nHost: lbtest\r\nContent-Length: 100\r\n\r\nabc").unwrap();
+    let mut rest = Vec::new();
+    // Closed by the lb within the 20 s guard (body_timeout is 1 s), not by this client.
+    let _ = s.read_to_end(&mut rest);
+    wait_until("the peer's partial slow request", Duration::from_secs(10), || {
+        backends.seen().iter().any(|r| r.target == "/slow.opus" && !r.complete)
+    });
 }
