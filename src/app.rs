@@ -32,7 +32,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // half a process listening.
     let mut roles = Vec::new();
     if let Some(w) = &config.webdav {
-        roles.push(Prepared::Webdav(Webdav::prepare(w, config.sandbox)?));
+        roles.push(Prepared::Webdav(Webdav::prepare(w, config.sandbox).await?));
     }
     if let Some(lb) = &config.lb {
         roles.push(Prepared::Lb(Lb::prepare(lb, config.source.clone()).await?));

@@ -25,7 +25,7 @@ pub use secret::{Secret, read_secret};
 pub use section::{PLACEHOLDER, parse_duration, parse_size};
 use section::{Section, placeholders};
 pub use tls::TlsConfig;
-pub use webdav::WebdavConfig;
+pub use webdav::{S3Config, WebdavConfig};
 
 /// Exit code for a configuration problem (EX_CONFIG): systemd units do not restart on it.
 pub const EXIT_CONFIG: u8 = 78;
@@ -376,6 +376,40 @@ mod tests {
         assert_eq!(w.prefix, "/recordings");
         assert_eq!(w.quota, Some(30 << 30));
         assert_eq!(c.admin.listen.port(), 9651);
+    }
+
+    #[test]
+    fn webdav_on_a_bucket_parses_and_its_mistakes_are_listed() {
+        let base = "[webdav]\nlisten = \"127.0.0.1:0\"\nhtpasswd = \"/tmp/h\"\n[webdav.s3]\n";
+        let good = format!(
+            "{base}endpoint = \"http://127.0.0.1:3900/\"\nregion = \"garage\"\nbucket = \"recordings\"\n\
+             key_prefix = \"/site-a/\"\naccess_key_id = \"GK1\"\nsecret_access_key_env = \"PATH\"\n"
+        );
+        let c = Config::from_toml_str(&good, Role::Webdav).expect("valid");
+        let s3 = c.webdav.expect("webdav").s3.expect("s3");
+        assert_eq!(
+            (s3.endpoint.as_str(), s3.key_prefix.as_str(), s3.path_style),
+            ("http://127.0.0.1:3900", "site-a", true)
+        );
+        let p = problems(&format!(
+            "[webdav]\nlisten = \"127.0.0.1:0\"\nhtpasswd = \"/tmp/h\"\nroot = \"/r\"\nquota = \"1GiB\"\n\
+             max_file_size = \"6GiB\"\n[webdav.s3]\nendpoint = \"ftp://x/y\"\nbucket = \"No_Such\"\n\
+             key_prefix = \"a/../b\"\nsecret_access_key = \"s\"\nsecret_access_key_env = \"PATH\"\ntypo = 1\n"
+        ))
+        .join("\n");
+        for needle in [
+            "webdav.root: does not apply with [webdav.s3]",
+            "webdav.quota: does not apply",
+            "webdav.max_file_size: at most 5GiB",
+            "webdav.s3.endpoint",
+            "webdav.s3.bucket",
+            "webdav.s3.key_prefix",
+            "webdav.s3.access_key_id: is required",
+            "webdav.s3.secret_access_key: give only one",
+            "webdav.s3.typo: unknown key",
+        ] {
+            assert!(p.contains(needle), "missing {needle:?} in:\n{p}");
+        }
     }
 
     #[test]

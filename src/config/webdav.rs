@@ -1,10 +1,120 @@
-//! The `[webdav]` section: the store's listener, root, password file and bounds.
+//! The `[webdav]` section: the store's listener, root (or `[webdav.s3]` bucket), password
+//! file and bounds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Section, TlsConfig};
+use super::{Outbound, Secret, Section, TlsConfig};
+
+/// `[webdav.s3]`: the recordings kept in an S3-compatible bucket instead of under `root`.
+#[derive(Debug, Clone)]
+pub struct S3Config {
+    /// `http://127.0.0.1:3900`: scheme, host and port, no path.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    /// Keys are `<key_prefix>/<path>`; empty for the bucket's root.
+    pub key_prefix: String,
+    pub access_key_id: String,
+    pub secret_access_key: Secret,
+    /// `endpoint/bucket/key` (Garage, MinIO, Ceph) rather than `bucket.endpoint/key` (AWS).
+    pub path_style: bool,
+    pub outbound: Outbound,
+    /// Connecting and each wait for the engine.
+    pub request_timeout: Duration,
+    /// A whole call, an upload streamed from a slow client included.
+    pub transfer_timeout: Duration,
+    /// PUTs without a Content-Length are gathered in 8 MiB parts in memory: at most this many
+    /// at once (503 beyond), so memory stays bounded.
+    pub max_chunked_uploads: usize,
+}
+
+/// S3's limit for one PUT: a larger file needs a multipart upload of known parts.
+pub const S3_MAX_SINGLE_PUT: u64 = 5 << 30;
+
+impl S3Config {
+    fn parse(s: &mut Section<'_, '_>) -> Option<S3Config> {
+        let endpoint = s.string("endpoint");
+        let region = s.string("region").unwrap_or_else(|| "us-east-1".into());
+        let bucket = s.string("bucket");
+        let key_prefix = s.string("key_prefix").unwrap_or_default().trim_matches('/').to_string();
+        let access_key_id = s.string("access_key_id");
+        let secret_access_key = s.secret("secret_access_key");
+        let path_style = s.bool("path_style", true);
+        let outbound = s.outbound("");
+        let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
+        let transfer_timeout = s.duration("transfer_timeout", Duration::from_secs(600));
+        let max_chunked_uploads = s.count("max_chunked_uploads", 32, 1..=10_000);
+        let endpoint = match endpoint {
+            None => {
+                s.problem_at("endpoint", "is required (the S3 API, e.g. \"http://127.0.0.1:3900\")");
+                None
+            }
+            Some(e) => match e.trim_end_matches('/').parse::<http::Uri>() {
+                Ok(uri)
+                    if matches!(uri.scheme_str(), Some("http" | "https"))
+                        && uri.authority().is_some()
+                        && uri.path().len() <= 1
+                        && uri.query().is_none() =>
+                {
+                    Some(e.trim_end_matches('/').to_string())
+                }
+                _ => {
+                    s.problem_at("endpoint", format!("{e:?} is not an http:// or https:// URL without a path"));
+                    None
+                }
+            },
+        };
+        // S3's bucket naming rules (3 to 63 lower-case letters, digits, dots and hyphens).
+        let bucket = match bucket {
+            None => {
+                s.problem_at("bucket", "is required");
+                None
+            }
+            Some(b)
+                if (3..=63).contains(&b.len())
+                    && b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-') =>
+            {
+                Some(b)
+            }
+            Some(b) => {
+                s.problem_at("bucket", format!("{b:?} is not a bucket name (3 to 63 of a-z 0-9 . -)"));
+                None
+            }
+        };
+        if key_prefix.split('/').any(|seg| (seg.is_empty() && !key_prefix.is_empty()) || seg.starts_with('.'))
+            || key_prefix.contains(['\\', '\0'])
+        {
+            s.problem_at("key_prefix", format!("{key_prefix:?} must be plain path segments, like \"recordings\""));
+        }
+        if region.is_empty() || region.contains(['/', ' ']) {
+            s.problem_at("region", format!("{region:?} is not a region name"));
+        }
+        if access_key_id.is_none() {
+            s.problem_at("access_key_id", "is required");
+        }
+        if secret_access_key.is_none() {
+            s.problem_at("secret_access_key", "is required (or secret_access_key_file / secret_access_key_env)");
+        }
+        if request_timeout.is_zero() || transfer_timeout < request_timeout {
+            s.problem_at("transfer_timeout", "timeouts must be above zero, transfer_timeout at least request_timeout");
+        }
+        Some(S3Config {
+            endpoint: endpoint?,
+            region,
+            bucket: bucket?,
+            key_prefix,
+            access_key_id: access_key_id?,
+            secret_access_key: secret_access_key?,
+            path_style,
+            outbound,
+            request_timeout,
+            transfer_timeout,
+            max_chunked_uploads,
+        })
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct WebdavConfig {
@@ -13,6 +123,9 @@ pub struct WebdavConfig {
     /// URL prefix the store is mounted under, without a trailing slash ("/recordings").
     pub prefix: String,
     pub root: PathBuf,
+    /// Set: the files live in this bucket and `root`, `quota`, `min_free_disk`, `fsync` and
+    /// `io_threads` do not apply (the bucket's own quota does).
+    pub s3: Option<S3Config>,
     pub htpasswd: PathBuf,
     pub realm: String,
     pub max_file_size: u64,
@@ -49,6 +162,7 @@ impl WebdavConfig {
             tls: None,
             prefix: "/recordings".into(),
             root: PathBuf::from("/var/lib/exec-allinone/recordings"),
+            s3: None,
             htpasswd: PathBuf::from("/etc/exec-allinone/htpasswd"),
             realm: "Recordings".into(),
             max_file_size: 512 << 20,
@@ -75,7 +189,8 @@ impl WebdavConfig {
         let listen = s.addr("listen", d.listen);
         let tls = s.tls();
         let prefix = s.string("prefix").unwrap_or(d.prefix);
-        let root = s.path("root").unwrap_or(d.root);
+        let root_given = s.path("root");
+        let s3_table = s.table("s3");
         let htpasswd = s.path("htpasswd").unwrap_or(d.htpasswd);
         let realm = s.string("realm").unwrap_or(d.realm);
         let max_file_size = s.size("max_file_size", d.max_file_size);
@@ -115,6 +230,28 @@ impl WebdavConfig {
         if header_timeout.is_zero() || body_idle_timeout.is_zero() || send_timeout.is_zero() {
             s.problem_at("header_timeout", "timeouts must be above zero");
         }
+        let s3 = s3_table.and_then(|t| {
+            let name = s.key_name("s3");
+            let mut sub = Section::new(name, t, &mut *s.problems);
+            let s3 = S3Config::parse(&mut sub);
+            sub.finish();
+            s3
+        });
+        if s3_table.is_some() {
+            // What only a disk has: refused rather than silently ignored.
+            for key in ["root", "quota", "min_free_disk", "fsync", "io_threads"] {
+                if table.contains_key(key) {
+                    s.problem_at(
+                        key,
+                        "does not apply with [webdav.s3] (the bucket holds the files; its own quota answers 507)",
+                    );
+                }
+            }
+            if max_file_size > S3_MAX_SINGLE_PUT {
+                s.problem_at("max_file_size", "at most 5GiB with [webdav.s3] (S3's limit for one PUT)");
+            }
+        }
+        let root = root_given.unwrap_or(d.root);
         s.finish();
         let prefix = if prefix == "/" { String::new() } else { prefix };
         WebdavConfig {
@@ -122,6 +259,7 @@ impl WebdavConfig {
             tls,
             prefix,
             root,
+            s3,
             htpasswd,
             realm,
             max_file_size,
@@ -157,6 +295,9 @@ impl WebdavConfig {
                 "webdav.htpasswd: cannot read {}: {err} (make it with `exec-allinone htpasswd -c FILE USER`)",
                 self.htpasswd.display()
             )),
+        }
+        if self.s3.is_some() {
+            return; // the bucket is checked when the role starts (a network call)
         }
         match std::fs::symlink_metadata(&self.root) {
             Ok(meta) if meta.is_dir() => {}

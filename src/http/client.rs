@@ -220,7 +220,7 @@ fn classify(err: reqwest::Error, url: &str) -> ClientError {
 }
 
 /// The certificates of a PEM bundle, as trust anchors.
-fn read_pem(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+pub(crate) fn read_pem(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
     use anyhow::Context as _;
     let pem = std::fs::read(path).with_context(|| format!("cannot read the CA file {}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem)

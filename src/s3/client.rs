@@ -12,6 +12,12 @@ use reqwest::Method;
 use super::sigv4::{self, Credentials, EMPTY_SHA256, UNSIGNED_PAYLOAD};
 use crate::telemetry::chain;
 
+/// A request body: bytes in hand, or a stream of a declared length.
+enum Payload {
+    Bytes(Bytes),
+    Stream(reqwest::Body),
+}
+
 /// What a caller branches on.
 #[derive(Debug, thiserror::Error)]
 pub enum S3Error {
@@ -88,7 +94,12 @@ pub struct S3Client {
 impl S3Client {
     /// `request_timeout` bounds connecting and each wait for the server; `transfer_timeout`
     /// bounds a whole call, an 8 MiB part to a server that stopped reading included.
-    pub fn new(target: Target, request_timeout: Duration, transfer_timeout: Duration) -> Result<S3Client, String> {
+    pub fn new(
+        target: Target,
+        outbound: &crate::config::Outbound,
+        request_timeout: Duration,
+        transfer_timeout: Duration,
+    ) -> Result<S3Client, String> {
         let url = reqwest::Url::parse(&target.endpoint).map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
             return Err(format!("endpoint {:?} must be an http:// or https:// URL", target.endpoint));
@@ -98,15 +109,31 @@ impl S3Client {
             None => url.host_str().unwrap_or_default().to_string(),
         };
         let host = if target.path_style { authority } else { format!("{}.{authority}", target.bucket) };
-        let http = reqwest::Client::builder()
+        crate::http::tls::install_provider();
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("exec-allinone/", env!("CARGO_PKG_VERSION")))
+            .tls_built_in_native_certs(true)
             .connect_timeout(request_timeout)
             .read_timeout(request_timeout)
             .timeout(transfer_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             // A redirect would resend a signed request to another host: an error instead.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| e.to_string())?;
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(path) = &outbound.ca_file {
+            for cert in crate::http::client::read_pem(path).map_err(|e| format!("{e:#}"))? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        builder = match &outbound.proxy {
+            crate::config::Proxy::Env => builder,
+            crate::config::Proxy::Direct => builder.no_proxy(),
+            crate::config::Proxy::Url(url) => builder.proxy(
+                reqwest::Proxy::all(url.as_str())
+                    .map_err(|e| format!("proxy {url:?}: {e}"))?
+                    .no_proxy(reqwest::NoProxy::from_env()),
+            ),
+        };
+        let http = builder.build().map_err(|e| e.to_string())?;
         Ok(S3Client { target, http, host })
     }
 
@@ -136,7 +163,7 @@ impl S3Client {
         key: Option<&str>,
         query: &[(&str, &str)],
         extra: &[(&str, String)],
-        body: Option<(Bytes, bool)>,
+        body: Option<(Payload, bool)>,
     ) -> Result<reqwest::Response, S3Error> {
         let (url, path) = self.locate(key);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -145,8 +172,8 @@ impl S3Client {
         // its integrity held by Content-MD5 and its length.
         let payload_hash = match &body {
             None => EMPTY_SHA256.to_string(),
-            Some((bytes, true)) => sigv4::sha256_hex(bytes),
-            Some((_, false)) => UNSIGNED_PAYLOAD.to_string(),
+            Some((Payload::Bytes(bytes), true)) => sigv4::sha256_hex(bytes),
+            Some((_, false)) | Some((Payload::Stream(_), _)) => UNSIGNED_PAYLOAD.to_string(),
         };
         let mut headers: Vec<(&str, &str)> = vec![
             ("host", self.host.as_str()),
@@ -178,8 +205,10 @@ impl S3Client {
         for (k, v) in &headers[1..] {
             request = request.header(*k, *v);
         }
-        if let Some((bytes, _)) = body {
-            request = request.body(bytes);
+        match body {
+            Some((Payload::Bytes(bytes), _)) => request = request.body(bytes),
+            Some((Payload::Stream(stream), _)) => request = request.body(stream),
+            None => {}
         }
         let response = request.send().await.map_err(|e| S3Error::Transient(chain(&e)))?;
         let status = response.status();
@@ -209,14 +238,32 @@ impl S3Client {
         for (name, value) in names.iter().zip(metadata.values()) {
             extra.push((name.as_str(), value.clone()));
         }
-        let response = self.send(Method::PUT, Some(key), &[], &extra, Some((body, false))).await?;
+        let response = self.send(Method::PUT, Some(key), &[], &extra, Some((Payload::Bytes(body), false))).await?;
+        Ok(etag(response.headers()))
+    }
+
+    /// PUTs an object of `len` bytes streamed from `body` as they come (no copy of it held).
+    /// The engine makes it visible only if all `len` arrive: a stream that fails or ends short
+    /// aborts the request, and nothing is stored.
+    pub async fn put_stream(&self, key: &str, len: u64, body: reqwest::Body) -> Result<String, S3Error> {
+        let extra = vec![("content-length", len.to_string())];
+        let response = self.send(Method::PUT, Some(key), &[], &extra, Some((Payload::Stream(body), false))).await?;
         Ok(etag(response.headers()))
     }
 
     /// GETs an object (or `range`, inclusive byte offsets): its head and the response to
-    /// stream the bytes from.
-    pub async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<(Head, reqwest::Response), S3Error> {
-        let extra: Vec<(&str, String)> = range.map(|(a, b)| ("range", format!("bytes={a}-{b}"))).into_iter().collect();
+    /// stream the bytes from. With `if_match`, only that version (412 once it was replaced).
+    pub async fn get(
+        &self,
+        key: &str,
+        range: Option<(u64, u64)>,
+        if_match: Option<&str>,
+    ) -> Result<(Head, reqwest::Response), S3Error> {
+        let mut extra: Vec<(&str, String)> =
+            range.map(|(a, b)| ("range", format!("bytes={a}-{b}"))).into_iter().collect();
+        if let Some(etag) = if_match {
+            extra.push(("if-match", format!("\"{etag}\"")));
+        }
         let response = self.send(Method::GET, Some(key), &[], &extra, None).await?;
         Ok((head_of(response.headers()), response))
     }
@@ -257,7 +304,22 @@ impl S3Client {
 
     /// One page of ListObjectsV2 under `prefix`, split at `delimiter` when given.
     pub async fn list(&self, prefix: &str, delimiter: Option<&str>, after: Option<&str>) -> Result<Page, S3Error> {
+        self.list_max(prefix, delimiter, after, None).await
+    }
+
+    /// As `list`, at most `max_keys` keys and prefixes in the page.
+    pub async fn list_max(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after: Option<&str>,
+        max_keys: Option<u32>,
+    ) -> Result<Page, S3Error> {
+        let max = max_keys.map(|m| m.to_string());
         let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+        if let Some(m) = &max {
+            query.push(("max-keys", m.as_str()));
+        }
         if let Some(d) = delimiter {
             query.push(("delimiter", d));
         }
@@ -285,7 +347,7 @@ impl S3Client {
         let number = n.to_string();
         let extra = vec![("content-md5", md5), ("content-length", body.len().to_string())];
         let query = [("partNumber", number.as_str()), ("uploadId", upload_id)];
-        let response = self.send(Method::PUT, Some(key), &query, &extra, Some((body, false))).await?;
+        let response = self.send(Method::PUT, Some(key), &query, &extra, Some((Payload::Bytes(body), false))).await?;
         Ok(etag(response.headers()))
     }
 
@@ -298,8 +360,9 @@ impl S3Client {
         xml.push_str("</CompleteMultipartUpload>");
         let body = Bytes::from(xml);
         let extra = vec![("content-length", body.len().to_string())];
-        let response =
-            self.send(Method::POST, Some(key), &[("uploadId", upload_id)], &extra, Some((body, true))).await?;
+        let response = self
+            .send(Method::POST, Some(key), &[("uploadId", upload_id)], &extra, Some((Payload::Bytes(body), true)))
+            .await?;
         // S3 may answer 200 with an error inside (a failure after the head was sent).
         let text = response.text().await.map_err(|e| S3Error::Transient(chain(&e)))?;
         if text.contains("<Error>") {

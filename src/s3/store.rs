@@ -15,9 +15,12 @@ pub const PART: usize = 8 << 20;
 /// The metadata key dead properties are kept under (the XML of the PROPPATCHes applied,
 /// percent-encoded: metadata is ASCII headers).
 pub const PROPS: &str = "dav-props";
+/// Names the store keeps for itself begin so; listings leave them out, and the webdav role
+/// refuses them in requests (its `RESERVED_PREFIX`).
+pub const HIDDEN_PREFIX: &str = ".exec-allinone-";
 /// Properties past what metadata holds (S3 allows 2 KB of it in all) go to a sidecar object
 /// under this collection, and the metadata says so.
-const SIDECARS: &str = ".dav-props";
+const SIDECARS: &str = ".exec-allinone-props";
 const IN_SIDECAR: &str = "@sidecar";
 const MAX_INLINE: usize = 1536;
 
@@ -48,8 +51,9 @@ impl S3Store {
         format!("{}{}", self.prefix, path.trim_start_matches('/'))
     }
 
-    /// An upload of `len` bytes to `path`; nothing is visible until `commit`.
-    pub fn upload(&self, path: &str, len: u64) -> Upload {
+    /// An upload to `path` of `len` bytes (None: as many as come); nothing is visible until
+    /// `commit`.
+    pub fn upload(&self, path: &str, len: Option<u64>) -> Upload {
         Upload { store: self.clone(), key: self.key(path), len, buf: BytesMut::new(), sent: 0, multipart: None }
     }
 
@@ -58,8 +62,75 @@ impl S3Store {
     }
 
     /// The object's bytes (or `range`, inclusive) as a response to stream from.
-    pub async fn get(&self, path: &str, range: Option<(u64, u64)>) -> Result<(Head, reqwest::Response), S3Error> {
-        self.client.get(&self.key(path), range).await
+    /// With `if_match`, only that version of it (Precondition once it was replaced).
+    pub async fn get(
+        &self,
+        path: &str,
+        range: Option<(u64, u64)>,
+        if_match: Option<&str>,
+    ) -> Result<(Head, reqwest::Response), S3Error> {
+        self.client.get(&self.key(path), range, if_match).await
+    }
+
+    /// One PUT of `len` bytes streamed from `body`: visible only if all of them came.
+    pub async fn put_stream(&self, path: &str, len: u64, body: reqwest::Body) -> Result<String, S3Error> {
+        self.client.put_stream(&self.key(path), len, body).await
+    }
+
+    /// A collection is there when its marker ("dir/", made by MKCOL) or anything below it is.
+    pub async fn is_collection(&self, path: &str) -> Result<bool, S3Error> {
+        let dir = path.trim_matches('/');
+        if dir.is_empty() {
+            return Ok(true);
+        }
+        let page = self.client.list_max(&format!("{}{dir}/", self.prefix), None, None, Some(1)).await?;
+        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    }
+
+    /// One key under the prefix, to see that the bucket answers and lets us in.
+    pub async fn list_one(&self) -> Result<(), S3Error> {
+        self.client.list_max(&self.prefix, Some("/"), None, Some(1)).await.map(drop)
+    }
+
+    /// Files of the root collection whose names begin with `start`, at most `max`.
+    pub async fn list_starting(&self, start: &str, max: u32) -> Result<Vec<Listed>, S3Error> {
+        let prefix = format!("{}{start}", self.prefix);
+        let page = self.client.list_max(&prefix, Some("/"), None, Some(max)).await?;
+        Ok(page
+            .objects
+            .into_iter()
+            .filter_map(|mut o| {
+                o.key = o.key.strip_prefix(self.prefix.as_str())?.to_string();
+                (!o.key.starts_with(HIDDEN_PREFIX)).then_some(o)
+            })
+            .collect())
+    }
+
+    /// MKCOL: the empty marker object "dir/".
+    pub async fn make_collection(&self, path: &str) -> Result<(), S3Error> {
+        let marker = format!("{}/", self.key(path.trim_end_matches('/')));
+        self.client.put(&marker, Bytes::new(), &BTreeMap::new()).await.map(drop)
+    }
+
+    /// Every path below the collection `path`, its marker ("dir/") included, sub-collections'
+    /// members included (no delimiter), as store paths.
+    pub async fn tree(&self, path: &str) -> Result<Vec<String>, S3Error> {
+        let dir = path.trim_matches('/');
+        let prefix = if dir.is_empty() { self.prefix.clone() } else { format!("{}{dir}/", self.prefix) };
+        let mut paths = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = self.client.list(&prefix, None, after.as_deref()).await?;
+            for object in page.objects {
+                if let Some(rel) = object.key.strip_prefix(self.prefix.as_str()) {
+                    paths.push(rel.to_string());
+                }
+            }
+            match page.next {
+                Some(next) => after = Some(next),
+                None => return Ok(paths),
+            }
+        }
     }
 
     pub async fn delete(&self, path: &str) -> Result<(), S3Error> {
@@ -90,8 +161,9 @@ impl S3Store {
                 .prefixes
                 .iter()
                 .filter_map(|p| Some(p.strip_prefix(prefix.as_str())?.trim_end_matches('/').to_string()));
-            let hidden = |c: &String| c.is_empty() || (dir.is_empty() && c == SIDECARS);
+            let hidden = |c: &String| c.is_empty() || c.starts_with(HIDDEN_PREFIX);
             listing.collections.extend(collections.filter(|c| !hidden(c)));
+            listing.files.retain(|f| !f.key.starts_with(HIDDEN_PREFIX));
             match page.next {
                 Some(next) => after = Some(next),
                 None => return Ok(listing),
@@ -107,7 +179,7 @@ impl S3Store {
     pub async fn props(&self, path: &str) -> Result<Option<String>, S3Error> {
         let Some(value) = self.head(path).await?.metadata.get(PROPS).cloned() else { return Ok(None) };
         if value == IN_SIDECAR {
-            let (_, body) = self.client.get(&self.sidecar(path), None).await?;
+            let (_, body) = self.client.get(&self.sidecar(path), None, None).await?;
             let bytes = body.bytes().await.map_err(|e| S3Error::Transient(crate::telemetry::chain(&e)))?;
             return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
         }
@@ -160,7 +232,8 @@ impl S3Store {
 pub struct Upload {
     store: S3Store,
     key: String,
-    len: u64,
+    /// Declared length, if any.
+    len: Option<u64>,
     buf: BytesMut,
     /// Bytes handed to `write` so far.
     sent: u64,
@@ -171,8 +244,8 @@ pub struct Upload {
 /// Why an upload did not become an object.
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("the body has {got} bytes, {declared} were declared")]
-    Length { got: u64, declared: u64 },
+    #[error("the body has {got} bytes, {declared:?} were declared")]
+    Length { got: u64, declared: Option<u64> },
     #[error(transparent)]
     S3(#[from] S3Error),
 }
@@ -180,11 +253,13 @@ pub enum UploadError {
 impl Upload {
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), UploadError> {
         self.sent += bytes.len() as u64;
-        if self.sent > self.len {
+        if self.len.is_some_and(|len| self.sent > len) {
             return Err(UploadError::Length { got: self.sent, declared: self.len });
         }
         self.buf.extend_from_slice(bytes);
-        while self.buf.len() >= PART && (self.sent < self.len || self.buf.len() > PART) {
+        // A part is sent once a byte beyond it came or more are declared: the last part of
+        // a body that fits in one goes as a single PUT at `commit`.
+        while self.buf.len() > PART || (self.buf.len() == PART && self.len.is_some_and(|len| self.sent < len)) {
             let part = self.buf.split_to(PART).freeze();
             self.send_part(part).await?;
         }
@@ -205,7 +280,7 @@ impl Upload {
 
     /// Makes the object visible, whole, if exactly `len` bytes came.
     pub async fn commit(mut self) -> Result<(), UploadError> {
-        if self.sent != self.len {
+        if self.len.is_some_and(|len| self.sent != len) {
             return Err(UploadError::Length { got: self.sent, declared: self.len });
         }
         let rest = std::mem::take(&mut self.buf).freeze();

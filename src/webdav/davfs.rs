@@ -35,7 +35,7 @@ fn write_batch(open: usize, expected: Option<u64>) -> usize {
     expected.map_or(share, |len| share.min(len as usize + 1))
 }
 /// Dead properties of one resource may not exceed this in total.
-const MAX_PROPS_BYTES: usize = 64 << 10;
+pub(super) const MAX_PROPS_BYTES: usize = 64 << 10;
 
 #[derive(Clone)]
 pub struct DavStore {
@@ -112,14 +112,25 @@ impl DavDirEntry for DirEntry {
 
 /// One stored dead property; `xml` is the property element exactly as the client sent it.
 #[derive(Serialize, Deserialize)]
-struct StoredProp {
+pub(super) struct StoredProp {
     name: String,
     prefix: Option<String>,
     namespace: Option<String>,
-    xml: Option<String>,
+    pub(super) xml: Option<String>,
 }
 
-fn load_props(raw: &[u8]) -> Vec<StoredProp> {
+impl From<&DavProp> for StoredProp {
+    fn from(prop: &DavProp) -> StoredProp {
+        StoredProp {
+            name: prop.name.clone(),
+            prefix: prop.prefix.clone(),
+            namespace: prop.namespace.clone(),
+            xml: prop.xml.as_ref().map(|x| String::from_utf8_lossy(x).into_owned()),
+        }
+    }
+}
+
+pub(super) fn load_props(raw: &[u8]) -> Vec<StoredProp> {
     if raw.is_empty() {
         return Vec::new();
     }
@@ -129,7 +140,7 @@ fn load_props(raw: &[u8]) -> Vec<StoredProp> {
     })
 }
 
-fn to_dav(p: &StoredProp, with_content: bool) -> DavProp {
+pub(super) fn to_dav(p: &StoredProp, with_content: bool) -> DavProp {
     DavProp {
         name: p.name.clone(),
         prefix: p.prefix.clone(),
@@ -138,7 +149,7 @@ fn to_dav(p: &StoredProp, with_content: bool) -> DavProp {
     }
 }
 
-fn same_prop(p: &StoredProp, q: &DavProp) -> bool {
+pub(super) fn same_prop(p: &StoredProp, q: &DavProp) -> bool {
     p.name == q.name && p.namespace == q.namespace
 }
 
@@ -277,12 +288,7 @@ impl DavFileSystem for DavStore {
                 for (set, prop) in &patch {
                     props.retain(|p| !same_prop(p, prop));
                     if *set {
-                        props.push(StoredProp {
-                            name: prop.name.clone(),
-                            prefix: prop.prefix.clone(),
-                            namespace: prop.namespace.clone(),
-                            xml: prop.xml.as_ref().map(|x| String::from_utf8_lossy(x).into_owned()),
-                        });
+                        props.push(StoredProp::from(prop));
                     }
                     result.push((StatusCode::OK, DavProp { xml: None, ..prop.clone() }));
                 }

@@ -1,8 +1,10 @@
 //! Role `webdav`: the transient recording store that replaces Apache mod_dav. dav-server is
 //! the protocol engine; this module owns what sits around it (auth, limits, path checks,
-//! Range merging, metrics, access log) and the storage layer under it (`store`, `davfs`).
+//! Range merging, metrics, access log) and the storage layer under it: a disk (`store`,
+//! `davfs`) or an S3 bucket (`davs3` over `crate::s3`).
 
 mod davfs;
+mod davs3;
 mod locks;
 mod range;
 pub mod store;
@@ -28,14 +30,21 @@ use crate::config::WebdavConfig;
 use crate::http::body::{BodyProgress, CountingBody, IdleTimeoutBody};
 use crate::http::{BoxError, ConnInfo, ServerOptions};
 use crate::metrics::{Counter, CounterVec, Encoder, HistogramVec};
+use crate::s3::client::S3Error;
 use crate::telemetry::escape;
 use store::{Limits, RESERVED_PREFIX, RelPath, Store};
 
 type ResBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// Where the files are.
+enum Backing {
+    Disk(Arc<Store>),
+    Bucket(Arc<davs3::Bucket>),
+}
+
 pub struct Webdav {
     config: WebdavConfig,
-    store: Arc<Store>,
+    backing: Backing,
     dav: DavHandler,
     locks: locks::ExpiringLs,
     /// Held while a new lock is made (see `dispatch`).
@@ -86,36 +95,68 @@ struct Metrics {
 }
 
 impl Webdav {
-    /// Opens the store (sweeping temp files left by a crash) and the password file. Nothing
-    /// is bound yet.
-    pub fn prepare(config: &WebdavConfig, create_root: bool) -> anyhow::Result<Arc<Webdav>> {
-        let limits =
-            Limits { max_file_size: config.max_file_size, quota: config.quota, min_free_disk: config.min_free_disk };
-        let store = Arc::new(Store::open(&config.root, create_root, config.fsync, limits)?);
+    /// Opens the store (sweeping temp files left by a crash) or looks at the bucket, and opens
+    /// the password file. Nothing is bound yet.
+    pub async fn prepare(config: &WebdavConfig, create_root: bool) -> anyhow::Result<Arc<Webdav>> {
+        let (backing, filesystem): (Backing, Box<dyn dav_server::fs::GuardedFileSystem<()>>) = match &config.s3 {
+            None => {
+                let limits = Limits {
+                    max_file_size: config.max_file_size,
+                    quota: config.quota,
+                    min_free_disk: config.min_free_disk,
+                };
+                let store = Arc::new(Store::open(&config.root, create_root, config.fsync, limits)?);
+                tracing::info!(
+                    root = %config.root.display(),
+                    used_bytes = store.used_bytes(),
+                    files = store.file_count(),
+                    quota = ?config.quota,
+                    durability = store.durability(),
+                    "webdav store opened"
+                );
+                let fs = Box::new(davfs::DavStore::new(Arc::clone(&store)));
+                (Backing::Disk(store), fs)
+            }
+            Some(s3) => {
+                let bucket = Arc::new(davs3::Bucket::new(s3)?);
+                match bucket.probe().await {
+                    Ok(()) => tracing::info!(
+                        endpoint = %s3.endpoint,
+                        bucket = %s3.bucket,
+                        key_prefix = %s3.key_prefix,
+                        "webdav store on an S3 bucket"
+                    ),
+                    // Wrong keys or bucket: the operator's to fix, so the start fails.
+                    Err(e @ (S3Error::Refused(_) | S3Error::NotFound(_))) => {
+                        anyhow::bail!("webdav.s3: bucket {:?} at {}: {e}", s3.bucket, s3.endpoint)
+                    }
+                    // An engine still starting may answer soon: served, and unhealthy until then.
+                    Err(e) => tracing::error!(
+                        endpoint = %s3.endpoint,
+                        bucket = %s3.bucket,
+                        "webdav.s3: the bucket does not answer yet: {e}; requests fail until it does"
+                    ),
+                }
+                let fs = Box::new(davs3::DavBucket::new(bucket.store.clone()));
+                (Backing::Bucket(bucket), fs)
+            }
+        };
         let auth = BasicAuth::open(config.htpasswd.clone(), config.realm.clone())?;
         let locks = locks::ExpiringLs::new(config.lock_max_timeout, config.max_locks);
         let mut methods = DavMethodSet::WEBDAV_RW;
         // Partial updates would let a reader see a mix of two versions of a recording.
         methods.remove(DavMethod::Patch);
         let dav = DavHandler::builder()
-            .filesystem(Box::new(davfs::DavStore::new(Arc::clone(&store))))
+            .filesystem(filesystem)
             .locksystem(Box::new(locks.clone()))
             .strip_prefix(config.prefix.clone())
             .methods(methods)
             .read_buf_size(128 << 10)
             .max_lock_owner_bytes(config.max_lock_owner_bytes)
             .build_handler();
-        tracing::info!(
-            root = %config.root.display(),
-            used_bytes = store.used_bytes(),
-            files = store.file_count(),
-            quota = ?config.quota,
-            durability = store.durability(),
-            "webdav store opened"
-        );
         Ok(Arc::new(Webdav {
             config: config.clone(),
-            store,
+            backing,
             dav,
             locks,
             lock_gate: tokio::sync::Mutex::new(()),
@@ -142,6 +183,21 @@ impl Webdav {
             send_timeout: self.config.send_timeout,
             ..ServerOptions::DEFAULT_LIMITS
         };
+        if let Backing::Bucket(bucket) = &self.backing {
+            // Health follows the engine: looked at every PROBE_INTERVAL until shutdown.
+            let (bucket, stop) = (Arc::clone(bucket), shutdown.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(davs3::PROBE_INTERVAL) => {}
+                    }
+                    if let Err(e) = bucket.probe().await {
+                        tracing::warn!("webdav.s3: the bucket check failed: {e}");
+                    }
+                }
+            });
+        }
         let make = move |conn: ConnInfo| {
             let this = Arc::clone(&self);
             hyper::service::service_fn(move |req| {
@@ -296,6 +352,24 @@ impl Webdav {
         } else {
             None
         };
+        // Without a length, an upload to a bucket gathers parts in memory: bounded apart.
+        let _chunked = match &self.backing {
+            Backing::Bucket(bucket) if req.method() == Method::PUT && content_length(req.headers()).is_none() => {
+                match Arc::clone(&bucket.chunked).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        self.metrics.rejected.inc(&["max_chunked_uploads"]);
+                        let mut response = plain(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "too many uploads without a Content-Length in flight\n",
+                        );
+                        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                        return response;
+                    }
+                }
+            }
+            _ => None,
+        };
         if req.method() == Method::GET {
             self.limit_ranges(&mut req).await;
         }
@@ -337,13 +411,21 @@ impl Webdav {
         let range = range.to_owned();
         let rel_bytes = req.uri().path().strip_prefix(&self.config.prefix).unwrap_or("").to_owned();
         let decoded: Vec<u8> = percent_decode(rel_bytes.as_bytes()).collect();
-        let store = Arc::clone(&self.store);
-        let len = tokio::task::spawn_blocking(move || {
-            RelPath::parse(&decoded).ok().and_then(|rel| store.metadata(&rel).ok()).map(|m| m.len)
-        })
-        .await
-        .ok()
-        .flatten();
+        let len = match &self.backing {
+            Backing::Disk(store) => {
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || {
+                    RelPath::parse(&decoded).ok().and_then(|rel| store.metadata(&rel).ok()).map(|m| m.len)
+                })
+                .await
+                .ok()
+                .flatten()
+            }
+            Backing::Bucket(bucket) => match String::from_utf8(decoded) {
+                Ok(path) => bucket.store.head(&path).await.ok().map(|h| h.len),
+                Err(_) => None,
+            },
+        };
         let Some(len) = len else { return };
         match range::decide(&range, len, self.config.max_ranges) {
             range::Decision::Ranges(normalized) => {
@@ -359,24 +441,66 @@ impl Webdav {
     }
 }
 
+impl Webdav {
+    /// What the store holds now under names containing `id` (a CallUUID names all of its
+    /// call's recordings), at most 100: the disk's root read whole; a bucket asked for the
+    /// keys beginning with it (one listing page), as S3 lists by prefix only.
+    async fn files_named(&self, id: &str) -> Vec<(String, u64, std::time::SystemTime)> {
+        match &self.backing {
+            Backing::Disk(store) => {
+                let (store, id) = (Arc::clone(store), id.to_owned());
+                let listed = tokio::task::spawn_blocking(move || {
+                    let root = RelPath::parse(b"/").expect("root");
+                    store.read_dir(&root).map(|entries| {
+                        entries
+                            .into_iter()
+                            .filter(|(name, meta)| !meta.is_dir && String::from_utf8_lossy(name).contains(&id))
+                            .take(100)
+                            .map(|(name, meta)| (String::from_utf8_lossy(&name).into_owned(), meta.len, meta.modified))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .await;
+                listed.ok().and_then(Result::ok).unwrap_or_default()
+            }
+            Backing::Bucket(bucket) => match bucket.store.list_starting(id, 100).await {
+                Ok(files) => files
+                    .into_iter()
+                    .map(|f| (f.key, f.len, f.last_modified.unwrap_or(std::time::UNIX_EPOCH)))
+                    .collect(),
+                Err(_) => Vec::new(),
+            },
+        }
+    }
+}
+
 impl crate::http::admin::RoleStatus for Webdav {
     fn name(&self) -> &'static str {
         "webdav"
     }
 
     fn health(&self) -> (bool, serde_json::Value) {
-        let root_ok = self.store.metadata(&RelPath::parse(b"/").expect("root")).is_ok();
-        let free = self.store.free_disk();
-        let used = self.store.used_bytes();
+        let store = match &self.backing {
+            Backing::Disk(store) => store,
+            Backing::Bucket(bucket) => {
+                let mut details = bucket.details();
+                details["uploadsInFlight"] = (self.config.max_uploads - self.uploads.available_permits()).into();
+                details["locks"] = self.locks.active().into();
+                return (bucket.reachable(), details);
+            }
+        };
+        let root_ok = store.metadata(&RelPath::parse(b"/").expect("root")).is_ok();
+        let free = store.free_disk();
+        let used = store.used_bytes();
         let disk_ok = free.is_none_or(|f| f >= self.config.min_free_disk);
         let quota_ok = self.config.quota.is_none_or(|q| used < q);
         let details = serde_json::json!({
-            "root": self.store.root_path().display().to_string(),
+            "root": store.root_path().display().to_string(),
             "rootAccessible": root_ok,
             "usedBytes": used,
             "quotaBytes": self.config.quota,
             "freeDiskBytes": free,
-            "files": self.store.file_count(),
+            "files": store.file_count(),
             "uploadsInFlight": self.config.max_uploads - self.uploads.available_permits(),
             "locks": self.locks.active(),
         });
@@ -411,28 +535,10 @@ impl crate::http::admin::RoleStatus for Webdav {
                     Event::new(e.at_ms, "webdav", step, detail).file(file)
                 })
                 .collect();
-            // What the store holds now: files whose name contains the id (a CallUUID names
-            // all of its call's recordings), read off the disk.
-            let (store, id) = (Arc::clone(&self.store), query.id.clone());
-            let listed = tokio::task::spawn_blocking(move || {
-                let root = RelPath::parse(b"/").expect("root");
-                store.read_dir(&root).map(|entries| {
-                    entries
-                        .into_iter()
-                        .filter(|(name, meta)| !meta.is_dir && String::from_utf8_lossy(name).contains(&id))
-                        .take(100)
-                        .collect::<Vec<_>>()
-                })
-            })
-            .await;
-            if let Ok(Ok(files)) = listed {
-                for (name, meta) in files {
-                    let name = String::from_utf8_lossy(&name).into_owned();
-                    let at = meta.modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                    let detail =
-                        format!("{}/{name} is in the store: {} bytes, last written then", self.config.prefix, meta.len);
-                    events.push(Event::new(at, "webdav", "in store", detail).file(name));
-                }
+            for (name, len, modified) in self.files_named(&query.id).await {
+                let at = modified.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let detail = format!("{}/{name} is in the store: {len} bytes, last written then", self.config.prefix);
+                events.push(Event::new(at, "webdav", "in store", detail).file(name));
             }
             events
         })
@@ -440,7 +546,9 @@ impl crate::http::admin::RoleStatus for Webdav {
 
     fn trends(&self, out: &mut Vec<crate::trends::Sample>) {
         use crate::trends::Sample;
-        out.push(Sample::gauge("store", "used", self.store.used_bytes() as f64));
+        // A bucket's use is the engine's to tell (its quota is shared by every front end).
+        let Backing::Disk(store) = &self.backing else { return };
+        out.push(Sample::gauge("store", "used", store.used_bytes() as f64));
         if let Some(quota) = self.config.quota {
             out.push(Sample::gauge("store", "quota", quota as f64));
         }
@@ -448,7 +556,6 @@ impl crate::http::admin::RoleStatus for Webdav {
 
     fn metrics(&self, enc: &mut Encoder<'_>) {
         let m = &self.metrics;
-        let s = &self.store.stats;
         enc.counter_vec("webdav_requests_total", "Requests by method and status.", &["method", "status"], &m.requests);
         enc.histogram_vec("webdav_request_duration_seconds", "Request latency by method.", &["method"], &m.latency);
         enc.counter_vec(
@@ -479,6 +586,25 @@ impl crate::http::admin::RoleStatus for Webdav {
             &["reason"],
             &m.rejected,
         );
+        enc.gauge(
+            "webdav_uploads_in_flight",
+            "PUTs being received now.",
+            (self.config.max_uploads - self.uploads.available_permits()) as f64,
+        );
+        enc.gauge("webdav_locks_active", "Live WebDAV locks.", self.locks.active() as f64);
+        enc.counter("webdav_bytes_out_total", "Response body bytes sent.", m.bytes_out.get());
+        let store = match &self.backing {
+            Backing::Disk(store) => store,
+            Backing::Bucket(bucket) => {
+                enc.gauge(
+                    "webdav_bucket_reachable",
+                    "1 when the last look at the S3 bucket succeeded.",
+                    if bucket.reachable() { 1.0 } else { 0.0 },
+                );
+                return;
+            }
+        };
+        let s = &store.stats;
         enc.counter("webdav_uploads_started_total", "PUTs that opened a temp file.", s.uploads_started.get());
         enc.counter("webdav_uploads_completed_total", "PUTs committed into place.", s.uploads_completed.get());
         enc.counter(
@@ -491,26 +617,19 @@ impl crate::http::admin::RoleStatus for Webdav {
             "Temp files of interrupted uploads removed at start.",
             s.temp_files_swept.get(),
         );
-        enc.gauge(
-            "webdav_uploads_in_flight",
-            "PUTs being received now.",
-            (self.config.max_uploads - self.uploads.available_permits()) as f64,
-        );
         enc.counter("webdav_bytes_in_total", "Bytes written by PUTs.", s.bytes_in.get());
-        enc.counter("webdav_bytes_out_total", "Response body bytes sent.", m.bytes_out.get());
         enc.gauge(
             "webdav_store_used_bytes",
             "Bytes the store holds against its quota: files, dead properties, directories.",
-            self.store.used_bytes() as f64,
+            store.used_bytes() as f64,
         );
-        enc.gauge("webdav_store_files", "Files in the store.", self.store.file_count() as f64);
+        enc.gauge("webdav_store_files", "Files in the store.", store.file_count() as f64);
         if let Some(q) = self.config.quota {
             enc.gauge("webdav_store_quota_bytes", "Configured quota.", q as f64);
         }
-        if let Some(free) = self.store.free_disk() {
+        if let Some(free) = store.free_disk() {
             enc.gauge("webdav_disk_free_bytes", "Free bytes on the store's file system.", free as f64);
         }
-        enc.gauge("webdav_locks_active", "Live WebDAV locks.", self.locks.active() as f64);
     }
 }
 
@@ -647,6 +766,11 @@ mod tests {
         assert_eq!(check("/recordings/a%2fb", here, false), DestCheck::Path(PathCheck::Bad));
         assert_eq!(check("recordings/b", here, false), DestCheck::Path(PathCheck::Bad));
         assert_eq!(check("/recordings/.exec-allinone-x", here, false), DestCheck::Path(PathCheck::Reserved));
+    }
+
+    #[test]
+    fn the_names_a_bucket_hides_are_the_names_requests_may_not_use() {
+        assert_eq!(RESERVED_PREFIX, crate::s3::store::HIDDEN_PREFIX);
     }
 
     #[test]

@@ -15,3 +15,4 @@ mod s3;
 mod status_page;
 mod webdav;
 mod webdav_protocol;
+mod webdav_s3;

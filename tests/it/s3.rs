@@ -14,7 +14,8 @@ use exec_allinone::s3::sigv4::Credentials;
 use crate::support::garage::{Garage, REGION};
 
 fn client(g: &Garage, node: usize, secret: &str) -> S3Client {
-    S3Client::new(target_of(g, node, secret), Duration::from_secs(10), Duration::from_secs(120)).unwrap()
+    S3Client::new(target_of(g, node, secret), &Default::default(), Duration::from_secs(10), Duration::from_secs(120))
+        .unwrap()
 }
 
 fn target_of(g: &Garage, node: usize, secret: &str) -> Target {
@@ -66,7 +67,7 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         assert_eq!((head.len, head.etag.as_str()), (body.len() as u64, md5_hex.as_str()));
         assert_eq!(head.metadata, props);
         assert!(head.last_modified.is_some());
-        let (range_head, response) = c2.get("recordings/SIM1_0.opus", Some((5, 14))).await.unwrap();
+        let (range_head, response) = c2.get("recordings/SIM1_0.opus", Some((5, 14)), None).await.unwrap();
         assert_eq!(range_head.len, body.len() as u64, "the whole length, from Content-Range");
         assert_eq!(&response.bytes().await.unwrap()[..], &body[5..=14]);
         c0.put("recordings/sub/x.opus", Bytes::from_static(b"x"), &BTreeMap::new()).await.unwrap();
@@ -81,14 +82,15 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         assert_eq!(c2.head("recordings/SIM1_0.moved").await.unwrap().metadata, new_props);
         c0.delete("recordings/SIM1_0.opus").await.unwrap();
         assert!(matches!(c1.head("recordings/SIM1_0.opus").await, Err(S3Error::NotFound(_))));
-        assert!(matches!(c1.get("recordings/none.opus", None).await, Err(S3Error::NotFound(_))));
+        assert!(matches!(c1.get("recordings/none.opus", None, None).await, Err(S3Error::NotFound(_))));
         // A bucket that does not exist is not found; an endpoint that is not a URL is refused.
         let no_bucket = Target { bucket: "no-such-bucket".into(), ..target_of(&g, 0, &g.secret) };
-        let elsewhere = S3Client::new(no_bucket, Duration::from_secs(10), Duration::from_secs(120)).unwrap();
+        let elsewhere =
+            S3Client::new(no_bucket, &Default::default(), Duration::from_secs(10), Duration::from_secs(120)).unwrap();
         let missing = elsewhere.head("x").await;
         assert!(matches!(missing, Err(S3Error::NotFound(_) | S3Error::Refused(_))), "{missing:?}");
         let ftp = Target { endpoint: "ftp://x".into(), ..target_of(&g, 0, &g.secret) };
-        assert!(S3Client::new(ftp, Duration::from_secs(1), Duration::from_secs(1)).is_err());
+        assert!(S3Client::new(ftp, &Default::default(), Duration::from_secs(1), Duration::from_secs(1)).is_err());
 
         // Multipart: visible only when completed, whole; an aborted one never.
         let part = Bytes::from(vec![7u8; 5 << 20]);
@@ -98,7 +100,7 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         assert!(matches!(c1.head("recordings/big.opus").await, Err(S3Error::NotFound(_))), "not before completion");
         let e2 = c0.upload_part("recordings/big.opus", &id, 2, last.clone()).await.unwrap();
         c0.complete_multipart("recordings/big.opus", &id, &[e1, e2]).await.unwrap();
-        let (big, response) = c2.get("recordings/big.opus", None).await.unwrap();
+        let (big, response) = c2.get("recordings/big.opus", None, None).await.unwrap();
         assert_eq!(big.len, (5 << 20) + 7);
         assert_eq!(big.metadata, props);
         let got = response.bytes().await.unwrap();
@@ -118,7 +120,7 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
     g.kill(2);
     block_on(async {
         c0.put("recordings/after-kill.opus", Bytes::from_static(b"still"), &BTreeMap::new()).await.unwrap();
-        let (_, r) = c1.get("recordings/after-kill.opus", None).await.unwrap();
+        let (_, r) = c1.get("recordings/after-kill.opus", None, None).await.unwrap();
         assert_eq!(&r.bytes().await.unwrap()[..], b"still");
         assert_eq!(c1.head("recordings/big.opus").await.unwrap().len, (5 << 20) + 7);
     });
@@ -144,7 +146,7 @@ fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
         // The first write of a new cluster is retried while it settles.
         let mut tries = 0;
         loop {
-            let mut up = store.upload("warm.opus", 1);
+            let mut up = store.upload("warm.opus", Some(1));
             up.write(b"w").await.unwrap();
             match up.commit().await {
                 Ok(()) => break,
@@ -155,7 +157,7 @@ fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
         }
 
         // Small: one PUT, visible only at commit.
-        let mut up = store.upload("SIM1_0.opus", 10);
+        let mut up = store.upload("SIM1_0.opus", Some(10));
         up.write(b"01234").await.unwrap();
         assert!(matches!(other.head("SIM1_0.opus").await, Err(S3Error::NotFound(_))), "nothing before commit");
         up.write(b"56789").await.unwrap();
@@ -165,23 +167,23 @@ fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
         // Large: multipart, written in odd pieces, whole at commit.
         let total = 2 * PART + 12345;
         let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
-        let mut up = store.upload("big/SIM2_0.opus", total as u64);
+        let mut up = store.upload("big/SIM2_0.opus", Some(total as u64));
         for piece in data.chunks(777_777) {
             up.write(piece).await.unwrap();
         }
         assert!(matches!(other.head("big/SIM2_0.opus").await, Err(S3Error::NotFound(_))));
         up.commit().await.unwrap();
-        let (head, body) = other.get("big/SIM2_0.opus", None).await.unwrap();
+        let (head, body) = other.get("big/SIM2_0.opus", None, None).await.unwrap();
         assert_eq!(head.len, total as u64);
         assert!(body.bytes().await.unwrap()[..] == data[..], "byte for byte");
 
         // Short or long bodies never become objects; a dropped multipart leaves nothing.
-        let mut up = store.upload("short.opus", 10);
+        let mut up = store.upload("short.opus", Some(10));
         up.write(b"0123").await.unwrap();
-        assert!(matches!(up.commit().await, Err(UploadError::Length { got: 4, declared: 10 })));
-        let mut up = store.upload("long.opus", 3);
-        assert!(matches!(up.write(b"0123").await, Err(UploadError::Length { got: 4, declared: 3 })));
-        let mut up = store.upload("dropped.opus", (PART * 2) as u64);
+        assert!(matches!(up.commit().await, Err(UploadError::Length { got: 4, declared: Some(10) })));
+        let mut up = store.upload("long.opus", Some(3));
+        assert!(matches!(up.write(b"0123").await, Err(UploadError::Length { got: 4, declared: Some(3) })));
+        let mut up = store.upload("dropped.opus", Some((PART * 2) as u64));
         up.write(&vec![1u8; PART + 1]).await.unwrap();
         drop(up);
         for name in ["short.opus", "long.opus", "dropped.opus"] {
@@ -213,7 +215,7 @@ fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
         assert_eq!(other.props("moved/warm.opus").await.unwrap().as_deref(), Some(big_xml.as_str()));
         assert!(other.list("").await.unwrap().collections.iter().all(|c| !c.starts_with('.')), "sidecars hidden");
         store.delete("moved/warm.opus").await.unwrap();
-        let (_, body) = other.get("moved/SIM1_0.opus", Some((2, 4))).await.unwrap();
+        let (_, body) = other.get("moved/SIM1_0.opus", Some((2, 4)), None).await.unwrap();
         assert_eq!(&body.bytes().await.unwrap()[..], b"234");
 
         store.delete("moved/SIM1_0.opus").await.unwrap();
