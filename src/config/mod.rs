@@ -391,11 +391,11 @@ mod tests {
             (s3.endpoint.as_str(), s3.key_prefix.as_str(), s3.path_style),
             ("http://127.0.0.1:3900", "site-a", true)
         );
-        let p = problems(&format!(
+        let p = problems(
             "[webdav]\nlisten = \"127.0.0.1:0\"\nhtpasswd = \"/tmp/h\"\nroot = \"/r\"\nquota = \"1GiB\"\n\
              max_file_size = \"6GiB\"\n[webdav.s3]\nendpoint = \"ftp://x/y\"\nbucket = \"No_Such\"\n\
-             key_prefix = \"a/../b\"\nsecret_access_key = \"s\"\nsecret_access_key_env = \"PATH\"\ntypo = 1\n"
-        ))
+             key_prefix = \"a/../b\"\nsecret_access_key = \"s\"\nsecret_access_key_env = \"PATH\"\ntypo = 1\n",
+        )
         .join("\n");
         for needle in [
             "webdav.root: does not apply with [webdav.s3]",
