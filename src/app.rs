@@ -38,7 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         roles.push(Prepared::Lb(Lb::prepare(lb, config.source.clone()).await?));
     }
     if let Some(e) = &config.excp {
-        roles.push(Prepared::Excp(Excp::prepare(e)?));
+        roles.push(Prepared::Excp(Excp::prepare(e).await?));
     }
     if let Some(e) = &config.exrp {
         roles.push(Prepared::Exrp(Exrp::prepare(e, config.source.clone())?));

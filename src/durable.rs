@@ -345,6 +345,11 @@ impl WriteHealth {
         *slot = Some(why.to_string());
     }
 
+    /// The failure that stands, without a probe (state kept elsewhere than `dir`).
+    pub fn failure(&self) -> Option<String> {
+        self.slot().clone()
+    }
+
     /// `Err(why)` while the state cannot be written. Blocks for one small write while a
     /// failure stands.
     pub fn check(&self) -> Result<(), String> {

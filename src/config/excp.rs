@@ -33,6 +33,20 @@ pub struct ExcpConfig {
     pub provider: ConversationProvider,
     /// GIR mode: the WebDAV store MCP records into, watched for new recordings.
     pub store: Option<StoreWatch>,
+    /// `[excp.s3]`: call records kept in a bucket every instance reads, so another instance
+    /// takes over the calls of one that died.
+    pub shared: Option<SharedCalls>,
+}
+
+/// Calls kept in a bucket (`[excp.s3]`, with `[excp] instance` and `takeover_after`).
+#[derive(Debug, Clone)]
+pub struct SharedCalls {
+    pub s3: super::S3Config,
+    /// This instance's name: its records are under `<key_prefix>/<instance>/`.
+    pub instance: String,
+    /// An instance whose heartbeat is older than this (by the bucket's clock) is dead, and the
+    /// first live instance by name takes its calls over.
+    pub takeover_after: Duration,
 }
 
 /// `[excp.transient_storage]`, named as exrp's `recording-uploader.exec.transientStorage`.
@@ -80,6 +94,9 @@ impl ExcpConfig {
         let api = ApiListener::parse(&mut s, 3650, 1 << 20);
         let provider_table = s.table("conversation_provider");
         let store_table = s.table("transient_storage");
+        let s3_table = s.table("s3");
+        let instance = s.string("instance");
+        let takeover_after = s.duration("takeover_after", Duration::from_secs(60));
         let url = s.string("recording_processor_url");
         let rp_user = s.string("recording_processor_username");
         let rp_password = s.secret("recording_processor_password");
@@ -151,6 +168,26 @@ impl ExcpConfig {
         if retry_max < retry_initial {
             s.problem_at("retry_max", "must not be below retry_initial");
         }
+        // The heartbeat's time is the bucket's Last-Modified, to the second.
+        if takeover_after < Duration::from_secs(5) {
+            s.problem_at("takeover_after", "must be at least 5s (heartbeats are timed to the second)");
+        }
+        if let Some(name) = &instance
+            && !crate::durable::valid_key(&name.replace(':', "_"))
+        {
+            s.problem_at("instance", format!("{name:?}: letters, digits, '-', '_', '.' and ':' only"));
+        }
+        let shared = s3_table.and_then(|t| {
+            let name = s.key_name("s3");
+            let mut sub = Section::new(name, t, &mut *s.problems);
+            let s3 = super::S3Config::parse(&mut sub, "excp");
+            sub.finish();
+            let instance = instance.clone().unwrap_or_else(|| super::exrp::default_instance(api.listen));
+            Some(SharedCalls { s3: s3?, instance, takeover_after })
+        });
+        if shared.is_none() && s3_table.is_none() && instance.is_some() {
+            s.problem_at("instance", "only used with [excp.s3] (calls kept in a shared bucket)");
+        }
         s.finish();
 
         let empty = toml::Table::new();
@@ -178,6 +215,7 @@ impl ExcpConfig {
             fsync,
             provider,
             store,
+            shared,
         }
     }
 }

@@ -205,7 +205,7 @@ impl ExrpConfig {
     }
 }
 
-fn default_instance(listen: SocketAddr) -> String {
+pub(super) fn default_instance(listen: SocketAddr) -> String {
     let host = rustix::system::uname().nodename().to_string_lossy().into_owned();
     format!("{host}:{}", listen.port())
 }

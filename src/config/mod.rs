@@ -17,7 +17,7 @@ mod tls;
 mod webdav;
 pub use admin::AdminConfig;
 pub use api::ApiListener;
-pub use excp::{ConversationProvider, ExcpConfig, GirConfig, StoreWatch};
+pub use excp::{ConversationProvider, ExcpConfig, GirConfig, SharedCalls, StoreWatch};
 pub use exrp::{ExrpConfig, GenesysCloudConfig, Sink, TransientStorage};
 pub use lb::key as lb_key;
 pub use lb::{HostHeader, LbConfig, NextUpstream, PoolConfig, PoolSettings, ServerConfig, UriMode, split_host_port};

@@ -34,11 +34,12 @@ pub struct S3Config {
 pub const S3_MAX_SINGLE_PUT: u64 = 5 << 30;
 
 impl S3Config {
-    fn parse(s: &mut Section<'_, '_>) -> Option<S3Config> {
+    /// The keys of an `s3` table; `key_prefix` defaults to `default_prefix`.
+    pub(super) fn parse(s: &mut Section<'_, '_>, default_prefix: &str) -> Option<S3Config> {
         let endpoint = s.string("endpoint");
         let region = s.string("region").unwrap_or_else(|| "us-east-1".into());
         let bucket = s.string("bucket");
-        let key_prefix = s.string("key_prefix").unwrap_or_default().trim_matches('/').to_string();
+        let key_prefix = s.string("key_prefix").unwrap_or_else(|| default_prefix.into()).trim_matches('/').to_string();
         let access_key_id = s.string("access_key_id");
         let secret_access_key = s.secret("secret_access_key");
         let path_style = s.bool("path_style", true);
@@ -233,7 +234,7 @@ impl WebdavConfig {
         let s3 = s3_table.and_then(|t| {
             let name = s.key_name("s3");
             let mut sub = Section::new(name, t, &mut *s.problems);
-            let s3 = S3Config::parse(&mut sub);
+            let s3 = S3Config::parse(&mut sub, "");
             sub.finish();
             s3
         });

@@ -1,6 +1,7 @@
 //! Per-call state: the recordings accepted for each call, when and why the call ended, which
 //! recordings exrp has accepted, and (GIR mode) when metadata is fetched. One durable record per
-//! call; every change is written before it is acknowledged, so a kill -9 loses nothing.
+//! call, in the state directory or (`[excp.s3]`) in a bucket other instances read; every change
+//! is written before it is acknowledged, so a kill -9 loses nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use serde_json::Value;
 
 use super::ingest::MediaFile;
 use crate::durable::RecordDir;
+use crate::s3::records::BucketRecords;
 
 pub use crate::clock::unix_ms as now_ms;
 
@@ -85,6 +87,33 @@ impl Call {
     }
 }
 
+/// One call from two instances' shares: every recording once (delivered if either delivered
+/// it), ended if either ended it, the earliest first sighting and the latest update.
+pub fn merge(ours: &Call, theirs: Call) -> Call {
+    let mut call = ours.clone();
+    call.first_seen_ms = call.first_seen_ms.min(theirs.first_seen_ms);
+    call.last_update_ms = call.last_update_ms.max(theirs.last_update_ms);
+    if call.ended.is_none() {
+        call.ended = theirs.ended;
+    }
+    if call.gir.is_none() {
+        call.gir = theirs.gir;
+    }
+    for r in theirs.recordings {
+        match call.recordings.iter_mut().find(|m| m.media_id == r.media_id) {
+            Some(mine) if r.delivered && !mine.delivered => *mine = r,
+            Some(_) => {}
+            None => call.recordings.push(r),
+        }
+    }
+    for f in theirs.store_files {
+        if !call.store_files.contains(&f) {
+            call.store_files.push(f);
+        }
+    }
+    call
+}
+
 impl Entry {
     /// Not ended yet, or holding recordings exrp has not accepted.
     pub fn has_work(&self) -> bool {
@@ -139,8 +168,69 @@ pub enum Due {
     GirFetch(String),
 }
 
+/// Where the call records are written.
+pub enum Records {
+    Dir(Arc<RecordDir>),
+    /// This instance's prefix of the shared bucket.
+    Bucket(Arc<BucketRecords>),
+}
+
+fn io_error(e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl Records {
+    async fn put(&self, key: String, bytes: Vec<u8>) -> std::io::Result<()> {
+        match self {
+            Records::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || dir.put(&key, &bytes)).await.map_err(io_error)?
+            }
+            Records::Bucket(bucket) => bucket.put(&key, bytes).await.map_err(io_error),
+        }
+    }
+
+    async fn remove(&self, key: String) -> std::io::Result<()> {
+        match self {
+            Records::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || dir.remove(&key)).await.map_err(io_error)?
+            }
+            Records::Bucket(bucket) => bucket.remove(&key).await.map_err(io_error),
+        }
+    }
+
+    /// Every record this instance holds, as (key, bytes).
+    async fn load(&self) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        match self {
+            Records::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut all = Vec::new();
+                    for k in dir.keys()? {
+                        if let Some(bytes) = dir.get(&k)? {
+                            all.push((k, bytes));
+                        }
+                    }
+                    Ok(all)
+                })
+                .await?
+            }
+            Records::Bucket(bucket) => {
+                let mut all = Vec::new();
+                for k in bucket.keys_of(bucket.owner()).await? {
+                    if let Some(bytes) = bucket.get_of(bucket.owner(), &k).await? {
+                        all.push((k, bytes));
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
+}
+
 pub struct CallBook {
-    records: Arc<RecordDir>,
+    records: Records,
     calls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Entry>>>>,
     max_open: usize,
     max_recordings: usize,
@@ -151,12 +241,11 @@ fn key(call_uuid: &str) -> String {
 }
 
 impl CallBook {
-    /// Loads every call record (blocking; called before the role starts).
-    pub fn open(records: RecordDir, max_open: usize, max_recordings: usize) -> anyhow::Result<CallBook> {
+    /// Loads every call record (before the role starts).
+    pub async fn open(records: Records, max_open: usize, max_recordings: usize) -> anyhow::Result<CallBook> {
         let mut calls = HashMap::new();
         let now = Instant::now();
-        for k in records.keys()? {
-            let Some(bytes) = records.get(&k)? else { continue };
+        for (k, bytes) in records.load().await? {
             match serde_json::from_slice::<Call>(&bytes) {
                 Ok(call) => {
                     let entry = Entry { call, attempts: 0, next_attempt: now, in_flight: false, last_error: None };
@@ -168,7 +257,11 @@ impl CallBook {
                 }
             }
         }
-        Ok(CallBook { records: Arc::new(records), calls: Mutex::new(calls), max_open, max_recordings })
+        Ok(CallBook { records, calls: Mutex::new(calls), max_open, max_recordings })
+    }
+
+    pub fn records(&self) -> &Records {
+        &self.records
     }
 
     pub fn len(&self) -> usize {
@@ -214,20 +307,43 @@ impl CallBook {
     /// Writes `call` as the call's new state; the caller applies it in memory only after.
     pub async fn persist(&self, call: &Call) -> Result<(), BookError> {
         let bytes = serde_json::to_vec(call).map_err(|e| BookError::Io(std::io::Error::other(e)))?;
-        let records = self.records.clone();
-        let k = key(&call.call_uuid);
-        tokio::task::spawn_blocking(move || records.put(&k, &bytes))
-            .await
-            .map_err(|e| BookError::Io(std::io::Error::other(e)))??;
-        Ok(())
+        Ok(self.records.put(key(&call.call_uuid), bytes).await?)
     }
 
     async fn remove_record(&self, call_uuid: &str) -> Result<(), BookError> {
-        let records = self.records.clone();
-        let k = key(call_uuid);
-        tokio::task::spawn_blocking(move || records.remove(&k))
-            .await
-            .map_err(|e| BookError::Io(std::io::Error::other(e)))??;
+        Ok(self.records.remove(key(call_uuid)).await?)
+    }
+
+    /// Takes over a call another instance held (its record, read from the shared bucket):
+    /// merged with this instance's share of the same call, if any, and written as ours before
+    /// the caller removes the other's. Not bounded by `max_open`: refusing would strand it.
+    pub async fn adopt(&self, theirs: Call) -> Result<(), BookError> {
+        let entry = {
+            let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            calls
+                .entry(theirs.call_uuid.clone())
+                .or_insert_with(|| {
+                    Arc::new(tokio::sync::Mutex::new(Entry {
+                        call: Call::new(&theirs.call_uuid, theirs.first_seen_ms),
+                        attempts: 0,
+                        next_attempt: Instant::now(),
+                        in_flight: false,
+                        last_error: None,
+                    }))
+                })
+                .clone()
+        };
+        let mut guard = entry.lock().await;
+        let merged = merge(&guard.call, theirs);
+        if let Err(e) = self.persist(&merged).await {
+            let empty = guard.call.recordings.is_empty() && guard.call.ended.is_none();
+            if empty {
+                self.calls.lock().unwrap_or_else(|p| p.into_inner()).remove(&merged.call_uuid);
+            }
+            return Err(e);
+        }
+        guard.call = merged;
+        guard.next_attempt = Instant::now();
         Ok(())
     }
 

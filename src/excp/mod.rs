@@ -6,6 +6,7 @@ mod calls;
 mod deliver;
 mod gir;
 pub mod ingest;
+mod takeover;
 mod watch;
 
 use std::sync::Arc;
@@ -29,7 +30,7 @@ use crate::http::body::ReadError;
 use crate::metrics::{Counter, CounterVec, Encoder};
 use crate::trace::Event;
 use crate::trends::Sample;
-use calls::{BookError, CallBook};
+use calls::{BookError, CallBook, Records};
 use ingest::IngestError;
 
 pub struct Excp {
@@ -63,6 +64,8 @@ struct Metrics {
     /// alike: a pass count that stops moving is a stuck scheduler).
     passes: Counter,
     in_flight: AtomicU64,
+    /// Calls taken over from instances that died (`[excp.s3]`).
+    takeovers: Counter,
 }
 
 /// The reply body every excp endpoint uses (field order as documented:
@@ -89,13 +92,35 @@ fn reply(status: StatusCode, code: u32, message: &str, corr_id: &str) -> Respons
 const STATE_FORMAT: u32 = 1;
 
 impl Excp {
-    /// Opens the state directory and loads every call it holds; nothing is bound yet.
-    pub fn prepare(config: &ExcpConfig) -> anyhow::Result<Arc<Excp>> {
+    /// Opens the state directory (or this instance's share of the bucket) and loads every
+    /// call it holds; nothing is bound yet.
+    pub async fn prepare(config: &ExcpConfig) -> anyhow::Result<Arc<Excp>> {
         use anyhow::Context;
         crate::durable::check_format(&config.state_dir, "the excp state", STATE_FORMAT)?;
-        let records = RecordDir::open(&config.state_dir.join("calls"), config.fsync)
-            .with_context(|| format!("cannot open the excp state in {}", config.state_dir.display()))?;
-        let book = CallBook::open(records, config.max_open_calls, config.max_recordings_per_call)?;
+        let records = match &config.shared {
+            None => Records::Dir(Arc::new(
+                RecordDir::open(&config.state_dir.join("calls"), config.fsync)
+                    .with_context(|| format!("cannot open the excp state in {}", config.state_dir.display()))?,
+            )),
+            Some(shared) => {
+                let client = crate::s3::client::S3Client::from_config(&shared.s3)
+                    .map_err(|e| anyhow::anyhow!("excp.s3: {e}"))?;
+                let records = crate::s3::records::BucketRecords::new(client, &shared.s3.key_prefix, &shared.instance);
+                // Alive before anything is accepted, so no other instance takes this one's
+                // calls for a dead one's while it starts.
+                records.beat().await.map_err(|e| {
+                    anyhow::anyhow!("excp.s3: bucket {:?} at {}: {e}", shared.s3.bucket, shared.s3.endpoint)
+                })?;
+                tracing::info!(
+                    endpoint = %shared.s3.endpoint,
+                    bucket = %shared.s3.bucket,
+                    instance = %shared.instance,
+                    "excp calls kept in the shared bucket"
+                );
+                Records::Bucket(Arc::new(records))
+            }
+        };
+        let book = CallBook::open(records, config.max_open_calls, config.max_recordings_per_call).await?;
         let (open, waiting, recordings) = book.backlog();
         tracing::info!(
             state_dir = %config.state_dir.display(),
@@ -144,6 +169,9 @@ impl Excp {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let scheduler = tokio::spawn(deliver::run(self.clone(), shutdown.clone()));
+        if let Some(shared) = self.config.shared.clone() {
+            tokio::spawn(takeover::run(self.clone(), shared, shutdown.clone()));
+        }
         if self.config.provider.gir.is_some() && self.config.store.is_none() {
             tracing::warn!(
                 "GIR mode without [excp.transient_storage]: calls are known only from end events, and each RWS \
@@ -311,7 +339,11 @@ impl RoleStatus for Excp {
     /// work waits durably) but does not make excp unfit to take metadata.
     fn health(&self) -> (bool, serde_json::Value) {
         let (open, waiting, recordings) = self.book.backlog();
-        let state = self.state.check();
+        // Calls in the bucket: its writes and the heartbeat say whether it takes them.
+        let state = match &self.config.shared {
+            None => self.state.check(),
+            Some(_) => self.state.failure().map_or(Ok(()), Err),
+        };
         let writable = state.is_ok();
         let details = serde_json::json!({
             "stateDir": self.config.state_dir.display().to_string(),
@@ -328,6 +360,12 @@ impl RoleStatus for Excp {
             },
             "recordingEnabled": self.config.provider.recording_enabled,
             "gir": self.config.provider.gir.is_some(),
+            "sharedBucket": self.config.shared.as_ref().map(|s| serde_json::json!({
+                "endpoint": s.s3.endpoint,
+                "bucket": s.s3.bucket,
+                "instance": s.instance,
+                "takeovers": self.metrics.takeovers.get(),
+            })),
         });
         (writable, details)
     }
@@ -354,6 +392,13 @@ impl RoleStatus for Excp {
         let m = &self.metrics;
         enc.counter_vec("excp_metadata_total", "Metadata POSTs by reply code (0 = accepted).", &["code"], &m.metadata);
         enc.counter("excp_recordings_accepted_total", "New recordings accepted.", m.recordings_accepted.get());
+        if self.config.shared.is_some() {
+            enc.counter(
+                "excp_calls_taken_over_total",
+                "Calls taken over from excp instances whose heartbeat stopped.",
+                m.takeovers.get(),
+            );
+        }
         enc.counter_vec("excp_interactions_ended_total", "Calls ended, by reason.", &["reason"], &m.ends);
         enc.counter("excp_interaction_ends_sent_total", "Interaction-ends exrp accepted.", m.sent.get());
         enc.counter(

@@ -137,6 +137,21 @@ impl S3Client {
         Ok(S3Client { target, http, host })
     }
 
+    /// The client an `s3` table of the config describes.
+    pub fn from_config(config: &crate::config::S3Config) -> Result<S3Client, String> {
+        let target = Target {
+            endpoint: config.endpoint.clone(),
+            bucket: config.bucket.clone(),
+            path_style: config.path_style,
+            credentials: sigv4::Credentials {
+                access_key_id: config.access_key_id.clone(),
+                secret_access_key: config.secret_access_key.clone(),
+                region: config.region.clone(),
+            },
+        };
+        S3Client::new(target, &config.outbound, config.request_timeout, config.transfer_timeout)
+    }
+
     pub fn bucket(&self) -> &str {
         &self.target.bucket
     }

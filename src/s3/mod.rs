@@ -3,5 +3,6 @@
 //! (`store`); the webdav role serving from it follows.
 
 pub mod client;
+pub mod records;
 pub mod sigv4;
 pub mod store;

@@ -694,20 +694,7 @@ pub const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 
 impl Bucket {
     pub fn new(config: &crate::config::S3Config) -> anyhow::Result<Bucket> {
-        use crate::s3::client::{S3Client, Target};
-        use crate::s3::sigv4::Credentials;
-        let target = Target {
-            endpoint: config.endpoint.clone(),
-            bucket: config.bucket.clone(),
-            path_style: config.path_style,
-            credentials: Credentials {
-                access_key_id: config.access_key_id.clone(),
-                secret_access_key: config.secret_access_key.clone(),
-                region: config.region.clone(),
-            },
-        };
-        let client = S3Client::new(target, &config.outbound, config.request_timeout, config.transfer_timeout)
-            .map_err(|e| anyhow::anyhow!("webdav.s3: {e}"))?;
+        let client = crate::s3::client::S3Client::from_config(config).map_err(|e| anyhow::anyhow!("webdav.s3: {e}"))?;
         Ok(Bucket {
             store: S3Store::new(client, &config.key_prefix),
             endpoint: config.endpoint.clone(),

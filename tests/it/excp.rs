@@ -29,6 +29,7 @@ struct Cfg {
     excp: BTreeMap<String, String>,
     provider: BTreeMap<String, String>,
     store: BTreeMap<String, String>,
+    s3: BTreeMap<String, String>,
 }
 
 fn q(s: &str) -> String {
@@ -50,7 +51,7 @@ impl Cfg {
         ] {
             excp.insert(k.to_string(), v);
         }
-        Cfg { excp, provider: BTreeMap::new(), store: BTreeMap::new() }
+        Cfg { excp, provider: BTreeMap::new(), store: BTreeMap::new(), s3: BTreeMap::new() }
     }
 
     fn set(mut self, key: &str, toml_value: &str) -> Cfg {
@@ -69,6 +70,12 @@ impl Cfg {
         self
     }
 
+    /// A key of `[excp.s3]` (calls kept in a shared bucket).
+    fn s3(mut self, key: &str, toml_value: &str) -> Cfg {
+        self.s3.insert(key.to_string(), toml_value.to_string());
+        self
+    }
+
     fn text(&self, state_dir: &std::path::Path) -> String {
         let mut out = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n\n[excp]\n");
         out.push_str(&format!("state_dir = {}\n", q(&state_dir.display().to_string())));
@@ -84,6 +91,12 @@ impl Cfg {
         if !self.store.is_empty() {
             out.push_str("\n[excp.transient_storage]\n");
             for (k, v) in &self.store {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+        if !self.s3.is_empty() {
+            out.push_str("\n[excp.s3]\n");
+            for (k, v) in &self.s3 {
                 out.push_str(&format!("{k} = {v}\n"));
             }
         }
@@ -1332,4 +1345,64 @@ fn the_proxy_host_and_port_env_vars_override_recording_processor_url() {
     excp.end_ok(&call);
     exrp.wait_jobs(&call, &[&media_id(&call, 1)], SOON);
     assert!(decoy.received().is_empty(), "the config's URL must not be used");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calls kept in a shared bucket ([excp.s3], issue 22)
+
+/// Two excp instances keep their calls in one Garage bucket. While both beat, neither touches
+/// the other's calls; once one is SIGKILLed, the other takes its calls over after
+/// `takeover_after` (by the bucket's clock), merges them with its own share of the same call,
+/// and delivers each recording exactly once; the end event then reaches the call through it.
+#[test]
+fn a_dead_instance_s_calls_are_taken_over_from_the_shared_bucket() {
+    use crate::support::garage::{Garage, REGION};
+    let g = Garage::start("calls");
+    let exrp = FakeExrp::start(Mode::Accept);
+    let cfg = |name: &str| {
+        Cfg::new(&exrp.url())
+            .set("instance", &q(name))
+            .set("takeover_after", &q("5s"))
+            .set("quiet_period", &q("60s"))
+            .s3("endpoint", &q(&g.endpoint(if name == "a" { 0 } else { 1 })))
+            .s3("region", &q(REGION))
+            .s3("bucket", &q(&g.bucket))
+            .s3("access_key_id", &q(&g.key_id))
+            .s3("secret_access_key", &q(&g.secret))
+    };
+    let mut a = Excp::start("shared-a", &cfg("a"));
+    let b = Excp::start("shared-b", &cfg("b"));
+    let (only_a, split) = (call_id("onlya"), call_id("split"));
+    a.accept(&media(&only_a, 0));
+    a.accept(&media(&only_a, 1));
+    // One call's recordings split between the two, as the lb's round robin leaves them.
+    a.accept(&media(&split, 0));
+    b.accept(&media(&split, 1));
+    assert!(!a.calls_dir().exists(), "kept in the bucket, not on disk");
+    assert_eq!(g.keys(2, "excp/a/records/").len(), 2, "{:?}", g.keys(2, "excp/"));
+
+    // Both alive for three takeover periods: nothing moves.
+    std::thread::sleep(Duration::from_secs(12));
+    assert_eq!(b.metric("excp_calls_taken_over_total", &[]), 0.0, "{}", b.tail());
+    assert_eq!(b.metric("excp_calls", &[]), 1.0);
+    assert!(exrp.received().is_empty());
+
+    a.kill9();
+    b.wait_metric("excp_calls_taken_over_total", &[], 2.0, Duration::from_secs(30));
+    assert_eq!(b.metric("excp_calls", &[]), 2.0, "the split call merged into one");
+    b.end_ok(&only_a);
+    b.end_ok(&split);
+    exrp.wait_jobs(&only_a, &[&media_id(&only_a, 0), &media_id(&only_a, 1)], SOON);
+    exrp.wait_jobs(&split, &[&media_id(&split, 0), &media_id(&split, 1)], SOON);
+    b.settle();
+    for (call, n) in [(&only_a, 0), (&only_a, 1), (&split, 0), (&split, 1)] {
+        assert_eq!(exrp.offers(call, &media_id(call, n)), 1, "{call} {n} offered once");
+    }
+    let details = b.details();
+    assert_eq!(details["sharedBucket"]["takeovers"], 2, "{details}");
+    // The dead instance's prefix is empty and its heartbeat buried: nothing to take again.
+    let left = g.keys(2, "excp/");
+    assert!(!left.iter().any(|k| k.starts_with("excp/a/")), "{left:?}");
+    assert_eq!(left.iter().filter(|k| k.starts_with("excp/b/records/")).count(), 2, "{left:?}");
+    assert!(b.proc().logs().contains("excp instance stopped its heartbeat"), "{}", b.tail());
 }

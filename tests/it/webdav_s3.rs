@@ -38,21 +38,7 @@ fn start(config: &std::path::Path) -> Proc {
 
 /// The bucket's keys under "recordings/", as the engine lists them (no front end involved).
 fn keys(g: &Garage) -> Vec<String> {
-    use exec_allinone::s3::client::{S3Client, Target};
-    use exec_allinone::s3::sigv4::Credentials;
-    let target = Target {
-        endpoint: g.endpoint(2),
-        bucket: g.bucket.clone(),
-        path_style: true,
-        credentials: Credentials {
-            access_key_id: g.key_id.clone(),
-            secret_access_key: exec_allinone::config::Secret::new(g.secret.clone()),
-            region: REGION.into(),
-        },
-    };
-    let c = S3Client::new(target, &Default::default(), Duration::from_secs(10), Duration::from_secs(30)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async { c.list("recordings/", None, None).await.unwrap() }).objects.into_iter().map(|o| o.key).collect()
+    g.keys(2, "recordings/")
 }
 
 #[test]

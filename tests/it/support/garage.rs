@@ -161,6 +161,26 @@ impl Garage {
         format!("http://{}", self.nodes[n].s3)
     }
 
+    /// The bucket's keys under `prefix`, as node `n` lists them (no front end involved).
+    pub fn keys(&self, n: usize, prefix: &str) -> Vec<String> {
+        use exec_allinone::s3::client::{S3Client, Target};
+        use exec_allinone::s3::sigv4::Credentials;
+        let target = Target {
+            endpoint: self.endpoint(n),
+            bucket: self.bucket.clone(),
+            path_style: true,
+            credentials: Credentials {
+                access_key_id: self.key_id.clone(),
+                secret_access_key: exec_allinone::config::Secret::new(self.secret.clone()),
+                region: REGION.into(),
+            },
+        };
+        let c = S3Client::new(target, &Default::default(), Duration::from_secs(10), Duration::from_secs(30)).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let page = rt.block_on(async { c.list(prefix, None, None).await.unwrap() });
+        page.objects.into_iter().map(|o| o.key).collect()
+    }
+
     /// SIGKILLs node `n` (it stays down).
     pub fn kill(&mut self, n: usize) {
         self.nodes[n].kill();
