@@ -388,7 +388,7 @@ mod tests {
         let c = Config::from_toml_str(&good, Role::Webdav).expect("valid");
         let s3 = c.webdav.expect("webdav").s3.expect("s3");
         assert_eq!(
-            (s3.endpoint.as_str(), s3.key_prefix.as_str(), s3.path_style),
+            (s3.endpoint().as_str(), s3.key_prefix.as_str(), s3.path_style),
             ("http://127.0.0.1:3900", "site-a", true)
         );
         let p = problems(

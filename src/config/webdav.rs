@@ -10,8 +10,9 @@ use super::{Outbound, Secret, Section, TlsConfig};
 /// `[webdav.s3]`: the recordings kept in an S3-compatible bucket instead of under `root`.
 #[derive(Debug, Clone)]
 pub struct S3Config {
-    /// `http://127.0.0.1:3900`: scheme, host and port, no path.
-    pub endpoint: String,
+    /// `http://127.0.0.1:3900`: scheme, host and port, no path; several (`endpoint = [...]`,
+    /// nodes of one cluster) are tried in turn when one cannot be reached.
+    pub endpoints: Vec<String>,
     pub region: String,
     pub bucket: String,
     /// Keys are `<key_prefix>/<path>`; empty for the bucket's root.
@@ -34,9 +35,24 @@ pub struct S3Config {
 pub const S3_MAX_SINGLE_PUT: u64 = 5 << 30;
 
 impl S3Config {
+    /// The endpoints as logs name them.
+    pub fn endpoint(&self) -> String {
+        self.endpoints.join(", ")
+    }
+
     /// The keys of an `s3` table; `key_prefix` defaults to `default_prefix`.
     pub(super) fn parse(s: &mut Section<'_, '_>, default_prefix: &str) -> Option<S3Config> {
-        let endpoint = s.string("endpoint");
+        let endpoint: Option<Vec<String>> = match s.get("endpoint") {
+            None => None,
+            Some(toml::Value::String(e)) => Some(vec![e.clone()]),
+            Some(toml::Value::Array(list)) if !list.is_empty() && list.iter().all(toml::Value::is_str) => {
+                Some(list.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            }
+            Some(_) => {
+                s.problem_at("endpoint", "must be a URL or a list of URLs (the nodes of one cluster)");
+                Some(Vec::new())
+            }
+        };
         let region = s.string("region").unwrap_or_else(|| "us-east-1".into());
         let bucket = s.string("bucket");
         let key_prefix = s.string("key_prefix").unwrap_or_else(|| default_prefix.into()).trim_matches('/').to_string();
@@ -47,25 +63,30 @@ impl S3Config {
         let request_timeout = s.duration("request_timeout", Duration::from_secs(30));
         let transfer_timeout = s.duration("transfer_timeout", Duration::from_secs(600));
         let max_chunked_uploads = s.count("max_chunked_uploads", 32, 1..=10_000);
-        let endpoint = match endpoint {
+        let endpoints = match endpoint {
             None => {
                 s.problem_at("endpoint", "is required (the S3 API, e.g. \"http://127.0.0.1:3900\")");
                 None
             }
-            Some(e) => match e.trim_end_matches('/').parse::<http::Uri>() {
-                Ok(uri)
-                    if matches!(uri.scheme_str(), Some("http" | "https"))
-                        && uri.authority().is_some()
-                        && uri.path().len() <= 1
-                        && uri.query().is_none() =>
-                {
-                    Some(e.trim_end_matches('/').to_string())
+            Some(list) => {
+                let mut good = Vec::new();
+                for e in list {
+                    match e.trim_end_matches('/').parse::<http::Uri>() {
+                        Ok(uri)
+                            if matches!(uri.scheme_str(), Some("http" | "https"))
+                                && uri.authority().is_some()
+                                && uri.path().len() <= 1
+                                && uri.query().is_none() =>
+                        {
+                            good.push(e.trim_end_matches('/').to_string())
+                        }
+                        _ => {
+                            s.problem_at("endpoint", format!("{e:?} is not an http:// or https:// URL without a path"))
+                        }
+                    }
                 }
-                _ => {
-                    s.problem_at("endpoint", format!("{e:?} is not an http:// or https:// URL without a path"));
-                    None
-                }
-            },
+                (!good.is_empty()).then_some(good)
+            }
         };
         // S3's bucket naming rules (3 to 63 lower-case letters, digits, dots and hyphens).
         let bucket = match bucket {
@@ -102,7 +123,7 @@ impl S3Config {
             s.problem_at("transfer_timeout", "timeouts must be above zero, transfer_timeout at least request_timeout");
         }
         Some(S3Config {
-            endpoint: endpoint?,
+            endpoints: endpoints?,
             region,
             bucket: bucket?,
             key_prefix,

@@ -109,10 +109,10 @@ impl Excp {
                 // Alive before anything is accepted, so no other instance takes this one's
                 // calls for a dead one's while it starts.
                 records.beat().await.map_err(|e| {
-                    anyhow::anyhow!("excp.s3: bucket {:?} at {}: {e}", shared.s3.bucket, shared.s3.endpoint)
+                    anyhow::anyhow!("excp.s3: bucket {:?} at {}: {e}", shared.s3.bucket, shared.s3.endpoint())
                 })?;
                 tracing::info!(
-                    endpoint = %shared.s3.endpoint,
+                    endpoint = %shared.s3.endpoint(),
                     bucket = %shared.s3.bucket,
                     instance = %shared.instance,
                     "excp calls kept in the shared bucket"
@@ -361,7 +361,7 @@ impl RoleStatus for Excp {
             "recordingEnabled": self.config.provider.recording_enabled,
             "gir": self.config.provider.gir.is_some(),
             "sharedBucket": self.config.shared.as_ref().map(|s| serde_json::json!({
-                "endpoint": s.s3.endpoint,
+                "endpoint": s.s3.endpoint(),
                 "bucket": s.s3.bucket,
                 "instance": s.instance,
                 "takeovers": self.metrics.takeovers.get(),

@@ -48,8 +48,9 @@ impl S3Error {
 /// Where the bucket is and who we are.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// `http://127.0.0.1:3900` or `https://s3.eu-west-1.amazonaws.com`, no path.
-    pub endpoint: String,
+    /// `http://127.0.0.1:3900` or `https://s3.eu-west-1.amazonaws.com`, no path; several
+    /// nodes of one cluster, tried in turn when one cannot be reached.
+    pub endpoints: Vec<String>,
     pub bucket: String,
     /// `endpoint/bucket/key` (Garage, MinIO, Ceph) rather than `bucket.endpoint/key`.
     pub path_style: bool,
@@ -87,8 +88,10 @@ pub struct Page {
 pub struct S3Client {
     target: Target,
     http: reqwest::Client,
-    /// The `Host` the signature names.
-    host: String,
+    /// Per endpoint: its scheme and the `Host` the signature names.
+    nodes: Vec<(&'static str, String)>,
+    /// The endpoint that answered last: where the next request goes first.
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl S3Client {
@@ -100,15 +103,27 @@ impl S3Client {
         request_timeout: Duration,
         transfer_timeout: Duration,
     ) -> Result<S3Client, String> {
-        let url = reqwest::Url::parse(&target.endpoint).map_err(|e| format!("endpoint {:?}: {e}", target.endpoint))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(format!("endpoint {:?} must be an http:// or https:// URL", target.endpoint));
+        let mut nodes = Vec::new();
+        for endpoint in &target.endpoints {
+            let url = reqwest::Url::parse(endpoint).map_err(|e| format!("endpoint {endpoint:?}: {e}"))?;
+            let scheme = match url.scheme() {
+                "http" => "http",
+                "https" => "https",
+                _ => return Err(format!("endpoint {endpoint:?} must be an http:// or https:// URL")),
+            };
+            let Some(name) = url.host_str() else {
+                return Err(format!("endpoint {endpoint:?} must be an http:// or https:// URL"));
+            };
+            let authority = match url.port() {
+                Some(port) => format!("{name}:{port}"),
+                None => name.to_string(),
+            };
+            let host = if target.path_style { authority } else { format!("{}.{authority}", target.bucket) };
+            nodes.push((scheme, host));
         }
-        let authority = match url.port() {
-            Some(port) => format!("{}:{port}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_string(),
-        };
-        let host = if target.path_style { authority } else { format!("{}.{authority}", target.bucket) };
+        if nodes.is_empty() {
+            return Err("no endpoint".into());
+        }
         crate::http::tls::install_provider();
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("exec-allinone/", env!("CARGO_PKG_VERSION")))
@@ -134,13 +149,13 @@ impl S3Client {
             ),
         };
         let http = builder.build().map_err(|e| e.to_string())?;
-        Ok(S3Client { target, http, host })
+        Ok(S3Client { target, http, nodes, current: Default::default() })
     }
 
     /// The client an `s3` table of the config describes.
     pub fn from_config(config: &crate::config::S3Config) -> Result<S3Client, String> {
         let target = Target {
-            endpoint: config.endpoint.clone(),
+            endpoints: config.endpoints.clone(),
             bucket: config.bucket.clone(),
             path_style: config.path_style,
             credentials: sigv4::Credentials {
@@ -156,8 +171,9 @@ impl S3Client {
         &self.target.bucket
     }
 
-    /// The URL and the path the signature covers, for a key (None: the bucket itself).
-    fn locate(&self, key: Option<&str>) -> (String, String) {
+    /// The URL (on endpoint `node`) and the path the signature covers, for a key (None: the
+    /// bucket itself).
+    fn locate(&self, node: usize, key: Option<&str>) -> (String, String) {
         let key_path = key.map(|k| format!("/{}", sigv4::encode(k, false))).unwrap_or_else(|| "/".into());
         let path = if self.target.path_style {
             match key {
@@ -167,11 +183,13 @@ impl S3Client {
         } else {
             key_path
         };
-        let scheme = if self.target.endpoint.starts_with("https://") { "https" } else { "http" };
-        (format!("{scheme}://{}{path}", self.host), path)
+        let (scheme, host) = &self.nodes[node];
+        (format!("{scheme}://{host}{path}"), path)
     }
 
-    /// Sends one signed request; `extra` headers are signed too.
+    /// Sends one signed request; `extra` headers are signed too. An endpoint that cannot be
+    /// reached (nothing was sent) makes the request go to the next one, and the next requests
+    /// start there; a streamed body can be sent once only, so its request is not moved.
     async fn send(
         &self,
         method: Method,
@@ -180,7 +198,74 @@ impl S3Client {
         extra: &[(&str, String)],
         body: Option<(Payload, bool)>,
     ) -> Result<reqwest::Response, S3Error> {
-        let (url, path) = self.locate(key);
+        use std::sync::atomic::Ordering;
+        let n = self.nodes.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let (bytes, mut stream, hashed) = match body {
+            None => (None, None, false),
+            Some((Payload::Bytes(b), hashed)) => (Some(b), None, hashed),
+            Some((Payload::Stream(s), hashed)) => (None, Some(s), hashed),
+        };
+        let mut tried = 0;
+        let (response, path) = loop {
+            let node = (first + tried) % n;
+            let body = match (&bytes, stream.take()) {
+                (_, Some(s)) => Some(Payload::Stream(s)),
+                (Some(b), None) => Some(Payload::Bytes(b.clone())),
+                (None, None) => None,
+            };
+            let once = matches!(body, Some(Payload::Stream(_)));
+            let (request, path) = self.signed(node, method.clone(), key, query, extra, body.map(|b| (b, hashed)));
+            match request.send().await {
+                Ok(response) => {
+                    if node != first {
+                        self.current.store(node, Ordering::Relaxed);
+                    }
+                    break (response, path);
+                }
+                Err(e) if e.is_connect() => {
+                    let next = (node + 1) % n;
+                    self.current.store(next, Ordering::Relaxed);
+                    tried += 1;
+                    if n > 1 {
+                        tracing::warn!(endpoint = %self.target.endpoints[node], "object store node unreachable: {}", chain(&e));
+                    }
+                    if once || tried >= n {
+                        return Err(S3Error::Transient(chain(&e)));
+                    }
+                }
+                Err(e) => return Err(S3Error::Transient(chain(&e))),
+            }
+        };
+        let status = response.status();
+        if status.is_success() || status.as_u16() == 206 || status.as_u16() == 304 {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let code = element(&text, "Code").unwrap_or_default();
+        let message = element(&text, "Message").unwrap_or_default();
+        let why = format!("{} {status}: {code} {message}", path).trim_end().to_string();
+        Err(match (status.as_u16(), code.as_str()) {
+            (404, _) => S3Error::NotFound(why),
+            (412, _) => S3Error::Precondition(why),
+            (_, "QuotaExceeded" | "EntityTooLarge") | (507, _) => S3Error::Quota(why),
+            (403, _) if message.to_ascii_lowercase().contains("quota") => S3Error::Quota(why),
+            (429, _) | (500..=599, _) | (408, _) => S3Error::Transient(why),
+            _ => S3Error::Refused(why),
+        })
+    }
+
+    /// One request to endpoint `node`, signed.
+    fn signed(
+        &self,
+        node: usize,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        extra: &[(&str, String)],
+        body: Option<(Payload, bool)>,
+    ) -> (reqwest::RequestBuilder, String) {
+        let (url, path) = self.locate(node, key);
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let amz_date = sigv4::amz_date(now);
         // A small body (XML of a multipart completion) is hashed; an object is sent unsigned,
@@ -191,7 +276,7 @@ impl S3Client {
             Some((_, false)) | Some((Payload::Stream(_), _)) => UNSIGNED_PAYLOAD.to_string(),
         };
         let mut headers: Vec<(&str, &str)> = vec![
-            ("host", self.host.as_str()),
+            ("host", self.nodes[node].1.as_str()),
             ("x-amz-content-sha256", payload_hash.as_str()),
             ("x-amz-date", amz_date.as_str()),
         ];
@@ -225,23 +310,7 @@ impl S3Client {
             Some((Payload::Stream(stream), _)) => request = request.body(stream),
             None => {}
         }
-        let response = request.send().await.map_err(|e| S3Error::Transient(chain(&e)))?;
-        let status = response.status();
-        if status.is_success() || status.as_u16() == 206 || status.as_u16() == 304 {
-            return Ok(response);
-        }
-        let text = response.text().await.unwrap_or_default();
-        let code = element(&text, "Code").unwrap_or_default();
-        let message = element(&text, "Message").unwrap_or_default();
-        let why = format!("{} {status}: {code} {message}", path).trim_end().to_string();
-        Err(match (status.as_u16(), code.as_str()) {
-            (404, _) => S3Error::NotFound(why),
-            (412, _) => S3Error::Precondition(why),
-            (_, "QuotaExceeded" | "EntityTooLarge") | (507, _) => S3Error::Quota(why),
-            (403, _) if message.to_ascii_lowercase().contains("quota") => S3Error::Quota(why),
-            (429, _) | (500..=599, _) | (408, _) => S3Error::Transient(why),
-            _ => S3Error::Refused(why),
-        })
+        (request, path)
     }
 
     /// PUTs a whole object with its MD5 checked by the server; returns its ETag.

@@ -697,7 +697,7 @@ impl Bucket {
         let client = crate::s3::client::S3Client::from_config(config).map_err(|e| anyhow::anyhow!("webdav.s3: {e}"))?;
         Ok(Bucket {
             store: S3Store::new(client, &config.key_prefix),
-            endpoint: config.endpoint.clone(),
+            endpoint: config.endpoint(),
             bucket: config.bucket.clone(),
             key_prefix: config.key_prefix.clone(),
             chunked: std::sync::Arc::new(tokio::sync::Semaphore::new(config.max_chunked_uploads)),

@@ -121,18 +121,18 @@ impl Webdav {
                 let bucket = Arc::new(davs3::Bucket::new(s3)?);
                 match bucket.probe().await {
                     Ok(()) => tracing::info!(
-                        endpoint = %s3.endpoint,
+                        endpoint = %s3.endpoint(),
                         bucket = %s3.bucket,
                         key_prefix = %s3.key_prefix,
                         "webdav store on an S3 bucket"
                     ),
                     // Wrong keys or bucket: the operator's to fix, so the start fails.
                     Err(e @ (S3Error::Refused(_) | S3Error::NotFound(_))) => {
-                        anyhow::bail!("webdav.s3: bucket {:?} at {}: {e}", s3.bucket, s3.endpoint)
+                        anyhow::bail!("webdav.s3: bucket {:?} at {}: {e}", s3.bucket, s3.endpoint())
                     }
                     // An engine still starting may answer soon: served, and unhealthy until then.
                     Err(e) => tracing::error!(
-                        endpoint = %s3.endpoint,
+                        endpoint = %s3.endpoint(),
                         bucket = %s3.bucket,
                         "webdav.s3: the bucket does not answer yet: {e}; requests fail until it does"
                     ),

@@ -20,7 +20,7 @@ fn client(g: &Garage, node: usize, secret: &str) -> S3Client {
 
 fn target_of(g: &Garage, node: usize, secret: &str) -> Target {
     Target {
-        endpoint: g.endpoint(node),
+        endpoints: vec![g.endpoint(node)],
         bucket: g.bucket.clone(),
         path_style: true,
         credentials: Credentials {
@@ -89,7 +89,7 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
             S3Client::new(no_bucket, &Default::default(), Duration::from_secs(10), Duration::from_secs(120)).unwrap();
         let missing = elsewhere.head("x").await;
         assert!(matches!(missing, Err(S3Error::NotFound(_) | S3Error::Refused(_))), "{missing:?}");
-        let ftp = Target { endpoint: "ftp://x".into(), ..target_of(&g, 0, &g.secret) };
+        let ftp = Target { endpoints: vec!["ftp://x".into()], ..target_of(&g, 0, &g.secret) };
         assert!(S3Client::new(ftp, &Default::default(), Duration::from_secs(1), Duration::from_secs(1)).is_err());
 
         // Multipart: visible only when completed, whole; an aborted one never.
@@ -123,6 +123,17 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         let (_, r) = c1.get("recordings/after-kill.opus", None, None).await.unwrap();
         assert_eq!(&r.bytes().await.unwrap()[..], b"still");
         assert_eq!(c1.head("recordings/big.opus").await.unwrap().len, (5 << 20) + 7);
+    });
+    // A client given every node goes on past the dead one, for reads and writes alike.
+    let nodes = Target { endpoints: vec![g.endpoint(2), g.endpoint(0), g.endpoint(1)], ..target_of(&g, 0, &g.secret) };
+    let failover =
+        S3Client::new(nodes, &Default::default(), Duration::from_secs(10), Duration::from_secs(120)).unwrap();
+    block_on(async {
+        assert_eq!(failover.head("recordings/big.opus").await.unwrap().len, (5 << 20) + 7);
+        failover.put("recordings/failover.opus", Bytes::from_static(b"on"), &BTreeMap::new()).await.unwrap();
+        let (_, r) = c1.get("recordings/failover.opus", None, None).await.unwrap();
+        assert_eq!(&r.bytes().await.unwrap()[..], b"on");
+        failover.delete("recordings/failover.opus").await.unwrap();
     });
 
     // The bucket's quota, one figure for every front end: past it, Quota (the store's 507).

@@ -166,7 +166,7 @@ impl Garage {
         use exec_allinone::s3::client::{S3Client, Target};
         use exec_allinone::s3::sigv4::Credentials;
         let target = Target {
-            endpoint: self.endpoint(n),
+            endpoints: vec![self.endpoint(n)],
             bucket: self.bucket.clone(),
             path_style: true,
             credentials: Credentials {
