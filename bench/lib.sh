@@ -130,3 +130,48 @@ ratio() {
 }
 
 total() { awk -F'\t' -v s="$1" -v m="$2" '$1==s && $3==m && $4 ~ /^[0-9]+$/ {t+=$4} END {print t+0}' "$RAW"; }
+
+# ---------------------------------------------------------------- recordings at the cloud
+# cloud_summary SIMULATE_JSON CLOUD_JSON: simulate's --report against the fake cloud's
+# /_fake/report, recording by recording, as JSON: simulated, failed_calls, delivered (audio
+# stored with the sample's length and MD5), duplicated (audio or sidecar in more than one cloud
+# object; a resumed upload re-PUTting one presigned URL is a re-PUT, not a duplicate), lost
+# (completed, never at the cloud), partial (an object of the wrong length or MD5), re_puts,
+# sidecars_missing, left_in_webdav, rec_per_s, and p50/p99/max seconds from a call's end to its
+# recording's first completed PUT to the cloud. Needs $ROOT.
+cloud_summary() {
+    local SAMPLE_LEN SAMPLE_MD5
+    SAMPLE_LEN=$(stat -c %s "$ROOT/assets/sample.opus")
+    SAMPLE_MD5=$(printf '%b' "$(md5sum "$ROOT/assets/sample.opus" | cut -c1-32 | sed 's/../\\x&/g')" | base64)
+    jq -n --slurpfile sim "$1" --slurpfile cloud "$2" \
+        --argjson len "$SAMPLE_LEN" --arg md5 "$SAMPLE_MD5" '
+        $sim[0] as $s | ($cloud[0].files // {}) as $f |
+        def pct(p): if length == 0 then null else sort | .[((length * p) | ceil) - 1 | if . < 0 then 0 else . end] end;
+        def audio(n): [($f[n].objects // [])[] | select(.contentType == "audio/opus")];
+        ($s.recordings | keys) as $completed |
+        ([$s.failed_calls[].recordings[]]) as $failed |
+        [($completed + $failed)[] as $n | {name: $n, completed: ($s.recordings[$n] != null),
+            objects: audio($n), sidecars: ($f[$n + ".json"].uploads // 0),
+            ended: ($s.recordings[$n].ended_at_ms // null)}] as $all |
+        [$all[] | select(.objects | length > 0) | .objects |= map(select(.len == $len and .md5 == $md5))
+            | select(.objects | length > 0)] as $good |
+        {
+          simulated: $s.simulated,
+          failed_calls: ($s.failed_calls | length),
+          delivered: ($good | length),
+          duplicated: ([$all[] | select((.objects | length) > 1 or .sidecars > 1)] | length),
+          lost: ([$all[] | select(.completed and (.objects | length) == 0)] | length),
+          partial: ([$all[] | select(any(.objects[]; .len != $len or .md5 != $md5))] | length),
+          re_puts: ([$all[].objects[].puts - 1] | add // 0),
+          sidecars_missing: ([$all[] | select(.completed and .sidecars == 0)] | length),
+          left_in_webdav: ($s.missing | length),
+          latency: ([$good[] | select(.ended != null) | ((.objects | map(.firstPutMs) | min) - .ended) / 1000
+                     | if . < 0 then 0 else . end]),
+          last_upload_ms: ([$all[].objects[].firstPutMs] | max),
+          started_ms: $s.started_at_ms
+        }
+        | .rec_per_s = (if .last_upload_ms != null and .started_ms > 0 and .last_upload_ms > .started_ms
+                        then .delivered / ((.last_upload_ms - .started_ms) / 1000) else 0 end)
+        | .p50 = (.latency | pct(0.5)) | .p99 = (.latency | pct(0.99)) | .max = (.latency | max)
+        | del(.latency)'
+}

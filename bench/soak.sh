@@ -269,40 +269,8 @@ curl -s --max-time 30 "http://127.0.0.1:$PORT_CLOUD/_fake/report" >"$WORK/cloud.
 curl -s --max-time 5 "http://127.0.0.1:$PORT_CLOUD/_fake/counts" >"$WORK/cloud-counts.json"
 left=$(find "$WORK/recordings" -maxdepth 1 -type f ! -name '.*' | wc -l)
 
-SAMPLE_LEN=$(stat -c %s "$ROOT/assets/sample.opus")
-SAMPLE_MD5=$(printf '%b' "$(md5sum "$ROOT/assets/sample.opus" | cut -c1-32 | sed 's/../\\x&/g')" | base64)
 [[ -s "$WORK/simulate.json" ]] || echo '{"recordings":{},"failed_calls":[],"missing":[],"simulated":'"$RECORDINGS"',"started_at_ms":0}' >"$WORK/simulate.json"
-SUMMARY=$(jq -n --slurpfile sim "$WORK/simulate.json" --slurpfile cloud "$WORK/cloud.json" \
-    --argjson len "$SAMPLE_LEN" --arg md5 "$SAMPLE_MD5" '
-    $sim[0] as $s | ($cloud[0].files // {}) as $f |
-    def pct(p): if length == 0 then null else sort | .[((length * p) | ceil) - 1 | if . < 0 then 0 else . end] end;
-    def audio(n): [($f[n].objects // [])[] | select(.contentType == "audio/opus")];
-    ($s.recordings | keys) as $completed |
-    ([$s.failed_calls[].recordings[]]) as $failed |
-    [($completed + $failed)[] as $n | {name: $n, completed: ($s.recordings[$n] != null),
-        objects: audio($n), sidecars: ($f[$n + ".json"].uploads // 0),
-        ended: ($s.recordings[$n].ended_at_ms // null)}] as $all |
-    [$all[] | select(.objects | length > 0) | .objects |= map(select(.len == $len and .md5 == $md5))
-        | select(.objects | length > 0)] as $good |
-    {
-      simulated: $s.simulated,
-      failed_calls: ($s.failed_calls | length),
-      delivered: ($good | length),
-      duplicated: ([$all[] | select((.objects | length) > 1 or .sidecars > 1)] | length),
-      lost: ([$all[] | select(.completed and (.objects | length) == 0)] | length),
-      partial: ([$all[] | select(any(.objects[]; .len != $len or .md5 != $md5))] | length),
-      re_puts: ([$all[].objects[].puts - 1] | add // 0),
-      sidecars_missing: ([$all[] | select(.completed and .sidecars == 0)] | length),
-      left_in_webdav: ($s.missing | length),
-      latency: ([$good[] | select(.ended != null) | ((.objects | map(.firstPutMs) | min) - .ended) / 1000
-                 | if . < 0 then 0 else . end]),
-      last_upload_ms: ([$all[].objects[].firstPutMs] | max),
-      started_ms: $s.started_at_ms
-    }
-    | .rec_per_s = (if .last_upload_ms != null and .started_ms > 0 and .last_upload_ms > .started_ms
-                    then .delivered / ((.last_upload_ms - .started_ms) / 1000) else 0 end)
-    | .p50 = (.latency | pct(0.5)) | .p99 = (.latency | pct(0.99)) | .max = (.latency | max)
-    | del(.latency)')
+SUMMARY=$(cloud_summary "$WORK/simulate.json" "$WORK/cloud.json")
 
 mib() { [[ -n "${1:-}" ]] && awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}' || echo "n/a"; }
 secs() { jq -r "if .$1 == null then \"n/a\" else (.$1 * 100 | round / 100 | tostring) + \" s\" end" <<<"$SUMMARY"; }

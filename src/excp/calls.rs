@@ -236,7 +236,7 @@ pub struct CallBook {
     max_recordings: usize,
 }
 
-fn key(call_uuid: &str) -> String {
+pub fn key(call_uuid: &str) -> String {
     format!("{call_uuid}.json")
 }
 

@@ -48,6 +48,8 @@ pub struct Excp {
     exrp_ok: AtomicBool,
     last_delivery_ms: AtomicU64,
     wake: tokio::sync::Notify,
+    /// `[excp.s3]`: the other instances as the last heartbeat round saw them.
+    peers: std::sync::Mutex<takeover::Peers>,
 }
 
 #[derive(Default)]
@@ -148,6 +150,7 @@ impl Excp {
             exrp_ok: AtomicBool::new(true),
             last_delivery_ms: AtomicU64::new(0),
             wake: tokio::sync::Notify::new(),
+            peers: Default::default(),
         }))
     }
 
@@ -285,7 +288,30 @@ async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) 
     }
     // In GIR mode MCP posts its metadata to GIR, so the end event is how a call becomes known.
     let gir = excp.config.provider.gir.is_some();
-    let ended = excp.book.end(&call_uuid, "event", &corr_id, gir).await;
+    let mut ended = excp.book.end(&call_uuid, "event", &corr_id, gir).await;
+    // Calls in a shared bucket: other instances may hold shares of this call (the lb spread
+    // its metadata), or all of it.
+    if let Some(shared) = &excp.config.shared {
+        match takeover::end_elsewhere(&excp, &call_uuid, &corr_id, shared.takeover_after).await {
+            Ok(0) => {}
+            Ok(n) => {
+                if matches!(ended, Ok(calls::EndOutcome::Unknown)) {
+                    ended = Ok(calls::EndOutcome::Ended);
+                }
+                tracing::info!(call_uuid = %call_uuid, shares = n, "end event passed on to the instances holding the call");
+            }
+            Err(e) if matches!(ended, Ok(calls::EndOutcome::Unknown)) => {
+                tracing::error!(call_uuid = %call_uuid, "cannot look for the call in the shared bucket: {e}");
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    50301,
+                    "cannot reach the shared bucket; retry",
+                    &corr_id,
+                );
+            }
+            Err(e) => tracing::warn!(call_uuid = %call_uuid, "end event not passed on to other instances: {e}"),
+        }
+    }
     match &ended {
         Ok(_) => excp.state.ok(),
         Err(BookError::Io(e)) => excp.state.failed(e),

@@ -19,6 +19,9 @@ pub struct BucketRecords {
 
 const ALIVE: &str = "alive";
 const RECORDS: &str = "records/";
+/// Notes other owners leave for this one (an end event for a call it holds): separate
+/// objects, so only their writer writes each, and nothing needs a conditional write.
+const NOTES: &str = "notes/";
 
 impl BucketRecords {
     pub fn new(client: S3Client, key_prefix: &str, owner: &str) -> BucketRecords {
@@ -75,6 +78,47 @@ impl BucketRecords {
                 Ok(Some(bytes.to_vec()))
             }
             Err(S3Error::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `owner` holds record `key`.
+    pub async fn holds(&self, owner: &str, key: &str) -> Result<bool, S3Error> {
+        match self.client.head(&self.key(owner, key)).await {
+            Ok(_) => Ok(true),
+            Err(S3Error::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Leaves `owner` a note `key` (replacing one of the same name).
+    pub async fn leave_note(&self, owner: &str, key: &str, bytes: Vec<u8>) -> Result<(), S3Error> {
+        let note = format!("{}{owner}/{NOTES}{key}", self.root);
+        self.client.put(&note, Bytes::from(bytes), &BTreeMap::new()).await.map(drop)
+    }
+
+    /// The notes left for `owner`, as (key, bytes).
+    pub async fn notes_of(&self, owner: &str) -> Result<Vec<(String, Vec<u8>)>, S3Error> {
+        let prefix = format!("{}{owner}/{NOTES}", self.root);
+        let page = self.client.list(&prefix, Some("/"), None).await?;
+        let mut notes = Vec::new();
+        for object in page.objects {
+            let Some(key) = object.key.strip_prefix(&prefix) else { continue };
+            match self.client.get(&object.key, None, None).await {
+                Ok((_, response)) => {
+                    let bytes = response.bytes().await.map_err(|e| S3Error::Transient(crate::telemetry::chain(&e)))?;
+                    notes.push((key.to_string(), bytes.to_vec()));
+                }
+                Err(S3Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(notes)
+    }
+
+    pub async fn remove_note_of(&self, owner: &str, key: &str) -> Result<(), S3Error> {
+        match self.client.delete(&format!("{}{owner}/{NOTES}{key}", self.root)).await {
+            Ok(()) | Err(S3Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }

@@ -1387,22 +1387,42 @@ fn a_dead_instance_s_calls_are_taken_over_from_the_shared_bucket() {
     assert_eq!(b.metric("excp_calls", &[]), 1.0);
     assert!(exrp.received().is_empty());
 
+    // While both live, an end event reaches every share of its call wherever it lands: a
+    // call held whole by the other instance, and one split between the two.
+    let (elsewhere, both) = (call_id("elsewhere"), call_id("both"));
+    a.accept(&media(&elsewhere, 0));
+    a.accept(&media(&both, 0));
+    b.accept(&media(&both, 1));
+    b.end_ok(&elsewhere);
+    b.end_ok(&both);
+    exrp.wait_jobs(&elsewhere, &[&media_id(&elsewhere, 0)], Duration::from_secs(20));
+    exrp.wait_jobs(&both, &[&media_id(&both, 0), &media_id(&both, 1)], Duration::from_secs(20));
+    assert_eq!(a.metric("excp_interactions_ended_total", &[("reason", "event")]), 2.0, "{}", a.tail());
+    assert_eq!(b.metric("excp_calls_taken_over_total", &[]), 0.0, "a live instance keeps its calls");
+    let unknown = b.end(&call_id("nobody"));
+    assert_eq!((unknown.status, unknown.code()), (404, 40402), "a call no instance holds");
+    // a has recorded those deliveries (a kill before that would make b offer them again, which
+    // exrp takes as the repeat it is; here each offer is counted).
+    a.wait_metric("excp_recordings_delivered_total", &[], 2.0, SOON);
+
     a.kill9();
-    b.wait_metric("excp_calls_taken_over_total", &[], 2.0, Duration::from_secs(30));
-    assert_eq!(b.metric("excp_calls", &[]), 2.0, "the split call merged into one");
+    // a held four calls (two delivered already, kept to recognise repeats): all move to b, the
+    // split ones merged with b's shares.
+    b.wait_metric("excp_calls_taken_over_total", &[], 4.0, Duration::from_secs(30));
+    assert_eq!(b.metric("excp_calls", &[]), 4.0, "the split calls merged into one each");
     b.end_ok(&only_a);
     b.end_ok(&split);
     exrp.wait_jobs(&only_a, &[&media_id(&only_a, 0), &media_id(&only_a, 1)], SOON);
     exrp.wait_jobs(&split, &[&media_id(&split, 0), &media_id(&split, 1)], SOON);
     b.settle();
-    for (call, n) in [(&only_a, 0), (&only_a, 1), (&split, 0), (&split, 1)] {
+    for (call, n) in [(&only_a, 0), (&only_a, 1), (&split, 0), (&split, 1), (&elsewhere, 0), (&both, 0), (&both, 1)] {
         assert_eq!(exrp.offers(call, &media_id(call, n)), 1, "{call} {n} offered once");
     }
     let details = b.details();
-    assert_eq!(details["sharedBucket"]["takeovers"], 2, "{details}");
+    assert_eq!(details["sharedBucket"]["takeovers"], 4, "{details}");
     // The dead instance's prefix is empty and its heartbeat buried: nothing to take again.
     let left = g.keys(2, "excp/");
     assert!(!left.iter().any(|k| k.starts_with("excp/a/")), "{left:?}");
-    assert_eq!(left.iter().filter(|k| k.starts_with("excp/b/records/")).count(), 2, "{left:?}");
+    assert_eq!(left.iter().filter(|k| k.starts_with("excp/b/records/")).count(), 4, "{left:?}");
     assert!(b.proc().logs().contains("excp instance stopped its heartbeat"), "{}", b.tail());
 }
