@@ -17,12 +17,10 @@ use crate::config::SharedCalls;
 use crate::s3::client::S3Error;
 use crate::s3::records::BucketRecords;
 
-/// The instances as the last round saw them.
+/// What the last round learnt of the bucket.
 #[derive(Default)]
 pub struct Peers {
-    /// Name and last heartbeat (the bucket's time) of every instance with a prefix.
-    owners: Vec<(String, Option<SystemTime>)>,
-    /// The bucket's time of our own last heartbeat.
+    /// The bucket's time of our own last heartbeat: the clock other heartbeats are read by.
     now: Option<SystemTime>,
 }
 
@@ -83,7 +81,7 @@ async fn round(excp: &Excp, records: &BucketRecords, takeover_after: Duration) -
         }
     };
     let owners = records.owners().await.map_err(|e| e.to_string())?;
-    *excp.peers.lock().unwrap_or_else(|p| p.into_inner()) = Peers { owners: owners.clone(), now: Some(now) };
+    *excp.peers.lock().unwrap_or_else(|p| p.into_inner()) = Peers { now: Some(now) };
     read_notes(excp, records, records.owner()).await.map_err(|e| e.to_string())?;
     let first_alive =
         owners.iter().filter(|(_, beat)| alive(*beat, now, takeover_after)).map(|(name, _)| name.as_str()).min();
@@ -170,10 +168,9 @@ pub async fn end_elsewhere(
     takeover_after: Duration,
 ) -> Result<usize, String> {
     let Some(records) = bucket(excp) else { return Ok(0) };
-    let (owners, now) = {
-        let peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
-        (peers.owners.clone(), peers.now)
-    };
+    // Listed now, not taken from the last round: an instance that started since may hold it.
+    let owners = records.owners().await.map_err(|e| e.to_string())?;
+    let now = excp.peers.lock().unwrap_or_else(|p| p.into_inner()).now;
     let key = super::calls::key(call_uuid);
     let note = serde_json::to_vec(&EndNote { call_uuid: call_uuid.to_string(), corr_id: corr_id.to_string() })
         .map_err(|e| e.to_string())?;

@@ -21,6 +21,8 @@ pub const HIDDEN_PREFIX: &str = ".exec-allinone-";
 /// Properties past what metadata holds (S3 allows 2 KB of it in all) go to a sidecar object
 /// under this collection, and the metadata says so.
 const SIDECARS: &str = ".exec-allinone-props";
+/// The metadata value naming a sidecar: `@sidecar:<version>` (each write makes a new sidecar
+/// object, so no object is ever replaced or deleted while the metadata still names it).
 const IN_SIDECAR: &str = "@sidecar";
 const MAX_INLINE: usize = 1536;
 
@@ -136,11 +138,16 @@ impl S3Store {
     pub async fn delete(&self, path: &str) -> Result<(), S3Error> {
         // S3 answers 204 for a key that is not there: the store's callers want to know.
         let head = self.client.head(&self.key(path)).await?;
-        // The sidecar first: a failure then leaves the file with its properties.
-        if head.metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR) {
-            self.client.delete(&self.sidecar(path)).await?;
+        self.client.delete(&self.key(path)).await?;
+        // Then its sidecar: a failure now leaves an object nothing names, never a file whose
+        // properties are gone.
+        if let Some(sidecar) = self.sidecar_of(path, &head.metadata) {
+            match self.client.delete(&sidecar).await {
+                Ok(()) | Err(S3Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(%sidecar, "the properties of a deleted file stay behind: {e}"),
+            }
         }
-        self.client.delete(&self.key(path)).await
+        Ok(())
     }
 
     /// One level of the collection at `path` ("" for the root), every page of it.
@@ -171,19 +178,35 @@ impl S3Store {
         }
     }
 
-    fn sidecar(&self, path: &str) -> String {
-        format!("{}{SIDECARS}/{}", self.prefix, path.trim_start_matches('/'))
+    /// The sidecar object `metadata` names for `path`, if any.
+    fn sidecar_of(&self, path: &str, metadata: &BTreeMap<String, String>) -> Option<String> {
+        let value = metadata.get(PROPS)?.strip_prefix(IN_SIDECAR)?;
+        let base = format!("{}{SIDECARS}/{}", self.prefix, path.trim_start_matches('/'));
+        Some(match value.strip_prefix(':') {
+            Some(version) => format!("{base}@{version}"),
+            None => base,
+        })
     }
 
-    /// The dead properties kept with the object (None: none set).
+    /// The dead properties kept with the object (None: none set). A sidecar the metadata names
+    /// but the bucket does not hold is an error, not "no properties": a caller that took it
+    /// for none would write the rest of them away.
     pub async fn props(&self, path: &str) -> Result<Option<String>, S3Error> {
-        let Some(value) = self.head(path).await?.metadata.get(PROPS).cloned() else { return Ok(None) };
-        if value == IN_SIDECAR {
-            let (_, body) = self.client.get(&self.sidecar(path), None, None).await?;
+        let metadata = self.head(path).await?.metadata;
+        let Some(value) = metadata.get(PROPS) else { return Ok(None) };
+        if let Some(sidecar) = self.sidecar_of(path, &metadata) {
+            let body = match self.client.get(&sidecar, None, None).await {
+                Ok((_, body)) => body,
+                Err(S3Error::NotFound(_)) => {
+                    tracing::error!(path, %sidecar, "the properties' sidecar is missing");
+                    return Err(S3Error::Transient(format!("the properties' sidecar {sidecar} is missing")));
+                }
+                Err(e) => return Err(e),
+            };
             let bytes = body.bytes().await.map_err(|e| S3Error::Transient(crate::telemetry::chain(&e)))?;
             return Ok(Some(String::from_utf8_lossy(&bytes).into_owned()));
         }
-        Ok(Some(percent_encoding::percent_decode_str(&value).decode_utf8_lossy().into_owned()))
+        Ok(Some(percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned()))
     }
 
     /// Replaces the object's dead properties: a copy onto itself with new metadata, S3's one
@@ -192,19 +215,23 @@ impl S3Store {
     pub async fn set_props(&self, path: &str, xml: &str) -> Result<(), S3Error> {
         let key = self.key(path);
         let mut metadata = self.client.head(&key).await?.metadata;
-        let had_sidecar = metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR);
+        let old_sidecar = self.sidecar_of(path, &metadata);
         let encoded = percent_encoding::utf8_percent_encode(xml, percent_encoding::NON_ALPHANUMERIC).to_string();
-        let inline = encoded.len() <= MAX_INLINE;
-        if inline {
+        if encoded.len() <= MAX_INLINE {
             metadata.insert(PROPS.into(), encoded);
         } else {
-            self.client.put(&self.sidecar(path), Bytes::copy_from_slice(xml.as_bytes()), &BTreeMap::new()).await?;
-            metadata.insert(PROPS.into(), IN_SIDECAR.into());
+            let version = sidecar_version();
+            metadata.insert(PROPS.into(), format!("{IN_SIDECAR}:{version}"));
+            let sidecar = self.sidecar_of(path, &metadata).expect("named just above");
+            self.client.put(&sidecar, Bytes::copy_from_slice(xml.as_bytes()), &BTreeMap::new()).await?;
         }
         self.client.copy(&key, &key, Some(&metadata)).await?;
-        if inline && had_sidecar {
+        if let Some(old) = old_sidecar {
             // No longer named by the metadata: left, it would only take space.
-            self.client.delete(&self.sidecar(path)).await?;
+            match self.client.delete(&old).await {
+                Ok(()) | Err(S3Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(sidecar = %old, "an old properties sidecar stays behind: {e}"),
+            }
         }
         Ok(())
     }
@@ -212,8 +239,10 @@ impl S3Store {
     /// COPY: the object and its properties (with their sidecar) at `to`.
     pub async fn copy(&self, from: &str, to: &str) -> Result<(), S3Error> {
         let head = self.head(from).await?;
-        if head.metadata.get(PROPS).map(String::as_str) == Some(IN_SIDECAR) {
-            self.client.copy(&self.sidecar(from), &self.sidecar(to), None).await?;
+        // The copy keeps the metadata, so it names its sidecar by the same version.
+        if let (Some(source), Some(dest)) = (self.sidecar_of(from, &head.metadata), self.sidecar_of(to, &head.metadata))
+        {
+            self.client.copy(&source, &dest, None).await?;
         }
         self.client.copy(&self.key(from), &self.key(to), None).await.map(drop)
     }
@@ -224,6 +253,14 @@ impl S3Store {
         self.copy(from, to).await?;
         self.delete(from).await
     }
+}
+
+/// A sidecar version no other write makes: the time in ns and a counter of this process.
+fn sidecar_version() -> String {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{nanos:x}-{:x}-{n:x}", std::process::id())
 }
 
 /// An upload under way: bytes gather into parts; one PUT when the whole fits in a part,

@@ -233,3 +233,39 @@ fn the_s3_store_keeps_the_disk_store_s_promises_on_garage() {
         assert!(matches!(store.delete("moved/SIM1_0.opus").await, Err(S3Error::NotFound(_))));
     });
 }
+
+/// A PROPPATCH cut off at any point (its client gone, the future dropped) leaves a file with
+/// its old properties or its new ones, never none: properties are set 60 times, each cut
+/// after a different delay, alternating sizes that live inline and in a sidecar.
+#[test]
+fn properties_cut_off_at_any_point_are_old_or_new_never_gone() {
+    use exec_allinone::s3::store::S3Store;
+    let g = Garage::start("cutoff");
+    let store = S3Store::new(client(&g, 0, &g.secret), "recordings");
+    block_on(async {
+        let mut tries = 0;
+        loop {
+            let mut up = store.upload("f.opus", Some(3));
+            up.write(b"abc").await.unwrap();
+            match up.commit().await {
+                Ok(()) => break,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let xml = |n: usize| if n % 2 == 0 { format!("<x>{n}</x>") } else { format!("<x>{n}{}</x>", "y".repeat(3000)) };
+        store.set_props("f.opus", &xml(0)).await.unwrap();
+        let mut last = xml(0);
+        for n in 1..=60usize {
+            let cut = Duration::from_millis((n as u64 * 7) % 40);
+            let done = tokio::time::timeout(cut, store.set_props("f.opus", &xml(n))).await;
+            let now = store.props("f.opus").await.unwrap().unwrap_or_default();
+            assert!(now == last || now == xml(n), "after set {n} cut at {cut:?} ({done:?}): {:.80}", now);
+            last = now;
+        }
+    });
+}

@@ -335,3 +335,66 @@ fn locks_stay_exclusive_across_front_ends_behind_the_consistent_hash() {
         (0..20).filter(|i| lock(format!("http://{via}/recordings/CALL{i:03}_0.opus")).status() == 200).count() as f64;
     assert_eq!(relocked, on_a, "exactly the dead front end's paths could be locked again");
 }
+
+/// An S3 endpoint that lists (the start-up check passes) but answers every lookup of an object
+/// 503, as an engine losing a node may for a moment; every write that reaches it is counted.
+/// A LOCK on an existing recording, and a COPY onto one, must then change nothing: dav-server
+/// took any failed lookup for "absent", so a LOCK replaced the file with an empty one (vendor
+/// patches 14 and 15).
+#[test]
+fn a_store_that_cannot_look_now_changes_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let writes = Arc::new(AtomicUsize::new(0));
+    let counted = writes.clone();
+    let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
+        let counted = counted.clone();
+        async move {
+            use axum::response::IntoResponse;
+            match req.method().as_str() {
+                "GET" if req.uri().query().is_some_and(|q| q.contains("list-type=2")) => (
+                    axum::http::StatusCode::OK,
+                    "<?xml version=\"1.0\"?><ListBucketResult><KeyCount>0</KeyCount></ListBucketResult>",
+                )
+                    .into_response(),
+                "HEAD" | "GET" => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "<Error><Code>SlowDown</Code></Error>")
+                    .into_response(),
+                _ => {
+                    counted.fetch_add(1, Ordering::Relaxed);
+                    axum::http::StatusCode::OK.into_response()
+                }
+            }
+        }
+    });
+    let fake = fake_server::FakeServer::start(app);
+    let dir = TempDir::new("s3-cannot-look");
+    std::fs::write(dir.join("htpasswd"), HTPASSWD_LINE).unwrap();
+    let config = dir.join("fe.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[webdav]\nlisten = \"127.0.0.1:0\"\nhtpasswd = \"{}\"\n[webdav.s3]\n\
+             endpoint = \"http://{}\"\nbucket = \"rec\"\naccess_key_id = \"k\"\nsecret_access_key = \"s\"\n",
+            dir.join("htpasswd").display(),
+            fake.addr
+        ),
+    )
+    .unwrap();
+    let proc = start(&config);
+    let c = client();
+    let lock = c
+        .request(method("LOCK"), proc.url("/recordings/SIM1_0.opus"))
+        .basic_auth(USER, Some(PASSWORD))
+        .body("<?xml version=\"1.0\"?><D:lockinfo xmlns:D=\"DAV:\"><D:lockscope><D:exclusive/></D:lockscope><D:locktype><D:write/></D:locktype></D:lockinfo>")
+        .send()
+        .unwrap();
+    assert_eq!(lock.status(), 500, "the lookup's failure is the answer");
+    let copy = c
+        .request(method("COPY"), proc.url("/recordings/a.opus"))
+        .basic_auth(USER, Some(PASSWORD))
+        .header("destination", proc.url("/recordings/SIM1_0.opus"))
+        .send()
+        .unwrap();
+    assert!(copy.status().is_server_error(), "{}", copy.status());
+    assert_eq!(writes.load(Ordering::Relaxed), 0, "nothing was written");
+}

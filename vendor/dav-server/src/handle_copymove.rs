@@ -218,7 +218,10 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
                 }
                 (is_file, Ok(meta))
             }
-            Err(e) => (false, Err(e)),
+            // exec-allinone patch: a destination that cannot be looked at now is not "absent"
+            // (which would skip setting the old one aside before overwriting it).
+            Err(FsError::NotFound) => (false, Err(FsError::NotFound)),
+            Err(e) => return Err(e.into()),
         };
 
         // check if overwrite is "F"

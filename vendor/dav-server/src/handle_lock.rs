@@ -32,9 +32,13 @@ impl<C: Clone + Send + Sync + 'static> DavInner<C> {
 
         // path and meta
         let mut path = self.path(req);
+        // exec-allinone patch: only "not found" makes this an unmapped URL, which a LOCK
+        // creates (empty). Any other failure to look (a store that does not answer now) is the
+        // answer: upstream took it for "absent" and replaced the existing file with an empty one.
         let meta = match self.fs.metadata(&path, &self.credentials).await {
             Ok(meta) => Some(self.fixpath(&mut res, &mut path, meta)),
-            Err(_) => None,
+            Err(FsError::NotFound) => None,
+            Err(e) => return Err(e.into()),
         };
 
         // lock refresh?
