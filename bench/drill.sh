@@ -45,20 +45,17 @@ done
 CONCURRENCY=${CONCURRENCY:-200}
 PER_CALL=${PER_CALL:-2}
 TIMEOUT=${TIMEOUT:-900}
-GARAGE=${GARAGE:-${CARGO_HOME:-$HOME/.cargo}/bin/garage}
 RECORDINGS=$((CALLS * PER_CALL))
 EXPECTED_OBJECTS=$((RECORDINGS * 2))
 STEPS=$((RECORDINGS * 2))
 P=24300
 PORT_FE1=$P PORT_FE2=$((P + 1)) PORT_LB_DAV=$((P + 2)) PORT_LB_EXCP=$((P + 3)) PORT_LB_EXRP=$((P + 4))
 PORT_EXCP1=$((P + 5)) PORT_EXCP2=$((P + 6)) PORT_EXRP1=$((P + 7)) PORT_EXRP2=$((P + 8)) PORT_CLOUD=$((P + 9))
-# Garage node n: RPC 24310+3n, S3 24311+3n, admin 24312+3n.
-garage_port() { echo $((P + 10 + 3 * $1 + $2)); }
 BUCKET=drill
 
 command -v jq >/dev/null || { log "jq is needed (apt-get install jq)"; exit 1; }
 command -v curl >/dev/null || { log "curl is needed (apt-get install curl)"; exit 1; }
-[[ -x "$GARAGE" ]] || { log "garage is needed: cargo install garage --locked (or GARAGE=/path/to/garage)"; exit 1; }
+need_garage
 for port in $(seq $P $((P + 29))); do
     if port_busy "$port"; then
         log "port $port is in use: is another drill running?"
@@ -116,50 +113,15 @@ start() {
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # ---------------------------------------------------------------- Garage: 3 nodes, 1 bucket
-SECRET=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
-gcli() { "$GARAGE" -c "$WORK/garage$1/garage.toml" "${@:2}"; }
-for n in 0 1 2; do
-    mkdir -p "$WORK/garage$n"
-    cat >"$WORK/garage$n/garage.toml" <<EOF
-metadata_dir = "$WORK/garage$n/meta"
-data_dir = "$WORK/garage$n/data"
-db_engine = "sqlite"
-replication_factor = 3
-rpc_bind_addr = "127.0.0.1:$(garage_port $n 0)"
-rpc_public_addr = "127.0.0.1:$(garage_port $n 0)"
-rpc_secret = "$SECRET"
-
-[s3_api]
-s3_region = "garage"
-api_bind_addr = "127.0.0.1:$(garage_port $n 1)"
-root_domain = ".s3.garage.localhost"
-
-[admin]
-api_bind_addr = "127.0.0.1:$(garage_port $n 2)"
-EOF
-    RUST_LOG=garage=warn "$GARAGE" -c "$WORK/garage$n/garage.toml" server >/dev/null 2>"$WORK/garage$n.log" </dev/null &
-    PID[garage$n]=$!
-done
-for n in 0 1 2; do
-    for _ in $(seq 1 200); do port_busy "$(garage_port $n 1)" && break; sleep 0.1; done
-done
-retry() { for _ in $(seq 1 100); do "$@" 2>/dev/null && return 0; sleep 0.3; done; "$@"; }
-declare -a IDS=()
-for n in 0 1 2; do IDS[$n]=$(retry gcli $n node id -q | tail -1); done
-for n in 0 1 2; do for m in 0 1 2; do [[ $n == "$m" ]] || retry gcli $n node connect "${IDS[$m]}" >/dev/null; done; done
-for n in 0 1 2; do retry gcli 0 layout assign -z dc1 -c 1G "${IDS[$n]%%@*}" >/dev/null; done
-retry gcli 0 layout apply --version 1 >/dev/null
-retry gcli 0 bucket create $BUCKET >/dev/null
-KEY=$(retry gcli 0 key create drill-key)
-KEY_ID=$(awk -F': *' '/Key ID:/ {print $2; exit}' <<<"$KEY" | tr -d ' ')
-KEY_SECRET=$(awk -F': *' '/Secret key:/ {print $2; exit}' <<<"$KEY" | tr -d ' ')
-retry gcli 0 bucket allow --read --write --owner $BUCKET --key drill-key >/dev/null
-ENDPOINTS=("http://127.0.0.1:$(garage_port 0 1)" "http://127.0.0.1:$(garage_port 1 1)" "http://127.0.0.1:$(garage_port 2 1)")
+PIDS=()
+start_garage $((P + 10)) $BUCKET
+for n in 0 1 2; do PID[garage$n]=${GARAGE_PIDS[n]}; done
+ENDPOINTS=("${GARAGE_ENDPOINTS[@]}")
 # Each process is given all three nodes, starting at a different one.
 endpoints_from() { printf '"%s", "%s", "%s"' "${ENDPOINTS[$1]}" "${ENDPOINTS[$((($1 + 1) % 3))]}" "${ENDPOINTS[$((($1 + 2) % 3))]}"; }
 s3_table() { # first-node key-prefix
     printf 'endpoint = [%s]\nregion = "garage"\nbucket = "%s"\nkey_prefix = "%s"\naccess_key_id = "%s"\nsecret_access_key = "%s"\n' \
-        "$(endpoints_from "$1")" "$BUCKET" "$2" "$KEY_ID" "$KEY_SECRET"
+        "$(endpoints_from "$1")" "$BUCKET" "$2" "$GARAGE_KEY_ID" "$GARAGE_KEY_SECRET"
 }
 log "garage: 3 nodes, bucket $BUCKET"
 

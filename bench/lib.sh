@@ -175,3 +175,69 @@ cloud_summary() {
         | .p50 = (.latency | pct(0.5)) | .p99 = (.latency | pct(0.99)) | .max = (.latency | max)
         | del(.latency)'
 }
+
+# ---------------------------------------------------------------- Garage (S3)
+GARAGE=${GARAGE:-${CARGO_HOME:-$HOME/.cargo}/bin/garage}
+need_garage() {
+    [[ -x "$GARAGE" ]] || { log "garage is needed: cargo install garage --locked (or GARAGE=/path/to/garage)"; exit 1; }
+}
+
+# start_garage BASE_PORT BUCKET: a 3-node Garage cluster in $WORK/garage{0,1,2} on loopback
+# (node n: RPC BASE+3n, S3 BASE+3n+1, admin BASE+3n+2), replication factor 3, one bucket and a
+# key allowed to use it. Sets GARAGE_PIDS, GARAGE_ENDPOINTS (the S3 URLs), GARAGE_KEY_ID and
+# GARAGE_KEY_SECRET, and adds the nodes to PIDS.
+start_garage() {
+    local base=$1 bucket=$2 n m secret key
+    need_garage
+    secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+    GARAGE_PIDS=() GARAGE_ENDPOINTS=()
+    for n in 0 1 2; do
+        mkdir -p "$WORK/garage$n"
+        printf '%s\n' \
+            "metadata_dir = \"$WORK/garage$n/meta\"" \
+            "data_dir = \"$WORK/garage$n/data\"" \
+            'db_engine = "sqlite"' \
+            'replication_factor = 3' \
+            "rpc_bind_addr = \"127.0.0.1:$((base + 3 * n))\"" \
+            "rpc_public_addr = \"127.0.0.1:$((base + 3 * n))\"" \
+            "rpc_secret = \"$secret\"" \
+            '[s3_api]' \
+            's3_region = "garage"' \
+            "api_bind_addr = \"127.0.0.1:$((base + 3 * n + 1))\"" \
+            'root_domain = ".s3.garage.localhost"' \
+            '[admin]' \
+            "api_bind_addr = \"127.0.0.1:$((base + 3 * n + 2))\"" >"$WORK/garage$n/garage.toml"
+        RUST_LOG=garage=warn "$GARAGE" -c "$WORK/garage$n/garage.toml" server >/dev/null 2>"$WORK/garage$n.log" </dev/null &
+        GARAGE_PIDS[n]=$!
+        PIDS+=("$!")
+        GARAGE_ENDPOINTS[n]="http://127.0.0.1:$((base + 3 * n + 1))"
+    done
+    for n in 0 1 2; do
+        for _ in $(seq 1 200); do port_busy $((base + 3 * n + 1)) && break; sleep 0.1; done
+    done
+    local ids=()
+    for n in 0 1 2; do ids[n]=$(garage_retry "$n" node id -q | tail -1); done
+    for n in 0 1 2; do
+        for m in 0 1 2; do
+            [[ $n == "$m" ]] || garage_retry "$n" node connect "${ids[m]}" >/dev/null
+        done
+    done
+    for n in 0 1 2; do garage_retry 0 layout assign -z dc1 -c 1G "${ids[n]%%@*}" >/dev/null; done
+    garage_retry 0 layout apply --version 1 >/dev/null
+    garage_retry 0 bucket create "$bucket" >/dev/null
+    key=$(garage_retry 0 key create "$bucket-key")
+    GARAGE_KEY_ID=$(awk -F': *' '/Key ID:/ {print $2; exit}' <<<"$key" | tr -d ' ')
+    GARAGE_KEY_SECRET=$(awk -F': *' '/Secret key:/ {print $2; exit}' <<<"$key" | tr -d ' ')
+    garage_retry 0 bucket allow --read --write --owner "$bucket" --key "$bucket-key" >/dev/null
+}
+
+# garage_retry N ARGS...: `garage` on node N's config, retried while the cluster settles.
+garage_retry() {
+    local n=$1
+    shift
+    for _ in $(seq 1 100); do
+        "$GARAGE" -c "$WORK/garage$n/garage.toml" "$@" 2>/dev/null && return 0
+        sleep 0.3
+    done
+    "$GARAGE" -c "$WORK/garage$n/garage.toml" "$@"
+}

@@ -650,7 +650,7 @@ fn parse_multistatus(body: &[u8]) -> Result<Vec<Entry>, DavError> {
                 }
             }
             XmlEvent::EndDocument if root_seen => return Ok(entries),
-            XmlEvent::EndDocument => return Err(refused(207, "unparsable multistatus: no root element")),
+            XmlEvent::EndDocument => return Err(cut_short()),
             _ => {}
         }
     }
@@ -659,7 +659,18 @@ fn parse_multistatus(body: &[u8]) -> Result<Vec<Entry>, DavError> {
 type XmlReader<'a> = xml::EventReader<&'a [u8]>;
 
 fn next_event(r: &mut XmlReader<'_>) -> Result<XmlEvent, DavError> {
-    r.next().map_err(|e| refused(207, format!("unparsable multistatus: {e}")))
+    r.next().map_err(|e| match e.kind() {
+        xml::reader::ErrorKind::UnexpectedEof => cut_short(),
+        // xml-rs reports an empty or cut document as a syntax error of this wording.
+        _ if e.to_string().contains("Unexpected end of stream") => cut_short(),
+        _ => refused(207, format!("unparsable multistatus: {e}")),
+    })
+}
+
+/// A 207 whose body ends before its XML does: what a store that failed half way through the
+/// answer sends (a front end killed, its engine unreachable), not a refusal; tried again.
+fn cut_short() -> DavError {
+    DavError::Unavailable("the store's multistatus answer ended before its XML did".into())
 }
 
 /// The next child element of the element being read (its start tag consumed), or None at its
@@ -669,7 +680,7 @@ fn next_child(r: &mut XmlReader<'_>) -> Result<Option<xml::name::OwnedName>, Dav
         match next_event(r)? {
             XmlEvent::StartElement { name, .. } => return Ok(Some(name)),
             XmlEvent::EndElement { .. } => return Ok(None),
-            XmlEvent::EndDocument => return Err(refused(207, "unparsable multistatus: truncated")),
+            XmlEvent::EndDocument => return Err(cut_short()),
             _ => {}
         }
     }
@@ -682,7 +693,7 @@ fn skip_element(r: &mut XmlReader<'_>) -> Result<(), DavError> {
         match next_event(r)? {
             XmlEvent::StartElement { .. } => depth += 1,
             XmlEvent::EndElement { .. } => depth -= 1,
-            XmlEvent::EndDocument => return Err(refused(207, "unparsable multistatus: truncated")),
+            XmlEvent::EndDocument => return Err(cut_short()),
             _ => {}
         }
     }
@@ -698,7 +709,7 @@ fn element_text(r: &mut XmlReader<'_>) -> Result<String, DavError> {
             XmlEvent::Characters(t) | XmlEvent::CData(t) | XmlEvent::Whitespace(t) => out.push_str(&t),
             XmlEvent::StartElement { .. } => skip_element(r)?,
             XmlEvent::EndElement { .. } => return Ok(out),
-            XmlEvent::EndDocument => return Err(refused(207, "unparsable multistatus: truncated")),
+            XmlEvent::EndDocument => return Err(cut_short()),
             _ => {}
         }
     }
@@ -719,7 +730,7 @@ fn element_tree(r: &mut XmlReader<'_>, name: xml::name::OwnedName) -> Result<Ele
                 e.children.push(XMLNode::Element(child));
             }
             XmlEvent::EndElement { .. } => return Ok(e),
-            XmlEvent::EndDocument => return Err(refused(207, "unparsable multistatus: truncated")),
+            XmlEvent::EndDocument => return Err(cut_short()),
             _ => {}
         }
     }
@@ -890,6 +901,22 @@ mod tests {
     }
 
     #[test]
+    fn a_multistatus_cut_short_is_tried_again_garbage_is_refused() {
+        let whole = br#"<?xml version="1.0"?><D:multistatus xmlns:D="DAV:"><D:response><D:href>/r/a</D:href></D:response></D:multistatus>"#;
+        assert_eq!(parse_multistatus(whole).unwrap().len(), 1);
+        for cut in [&whole[..0], &whole[..60], &whole[..whole.len() - 5]] {
+            assert!(
+                matches!(parse_multistatus(cut), Err(DavError::Unavailable(_))),
+                "{:?}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+        for garbage in [&b"<html>nope</html>"[..], b"<D:multistatus xmlns:D=\"DAV:\"><<</D:multistatus>"] {
+            assert!(matches!(parse_multistatus(garbage), Err(DavError::Refused { .. })));
+        }
+    }
+
+    #[test]
     fn http_dates() {
         let t = parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
         assert_eq!(t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs(), 784_111_777);
@@ -1026,8 +1053,9 @@ mod tests {
         assert!(entries[1].statuses.is_empty());
         // Well-formed but not a multistatus; a multistatus with trailing garbage.
         assert!(matches!(parse_multistatus(b"<D:x xmlns:D=\"DAV:\"/>"), Err(DavError::Refused { .. })));
+        // An element still open at the end reads as an answer cut short (tried again).
         let trailing = b"<D:multistatus xmlns:D=\"DAV:\"></D:multistatus><oops>";
-        assert!(matches!(parse_multistatus(trailing), Err(DavError::Refused { .. })));
+        assert!(matches!(parse_multistatus(trailing), Err(DavError::Unavailable(_))));
     }
 
     #[test]
@@ -1039,8 +1067,10 @@ mod tests {
         assert!(!entries[0].info.locked);
         assert!(entries[0].info.locks.is_empty());
         assert_eq!(entries[0].info.props.get("state").unwrap(), " two  words ");
-        for garbage in [&b"<html>oops</html>"[..], b"", b"<D:multistatus xmlns:D=\"DAV:\"><D:response>"] {
-            assert!(matches!(parse_multistatus(garbage), Err(DavError::Refused { .. })));
+        assert!(matches!(parse_multistatus(b"<html>oops</html>"), Err(DavError::Refused { .. })));
+        // Empty or cut short: a store failing half way through its answer, tried again.
+        for cut in [&b""[..], b"<D:multistatus xmlns:D=\"DAV:\"><D:response>"] {
+            assert!(matches!(parse_multistatus(cut), Err(DavError::Unavailable(_))));
         }
     }
 }
