@@ -83,6 +83,11 @@ struct UploadRecord {
     audio_done: bool,
     #[serde(default, rename = "metaDone", skip_serializing_if = "std::ops::Not::not")]
     meta_done: bool,
+    /// The instance the sidecar names as `injectedBy`, fixed by the first attempt: an instance
+    /// that takes the job over sends the same bytes, so the MD5 its presigned URL was made for
+    /// still holds.
+    #[serde(default, rename = "injectedBy", skip_serializing_if = "Option::is_none")]
+    injected_by: Option<String>,
 }
 
 /// Removes the spool file and stops the lock refresher however the job ends.
@@ -597,6 +602,18 @@ fn metadata_json(exrp: &Exrp, job: &Job, spec: &serde_json::Value) -> Vec<u8> {
     serde_json::to_vec_pretty(&meta).unwrap_or_default()
 }
 
+/// The sidecar as `metadata_json` made it, naming `by` as the injecting instance (its keys are
+/// sorted, so the bytes are those `by` made).
+fn with_injected_by(metadata: &[u8], by: &str) -> Vec<u8> {
+    match serde_json::from_slice::<serde_json::Value>(metadata) {
+        Ok(mut meta) => {
+            meta["injectedBy"] = json!(by);
+            serde_json::to_vec_pretty(&meta).unwrap_or_else(|_| metadata.to_vec())
+        }
+        Err(_) => metadata.to_vec(),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn upload_cloud(
     exrp: &Arc<Exrp>,
@@ -622,6 +639,14 @@ async fn upload_cloud(
         .and_then(|v| serde_json::from_str::<UploadRecord>(v).ok())
         .filter(|r| r.md5 == md5_b64)
         .unwrap_or_else(|| UploadRecord { md5: md5_b64.clone(), ..UploadRecord::default() });
+    let by = record.injected_by.get_or_insert_with(|| exrp.config.instance.clone()).clone();
+    let rewritten;
+    let metadata = if by == exrp.config.instance {
+        metadata
+    } else {
+        rewritten = with_injected_by(metadata, &by);
+        &rewritten[..]
+    };
     let meta_md5 = {
         use ::md5::Digest;
         b64(&::md5::Md5::digest(metadata))
@@ -797,6 +822,19 @@ async fn upload_part(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_sidecar_named_for_another_instance_has_the_bytes_it_made() {
+        let made = |by: &str| {
+            serde_json::to_vec_pretty(&json!({
+                "callUUID": "C1", "mediaId": "C1_0.opus", "injectedBy": by,
+                "recording": {"startTime": "2026-01-01T10:00:00.000Z", "parameters": {"z": 1, "a": [1, 2]}},
+            }))
+            .unwrap()
+        };
+        assert_eq!(with_injected_by(&made("exrp2"), "exrp1"), made("exrp1"));
+        assert_eq!(with_injected_by(b"not json", "exrp1"), b"not json");
+    }
+
     use super::*;
 
     fn job(age: Duration, paused: Duration) -> Job {
