@@ -398,3 +398,75 @@ fn a_store_that_cannot_look_now_changes_nothing() {
     assert!(copy.status().is_server_error(), "{}", copy.status());
     assert_eq!(writes.load(Ordering::Relaxed), 0, "nothing was written");
 }
+
+/// Hostile uploads to a front end on a bucket: a body that trickles and stops is cut off after
+/// `body_idle_timeout` and leaves nothing in the bucket; uploads without a Content-Length past
+/// `max_chunked_uploads` get 503 at once (each may hold an 8 MiB part in memory); a declared
+/// length past `max_file_size` gets 413 before a byte goes to the engine.
+#[test]
+fn hostile_uploads_to_a_bucket_are_bounded_and_leave_nothing() {
+    let g = Garage::start("hostile");
+    let dir = TempDir::new("s3-hostile");
+    // Room for one upload without a length.
+    let config = front_end(&g, &dir, "fe", 0, &g.secret, "body_idle_timeout = \"1s\"\nmax_file_size = \"1MiB\"");
+    let text = std::fs::read_to_string(&config).unwrap() + "max_chunked_uploads = 1\n";
+    std::fs::write(&config, text).unwrap();
+    let proc = start(&config);
+    let addr = proc.addr("webdav");
+
+    // Trickles 1000 of a declared 5000 bytes, then goes quiet: 408, nothing stored.
+    let mut slow = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        slow,
+        "PUT /recordings/slow.opus HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: 5000\r\n\r\n",
+        basic()
+    )
+    .unwrap();
+    for _ in 0..10 {
+        slow.write_all(&[b'z'; 100]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let answer = read_response(&mut slow);
+    assert_eq!(answer.0, 408, "{answer:?}");
+
+    // One upload without a length holds the only slot (its body still coming); a second is
+    // refused at once with Retry-After.
+    let mut first = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        first,
+        "PUT /recordings/chunked1.opus HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nOggS\r\n",
+        basic()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let c = client();
+    let second = c
+        .put(proc.url("/recordings/chunked2.opus"))
+        .basic_auth(USER, Some(PASSWORD))
+        .body(reqwest::blocking::Body::new(std::io::Cursor::new(vec![1u8; 1000])))
+        .send()
+        .unwrap();
+    assert_eq!(second.status(), 503);
+    assert!(second.headers().contains_key("retry-after"));
+    first.write_all(b"0\r\n\r\n").unwrap();
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_response(&mut first).0, 201, "the first one completes");
+
+    // Too large by its declared length: refused before anything reaches the engine.
+    let mut big = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        big,
+        "PUT /recordings/big.opus HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\nContent-Length: {}\r\n\r\n",
+        basic(),
+        2 << 20
+    )
+    .unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(read_response(&mut big).0, 413);
+
+    let keys = keys(&g);
+    assert_eq!(keys, vec!["recordings/chunked1.opus".to_string()], "nothing else reached the bucket");
+    let metrics = c.get(proc.admin_url("/metrics")).send().unwrap().text().unwrap();
+    assert_eq!(metric(&metrics, "webdav_rejected_total", &[("reason", "max_chunked_uploads")]), Some(1.0));
+}
