@@ -76,16 +76,7 @@ TAKEN_BEFORE=0 EXRP_TAKEN_BEFORE=0
 SIM_PID=""
 OK=0
 cleanup() {
-    local p
-    for p in "${PID[@]}" $SIM_PID; do kill "$p" 2>/dev/null || true; done
-    for _ in $(seq 1 100); do
-        local alive=0
-        for p in "${PID[@]}" $SIM_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for p in "${PID[@]}" $SIM_PID; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all "${PID[@]}" $SIM_PID
     if [[ -n "$KEEP" || $OK == 0 ]]; then
         log "work directory kept: $WORK"
     else
@@ -95,21 +86,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# start NAME CMD...: runs CMD (stdout to NAME.ready, stderr to NAME.log), waits for READY.
-start() {
-    local name=$1
-    shift
-    "$@" >"$WORK/$name.ready" 2>>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
-    PID[$name]=$!
-    for _ in $(seq 1 300); do
-        grep -q READY "$WORK/$name.ready" 2>/dev/null && return 0
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "$name did not start:"
-    tail -20 "$WORK/$name.log" >&2
-    exit 1
-}
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 
 # ---------------------------------------------------------------- Garage: 3 nodes, 1 bucket
@@ -198,13 +174,13 @@ for f in fe1 fe2 excp1 excp2 exrp1 exrp2 lb; do "$BIN" check-config --config "$W
 
 mkfifo "$WORK/cloud.in"
 exec 9<>"$WORK/cloud.in"
-STDIN="$WORK/cloud.in" start cloud "$FAKECLOUD" --port "$PORT_CLOUD" --client-id drill --secret drill-secret
+STDIN="$WORK/cloud.in" start_tracked cloud "$FAKECLOUD" --port "$PORT_CLOUD" --client-id drill --secret drill-secret
 for i in 1 2; do
-    start "fe$i" "$BIN" --role webdav --config "$WORK/fe$i.toml"
-    start "excp$i" "$BIN" --role excp --config "$WORK/excp$i.toml"
-    start "exrp$i" "$BIN" --role exrp --config "$WORK/exrp$i.toml"
+    start_tracked "fe$i" "$BIN" --role webdav --config "$WORK/fe$i.toml"
+    start_tracked "excp$i" "$BIN" --role excp --config "$WORK/excp$i.toml"
+    start_tracked "exrp$i" "$BIN" --role exrp --config "$WORK/exrp$i.toml"
 done
-start lb "$BIN" --role lb --config "$WORK/lb.toml"
+start_tracked lb "$BIN" --role lb --config "$WORK/lb.toml"
 admin() { grep -o "admin=[^ ]*" "$WORK/$1.ready" | cut -d= -f2; }
 metric() { # process name-with-labels -> value (sum), 0 when absent
     curl -s --max-time 5 "http://$(admin "$1")/metrics" | awk -v m="$2" 'index($0, m) == 1 {s += $NF} END {print s + 0}'

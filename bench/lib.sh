@@ -241,3 +241,40 @@ garage_retry() {
     done
     "$GARAGE" -c "$WORK/garage$n/garage.toml" "$@"
 }
+
+# ---------------------------------------------------------------- runs that kill processes
+# start_tracked NAME CMD...: runs CMD (stdout to $WORK/NAME.ready, stderr appended to
+# $WORK/NAME.log, stdin from $STDIN or /dev/null) and waits up to 30 s for its READY line; its
+# pid goes into the caller's associative array PID[NAME], the time it took into READY_MS.
+start_tracked() {
+    local name=$1 t0
+    shift
+    t0=$(date +%s%N)
+    "$@" >"$WORK/$name.ready" 2>>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
+    PID[$name]=$!
+    for _ in $(seq 1 300); do
+        if grep -q READY "$WORK/$name.ready" 2>/dev/null; then
+            READY_MS=$((($(date +%s%N) - t0) / 1000000))
+            return 0
+        fi
+        kill -0 "${PID[$name]}" 2>/dev/null || break
+        sleep 0.1
+    done
+    log "$name did not start:"
+    tail -20 "$WORK/$name.log" >&2
+    exit 1
+}
+
+# stop_all PID...: SIGTERM to each, then SIGKILL to whatever still runs after 10 s.
+stop_all() {
+    local p alive
+    for p in "$@"; do kill "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 100); do
+        alive=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        [[ $alive == 0 ]] && break
+        sleep 0.1
+    done
+    for p in "$@"; do kill -9 "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}

@@ -91,17 +91,7 @@ declare -A PID=() PEAK=() KILLED_AT=() BACK_AFTER=()
 SIM_PID=""
 OK=0
 cleanup() {
-    local p
-    for p in "${PID[@]}" $SIM_PID; do kill "$p" 2>/dev/null || true; done
-    # Bounded: whatever does not stop on SIGTERM within 10 s gets SIGKILL.
-    for _ in $(seq 1 100); do
-        local alive=0
-        for p in "${PID[@]}" $SIM_PID; do kill -0 "$p" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for p in "${PID[@]}" $SIM_PID; do kill -9 "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all "${PID[@]}" $SIM_PID
     if [[ -n "$KEEP" || $OK == 0 ]]; then
         log "work directory kept: $WORK"
     else
@@ -162,26 +152,7 @@ client_secret = "soak-secret"
 EOF
 "$BIN" check-config --config "$WORK/soak.toml" >/dev/null
 
-# start NAME CMD...: runs CMD (stdout to NAME.ready, stderr appended to NAME.log), waits for READY.
-start() {
-    local name=$1 t0
-    shift
-    t0=$(date +%s%N)
-    "$@" >"$WORK/$name.ready" 2>>"$WORK/$name.log" <"${STDIN:-/dev/null}" &
-    PID[$name]=$!
-    for _ in $(seq 1 300); do
-        if grep -q READY "$WORK/$name.ready" 2>/dev/null; then
-            READY_MS=$((($(date +%s%N) - t0) / 1000000))
-            return 0
-        fi
-        kill -0 "${PID[$name]}" 2>/dev/null || break
-        sleep 0.1
-    done
-    log "$name did not start:"
-    tail -20 "$WORK/$name.log" >&2
-    exit 1
-}
-start_role() { start "$1" "$BIN" --role "$1" --config "$WORK/soak.toml"; }
+start_role() { start_tracked "$1" "$BIN" --role "$1" --config "$WORK/soak.toml"; }
 
 # Peak RSS of a role: VmHWM of its current process, kept as the largest seen over its processes.
 sample_rss() {
@@ -192,6 +163,7 @@ sample_rss() {
 }
 
 start_cloud --port "$PORT_CLOUD" --client-id soak --secret soak-secret
+PID[cloud]=$LAST_PID
 for role in webdav excp exrp lb; do start_role "$role"; done
 log "all roles READY; seed $SEED; $CALLS calls x $PER_CALL recordings, $CONCURRENCY at once"
 

@@ -263,24 +263,7 @@ const MAX_RETRIES: usize = 3;
 /// Such requests never reached a handler's response, so an idempotent request
 /// (all of ours are) may be sent again, as browsers and curl do.
 fn is_stale_connection(e: &reqwest::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        // (Not a let-chain: the crate's rust-version is 1.85.)
-        #[allow(clippy::collapsible_if)]
-        if let Some(h) = c.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
-                return true;
-            }
-        }
-        cur = c.source();
-    }
-    false
+    exec_allinone::http::client::died_unanswered(e)
 }
 
 impl Ctx {

@@ -277,6 +277,28 @@ pub struct Reply {
     pub body: Bytes,
 }
 
+/// The connection closed or was reset before any answer came: the keep-alive race (a pooled
+/// connection closed by the server as a request went out on it) or a server that died. Such a
+/// request reached no handler's answer, so an idempotent one may be sent again.
+pub fn died_unanswered(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if let Some(h) = c.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
+                return true;
+            }
+        }
+        cur = c.source();
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -226,7 +226,7 @@ impl S3Client {
                 // Nothing reached a server that refused the connection; a pooled connection that
                 // died before any answer (its node killed, or closed idle) carried a request
                 // whose every kind here may be sent again. Either way the next node is tried.
-                Err(e) if e.is_connect() || (!once && died_unanswered(&e)) => {
+                Err(e) if e.is_connect() || (!once && crate::http::client::died_unanswered(&e)) => {
                     let next = (node + 1) % n;
                     self.current.store(next, Ordering::Relaxed);
                     tried += 1;
@@ -461,26 +461,6 @@ impl S3Client {
     pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
         self.send(Method::DELETE, Some(key), &[("uploadId", upload_id)], &[], None).await.map(drop)
     }
-}
-
-/// The connection closed or was reset before any answer came.
-fn died_unanswered(e: &reqwest::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cur {
-        if let Some(h) = c.downcast_ref::<hyper::Error>()
-            && (h.is_incomplete_message() || h.is_canceled())
-        {
-            return true;
-        }
-        if let Some(io) = c.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
-                return true;
-            }
-        }
-        cur = c.source();
-    }
-    false
 }
 
 fn etag(headers: &reqwest::header::HeaderMap) -> String {

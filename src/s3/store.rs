@@ -79,14 +79,15 @@ impl S3Store {
         self.client.put_stream(&self.key(path), len, body).await
     }
 
-    /// A collection is there when its marker ("dir/", made by MKCOL) or anything below it is.
-    pub async fn is_collection(&self, path: &str) -> Result<bool, S3Error> {
-        let dir = path.trim_matches('/');
-        if dir.is_empty() {
-            return Ok(true);
-        }
-        let page = self.client.list_max(&format!("{}{dir}/", self.prefix), None, None, Some(1)).await?;
-        Ok(!page.objects.is_empty() || !page.prefixes.is_empty())
+    /// The first key below the collection `path` (its key relative to the collection: "" for
+    /// the marker), or None when nothing is there.
+    pub async fn first_below(&self, path: &str) -> Result<Option<Listed>, S3Error> {
+        let prefix = format!("{}{}/", self.prefix, path.trim_matches('/'));
+        let page = self.client.list_max(&prefix, None, None, Some(1)).await?;
+        Ok(page.objects.into_iter().next().map(|mut first| {
+            first.key = first.key.strip_prefix(prefix.as_str()).unwrap_or_default().to_string();
+            first
+        }))
     }
 
     /// One key under the prefix, to see that the bucket answers and lets us in.

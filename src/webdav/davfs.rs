@@ -130,6 +130,33 @@ impl From<&DavProp> for StoredProp {
     }
 }
 
+/// A PROPPATCH applied to the properties held: the new set encoded (empty when none is left)
+/// with a 200 per property, or, past `MAX_PROPS_BYTES`, nothing to store and a 507 for every
+/// property (PROPPATCH is all or nothing).
+pub(super) enum Patched {
+    Stored { encoded: Vec<u8>, result: Vec<(StatusCode, DavProp)> },
+    TooLarge(Vec<(StatusCode, DavProp)>),
+}
+
+pub(super) fn apply_patch(mut props: Vec<StoredProp>, patch: Vec<(bool, DavProp)>) -> FsResult<Patched> {
+    let mut result = Vec::with_capacity(patch.len());
+    for (set, prop) in &patch {
+        props.retain(|p| !same_prop(p, prop));
+        if *set {
+            props.push(StoredProp::from(prop));
+        }
+        result.push((StatusCode::OK, DavProp { xml: None, ..prop.clone() }));
+    }
+    let encoded =
+        if props.is_empty() { Vec::new() } else { serde_json::to_vec(&props).map_err(|_| FsError::GeneralFailure)? };
+    if encoded.len() > MAX_PROPS_BYTES {
+        let refused =
+            patch.into_iter().map(|(_, p)| (StatusCode::INSUFFICIENT_STORAGE, DavProp { xml: None, ..p })).collect();
+        return Ok(Patched::TooLarge(refused));
+    }
+    Ok(Patched::Stored { encoded, result })
+}
+
 pub(super) fn load_props(raw: &[u8]) -> Vec<StoredProp> {
     if raw.is_empty() {
         return Vec::new();
@@ -210,7 +237,8 @@ impl DavFileSystem for DavStore {
     }
 
     fn create_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
-        self.run(path, |store, rel| store.create_dir(&rel))
+        // MKCOL of the store root: it exists (405, as Apache answers), not a forbidden write.
+        self.run(path, |store, rel| if rel.is_root() { Err(FsError::Exists) } else { store.create_dir(&rel) })
     }
 
     fn remove_dir<'a>(&'a self, path: &'a DavPath) -> FsFuture<'a, ()> {
@@ -283,27 +311,11 @@ impl DavFileSystem for DavStore {
             let rel = rel(path)?;
             let store = Arc::clone(&self.store);
             blocking(move || {
-                let mut props = load_props(&store.read_props(&rel)?);
-                let mut result = Vec::with_capacity(patch.len());
-                for (set, prop) in &patch {
-                    props.retain(|p| !same_prop(p, prop));
-                    if *set {
-                        props.push(StoredProp::from(prop));
-                    }
-                    result.push((StatusCode::OK, DavProp { xml: None, ..prop.clone() }));
-                }
-                let encoded = if props.is_empty() {
-                    Vec::new()
-                } else {
-                    serde_json::to_vec(&props).map_err(|_| FsError::GeneralFailure)?
+                let props = load_props(&store.read_props(&rel)?);
+                let (encoded, result) = match apply_patch(props, patch)? {
+                    Patched::Stored { encoded, result } => (encoded, result),
+                    Patched::TooLarge(result) => return Ok(result),
                 };
-                if encoded.len() > MAX_PROPS_BYTES {
-                    // PROPPATCH is all or nothing: nothing is stored, every property fails.
-                    return Ok(patch
-                        .into_iter()
-                        .map(|(_, p)| (StatusCode::INSUFFICIENT_STORAGE, DavProp { xml: None, ..p }))
-                        .collect());
-                }
                 store.write_props(&rel, &encoded)?;
                 Ok(result)
             })

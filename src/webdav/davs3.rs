@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::s3::client::{Head, S3Error};
 use crate::s3::store::{S3Store, Upload, UploadError};
 
-use super::davfs::{MAX_PROPS_BYTES, StoredProp, load_props, same_prop, to_dav};
+use super::davfs::{Patched, StoredProp, apply_patch, load_props, same_prop, to_dav};
 
 /// Frames of an upload on their way to the engine: little is held per upload, and a slow
 /// engine slows the client down rather than filling memory.
@@ -118,7 +118,9 @@ impl DavDirEntry for DirEntry {
 }
 
 impl DavBucket {
-    /// A file's head, or a collection's (its marker's time when it has one).
+    /// A file's head, or a collection's (its marker's time when it has one): a HEAD, then for
+    /// a name that is no file one listing of its prefix, whose first key is the marker if
+    /// there is one ("dir/" sorts before "dir/x").
     async fn lookup(&self, path: &str) -> FsResult<Meta> {
         if path.is_empty() {
             return Ok(Meta::dir(None));
@@ -128,13 +130,12 @@ impl DavBucket {
             Err(S3Error::NotFound(_)) => {}
             Err(e) => return Err(fs_error(path, e)),
         }
-        match self.store.head(&format!("{path}/")).await {
-            Ok(marker) => Ok(Meta::dir(marker.last_modified)),
-            Err(S3Error::NotFound(_)) => match self.store.is_collection(path).await {
-                Ok(true) => Ok(Meta::dir(None)),
-                Ok(false) => Err(FsError::NotFound),
-                Err(e) => Err(fs_error(path, e)),
-            },
+        match self.store.first_below(path).await {
+            Ok(Some(first)) => {
+                let marker = first.key.is_empty();
+                Ok(Meta::dir(if marker { first.last_modified } else { None }))
+            }
+            Ok(None) => Err(FsError::NotFound),
             Err(e) => Err(fs_error(path, e)),
         }
     }
@@ -371,23 +372,12 @@ impl DavFileSystem for DavBucket {
         async move {
             let rel = rel(path)?;
             let key = self.props_key(&rel).await?;
-            let mut props = self.load(&key).await?;
-            let mut result = Vec::with_capacity(patch.len());
-            for (set, prop) in &patch {
-                props.retain(|p| !same_prop(p, prop));
-                if *set {
-                    props.push(StoredProp::from(prop));
-                }
-                result.push((StatusCode::OK, DavProp { xml: None, ..prop.clone() }));
-            }
-            let encoded = serde_json::to_string(&props).map_err(|_| FsError::GeneralFailure)?;
-            if encoded.len() > MAX_PROPS_BYTES {
-                // PROPPATCH is all or nothing: nothing is stored, every property fails.
-                return Ok(patch
-                    .into_iter()
-                    .map(|(_, p)| (StatusCode::INSUFFICIENT_STORAGE, DavProp { xml: None, ..p }))
-                    .collect());
-            }
+            let props = self.load(&key).await?;
+            let (encoded, result) = match apply_patch(props, patch)? {
+                Patched::Stored { encoded, result } => (encoded, result),
+                Patched::TooLarge(result) => return Ok(result),
+            };
+            let encoded = String::from_utf8(encoded).map_err(|_| FsError::GeneralFailure)?;
             self.store.set_props(&key, &encoded).await.map_err(|e| fs_error(&rel, e))?;
             Ok(result)
         }

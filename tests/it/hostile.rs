@@ -106,6 +106,8 @@ fn the_store_root_is_never_removed_moved_or_overwritten() {
         assert_eq!(send(req(&c, "DELETE", p.url(target), false)).0, 403, "DELETE {target}");
         let (status, _) = send(req(&c, "MOVE", p.url(target), false).header("Destination", p.url("/recordings/d/z")));
         assert_eq!(status, 403, "MOVE {target}");
+        // It exists: MKCOL gets Apache's 405, not a refusal to write.
+        assert_eq!(send(req(&c, "MKCOL", p.url(target), false)).0, 405, "MKCOL {target}");
     }
     for verb in ["COPY", "MOVE"] {
         for dest in ["/recordings/", "/recordings", "http://127.0.0.1/recordings/"] {

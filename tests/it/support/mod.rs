@@ -578,3 +578,24 @@ pub fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
     assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
     (cert, key)
 }
+
+/// Runs litmus's five suites (basic, copymove, props, locks, http) against the collection at
+/// `url` (as USER/PASSWORD, in `dir`) and insists on 100 % in each; returns litmus's output.
+pub fn litmus_all_suites(url: &str, dir: &Path, server_logs: impl Fn() -> String) -> String {
+    let out = tool("litmus")
+        .env("TESTS", "basic copymove props locks http")
+        .current_dir(dir)
+        .args([url, USER, PASSWORD])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    for suite in ["basic", "copymove", "props", "locks", "http"] {
+        let summary = text
+            .lines()
+            .find(|l| l.contains(&format!("summary for `{suite}'")))
+            .unwrap_or_else(|| panic!("no summary for {suite}:\n{text}\n{}", server_logs()));
+        assert!(summary.contains("100.0%"), "{summary}\n{text}");
+    }
+    assert!(out.status.success(), "{text}");
+    text
+}
