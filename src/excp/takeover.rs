@@ -22,6 +22,10 @@ use crate::s3::records::BucketRecords;
 pub struct Peers {
     /// The bucket's time of our own last heartbeat: the clock other heartbeats are read by.
     now: Option<SystemTime>,
+    /// The instances with a prefix and their heartbeats, and when they were listed: end events
+    /// list them at most once a second, however many come.
+    owners: Vec<(String, Option<SystemTime>)>,
+    listed: Option<std::time::Instant>,
 }
 
 /// A note left for the instance that holds (part of) a call: its end event came elsewhere.
@@ -81,7 +85,8 @@ async fn round(excp: &Excp, records: &BucketRecords, takeover_after: Duration) -
         }
     };
     let owners = records.owners().await.map_err(|e| e.to_string())?;
-    *excp.peers.lock().unwrap_or_else(|p| p.into_inner()) = Peers { now: Some(now) };
+    *excp.peers.lock().unwrap_or_else(|p| p.into_inner()) =
+        Peers { now: Some(now), owners: owners.clone(), listed: Some(std::time::Instant::now()) };
     read_notes(excp, records, records.owner()).await.map_err(|e| e.to_string())?;
     let first_alive =
         owners.iter().filter(|(_, beat)| alive(*beat, now, takeover_after)).map(|(name, _)| name.as_str()).min();
@@ -168,9 +173,23 @@ pub async fn end_elsewhere(
     takeover_after: Duration,
 ) -> Result<usize, String> {
     let Some(records) = bucket(excp) else { return Ok(0) };
-    // Listed now, not taken from the last round: an instance that started since may hold it.
-    let owners = records.owners().await.map_err(|e| e.to_string())?;
-    let now = excp.peers.lock().unwrap_or_else(|p| p.into_inner()).now;
+    // Listed afresh (at most once a second), not only each round: an instance that started
+    // since may hold the call.
+    let (cached, now) = {
+        let peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = peers.listed.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        (fresh.then(|| peers.owners.clone()), peers.now)
+    };
+    let owners = match cached {
+        Some(owners) => owners,
+        None => {
+            let owners = records.owners().await.map_err(|e| e.to_string())?;
+            let mut peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
+            peers.owners = owners.clone();
+            peers.listed = Some(std::time::Instant::now());
+            owners
+        }
+    };
     let key = super::calls::key(call_uuid);
     let note = serde_json::to_vec(&EndNote { call_uuid: call_uuid.to_string(), corr_id: corr_id.to_string() })
         .map_err(|e| e.to_string())?;
