@@ -213,8 +213,13 @@ impl DavFileSystem for DavBucket {
         async move {
             let rel = rel(path)?;
             if !(options.write || options.append) {
-                let head = self.store.head(&rel).await.map_err(|e| fs_error(&rel, e))?;
-                return Ok(Box::new(ReadObject::new(self.store.clone(), rel, head)) as Box<dyn DavFile>);
+                // The GET itself, not a HEAD first: its answer's head is the file's metadata,
+                // and a whole-file read (exrp's) goes on from its body. A seek elsewhere first
+                // (a Range request) drops it for a ranged GET of the same version.
+                let (head, body) = self.store.get(&rel, None, None).await.map_err(|e| fs_error(&rel, e))?;
+                let mut file = ReadObject::new(self.store.clone(), rel, head);
+                file.body = Some(body);
+                return Ok(Box::new(file) as Box<dyn DavFile>);
             }
             // Only whole-file PUTs: a partial write would expose a mix of two versions.
             if options.append || rel.is_empty() {
@@ -419,8 +424,8 @@ fn upload_error(path: &str, e: UploadError) -> FsError {
     }
 }
 
-/// A file being read: one ranged GET from the position asked, of the version looked up
-/// (If-Match its ETag), kept open while reads follow on; a seek elsewhere starts another.
+/// A file being read: the GET `open` made, read on while reads follow on; after a seek, a ranged
+/// GET from there of the same version (If-Match its ETag).
 struct ReadObject {
     store: S3Store,
     path: String,

@@ -70,6 +70,11 @@ fn the_s3_client_does_what_a_store_needs_on_a_garage_cluster() {
         let (range_head, response) = c2.get("recordings/SIM1_0.opus", Some((5, 14)), None).await.unwrap();
         assert_eq!(range_head.len, body.len() as u64, "the whole length, from Content-Range");
         assert_eq!(&response.bytes().await.unwrap()[..], &body[5..=14]);
+        // A read of one version: the current one by its ETag, another (replaced since) refused.
+        let (_, same) = c1.get("recordings/SIM1_0.opus", Some((0, 3)), Some(&etag)).await.unwrap();
+        assert_eq!(&same.bytes().await.unwrap()[..], &body[..4]);
+        let stale = c1.get("recordings/SIM1_0.opus", Some((0, 3)), Some("0123456789abcdef0123456789abcdef")).await;
+        assert!(matches!(stale, Err(S3Error::Precondition(_))), "{:?}", stale.map(|_| ()));
         c0.put("recordings/sub/x.opus", Bytes::from_static(b"x"), &BTreeMap::new()).await.unwrap();
         let page = c1.list("recordings/", Some("/"), None).await.unwrap();
         let keys: Vec<&str> = page.objects.iter().map(|o| o.key.as_str()).collect();
