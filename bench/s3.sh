@@ -141,7 +141,8 @@ REPORT=$(
     echo
     echo "A WebDAV PUT on the bucket is one S3 PUT plus a HEAD of the parent collection when the file"
     echo "is not at the top; a DELETE is a HEAD (S3 does not say whether the key was there) and a DELETE;"
-    echo "a GET is a HEAD and a ranged GET of that version."
+    echo "a GET is a HEAD and the GET (a ranged one after a seek, of the same version). A new file costs one
+listing before its PUT (dav-server looks it up first)."
 )
 echo "$REPORT"
 mkdir -p "$(dirname "$OUT")"
