@@ -585,12 +585,25 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
     match exrp.queue.run(move |q| q.add(&jobs, Origin::Post, false, Some(&corr))).await {
         Ok(added) => {
             exrp.state.ok();
+            // Recorded on their files (published) before the 202, so that if this instance
+            // dies the others' scans find them; a retry of this interaction-end publishes what
+            // the first could not. Done ones are not published again (their files are gone).
+            let unpublished: Vec<queue::NewJob> =
+                exrp.queue.run(move |q| q.unpublished(to_publish)).await.unwrap_or_default();
+            let failed = if unpublished.is_empty() { 0 } else { work::publish(exrp.clone(), unpublished).await };
             if added.new > 0 {
-                // Duplicates are already recorded (or done); publishing them again is harmless
-                // but for a done one would re-create its record on a file that is gone.
-                let fresh: Vec<queue::NewJob> =
-                    exrp.queue.run(move |q| q.only_fresh(to_publish)).await.unwrap_or_default();
-                work::publish(exrp.clone(), fresh).await;
+                exrp.wake.notify_one();
+            }
+            if failed > 0 {
+                exrp.metrics.requests.inc(&["503"]);
+                exrp.metrics.jobs_accepted.add(added.new as u64);
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    50302,
+                    "jobs queued here but not yet recorded in the WebDAV store (another exrp could not take them over); retry",
+                    &corr_id,
+                    json!({ "accepted": added.new, "duplicate": added.duplicate, "unrecorded": failed }),
+                );
             }
             exrp.metrics.requests.inc(&["202"]);
             exrp.metrics.jobs_accepted.add(added.new as u64);
@@ -602,9 +615,6 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
                 duplicate = added.duplicate,
                 "interaction-end accepted"
             );
-            if added.new > 0 {
-                exrp.wake.notify_one();
-            }
             reply(
                 StatusCode::ACCEPTED,
                 0,

@@ -369,19 +369,20 @@ impl Queue {
         })
     }
 
-    /// Those of `jobs` that are still pending and never attempted (the ones just added).
-    pub fn only_fresh(&self, jobs: Vec<NewJob>) -> Result<Vec<NewJob>, QueueError> {
+    /// Those of `jobs` that are pending, never attempted and not yet recorded on their files
+    /// (just added, or added by an interaction-end whose publication failed).
+    pub fn unpublished(&self, jobs: Vec<NewJob>) -> Result<Vec<NewJob>, QueueError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT 1 FROM jobs WHERE call_uuid = ?1 AND media_id = ?2 AND state = 'pending' AND attempts = 0 AND accepted_at = ?3",
+                "SELECT 1 FROM jobs WHERE call_uuid = ?1 AND media_id = ?2 AND state = 'pending' AND attempts = 0 AND seen = 0",
             )?;
-            let mut fresh = Vec::new();
+            let mut unpublished = Vec::new();
             for job in jobs {
-                if stmt.exists(params![job.call_uuid, job.media_id, job.accepted_at_ms as i64])? {
-                    fresh.push(job);
+                if stmt.exists(params![job.call_uuid, job.media_id])? {
+                    unpublished.push(job);
                 }
             }
-            Ok(fresh)
+            Ok(unpublished)
         })
     }
 

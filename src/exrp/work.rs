@@ -530,10 +530,12 @@ pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
     spec.to_string()
 }
 
-/// Records freshly accepted jobs on their files, so that if this instance dies before it gets
-/// to them, another one's scan finds them. Best effort: a job not published here is published
-/// by its first attempt.
-pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
+/// Records accepted jobs on their files, so that if this instance dies before it gets to them,
+/// another one's scan finds them. Returns how many could not be recorded now (the store did
+/// not answer in time or failed): the interaction-end is then not acknowledged, so that excp
+/// sends it again (to this instance or another). A file not in the store yet has nothing to
+/// record on (its job waits here, as `missing_timeout` says); a locked one is being worked on.
+pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) -> usize {
     use futures_util::StreamExt;
     // Bounded both ways: at most PUBLISH_AT_ONCE requests at once (`Exrp::publishing`, shared
     // by every interaction-end), and the 202 waits at most `limit` for all of them (a huge
@@ -552,34 +554,45 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) {
                 live.dav.set_props(&job.file, None, &props, &[]).await
             };
             match tokio::time::timeout_at(deadline, set).await {
-                Ok(Ok(())) => Some((job.call_uuid.clone(), job.media_id.clone())),
+                Ok(Ok(())) => Ok(Some((job.call_uuid.clone(), job.media_id.clone()))),
                 // Locked: another instance is working on the file, so it is there.
-                Ok(Err(DavError::Locked)) => Some((job.call_uuid.clone(), job.media_id.clone())),
+                Ok(Err(DavError::Locked)) => Ok(Some((job.call_uuid.clone(), job.media_id.clone()))),
+                Ok(Err(DavError::Missing)) => Ok(None),
                 Ok(Err(e)) => {
                     tracing::debug!(file = %job.file, "job not recorded on the file yet: {e}");
-                    None
+                    Err(())
                 }
-                Err(_) => None,
+                Err(_) => Err(()),
             }
         }
     }))
     .buffer_unordered(PUBLISH_AT_ONCE);
     let mut seen: Vec<(String, String)> = Vec::new();
+    let mut answered = 0;
+    let mut failed = 0;
     while let Ok(Some(result)) = tokio::time::timeout_at(deadline, results.next()).await {
-        seen.extend(result);
+        answered += 1;
+        match result {
+            Ok(published) => seen.extend(published),
+            Err(()) => failed += 1,
+        }
     }
     drop(results);
-    if seen.len() < total {
-        tracing::info!(
+    // Those the deadline cut off failed too.
+    let failed = failed + (total - answered);
+    if failed > 0 {
+        tracing::warn!(
             published = seen.len(),
+            failed,
             jobs = total,
-            "some jobs are not recorded in the store yet (their first attempt will)"
+            "jobs not recorded in the store yet: the interaction-end is not acknowledged, so it comes again"
         );
     }
     // The file was there: if it is gone later, someone finished it.
     if let Err(e) = exrp.queue.run(move |q| q.mark_seen_keys(&seen)).await {
         tracing::debug!("cannot mark published jobs as seen: {e}");
     }
+    failed
 }
 
 /// What travels with the recording: the call, the recording as MCP described it, STA.

@@ -611,15 +611,21 @@ fn webdav_down_makes_health_503_and_the_jobs_wait_for_it() {
     let exrp = Exrp::start("exrp-down", &format!("{}/recordings", proxy.url()), "", "");
     store.put("W1_a.opus", SAMPLE);
     proxy.set_down(true);
+    // Queued here, but not acknowledged: the job could not be recorded on its file, where
+    // another exrp would find it if this one were lost. excp sends it again.
     let r = exrp.post(&end_body("W1", &[("a", "W1_a.opus", SAMPLE.len())]));
-    assert_eq!(r.status, 202, "accepted while WebDAV is down: {r:?}");
+    assert_eq!(r.status, 503, "queued, not acknowledged while WebDAV is down: {r:?}");
+    assert!(r.text.contains("50302"), "{r:?}");
     let h = exrp.wait_health("webdav DOWN", |status, b| status == 503 && b["dependencies"]["webdav"] == "DOWN");
     assert_eq!(h["status"], "DOWN");
     assert_eq!(h["queue"]["done"], 0);
     assert!(store.has("W1_a.opus"));
     proxy.set_down(false);
+    // The job queued here goes out once the store is back; excp's retry is a duplicate.
     exrp.wait_idle(1, 0);
     exrp.wait_health("UP again", |status, b| status == 200 && b["status"] == "UP");
+    let again = exrp.post(&end_body("W1", &[("a", "W1_a.opus", SAMPLE.len())]));
+    assert_eq!(again.status, 202, "{again:?}");
     assert_eq!(std::fs::read(exrp.sink_dir("Environment").join("W1_a.opus")).unwrap(), SAMPLE);
     assert!(store.files().is_empty());
 }
