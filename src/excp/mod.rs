@@ -292,7 +292,8 @@ async fn end_call(State(excp): State<Arc<Excp>>, Path(call_uuid): Path<String>) 
     // Calls in a shared bucket: other instances may hold shares of this call (the lb spread
     // its metadata), or all of it.
     if let Some(shared) = &excp.config.shared {
-        match takeover::end_elsewhere(&excp, &call_uuid, &corr_id, shared.takeover_after).await {
+        let held_here = !matches!(ended, Ok(calls::EndOutcome::Unknown));
+        match takeover::end_elsewhere(&excp, &call_uuid, &corr_id, shared.takeover_after, held_here).await {
             Ok(0) => {}
             Ok(n) => {
                 if matches!(ended, Ok(calls::EndOutcome::Unknown)) {

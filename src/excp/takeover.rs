@@ -171,25 +171,41 @@ pub async fn end_elsewhere(
     call_uuid: &str,
     corr_id: &str,
     takeover_after: Duration,
+    held_here: bool,
 ) -> Result<usize, String> {
     let Some(records) = bucket(excp) else { return Ok(0) };
-    // Listed afresh (at most once a second), not only each round: an instance that started
-    // since may hold the call.
+    // The instances as listed within the last second (however many end events come), listed
+    // again when no one here or there holds the call: an instance that started since may.
     let (cached, now) = {
         let peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = peers.listed.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         (fresh.then(|| peers.owners.clone()), peers.now)
     };
-    let owners = match cached {
-        Some(owners) => owners,
-        None => {
-            let owners = records.owners().await.map_err(|e| e.to_string())?;
-            let mut peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
-            peers.owners = owners.clone();
-            peers.listed = Some(std::time::Instant::now());
-            owners
+    if let Some(owners) = cached {
+        let found = end_with(excp, records, &owners, now, call_uuid, corr_id, takeover_after).await?;
+        if found > 0 || held_here {
+            return Ok(found);
         }
-    };
+    }
+    let owners = records.owners().await.map_err(|e| e.to_string())?;
+    {
+        let mut peers = excp.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers.owners = owners.clone();
+        peers.listed = Some(std::time::Instant::now());
+    }
+    end_with(excp, records, &owners, now, call_uuid, corr_id, takeover_after).await
+}
+
+/// `end_elsewhere` over one list of instances.
+async fn end_with(
+    excp: &Excp,
+    records: &BucketRecords,
+    owners: &[(String, Option<SystemTime>)],
+    now: Option<SystemTime>,
+    call_uuid: &str,
+    corr_id: &str,
+    takeover_after: Duration,
+) -> Result<usize, String> {
     let key = super::calls::key(call_uuid);
     let note = serde_json::to_vec(&EndNote { call_uuid: call_uuid.to_string(), corr_id: corr_id.to_string() })
         .map_err(|e| e.to_string())?;
