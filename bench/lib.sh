@@ -176,6 +176,21 @@ cloud_summary() {
         | del(.latency)'
 }
 
+# Reading $SUMMARY (cloud_summary's JSON): a field, a field in seconds, the accounting table,
+# and whether the run is clean (every recording of RECORDINGS delivered once, whole, and every
+# call completed).
+get() { jq -r ".$1" <<<"$SUMMARY"; }
+secs() { jq -r "if .$1 == null then \"n/a\" else (.$1 * 100 | round / 100 | tostring) + \" s\" end" <<<"$SUMMARY"; }
+summary_table() {
+    echo "| recordings simulated | delivered | duplicated | lost | partial | failed calls | rec/s | end→upload p50 | p99 | max |"
+    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| $(get simulated) | $(get delivered) | $(get duplicated) | $(get lost) | $(get partial) | $(get failed_calls) | $(jq -r '.rec_per_s * 10 | round / 10' <<<"$SUMMARY") | $(secs p50) | $(secs p99) | $(secs max) |"
+}
+summary_clean() {
+    [[ $(get duplicated) == 0 && $(get lost) == 0 && $(get partial) == 0 && $(get failed_calls) == 0 \
+        && $(get delivered) == "$1" ]]
+}
+
 # ---------------------------------------------------------------- Garage (S3)
 GARAGE=${GARAGE:-${CARGO_HOME:-$HOME/.cargo}/bin/garage}
 need_garage() {

@@ -245,8 +245,6 @@ left=$(find "$WORK/recordings" -maxdepth 1 -type f ! -name '.*' | wc -l)
 SUMMARY=$(cloud_summary "$WORK/simulate.json" "$WORK/cloud.json")
 
 mib() { [[ -n "${1:-}" ]] && awk -v k="$1" 'BEGIN {printf "%.1f MiB", k / 1024}' || echo "n/a"; }
-secs() { jq -r "if .$1 == null then \"n/a\" else (.$1 * 100 | round / 100 | tostring) + \" s\" end" <<<"$SUMMARY"; }
-get() { jq -r ".$1" <<<"$SUMMARY"; }
 REPORT=$(
     echo "# Soak $(date '+%Y-%m-%d %H:%M')"
     echo
@@ -254,9 +252,7 @@ REPORT=$(
     echo "$(uname -sr), exec-allinone commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), state on $(df -T "$WORK" | awk 'NR==2 {print $2}');"
     echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg); simulate and the settling took $(elapsed) s."
     echo
-    echo "| recordings simulated | delivered | duplicated | lost | partial | failed calls | rec/s | end→upload p50 | p99 | max |"
-    echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    echo "| $(get simulated) | $(get delivered) | $(get duplicated) | $(get lost) | $(get partial) | $(get failed_calls) | $(jq -r '.rec_per_s * 10 | round / 10' <<<"$SUMMARY") | $(secs p50) | $(secs p99) | $(secs max) |"
+    summary_table
     echo
     echo "| role | SIGKILL at | READY again after | peak RSS (VmHWM) |"
     echo "|---|---|---:|---:|"
@@ -272,8 +268,7 @@ REPORT=$(
 echo "$REPORT"
 [[ -n "$OUT" ]] && { echo "$REPORT" >"$OUT"; log "report written to $OUT"; }
 
-if [[ $(get duplicated) == 0 && $(get lost) == 0 && $(get partial) == 0 && $(get failed_calls) == 0 \
-      && $(get delivered) == "$RECORDINGS" && ${#KILLED_AT[@]} == ${#KILL_ROLES[@]} ]]; then
+if summary_clean "$RECORDINGS" && [[ ${#KILLED_AT[@]} == ${#KILL_ROLES[@]} ]]; then
     OK=1
     log "PASS"
     exit 0

@@ -586,11 +586,10 @@ async fn accept(exrp: Arc<Exrp>, headers: HeaderMap, body: Body, corr_id: String
         Ok(added) => {
             exrp.state.ok();
             // Recorded on their files (published) before the 202, so that if this instance
-            // dies the others' scans find them; a retry of this interaction-end publishes what
-            // the first could not. Done ones are not published again (their files are gone).
-            let unpublished: Vec<queue::NewJob> =
-                exrp.queue.run(move |q| q.unpublished(to_publish)).await.unwrap_or_default();
-            let failed = if unpublished.is_empty() { 0 } else { work::publish(exrp.clone(), unpublished).await };
+            // dies the others' scans find them; a repeat of this interaction-end records them
+            // again until that holds. Done ones are not (their files are gone).
+            let unfinished = exrp.queue.run(move |q| q.unfinished(to_publish)).await.unwrap_or_default();
+            let failed = if unfinished.is_empty() { 0 } else { work::publish(exrp.clone(), unfinished).await };
             if added.new > 0 {
                 exrp.wake.notify_one();
             }

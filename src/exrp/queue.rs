@@ -369,20 +369,24 @@ impl Queue {
         })
     }
 
-    /// Those of `jobs` that are pending, never attempted and not yet recorded on their files
-    /// (just added, or added by an interaction-end whose publication failed).
-    pub fn unpublished(&self, jobs: Vec<NewJob>) -> Result<Vec<NewJob>, QueueError> {
+    /// Those of `jobs` still to be done here (pending or being worked on), each with the token
+    /// of the claim this instance holds on its file, if any: what an interaction-end must see
+    /// recorded on the files before it is acknowledged.
+    pub fn unfinished(&self, jobs: Vec<NewJob>) -> Result<Vec<(NewJob, Option<String>)>, QueueError> {
         self.with(|conn| {
             let mut stmt = conn.prepare_cached(
-                "SELECT 1 FROM jobs WHERE call_uuid = ?1 AND media_id = ?2 AND state = 'pending' AND attempts = 0 AND seen = 0",
+                "SELECT lock_token FROM jobs WHERE call_uuid = ?1 AND media_id = ?2 AND state IN ('pending', 'working')",
             )?;
-            let mut unpublished = Vec::new();
+            let mut unfinished = Vec::new();
             for job in jobs {
-                if stmt.exists(params![job.call_uuid, job.media_id])? {
-                    unpublished.push(job);
+                let token: Option<Option<String>> = stmt
+                    .query_row(params![job.call_uuid, job.media_id], |row| row.get(0))
+                    .optional()?;
+                if let Some(token) = token {
+                    unfinished.push((job, token));
                 }
             }
-            Ok(unpublished)
+            Ok(unfinished)
         })
     }
 

@@ -535,7 +535,7 @@ pub fn job_record(instance: &str, spec: &str, accepted_at_ms: u64) -> String {
 /// not answer in time or failed): the interaction-end is then not acknowledged, so that excp
 /// sends it again (to this instance or another). A file not in the store yet has nothing to
 /// record on (its job waits here, as `missing_timeout` says); a locked one is being worked on.
-pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) -> usize {
+pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<(super::queue::NewJob, Option<String>)>) -> usize {
     use futures_util::StreamExt;
     // Bounded both ways: at most PUBLISH_AT_ONCE requests at once (`Exrp::publishing`, shared
     // by every interaction-end), and the 202 waits at most `limit` for all of them (a huge
@@ -544,14 +544,15 @@ pub async fn publish(exrp: Arc<Exrp>, jobs: Vec<super::queue::NewJob>) -> usize 
     let deadline = tokio::time::Instant::now() + limit;
     let total = jobs.len();
     let live = exrp.live();
-    let mut results = futures_util::stream::iter(jobs.into_iter().map(|job| {
+    let mut results = futures_util::stream::iter(jobs.into_iter().map(|(job, token)| {
         let (exrp, live) = (exrp.clone(), live.clone());
         async move {
             let record = job_record(&exrp.config.instance, &job.spec, job.accepted_at_ms);
             let props = [(PROP_JOB, record.as_str())];
             let set = async {
                 let _permit = exrp.publishing.acquire().await;
-                live.dav.set_props(&job.file, None, &props, &[]).await
+                // Under this instance's own claim when a worker here holds one.
+                live.dav.set_props(&job.file, token.as_deref(), &props, &[]).await
             };
             match tokio::time::timeout_at(deadline, set).await {
                 Ok(Ok(())) => Ok(Some((job.call_uuid.clone(), job.media_id.clone()))),
