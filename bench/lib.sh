@@ -186,6 +186,20 @@ summary_table() {
     echo "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     echo "| $(get simulated) | $(get delivered) | $(get duplicated) | $(get lost) | $(get partial) | $(get failed_calls) | $(jq -r '.rec_per_s * 10 | round / 10' <<<"$SUMMARY") | $(secs p50) | $(secs p99) | $(secs max) |"
 }
+# verdict KILLS_DONE KILLS_WANTED: prints $REPORT (also into $OUT when set), then exits 0 when
+# the run is clean and every kill happened (setting OK=1, which the caller's cleanup reads),
+# else 1 with the work directory named.
+verdict() {
+    echo "$REPORT"
+    [[ -n "$OUT" ]] && { echo "$REPORT" >"$OUT"; log "report written to $OUT"; }
+    if summary_clean "$RECORDINGS" && [[ $1 == "$2" ]]; then
+        OK=1
+        log "PASS"
+        exit 0
+    fi
+    log "FAIL (logs in $WORK)"
+    exit 1
+}
 summary_clean() {
     [[ $(get duplicated) == 0 && $(get lost) == 0 && $(get partial) == 0 && $(get failed_calls) == 0 \
         && $(get delivered) == "$1" ]]

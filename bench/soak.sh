@@ -265,13 +265,4 @@ REPORT=$(
     echo "$left files left in the store directory; $(jq -r '.retried_requests // 0' "$WORK/simulate.json") requests simulate retried while a role was down;"
     echo "simulate exit status $SIM_RC; fake cloud counts: $(cat "$WORK/cloud-counts.json")."
 )
-echo "$REPORT"
-[[ -n "$OUT" ]] && { echo "$REPORT" >"$OUT"; log "report written to $OUT"; }
-
-if summary_clean "$RECORDINGS" && [[ ${#KILLED_AT[@]} == ${#KILL_ROLES[@]} ]]; then
-    OK=1
-    log "PASS"
-    exit 0
-fi
-log "FAIL (logs in $WORK)"
-exit 1
+verdict "${#KILLED_AT[@]}" "${#KILL_ROLES[@]}"
